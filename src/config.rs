@@ -1,0 +1,667 @@
+//! The camera maker's settings: the TOML file of CONTRACT section 2.
+//!
+//! Invariant: a [`Config`] value is complete and valid. Every key is checked here, once, at the
+//! edge; nothing past [`load`] sees raw TOML. Errors name the key path, the file and, where the
+//! parser or the text gives one, the line.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::settings::Settings;
+
+/// Where the config is read from when neither `--config` nor `CAMBACKUP_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/cambackup/cambackup.toml";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub file: PathBuf,
+    pub device: Device,
+    pub media: Media,
+    pub cloud: Cloud,
+    pub conditions: Conditions,
+    pub control: Control,
+    pub state: State,
+    /// The user settings in force until the app changes them.
+    pub defaults: Settings,
+}
+
+/// `[device]`: what identifies this camera model and unit on the server.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_type: String,
+    /// Resolved at load time from `serial` or `serial_file`.
+    pub serial: String,
+}
+
+/// `[media]`: the card and which files on it are media.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Media {
+    pub root: PathBuf,
+    pub photo_extensions: Vec<String>,
+    pub video_extensions: Vec<String>,
+    pub exclude: Vec<String>,
+    pub settle_secs: u64,
+    pub rescan_secs: u64,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            root: PathBuf::new(),
+            photo_extensions: ["jpg", "jpeg", "dng", "heic"].map(String::from).to_vec(),
+            video_extensions: ["mp4", "mov"].map(String::from).to_vec(),
+            exclude: ["**/*.THM", "**/*.LRV", "**/.*"].map(String::from).to_vec(),
+            settle_secs: 10,
+            rescan_secs: 600,
+        }
+    }
+}
+
+/// `[cloud]`: the tus server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Cloud {
+    pub endpoint: String,
+    pub regions: std::collections::BTreeMap<String, String>,
+    pub ca_file: Option<PathBuf>,
+    pub chunk_size_mib: u64,
+    pub stall_secs: u64,
+    /// Extension: uploads in flight at once (1 to 4). One keeps the radio and the card calm.
+    pub concurrency: usize,
+    /// Extension: cap of the exponential back-off between retries.
+    pub retry_max_secs: u64,
+}
+
+impl Default for Cloud {
+    fn default() -> Self {
+        Cloud {
+            endpoint: String::new(),
+            regions: Default::default(),
+            ca_file: None,
+            chunk_size_mib: 8,
+            stall_secs: 30,
+            concurrency: 1,
+            retry_max_secs: 3600,
+        }
+    }
+}
+
+impl Cloud {
+    /// The creation URL for an account in `region` (the default endpoint when the region has no
+    /// entry of its own).
+    pub fn endpoint_for(&self, region: Option<&str>) -> &str {
+        region
+            .and_then(|r| self.regions.get(r))
+            .map(String::as_str)
+            .unwrap_or(&self.endpoint)
+    }
+
+    /// Bytes per PATCH request.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size_mib * 1024 * 1024
+    }
+}
+
+/// `[conditions]`: where the device tells its state, and the operator's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Conditions {
+    pub sysfs: PathBuf,
+    pub proc: PathBuf,
+    pub recording_flag: PathBuf,
+    pub idle_secs: u64,
+    pub max_temp_c: f64,
+    pub min_battery_percent: u8,
+    pub cellular_interfaces: Vec<String>,
+    /// Extension: a 1-minute load average above this counts as `busy` (unset: not checked).
+    pub max_load: Option<f64>,
+    /// Extension: how long the conditions must hold before an automatic upload (re)starts, so
+    /// a bouncing charger contact or Wi-Fi roaming does not start and abort uploads every second.
+    pub hold_down_secs: u64,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions {
+            sysfs: "/sys".into(),
+            proc: "/proc".into(),
+            recording_flag: "/run/camera/recording".into(),
+            idle_secs: 120,
+            max_temp_c: 60.0,
+            min_battery_percent: 20,
+            cellular_interfaces: ["wwan*", "rmnet*", "ppp*"].map(String::from).to_vec(),
+            max_load: None,
+            hold_down_secs: 5,
+        }
+    }
+}
+
+/// `[control]`: the app's Unix socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Control {
+    pub socket: PathBuf,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: "/run/cambackup/control.sock".into(),
+            allowed_uids: vec![0],
+            allowed_gids: vec![],
+        }
+    }
+}
+
+/// `[state]`: the database and credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub dir: PathBuf,
+    pub history_days: u32,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: "/var/lib/cambackup".into(),
+            history_days: 60,
+        }
+    }
+}
+
+/// What went wrong with the config, naming the key and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: TOML syntax error: {message}", at(file, *line))]
+    Syntax {
+        file: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{}: unknown key `{path}` (check its spelling against the documented keys)", at(file, *line))]
+    UnknownKey {
+        path: String,
+        file: PathBuf,
+        line: Option<usize>,
+    },
+    #[error("{}: missing required key `{path}`", at(file, None))]
+    Missing { path: String, file: PathBuf },
+    #[error("{}: `{path}`: {message}", at(file, *line))]
+    Invalid {
+        path: String,
+        file: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { path, .. }
+            | ConfigError::Missing { path, .. }
+            | ConfigError::Invalid { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+fn at(file: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{}", file.display(), l),
+        None => file.display().to_string(),
+    }
+}
+
+/// The config path to use: the `--config` argument, else `CAMBACKUP_CONFIG`, else the default.
+pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
+    arg.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("CAMBACKUP_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Reads, parses and validates the config file (and the serial file it may name).
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    parse(&text, file)
+}
+
+/// The TOML as written, before validation. Optional sections default.
+#[derive(Deserialize)]
+struct Raw {
+    device: Option<RawDevice>,
+    media: Option<Media>,
+    cloud: Option<Cloud>,
+    #[serde(default)]
+    conditions: Conditions,
+    #[serde(default)]
+    control: Control,
+    #[serde(default)]
+    state: State,
+    #[serde(default)]
+    defaults: Settings,
+}
+
+#[derive(Deserialize)]
+struct RawDevice {
+    #[serde(rename = "type")]
+    device_type: Option<String>,
+    serial: Option<String>,
+    serial_file: Option<PathBuf>,
+}
+
+/// Parses config text; `file` is only used to name it in errors and to resolve nothing else.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let mut unknown: Vec<String> = Vec::new();
+    let de = toml::Deserializer::new(text);
+    // serde_ignored writes `Some` as `?`: `media.?.setle_secs` is the key `media.setle_secs`.
+    let mut track =
+        |path: serde_ignored::Path<'_>| unknown.push(path.to_string().replace(".?", ""));
+    let ignored = serde_ignored::Deserializer::new(de, &mut track);
+    let raw: Result<Raw, _> = serde_path_to_error::deserialize(ignored);
+    // Unknown keys first: a misspelt key is the likeliest cause of any later "missing" error.
+    if let Some(path) = unknown.into_iter().next() {
+        let line = line_of_key(text, &path);
+        return Err(ConfigError::UnknownKey {
+            path,
+            file: file.into(),
+            line,
+        });
+    }
+    let raw = raw.map_err(|e| {
+        let path = e.path().to_string().replace(".?", "");
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| line_of_offset(text, s.start));
+        let message = inner.message().to_string();
+        if path.is_empty() || path == "." {
+            ConfigError::Syntax {
+                file: file.into(),
+                line,
+                message,
+            }
+        } else {
+            ConfigError::Invalid {
+                line: line.or_else(|| line_of_key(text, &path)),
+                path,
+                file: file.into(),
+                message,
+            }
+        }
+    })?;
+    validate(raw, text, file)
+}
+
+fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let missing = |path: &str| ConfigError::Missing {
+        path: path.into(),
+        file: file.into(),
+    };
+    let invalid = |path: &str, message: String| ConfigError::Invalid {
+        path: path.into(),
+        file: file.into(),
+        line: line_of_key(text, path),
+        message,
+    };
+
+    let dev = raw.device.ok_or_else(|| missing("device.type"))?;
+    let device_type = dev
+        .device_type
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| missing("device.type"))?;
+    let serial = match (dev.serial, dev.serial_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "device.serial_file",
+                "set either `device.serial` or `device.serial_file`, not both".into(),
+            ))
+        }
+        (Some(s), None) => s,
+        (None, Some(f)) => read_serial(&f).map_err(|e| {
+            invalid(
+                "device.serial_file",
+                format!("cannot read serial from {}: {e}", f.display()),
+            )
+        })?,
+        (None, None) => return Err(missing("device.serial")),
+    };
+    if serial.trim().is_empty() {
+        return Err(invalid("device.serial", "the serial number is empty".into()));
+    }
+
+    let media = raw.media.ok_or_else(|| missing("media.root"))?;
+    if media.root.as_os_str().is_empty() {
+        return Err(missing("media.root"));
+    }
+    if !media.root.is_absolute() {
+        return Err(invalid("media.root", "must be an absolute path".into()));
+    }
+    for (key, list) in [
+        ("media.photo_extensions", &media.photo_extensions),
+        ("media.video_extensions", &media.video_extensions),
+    ] {
+        if let Some(bad) = list
+            .iter()
+            .find(|e| e.is_empty() || e.contains(['.', '/']))
+        {
+            return Err(invalid(
+                key,
+                format!("`{bad}` is not an extension (write it without the dot)"),
+            ));
+        }
+    }
+    for pattern in &media.exclude {
+        globset::Glob::new(pattern)
+            .map_err(|e| invalid("media.exclude", format!("bad glob `{pattern}`: {e}")))?;
+    }
+
+    let cloud = raw.cloud.ok_or_else(|| missing("cloud.endpoint"))?;
+    if cloud.endpoint.is_empty() {
+        return Err(missing("cloud.endpoint"));
+    }
+    check_endpoint(&cloud.endpoint).map_err(|m| invalid("cloud.endpoint", m))?;
+    for (region, url) in &cloud.regions {
+        check_endpoint(url).map_err(|m| invalid(&format!("cloud.regions.{region}"), m))?;
+    }
+    if let Some(ca) = &cloud.ca_file {
+        if !ca.is_file() {
+            return Err(invalid(
+                "cloud.ca_file",
+                format!("{} does not exist or is not a file", ca.display()),
+            ));
+        }
+    }
+    if !(1..=1024).contains(&cloud.chunk_size_mib) {
+        return Err(invalid(
+            "cloud.chunk_size_mib",
+            "must be between 1 and 1024".into(),
+        ));
+    }
+    if cloud.stall_secs == 0 {
+        return Err(invalid("cloud.stall_secs", "must be at least 1".into()));
+    }
+    if !(1..=4).contains(&cloud.concurrency) {
+        return Err(invalid("cloud.concurrency", "must be between 1 and 4".into()));
+    }
+    if cloud.retry_max_secs == 0 {
+        return Err(invalid("cloud.retry_max_secs", "must be at least 1".into()));
+    }
+
+    let c = &raw.conditions;
+    if c.min_battery_percent > 100 {
+        return Err(invalid(
+            "conditions.min_battery_percent",
+            "must be between 0 and 100".into(),
+        ));
+    }
+    for pattern in &c.cellular_interfaces {
+        globset::Glob::new(pattern).map_err(|e| {
+            invalid(
+                "conditions.cellular_interfaces",
+                format!("bad pattern `{pattern}`: {e}"),
+            )
+        })?;
+    }
+    if raw.control.socket.as_os_str().is_empty() {
+        return Err(invalid("control.socket", "must not be empty".into()));
+    }
+    if raw.state.dir.as_os_str().is_empty() {
+        return Err(invalid("state.dir", "must not be empty".into()));
+    }
+    if raw.defaults.data_types.is_empty() {
+        // An empty list is allowed: the user may choose to back up nothing automatically.
+    }
+
+    Ok(Config {
+        file: file.into(),
+        device: Device {
+            device_type,
+            serial: serial.trim().to_string(),
+        },
+        media,
+        cloud,
+        conditions: raw.conditions,
+        control: raw.control,
+        state: raw.state,
+        defaults: raw.defaults,
+    })
+}
+
+/// Reads a serial number file such as `/proc/device-tree/serial-number`: trimmed, NULs dropped.
+fn read_serial(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| *c != '\0')
+        .collect();
+    Ok(text.trim().to_string())
+}
+
+/// Checks a tus endpoint: https anywhere, plain http only to a loopback host.
+pub fn check_endpoint(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "`{url}` uses plain http to a host that is not loopback; use https"
+        )),
+        other => Err(format!("`{url}`: scheme `{other}` is not http(s)")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line where a dotted key path is set, by following table headers. Good enough for
+/// messages; the parser's own span is preferred where there is one.
+fn line_of_key(text: &str, path: &str) -> Option<usize> {
+    let (table, key) = match path.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", path),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim_matches(['[', ']']).trim().to_string();
+            if current == path {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if current == table {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, as `check-config` prints them (TOML-like, secrets never included:
+    /// the config holds none).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# effective settings from {}", self.file.display())?;
+        writeln!(f, "[device]")?;
+        writeln!(f, "type = {:?}", self.device.device_type)?;
+        writeln!(f, "serial = {:?}", self.device.serial)?;
+        writeln!(f, "\n[media]")?;
+        writeln!(f, "root = {:?}", self.media.root.display().to_string())?;
+        writeln!(f, "photo_extensions = {:?}", self.media.photo_extensions)?;
+        writeln!(f, "video_extensions = {:?}", self.media.video_extensions)?;
+        writeln!(f, "exclude = {:?}", self.media.exclude)?;
+        writeln!(f, "settle_secs = {}", self.media.settle_secs)?;
+        writeln!(f, "rescan_secs = {}", self.media.rescan_secs)?;
+        writeln!(f, "\n[cloud]")?;
+        writeln!(f, "endpoint = {:?}", self.cloud.endpoint)?;
+        for (r, u) in &self.cloud.regions {
+            writeln!(f, "regions.{r} = {u:?}")?;
+        }
+        if let Some(ca) = &self.cloud.ca_file {
+            writeln!(f, "ca_file = {:?}", ca.display().to_string())?;
+        }
+        writeln!(f, "chunk_size_mib = {}", self.cloud.chunk_size_mib)?;
+        writeln!(f, "stall_secs = {}", self.cloud.stall_secs)?;
+        writeln!(f, "concurrency = {}", self.cloud.concurrency)?;
+        writeln!(f, "retry_max_secs = {}", self.cloud.retry_max_secs)?;
+        let c = &self.conditions;
+        writeln!(f, "\n[conditions]")?;
+        writeln!(f, "sysfs = {:?}", c.sysfs.display().to_string())?;
+        writeln!(f, "proc = {:?}", c.proc.display().to_string())?;
+        writeln!(
+            f,
+            "recording_flag = {:?}",
+            c.recording_flag.display().to_string()
+        )?;
+        writeln!(f, "idle_secs = {}", c.idle_secs)?;
+        writeln!(f, "max_temp_c = {}", c.max_temp_c)?;
+        writeln!(f, "min_battery_percent = {}", c.min_battery_percent)?;
+        writeln!(f, "cellular_interfaces = {:?}", c.cellular_interfaces)?;
+        if let Some(l) = c.max_load {
+            writeln!(f, "max_load = {l}")?;
+        }
+        writeln!(f, "hold_down_secs = {}", c.hold_down_secs)?;
+        writeln!(f, "\n[control]")?;
+        writeln!(
+            f,
+            "socket = {:?}",
+            self.control.socket.display().to_string()
+        )?;
+        writeln!(f, "allowed_uids = {:?}", self.control.allowed_uids)?;
+        writeln!(f, "allowed_gids = {:?}", self.control.allowed_gids)?;
+        writeln!(f, "\n[state]")?;
+        writeln!(f, "dir = {:?}", self.state.dir.display().to_string())?;
+        writeln!(f, "history_days = {}", self.state.history_days)?;
+        let d = &self.defaults;
+        writeln!(f, "\n[defaults]")?;
+        writeln!(f, "auto_upload = {}", d.auto_upload)?;
+        writeln!(f, "network = {:?}", d.network.as_str())?;
+        writeln!(f, "require_charging = {}", d.require_charging)?;
+        writeln!(f, "require_idle = {}", d.require_idle)?;
+        let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
+        writeln!(f, "data_types = {types:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[device]
+type = "SJ10 Pro"
+serial = "SJ10P22910042"
+
+[media]
+root = "/mnt/sdcard"
+
+[cloud]
+endpoint = "https://upload.example.com/files/"
+"#;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/cambackup/cambackup.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.media.settle_secs, 10);
+        assert_eq!(c.cloud.chunk_size_mib, 8);
+        assert_eq!(c.control.socket, Path::new("/run/cambackup/control.sock"));
+        assert!(!c.defaults.auto_upload, "consent must default to off");
+        assert_eq!(c.state.history_days, 60);
+    }
+
+    #[test]
+    fn misspelt_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("root = ", "setle_secs = 3\nroot = ");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("media.setle_secs"));
+        let msg = err.to_string();
+        assert!(msg.contains("cambackup.toml:7"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = format!("{MINIMAL}\n[conditions]\nidle_secs = \"two minutes\"\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("conditions.idle_secs"), "{err}");
+        assert!(err.to_string().contains(":13"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_the_key() {
+        let text = format!("{MINIMAL}\n[defaults]\nnetwork = \"wlan\"\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("defaults.network"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        let err = parse_str("[media]\nroot = \"/mnt\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("device.type"));
+        let err = parse_str(&MINIMAL.replace("serial = \"SJ10P22910042\"", "")).unwrap_err();
+        assert_eq!(err.key(), Some("device.serial"));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let remote = MINIMAL.replace("https://upload.example.com", "http://upload.example.com");
+        let err = parse_str(&remote).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.endpoint"));
+        for ok in ["http://127.0.0.1:1080/files/", "http://localhost/x", "http://[::1]:9/"] {
+            let text = MINIMAL.replace("https://upload.example.com/files/", ok);
+            parse_str(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn syntax_error_gives_the_line() {
+        let err = parse_str("[device]\ntype = \n").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { line: Some(2), .. }), "{err:?}");
+    }
+
+    #[test]
+    fn serial_file_is_trimmed_and_nuls_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("serial-number");
+        std::fs::write(&f, b"ABC123\0\n").unwrap();
+        let text = MINIMAL.replace(
+            "serial = \"SJ10P22910042\"",
+            &format!("serial_file = {:?}", f.display().to_string()),
+        );
+        assert_eq!(parse_str(&text).unwrap().device.serial, "ABC123");
+    }
+}

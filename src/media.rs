@@ -1,0 +1,258 @@
+//! What counts as media on the card, and how a file on it is named.
+//!
+//! Invariant: a [`StoragePath`] is relative to `media.root`, `/`-separated, has no `.`, `..` or
+//! empty components, and keeps the exact characters of the name. It is the only form of a card
+//! path that the store, the uploader and the API handle.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::config;
+
+/// The data types a user can choose between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Photo,
+    Video,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Photo => "photo",
+            Kind::Video => "video",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "photo" => Some(Kind::Photo),
+            "video" => Some(Kind::Video),
+            _ => None,
+        }
+    }
+}
+
+/// A path on the card, relative to `media.root`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct StoragePath(String);
+
+/// Why a path is not a storage path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("`{0}` is outside the media root")]
+    Outside(String),
+    #[error("`{0}` is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("`{0}` is empty or names the media root itself")]
+    Empty(String),
+}
+
+impl StoragePath {
+    /// From a path relative to the media root, as the scanner and watcher find it.
+    pub fn from_relative(rel: &Path) -> Result<StoragePath, PathError> {
+        let shown = || rel.to_string_lossy().into_owned();
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(p) => {
+                    parts.push(p.to_str().ok_or_else(|| PathError::NotUtf8(shown()))?)
+                }
+                Component::CurDir => {}
+                _ => return Err(PathError::Outside(shown())),
+            }
+        }
+        if parts.is_empty() {
+            return Err(PathError::Empty(shown()));
+        }
+        Ok(StoragePath(parts.join("/")))
+    }
+
+    /// From a path under `root` (absolute, as the watcher reports it).
+    pub fn under(root: &Path, abs: &Path) -> Result<StoragePath, PathError> {
+        let rel = abs
+            .strip_prefix(root)
+            .map_err(|_| PathError::Outside(abs.to_string_lossy().into_owned()))?;
+        StoragePath::from_relative(rel)
+    }
+
+    /// From what a user typed or the app sent: relative to the media root, or absolute inside
+    /// it. Symlinks are resolved, and the real file must still be inside the real root, so a
+    /// link to `/etc/passwd` is refused like `../../etc/passwd`.
+    pub fn from_user(root: &Path, input: &str) -> Result<StoragePath, PathError> {
+        let given = Path::new(input);
+        let joined = if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            root.join(given)
+        };
+        // Lexical check first, so `..` is refused even when the target does not exist.
+        let lexical = normalize(&joined).ok_or_else(|| PathError::Outside(input.into()))?;
+        if !lexical.starts_with(root) {
+            return Err(PathError::Outside(input.into()));
+        }
+        let real_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        let real = match lexical.canonicalize() {
+            Ok(r) => r,
+            // A missing file is reported by the caller with its own message.
+            Err(_) => return StoragePath::under(root, &lexical),
+        };
+        if !real.starts_with(&real_root) {
+            return Err(PathError::Outside(input.into()));
+        }
+        // Name the file by the path the user gave (within the root), not the link's target.
+        StoragePath::under(root, &lexical)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The file's place on disk.
+    pub fn on_disk(&self, root: &Path) -> PathBuf {
+        root.join(&self.0)
+    }
+
+    /// Wraps a value read back from the store, which only ever holds valid storage paths.
+    pub fn from_stored(s: String) -> StoragePath {
+        StoragePath(s)
+    }
+}
+
+impl fmt::Display for StoragePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Resolves `.` and `..` without touching the disk; `None` if `..` climbs above `/`.
+fn normalize(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+/// Decides which files are media: by extension (case-insensitive) and the exclude globs.
+#[derive(Debug, Clone)]
+pub struct MediaFilter {
+    photo: Vec<String>,
+    video: Vec<String>,
+    exclude: GlobSet,
+}
+
+impl MediaFilter {
+    /// Builds the filter; the globs were checked when the config was loaded.
+    pub fn new(media: &config::Media) -> MediaFilter {
+        let mut b = GlobSetBuilder::new();
+        for pattern in &media.exclude {
+            if let Ok(g) = GlobBuilder::new(pattern).literal_separator(true).build() {
+                b.add(g);
+            }
+        }
+        let lower = |v: &[String]| v.iter().map(|e| e.to_ascii_lowercase()).collect();
+        MediaFilter {
+            photo: lower(&media.photo_extensions),
+            video: lower(&media.video_extensions),
+            exclude: b.build().unwrap_or_else(|_| GlobSet::empty()),
+        }
+    }
+
+    /// The kind of the file at `path`, or `None` if it is not media we back up.
+    pub fn classify(&self, path: &StoragePath) -> Option<Kind> {
+        let s = path.as_str();
+        // A file inside an excluded directory (`DCIM/.trash/x.jpg`) is excluded too.
+        let mut ancestors = s.match_indices('/').map(|(i, _)| &s[..i]).chain([s]);
+        if ancestors.any(|p| self.excluded(p)) {
+            return None;
+        }
+        let name = s.rsplit('/').next().unwrap_or(s);
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        if self.photo.contains(&ext) {
+            Some(Kind::Photo)
+        } else if self.video.contains(&ext) {
+            Some(Kind::Video)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a directory should be skipped whole (hidden or excluded directories).
+    pub fn skip_dir(&self, path: &StoragePath) -> bool {
+        self.excluded(path.as_str())
+    }
+
+    /// Globs like `**/.*` are written against the path; match it with and without a leading
+    /// `/` so that `**/` also covers entries at the top of the card.
+    fn excluded(&self, s: &str) -> bool {
+        self.exclude.is_match(s) || self.exclude.is_match(format!("/{s}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> MediaFilter {
+        MediaFilter::new(&config::Media::default())
+    }
+
+    fn sp(s: &str) -> StoragePath {
+        StoragePath::from_relative(Path::new(s)).unwrap()
+    }
+
+    #[test]
+    fn classifies_by_extension_case_insensitively() {
+        let f = filter();
+        let cases = [
+            ("DCIM/100MEDIA/A.JPG", Some(Kind::Photo)),
+            ("DCIM/100MEDIA/a.heic", Some(Kind::Photo)),
+            ("DCIM/100MEDIA/V.MP4", Some(Kind::Video)),
+            ("DCIM/100MEDIA/V.Mov", Some(Kind::Video)),
+            ("DCIM/100MEDIA/V.THM", None),
+            ("DCIM/100MEDIA/V.LRV", None),
+            ("DCIM/.hidden.jpg", None),
+            (".top.jpg", None),
+            ("DCIM/.trash/x.jpg", None),
+            ("notes.txt", None),
+            ("noext", None),
+            ("DCIM/my holiday, day 1/été.jpg", Some(Kind::Photo)),
+        ];
+        for (path, want) in cases {
+            assert_eq!(f.classify(&sp(path)), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn user_paths_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("card");
+        std::fs::create_dir_all(root.join("DCIM")).unwrap();
+        std::fs::write(root.join("DCIM/A.JPG"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("DCIM/passwd.jpg")).unwrap();
+        let ok = StoragePath::from_user(&root, "DCIM/A.JPG").unwrap();
+        assert_eq!(ok.as_str(), "DCIM/A.JPG");
+        let abs = root.join("DCIM/A.JPG");
+        assert_eq!(
+            StoragePath::from_user(&root, abs.to_str().unwrap()).unwrap(),
+            ok
+        );
+        for bad in ["../etc/passwd", "DCIM/../../x.jpg", "/etc/passwd", "DCIM/passwd.jpg", ""] {
+            assert!(StoragePath::from_user(&root, bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,819 @@
+//! The upload queue, user settings and history in one SQLite database in `state.dir`.
+//!
+//! Invariants:
+//! - the database is the single source of truth for what was found, sent and finished; an item's
+//!   upload URL is written before any of its data is sent, so a crash can always resume;
+//! - an item is `done` only after the server acknowledged its whole length;
+//! - writes from the scanner are batched (one transaction per [`Store::upsert_files`] call);
+//! - a corrupt file is moved aside and a fresh database built: the daemon keeps running, and the
+//!   next scan refills the queue.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::media::{Kind, StoragePath};
+use crate::settings::Settings;
+
+/// The database file's name inside `state.dir`.
+pub const DB_FILE: &str = "cambackup.db";
+
+/// An item's place in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Waiting to be uploaded (possibly after a back-off).
+    Pending,
+    /// An upload is in flight.
+    Uploading,
+    /// The server has every byte.
+    Done,
+    /// Stopped for good until the user retries (e.g. 413, the file became unreadable).
+    Failed,
+    /// Not uploaded, for a reason that needs nobody (deleted before upload, replaced).
+    Skipped,
+    /// The user cancelled it.
+    Cancelled,
+}
+
+impl ItemState {
+    pub const ALL: [ItemState; 6] = [
+        ItemState::Pending,
+        ItemState::Uploading,
+        ItemState::Done,
+        ItemState::Failed,
+        ItemState::Skipped,
+        ItemState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::Uploading => "uploading",
+            ItemState::Done => "done",
+            ItemState::Failed => "failed",
+            ItemState::Skipped => "skipped",
+            ItemState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ItemState> {
+        ItemState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Still to be uploaded.
+    pub fn is_open(self) -> bool {
+        matches!(self, ItemState::Pending | ItemState::Uploading | ItemState::Failed)
+    }
+}
+
+/// The reason recorded when a file vanishes before its upload.
+pub const REASON_DELETED: &str = "file deleted before upload";
+/// The reason recorded when a newer version of a file replaces a queued one.
+pub const REASON_REPLACED: &str = "replaced by a newer version of the file";
+
+/// A file found on the card, ready to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundFile {
+    pub path: StoragePath,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One queue item, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub id: i64,
+    pub storage_path: StoragePath,
+    pub kind: Kind,
+    pub size: u64,
+    #[serde(skip)]
+    pub mtime_ns: i64,
+    pub state: ItemState,
+    pub manual: bool,
+    pub bytes_sent: u64,
+    pub attempts: u32,
+    /// Unix seconds before which no retry is made (0: now).
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub upload_url: Option<String>,
+    #[serde(skip)]
+    pub upload_expires_at: Option<i64>,
+    /// How many tus creations this item has made (1 in the normal case).
+    pub creations: u32,
+    pub queued_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// Per-state counts and bytes, for `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub uploading: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+    /// Bytes still to send for pending, uploading and failed items.
+    pub bytes_remaining: u64,
+    /// Bytes of completed uploads.
+    pub bytes_done: u64,
+}
+
+/// A completed upload, as the history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub storage_path: String,
+    pub size: u64,
+    pub completed_at: i64,
+}
+
+/// Which pending items the scheduler may take now.
+#[derive(Debug, Clone)]
+pub struct Pick<'a> {
+    pub now: i64,
+    /// Automatic uploads allowed, of these kinds.
+    pub auto_kinds: &'a [Kind],
+    pub allow_auto: bool,
+    /// Manual uploads (asked for by the app) allowed.
+    pub allow_manual: bool,
+    /// Items already in flight.
+    pub exclude: &'a [i64],
+}
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no queue item with id {0}")]
+    NoSuchItem(i64),
+    #[error("queue item {id} is {state}, not {wanted}")]
+    WrongState {
+        id: i64,
+        state: &'static str,
+        wanted: &'static str,
+    },
+}
+
+/// The store: a cheap handle, shared between tasks.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The current time in unix seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, migrating it forward. A corrupt file is
+    /// moved aside as `cambackup.db.corrupt-UNIXTIME` and replaced by a fresh one.
+    pub fn open(dir: &Path) -> Result<Store> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let path = dir.join(DB_FILE);
+        let conn = match open_checked(&path) {
+            Ok(c) => c,
+            Err(e) if is_corruption(&e) => {
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_unix()));
+                tracing::error!(
+                    database = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "database is corrupt: moved it aside and starting a fresh one; \
+                     the next scan rebuilds the queue"
+                );
+                std::fs::rename(&path, &aside).map_err(io)?;
+                for ext in ["-wal", "-shm"] {
+                    let side = dir.join(format!("{DB_FILE}{ext}"));
+                    if side.exists() {
+                        let _ = std::fs::rename(&side, dir.join(format!("{}{ext}", aside.display())));
+                    }
+                }
+                open_checked(&path).map_err(|source| StoreError::Sqlite {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            Err(source) => {
+                return Err(StoreError::Sqlite {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
+        for ext in ["", "-wal", "-shm"] {
+            let f = dir.join(format!("{DB_FILE}{ext}"));
+            if f.exists() {
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            }
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (each call is one
+        // statement or one transaction), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Runs `f` in one transaction.
+    fn tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let out = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    // ----- the queue -----
+
+    /// Crash recovery at start: an item left `uploading` by a crash goes back to `pending`; its
+    /// upload URL is kept so the upload resumes from the server's offset.
+    pub fn recover_interrupted(&self) -> Result<usize> {
+        self.conn()
+            .execute("UPDATE items SET state = 'pending' WHERE state = 'uploading'", [])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Queues files found on the card, in one transaction. A file already known with the same
+    /// identity is left alone (so a done file is never queued twice); a new version of a queued
+    /// file replaces the old item. Returns how many items were added or revived.
+    pub fn upsert_files(&self, files: &[FoundFile]) -> Result<usize> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let now = now_unix();
+        self.tx(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (storage_path, size, mtime_ns) DO UPDATE
+                   SET state = 'pending', last_error = NULL, next_attempt_at = 0
+                   WHERE items.state = 'skipped' AND items.last_error = ?6
+                 RETURNING id",
+            )?;
+            let mut supersede = tx.prepare_cached(
+                "UPDATE items SET state = 'skipped', last_error = ?3
+                 WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
+            )?;
+            let mut added = 0;
+            for f in files {
+                let id: Option<i64> = insert
+                    .query_row(
+                        params![
+                            f.path.as_str(),
+                            f.kind.as_str(),
+                            f.size as i64,
+                            f.mtime_ns,
+                            now,
+                            REASON_DELETED
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = id {
+                    added += 1;
+                    supersede.execute(params![f.path.as_str(), id, REASON_REPLACED])?;
+                }
+            }
+            Ok(added)
+        })
+    }
+
+    /// Queues a file the user asked for. An open item for the same version becomes manual (and
+    /// is retried now if it had failed); a version already uploaded is not sent again.
+    pub fn enqueue_manual(&self, f: &FoundFile) -> Result<ManualOutcome> {
+        let now = now_unix();
+        self.tx(|tx| {
+            let existing: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT id, state FROM items WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
+                    params![f.path.as_str(), f.size as i64, f.mtime_ns],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match existing {
+                Some((id, state)) if state == "done" => Ok(ManualOutcome::AlreadyUploaded(id)),
+                Some((id, _)) => {
+                    tx.execute(
+                        "UPDATE items SET manual = 1, next_attempt_at = 0,
+                           state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END
+                         WHERE id = ?1",
+                        [id],
+                    )?;
+                    Ok(ManualOutcome::Queued(id))
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at, manual)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+                        params![f.path.as_str(), f.kind.as_str(), f.size as i64, f.mtime_ns, now],
+                    )?;
+                    let id = tx.last_insert_rowid();
+                    tx.execute(
+                        "UPDATE items SET state = 'skipped', last_error = ?3
+                         WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
+                        params![f.path.as_str(), id, REASON_REPLACED],
+                    )?;
+                    Ok(ManualOutcome::Queued(id))
+                }
+            }
+        })
+    }
+
+    /// The next item to upload under `pick`: manual requests first, then oldest capture first.
+    pub fn next_item(&self, pick: &Pick<'_>) -> Result<Option<Item>> {
+        let (sql, args) = pick_sql(pick, "SELECT ".to_string() + ITEM_COLUMNS, "ORDER BY manual DESC, mtime_ns ASC, id ASC LIMIT 1");
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_row(rusqlite::params_from_iter(args), read_item)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// When the earliest backed-off item under `pick` (ignoring `pick.now`) becomes due.
+    pub fn next_due(&self, pick: &Pick<'_>) -> Result<Option<i64>> {
+        let later = Pick {
+            now: i64::MAX,
+            ..pick.clone()
+        };
+        let (sql, args) = pick_sql(&later, "SELECT MIN(next_attempt_at)".into(), "");
+        let conn = self.conn();
+        conn.query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// One item by id.
+    pub fn item(&self, id: i64) -> Result<Option<Item>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"),
+                [id],
+                read_item,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Lists items, optionally of one state, in id order after `after`.
+    pub fn list(&self, state: Option<ItemState>, limit: u32, after: i64) -> Result<Vec<Item>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items
+                 WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![state.map(|s| s.as_str()), after, limit], read_item)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+    }
+
+    /// Open items (pending, uploading, failed): the scanner checks they still exist.
+    pub fn open_items(&self) -> Result<Vec<Item>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE state IN ('pending', 'uploading', 'failed')"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], read_item).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+    }
+
+    /// Counts and bytes per state.
+    pub fn counts(&self) -> Result<QueueCounts> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT state, COUNT(*), COALESCE(SUM(size - bytes_sent), 0), COALESCE(SUM(size), 0)
+                 FROM items GROUP BY state",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut c = QueueCounts::default();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (state, n, remaining, total) = row.map_err(|e| self.err(e))?;
+            match ItemState::parse(&state) {
+                Some(ItemState::Pending) => c.pending = n,
+                Some(ItemState::Uploading) => c.uploading = n,
+                Some(ItemState::Done) => c.done = n,
+                Some(ItemState::Failed) => c.failed = n,
+                Some(ItemState::Skipped) => c.skipped = n,
+                Some(ItemState::Cancelled) => c.cancelled = n,
+                None => {}
+            }
+            match ItemState::parse(&state) {
+                Some(s) if s.is_open() => c.bytes_remaining += remaining,
+                Some(ItemState::Done) => c.bytes_done += total,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Marks an item as in flight.
+    pub fn mark_uploading(&self, id: i64) -> Result<()> {
+        self.exec(
+            "UPDATE items SET state = 'uploading' WHERE id = ?1 AND state = 'pending'",
+            params![id],
+        )
+    }
+
+    /// Records a new tus upload for the item: written before any data is sent.
+    pub fn set_upload_url(&self, id: i64, url: &str, expires_at: Option<i64>) -> Result<()> {
+        self.exec(
+            "UPDATE items SET upload_url = ?2, upload_expires_at = ?3, bytes_sent = 0,
+               creations = creations + 1 WHERE id = ?1",
+            params![id, url, expires_at],
+        )
+    }
+
+    /// Forgets the item's server upload (expired or gone): the next attempt creates a new one.
+    pub fn clear_upload_url(&self, id: i64) -> Result<()> {
+        self.exec(
+            "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0 WHERE id = ?1",
+            params![id],
+        )
+    }
+
+    /// Records how far the server has the item (and a refreshed expiry, if it sent one).
+    pub fn set_progress(&self, id: i64, bytes_sent: u64, expires_at: Option<i64>) -> Result<()> {
+        self.exec(
+            "UPDATE items SET bytes_sent = ?2, upload_expires_at = COALESCE(?3, upload_expires_at)
+             WHERE id = ?1",
+            params![id, bytes_sent as i64, expires_at],
+        )
+    }
+
+    /// The server has every byte: the item is done and joins the history.
+    pub fn mark_done(&self, id: i64) -> Result<()> {
+        let now = now_unix();
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE items SET state = 'done', bytes_sent = size, completed_at = ?2,
+                   last_error = NULL, upload_url = NULL, upload_expires_at = NULL WHERE id = ?1",
+                params![id, now],
+            )?;
+            tx.execute(
+                "INSERT INTO history (storage_path, size, completed_at)
+                 SELECT storage_path, size, ?2 FROM items WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A transient failure: back to pending, retried at `next_attempt_at` (unix seconds).
+    pub fn mark_retry(&self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
+        self.exec(
+            "UPDATE items SET state = 'pending', attempts = attempts + 1, last_error = ?2,
+               next_attempt_at = ?3 WHERE id = ?1 AND state IN ('pending', 'uploading')",
+            params![id, error, next_attempt_at],
+        )
+    }
+
+    /// Stopped by a condition or by the user, not by a failure: back to pending, no attempt
+    /// counted, no back-off.
+    pub fn mark_interrupted(&self, id: i64) -> Result<()> {
+        self.exec(
+            "UPDATE items SET state = 'pending' WHERE id = ?1 AND state = 'uploading'",
+            params![id],
+        )
+    }
+
+    /// A permanent failure: the item waits for the user's retry.
+    pub fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.exec(
+            "UPDATE items SET state = 'failed', attempts = attempts + 1, last_error = ?2
+             WHERE id = ?1 AND state IN ('pending', 'uploading')",
+            params![id, error],
+        )
+    }
+
+    /// Not uploaded for a reason that needs nobody (deleted, replaced, changed).
+    pub fn mark_skipped(&self, id: i64, reason: &str) -> Result<()> {
+        self.exec(
+            "UPDATE items SET state = 'skipped', last_error = ?2
+             WHERE id = ?1 AND state IN ('pending', 'uploading', 'failed')",
+            params![id, reason],
+        )
+    }
+
+    /// The user's retry of a failed item: pending again, at once, with a fresh back-off.
+    pub fn retry(&self, id: i64) -> Result<()> {
+        let item = self.item(id)?.ok_or(StoreError::NoSuchItem(id))?;
+        if item.state != ItemState::Failed {
+            return Err(StoreError::WrongState {
+                id,
+                state: item.state.as_str(),
+                wanted: "failed",
+            });
+        }
+        self.exec(
+            "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0 WHERE id = ?1",
+            params![id],
+        )
+    }
+
+    /// The user's cancel of an open item. Returns the server upload URL to terminate, if any.
+    pub fn cancel(&self, id: i64) -> Result<Option<String>> {
+        let item = self.item(id)?.ok_or(StoreError::NoSuchItem(id))?;
+        if !item.state.is_open() {
+            return Err(StoreError::WrongState {
+                id,
+                state: item.state.as_str(),
+                wanted: "pending, uploading or failed",
+            });
+        }
+        self.exec(
+            "UPDATE items SET state = 'cancelled', last_error = 'cancelled by the user',
+               upload_url = NULL, upload_expires_at = NULL WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(item.upload_url)
+    }
+
+    /// Upload URLs of unfinished items (for termination when the user unpairs).
+    pub fn unfinished_upload_urls(&self) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, upload_url FROM items WHERE upload_url IS NOT NULL")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+    }
+
+    fn exec(&self, sql: &str, args: impl rusqlite::Params) -> Result<()> {
+        self.conn()
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(args))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    // ----- history -----
+
+    /// Completed uploads, newest first.
+    pub fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT storage_path, size, completed_at FROM history
+                 ORDER BY completed_at DESC, id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(HistoryEntry {
+                    storage_path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    completed_at: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+    }
+
+    /// Deletes history older than `days` (the retention the privacy policy promises).
+    pub fn purge_history(&self, days: u32) -> Result<usize> {
+        let cutoff = now_unix() - i64::from(days) * 86_400;
+        self.conn()
+            .execute("DELETE FROM history WHERE completed_at < ?1", [cutoff])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Erases what the account left behind: the history and every server upload URL, then
+    /// checkpoints the WAL so no copy stays in the log (`secure_delete` zeroes freed pages).
+    pub fn erase_account_data(&self) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM history", [])?;
+            tx.execute(
+                "UPDATE items SET upload_url = NULL, upload_expires_at = NULL,
+                   bytes_sent = CASE WHEN state = 'done' THEN bytes_sent ELSE 0 END",
+                [],
+            )?;
+            tx.execute("DELETE FROM kv WHERE key LIKE 'account.%'", [])?;
+            Ok(())
+        })?;
+        self.checkpoint()
+    }
+
+    /// Moves the WAL's content into the database file and truncates the WAL.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
+    // ----- small state: settings, pause, account status -----
+
+    /// A value from the key/value table.
+    pub fn get_kv(&self, key: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets (or with `None`, removes) a key/value entry.
+    pub fn set_kv(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.exec(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            ),
+            None => self.exec("DELETE FROM kv WHERE key = ?1", params![key]),
+        }
+    }
+
+    /// The user's settings, or `defaults` if the user never changed them.
+    pub fn settings(&self, defaults: &Settings) -> Result<Settings> {
+        Ok(self
+            .get_kv("settings")?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_else(|| defaults.clone()))
+    }
+
+    /// Stores the user's settings.
+    pub fn save_settings(&self, s: &Settings) -> Result<()> {
+        let json = serde_json::to_string(s).expect("settings serialize");
+        self.set_kv("settings", Some(&json))
+    }
+
+    /// Whether the user paused uploads (kept across restarts).
+    pub fn paused(&self) -> Result<bool> {
+        Ok(self.get_kv("paused")?.as_deref() == Some("1"))
+    }
+
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        self.set_kv("paused", paused.then_some("1"))
+    }
+}
+
+/// The result of a manual upload request for one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualOutcome {
+    Queued(i64),
+    AlreadyUploaded(i64),
+}
+
+const ITEM_COLUMNS: &str = "id, storage_path, kind, size, mtime_ns, state, manual, bytes_sent, \
+    attempts, next_attempt_at, last_error, upload_url, upload_expires_at, creations, queued_at, \
+    completed_at";
+
+fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    let kind: String = r.get(2)?;
+    let state: String = r.get(5)?;
+    Ok(Item {
+        id: r.get(0)?,
+        storage_path: StoragePath::from_stored(r.get(1)?),
+        kind: Kind::parse(&kind).unwrap_or(Kind::Photo),
+        size: r.get::<_, i64>(3)? as u64,
+        mtime_ns: r.get(4)?,
+        state: ItemState::parse(&state).unwrap_or(ItemState::Pending),
+        manual: r.get(6)?,
+        bytes_sent: r.get::<_, i64>(7)? as u64,
+        attempts: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        last_error: r.get(10)?,
+        upload_url: r.get(11)?,
+        upload_expires_at: r.get(12)?,
+        creations: r.get(13)?,
+        queued_at: r.get(14)?,
+        completed_at: r.get(15)?,
+    })
+}
+
+fn pick_sql(pick: &Pick<'_>, select: String, tail: &str) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut args: Vec<Value> = vec![Value::Integer(pick.now)];
+    let mut who = Vec::new();
+    if pick.allow_manual {
+        who.push("manual = 1".to_string());
+    }
+    if pick.allow_auto && !pick.auto_kinds.is_empty() {
+        let kinds: Vec<String> = pick
+            .auto_kinds
+            .iter()
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect();
+        who.push(format!("kind IN ({})", kinds.join(", ")));
+    }
+    if who.is_empty() {
+        who.push("0".into());
+    }
+    let mut sql = format!(
+        "{select} FROM items WHERE state = 'pending' AND next_attempt_at <= ?1 AND ({})",
+        who.join(" OR ")
+    );
+    for id in pick.exclude {
+        args.push(Value::Integer(*id));
+        sql.push_str(&format!(" AND id != ?{}", args.len()));
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    (sql, args)
+}
+
+fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    // NORMAL in WAL mode is durable across application crashes and keeps the database
+    // consistent across power loss; the last commit may be lost on power loss, which the
+    // protocol tolerates (a re-sent chunk is resumed from the server's offset).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(check),
+        ));
+    }
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+#[cfg(test)]
+mod tests;
