@@ -2,7 +2,12 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data's path through these modules.
 
+pub mod conditions;
 pub mod config;
+pub mod credentials;
+pub mod gate;
 pub mod media;
+pub mod secret;
 pub mod settings;
 pub mod store;
+pub mod upload;

@@ -67,7 +67,10 @@ impl ItemState {
 
     /// Still to be uploaded.
     pub fn is_open(self) -> bool {
-        matches!(self, ItemState::Pending | ItemState::Uploading | ItemState::Failed)
+        matches!(
+            self,
+            ItemState::Pending | ItemState::Uploading | ItemState::Failed
+        )
     }
 }
 
@@ -218,7 +221,8 @@ impl Store {
                 for ext in ["-wal", "-shm"] {
                     let side = dir.join(format!("{DB_FILE}{ext}"));
                     if side.exists() {
-                        let _ = std::fs::rename(&side, dir.join(format!("{}{ext}", aside.display())));
+                        let _ =
+                            std::fs::rename(&side, dir.join(format!("{}{ext}", aside.display())));
                     }
                 }
                 open_checked(&path).map_err(|source| StoreError::Sqlite {
@@ -264,7 +268,10 @@ impl Store {
     }
 
     /// Runs `f` in one transaction.
-    fn tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let out = f(&tx).map_err(|e| self.err(e))?;
@@ -278,7 +285,10 @@ impl Store {
     /// upload URL is kept so the upload resumes from the server's offset.
     pub fn recover_interrupted(&self) -> Result<usize> {
         self.conn()
-            .execute("UPDATE items SET state = 'pending' WHERE state = 'uploading'", [])
+            .execute(
+                "UPDATE items SET state = 'pending' WHERE state = 'uploading'",
+                [],
+            )
             .map_err(|e| self.err(e))
     }
 
@@ -370,7 +380,11 @@ impl Store {
 
     /// The next item to upload under `pick`: manual requests first, then oldest capture first.
     pub fn next_item(&self, pick: &Pick<'_>) -> Result<Option<Item>> {
-        let (sql, args) = pick_sql(pick, "SELECT ".to_string() + ITEM_COLUMNS, "ORDER BY manual DESC, mtime_ns ASC, id ASC LIMIT 1");
+        let (sql, args) = pick_sql(
+            pick,
+            "SELECT ".to_string() + ITEM_COLUMNS,
+            "ORDER BY manual DESC, mtime_ns ASC, id ASC LIMIT 1",
+        );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_row(rusqlite::params_from_iter(args), read_item)
@@ -414,7 +428,8 @@ impl Store {
         let rows = stmt
             .query_map(params![state.map(|s| s.as_str()), after, limit], read_item)
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Open items (pending, uploading, failed): the scanner checks they still exist.
@@ -426,7 +441,8 @@ impl Store {
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], read_item).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Counts and bytes per state.
@@ -600,7 +616,8 @@ impl Store {
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     fn exec(&self, sql: &str, args: impl rusqlite::Params) -> Result<()> {
@@ -631,7 +648,8 @@ impl Store {
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Deletes history older than `days` (the retention the privacy policy promises).
@@ -797,7 +815,8 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
