@@ -2,11 +2,14 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data's path through these modules.
 
+pub mod app;
 pub mod conditions;
 pub mod config;
 pub mod credentials;
+pub mod events;
 pub mod gate;
 pub mod media;
+pub mod scan;
 pub mod secret;
 pub mod settings;
 pub mod store;

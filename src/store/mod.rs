@@ -573,6 +573,24 @@ impl Store {
         )
     }
 
+    /// Marks many items skipped with one reason, in one transaction (the scan's reconcile).
+    pub fn mark_skipped_many(&self, ids: &[i64], reason: &str) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE items SET state = 'skipped', last_error = ?2
+                 WHERE id = ?1 AND state IN ('pending', 'failed')",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute(params![id, reason])?;
+            }
+            Ok(n)
+        })
+    }
+
     /// The user's retry of a failed item: pending again, at once, with a fresh back-off.
     pub fn retry(&self, id: i64) -> Result<()> {
         let item = self.item(id)?.ok_or(StoreError::NoSuchItem(id))?;
