@@ -433,6 +433,8 @@ impl App {
             tracing::info!(auto_upload = new.auto_upload, "the user changed consent");
         }
         self.reevaluate();
+        // The gate's verdict depends on the settings: have the conditions loop decide anew.
+        self.recheck.notify_one();
         Ok(new)
     }
 
@@ -800,6 +802,11 @@ impl App {
                 blocked_by: now.1,
             });
         }
+    }
+
+    /// Whether queued items wait (for conditions, a back-off, or a free slot).
+    pub fn has_waiting_work(&self) -> bool {
+        self.store.has_pending().unwrap_or(false)
     }
 
     /// Ids of the uploads in flight.

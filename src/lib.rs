@@ -5,7 +5,9 @@
 pub mod app;
 pub mod conditions;
 pub mod config;
+pub mod control;
 pub mod credentials;
+pub mod daemon;
 pub mod events;
 pub mod gate;
 pub mod media;
@@ -14,3 +16,4 @@ pub mod secret;
 pub mod settings;
 pub mod store;
 pub mod upload;
+pub mod watch;

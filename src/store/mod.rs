@@ -404,6 +404,17 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether any item waits to be uploaded (cheap: one index probe).
+    pub fn has_pending(&self) -> Result<bool> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM items WHERE state = 'pending')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// One item by id.
     pub fn item(&self, id: i64) -> Result<Option<Item>> {
         self.conn()
@@ -589,6 +600,18 @@ impl Store {
             }
             Ok(n)
         })
+    }
+
+    /// A file was deleted from the card: its queued (not uploaded, not in flight) items are
+    /// dropped with [`REASON_DELETED`]. Returns how many.
+    pub fn skip_deleted(&self, path: &StoragePath) -> Result<usize> {
+        self.conn()
+            .execute(
+                "UPDATE items SET state = 'skipped', last_error = ?2
+                 WHERE storage_path = ?1 AND state IN ('pending', 'failed')",
+                params![path.as_str(), REASON_DELETED],
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// The user's retry of a failed item: pending again, at once, with a fresh back-off.

@@ -3,5 +3,6 @@
 
 pub mod metadata;
 pub mod retry;
+pub mod scheduler;
 pub mod transfer;
 pub mod tus;

@@ -1,0 +1,2 @@
+//! TEMPORARY stub until the control branch lands.
+pub mod server;
