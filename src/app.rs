@@ -522,7 +522,8 @@ impl App {
             f.stop.cancel();
         }
         let url = self.store.cancel(id)?;
-        if let (Some(url), Some(acct)) = (url, self.live().account.clone()) {
+        let account = self.live().account.clone();
+        if let (Some(url), Some(acct)) = (url, account) {
             self.terminate(&url, &acct.token).await;
         }
         let item = self.item(id)?;

@@ -160,7 +160,9 @@ pub fn scan(
     let queued = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
-            for batch in rx {
+            for mut batch in rx {
+                // In key order, inserts touch the index b-tree's pages in sequence.
+                batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
                 queued += store.upsert_files(&batch)?;
             }
             Ok::<usize, StoreError>(queued)

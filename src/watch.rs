@@ -330,10 +330,8 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
                     rescan = true;
                 }
             }
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                if is_media {
-                    settler.closed(path, now);
-                }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) if is_media => {
+                settler.closed(path, now);
             }
             EventKind::Remove(_) => {
                 settler.forget(path);
