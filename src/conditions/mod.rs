@@ -294,9 +294,9 @@ fn cellular_globs(patterns: &[String]) -> GlobSet {
             Ok(g) => {
                 set.add(g);
             }
-            Err(e) => tracing::warn!(
-                "ignoring conditions.cellular_interfaces pattern `{pattern}`: {e}"
-            ),
+            Err(e) => {
+                tracing::warn!("ignoring conditions.cellular_interfaces pattern `{pattern}`: {e}")
+            }
         }
     }
     set.build().unwrap_or_else(|e| {
@@ -362,7 +362,12 @@ mod tests {
         let sys = dir.path().join("sys");
         let proc = dir.path().join("proc");
         fake::supply(&sys, "usb", "USB", &[("online", "1")]);
-        fake::supply(&sys, "battery", "Battery", &[("status", "Charging"), ("capacity", "57")]);
+        fake::supply(
+            &sys,
+            "battery",
+            "Battery",
+            &[("status", "Charging"), ("capacity", "57")],
+        );
         fake::write(
             &proc,
             "net/route",

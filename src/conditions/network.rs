@@ -190,12 +190,20 @@ mod tests {
             self.0.path().join("proc")
         }
         fn iface(&self, name: &str, operstate: &str) -> &Tree {
-            fake::write(&self.sys(), &format!("class/net/{name}/operstate"), operstate);
+            fake::write(
+                &self.sys(),
+                &format!("class/net/{name}/operstate"),
+                operstate,
+            );
             self
         }
         fn wifi(&self, name: &str, operstate: &str) -> &Tree {
             self.iface(name, operstate);
-            fake::write(&self.sys(), &format!("class/net/{name}/phy80211/name"), "phy0");
+            fake::write(
+                &self.sys(),
+                &format!("class/net/{name}/phy80211/name"),
+                "phy0",
+            );
             self
         }
         fn read(&self) -> Reading<Uplink> {

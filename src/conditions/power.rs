@@ -39,32 +39,30 @@ pub fn read_power(sysfs: &Path) -> Reading<Power> {
         }
     };
     let mut own = 0;
-    let mut external = false;
+    let mut external = Some(false);
     let mut battery_percent = None;
     let mut problem = None;
     for supply in &supplies {
-        match read_supply(supply) {
-            Ok(None) => {}
-            Ok(Some(s)) => {
-                own += 1;
-                external |= s.external_power;
-                // With several batteries, the lowest decides: it is the one that runs out.
-                if let Some(c) = s.capacity {
-                    battery_percent = Some(battery_percent.map_or(c, |b: u8| b.min(c)));
-                }
-            }
-            Err(p) => {
-                problem.get_or_insert(p);
-            }
+        let Some(s) = read_supply(supply, &mut problem) else {
+            continue;
+        };
+        own += 1;
+        external = match (external, s.external_power) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            // An unreadable supply might be the charger.
+            (None, _) | (_, None) => None,
+            _ => Some(false),
+        };
+        // With several batteries, the lowest decides: it is the one that runs out.
+        if let Some(c) = s.capacity {
+            battery_percent = Some(battery_percent.map_or(c, |b: u8| b.min(c)));
         }
     }
-    let charging = match (external, &problem) {
-        (true, _) => Some(true),
-        // An unreadable supply might be the charger.
-        (false, Some(_)) => None,
-        // Nothing of the camera's own: it runs from mains.
-        (false, None) if own == 0 => Some(true),
-        (false, None) => Some(false),
+    // Nothing of the camera's own (and nothing unreadable): it runs from mains.
+    let charging = if own == 0 && problem.is_none() {
+        Some(true)
+    } else {
+        external
     };
     Reading {
         value: Power {
@@ -75,43 +73,72 @@ pub fn read_power(sysfs: &Path) -> Reading<Power> {
     }
 }
 
-/// What one of the camera's own supplies contributes.
+/// What one of the camera's own supplies says; `None` where it cannot be read.
 #[derive(Debug)]
 struct Supply {
-    external_power: bool,
+    external_power: Option<bool>,
     capacity: Option<u8>,
 }
 
-/// Reads one supply; `None` when it is not the camera's own.
-fn read_supply(dir: &Path) -> Result<Option<Supply>, Problem> {
+/// Reads one supply; `None` when it is not the camera's own. The first unreadable attribute goes
+/// to `problem`; a bad `capacity` does not hide what `status` says, and vice versa.
+fn read_supply(dir: &Path, problem: &mut Option<Problem>) -> Option<Supply> {
+    let mut attr = |name: &str| match optional_attr(&dir.join(name)) {
+        Ok(v) => Ok(v),
+        Err(p) => {
+            problem.get_or_insert(p);
+            Err(())
+        }
+    };
     // Peripherals' batteries (a Bluetooth remote, a HID device) have `scope` = Device; they say
     // nothing about the camera's own power, so they are left out.
-    if optional_attr(&dir.join("scope"))?.as_deref() == Some("Device") {
-        return Ok(None);
+    if attr("scope").ok().flatten().as_deref() == Some("Device") {
+        return None;
     }
-    let type_path = dir.join("type");
-    let kind = read_attr(&type_path).map_err(|e| Problem::io(&type_path, &e))?;
+    let kind = match attr("type") {
+        Ok(Some(kind)) => kind,
+        Ok(None) => {
+            // Every supply has a type; without it this one might be the charger.
+            problem.get_or_insert(Problem {
+                path: dir.join("type"),
+                reason: "missing".into(),
+            });
+            return Some(Supply {
+                external_power: None,
+                capacity: None,
+            });
+        }
+        Err(()) => {
+            return Some(Supply {
+                external_power: None,
+                capacity: None,
+            })
+        }
+    };
     if kind != "Battery" {
-        let online = optional_attr(&dir.join("online"))?;
-        return Ok(Some(Supply {
-            external_power: online.as_deref() == Some("1"),
+        return Some(Supply {
+            external_power: attr("online").ok().map(|o| o.as_deref() == Some("1")),
             capacity: None,
-        }));
+        });
     }
-    let status = optional_attr(&dir.join("status"))?;
-    let capacity_path = dir.join("capacity");
-    let capacity = match optional_attr(&capacity_path)? {
-        None => None,
-        Some(text) => match text.parse::<u16>() {
+    let external_power = attr("status")
+        .ok()
+        .map(|s| matches!(s.as_deref(), Some("Charging" | "Full")));
+    let capacity = match attr("capacity") {
+        Ok(Some(text)) => match text.parse::<u16>() {
             // Fuel gauges can overshoot a little while calibrating.
             Ok(n) => Some(n.min(100) as u8),
-            Err(_) => return Err(Problem::malformed(&capacity_path, &text)),
+            Err(_) => {
+                problem.get_or_insert(Problem::malformed(&dir.join("capacity"), &text));
+                None
+            }
         },
+        _ => None,
     };
-    Ok(Some(Supply {
-        external_power: matches!(status.as_deref(), Some("Charging" | "Full")),
+    Some(Supply {
+        external_power,
         capacity,
-    }))
+    })
 }
 
 /// An attribute the driver may not provide: absent is `None`, unreadable is a problem.
@@ -186,19 +213,36 @@ mod tests {
     fn mains_only_supply_offline_is_not_charging() {
         let dir = tempfile::tempdir().unwrap();
         fake::supply(dir.path(), "ac", "Mains", &[("online", "0")]);
-        assert_eq!(read_power(dir.path()), Reading::ok(power(Some(false), None)));
+        assert_eq!(
+            read_power(dir.path()),
+            Reading::ok(power(Some(false), None))
+        );
     }
 
     #[test]
     fn unreadable_supply_makes_charging_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        fake::supply(dir.path(), "battery", "Battery", &[("status", "Discharging")]);
+        fake::supply(
+            dir.path(),
+            "battery",
+            "Battery",
+            &[("status", "Discharging")],
+        );
         fake::supply(dir.path(), "usb", "USB", &[]);
         fake::unreadable(dir.path(), "class/power_supply/usb/online");
         let r = read_power(dir.path());
         assert_eq!(r.value, power(None, None));
         let p = r.problem.unwrap();
         assert!(p.path.ends_with("class/power_supply/usb/online"), "{p}");
+    }
+
+    #[test]
+    fn supplies_present_but_unreadable_are_unknown_not_mains() {
+        let dir = tempfile::tempdir().unwrap();
+        fake::unreadable(dir.path(), "class/power_supply/battery/type");
+        let r = read_power(dir.path());
+        assert_eq!(r.value, power(None, None));
+        assert!(r.problem.unwrap().path.ends_with("battery/type"));
     }
 
     #[test]
@@ -218,14 +262,19 @@ mod tests {
         let bat = [("status", "Discharging"), ("capacity", "lots")];
         fake::supply(dir.path(), "battery", "Battery", &bat);
         let r = read_power(dir.path());
-        assert_eq!(r.value, power(None, None));
+        // The status still counts.
+        assert_eq!(r.value, power(Some(false), None));
         assert!(r.problem.unwrap().reason.contains("lots"));
     }
 
     #[test]
     fn only_a_peripheral_battery_means_mains_powered() {
         let dir = tempfile::tempdir().unwrap();
-        let remote = [("scope", "Device"), ("status", "Discharging"), ("capacity", "5")];
+        let remote = [
+            ("scope", "Device"),
+            ("status", "Discharging"),
+            ("capacity", "5"),
+        ];
         fake::supply(dir.path(), "hid-remote", "Battery", &remote);
         assert_eq!(read_power(dir.path()), Reading::ok(power(Some(true), None)));
     }
@@ -233,7 +282,11 @@ mod tests {
     #[test]
     fn a_peripheral_battery_is_not_the_cameras() {
         let dir = tempfile::tempdir().unwrap();
-        let remote = [("scope", "Device"), ("status", "Charging"), ("capacity", "5")];
+        let remote = [
+            ("scope", "Device"),
+            ("status", "Charging"),
+            ("capacity", "5"),
+        ];
         fake::supply(dir.path(), "hid-remote", "Battery", &remote);
         let bat = [("status", "Discharging"), ("capacity", "64")];
         fake::supply(dir.path(), "battery", "Battery", &bat);
