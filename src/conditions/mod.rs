@@ -167,11 +167,16 @@ impl Source {
     /// What the daemon assumes while this source cannot be read, for the warning.
     fn fallback(self) -> &'static str {
         match self {
-            Source::Power => "charging and battery level are unknown (or partial) until it can",
-            Source::Network => "treating the device as offline until it can",
-            Source::Thermal => "using the zones that can be read",
-            Source::Load => "the load average is unknown until it can",
-            Source::RecordingFlag => "assuming the camera is not recording until it can",
+            Source::Power => "charging or the battery level may read as unknown meanwhile",
+            Source::Network => {
+                "routes over interfaces it cannot check are not used meanwhile \
+                 (no route table: offline)"
+            }
+            Source::Thermal => "only the zones that can be read count meanwhile",
+            Source::Load => "the load average is unknown meanwhile",
+            Source::RecordingFlag => {
+                "assuming no recording from the flag meanwhile (PUT /v1/recording still counts)"
+            }
         }
     }
 
@@ -270,14 +275,14 @@ impl Reader {
     fn report(&mut self, source: Source, problem: Option<&Problem>) {
         match (self.warned.note(source, problem), problem) {
             (Transition::Failed, Some(p)) => tracing::warn!(
-                "cannot read {} state from {}: {}; {} (logged once)",
+                "cannot read {} state from {}: {}; {} (logged once until it recovers)",
                 source.name(),
                 p.path.display(),
                 p.reason,
                 source.fallback(),
             ),
             (Transition::Recovered, _) => {
-                tracing::info!("{} state is readable again", source.name())
+                tracing::info!("{} state can be read again", source.name())
             }
             _ => {}
         }
