@@ -175,24 +175,19 @@ async fn conditions_loop(app: Arc<App>) {
     let cfg = app.config.conditions.clone();
     let hold_down = Duration::from_secs(cfg.hold_down_secs);
     let mut reader = conditions::Reader::new(&cfg);
-    let mut open_since: Option<Instant> = None;
+    let mut hold = gate::HoldDown::new(hold_down);
     let mut last_verdict = None;
     loop {
         let snapshot = reader.read(&app.activity);
         let settings = app.settings();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
         let now = Instant::now();
-        open_since = if verdict.auto_allowed() {
-            Some(open_since.unwrap_or(now))
-        } else {
-            None
-        };
-        let auto_open = open_since.is_some_and(|t| now.duration_since(t) >= hold_down);
+        let auto_open = hold.update(verdict.auto_allowed(), now);
         if last_verdict.as_ref() != Some(&verdict) {
             tracing::info!(auto_blocked_by = ?verdict.auto, manual_blocked_by = ?verdict.manual, "the gate's answer changed");
             last_verdict = Some(verdict.clone());
         }
-        let holding = open_since.is_some() && !auto_open;
+        let holding = hold.opens_at().is_some() && !auto_open;
         app.set_conditions(snapshot, verdict, auto_open);
         app.beat("conditions");
         let busy = !app.in_flight().is_empty() || holding || app.has_waiting_work();
