@@ -264,8 +264,11 @@ pub struct Client {
     http: reqwest::Client,
     /// No progress this long aborts a request.
     stall: Duration,
-    caps: Arc<Mutex<HashMap<String, (Instant, Arc<Capabilities>)>>>,
+    caps: Arc<Mutex<CapsCache>>,
 }
+
+/// Discovery results per endpoint, with when they were learnt.
+type CapsCache = HashMap<String, (Instant, Arc<Capabilities>)>;
 
 impl Client {
     /// Builds the client from `[cloud]`: rustls with the system's roots plus `ca_file`,
@@ -790,7 +793,7 @@ pub(crate) mod test_server {
     use hyper_util::rt::TokioIo;
     use sha1::Digest as _;
 
-    /// The `Tus-Max-Size` the server announces.
+    /// The `Tus-Max-Size` the server announces unless told otherwise.
     const MAX_SIZE: u64 = 1 << 30;
 
     type Handled = Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>>;
@@ -805,6 +808,8 @@ pub(crate) mod test_server {
         Stall,
         /// Keep the chunk but acknowledge one byte more than it holds.
         WrongOffset,
+        /// Nothing: handle normally (to aim a later fault at the second request, say).
+        Pass,
     }
 
     /// One upload as the server holds it.
@@ -812,14 +817,12 @@ pub(crate) mod test_server {
     pub(crate) struct Upload {
         pub length: u64,
         pub data: Vec<u8>,
-        pub metadata: String,
     }
 
     /// One request as it arrived.
     #[derive(Clone, Debug)]
     pub(crate) struct Recorded {
         pub method: String,
-        pub path: String,
         pub headers: HeaderMap,
     }
 
@@ -833,6 +836,7 @@ pub(crate) mod test_server {
         extensions: Mutex<String>,
         on_patch: Mutex<Option<Hook>>,
         next_id: AtomicU64,
+        max_size: AtomicU64,
     }
 
     /// The running server; it lives as long as the test's runtime.
@@ -850,6 +854,7 @@ pub(crate) mod test_server {
             let addr = listener.local_addr().unwrap();
             let state = Arc::new(State::default());
             *state.extensions.lock().unwrap() = "creation,termination,expiration,checksum".into();
+            state.max_size.store(MAX_SIZE, Ordering::Relaxed);
             let st = state.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
@@ -868,8 +873,13 @@ pub(crate) mod test_server {
             }
         }
 
+        /// The `Tus-Max-Size` announced (and enforced on creation).
         pub(crate) fn max_size(&self) -> u64 {
-            MAX_SIZE
+            self.state.max_size.load(Ordering::Relaxed)
+        }
+
+        pub(crate) fn set_max_size(&self, max: u64) {
+            self.state.max_size.store(max, Ordering::Relaxed);
         }
 
         /// Sets `Tus-Extension` (checksums are offered when it lists `checksum`).
@@ -943,7 +953,6 @@ pub(crate) mod test_server {
         let path = req.uri().path().to_string();
         st.requests.lock().unwrap().push(Recorded {
             method: method.clone(),
-            path: path.clone(),
             headers: req.headers().clone(),
         });
         if method == "PATCH" {
@@ -992,7 +1001,7 @@ pub(crate) mod test_server {
                 return Err("injected connection reset".into());
             }
             Some(Fault::WrongOffset) => wrong_offset = true,
-            None => {}
+            Some(Fault::Pass) | None => {}
         }
         let ext = st.extensions.lock().unwrap().clone();
         match method.as_str() {
@@ -1000,7 +1009,7 @@ pub(crate) mod test_server {
                 let mut b = answer(204)
                     .header("tus-version", "1.0.0")
                     .header("tus-extension", &ext)
-                    .header("tus-max-size", MAX_SIZE);
+                    .header("tus-max-size", st.max_size.load(Ordering::Relaxed));
                 if ext.contains("checksum") {
                     b = b.header("tus-checksum-algorithm", "md5,sha1");
                 }
@@ -1012,17 +1021,15 @@ pub(crate) mod test_server {
                 else {
                     return empty(400);
                 };
-                if length > MAX_SIZE {
+                if length > st.max_size.load(Ordering::Relaxed) {
                     return empty(413);
                 }
-                let metadata = hdr(h, "upload-metadata").unwrap_or("").to_string();
                 let id = st.next_id.fetch_add(1, Ordering::Relaxed).to_string();
                 st.uploads.lock().unwrap().insert(
                     id.clone(),
                     Upload {
                         length,
                         data: Vec::new(),
-                        metadata,
                     },
                 );
                 let expires = SystemTime::now() + Duration::from_secs(86_400);
