@@ -41,9 +41,13 @@ const MAX_CONFLICTS_PER_ATTEMPT: u32 = 3;
 
 /// What one transfer needs.
 pub struct TransferCtx<'a> {
+    /// The daemon's one tus client (connections and discovery are shared).
     pub client: &'a Client,
+    /// Where the upload URL and progress are recorded.
     pub store: &'a Store,
+    /// Endpoint, chunk size, media root and the device's identity for the metadata.
     pub config: &'a Config,
+    /// Token for `Authorization`, user ID for the metadata, region for the endpoint.
     pub account: &'a Account,
 }
 
