@@ -16,19 +16,11 @@ use crate::app::{AccountStatus, App};
 use crate::credentials::Account;
 use crate::scan;
 use crate::store::{now_unix, Item, Pick};
-use crate::upload::retry::Backoff;
+use crate::upload::retry::{self, Backoff};
 use crate::upload::transfer::{self, Outcome, TransferCtx};
 
 /// The longest the scheduler sleeps without looking (it also beats the health check).
 const MAX_SLEEP: Duration = Duration::from_secs(20);
-
-/// The back-off policy from the config.
-pub fn backoff(app: &App) -> Backoff {
-    Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(app.config.cloud.retry_max_secs.max(1)),
-    }
-}
 
 /// Runs until shutdown; then waits for the transfers in flight to save their progress.
 pub async fn run(app: Arc<App>) {
@@ -118,10 +110,15 @@ fn record(app: &App, item: &Item, outcome: Outcome) {
             app.store.mark_done(id)
         }
         Outcome::Retry { error, retry_after } => {
-            let delay = backoff(app).delay(item.attempts, retry_after, fastrand::f64());
-            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = delay.as_secs(), "upload failed; will retry");
-            app.store
-                .mark_retry(id, &error, now_unix() + delay.as_secs().max(1) as i64)
+            let now = now_unix();
+            let at = Backoff::from_config(&app.config.cloud).next_attempt_at(
+                now,
+                item.attempts,
+                retry_after,
+                retry::jitter(),
+            );
+            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now, "upload failed; will retry");
+            app.store.mark_retry(id, &error, at)
         }
         Outcome::Failed(error) => {
             tracing::warn!(id, path = %item.storage_path, error = %error, "upload failed for good; waiting for the user's retry");

@@ -73,13 +73,8 @@ pub enum Outcome {
     Stopped,
 }
 
-/// A file's modification time in nanoseconds since the epoch, as the queue records it
-/// (`Item::mtime_ns`). The scanner and this module must compute it the same way.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
+// The scanner and this module must compute a file's identity the same way: one function.
+use crate::scan::mtime_ns;
 
 /// Uploads (or resumes) one item until done, stopped or failed.
 ///
