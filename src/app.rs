@@ -520,7 +520,9 @@ impl App {
             f.stop.cancel();
         }
         let url = self.store.cancel(id)?;
-        if let (Some(url), Some(acct)) = (url, self.live().account.clone()) {
+        // Bound first: a guard in the `if let` scrutinee would live across the await (not Send).
+        let account = self.live().account.clone();
+        if let (Some(url), Some(acct)) = (url, account) {
             self.terminate(&url, &acct.token).await;
         }
         let item = self.item(id)?;

@@ -3,8 +3,10 @@
 //! See `docs/ARCHITECTURE.md` for the data's path through these modules.
 
 pub mod app;
+pub mod cli;
 pub mod conditions;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod events;
 pub mod gate;
