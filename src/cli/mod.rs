@@ -272,7 +272,9 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             println!("#{id} {} cancelled", str_of(&v, "storage_path"));
             Ok(())
         }
-        Command::Settings { key, value } => settings(client, key.as_deref(), value.as_deref()).await,
+        Command::Settings { key, value } => {
+            settings(client, key.as_deref(), value.as_deref()).await
+        }
         Command::Pair {
             user_id,
             token_file,
@@ -289,7 +291,9 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
         }
         Command::History { json } => {
             let v = get(client, "/v1/history?limit=10000").await?;
-            print_as(json, &v, |v| render::history(&view::<Vec<_>>(&v["entries"])))
+            print_as(json, &v, |v| {
+                render::history(&view::<Vec<_>>(&v["entries"]))
+            })
         }
         Command::Privacy { json } => {
             let v = get(client, "/v1/privacy").await?;
@@ -330,9 +334,8 @@ async fn call(
 ) -> Result<Value, Fail> {
     let answer = client.call(method, path, body).await?;
     if answer.status.is_success() {
-        return serde_json::from_slice(&answer.body).map_err(|e| {
-            Fail::other(format!("the daemon's answer to {path} is not JSON: {e}"))
-        });
+        return serde_json::from_slice(&answer.body)
+            .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")));
     }
     let message = match client::error_of(&answer.body) {
         Some((_, m)) => m,
@@ -408,12 +411,18 @@ async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Re
             let parsed = parse_setting(k, val).map_err(Fail::usage)?;
             let mut patch = serde_json::Map::new();
             patch.insert(k.to_string(), parsed);
-            call(client, Method::PATCH, "/v1/settings", Some(&Value::Object(patch))).await?
+            call(
+                client,
+                Method::PATCH,
+                "/v1/settings",
+                Some(&Value::Object(patch)),
+            )
+            .await?
         }
         _ => get(client, "/v1/settings").await?,
     };
     for k in SETTINGS {
-        if key.is_none_or(|want| want == k) {
+        if key.map_or(true, |want| want == k) {
             println!("{k}={}", render::setting_value(&v[k]));
         }
     }
@@ -497,10 +506,7 @@ fn read_token(file: &Path) -> Result<String, Fail> {
             .map_err(|e| Fail::other(format!("cannot read the token from stdin: {e}")))?;
     } else {
         text = std::fs::read_to_string(file).map_err(|e| {
-            Fail::usage(format!(
-                "--token-file: cannot read {}: {e}",
-                file.display()
-            ))
+            Fail::usage(format!("--token-file: cannot read {}: {e}", file.display()))
         })?;
     }
     let token = text.trim_end_matches(['\n', '\r']);
@@ -526,7 +532,9 @@ async fn events(client: &Client) -> Result<(), Fail> {
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         let message = client::error_of(&body).map(|(_, m)| m).unwrap_or_default();
-        return Err(Fail::other(format!("the daemon refused: {message} ({status})")));
+        return Err(Fail::other(format!(
+            "the daemon refused: {message} ({status})"
+        )));
     }
     let mut body = response.into_body();
     let mut parser = SseParser::default();
@@ -540,7 +548,10 @@ async fn events(client: &Client) -> Result<(), Fail> {
                 if let Some(data) = f.data_ref() {
                     for (name, data) in parser.feed(data) {
                         let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                        println!("{}", render::event_line(&name, &v, crate::store::now_unix()));
+                        println!(
+                            "{}",
+                            render::event_line(&name, &v, crate::store::now_unix())
+                        );
                     }
                 }
             }
@@ -591,7 +602,8 @@ mod tests {
     #[test]
     fn socket_goes_before_or_after_the_subcommand() {
         let a = Cli::try_parse_from(["cambackup", "--socket", "/tmp/s", "status"]).unwrap();
-        let b = Cli::try_parse_from(["cambackup", "status", "--socket", "/tmp/s", "--json"]).unwrap();
+        let b =
+            Cli::try_parse_from(["cambackup", "status", "--socket", "/tmp/s", "--json"]).unwrap();
         assert_eq!(a.socket.as_deref(), Some(Path::new("/tmp/s")));
         assert_eq!(b.socket.as_deref(), Some(Path::new("/tmp/s")));
         assert!(matches!(b.command, Command::Status { json: true }));
@@ -618,17 +630,31 @@ mod tests {
     #[test]
     fn setting_values_parse_by_key() {
         assert_eq!(parse_setting("auto_upload", "on").unwrap(), json!(true));
-        assert_eq!(parse_setting("require_idle", "false").unwrap(), json!(false));
-        assert_eq!(parse_setting("network", "unmetered").unwrap(), json!("unmetered"));
+        assert_eq!(
+            parse_setting("require_idle", "false").unwrap(),
+            json!(false)
+        );
+        assert_eq!(
+            parse_setting("network", "unmetered").unwrap(),
+            json!("unmetered")
+        );
         assert_eq!(
             parse_setting("data_types", "photo, video").unwrap(),
             json!(["photo", "video"])
         );
         assert_eq!(parse_setting("data_types", "").unwrap(), json!([]));
-        assert!(parse_setting("network", "5g").unwrap_err().contains("`network`"));
-        assert!(parse_setting("auto_upload", "maybe").unwrap_err().contains("`auto_upload`"));
-        assert!(parse_setting("data_types", "audio").unwrap_err().contains("`data_types`"));
-        assert!(parse_setting("colour", "red").unwrap_err().contains("`colour`"));
+        assert!(parse_setting("network", "5g")
+            .unwrap_err()
+            .contains("`network`"));
+        assert!(parse_setting("auto_upload", "maybe")
+            .unwrap_err()
+            .contains("`auto_upload`"));
+        assert!(parse_setting("data_types", "audio")
+            .unwrap_err()
+            .contains("`data_types`"));
+        assert!(parse_setting("colour", "red")
+            .unwrap_err()
+            .contains("`colour`"));
     }
 
     #[test]

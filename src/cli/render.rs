@@ -229,7 +229,10 @@ pub fn queue(items: &[ItemView]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "STATE", "SIZE", "TRIES", "PATH", "LAST ERROR"], &rows)
+    table(
+        &["ID", "STATE", "SIZE", "TRIES", "PATH", "LAST ERROR"],
+        &rows,
+    )
 }
 
 /// `history`: a table, newest first as the server sends it.
@@ -239,7 +242,13 @@ pub fn history(entries: &[HistoryView]) -> String {
     }
     let rows: Vec<[String; 3]> = entries
         .iter()
-        .map(|e| [local_time(e.completed_at), bytes(e.size), e.storage_path.clone()])
+        .map(|e| {
+            [
+                local_time(e.completed_at),
+                bytes(e.size),
+                e.storage_path.clone(),
+            ]
+        })
         .collect();
     table(&["COMPLETED", "SIZE", "PATH"], &rows)
 }
@@ -294,14 +303,24 @@ pub fn setting_value(v: &Value) -> String {
 pub fn event_line(name: &str, data: &Value, at_unix: i64) -> String {
     let time = local_time(at_unix);
     let time = time.split(' ').nth(1).unwrap_or(&time).to_string();
-    let s = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        data.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let n = |k: &str| data.get(k).and_then(Value::as_u64).unwrap_or(0);
     match name {
         "state" => {
             let blocks: Vec<String> = data
                 .get("blocked_by")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(block_words).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(block_words)
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut line = format!("{time} state {}", s("state"));
             if !blocks.is_empty() {
@@ -460,13 +479,22 @@ mod tests {
         }))
         .unwrap();
         let text = status(&v);
-        assert!(text.contains("blocked by:  not charging, the camera is recording"), "{text}");
-        assert!(text.contains("3 pending, 1 uploading, 1 failed, 120 done"), "{text}");
+        assert!(
+            text.contains("blocked by:  not charging, the camera is recording"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 pending, 1 uploading, 1 failed, 120 done"),
+            "{text}"
+        );
         assert!(
             text.contains("#7 DCIM/100MEDIA/A.MP4  44% (540.0 MiB of 1.2 GiB) at 2.3 MiB/s, about 5m 00s left"),
             "{text}"
         );
-        assert!(text.contains("wifi (wlan0), charging, battery 80%, 41.5 °C"), "{text}");
+        assert!(
+            text.contains("wifi (wlan0), charging, battery 80%, 41.5 °C"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -491,9 +519,15 @@ mod tests {
         ];
         let t = queue(&items);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "ID  STATE    SIZE     TRIES  PATH        LAST ERROR");
+        assert_eq!(
+            lines[0],
+            "ID  STATE    SIZE     TRIES  PATH        LAST ERROR"
+        );
         assert_eq!(lines[1], "1   pending  2.0 KiB  0      DCIM/A.JPG");
-        assert_eq!(lines[2], "12  failed   10 B     3      DCIM/B.MP4  413 from the server");
+        assert_eq!(
+            lines[2],
+            "12  failed   10 B     3      DCIM/B.MP4  413 from the server"
+        );
     }
 
     #[test]

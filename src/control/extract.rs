@@ -160,8 +160,16 @@ fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiErro
     }
 }
 
-/// Parses a body into `T`, naming the field on any error.
+/// Parses a body into `T`, naming the field on any error. The body must be one JSON object:
+/// serde would also take a struct as an array of its fields, which no client means.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| json_error(".", e))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "bad_value",
+            format!("the body must be a JSON object, not {}", json_kind(&value)),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -170,6 +178,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Trailing data after the value (`{} {}`) is a syntax error, not ignored.
     de.end().map_err(|e| json_error(".", e))?;
     Ok(value)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn json_error(path: &str, e: serde_json::Error) -> ApiError {
@@ -259,7 +278,9 @@ impl QueryPairs {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_request(
                 "bad_parameter",
-                format!("query parameter `{key}` must be an integer from {min} to {max}, not `{v}`"),
+                format!(
+                    "query parameter `{key}` must be an integer from {min} to {max}, not `{v}`"
+                ),
             )),
         }
     }
@@ -284,8 +305,15 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         let e = parse_json::<SettingsPatch>(br#"{"auto_upload": "yes"}"#).unwrap_err();
-        assert_eq!((e.code.as_ref(), e.status), ("bad_value", StatusCode::BAD_REQUEST));
-        assert!(e.message.starts_with("`auto_upload`: invalid type"), "{}", e.message);
+        assert_eq!(
+            (e.code.as_ref(), e.status),
+            ("bad_value", StatusCode::BAD_REQUEST)
+        );
+        assert!(
+            e.message.starts_with("`auto_upload`: invalid type"),
+            "{}",
+            e.message
+        );
 
         let e = parse_json::<SettingsPatch>(br#"{"auto_uplaod": true}"#).unwrap_err();
         assert_eq!(e.code, "unknown_field");
@@ -296,7 +324,10 @@ mod tests {
         assert!(e.message.starts_with("`data_types[1]`"), "{}", e.message);
 
         for bad in [&b"{"[..], b"", b"{} {}", b"nul"] {
-            assert_eq!(parse_json::<SettingsPatch>(bad).unwrap_err().code, "bad_json");
+            assert_eq!(
+                parse_json::<SettingsPatch>(bad).unwrap_err().code,
+                "bad_json"
+            );
         }
     }
 
@@ -320,7 +351,10 @@ mod tests {
         let q = QueryPairs(vec![("limit".into(), "0".into())]);
         assert!(q.only(&["limit"]).is_ok());
         assert!(q.int("limit", 1, 1000, 100).is_err());
-        assert_eq!(QueryPairs::default().int("limit", 1, 1000, 100).unwrap(), 100);
+        assert_eq!(
+            QueryPairs::default().int("limit", 1, 1000, 100).unwrap(),
+            100
+        );
         assert_eq!(q.only(&["state"]).unwrap_err().code, "unknown_parameter");
         let twice = QueryPairs(vec![("a".into(), "1".into()), ("a".into(), "2".into())]);
         assert_eq!(twice.only(&["a"]).unwrap_err().code, "bad_parameter");

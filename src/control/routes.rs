@@ -100,9 +100,9 @@ pub fn router(app: Arc<App>, limits: Arc<Limits>) -> Router {
     let max = limits.max_body_bytes;
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            refuse_declared_oversize(req, next, max)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| refuse_declared_oversize(req, next, max),
+        ))
         .with_state(Ctx { app, limits })
 }
 
@@ -138,7 +138,10 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no such endpoint: {} (see docs/openapi.yaml)", req.uri().path()),
+        format!(
+            "no such endpoint: {} (see docs/openapi.yaml)",
+            req.uri().path()
+        ),
     )
 }
 
@@ -357,5 +360,32 @@ mod tests {
             .map(|(m, p)| (m.to_string(), p.to_string()))
             .collect();
         assert_eq!(in_spec, in_server);
+
+        // Every `$ref` points at something that exists.
+        fn refs(v: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+            match v {
+                serde_yaml_ng::Value::Mapping(m) => {
+                    for (k, v) in m {
+                        if k.as_str() == Some("$ref") {
+                            out.push(v.as_str().unwrap().to_string());
+                        } else {
+                            refs(v, out);
+                        }
+                    }
+                }
+                serde_yaml_ng::Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let mut at = &doc;
+            for part in r.trim_start_matches("#/").split('/') {
+                at = &at[part];
+            }
+            assert!(!at.is_null(), "dangling $ref {r}");
+        }
     }
 }

@@ -86,8 +86,7 @@ pub fn bind(control: &config::Control) -> Result<Listener, ControlError> {
     clear_stale(&path)?;
     // The socket appears with the umask's mode and is narrowed just after; in that instant a
     // stranger could connect, but the credential check refuses every request from them anyway.
-    let listener =
-        std::os::unix::net::UnixListener::bind(&path).map_err(io("bind", &path))?;
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io("bind", &path))?;
     let built = (|| {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(io("set its mode to 0660", &path))?;
@@ -159,13 +158,12 @@ pub async fn serve_with(
     limits: Limits,
 ) -> Result<(), ControlError> {
     let std_listener = listener.inner.take().expect("a listener serves once");
-    let accept = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
-        ControlError::Io {
+    let accept =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|source| ControlError::Io {
             what: "register with the runtime",
             path: listener.path.clone(),
             source,
-        }
-    })?;
+        })?;
     tracing::info!(socket = %listener.path.display(), "control API listening");
 
     let limits = Arc::new(limits);
