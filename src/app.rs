@@ -522,6 +522,7 @@ impl App {
             f.stop.cancel();
         }
         let url = self.store.cancel(id)?;
+        // Bound first: a guard in the `if let` scrutinee would live across the await (not Send).
         let account = self.live().account.clone();
         if let (Some(url), Some(acct)) = (url, account) {
             self.terminate(&url, &acct.token).await;

@@ -89,7 +89,7 @@ async fn main(config: Config) -> i32 {
             return 1;
         }
     };
-    let listener = match crate::control::server::bind(&app.config) {
+    let listener = match crate::control::server::bind(&app.config.control) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the control socket");

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the data's path through these modules.
 
 pub mod app;
+pub mod cli;
 pub mod conditions;
 pub mod config;
 pub mod control;
