@@ -539,7 +539,8 @@ mod tests {
                     let body = body.collect().await.unwrap().to_bytes();
                     let answer = serde_json::json!({
                         "method": parts.method.as_str(),
-                        "path": parts.uri.path(),
+                        "uri": parts.uri.to_string(),
+                        "host": parts.headers.get("host").map(|h| h.to_str().unwrap()),
                         "body": String::from_utf8_lossy(&body),
                     });
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(
@@ -567,6 +568,9 @@ mod tests {
             .await;
         assert_eq!(code, 200);
         assert_eq!(body["method"], "PATCH");
+        // Origin form on the request line, like curl --unix-socket.
+        assert_eq!(body["uri"], "/v1/settings");
+        assert_eq!(body["host"], "localhost");
         assert_eq!(body["body"], r#"{"auto_upload":true}"#);
         let raw = d
             .raw("POST", "/v1/uploads", &[], "{not json")

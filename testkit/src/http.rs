@@ -36,16 +36,18 @@ impl RawResponse {
     }
 }
 
-/// Builds a request for [`send`]. `uri` is what goes on the request line; for Unix sockets pass
-/// `http://localhost/v1/...` so the `Host` header is set like curl sets it.
+/// Builds a request for [`send`] from an absolute `uri`; for Unix sockets pass
+/// `http://localhost/v1/...`. Like curl, the request line carries only the path and query
+/// (origin form) and the authority goes into `Host`.
 pub fn request(
     method: &str,
     uri: &str,
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Request<Full<Bytes>> {
-    let mut builder = Request::builder().method(method).uri(uri);
     let parsed: hyper::Uri = uri.parse().expect("valid URI");
+    let target = parsed.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut builder = Request::builder().method(method).uri(target);
     if let Some(authority) = parsed.authority() {
         builder = builder.header("host", authority.as_str());
     }
