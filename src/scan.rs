@@ -47,6 +47,9 @@ pub struct Report {
     pub recent: Vec<Recent>,
     /// Entries that could not be read (permissions, I/O errors), with the reason.
     pub unreadable: u64,
+    /// Time spent walking the card, and writing the database (the two overlap).
+    pub walk: Duration,
+    pub write: Duration,
 }
 
 /// The file's mtime in nanoseconds since the epoch (the queue's identity uses it).
@@ -160,16 +163,20 @@ pub fn scan(
     let queued = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
+            let mut busy = Duration::ZERO;
             for mut batch in rx {
+                let t = std::time::Instant::now();
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
                 queued += store.upsert_files(&batch)?;
+                busy += t.elapsed();
             }
-            Ok::<usize, StoreError>(queued)
+            Ok::<(usize, Duration), StoreError>((queued, busy))
         });
         let mut batch = Vec::with_capacity(BATCH);
         let mut files = 0u64;
         let mut recent = Vec::new();
+        let walk_started = std::time::Instant::now();
         let unreadable = walk(root, root, filter, settle, now, |s| {
             files += 1;
             match s {
@@ -194,12 +201,14 @@ pub fn scan(
             let _ = tx.send(batch);
         }
         drop(tx);
+        report.walk = walk_started.elapsed();
         report.files = files;
         report.recent = recent;
         report.unreadable = unreadable;
         writer.join().expect("scan writer thread panicked")
     })?;
-    report.queued = queued;
+    report.queued = queued.0;
+    report.write = queued.1;
 
     if present {
         report.dropped = reconcile(store, &seen_versions, &seen_paths)?;

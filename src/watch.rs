@@ -415,6 +415,8 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) {
                 dropped = report.dropped,
                 settling = report.recent.len(),
                 took_ms = started.elapsed().as_millis() as u64,
+                walk_ms = report.walk.as_millis() as u64,
+                write_ms = report.write.as_millis() as u64,
                 "scanned the card"
             );
             if report.queued > 0 {
