@@ -498,13 +498,16 @@ async fn cancelling_an_upload_in_flight_terminates_it_on_the_server() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["state"], "cancelled", "{body}");
 
-    // @tus/file-store removes both the data and the info file on termination.
+    // @tus/file-store removes both the data and the info file on termination. The server
+    // logs the DELETE once its answer is out, a moment after the files are gone.
+    let gone = || async {
+        fs::read_dir(&server.store).unwrap().next().is_none()
+            && server.requests().iter().any(|r| r["method"] == "DELETE")
+    };
     eventually(
         Duration::from_secs(10),
         "the upload gone from @tus/server",
-        || async {
-            server.uploads().is_empty() && fs::read_dir(&server.store).unwrap().next().is_none()
-        },
+        gone,
     )
     .await;
     let reqs = server.requests();
