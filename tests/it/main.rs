@@ -6,3 +6,4 @@
 mod common;
 
 mod card;
+mod interop;
