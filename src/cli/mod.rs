@@ -422,7 +422,7 @@ async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Re
         _ => get(client, "/v1/settings").await?,
     };
     for k in SETTINGS {
-        if key.map_or(true, |want| want == k) {
+        if key.is_none_or(|want| want == k) {
             println!("{k}={}", render::setting_value(&v[k]));
         }
     }

@@ -67,7 +67,7 @@ impl Activity {
     pub fn note_media_write_at(&self, at: Instant) {
         let mut last = self.last_write.lock().unwrap_or_else(|e| e.into_inner());
         // Keep the latest: events may be delivered out of order.
-        if last.map_or(true, |l| at > l) {
+        if last.is_none_or(|l| at > l) {
             *last = Some(at);
         }
     }
