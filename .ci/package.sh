@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package and checks it the way a camera maker's image build would use it:
 #
-#   1. the unit: `systemd-analyze security` (exposure must stay under 2.0, "OK");
+#   1. the unit: `systemd-analyze security` (exposure must stay under 2.0, "OK"); the Yocto
+#      recipe's crate list matches Cargo.lock;
 #   2. the .deb, built with cargo-deb (release profile);
 #   3. installed with dpkg into a throwaway root (`dpkg --root` with an empty admin dir), its
 #      maintainer scripts run for real against that root (DPKG_ROOT): user, state dir, enablement;
@@ -35,6 +36,7 @@ missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)        # cargo-deb's $auto depends
 command -v deb-systemd-helper >/dev/null || missing+=(init-system-helpers)
+command -v python3 >/dev/null || missing+=(python3)                 # the Yocto crate list check
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
@@ -53,6 +55,12 @@ step "unit: systemd-analyze security (offline)"
 systemd-analyze security --offline=true --threshold="$SECURITY_THRESHOLD" systemd/cambackup.service \
     >"$work/security.txt" 2>&1 || { cat "$work/security.txt"; fail "exposure above 1.9"; }
 ok "$(grep 'Overall exposure level' "$work/security.txt")"
+
+step "yocto: crate list matches Cargo.lock"
+python3 packaging/yocto/update-crates.py Cargo.lock >"$work/crates.inc"
+diff -u packaging/yocto/cambackup-crates.inc "$work/crates.inc" >/dev/null \
+    || fail "packaging/yocto/cambackup-crates.inc is stale: run packaging/yocto/update-crates.py > packaging/yocto/cambackup-crates.inc"
+ok "packaging/yocto/cambackup-crates.inc lists the $(grep -c 'crate://' "$work/crates.inc") crates of Cargo.lock"
 
 step "build the .deb"
 cargo deb --locked >"$work/cargo-deb.out"
