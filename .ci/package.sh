@@ -7,7 +7,8 @@
 #   3. installed with dpkg into a throwaway root (`dpkg --root` with an empty admin dir), its
 #      maintainer scripts run for real against that root (DPKG_ROOT): user, state dir, enablement;
 #   4. the installed binary validates the installed default config (exit 0) and refuses a
-#      misspelt key (exit 2);
+#      misspelt key (exit 2); run as the unit would run it (its user, umask, environment), the
+#      daemon sends READY=1 and WATCHDOG=1 and stops cleanly on SIGTERM;
 #   5. `systemd-analyze verify` on the installed unit with the installed binary at its ExecStart path;
 #   6. reinstall (the upgrade path) and purge: state dir and conffile gone.
 #
@@ -36,7 +37,8 @@ missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)        # cargo-deb's $auto depends
 command -v deb-systemd-helper >/dev/null || missing+=(init-system-helpers)
-command -v python3 >/dev/null || missing+=(python3)                 # the Yocto crate list check
+command -v python3 >/dev/null || missing+=(python3)   # crate list check, notify listener
+command -v setpriv >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
@@ -108,6 +110,56 @@ set -e
 [ "$rc" = 2 ] || fail "check-config on a misspelt key exited $rc, want 2: $out"
 grep -q 'media.setle_secs' <<<"$out" || fail "check-config did not name the misspelt key: $out"
 ok "check-config refuses a misspelt key with exit 2 and names it"
+
+step "installed binary as the unit runs it: user, umask, READY=1, WATCHDOG=1, SIGTERM"
+# No systemd as PID 1 here: run the daemon the way the unit would (its user, UMask=0077,
+# CAMBACKUP_LOG, NOTIFY_SOCKET, WATCHDOG_USEC/WATCHDOG_PID) and listen on the notify socket.
+# Not covered: the unit's sandboxing (namespaces, seccomp), which only systemd applies.
+run="$work/run-as-unit"
+mkdir -p "$run/state" "$run/rt" "$run/media"
+chown "$uid:$uid" "$run/state" "$run/rt"
+chmod 700 "$run/state"
+chmod 755 "$work" "$run" "$run/media"
+sed -e "s|^root = .*|root = \"$run/media\"|" -e "s|^dir = .*|dir = \"$run/state\"|" \
+    -e "s|^socket = .*|socket = \"$run/rt/control.sock\"|" \
+    "$root/etc/cambackup/cambackup.toml" >"$run/cambackup.toml"
+chmod 644 "$run/cambackup.toml"
+python3 - "$run/notify.sock" >"$run/notify.log" 2>&1 <<'EOF' &
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+s.settimeout(1.0)
+end = time.time() + 30
+while time.time() < end:
+    try:
+        msg = s.recv(4096).decode()
+    except socket.timeout:
+        continue
+    print(msg.strip(), flush=True)
+    if "STOPPING=1" in msg:
+        break
+EOF
+listener=$!
+for _ in $(seq 50); do [ -S "$run/notify.sock" ] && break; sleep 0.1; done
+[ -S "$run/notify.sock" ] || fail "the notify listener did not start"
+NOTIFY_SOCKET="$run/notify.sock" WATCHDOG_USEC=2000000 CAMBACKUP_LOG=info \
+    sh -c 'export WATCHDOG_PID=$$; umask 077; exec setpriv --reuid="$1" --regid="$1" --clear-groups --no-new-privs -- "$2" daemon --config "$3"' \
+    sh "$uid" "$bin" "$run/cambackup.toml" >"$run/daemon.log" 2>&1 &
+daemon=$!
+for _ in $(seq 100); do grep -q WATCHDOG=1 "$run/notify.log" && break; sleep 0.1; done
+kill -TERM "$daemon"
+set +e
+wait "$daemon"
+rc=$?
+wait "$listener"
+set -e
+grep -qx READY=1 "$run/notify.log" || { cat "$run/daemon.log"; fail "the daemon did not send READY=1"; }
+grep -qx WATCHDOG=1 "$run/notify.log" || { cat "$run/daemon.log"; fail "the daemon did not send WATCHDOG=1 with WATCHDOG_USEC set"; }
+grep -qx STOPPING=1 "$run/notify.log" || { cat "$run/daemon.log"; fail "the daemon did not send STOPPING=1 on SIGTERM"; }
+[ "$rc" = 0 ] || { cat "$run/daemon.log"; fail "the daemon exited $rc after SIGTERM"; }
+[ -z "$(find "$run/state" -type f -perm /077)" ] || fail "the daemon left files in its state dir readable by others"
+ok "as uid $uid: READY=1, WATCHDOG=1, STOPPING=1, exit 0 on SIGTERM; state files private"
 
 step "unit: systemd-analyze verify"
 # verify needs the unit's dependencies (sysinit.target, ...) and an executable at ExecStart=.
