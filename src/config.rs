@@ -343,7 +343,10 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
         (None, None) => return Err(missing("device.serial")),
     };
     if serial.trim().is_empty() {
-        return Err(invalid("device.serial", "the serial number is empty".into()));
+        return Err(invalid(
+            "device.serial",
+            "the serial number is empty".into(),
+        ));
     }
 
     let media = raw.media.ok_or_else(|| missing("media.root"))?;
@@ -357,10 +360,7 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
         ("media.photo_extensions", &media.photo_extensions),
         ("media.video_extensions", &media.video_extensions),
     ] {
-        if let Some(bad) = list
-            .iter()
-            .find(|e| e.is_empty() || e.contains(['.', '/']))
-        {
+        if let Some(bad) = list.iter().find(|e| e.is_empty() || e.contains(['.', '/'])) {
             return Err(invalid(
                 key,
                 format!("`{bad}` is not an extension (write it without the dot)"),
@@ -398,7 +398,10 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
         return Err(invalid("cloud.stall_secs", "must be at least 1".into()));
     }
     if !(1..=4).contains(&cloud.concurrency) {
-        return Err(invalid("cloud.concurrency", "must be between 1 and 4".into()));
+        return Err(invalid(
+            "cloud.concurrency",
+            "must be between 1 and 4".into(),
+        ));
     }
     if cloud.retry_max_secs == 0 {
         return Err(invalid("cloud.retry_max_secs", "must be at least 1".into()));
@@ -641,7 +644,11 @@ endpoint = "https://upload.example.com/files/"
         let remote = MINIMAL.replace("https://upload.example.com", "http://upload.example.com");
         let err = parse_str(&remote).unwrap_err();
         assert_eq!(err.key(), Some("cloud.endpoint"));
-        for ok in ["http://127.0.0.1:1080/files/", "http://localhost/x", "http://[::1]:9/"] {
+        for ok in [
+            "http://127.0.0.1:1080/files/",
+            "http://localhost/x",
+            "http://[::1]:9/",
+        ] {
             let text = MINIMAL.replace("https://upload.example.com/files/", ok);
             parse_str(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -650,7 +657,10 @@ endpoint = "https://upload.example.com/files/"
     #[test]
     fn syntax_error_gives_the_line() {
         let err = parse_str("[device]\ntype = \n").unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { line: Some(2), .. }), "{err:?}");
+        assert!(
+            matches!(err, ConfigError::Syntax { line: Some(2), .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

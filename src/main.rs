@@ -1,1 +1,25 @@
-fn main() {}
+//! The `cambackup` binary: the daemon and its command-line client in one (it ships on flash).
+//! This file only parses arguments and calls in.
+
+use cambackup::cli::{self, Command};
+use cambackup::{config, daemon};
+
+fn main() {
+    let cli = cli::parse();
+    let code = match cli.command {
+        Command::Daemon => {
+            daemon::init_logging();
+            let path = config::resolve_path(cli.config.as_deref());
+            match config::load(&path) {
+                Ok(c) => daemon::run(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2
+                }
+            }
+        }
+        Command::CheckConfig => daemon::check_config(&config::resolve_path(cli.config.as_deref())),
+        _ => cli::run(&cli),
+    };
+    std::process::exit(code);
+}

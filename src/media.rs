@@ -251,7 +251,13 @@ mod tests {
             StoragePath::from_user(&root, abs.to_str().unwrap()).unwrap(),
             ok
         );
-        for bad in ["../etc/passwd", "DCIM/../../x.jpg", "/etc/passwd", "DCIM/passwd.jpg", ""] {
+        for bad in [
+            "../etc/passwd",
+            "DCIM/../../x.jpg",
+            "/etc/passwd",
+            "DCIM/passwd.jpg",
+            "",
+        ] {
             assert!(StoragePath::from_user(&root, bad).is_err(), "{bad}");
         }
     }

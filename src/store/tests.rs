@@ -63,8 +63,12 @@ fn a_file_thought_deleted_that_comes_back_is_queued_again() {
 fn manual_first_then_oldest_capture_first_and_back_off_respected() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.upsert_files(&[found("new.jpg", 1, 300), found("old.jpg", 1, 100), found("mid.jpg", 1, 200)])
-        .unwrap();
+    s.upsert_files(&[
+        found("new.jpg", 1, 300),
+        found("old.jpg", 1, 100),
+        found("mid.jpg", 1, 200),
+    ])
+    .unwrap();
     let now = now_unix();
     let first = s.next_item(&all_kinds_pick(now)).unwrap().unwrap();
     assert_eq!(first.storage_path.as_str(), "old.jpg");
@@ -80,7 +84,11 @@ fn manual_first_then_oldest_capture_first_and_back_off_respected() {
         ..all_kinds_pick(now)
     };
     assert_eq!(
-        s.next_item(&only_manual).unwrap().unwrap().storage_path.as_str(),
+        s.next_item(&only_manual)
+            .unwrap()
+            .unwrap()
+            .storage_path
+            .as_str(),
         "new.jpg"
     );
     let nothing = Pick {
@@ -114,14 +122,18 @@ fn interrupted_upload_resumes_with_its_url() {
     s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
     let id = s.list(None, 1, 0).unwrap()[0].id;
     s.mark_uploading(id).unwrap();
-    s.set_upload_url(id, "http://127.0.0.1/files/abc", None).unwrap();
+    s.set_upload_url(id, "http://127.0.0.1/files/abc", None)
+        .unwrap();
     s.set_progress(id, 40, None).unwrap();
     drop(s);
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(s.recover_interrupted().unwrap(), 1);
     let item = s.item(id).unwrap().unwrap();
     assert_eq!(item.state, ItemState::Pending);
-    assert_eq!(item.upload_url.as_deref(), Some("http://127.0.0.1/files/abc"));
+    assert_eq!(
+        item.upload_url.as_deref(),
+        Some("http://127.0.0.1/files/abc")
+    );
     assert_eq!(item.bytes_sent, 40);
     assert_eq!(item.creations, 1);
 }

@@ -1,1 +1,16 @@
-pub fn placeholder() {}
+//! Test-only tools for cambackup; never part of the shipped binary.
+//!
+//! - [`tus::Receiver`]: a real tus 1.0.0 server on loopback with fault injection.
+//! - [`camera::FakeCamera`]: a temp card, fake sysfs/proc tree and a matching config file.
+//! - [`daemon::Daemon`]: runs the real `cambackup daemon` and talks to its control socket.
+//! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
+//! - [`sample`]: deterministic file content.
+
+pub mod camera;
+pub mod daemon;
+pub mod http;
+pub mod sample;
+pub mod tus;
+mod wait;
+
+pub use wait::{wait_until, wait_until_sync, POLL_INTERVAL};

@@ -1,0 +1,694 @@
+//! The command line (CONTRACT section 1). `daemon` and `check-config` run in this process (the
+//! binary's `main` dispatches them); every other command is a thin client of the control API.
+//!
+//! Exit codes: 0 success; 2 bad usage or a bad argument (clap's own errors, a bad setting value,
+//! a 400 from the daemon); 1 anything else (daemon not running, refused, failed).
+
+mod client;
+pub mod render;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use client::{Client, ClientError};
+
+/// The default control socket, used when neither `--socket` nor a readable config names one.
+pub const DEFAULT_SOCKET: &str = "/run/cambackup/control.sock";
+
+/// `cambackup`: backs up the camera's photos and videos to the cloud, when you allow it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cambackup",
+    version,
+    about = "Backs up the camera's photos and videos to the cloud, when you allow it",
+    long_about = "Backs up the camera's photos and videos to the cloud, when you allow it.\n\n\
+        `cambackup daemon` runs the agent; every other command but `check-config` talks to it \
+        over its control socket (the same API the companion app uses)."
+)]
+pub struct Cli {
+    /// The daemon's control socket [default: `control.socket` from the config, else
+    /// /run/cambackup/control.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The config file [default: $CAMBACKUP_CONFIG, else /etc/cambackup/cambackup.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. `Daemon` and `CheckConfig` are the binary's to run (with [`Cli::config`]);
+/// the rest go to [`run_client`].
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground (systemd Type=notify)
+    Daemon,
+    /// Validate the config and print the effective settings (exit 0, or 2 naming the bad key)
+    CheckConfig,
+    /// Show the state, what blocks uploads, the queue and the upload in progress
+    Status {
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause all uploads (kept across restarts) until `resume`
+    Pause,
+    /// Resume uploads after `pause`
+    Resume,
+    /// Upload files now, whatever idle and charging say (the network preference still applies)
+    Upload {
+        /// Files relative to the media root, or absolute paths inside it
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
+    /// List the queue
+    Queue {
+        /// Only items in this state
+        #[arg(long, value_name = "STATE", value_parser = ["pending", "uploading", "done", "failed", "skipped", "cancelled"])]
+        state: Option<String>,
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry a failed item
+    Retry {
+        /// The item's id (see `cambackup queue`)
+        id: i64,
+    },
+    /// Cancel an item (stops it if it is uploading)
+    Cancel {
+        /// The item's id (see `cambackup queue`)
+        id: i64,
+    },
+    /// Show the settings, one setting, or set one
+    #[command(long_about = "Show the settings, one setting, or set one.\n\n\
+        Settings: auto_upload (true|false: the consent to upload automatically), network \
+        (wifi|unmetered|any), require_charging (true|false), require_idle (true|false), \
+        data_types (a comma list of photo,video; empty for none).\n\n\
+        Example: cambackup settings network unmetered")]
+    Settings {
+        /// The setting's name
+        key: Option<String>,
+        /// Its new value
+        value: Option<String>,
+    },
+    /// Pair with an account; the token is read from a file or stdin, never from the command line
+    Pair {
+        /// The account's user ID
+        #[arg(long, value_name = "ID")]
+        user_id: String,
+        /// A file holding the token (`-` for stdin)
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The account's region (one of the config's [cloud.regions])
+        #[arg(long, value_name = "R")]
+        region: Option<String>,
+    },
+    /// Unpair: stop uploads, forget the token and user ID, erase the history
+    Unpair,
+    /// Show what was uploaded, and when
+    History {
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show exactly what leaves the device, and where to
+    Privacy {
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the daemon's events (state, progress, items) until Ctrl-C
+    Events,
+}
+
+impl Command {
+    /// Whether the command is a client of the control socket (all but `daemon`, `check-config`).
+    pub fn is_client(&self) -> bool {
+        !matches!(self, Command::Daemon | Command::CheckConfig)
+    }
+}
+
+/// Parses the command line; on a usage error prints it and exits 2 (`--help`: 0).
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+/// Runs a client command on a small single-threaded runtime; returns the exit code.
+pub fn run(cli: &Cli) -> i32 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_client(cli)),
+        Err(e) => {
+            eprintln!("cambackup: cannot start the async runtime: {e}");
+            1
+        }
+    }
+}
+
+/// A failed command: the exit code and what to say.
+#[derive(Debug)]
+struct Fail {
+    code: i32,
+    message: String,
+}
+
+impl Fail {
+    fn usage(message: impl Into<String>) -> Fail {
+        Fail {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl Into<String>) -> Fail {
+        Fail {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Fail {
+        Fail::other(e.to_string())
+    }
+}
+
+/// Runs a client command (anything but `daemon` and `check-config`); returns the exit code.
+pub async fn run_client(cli: &Cli) -> i32 {
+    let socket = match socket_path(cli) {
+        Ok(s) => s,
+        Err(f) => return report(f),
+    };
+    let client = Client::new(socket);
+    match command(&client, &cli.command).await {
+        Ok(()) => 0,
+        Err(f) => report(f),
+    }
+}
+
+fn report(f: Fail) -> i32 {
+    eprintln!("cambackup: {}", f.message);
+    f.code
+}
+
+/// The socket to talk to: `--socket`, else `control.socket` from the config file (when it can
+/// be read: it is often readable by root only), else [`DEFAULT_SOCKET`]. An explicit `--config`
+/// that cannot be read or parsed is an error naming it.
+fn socket_path(cli: &Cli) -> Result<PathBuf, Fail> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    let file = crate::config::resolve_path(cli.config.as_deref());
+    match std::fs::read_to_string(&file) {
+        Ok(text) => match socket_from_config(&text) {
+            Ok(s) => Ok(s.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            Err(e) if cli.config.is_some() => Err(Fail::usage(format!(
+                "{}: {e} (or pass --socket)",
+                file.display()
+            ))),
+            Err(_) => Ok(DEFAULT_SOCKET.into()),
+        },
+        Err(e) if cli.config.is_some() => Err(Fail::usage(format!(
+            "cannot read config file {}: {e} (or pass --socket)",
+            file.display()
+        ))),
+        Err(_) => Ok(DEFAULT_SOCKET.into()),
+    }
+}
+
+/// Only `[control] socket` from a config file; the rest is the daemon's to validate.
+fn socket_from_config(text: &str) -> Result<Option<PathBuf>, String> {
+    #[derive(Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        control: PartialControl,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialControl {
+        socket: Option<PathBuf>,
+    }
+    let p: Partial = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    Ok(p.control.socket)
+}
+
+async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
+    match cmd {
+        Command::Daemon | Command::CheckConfig => Err(Fail::usage(
+            "`daemon` and `check-config` are not client commands",
+        )),
+        Command::Status { json } => {
+            let v = get(client, "/v1/status").await?;
+            print_as(json, &v, |v| render::status(&view(v)))
+        }
+        Command::Pause => {
+            call(client, Method::POST, "/v1/pause", None).await?;
+            println!("paused: no uploads until `cambackup resume`");
+            Ok(())
+        }
+        Command::Resume => {
+            call(client, Method::POST, "/v1/resume", None).await?;
+            println!("resumed");
+            Ok(())
+        }
+        Command::Upload { paths } => upload(client, paths).await,
+        Command::Queue { state, json } => queue(client, state.as_deref(), *json).await,
+        Command::Retry { id } => {
+            let v = call(client, Method::POST, &format!("/v1/queue/{id}/retry"), None).await?;
+            println!("#{id} {} will be retried", str_of(&v, "storage_path"));
+            Ok(())
+        }
+        Command::Cancel { id } => {
+            let v = call(client, Method::DELETE, &format!("/v1/queue/{id}"), None).await?;
+            println!("#{id} {} cancelled", str_of(&v, "storage_path"));
+            Ok(())
+        }
+        Command::Settings { key, value } => {
+            settings(client, key.as_deref(), value.as_deref()).await
+        }
+        Command::Pair {
+            user_id,
+            token_file,
+            region,
+        } => pair(client, user_id, token_file, region.as_deref()).await,
+        Command::Unpair => {
+            let v = call(client, Method::DELETE, "/v1/account", None).await?;
+            println!(
+                "unpaired: token, user ID and history erased; {} unfinished server upload(s) \
+                 ended, {} could not be ended",
+                v["terminated"], v["not_terminated"]
+            );
+            Ok(())
+        }
+        Command::History { json } => {
+            let v = get(client, "/v1/history?limit=10000").await?;
+            print_as(json, &v, |v| {
+                render::history(&view::<Vec<_>>(&v["entries"]))
+            })
+        }
+        Command::Privacy { json } => {
+            let v = get(client, "/v1/privacy").await?;
+            print_as(json, &v, |v| render::privacy(&view(v)))
+        }
+        Command::Events => events(client).await,
+    }
+}
+
+/// A lenient view of an answer (see `render`): what does not fit is left at its default.
+fn view<T: for<'de> Deserialize<'de> + Default>(v: &Value) -> T {
+    T::deserialize(v).unwrap_or_default()
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn print_as(json: &bool, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), Fail> {
+    if *json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", human(v));
+    }
+    Ok(())
+}
+
+async fn get(client: &Client, path: &str) -> Result<Value, Fail> {
+    call(client, Method::GET, path, None).await
+}
+
+/// One call; a non-2xx answer becomes a [`Fail`] carrying the daemon's message (exit 2 for 400).
+async fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Fail> {
+    let answer = client.call(method, path, body).await?;
+    if answer.status.is_success() {
+        return serde_json::from_slice(&answer.body)
+            .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")));
+    }
+    let message = match client::error_of(&answer.body) {
+        Some((_, m)) => m,
+        None => String::from_utf8_lossy(&answer.body).trim().to_string(),
+    };
+    let code = if answer.status == StatusCode::BAD_REQUEST {
+        2
+    } else {
+        1
+    };
+    Err(Fail {
+        code,
+        message: format!("the daemon refused: {message} ({})", answer.status),
+    })
+}
+
+async fn upload(client: &Client, paths: &[String]) -> Result<(), Fail> {
+    let v = call(
+        client,
+        Method::POST,
+        "/v1/uploads",
+        Some(&json!({"paths": paths})),
+    )
+    .await?;
+    for a in v["accepted"].as_array().into_iter().flatten() {
+        let what = match str_of(a, "outcome") {
+            "already_uploaded" => "already uploaded",
+            _ => "queued",
+        };
+        println!("#{} {} {what}", a["id"], str_of(a, "path"));
+    }
+    Ok(())
+}
+
+async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), Fail> {
+    // Page through the whole queue: the server caps a page at 1000 items.
+    let mut items: Vec<Value> = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let mut path = format!("/v1/queue?limit=1000&after={after}");
+        if let Some(s) = state {
+            path.push_str("&state=");
+            path.push_str(s);
+        }
+        let v = get(client, &path).await?;
+        items.extend(v["items"].as_array().cloned().unwrap_or_default());
+        match v["next_after"].as_i64() {
+            Some(n) if n > after => after = n,
+            _ => break,
+        }
+    }
+    let v = json!({ "items": items });
+    print_as(&json, &v, |v| render::queue(&view::<Vec<_>>(&v["items"])))
+}
+
+/// The settings a user may change, in the order they are shown.
+const SETTINGS: [&str; 5] = [
+    "auto_upload",
+    "network",
+    "require_charging",
+    "require_idle",
+    "data_types",
+];
+
+async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {
+    if let Some(k) = key {
+        if !SETTINGS.contains(&k) {
+            return Err(unknown_setting(k));
+        }
+    }
+    let v = match (key, value) {
+        (Some(k), Some(val)) => {
+            let parsed = parse_setting(k, val).map_err(Fail::usage)?;
+            let mut patch = serde_json::Map::new();
+            patch.insert(k.to_string(), parsed);
+            call(
+                client,
+                Method::PATCH,
+                "/v1/settings",
+                Some(&Value::Object(patch)),
+            )
+            .await?
+        }
+        _ => get(client, "/v1/settings").await?,
+    };
+    for k in SETTINGS {
+        if key.map_or(true, |want| want == k) {
+            println!("{k}={}", render::setting_value(&v[k]));
+        }
+    }
+    Ok(())
+}
+
+fn unknown_setting(key: &str) -> Fail {
+    Fail::usage(format!(
+        "unknown setting `{key}` (settings: {})",
+        SETTINGS.join(", ")
+    ))
+}
+
+/// A setting's value from the command line, by the setting's type.
+fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
+    let v = value.trim();
+    match key {
+        "auto_upload" | "require_charging" | "require_idle" => {
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "on" | "yes" | "1" => Ok(Value::Bool(true)),
+                "false" | "off" | "no" | "0" => Ok(Value::Bool(false)),
+                _ => Err(format!("`{key}` is true or false, not `{value}`")),
+            }
+        }
+        "network" => match v {
+            "wifi" | "unmetered" | "any" => Ok(Value::String(v.into())),
+            _ => Err(format!(
+                "`network` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular too), \
+                 not `{value}`"
+            )),
+        },
+        "data_types" => {
+            let mut kinds = Vec::new();
+            for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match part {
+                    "photo" | "video" => kinds.push(Value::String(part.into())),
+                    _ => {
+                        return Err(format!(
+                            "`data_types` is a comma list of photo, video, not `{value}`"
+                        ))
+                    }
+                }
+            }
+            Ok(Value::Array(kinds))
+        }
+        other => Err(unknown_setting(other).message),
+    }
+}
+
+async fn pair(
+    client: &Client,
+    user_id: &str,
+    token_file: &Path,
+    region: Option<&str>,
+) -> Result<(), Fail> {
+    let token = read_token(token_file)?;
+    let mut body = json!({"user_id": user_id, "token": token});
+    if let Some(r) = region {
+        body["region"] = Value::String(r.into());
+    }
+    let v = call(client, Method::PUT, "/v1/account", Some(&body)).await?;
+    let region = v["region"]
+        .as_str()
+        .map(|r| format!(", region {r}"))
+        .unwrap_or_default();
+    println!(
+        "paired as {}{region}; uploads go to {}",
+        str_of(&v, "user_id"),
+        str_of(&v, "endpoint")
+    );
+    Ok(())
+}
+
+/// The token from a file or stdin (`-`), without its trailing newline. Never from argv: the
+/// command line is visible to every user in `ps`.
+fn read_token(file: &Path) -> Result<String, Fail> {
+    let mut text = String::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Fail::other(format!("cannot read the token from stdin: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(file).map_err(|e| {
+            Fail::usage(format!("--token-file: cannot read {}: {e}", file.display()))
+        })?;
+    }
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err(Fail::usage(format!(
+            "--token-file: {} holds no token",
+            file.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// Follows `GET /v1/events`, one line per event, until Ctrl-C or the daemon ends the stream.
+async fn events(client: &Client) -> Result<(), Fail> {
+    use http_body_util::BodyExt;
+    let response = client.send(Method::GET, "/v1/events", None).await?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let message = client::error_of(&body).map(|(_, m)| m).unwrap_or_default();
+        return Err(Fail::other(format!(
+            "the daemon refused: {message} ({status})"
+        )));
+    }
+    let mut body = response.into_body();
+    let mut parser = SseParser::default();
+    loop {
+        let frame = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            f = body.frame() => f,
+        };
+        match frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    for (name, data) in parser.feed(data) {
+                        let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                        println!(
+                            "{}",
+                            render::event_line(&name, &v, crate::store::now_unix())
+                        );
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(Fail::other(format!("the event stream broke: {e}"))),
+            None => {
+                return Err(Fail::other(
+                    "the daemon ended the event stream (it stopped, or this reader fell behind)",
+                ))
+            }
+        }
+    }
+}
+
+/// Splits a Server-Sent Events byte stream into (event name, data) pairs.
+#[derive(Debug, Default)]
+struct SseParser {
+    buf: String,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf
+            .push_str(&String::from_utf8_lossy(bytes).replace("\r\n", "\n"));
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..end + 2).collect();
+            let (mut name, mut data) = (String::from("message"), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim_start().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            // Blocks without data are keep-alive comments.
+            if !data.is_empty() {
+                out.push((name, data.join("\n")));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_goes_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["cambackup", "--socket", "/tmp/s", "status"]).unwrap();
+        let b =
+            Cli::try_parse_from(["cambackup", "status", "--socket", "/tmp/s", "--json"]).unwrap();
+        assert_eq!(a.socket.as_deref(), Some(Path::new("/tmp/s")));
+        assert_eq!(b.socket.as_deref(), Some(Path::new("/tmp/s")));
+        assert!(matches!(b.command, Command::Status { json: true }));
+        let d = Cli::try_parse_from(["cambackup", "daemon", "--config", "/x.toml"]).unwrap();
+        assert!(!d.command.is_client());
+        assert_eq!(d.config.as_deref(), Some(Path::new("/x.toml")));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for argv in [
+            &["cambackup"][..],
+            &["cambackup", "upload"],
+            &["cambackup", "retry", "x"],
+            &["cambackup", "queue", "--state", "lost"],
+            &["cambackup", "pair", "--user-id", "u"],
+            &["cambackup", "frobnicate"],
+        ] {
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn setting_values_parse_by_key() {
+        assert_eq!(parse_setting("auto_upload", "on").unwrap(), json!(true));
+        assert_eq!(
+            parse_setting("require_idle", "false").unwrap(),
+            json!(false)
+        );
+        assert_eq!(
+            parse_setting("network", "unmetered").unwrap(),
+            json!("unmetered")
+        );
+        assert_eq!(
+            parse_setting("data_types", "photo, video").unwrap(),
+            json!(["photo", "video"])
+        );
+        assert_eq!(parse_setting("data_types", "").unwrap(), json!([]));
+        assert!(parse_setting("network", "5g")
+            .unwrap_err()
+            .contains("`network`"));
+        assert!(parse_setting("auto_upload", "maybe")
+            .unwrap_err()
+            .contains("`auto_upload`"));
+        assert!(parse_setting("data_types", "audio")
+            .unwrap_err()
+            .contains("`data_types`"));
+        assert!(parse_setting("colour", "red")
+            .unwrap_err()
+            .contains("`colour`"));
+    }
+
+    #[test]
+    fn socket_from_the_config_file() {
+        let text = "[device]\ntype = \"x\"\n[control]\nsocket = \"/run/x.sock\"\n";
+        assert_eq!(
+            socket_from_config(text).unwrap(),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(socket_from_config("[device]\n").unwrap(), None);
+        assert!(socket_from_config("[control\n").is_err());
+    }
+
+    #[test]
+    fn token_file_is_trimmed_of_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "s3cr3t\r\n").unwrap();
+        assert_eq!(read_token(&f).unwrap(), "s3cr3t");
+        std::fs::write(&f, "\n").unwrap();
+        assert_eq!(read_token(&f).unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn sse_blocks_split_across_reads() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b"event: state\ndata: {\"state\":").is_empty());
+        let got = p.feed(b"\"idle\"}\n\n:\n\nevent: item\ndata: {}\n\n");
+        assert_eq!(
+            got,
+            vec![
+                ("state".to_string(), "{\"state\":\"idle\"}".to_string()),
+                ("item".to_string(), "{}".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! Human output: pure functions from the server's JSON to text, so they are tested without a
+//! daemon. The views below are lenient (unknown fields ignored, missing ones defaulted) so an
+//! older CLI still reads a newer daemon's answers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StatusView {
+    pub state: String,
+    pub blocked_by: Vec<String>,
+    pub manual_blocked_by: Vec<String>,
+    pub conditions: Option<Conditions>,
+    pub media_available: bool,
+    pub paused: bool,
+    pub queue: Counts,
+    pub current: Option<Current>,
+    pub uploads: Vec<Current>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Conditions {
+    pub charging: Option<bool>,
+    pub battery_percent: Option<u8>,
+    pub network: String,
+    pub interface: Option<String>,
+    pub temp_c: Option<f64>,
+    pub recording: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Counts {
+    pub pending: u64,
+    pub uploading: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+    pub bytes_remaining: u64,
+    pub bytes_done: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Current {
+    pub id: i64,
+    pub storage_path: String,
+    pub bytes_sent: u64,
+    pub bytes_total: u64,
+    pub rate_bps: u64,
+    pub eta_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ItemView {
+    pub id: i64,
+    pub storage_path: String,
+    pub kind: String,
+    pub size: u64,
+    pub state: String,
+    pub manual: bool,
+    pub bytes_sent: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryView {
+    pub storage_path: String,
+    pub size: u64,
+    pub completed_at: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PrivacyView {
+    pub fields_sent: Vec<String>,
+    pub values: BTreeMap<String, Option<String>>,
+    pub endpoint: String,
+    pub transport: String,
+    pub settings: BTreeMap<String, Value>,
+    pub history_days: u32,
+    pub sent_only_when: String,
+}
+
+/// A `blocked_by` value in words.
+pub fn block_words(code: &str) -> String {
+    match code {
+        "auto_upload_off" => "automatic upload is off (settings: auto_upload)",
+        "not_charging" => "not charging",
+        "battery_low" => "battery low",
+        "network_not_allowed" => "the current network is not allowed (settings: network)",
+        "offline" => "offline",
+        "recording" => "the camera is recording",
+        "busy" => "the camera is busy",
+        "too_hot" => "too hot",
+        other => other,
+    }
+    .to_string()
+}
+
+/// A daemon state in words.
+pub fn state_words(state: &str) -> String {
+    match state {
+        "unpaired" => "unpaired: pair with the app (or `cambackup pair`)",
+        "paused" => "paused by the user (`cambackup resume` continues)",
+        "waiting" => "waiting: files to upload, conditions not met",
+        "idle" => "idle: nothing to upload",
+        "uploading" => "uploading",
+        "unauthorized" => "unauthorized: the server refused the token; pair again",
+        "subscription_inactive" => "subscription inactive: the server refuses uploads",
+        "media_unavailable" => "media unavailable: is the card in?",
+        other => other,
+    }
+    .to_string()
+}
+
+/// `status`.
+pub fn status(s: &StatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "state:       {}", state_words(&s.state));
+    if !s.blocked_by.is_empty() {
+        let words: Vec<String> = s.blocked_by.iter().map(|b| block_words(b)).collect();
+        let _ = writeln!(out, "blocked by:  {}", words.join(", "));
+    }
+    if !s.manual_blocked_by.is_empty() {
+        let words: Vec<String> = s.manual_blocked_by.iter().map(|b| block_words(b)).collect();
+        let _ = writeln!(out, "manual uploads blocked by: {}", words.join(", "));
+    }
+    let q = &s.queue;
+    let _ = writeln!(
+        out,
+        "queue:       {} pending, {} uploading, {} failed, {} done ({} to send, {} sent)",
+        q.pending,
+        q.uploading,
+        q.failed,
+        q.done,
+        bytes(q.bytes_remaining),
+        bytes(q.bytes_done)
+    );
+    if let Some(c) = &s.conditions {
+        let _ = writeln!(out, "device:      {}", conditions(c));
+    }
+    let uploads: Vec<&Current> = if s.uploads.is_empty() {
+        s.current.iter().collect()
+    } else {
+        s.uploads.iter().collect()
+    };
+    for c in uploads {
+        let _ = writeln!(out, "uploading:   {}", progress_line(c));
+    }
+    out
+}
+
+fn conditions(c: &Conditions) -> String {
+    let mut parts = Vec::new();
+    parts.push(match &c.interface {
+        Some(i) => format!("{} ({i})", c.network),
+        None => c.network.clone(),
+    });
+    match c.charging {
+        Some(true) => parts.push("charging".into()),
+        Some(false) => parts.push("on battery".into()),
+        None => {}
+    }
+    if let Some(b) = c.battery_percent {
+        parts.push(format!("battery {b}%"));
+    }
+    if let Some(t) = c.temp_c {
+        parts.push(format!("{t:.1} °C"));
+    }
+    if c.recording {
+        parts.push("recording".into());
+    }
+    parts.join(", ")
+}
+
+/// One upload's progress: path, percent, sizes, rate and ETA.
+pub fn progress_line(c: &Current) -> String {
+    let pct = if c.bytes_total == 0 {
+        100.0
+    } else {
+        c.bytes_sent as f64 * 100.0 / c.bytes_total as f64
+    };
+    let mut line = format!(
+        "#{} {}  {pct:.0}% ({} of {})",
+        c.id,
+        c.storage_path,
+        bytes(c.bytes_sent),
+        bytes(c.bytes_total)
+    );
+    if c.rate_bps > 0 {
+        let _ = write!(line, " at {}", rate(c.rate_bps));
+    }
+    if let Some(eta) = c.eta_secs {
+        let _ = write!(line, ", about {} left", duration(eta));
+    }
+    line
+}
+
+/// `queue`: a table.
+pub fn queue(items: &[ItemView]) -> String {
+    if items.is_empty() {
+        return "the queue is empty\n".into();
+    }
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            let state = if i.manual {
+                format!("{} (manual)", i.state)
+            } else {
+                i.state.clone()
+            };
+            [
+                i.id.to_string(),
+                state,
+                bytes(i.size),
+                i.attempts.to_string(),
+                i.storage_path.clone(),
+                i.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "STATE", "SIZE", "TRIES", "PATH", "LAST ERROR"],
+        &rows,
+    )
+}
+
+/// `history`: a table, newest first as the server sends it.
+pub fn history(entries: &[HistoryView]) -> String {
+    if entries.is_empty() {
+        return "nothing uploaded yet (or the history was erased)\n".into();
+    }
+    let rows: Vec<[String; 3]> = entries
+        .iter()
+        .map(|e| {
+            [
+                local_time(e.completed_at),
+                bytes(e.size),
+                e.storage_path.clone(),
+            ]
+        })
+        .collect();
+    table(&["COMPLETED", "SIZE", "PATH"], &rows)
+}
+
+/// `privacy`: what leaves the device, and where to.
+pub fn privacy(p: &PrivacyView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Sent with each upload, and nothing else that identifies you or the device:"
+    );
+    let width = p.fields_sent.iter().map(String::len).max().unwrap_or(0);
+    for f in &p.fields_sent {
+        let value = match (f.as_str(), p.values.get(f).cloned().flatten()) {
+            (_, Some(v)) => v,
+            ("storage_path", None) => "the file's path under the media root".into(),
+            ("user_id", None) => "(not paired: nothing is sent)".into(),
+            (_, None) => "(none)".into(),
+        };
+        let _ = writeln!(out, "  {f:width$}  {value}");
+    }
+    let _ = writeln!(out, "Sent to:        {}", p.endpoint);
+    let _ = writeln!(out, "Transport:      {}", p.transport);
+    let _ = writeln!(out, "Sent only when: {}", p.sent_only_when);
+    let _ = writeln!(out, "Your settings:  {}", settings_inline(&p.settings));
+    let _ = writeln!(
+        out,
+        "History:        kept {} days on this device; `cambackup unpair` erases it",
+        p.history_days
+    );
+    out
+}
+
+fn settings_inline(s: &BTreeMap<String, Value>) -> String {
+    s.iter()
+        .map(|(k, v)| format!("{k}={}", setting_value(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A setting's value as `settings` prints it and accepts it: bools and words bare, lists
+/// comma-separated.
+pub fn setting_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(setting_value).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// An `events` line.
+pub fn event_line(name: &str, data: &Value, at_unix: i64) -> String {
+    let time = local_time(at_unix);
+    let time = time.split(' ').nth(1).unwrap_or(&time).to_string();
+    let s = |k: &str| {
+        data.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let n = |k: &str| data.get(k).and_then(Value::as_u64).unwrap_or(0);
+    match name {
+        "state" => {
+            let blocks: Vec<String> = data
+                .get("blocked_by")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(block_words)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut line = format!("{time} state {}", s("state"));
+            if !blocks.is_empty() {
+                let _ = write!(line, " (blocked by: {})", blocks.join(", "));
+            }
+            line
+        }
+        "progress" => {
+            let c = Current {
+                id: data.get("id").and_then(Value::as_i64).unwrap_or(0),
+                storage_path: s("storage_path"),
+                bytes_sent: n("bytes_sent"),
+                bytes_total: n("bytes_total"),
+                rate_bps: n("rate_bps"),
+                eta_secs: None,
+            };
+            format!("{time} progress {}", progress_line(&c))
+        }
+        "item" => {
+            let mut line = format!(
+                "{time} item #{} {} {}",
+                data.get("id").and_then(Value::as_i64).unwrap_or(0),
+                s("storage_path"),
+                s("state")
+            );
+            if let Some(e) = data.get("error").and_then(Value::as_str) {
+                let _ = write!(line, " ({e})");
+            }
+            line
+        }
+        other => format!("{time} {other} {data}"),
+    }
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut width = [0usize; N];
+    for (i, h) in head.iter().enumerate() {
+        width[i] = h.chars().count();
+    }
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:w$}  ", w = width[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(head.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A transfer rate: `850 B/s`, `512.0 KiB/s`, `2.3 MiB/s`.
+pub fn rate(bps: u64) -> String {
+    format!("{}/s", bytes(bps))
+}
+
+/// A duration for an ETA: `45s`, `4m 10s`, `2h 05m`.
+pub fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Unix seconds as local time, `2024-05-01 14:03:22 +0200` (UTC when the zone is unknown).
+pub fn local_time(unix: i64) -> String {
+    // SAFETY: localtime_r only writes the `tm` we own (it reads TZ or /etc/localtime itself).
+    let tm = unsafe {
+        let t: libc::time_t = unix as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            None
+        } else {
+            Some(tm)
+        }
+    };
+    match tm {
+        Some(tm) => {
+            let off = tm.tm_gmtoff / 60;
+            let sign = if off < 0 { '-' } else { '+' };
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {sign}{:02}{:02}",
+                tm.tm_year + 1900,
+                tm.tm_mon + 1,
+                tm.tm_mday,
+                tm.tm_hour,
+                tm.tm_min,
+                tm.tm_sec,
+                off.abs() / 60,
+                off.abs() % 60
+            )
+        }
+        None => {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+            humantime::format_rfc3339_seconds(t).to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(rate(2_411_724), "2.3 MiB/s");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(250), "4m 10s");
+        assert_eq!(duration(7500), "2h 05m");
+    }
+
+    #[test]
+    fn status_reads_well() {
+        let v: StatusView = serde_json::from_value(serde_json::json!({
+            "state": "uploading", "blocked_by": ["not_charging", "recording"],
+            "queue": {"pending": 3, "uploading": 1, "done": 120, "failed": 1,
+                      "bytes_remaining": 1288490188u64, "bytes_done": 32749125632u64},
+            "current": {"id": 7, "storage_path": "DCIM/100MEDIA/A.MP4", "bytes_sent": 566231040u64,
+                        "bytes_total": 1288490188u64, "rate_bps": 2411724, "eta_secs": 300},
+            "conditions": {"charging": true, "battery_percent": 80, "network": "wifi",
+                           "interface": "wlan0", "temp_c": 41.5, "recording": false},
+            "some_future_field": 1
+        }))
+        .unwrap();
+        let text = status(&v);
+        assert!(
+            text.contains("blocked by:  not charging, the camera is recording"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 pending, 1 uploading, 1 failed, 120 done"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#7 DCIM/100MEDIA/A.MP4  44% (540.0 MiB of 1.2 GiB) at 2.3 MiB/s, about 5m 00s left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wifi (wlan0), charging, battery 80%, 41.5 °C"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queue_table_aligns() {
+        let items = vec![
+            ItemView {
+                id: 1,
+                storage_path: "DCIM/A.JPG".into(),
+                size: 2048,
+                state: "pending".into(),
+                ..Default::default()
+            },
+            ItemView {
+                id: 12,
+                storage_path: "DCIM/B.MP4".into(),
+                size: 10,
+                state: "failed".into(),
+                attempts: 3,
+                last_error: Some("413 from the server".into()),
+                ..Default::default()
+            },
+        ];
+        let t = queue(&items);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID  STATE    SIZE     TRIES  PATH        LAST ERROR"
+        );
+        assert_eq!(lines[1], "1   pending  2.0 KiB  0      DCIM/A.JPG");
+        assert_eq!(
+            lines[2],
+            "12  failed   10 B     3      DCIM/B.MP4  413 from the server"
+        );
+    }
+
+    #[test]
+    fn times_are_iso_like() {
+        let t = local_time(0);
+        assert_eq!(t.len(), "1970-01-01 00:00:00 +0000".len(), "{t}");
+        assert!(t.starts_with("19"), "{t}");
+    }
+}

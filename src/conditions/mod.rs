@@ -1,0 +1,428 @@
+//! What the device says about itself (CONTRACT section 3), read from `conditions.sysfs`,
+//! `conditions.proc`, the recording flag file and the daemon's own [`Activity`].
+//!
+//! Each source is a module with a pure reader over a root path ([`power::read_power`],
+//! [`network::read_network`], [`thermal::read_max_temp`], [`load::read_load`],
+//! [`idle::read_recording_flag`]), so tests point it at a temp-dir tree in the kernel's formats.
+//! The [`Reader`] puts them together into a [`Snapshot`].
+//!
+//! Invariant: reading never fails and never panics. A file that is missing or unreadable is an
+//! answer ("unknown", or the safe reading documented at each reader), logged once per source with
+//! the file's name, and logged again only after the source recovered and then failed again.
+//! Nothing here decides whether to upload: that is [`crate::gate`].
+
+pub mod idle;
+pub mod load;
+pub mod network;
+pub mod power;
+pub mod thermal;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::config;
+
+pub use idle::Activity;
+
+/// The network the default route would use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// The route's interface is a wireless LAN device.
+    Wifi,
+    /// Any other interface that is not cellular (Ethernet, USB gadget Ethernet, ...).
+    Ethernet,
+    /// The interface's name matches `conditions.cellular_interfaces`.
+    Cellular,
+    /// No IPv4 default route over an interface that is up (or the route table cannot be read).
+    Offline,
+}
+
+impl Network {
+    /// The name used in the API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Wifi => "wifi",
+            Network::Ethernet => "ethernet",
+            Network::Cellular => "cellular",
+            Network::Offline => "offline",
+        }
+    }
+}
+
+/// One reading of the device, shown as `conditions` in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// On external power (charging or full); `None` when the device does not say.
+    pub charging: Option<bool>,
+    /// The battery's charge; `None` without a battery (mains only) or when it cannot be read.
+    pub battery_percent: Option<u8>,
+    /// The network traffic would take now.
+    pub network: Network,
+    /// The interface of that route; `None` when offline.
+    pub interface: Option<String>,
+    /// The hottest thermal zone; `None` without thermal zones.
+    pub temp_c: Option<f64>,
+    /// The 1-minute load average; `None` when it cannot be read.
+    pub load: Option<f64>,
+    /// Recording flag file present or `PUT /v1/recording {"active": true}` in force.
+    pub recording: bool,
+    /// Seconds since the last write under the media root (`None`: none seen since start).
+    pub secs_since_media_write: Option<u64>,
+}
+
+/// Why a reading is (partly) unknown: the file that could not be read and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file or directory that could not be read.
+    pub path: PathBuf,
+    /// What went wrong, for the log line.
+    pub reason: String,
+}
+
+impl Problem {
+    /// A problem from an I/O error on `path`.
+    pub fn io(path: &Path, err: &io::Error) -> Problem {
+        Problem {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        }
+    }
+
+    /// A problem with a file that was read but does not hold what the kernel writes there.
+    pub fn malformed(path: &Path, text: &str) -> Problem {
+        Problem {
+            path: path.to_owned(),
+            reason: format!("unexpected content {:?}", text.trim()),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// What a reader found, and the first problem it ran into on the way (if any). The value is
+/// always usable: readers fall back to "unknown" or to the safe reading they document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading<T> {
+    /// The answer, possibly partial.
+    pub value: T,
+    /// The first file that could not be read, for the log.
+    pub problem: Option<Problem>,
+}
+
+impl<T> Reading<T> {
+    /// A reading with nothing wrong.
+    pub fn ok(value: T) -> Reading<T> {
+        Reading {
+            value,
+            problem: None,
+        }
+    }
+}
+
+/// Reads a small sysfs/procfs attribute, without its trailing newline.
+fn read_attr(path: &Path) -> io::Result<String> {
+    let mut s = std::fs::read_to_string(path)?;
+    let end = s.trim_end().len();
+    s.truncate(end);
+    Ok(s)
+}
+
+/// The entries of `dir`, sorted so that readings (and the first problem) are deterministic.
+fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut v = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<io::Result<Vec<_>>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// The sources the [`Reader`] reads, each logged about at most once per failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Power,
+    Network,
+    Thermal,
+    Load,
+    RecordingFlag,
+}
+
+impl Source {
+    const ALL: [Source; 5] = [
+        Source::Power,
+        Source::Network,
+        Source::Thermal,
+        Source::Load,
+        Source::RecordingFlag,
+    ];
+
+    /// What the daemon assumes while this source cannot be read, for the warning.
+    fn fallback(self) -> &'static str {
+        match self {
+            Source::Power => "charging or the battery level may read as unknown meanwhile",
+            Source::Network => {
+                "routes over interfaces it cannot check are not used meanwhile \
+                 (no route table: offline)"
+            }
+            Source::Thermal => "only the zones that can be read count meanwhile",
+            Source::Load => "the load average is unknown meanwhile",
+            Source::RecordingFlag => {
+                "assuming no recording from the flag meanwhile (PUT /v1/recording still counts)"
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Source::Power => "power supply",
+            Source::Network => "network",
+            Source::Thermal => "thermal zone",
+            Source::Load => "load average",
+            Source::RecordingFlag => "recording flag",
+        }
+    }
+}
+
+/// What to log after a read, given what was already logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    /// Failing, and not logged yet.
+    Failed,
+    /// Readable again after a logged failure.
+    Recovered,
+    /// Nothing new to say.
+    Same,
+}
+
+/// Remembers which sources are failing and have been logged, so a file that stays unreadable is
+/// reported once instead of at every poll.
+#[derive(Debug, Default)]
+struct Warned([bool; Source::ALL.len()]);
+
+impl Warned {
+    fn note(&mut self, source: Source, problem: Option<&Problem>) -> Transition {
+        let warned = &mut self.0[source as usize];
+        match (problem.is_some(), *warned) {
+            (true, false) => {
+                *warned = true;
+                Transition::Failed
+            }
+            (false, true) => {
+                *warned = false;
+                Transition::Recovered
+            }
+            _ => Transition::Same,
+        }
+    }
+}
+
+/// Reads the device files into a [`Snapshot`]; remembers which were unreadable so each source is
+/// logged once.
+pub struct Reader {
+    sysfs: PathBuf,
+    proc: PathBuf,
+    recording_flag: PathBuf,
+    cellular: GlobSet,
+    warned: Warned,
+}
+
+impl Reader {
+    /// A reader over the paths in `cfg`.
+    pub fn new(cfg: &config::Conditions) -> Reader {
+        Reader {
+            sysfs: cfg.sysfs.clone(),
+            proc: cfg.proc.clone(),
+            recording_flag: cfg.recording_flag.clone(),
+            cellular: cellular_globs(&cfg.cellular_interfaces),
+            warned: Warned::default(),
+        }
+    }
+
+    /// Reads every source now. Cheap (a few dozen small files), so it can run every second while
+    /// uploading.
+    pub fn read(&mut self, activity: &Activity) -> Snapshot {
+        let power = power::read_power(&self.sysfs);
+        self.report(Source::Power, power.problem.as_ref());
+        let route = network::read_network(&self.sysfs, &self.proc, &self.cellular);
+        self.report(Source::Network, route.problem.as_ref());
+        let temp = thermal::read_max_temp(&self.sysfs);
+        self.report(Source::Thermal, temp.problem.as_ref());
+        let load = load::read_load(&self.proc);
+        self.report(Source::Load, load.problem.as_ref());
+        let flag = idle::read_recording_flag(&self.recording_flag);
+        self.report(Source::RecordingFlag, flag.problem.as_ref());
+
+        Snapshot {
+            charging: power.value.charging,
+            battery_percent: power.value.battery_percent,
+            network: route.value.network,
+            interface: route.value.interface,
+            temp_c: temp.value,
+            load: load.value,
+            recording: flag.value || activity.recording(),
+            secs_since_media_write: activity.since_last_write().map(|d| d.as_secs()),
+        }
+    }
+
+    fn report(&mut self, source: Source, problem: Option<&Problem>) {
+        match (self.warned.note(source, problem), problem) {
+            (Transition::Failed, Some(p)) => tracing::warn!(
+                "cannot read {} state from {}: {}; {} (logged once until it recovers)",
+                source.name(),
+                p.path.display(),
+                p.reason,
+                source.fallback(),
+            ),
+            (Transition::Recovered, _) => {
+                tracing::info!("{} state can be read again", source.name())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Compiles `conditions.cellular_interfaces`. The config loader has already refused bad
+/// patterns; one that slips through (a config built in code) is skipped with a warning rather
+/// than taking the daemon down.
+fn cellular_globs(patterns: &[String]) -> GlobSet {
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        match Glob::new(pattern) {
+            Ok(g) => {
+                set.add(g);
+            }
+            Err(e) => {
+                tracing::warn!("ignoring conditions.cellular_interfaces pattern `{pattern}`: {e}")
+            }
+        }
+    }
+    set.build().unwrap_or_else(|e| {
+        tracing::warn!("ignoring conditions.cellular_interfaces: {e}");
+        GlobSet::empty()
+    })
+}
+
+/// Builders for fake sysfs/procfs trees in the kernel's formats, shared by the readers' tests.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::fs;
+    use std::path::Path;
+
+    /// Writes `text` (plus the kernel's trailing newline) at `root/rel`, creating directories.
+    pub fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, format!("{text}\n")).unwrap();
+    }
+
+    /// Makes `root/rel` unreadable as a file. A directory in its place fails `read` with
+    /// EISDIR even for root, which the tests run as in containers (where chmod 000 would not).
+    pub fn unreadable(root: &Path, rel: &str) {
+        let path = root.join(rel);
+        let _ = fs::remove_file(&path);
+        fs::create_dir_all(path).unwrap();
+    }
+
+    /// A power supply `name` of `kind` with the given attributes.
+    pub fn supply(sysfs: &Path, name: &str, kind: &str, attrs: &[(&str, &str)]) {
+        write(sysfs, &format!("class/power_supply/{name}/type"), kind);
+        for (k, v) in attrs {
+            write(sysfs, &format!("class/power_supply/{name}/{k}"), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_source_is_reported_once_until_it_recovers() {
+        let p = Problem {
+            path: "/sys/x".into(),
+            reason: "gone".into(),
+        };
+        let mut w = Warned::default();
+        assert_eq!(w.note(Source::Power, Some(&p)), Transition::Failed);
+        assert_eq!(w.note(Source::Power, Some(&p)), Transition::Same);
+        assert_eq!(w.note(Source::Power, Some(&p)), Transition::Same);
+        // Another source is tracked on its own.
+        assert_eq!(w.note(Source::Load, Some(&p)), Transition::Failed);
+        assert_eq!(w.note(Source::Power, None), Transition::Recovered);
+        assert_eq!(w.note(Source::Power, None), Transition::Same);
+        assert_eq!(w.note(Source::Power, Some(&p)), Transition::Failed);
+    }
+
+    #[test]
+    fn reader_puts_the_sources_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let proc = dir.path().join("proc");
+        fake::supply(&sys, "usb", "USB", &[("online", "1")]);
+        fake::supply(
+            &sys,
+            "battery",
+            "Battery",
+            &[("status", "Charging"), ("capacity", "57")],
+        );
+        fake::write(
+            &proc,
+            "net/route",
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             wwan0\t00000000\t0100000A\t0003\t0\t0\t700\t00000000\t0\t0\t0",
+        );
+        fake::write(&sys, "class/net/wwan0/operstate", "up");
+        fake::write(&sys, "class/thermal/thermal_zone0/temp", "45500");
+        fake::write(&proc, "loadavg", "0.42 0.30 0.20 1/123 4567");
+        let cfg = config::Conditions {
+            sysfs: sys,
+            proc,
+            recording_flag: dir.path().join("recording"),
+            ..Default::default()
+        };
+        let activity = Activity::new();
+        activity.set_recording(true);
+        let snap = Reader::new(&cfg).read(&activity);
+        assert_eq!(
+            snap,
+            Snapshot {
+                charging: Some(true),
+                battery_percent: Some(57),
+                network: Network::Cellular,
+                interface: Some("wwan0".into()),
+                temp_c: Some(45.5),
+                load: Some(0.42),
+                recording: true,
+                secs_since_media_write: None,
+            }
+        );
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["network"], "cellular");
+    }
+
+    #[test]
+    fn an_empty_tree_reads_as_mains_powered_and_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config::Conditions {
+            sysfs: dir.path().join("sys"),
+            proc: dir.path().join("proc"),
+            recording_flag: dir.path().join("recording"),
+            ..Default::default()
+        };
+        let snap = Reader::new(&cfg).read(&Activity::new());
+        assert_eq!(snap.charging, Some(true));
+        assert_eq!(snap.battery_percent, None);
+        assert_eq!(snap.network, Network::Offline);
+        assert_eq!(snap.temp_c, None);
+        assert_eq!(snap.load, None);
+        assert!(!snap.recording);
+    }
+}

@@ -1,0 +1,391 @@
+//! The route table and one small handler per endpoint (CONTRACT section 5).
+//!
+//! Handlers parse nothing themselves: their arguments are already typed values from
+//! `extract`, and each is a call into [`App`] plus the answer's shape. `docs/openapi.yaml`
+//! describes the same table; a test checks that the two list the same (method, path) pairs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{item_id, ApiError, QueryPairs, StrictJson};
+use super::Limits;
+use crate::app::{App, PairRequest};
+use crate::settings::SettingsPatch;
+use crate::store::ItemState;
+
+/// Every (method, path) the API serves. The router is built from this list and the OpenAPI test
+/// compares it with `docs/openapi.yaml`, so the spec cannot drift from the server.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/status"),
+    ("GET", "/v1/queue"),
+    ("POST", "/v1/uploads"),
+    ("POST", "/v1/queue/{id}/retry"),
+    ("DELETE", "/v1/queue/{id}"),
+    ("POST", "/v1/pause"),
+    ("POST", "/v1/resume"),
+    ("GET", "/v1/settings"),
+    ("PATCH", "/v1/settings"),
+    ("PUT", "/v1/account"),
+    ("GET", "/v1/account"),
+    ("DELETE", "/v1/account"),
+    ("PUT", "/v1/recording"),
+    ("GET", "/v1/history"),
+    ("GET", "/v1/privacy"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/health"),
+];
+
+/// How old a loop's last heartbeat may be before `GET /v1/health` says 503.
+pub const HEALTH_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The router's state: the app, and the limits the extractors enforce.
+#[derive(Clone)]
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub limits: Arc<Limits>,
+}
+
+impl FromRef<Ctx> for Arc<App> {
+    fn from_ref(c: &Ctx) -> Arc<App> {
+        c.app.clone()
+    }
+}
+
+impl FromRef<Ctx> for Arc<Limits> {
+    fn from_ref(c: &Ctx) -> Arc<Limits> {
+        c.limits.clone()
+    }
+}
+
+/// The handler for one (method, path) of [`ROUTES`].
+fn handler(method: &str, path: &str) -> MethodRouter<Ctx> {
+    match (method, path) {
+        ("GET", "/v1/status") => get(status),
+        ("GET", "/v1/queue") => get(queue),
+        ("POST", "/v1/uploads") => post(uploads),
+        ("POST", "/v1/queue/{id}/retry") => post(retry),
+        ("DELETE", "/v1/queue/{id}") => delete(cancel),
+        ("POST", "/v1/pause") => post(pause),
+        ("POST", "/v1/resume") => post(resume),
+        ("GET", "/v1/settings") => get(settings),
+        ("PATCH", "/v1/settings") => patch(update_settings),
+        ("PUT", "/v1/account") => put(pair),
+        ("GET", "/v1/account") => get(account),
+        ("DELETE", "/v1/account") => delete(unpair),
+        ("PUT", "/v1/recording") => put(recording),
+        ("GET", "/v1/history") => get(history),
+        ("GET", "/v1/privacy") => get(privacy),
+        ("GET", "/v1/events") => get(super::sse::events),
+        ("GET", "/v1/health") => get(health),
+        _ => unreachable!("{method} {path} is in ROUTES but has no handler"),
+    }
+}
+
+/// The API as an axum router over `app`, with JSON answers for unknown routes (404), wrong
+/// methods (405) and oversize bodies (413).
+pub fn router(app: Arc<App>, limits: Arc<Limits>) -> Router {
+    let mut r = Router::new();
+    for (method, path) in ROUTES {
+        r = r.route(path, handler(method, path));
+    }
+    let max = limits.max_body_bytes;
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| refuse_declared_oversize(req, next, max),
+        ))
+        .with_state(Ctx { app, limits })
+}
+
+/// A router that answers every request 403: served to peers the credential check refused.
+pub fn forbidden_router(uid: u32) -> Router {
+    Router::new().fallback(move || async move {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "uid {uid} may not use the cambackup control socket (allowed: the daemon's \
+                 user, control.allowed_uids, and primary groups in control.allowed_gids)"
+            ),
+        )
+    })
+}
+
+/// A body whose declared length is over the cap gets 413 on any route, before anything reads
+/// it; bodies without a length are capped while read (`StrictJson`).
+async fn refuse_declared_oversize(req: Request, next: Next, max: usize) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return ApiError::too_large(max).into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint: {} (see docs/openapi.yaml)",
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    let path = req.uri().path();
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p)| path_matches(p, path))
+        .map(|(m, _)| *m)
+        .collect();
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {path}; use {}",
+            req.method(),
+            allowed.join(" or ")
+        ),
+    )
+}
+
+/// Whether a concrete path fits a route pattern (`{x}` matches one segment).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b || (a.starts_with('{') && !b.is_empty()) => {}
+            _ => return false,
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Refuses any query parameter on endpoints that take none.
+fn no_query(q: &QueryPairs) -> ApiResult<()> {
+    q.only(&[])
+}
+
+async fn status(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.status()?).into_response())
+}
+
+async fn queue(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    q.only(&["state", "limit", "after"])?;
+    let state = match q.get("state") {
+        None | Some("") => None,
+        Some(s) => Some(ItemState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = ItemState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(
+                "bad_parameter",
+                format!(
+                    "query parameter `state` must be one of {}, not `{s}`",
+                    all.join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = q.int("limit", 1, 1000, 100)?;
+    let after = q.int("after", 0, i64::MAX, 0)?;
+    let items = app.queue(state, limit as u32, after)?;
+    // A full page may have more behind it: tell the client where to continue.
+    let next_after = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
+    Ok(Json(json!({"items": items, "next_after": next_after})).into_response())
+}
+
+/// `POST /v1/uploads`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadRequest {
+    paths: Vec<String>,
+}
+
+async fn uploads(
+    State(app): State<Arc<App>>,
+    q: QueryPairs,
+    StrictJson(req): StrictJson<UploadRequest>,
+) -> ApiResult<Response> {
+    no_query(&q)?;
+    let accepted = app.upload(&req.paths)?;
+    // 202: queued, not uploaded; the upload runs when the scheduler gets to it.
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
+}
+
+async fn retry(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(app.retry(item_id(&id)?)?).into_response())
+}
+
+async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(app.cancel(item_id(&id)?).await?).into_response())
+}
+
+async fn pause(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    app.set_paused(true)?;
+    Ok(Json(json!({"paused": true})).into_response())
+}
+
+async fn resume(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    app.set_paused(false)?;
+    Ok(Json(json!({"paused": false})).into_response())
+}
+
+async fn settings(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.settings()).into_response())
+}
+
+async fn update_settings(
+    State(app): State<Arc<App>>,
+    q: QueryPairs,
+    StrictJson(patch): StrictJson<SettingsPatch>,
+) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.update_settings(&patch)?).into_response())
+}
+
+async fn pair(
+    State(app): State<Arc<App>>,
+    q: QueryPairs,
+    StrictJson(req): StrictJson<PairRequest>,
+) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.pair(req)?).into_response())
+}
+
+async fn account(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.account()).into_response())
+}
+
+async fn unpair(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.unpair().await?).into_response())
+}
+
+/// `PUT /v1/recording`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recording {
+    active: bool,
+}
+
+async fn recording(
+    State(app): State<Arc<App>>,
+    q: QueryPairs,
+    StrictJson(req): StrictJson<Recording>,
+) -> ApiResult<Response> {
+    no_query(&q)?;
+    app.set_recording(req.active);
+    Ok(Json(json!({"active": req.active})).into_response())
+}
+
+async fn history(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    q.only(&["limit"])?;
+    let limit = q.int("limit", 1, 10_000, 100)?;
+    Ok(Json(json!({"entries": app.history(limit as u32)?})).into_response())
+}
+
+async fn privacy(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    Ok(Json(app.privacy()).into_response())
+}
+
+async fn health(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    match app.health(HEALTH_MAX_AGE) {
+        Ok(()) => Ok(Json(json!({"ok": true})).into_response()),
+        Err(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            why,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns() {
+        assert!(path_matches("/v1/queue/{id}", "/v1/queue/7"));
+        assert!(path_matches("/v1/queue/{id}/retry", "/v1/queue/x/retry"));
+        assert!(!path_matches("/v1/queue/{id}", "/v1/queue"));
+        assert!(!path_matches("/v1/queue/{id}", "/v1/queue/7/retry"));
+        assert!(path_matches("/v1/status", "/v1/status"));
+    }
+
+    /// The OpenAPI document lists exactly the routes the server has.
+    #[test]
+    fn openapi_matches_the_route_table() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"),
+        )
+        .unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(doc["openapi"].as_str(), Some("3.0.3"));
+        let mut in_spec = std::collections::BTreeSet::new();
+        for (path, ops) in doc["paths"].as_mapping().unwrap() {
+            for (method, _) in ops.as_mapping().unwrap() {
+                let m = method.as_str().unwrap();
+                if m == "parameters" {
+                    continue;
+                }
+                in_spec.insert((m.to_uppercase(), path.as_str().unwrap().to_string()));
+            }
+        }
+        let in_server: std::collections::BTreeSet<_> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(in_spec, in_server);
+
+        // Every `$ref` points at something that exists.
+        fn refs(v: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+            match v {
+                serde_yaml_ng::Value::Mapping(m) => {
+                    for (k, v) in m {
+                        if k.as_str() == Some("$ref") {
+                            out.push(v.as_str().unwrap().to_string());
+                        } else {
+                            refs(v, out);
+                        }
+                    }
+                }
+                serde_yaml_ng::Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let mut at = &doc;
+            for part in r.trim_start_matches("#/").split('/') {
+                at = &at[part];
+            }
+            assert!(!at.is_null(), "dangling $ref {r}");
+        }
+    }
+}

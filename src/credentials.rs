@@ -1,0 +1,159 @@
+//! The account from pairing: user ID, bearer token, region. Kept in `state.dir/credentials.json`
+//! (0600), apart from the database, so that unpairing can overwrite and unlink one small file and
+//! no copy of the token lingers in database pages.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The credentials file's name inside `state.dir`.
+pub const FILE: &str = "credentials.json";
+
+/// A paired account. `Debug` never shows the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub user_id: String,
+    pub token: Secret,
+    pub region: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDisk {
+    user_id: String,
+    token: String,
+    region: Option<String>,
+}
+
+/// What reading or writing the credentials can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("credentials file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("credentials file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
+    move |source| CredentialsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads the account, `None` when not paired.
+pub fn load(dir: &Path) -> Result<Option<Account>, CredentialsError> {
+    let path = dir.join(FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let d: OnDisk = serde_json::from_str(&text).map_err(|e| CredentialsError::Invalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Some(Account {
+        user_id: d.user_id,
+        token: Secret::new(d.token),
+        region: d.region,
+    }))
+}
+
+/// Stores the account atomically (temp file 0600, fsync, rename), replacing any earlier one.
+pub fn save(dir: &Path, account: &Account) -> Result<(), CredentialsError> {
+    let path = dir.join(FILE);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let body = serde_json::to_vec(&OnDisk {
+        user_id: account.user_id.clone(),
+        token: account.token.expose().to_string(),
+        region: account.region.clone(),
+    })
+    .expect("plain strings serialize");
+    // Erase the old file's bytes first: a rename would leave them in a freed block.
+    erase(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Overwrites the credentials file with zeros, syncs, and unlinks it. Not paired afterwards.
+pub fn erase(dir: &Path) -> Result<(), CredentialsError> {
+    for name in [FILE.to_string(), format!("{FILE}.tmp")] {
+        let path = dir.join(name);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(&vec![0u8; len as usize]).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn save_load_erase_round_trip_leaves_no_token_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let acct = Account {
+            user_id: "u-1".into(),
+            token: Secret::new("tok-SECRET-42"),
+            region: Some("eu".into()),
+        };
+        save(dir.path(), &acct).unwrap();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(dir.path()).unwrap(), Some(acct));
+        erase(dir.path()).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            assert!(!bytes.windows(13).any(|w| w == b"tok-SECRET-42"));
+        }
+    }
+
+    #[test]
+    fn a_garbled_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "{not json").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("credentials.json"), "{e}");
+    }
+}

@@ -1,0 +1,233 @@
+//! `cambackup daemon`: wires the tasks together and runs them until SIGTERM/SIGINT.
+//!
+//! Tasks: the watcher (card → queue), the conditions loop (device → gate), the scheduler
+//! (queue → tus), the control server (app ↔ daemon), and housekeeping. Shutdown is one
+//! `CancellationToken`: every task watches it, transfers save their offset, and the process
+//! exits within [`SHUTDOWN_GRACE`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::store::Store;
+use crate::upload::{scheduler, tus};
+use crate::{conditions, gate, watch};
+
+/// How long shutdown may take before the remaining tasks are abandoned (systemd waits longer).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// Device polling while nothing waits for the conditions: slow, so an idle camera sleeps.
+const POLL_IDLE: Duration = Duration::from_secs(10);
+/// Device polling while uploading or while work waits for conditions to come to hold.
+const POLL_ACTIVE: Duration = Duration::from_secs(1);
+/// Housekeeping (history retention) interval.
+const HOUSEKEEPING: Duration = Duration::from_secs(3600);
+
+/// Sets up logging: stderr (journald picks it up), level from `CAMBACKUP_LOG` (default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAMBACKUP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs the daemon with a loaded config. Returns the process exit code.
+pub fn run(config: Config) -> i32 {
+    // Everything the daemon creates (database, credentials, socket dir) is private unless it
+    // says otherwise (the socket is chmod'ed to 0660 explicitly).
+    unsafe { libc::umask(0o077) };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(main(config));
+    rt.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+async fn main(config: Config) -> i32 {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.file.display(), "starting");
+    let store = match Store::open(&config.state.dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the database");
+            return 1;
+        }
+    };
+    match store.recover_interrupted() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            items = n,
+            "resuming uploads interrupted by a crash or power cut"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot recover interrupted uploads"),
+    }
+    let client = match tus::Client::new(&config.cloud) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the upload client");
+            return 1;
+        }
+    };
+    let app = match App::new(config, store, client) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the daemon's state");
+            return 1;
+        }
+    };
+    let listener = match crate::control::server::bind(&app.config.control) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the control socket");
+            return 1;
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch::run(app.clone()));
+    tasks.spawn(conditions_loop(app.clone()));
+    tasks.spawn(scheduler::run(app.clone()));
+    tasks.spawn(housekeeping(app.clone()));
+    {
+        let app = app.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::control::server::serve(listener, app.clone()).await {
+                tracing::error!(error = %e, "the control server stopped");
+            }
+        });
+    }
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(socket = %app.config.control.socket.display(), "ready");
+    wait_for_signal(&app).await;
+
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    app.shutdown.cancel();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!("some tasks did not stop in time; exiting anyway");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    if let Err(e) = app.store.checkpoint() {
+        tracing::warn!(error = %e, "final database checkpoint failed");
+    }
+    tracing::info!("stopped");
+    0
+}
+
+/// Waits for SIGTERM or SIGINT, sending the systemd watchdog ping meanwhile, but only while
+/// every loop is alive: a hung loop stops the pings and systemd restarts the daemon.
+async fn wait_for_signal(app: &App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut usec = 0;
+    let watchdog =
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+    loop {
+        let tick = watchdog.unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = tokio::time::sleep(tick) => {
+                if watchdog.is_some() {
+                    match app.health(Duration::from_secs(60)) {
+                        Ok(()) => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+                        Err(e) => tracing::error!(problem = %e, "withholding the watchdog ping"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the device and asks the gate, slowly while idle and every second while uploading or
+/// while work waits. The auto gate opens only after it has held for `hold_down_secs`, so a
+/// bouncing charger contact does not start and abort uploads; it closes at once.
+async fn conditions_loop(app: Arc<App>) {
+    let cfg = app.config.conditions.clone();
+    let hold_down = Duration::from_secs(cfg.hold_down_secs);
+    let mut reader = conditions::Reader::new(&cfg);
+    let mut hold = gate::HoldDown::new(hold_down);
+    let mut last_verdict = None;
+    loop {
+        let snapshot = reader.read(&app.activity);
+        let settings = app.settings();
+        let verdict = gate::decide(&snapshot, &settings, &cfg);
+        let now = Instant::now();
+        let auto_open = hold.update(verdict.auto_allowed(), now);
+        if last_verdict.as_ref() != Some(&verdict) {
+            tracing::info!(auto_blocked_by = ?verdict.auto, manual_blocked_by = ?verdict.manual, "the gate's answer changed");
+            last_verdict = Some(verdict.clone());
+        }
+        let holding = hold.opens_at().is_some() && !auto_open;
+        app.set_conditions(snapshot, verdict, auto_open);
+        app.beat("conditions");
+        let busy = !app.in_flight().is_empty() || holding || app.has_waiting_work();
+        let wait = if busy { POLL_ACTIVE } else { POLL_IDLE };
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.recheck.notified() => {}
+        }
+    }
+}
+
+async fn housekeeping(app: Arc<App>) {
+    loop {
+        match app.store.purge_history(app.config.state.history_days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                days = app.config.state.history_days,
+                "purged old history"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot purge old history"),
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HOUSEKEEPING) => {}
+        }
+    }
+}
+
+/// `cambackup check-config`: validates and prints the effective settings. Exit 0 or 2.
+pub fn check_config(path: &Path) -> i32 {
+    match crate::config::load(path) {
+        Ok(c) => {
+            print!("{c}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

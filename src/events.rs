@@ -1,0 +1,72 @@
+//! Events for the app (`GET /v1/events`): state changes, upload progress, item changes.
+//!
+//! A broadcast channel: every subscriber gets every event; one that falls behind by more than
+//! the channel's capacity sees `Lagged` and is dropped by the server, so a slow app never slows
+//! the daemon.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::gate::Block;
+use crate::media::StoragePath;
+use crate::store::ItemState;
+
+/// Events kept for a slow subscriber before it is dropped.
+const CAPACITY: usize = 256;
+
+/// One event. `name()` is the SSE event name; the value is the JSON data.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    State {
+        state: crate::app::DaemonState,
+        blocked_by: Vec<Block>,
+    },
+    Progress {
+        id: i64,
+        storage_path: StoragePath,
+        bytes_sent: u64,
+        bytes_total: u64,
+        rate_bps: u64,
+    },
+    Item {
+        id: i64,
+        storage_path: StoragePath,
+        state: ItemState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::State { .. } => "state",
+            Event::Progress { .. } => "progress",
+            Event::Item { .. } => "item",
+        }
+    }
+}
+
+/// The sending side, cheap to clone.
+#[derive(Clone)]
+pub struct Events(broadcast::Sender<Event>);
+
+impl Default for Events {
+    fn default() -> Self {
+        Events(broadcast::channel(CAPACITY).0)
+    }
+}
+
+impl Events {
+    /// Sends to whoever listens; nobody listening is fine.
+    pub fn send(&self, e: Event) {
+        let _ = self.0.send(e);
+    }
+
+    /// A new subscriber, seeing events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+}

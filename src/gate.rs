@@ -1,0 +1,588 @@
+//! The gate: the one place that decides whether an upload may run.
+//!
+//! [`decide`] is a pure function of a device [`Snapshot`], the user's [`Settings`] and the
+//! operator's [`config::Conditions`]; it names every reason that blocks uploads, as CONTRACT
+//! section 5's `blocked_by` values. [`HoldDown`] keeps a flapping answer (a bouncing charger
+//! contact, Wi-Fi roaming) from starting and aborting uploads every second.
+//!
+//! Invariant: no other module re-derives these rules; the scheduler and the status endpoint both
+//! ask [`decide`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::conditions::{Network, Snapshot};
+use crate::config;
+use crate::settings::{NetworkPref, Settings};
+
+/// One reason uploads may not run (CONTRACT section 5 `blocked_by`). The variants are in the
+/// order [`decide`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Block {
+    /// The user has not consented to automatic uploads (`auto_upload` false).
+    AutoUploadOff,
+    /// Charging is required and the camera is not on external power (or cannot tell).
+    NotCharging,
+    /// The battery is below `conditions.min_battery_percent`, charging or not.
+    BatteryLow,
+    /// The default route is over a network the user's `network` setting excludes.
+    NetworkNotAllowed,
+    /// No usable default route.
+    Offline,
+    /// Idle is required and the camera records.
+    Recording,
+    /// Idle is required and the camera wrote media recently (or the load is over the limit).
+    Busy,
+    /// The hottest thermal zone is over `conditions.max_temp_c`.
+    TooHot,
+}
+
+impl Block {
+    /// The `blocked_by` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Block::AutoUploadOff => "auto_upload_off",
+            Block::NotCharging => "not_charging",
+            Block::BatteryLow => "battery_low",
+            Block::NetworkNotAllowed => "network_not_allowed",
+            Block::Offline => "offline",
+            Block::Recording => "recording",
+            Block::Busy => "busy",
+            Block::TooHot => "too_hot",
+        }
+    }
+}
+
+impl fmt::Display for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The gate's answer: what blocks automatic uploads and what blocks manual ones. Each list names
+/// every block that applies, in [`Block`]'s order, so that a change in the answer is a change in
+/// the conditions (and the log line saying so is stable).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Verdict {
+    /// Blocks on automatic uploads: consent and every condition the user has not relaxed.
+    pub auto: Vec<Block>,
+    /// Blocks on `cambackup upload`: only the network preference and the temperature.
+    pub manual: Vec<Block>,
+}
+
+impl Verdict {
+    /// Whether automatic uploads may run (before the [`HoldDown`]).
+    pub fn auto_allowed(&self) -> bool {
+        self.auto.is_empty()
+    }
+
+    /// Whether manual uploads may run.
+    pub fn manual_allowed(&self) -> bool {
+        self.manual.is_empty()
+    }
+}
+
+/// Decides from a device snapshot, the user's settings and the operator's limits.
+///
+/// Unknown readings count against uploading only where uploading would be the risk: unknown
+/// charging is not charging (a camera that cannot say must not drain its battery), while an
+/// unknown battery level, temperature or load blocks nothing (a mains-only camera has no
+/// battery; many have no thermal zone).
+pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Verdict {
+    let network = network_block(s.network, settings.network);
+    let too_hot = s.temp_c.is_some_and(|t| t > cfg.max_temp_c);
+
+    let mut auto = Vec::new();
+    if !settings.auto_upload {
+        auto.push(Block::AutoUploadOff);
+    }
+    if settings.require_charging && s.charging != Some(true) {
+        auto.push(Block::NotCharging);
+    }
+    if s.battery_percent
+        .is_some_and(|b| b < cfg.min_battery_percent)
+    {
+        auto.push(Block::BatteryLow);
+    }
+    auto.extend(network);
+    if settings.require_idle && s.recording {
+        auto.push(Block::Recording);
+    }
+    if settings.require_idle && busy(s, cfg) {
+        auto.push(Block::Busy);
+    }
+    if too_hot {
+        auto.push(Block::TooHot);
+    }
+
+    let mut manual = Vec::new();
+    manual.extend(network);
+    if too_hot {
+        manual.push(Block::TooHot);
+    }
+    Verdict { auto, manual }
+}
+
+/// The network rule, shared by automatic and manual uploads.
+fn network_block(network: Network, pref: NetworkPref) -> Option<Block> {
+    let allowed = match network {
+        Network::Offline => return Some(Block::Offline),
+        Network::Wifi => true,
+        Network::Ethernet => matches!(pref, NetworkPref::Unmetered | NetworkPref::Any),
+        Network::Cellular => pref == NetworkPref::Any,
+    };
+    (!allowed).then_some(Block::NetworkNotAllowed)
+}
+
+/// Media written within `idle_secs`, or the load over `max_load` when that is set.
+fn busy(s: &Snapshot, cfg: &config::Conditions) -> bool {
+    let writing = s.secs_since_media_write.is_some_and(|w| w < cfg.idle_secs);
+    let loaded = matches!((s.load, cfg.max_load), (Some(l), Some(max)) if l > max);
+    writing || loaded
+}
+
+/// Debounces the automatic gate: it opens only after the raw answer has been "allowed"
+/// continuously for `hold`, and closes at once.
+///
+/// Closing at once keeps the promise that losing a condition stops an upload within 2 s;
+/// opening late keeps a bouncing charger contact or Wi-Fi roaming from starting an upload only to
+/// abort it a second later. "Continuously" is as seen by the samples fed in: a closed sample
+/// restarts the wait.
+#[derive(Debug, Clone)]
+pub struct HoldDown {
+    hold: Duration,
+    /// When the raw answer last turned to "allowed"; `None` while it is "blocked".
+    open_since: Option<Instant>,
+}
+
+impl HoldDown {
+    /// A hold-down of `hold` (`conditions.hold_down_secs`); zero opens at once.
+    pub fn new(hold: Duration) -> HoldDown {
+        HoldDown {
+            hold,
+            open_since: None,
+        }
+    }
+
+    /// Feeds the raw answer (`Verdict::auto_allowed`) seen at `now`; returns whether
+    /// automatic uploads may run.
+    pub fn update(&mut self, allowed: bool, now: Instant) -> bool {
+        if !allowed {
+            self.open_since = None;
+            return false;
+        }
+        let since = *self.open_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.hold
+    }
+
+    /// When the gate will open if the raw answer stays "allowed", so the caller can sleep until
+    /// then instead of polling; `None` while the raw answer is "blocked".
+    pub fn opens_at(&self) -> Option<Instant> {
+        self.open_since.map(|t| t + self.hold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Block::*;
+
+    /// A camera on the charger, on Wi-Fi, cool and idle.
+    fn good() -> Snapshot {
+        Snapshot {
+            charging: Some(true),
+            battery_percent: Some(80),
+            network: Network::Wifi,
+            interface: Some("wlan0".into()),
+            temp_c: Some(40.0),
+            load: Some(0.5),
+            recording: false,
+            secs_since_media_write: Some(3600),
+        }
+    }
+
+    /// The defaults with consent given.
+    fn consenting() -> Settings {
+        Settings {
+            auto_upload: true,
+            ..Settings::default()
+        }
+    }
+
+    /// idle 120 s, 60 °C, 20 %, no load limit.
+    fn limits() -> config::Conditions {
+        config::Conditions::default()
+    }
+
+    struct Row {
+        name: &'static str,
+        snapshot: fn(&mut Snapshot),
+        settings: fn(&mut Settings),
+        limits: fn(&mut config::Conditions),
+        auto: &'static [Block],
+        manual: &'static [Block],
+    }
+
+    fn same<T>(_: &mut T) {}
+
+    const ROWS: &[Row] = &[
+        Row {
+            name: "all conditions hold",
+            snapshot: same,
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "consent off blocks only automatic uploads",
+            snapshot: same,
+            settings: |s| s.auto_upload = false,
+            limits: same,
+            auto: &[AutoUploadOff],
+            manual: &[],
+        },
+        Row {
+            name: "not charging",
+            snapshot: |s| s.charging = Some(false),
+            settings: same,
+            limits: same,
+            auto: &[NotCharging],
+            manual: &[],
+        },
+        Row {
+            name: "charging unknown counts as not charging",
+            snapshot: |s| s.charging = None,
+            settings: same,
+            limits: same,
+            auto: &[NotCharging],
+            manual: &[],
+        },
+        Row {
+            name: "require_charging=false lets an uncharged camera upload",
+            snapshot: |s| s.charging = Some(false),
+            settings: |s| s.require_charging = false,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "battery low even on the charger",
+            snapshot: |s| s.battery_percent = Some(19),
+            settings: same,
+            limits: same,
+            auto: &[BatteryLow],
+            manual: &[],
+        },
+        Row {
+            name: "battery exactly at the limit is not low",
+            snapshot: |s| s.battery_percent = Some(20),
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "battery low applies with require_charging=false too",
+            snapshot: |s| {
+                s.charging = Some(false);
+                s.battery_percent = Some(5);
+            },
+            settings: |s| s.require_charging = false,
+            limits: same,
+            auto: &[BatteryLow],
+            manual: &[],
+        },
+        Row {
+            name: "no battery (mains only) is not low",
+            snapshot: |s| s.battery_percent = None,
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "offline blocks both",
+            snapshot: |s| {
+                s.network = Network::Offline;
+                s.interface = None;
+            },
+            settings: |s| s.network = NetworkPref::Any,
+            limits: same,
+            auto: &[Offline],
+            manual: &[Offline],
+        },
+        Row {
+            name: "cellular with preference wifi blocks both",
+            snapshot: |s| s.network = Network::Cellular,
+            settings: same,
+            limits: same,
+            auto: &[NetworkNotAllowed],
+            manual: &[NetworkNotAllowed],
+        },
+        Row {
+            name: "cellular with preference unmetered blocks both",
+            snapshot: |s| s.network = Network::Cellular,
+            settings: |s| s.network = NetworkPref::Unmetered,
+            limits: same,
+            auto: &[NetworkNotAllowed],
+            manual: &[NetworkNotAllowed],
+        },
+        Row {
+            name: "network any allows cellular",
+            snapshot: |s| s.network = Network::Cellular,
+            settings: |s| s.network = NetworkPref::Any,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "ethernet with preference wifi blocks both",
+            snapshot: |s| s.network = Network::Ethernet,
+            settings: same,
+            limits: same,
+            auto: &[NetworkNotAllowed],
+            manual: &[NetworkNotAllowed],
+        },
+        Row {
+            name: "unmetered allows ethernet",
+            snapshot: |s| s.network = Network::Ethernet,
+            settings: |s| s.network = NetworkPref::Unmetered,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "recording blocks only automatic uploads",
+            snapshot: |s| s.recording = true,
+            settings: same,
+            limits: same,
+            auto: &[Recording],
+            manual: &[],
+        },
+        Row {
+            name: "require_idle=false allows uploading while recording",
+            snapshot: |s| s.recording = true,
+            settings: |s| s.require_idle = false,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "media written within idle_secs is busy",
+            snapshot: |s| s.secs_since_media_write = Some(119),
+            settings: same,
+            limits: same,
+            auto: &[Busy],
+            manual: &[],
+        },
+        Row {
+            name: "media written idle_secs ago is idle",
+            snapshot: |s| s.secs_since_media_write = Some(120),
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "no media write seen is idle",
+            snapshot: |s| s.secs_since_media_write = None,
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "require_idle=false ignores media writes",
+            snapshot: |s| s.secs_since_media_write = Some(0),
+            settings: |s| s.require_idle = false,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "load over max_load is busy",
+            snapshot: |s| s.load = Some(2.5),
+            settings: same,
+            limits: |c| c.max_load = Some(2.0),
+            auto: &[Busy],
+            manual: &[],
+        },
+        Row {
+            name: "load without max_load is not checked",
+            snapshot: |s| s.load = Some(50.0),
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "unknown load is not busy",
+            snapshot: |s| s.load = None,
+            settings: same,
+            limits: |c| c.max_load = Some(2.0),
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "too hot blocks both",
+            snapshot: |s| s.temp_c = Some(60.5),
+            settings: same,
+            limits: same,
+            auto: &[TooHot],
+            manual: &[TooHot],
+        },
+        Row {
+            name: "exactly at max_temp_c is not too hot",
+            snapshot: |s| s.temp_c = Some(60.0),
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "no thermal zone is not too hot",
+            snapshot: |s| s.temp_c = None,
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "every block is named, in a stable order",
+            snapshot: |s| {
+                s.charging = Some(false);
+                s.battery_percent = Some(3);
+                s.network = Network::Cellular;
+                s.recording = true;
+                s.secs_since_media_write = Some(1);
+                s.temp_c = Some(75.0);
+            },
+            settings: |s| s.auto_upload = false,
+            limits: same,
+            auto: &[
+                AutoUploadOff,
+                NotCharging,
+                BatteryLow,
+                NetworkNotAllowed,
+                Recording,
+                Busy,
+                TooHot,
+            ],
+            manual: &[NetworkNotAllowed, TooHot],
+        },
+        Row {
+            name: "everything relaxed: uncharged, cellular, recording, writing",
+            snapshot: |s| {
+                s.charging = Some(false);
+                s.network = Network::Cellular;
+                s.recording = true;
+                s.secs_since_media_write = Some(1);
+            },
+            settings: |s| {
+                s.require_charging = false;
+                s.require_idle = false;
+                s.network = NetworkPref::Any;
+            },
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+    ];
+
+    #[test]
+    fn decide_table() {
+        for row in ROWS {
+            let (mut s, mut st, mut c) = (good(), consenting(), limits());
+            (row.snapshot)(&mut s);
+            (row.settings)(&mut st);
+            (row.limits)(&mut c);
+            let v = decide(&s, &st, &c);
+            assert_eq!(v.auto, row.auto, "auto: {}", row.name);
+            assert_eq!(v.manual, row.manual, "manual: {}", row.name);
+            assert_eq!(v.auto_allowed(), row.auto.is_empty(), "{}", row.name);
+            assert_eq!(v.manual_allowed(), row.manual.is_empty(), "{}", row.name);
+        }
+    }
+
+    #[test]
+    fn auto_blocks_come_in_block_order() {
+        for row in ROWS {
+            assert!(row.auto.windows(2).all(|w| w[0] < w[1]), "{}", row.name);
+        }
+    }
+
+    #[test]
+    fn block_names_are_the_contracts() {
+        let all = [
+            AutoUploadOff,
+            NotCharging,
+            BatteryLow,
+            NetworkNotAllowed,
+            Offline,
+            Recording,
+            Busy,
+            TooHot,
+        ];
+        let json = serde_json::to_value(all).unwrap();
+        let names: Vec<&str> = all.iter().map(|b| b.as_str()).collect();
+        assert_eq!(json, serde_json::json!(names));
+        assert_eq!(
+            names,
+            [
+                "auto_upload_off",
+                "not_charging",
+                "battery_low",
+                "network_not_allowed",
+                "offline",
+                "recording",
+                "busy",
+                "too_hot"
+            ]
+        );
+    }
+
+    fn secs(n: f64) -> Duration {
+        Duration::from_secs_f64(n)
+    }
+
+    #[test]
+    fn hold_down_opens_after_the_gate_held_open_long_enough() {
+        let t0 = Instant::now();
+        let mut h = HoldDown::new(secs(5.0));
+        assert!(!h.update(false, t0));
+        assert_eq!(h.opens_at(), None);
+        assert!(!h.update(true, t0 + secs(1.0)));
+        assert_eq!(h.opens_at(), Some(t0 + secs(6.0)));
+        assert!(!h.update(true, t0 + secs(5.9)));
+        assert!(h.update(true, t0 + secs(6.0)));
+        assert!(h.update(true, t0 + secs(100.0)));
+    }
+
+    #[test]
+    fn hold_down_closes_at_once_and_a_flap_restarts_the_wait() {
+        let t0 = Instant::now();
+        let mut h = HoldDown::new(secs(5.0));
+        assert!(!h.update(true, t0));
+        assert!(h.update(true, t0 + secs(5.0)));
+        // The charger contact bounces: closed at once...
+        assert!(!h.update(false, t0 + secs(5.5)));
+        // ...and open again only after another full hold.
+        assert!(!h.update(true, t0 + secs(6.0)));
+        assert!(!h.update(false, t0 + secs(7.0)));
+        assert!(!h.update(true, t0 + secs(8.0)));
+        assert!(!h.update(true, t0 + secs(12.9)));
+        assert!(h.update(true, t0 + secs(13.0)));
+    }
+
+    #[test]
+    fn zero_hold_down_opens_at_once() {
+        let t0 = Instant::now();
+        let mut h = HoldDown::new(Duration::ZERO);
+        assert!(h.update(true, t0));
+        assert!(!h.update(false, t0));
+    }
+}

@@ -1,0 +1,379 @@
+//! The full scan: walks `media.root`, queues settled media files, hands recently written ones
+//! to the watcher's settler, and drops queued items whose file is gone.
+//!
+//! Invariants: symlinks are never followed (so nothing outside the root is ever read); a file
+//! modified within `settle_secs` is never queued by the scan; items are only marked deleted when
+//! the media is present (an empty or missing root means "card out", not "files deleted"); the
+//! database sees a handful of transactions (batches of [`BATCH`]), not one per file.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::media::{MediaFilter, StoragePath};
+use crate::store::{self, FoundFile, ItemState, Store, StoreError};
+
+/// Files per database transaction.
+pub const BATCH: usize = 2000;
+
+/// A media file seen on the card whose last write is too recent to queue it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recent {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One media file the walk found.
+#[derive(Debug)]
+pub enum Seen {
+    /// Unchanged for the settle time: ready to queue.
+    Settled(FoundFile),
+    /// Written too recently.
+    Recent(Recent),
+}
+
+/// What a scan did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Media files seen.
+    pub files: u64,
+    /// Items added to the queue (new files or new versions).
+    pub queued: usize,
+    /// Items dropped because their file is gone (or replaced).
+    pub dropped: usize,
+    /// Files still being written (or just written): for the settler.
+    pub recent: Vec<Recent>,
+    /// Entries that could not be read (permissions, I/O errors), with the reason.
+    pub unreadable: u64,
+}
+
+/// The file's mtime in nanoseconds since the epoch (the queue's identity uses it).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+/// Whether the card is there: the root is a directory with something in it. An empty mount
+/// point is what a removed card leaves behind.
+pub fn media_present(root: &Path) -> bool {
+    std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Walks `dir` (the root or a subdirectory of it) and returns settled media files and recent
+/// ones. Never follows symlinks; skips excluded and hidden directories.
+pub fn walk(
+    root: &Path,
+    dir: &Path,
+    filter: &MediaFilter,
+    settle: Duration,
+    now: SystemTime,
+    mut seen: impl FnMut(Seen),
+) -> u64 {
+    let mut unreadable = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot read a directory on the card");
+                unreadable += 1;
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // `file_type` comes from the directory entry (d_type): no stat, no symlink followed.
+            let Ok(ft) = entry.file_type() else {
+                unreadable += 1;
+                continue;
+            };
+            let Ok(sp) = StoragePath::under(root, &path) else {
+                tracing::warn!(path = %path.display(), "skipping a name that is not valid UTF-8");
+                unreadable += 1;
+                continue;
+            };
+            if ft.is_dir() {
+                if !filter.skip_dir(&sp) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let Some(kind) = filter.classify(&sp) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else {
+                unreadable += 1;
+                continue;
+            };
+            let mtime = mtime_ns(&meta);
+            let age = now
+                .duration_since(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH))
+                .unwrap_or(Duration::ZERO);
+            if age < settle {
+                seen(Seen::Recent(Recent {
+                    path,
+                    size: meta.len(),
+                    mtime_ns: mtime,
+                }));
+            } else {
+                seen(Seen::Settled(FoundFile {
+                    path: sp,
+                    kind,
+                    size: meta.len(),
+                    mtime_ns: mtime,
+                }));
+            }
+        }
+    }
+    unreadable
+}
+
+fn hash_of(parts: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+/// The full scan. Walking and writing overlap: the walk runs on this thread and hands batches
+/// to a writer thread, so the scan takes about as long as the slower of the two, not the sum.
+pub fn scan(
+    root: &Path,
+    filter: &MediaFilter,
+    store: &Store,
+    settle: Duration,
+) -> Result<Report, StoreError> {
+    let now = SystemTime::now();
+    let mut report = Report::default();
+    // What the reconcile step needs to know, in 8 bytes a file rather than the paths.
+    let mut seen_versions: HashSet<u64> = HashSet::new();
+    let mut seen_paths: HashSet<u64> = HashSet::new();
+    let present = media_present(root);
+
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
+    let queued = std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut queued = 0;
+            for mut batch in rx {
+                // In key order, inserts touch the index b-tree's pages in sequence.
+                batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                queued += store.upsert_files(&batch)?;
+            }
+            Ok::<usize, StoreError>(queued)
+        });
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut files = 0u64;
+        let mut recent = Vec::new();
+        let unreadable = walk(root, root, filter, settle, now, |s| {
+            files += 1;
+            match s {
+                Seen::Settled(f) => {
+                    seen_paths.insert(hash_of(f.path.as_str()));
+                    seen_versions.insert(hash_of((f.path.as_str(), f.size, f.mtime_ns)));
+                    batch.push(f);
+                    if batch.len() >= BATCH {
+                        // The writer only stops early on a database error, which join reports.
+                        let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                    }
+                }
+                Seen::Recent(r) => {
+                    if let Ok(sp) = StoragePath::under(root, &r.path) {
+                        seen_paths.insert(hash_of(sp.as_str()));
+                    }
+                    recent.push(r);
+                }
+            }
+        });
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        report.files = files;
+        report.recent = recent;
+        report.unreadable = unreadable;
+        writer.join().expect("scan writer thread panicked")
+    })?;
+    report.queued = queued;
+
+    if present {
+        report.dropped = reconcile(store, &seen_versions, &seen_paths)?;
+    }
+    Ok(report)
+}
+
+/// Drops pending and failed items whose file version was not seen: deleted, or replaced by a
+/// newer version (which the scan queued or the settler will).
+fn reconcile(
+    store: &Store,
+    versions: &HashSet<u64>,
+    paths: &HashSet<u64>,
+) -> Result<usize, StoreError> {
+    let mut deleted = Vec::new();
+    let mut replaced = Vec::new();
+    for state in [ItemState::Pending, ItemState::Failed] {
+        let mut after = 0;
+        loop {
+            let page = store.list(Some(state), 1000, after)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for it in &page {
+                if versions.contains(&hash_of((it.storage_path.as_str(), it.size, it.mtime_ns))) {
+                    continue;
+                }
+                if paths.contains(&hash_of(it.storage_path.as_str())) {
+                    replaced.push(it.id);
+                } else {
+                    deleted.push(it.id);
+                }
+            }
+        }
+    }
+    Ok(store.mark_skipped_many(&deleted, store::REASON_DELETED)?
+        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn filter() -> MediaFilter {
+        MediaFilter::new(&config::Media::default())
+    }
+
+    fn old(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        let t = SystemTime::now() - Duration::from_secs(3600);
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    fn paths(store: &Store, state: ItemState) -> Vec<String> {
+        let mut v: Vec<String> = store
+            .list(Some(state), 1000, 0)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.storage_path.as_str().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn queues_media_with_exact_names_and_skips_the_rest() {
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = card.path();
+        old(&r.join("DCIM/100MEDIA/a b,c.JPG"), b"1");
+        old(&r.join("DCIM/100MEDIA/ünï cødé.mp4"), b"22");
+        old(&r.join("DCIM/101MEDIA/nested/deep/zero.jpeg"), b"");
+        old(&r.join("DCIM/100MEDIA/thumb.THM"), b"x");
+        old(&r.join("DCIM/100MEDIA/.hidden.jpg"), b"x");
+        old(&r.join("DCIM/.trash/gone.jpg"), b"x");
+        old(&r.join("DCIM/notes.txt"), b"x");
+        std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.queued, 3);
+        assert_eq!(
+            paths(&store, ItemState::Pending),
+            [
+                "DCIM/100MEDIA/a b,c.JPG",
+                "DCIM/100MEDIA/ünï cødé.mp4",
+                "DCIM/101MEDIA/nested/deep/zero.jpeg"
+            ]
+        );
+        // A second scan finds nothing new.
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!((rep.queued, rep.dropped), (0, 0));
+    }
+
+    #[test]
+    fn recent_files_go_to_the_settler_not_the_queue() {
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
+        std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.queued, 0);
+        assert_eq!(rep.recent.len(), 1);
+        assert_eq!(rep.recent[0].size, 13);
+    }
+
+    #[test]
+    fn deleted_and_replaced_files_leave_the_queue_with_a_reason_but_not_when_the_card_is_out() {
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = card.path();
+        old(&r.join("DCIM/a.jpg"), b"a");
+        old(&r.join("DCIM/b.jpg"), b"b");
+        old(&r.join("DCIM/c.jpg"), b"c");
+        let store = Store::open(state.path()).unwrap();
+        scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+
+        // Card out: the root is an empty mount point. Nothing is dropped.
+        let aside = tempfile::tempdir().unwrap();
+        std::fs::rename(r.join("DCIM"), aside.path().join("DCIM")).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.dropped, 0);
+        assert_eq!(paths(&store, ItemState::Pending).len(), 3);
+
+        // Card back, with one file deleted and one rewritten.
+        std::fs::rename(aside.path().join("DCIM"), r.join("DCIM")).unwrap();
+        std::fs::remove_file(r.join("DCIM/a.jpg")).unwrap();
+        old(&r.join("DCIM/b.jpg"), b"b, version two");
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (rep.queued, rep.dropped),
+            (1, 1),
+            "new b queued, a dropped (old b superseded on insert)"
+        );
+        let skipped = store.list(Some(ItemState::Skipped), 10, 0).unwrap();
+        let reasons: Vec<_> = skipped
+            .iter()
+            .map(|i| (i.storage_path.as_str(), i.last_error.as_deref().unwrap()))
+            .collect();
+        assert!(
+            reasons.contains(&("DCIM/a.jpg", store::REASON_DELETED)),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("DCIM/b.jpg", store::REASON_REPLACED)),
+            "{reasons:?}"
+        );
+        assert_eq!(
+            paths(&store, ItemState::Pending),
+            ["DCIM/b.jpg", "DCIM/c.jpg"]
+        );
+    }
+
+    #[test]
+    fn a_scan_of_many_files_in_many_directories_queues_each_once() {
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        for d in 0..10 {
+            for f in 0..500 {
+                old(&card.path().join(format!("DCIM/{d:03}/F{f:04}.JPG")), b"");
+            }
+        }
+        let store = Store::open(state.path()).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.queued, 5000);
+        assert_eq!(
+            store
+                .list(Some(ItemState::Pending), 10_000, 0)
+                .unwrap()
+                .len(),
+            5000
+        );
+    }
+}

@@ -1,0 +1,1224 @@
+//! The tus 1.0.0 client (CONTRACT section 6): discovery, creation, offset, data, termination.
+//!
+//! Invariants:
+//! - every request carries `Tus-Resumable: 1.0.0`, `Authorization: Bearer` and
+//!   `User-Agent: cambackup/VERSION`, and nothing else that identifies the device (no cookie
+//!   store, no referer, no redirects that could carry the token elsewhere);
+//! - TLS is always verified: the system's roots plus `cloud.ca_file`;
+//! - a PATCH body streams from the file in small buffers: memory does not grow with the chunk
+//!   size or the file size;
+//! - any answer that does not follow the protocol (missing `Location`, missing or wrong
+//!   `Upload-Offset`, a status we did not ask for) is an error that says so, never a success.
+//!
+//! This module knows HTTP and tus; what a status means for a queue item (retry, fail, ask the
+//! user to pair again) is decided in [`super::transfer`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, Response, StatusCode, Url};
+use tokio::io::AsyncRead;
+use tokio_util::io::ReaderStream;
+
+use crate::config;
+use crate::secret::Secret;
+use crate::upload::metadata::UploadMetadata;
+use crate::upload::retry;
+
+/// The protocol version we speak.
+pub const TUS_VERSION: &str = "1.0.0";
+
+/// `User-Agent` of every request: the product and its version, nothing about the device.
+pub const USER_AGENT: &str = concat!("cambackup/", env!("CARGO_PKG_VERSION"));
+
+/// Read size of a PATCH body stream. Large enough that the blocking-pool round trip of
+/// `tokio::fs` per read costs little CPU (8 per MiB), small enough that the two or three buffers
+/// hyper holds in flight stay far below the 32 MiB RSS goal.
+pub const STREAM_BUF: usize = 128 * 1024;
+
+/// How long discovery results are trusted before the endpoint is asked again (a server upgrade
+/// may add extensions; asking once an hour costs nothing).
+const CAPS_TTL: Duration = Duration::from_secs(3600);
+
+/// How much of an error answer's body is read, and how much of it is kept for the message.
+const ERROR_BODY_READ: usize = 4096;
+const ERROR_BODY_KEEP: usize = 200;
+
+/// The tus headers, named once.
+pub mod header {
+    #![allow(missing_docs)]
+    pub const TUS_RESUMABLE: &str = "tus-resumable";
+    pub const TUS_VERSION: &str = "tus-version";
+    pub const TUS_EXTENSION: &str = "tus-extension";
+    pub const TUS_MAX_SIZE: &str = "tus-max-size";
+    pub const TUS_CHECKSUM_ALGORITHM: &str = "tus-checksum-algorithm";
+    pub const UPLOAD_OFFSET: &str = "upload-offset";
+    pub const UPLOAD_LENGTH: &str = "upload-length";
+    pub const UPLOAD_METADATA: &str = "upload-metadata";
+    pub const UPLOAD_EXPIRES: &str = "upload-expires";
+    pub const UPLOAD_CHECKSUM: &str = "upload-checksum";
+    pub const LOCATION: &str = "location";
+    pub const RETRY_AFTER: &str = "retry-after";
+}
+
+/// What the tus client can fail with. Each variant names the request and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TusError {
+    /// The HTTP client could not be built (bad `ca_file`, no usable TLS roots).
+    #[error("cannot set up the HTTPS client: {0}")]
+    Setup(String),
+    /// The token cannot be put in a header (control characters): pairing gave a bad token.
+    #[error("the account's token contains characters not allowed in an HTTP header")]
+    BadToken,
+    /// Connecting, TLS, sending or receiving failed.
+    #[error("{method} {url}: network error: {}", chain(source))]
+    Network {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No byte accepted by the connection nor any answer for `secs` seconds.
+    #[error("{method} {url}: no progress for {secs} s, request aborted (will resume)")]
+    Stalled {
+        method: &'static str,
+        url: String,
+        secs: u64,
+    },
+    /// The server answered with a status this request does not expect.
+    #[error("{method} {url}: server answered {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        /// The start of the server's message (trimmed, truncated).
+        message: String,
+        /// From `Retry-After`, when the server sent one.
+        retry_after: Option<Duration>,
+    },
+    /// A header the protocol requires in this answer is missing.
+    #[error("{method} {url}: the server's answer lacks the `{header}` header")]
+    MissingHeader {
+        method: &'static str,
+        url: String,
+        header: &'static str,
+    },
+    /// A header is present but unusable.
+    #[error("{method} {url}: bad `{header}` header {value:?}: {why}")]
+    BadHeader {
+        method: &'static str,
+        url: String,
+        header: &'static str,
+        value: String,
+        why: String,
+    },
+    /// The server acknowledged a different offset than the bytes we sent.
+    #[error("PATCH {url}: the server acknowledged offset {got}, expected {expected}")]
+    WrongOffset {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+    /// `Upload-Expires` of the upload is in the past: it has to be created anew.
+    #[error("upload {url} expired")]
+    Expired { url: String },
+    /// The endpoint does not offer tus 1.0.0.
+    #[error("{endpoint} does not speak tus {TUS_VERSION} (it offers {offered})")]
+    UnsupportedVersion { endpoint: String, offered: String },
+}
+
+/// Formats an error with its sources: reqwest's top-level message alone ("error sending
+/// request") does not say what happened.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl TusError {
+    /// The HTTP status, when the server answered with one we did not expect.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            TusError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The upload URL is gone (404/410) or expired: the next step is a new creation.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, TusError::Expired { .. }) || matches!(self.status(), Some(404 | 410))
+    }
+
+    /// Worth trying again later without anything changing on our side: network trouble, a
+    /// stall, the server's load (408, 423 locked, 429, 460 checksum mismatch, 5xx) or a
+    /// protocol slip that a fresh `HEAD` sorts out. Not: 401/402/403, 413, other 4xx, setup.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TusError::Network { .. } | TusError::Stalled { .. } => true,
+            TusError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 423 | 429 | 460) || (500..600).contains(status)
+            }
+            // A server that answers nonsense may be mid-deploy; retrying under the capped
+            // back-off costs one request per hour if it stays broken, and heals itself when
+            // it is fixed, which a field camera nobody looks at needs.
+            TusError::MissingHeader { .. }
+            | TusError::BadHeader { .. }
+            | TusError::WrongOffset { .. }
+            | TusError::Expired { .. } => true,
+            TusError::Setup(_) | TusError::BadToken | TusError::UnsupportedVersion { .. } => false,
+        }
+    }
+
+    /// The server's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TusError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The server's message in a status answer (empty otherwise).
+    pub fn server_message(&self) -> &str {
+        match self {
+            TusError::Status { message, .. } => message,
+            _ => "",
+        }
+    }
+}
+
+/// What an endpoint offers, from its `OPTIONS` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `Tus-Version`, in the server's order of preference (empty: not said, 1.0.0 assumed).
+    pub versions: Vec<String>,
+    /// `Tus-Extension`, e.g. `creation`, `termination`, `checksum`, `expiration`.
+    pub extensions: Vec<String>,
+    /// `Tus-Max-Size`: the largest upload the server accepts.
+    pub max_size: Option<u64>,
+    /// `Tus-Checksum-Algorithm`, lower-cased.
+    pub checksum_algorithms: Vec<String>,
+}
+
+impl Capabilities {
+    /// Whether the server lists this extension.
+    pub fn has(&self, extension: &str) -> bool {
+        self.extensions
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(extension))
+    }
+
+    /// The server ends uploads on `DELETE`.
+    pub fn termination(&self) -> bool {
+        self.has("termination")
+    }
+
+    /// The server checks `Upload-Checksum: sha1 ...` on each PATCH.
+    pub fn sha1_checksum(&self) -> bool {
+        self.has("checksum") && self.checksum_algorithms.iter().any(|a| a == "sha1")
+    }
+}
+
+/// A new upload on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The absolute upload URL (a relative `Location` resolved against the endpoint).
+    pub url: String,
+    /// `Upload-Expires`, as unix seconds.
+    pub expires_at: Option<i64>,
+    /// `Upload-Offset`, if the creation answer carried one (creation-with-upload servers).
+    pub offset: Option<u64>,
+}
+
+/// An upload's state on the server, from `HEAD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadState {
+    /// Bytes the server has.
+    pub offset: u64,
+    /// The declared length (absent for deferred-length uploads, which we never create).
+    pub length: Option<u64>,
+    /// `Upload-Expires`, as unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+/// A PATCH the server accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchAck {
+    /// The server's new offset; equal to the sent offset plus the chunk's length.
+    pub offset: u64,
+    /// A refreshed `Upload-Expires`, as unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+/// The tus 1.0 client: one per daemon, sharing connections and the per-endpoint discovery cache.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// No progress this long aborts a request.
+    stall: Duration,
+    caps: Arc<Mutex<CapsCache>>,
+}
+
+/// Discovery results per endpoint, with when they were learnt.
+type CapsCache = HashMap<String, (Instant, Arc<Capabilities>)>;
+
+impl Client {
+    /// Builds the client from `[cloud]`: rustls with the system's roots plus `ca_file`,
+    /// `stall_secs` as the no-progress limit.
+    pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
+        let stall = Duration::from_secs(cloud.stall_secs.max(1));
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(true)
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .user_agent(USER_AGENT)
+            // A redirect would send the token and the file to a host nobody configured.
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .connect_timeout(stall)
+            // Finds a connection that died silently (Wi-Fi roaming) between requests.
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ca) = &cloud.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(TusError::Setup(format!(
+                    "{} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|e| TusError::Setup(chain(&e)))?;
+        Ok(Client {
+            http,
+            stall,
+            caps: Arc::default(),
+        })
+    }
+
+    /// The no-progress limit (`cloud.stall_secs`).
+    pub fn stall(&self) -> Duration {
+        self.stall
+    }
+
+    /// A request with the headers every tus request carries, and nothing else.
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        token: &Secret,
+    ) -> Result<reqwest::RequestBuilder, TusError> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| TusError::BadToken)?;
+        auth.set_sensitive(true);
+        Ok(self
+            .http
+            .request(method, url)
+            .header(header::TUS_RESUMABLE, TUS_VERSION)
+            .header(reqwest::header::AUTHORIZATION, auth))
+    }
+
+    /// Sends a small request (no body to stream) with the stall limit as its whole deadline.
+    async fn send_small(
+        &self,
+        method: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Response, TusError> {
+        req.timeout(self.stall).send().await.map_err(|source| {
+            if source.is_timeout() {
+                TusError::Stalled {
+                    method,
+                    url: url.into(),
+                    secs: self.stall.as_secs(),
+                }
+            } else {
+                TusError::Network {
+                    method,
+                    url: url.into(),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// Discovery: what `endpoint` offers. Cached per endpoint for an hour. A server that does
+    /// not answer `OPTIONS` at all (404/405: some proxies) is assumed to offer core tus with
+    /// creation and nothing optional.
+    pub async fn options(
+        &self,
+        endpoint: &str,
+        token: &Secret,
+    ) -> Result<Arc<Capabilities>, TusError> {
+        if let Some(c) = self.cached_caps(endpoint) {
+            return Ok(c);
+        }
+        let req = self.request(Method::OPTIONS, endpoint, token)?;
+        let resp = self.send_small("OPTIONS", endpoint, req).await?;
+        let caps = match resp.status() {
+            StatusCode::OK | StatusCode::NO_CONTENT => {
+                parse_capabilities(resp.headers(), endpoint)?
+            }
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                tracing::warn!(
+                    endpoint,
+                    status = resp.status().as_u16(),
+                    "the tus endpoint does not answer OPTIONS; assuming core tus with creation \
+                     only (no checksum, no termination)"
+                );
+                Capabilities {
+                    extensions: vec!["creation".into()],
+                    ..Default::default()
+                }
+            }
+            _ => return Err(status_error("OPTIONS", endpoint, resp).await),
+        };
+        let caps = Arc::new(caps);
+        self.caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(endpoint.to_string(), (Instant::now(), caps.clone()));
+        Ok(caps)
+    }
+
+    fn cached_caps(&self, endpoint: &str) -> Option<Arc<Capabilities>> {
+        let cache = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(endpoint)
+            .filter(|(at, _)| at.elapsed() < CAPS_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Capabilities of the endpoint an upload URL belongs to, if discovered: the cached
+    /// endpoint the URL starts with.
+    fn cached_caps_for_upload(&self, upload_url: &str) -> Option<Arc<Capabilities>> {
+        let cache = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .filter(|(ep, (at, _))| upload_url.starts_with(ep.as_str()) && at.elapsed() < CAPS_TTL)
+            .max_by_key(|(ep, _)| ep.len())
+            .map(|(_, (_, c))| c.clone())
+    }
+
+    /// Creation: a new upload of `length` bytes with exactly the four metadata fields. Returns
+    /// its absolute URL; the caller stores it before sending any data.
+    pub async fn create(
+        &self,
+        endpoint: &str,
+        length: u64,
+        metadata: &UploadMetadata,
+        token: &Secret,
+    ) -> Result<Created, TusError> {
+        let req = self
+            .request(Method::POST, endpoint, token)?
+            .header(header::UPLOAD_LENGTH, length)
+            .header(header::UPLOAD_METADATA, metadata.header_value())
+            .header(CONTENT_LENGTH, 0);
+        let resp = self.send_small("POST", endpoint, req).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error("POST", endpoint, resp).await);
+        }
+        let h = resp.headers();
+        let location = header_str(h, header::LOCATION, "POST", endpoint)?.ok_or_else(|| {
+            TusError::MissingHeader {
+                method: "POST",
+                url: endpoint.into(),
+                header: header::LOCATION,
+            }
+        })?;
+        let url = resolve_location(endpoint, location)?;
+        Ok(Created {
+            expires_at: expires(h, "POST", endpoint),
+            offset: header_u64(h, header::UPLOAD_OFFSET, "POST", endpoint)?,
+            url,
+        })
+    }
+
+    /// The server's offset (and length, expiry) of an upload. 404/410 come back as a
+    /// [`TusError::Status`] for which [`TusError::is_gone`] holds; an `Upload-Expires` in the
+    /// past as [`TusError::Expired`].
+    pub async fn head(&self, url: &str, token: &Secret) -> Result<UploadState, TusError> {
+        let req = self.request(Method::HEAD, url, token)?;
+        let resp = self.send_small("HEAD", url, req).await?;
+        if !matches!(resp.status(), StatusCode::OK | StatusCode::NO_CONTENT) {
+            return Err(status_error("HEAD", url, resp).await);
+        }
+        let h = resp.headers();
+        let offset = header_u64(h, header::UPLOAD_OFFSET, "HEAD", url)?.ok_or_else(|| {
+            TusError::MissingHeader {
+                method: "HEAD",
+                url: url.into(),
+                header: header::UPLOAD_OFFSET,
+            }
+        })?;
+        let expires_at = expires(h, "HEAD", url);
+        if expires_at.is_some_and(|t| t <= crate::store::now_unix()) {
+            return Err(TusError::Expired { url: url.into() });
+        }
+        Ok(UploadState {
+            offset,
+            length: header_u64(h, header::UPLOAD_LENGTH, "HEAD", url)?,
+            expires_at,
+        })
+    }
+
+    /// Sends `len` bytes read from `body` at `offset`. Returns once the server acknowledged
+    /// them with `Upload-Offset == offset + len`.
+    ///
+    /// The body streams in [`STREAM_BUF`] pieces; `sent` is called (about four times a second)
+    /// with the bytes of this chunk the connection has taken so far, for a smooth progress
+    /// display; those bytes are not acknowledged yet. No byte taken and no answer for the stall
+    /// limit aborts the request with [`TusError::Stalled`]. Dropping the future aborts the
+    /// request (the connection is closed), which is how a stop interrupts a chunk.
+    ///
+    /// Known limit: "taken by the connection" means handed to the kernel's send buffer, which
+    /// on a slow link can hold some seconds of data; the stall limit has to exceed that.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch<R>(
+        &self,
+        url: &str,
+        token: &Secret,
+        offset: u64,
+        body: R,
+        len: u64,
+        checksum_sha1: Option<&str>,
+        sent: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<PatchAck, TusError>
+    where
+        R: AsyncRead + Send + 'static,
+    {
+        let meter = Arc::new(Meter::new());
+        let m = meter.clone();
+        let stream = ReaderStream::with_capacity(body, STREAM_BUF).inspect(move |r| {
+            if let Ok(b) = r {
+                m.record(b.len() as u64);
+            }
+        });
+        let mut req = self
+            .request(Method::PATCH, url, token)?
+            .header(header::UPLOAD_OFFSET, offset)
+            .header(CONTENT_TYPE, "application/offset+octet-stream")
+            // Explicit length: hyper then frames the stream by Content-Length, not chunked,
+            // and fails the request if the file yields fewer bytes than promised.
+            .header(CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(sum) = checksum_sha1 {
+            req = req.header(header::UPLOAD_CHECKSUM, format!("sha1 {sum}"));
+        }
+
+        let send = req.send();
+        tokio::pin!(send);
+        let tick = (self.stall / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = 0;
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break r,
+                _ = ticker.tick() => {
+                    let now = meter.sent();
+                    if now != reported {
+                        reported = now;
+                        sent(now);
+                    }
+                    if meter.idle() >= self.stall {
+                        return Err(TusError::Stalled {
+                            method: "PATCH",
+                            url: url.into(),
+                            secs: self.stall.as_secs(),
+                        });
+                    }
+                }
+            }
+        };
+        let resp = resp.map_err(|source| TusError::Network {
+            method: "PATCH",
+            url: url.into(),
+            source,
+        })?;
+        if !matches!(resp.status(), StatusCode::NO_CONTENT | StatusCode::OK) {
+            return Err(status_error("PATCH", url, resp).await);
+        }
+        let h = resp.headers();
+        let got = header_u64(h, header::UPLOAD_OFFSET, "PATCH", url)?.ok_or_else(|| {
+            TusError::MissingHeader {
+                method: "PATCH",
+                url: url.into(),
+                header: header::UPLOAD_OFFSET,
+            }
+        })?;
+        let expected = offset + len;
+        if got != expected {
+            return Err(TusError::WrongOffset {
+                url: url.into(),
+                expected,
+                got,
+            });
+        }
+        Ok(PatchAck {
+            offset: got,
+            expires_at: expires(h, "PATCH", url),
+        })
+    }
+
+    /// Termination: ends an unfinished upload on the server. `Ok(false)` when the server does
+    /// not offer termination; an upload already gone (404/410) counts as ended.
+    ///
+    /// The endpoint's discovery is used when cached; otherwise the upload URL itself is asked
+    /// (`OPTIONS` is answered on any path by tusd and @tus/server).
+    pub async fn terminate(&self, upload_url: &str, token: &Secret) -> Result<bool, TusError> {
+        let caps = match self.cached_caps_for_upload(upload_url) {
+            Some(c) => c,
+            None => {
+                let req = self.request(Method::OPTIONS, upload_url, token)?;
+                let resp = self.send_small("OPTIONS", upload_url, req).await?;
+                if !matches!(resp.status(), StatusCode::OK | StatusCode::NO_CONTENT) {
+                    return Ok(false);
+                }
+                Arc::new(parse_capabilities(resp.headers(), upload_url)?)
+            }
+        };
+        if !caps.termination() {
+            return Ok(false);
+        }
+        let req = self.request(Method::DELETE, upload_url, token)?;
+        let resp = self.send_small("DELETE", upload_url, req).await?;
+        match resp.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND | StatusCode::GONE => {
+                Ok(true)
+            }
+            _ => Err(status_error("DELETE", upload_url, resp).await),
+        }
+    }
+}
+
+/// Bytes a PATCH body has handed to the connection, and when it last did.
+struct Meter {
+    start: Instant,
+    sent: AtomicU64,
+    /// Milliseconds after `start` of the last progress.
+    last_ms: AtomicU64,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            start: Instant::now(),
+            sent: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Turns an unexpected answer into [`TusError::Status`] with the start of the server's message.
+async fn status_error(method: &'static str, url: &str, mut resp: Response) -> TusError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+    // Read a bounded prefix: an error page must not cost memory or time.
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_READ {
+        match tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await {
+            Ok(Ok(Some(c))) => body.extend_from_slice(&c[..c.len().min(ERROR_BODY_READ)]),
+            _ => break,
+        }
+    }
+    TusError::Status {
+        method,
+        url: url.into(),
+        status,
+        message: summarize(&body),
+        retry_after,
+    }
+}
+
+/// The server's message as one short line.
+fn summarize(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(ERROR_BODY_KEEP) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+fn header_str<'h>(
+    h: &'h HeaderMap,
+    name: &'static str,
+    method: &'static str,
+    url: &str,
+) -> Result<Option<&'h str>, TusError> {
+    match h.get(HeaderName::from_static(name)) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| TusError::BadHeader {
+                method,
+                url: url.into(),
+                header: name,
+                value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                why: "not visible ASCII".into(),
+            }),
+    }
+}
+
+fn header_u64(
+    h: &HeaderMap,
+    name: &'static str,
+    method: &'static str,
+    url: &str,
+) -> Result<Option<u64>, TusError> {
+    let Some(s) = header_str(h, name, method, url)? else {
+        return Ok(None);
+    };
+    s.parse::<u64>().map(Some).map_err(|_| TusError::BadHeader {
+        method,
+        url: url.into(),
+        header: name,
+        value: s.into(),
+        why: "not a non-negative integer".into(),
+    })
+}
+
+/// `Upload-Expires` as unix seconds. A garbled date is logged and ignored: the upload then
+/// lives until the server says 404/410, which we handle anyway.
+fn expires(h: &HeaderMap, method: &'static str, url: &str) -> Option<i64> {
+    let s = header_str(h, header::UPLOAD_EXPIRES, method, url).ok()??;
+    match httpdate::parse_http_date(s) {
+        Ok(t) => Some(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        ),
+        Err(_) => {
+            tracing::warn!(method, url, value = s, "ignoring unparsable Upload-Expires");
+            None
+        }
+    }
+}
+
+fn parse_capabilities(h: &HeaderMap, endpoint: &str) -> Result<Capabilities, TusError> {
+    let list = |name| -> Result<Vec<String>, TusError> {
+        Ok(header_str(h, name, "OPTIONS", endpoint)?
+            .unwrap_or("")
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect())
+    };
+    let caps = Capabilities {
+        versions: list(header::TUS_VERSION)?,
+        extensions: list(header::TUS_EXTENSION)?,
+        max_size: header_u64(h, header::TUS_MAX_SIZE, "OPTIONS", endpoint)?,
+        checksum_algorithms: list(header::TUS_CHECKSUM_ALGORITHM)?,
+    };
+    if !caps.versions.is_empty() && !caps.versions.iter().any(|v| v == TUS_VERSION) {
+        return Err(TusError::UnsupportedVersion {
+            endpoint: endpoint.into(),
+            offered: caps.versions.join(", "),
+        });
+    }
+    Ok(caps)
+}
+
+/// Resolves a `Location` (absolute, or relative to the endpoint as tus allows) and holds it to
+/// the endpoint rule: the server must not steer the token and data to plain http elsewhere.
+fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> {
+    let bad = |why: String| TusError::BadHeader {
+        method: "POST",
+        url: endpoint.into(),
+        header: header::LOCATION,
+        value: location.into(),
+        why,
+    };
+    let base = Url::parse(endpoint).map_err(|e| bad(format!("endpoint is not a URL: {e}")))?;
+    let url = base
+        .join(location)
+        .map_err(|e| bad(format!("not a URL: {e}")))?;
+    config::check_endpoint(url.as_str()).map_err(bad)?;
+    Ok(url.into())
+}
+
+#[cfg(test)]
+pub(crate) mod test_server {
+    //! A minimal in-process tus 1.0 server for the client's tests (the workspace's `testkit`
+    //! receiver is the full one): uploads in memory, every request recorded, faults on demand.
+    //! Built on hyper directly, because a handler that returns an error makes hyper drop the
+    //! connection without an answer: exactly a reset mid-PATCH.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Incoming;
+    use hyper::{HeaderMap, Request, Response};
+    use hyper_util::rt::TokioIo;
+    use sha1::Digest as _;
+
+    /// The `Tus-Max-Size` the server announces unless told otherwise.
+    const MAX_SIZE: u64 = 1 << 30;
+
+    type Handled = Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A fault for the next request of a method.
+    pub(crate) enum Fault {
+        /// Answer this status with these headers and body (after reading the request body).
+        Status(u16, Vec<(&'static str, String)>, &'static str),
+        /// Keep this many bytes of the PATCH body, then drop the connection without answer.
+        ResetAfter(usize),
+        /// Never answer.
+        Stall,
+        /// Keep the chunk but acknowledge one byte more than it holds.
+        WrongOffset,
+        /// Nothing: handle normally (to aim a later fault at the second request, say).
+        Pass,
+    }
+
+    /// One upload as the server holds it.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Upload {
+        pub length: u64,
+        pub data: Vec<u8>,
+    }
+
+    /// One request as it arrived.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Recorded {
+        pub method: String,
+        pub headers: HeaderMap,
+    }
+
+    type Hook = Box<dyn Fn(&str) + Send>;
+
+    #[derive(Default)]
+    struct State {
+        uploads: Mutex<HashMap<String, Upload>>,
+        requests: Mutex<Vec<Recorded>>,
+        faults: Mutex<VecDeque<(String, Fault)>>,
+        extensions: Mutex<String>,
+        on_patch: Mutex<Option<Hook>>,
+        next_id: AtomicU64,
+        max_size: AtomicU64,
+    }
+
+    /// The running server; it lives as long as the test's runtime.
+    pub(crate) struct TestServer {
+        /// The creation URL, `http://127.0.0.1:PORT/files/`.
+        pub endpoint: String,
+        state: Arc<State>,
+    }
+
+    impl TestServer {
+        /// Starts a server on a free loopback port offering creation, termination, expiration
+        /// and sha1 checksums.
+        pub(crate) async fn start() -> TestServer {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let state = Arc::new(State::default());
+            *state.extensions.lock().unwrap() = "creation,termination,expiration,checksum".into();
+            state.max_size.store(MAX_SIZE, Ordering::Relaxed);
+            let st = state.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+            TestServer {
+                endpoint: format!("http://{addr}/files/"),
+                state,
+            }
+        }
+
+        /// The `Tus-Max-Size` announced (and enforced on creation).
+        pub(crate) fn max_size(&self) -> u64 {
+            self.state.max_size.load(Ordering::Relaxed)
+        }
+
+        pub(crate) fn set_max_size(&self, max: u64) {
+            self.state.max_size.store(max, Ordering::Relaxed);
+        }
+
+        /// Sets `Tus-Extension` (checksums are offered when it lists `checksum`).
+        pub(crate) fn set_extensions(&self, ext: &str) {
+            *self.state.extensions.lock().unwrap() = ext.into();
+        }
+
+        /// Queues a fault for the next request with this method.
+        pub(crate) fn fault(&self, method: &str, f: Fault) {
+            self.state
+                .faults
+                .lock()
+                .unwrap()
+                .push_back((method.into(), f));
+        }
+
+        /// Calls `f` with the path of every PATCH as it arrives, before anything else.
+        pub(crate) fn on_patch(&self, f: impl Fn(&str) + Send + 'static) {
+            *self.state.on_patch.lock().unwrap() = Some(Box::new(f));
+        }
+
+        /// How many requests with this method arrived.
+        pub(crate) fn count(&self, method: &str) -> usize {
+            self.requests()
+                .iter()
+                .filter(|r| r.method == method)
+                .count()
+        }
+
+        /// Every request so far.
+        pub(crate) fn requests(&self) -> Vec<Recorded> {
+            self.state.requests.lock().unwrap().clone()
+        }
+
+        /// Every upload the server holds.
+        pub(crate) fn uploads(&self) -> Vec<Upload> {
+            self.state
+                .uploads
+                .lock()
+                .unwrap()
+                .values()
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn answer(status: u16) -> hyper::http::response::Builder {
+        Response::builder()
+            .status(status)
+            .header("tus-resumable", "1.0.0")
+    }
+
+    fn empty(status: u16) -> Handled {
+        Ok(answer(status).body(Full::default())?)
+    }
+
+    fn hdr<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        h.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn read_body(req: Request<Incoming>) -> Vec<u8> {
+        req.into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    async fn handle(st: Arc<State>, req: Request<Incoming>) -> Handled {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        st.requests.lock().unwrap().push(Recorded {
+            method: method.clone(),
+            headers: req.headers().clone(),
+        });
+        if method == "PATCH" {
+            if let Some(hook) = st.on_patch.lock().unwrap().as_ref() {
+                hook(&path);
+            }
+        }
+        let fault = {
+            let mut faults = st.faults.lock().unwrap();
+            let i = faults.iter().position(|(m, _)| *m == method);
+            i.and_then(|i| faults.remove(i)).map(|(_, f)| f)
+        };
+        let id = path.strip_prefix("/files/").unwrap_or("").to_string();
+        let mut wrong_offset = false;
+        match fault {
+            Some(Fault::Status(code, headers, body)) => {
+                read_body(req).await;
+                let mut b = answer(code);
+                for (k, v) in headers {
+                    b = b.header(k, v);
+                }
+                return Ok(b.body(Full::new(Bytes::from_static(body.as_bytes())))?);
+            }
+            Some(Fault::Stall) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return empty(500);
+            }
+            Some(Fault::ResetAfter(n)) => {
+                let mut body = req.into_body();
+                let mut got = Vec::new();
+                while got.len() < n {
+                    match body.frame().await {
+                        Some(Ok(f)) => {
+                            if let Ok(d) = f.into_data() {
+                                got.extend_from_slice(&d);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                got.truncate(n);
+                // Like tusd and @tus/server, keep what arrived before the connection broke.
+                if let Some(u) = st.uploads.lock().unwrap().get_mut(&id) {
+                    u.data.extend_from_slice(&got);
+                }
+                return Err("injected connection reset".into());
+            }
+            Some(Fault::WrongOffset) => wrong_offset = true,
+            Some(Fault::Pass) | None => {}
+        }
+        let ext = st.extensions.lock().unwrap().clone();
+        match method.as_str() {
+            "OPTIONS" => {
+                let mut b = answer(204)
+                    .header("tus-version", "1.0.0")
+                    .header("tus-extension", &ext)
+                    .header("tus-max-size", st.max_size.load(Ordering::Relaxed));
+                if ext.contains("checksum") {
+                    b = b.header("tus-checksum-algorithm", "md5,sha1");
+                }
+                Ok(b.body(Full::default())?)
+            }
+            "POST" => {
+                let h = req.headers();
+                let Some(length) = hdr(h, "upload-length").and_then(|v| v.parse::<u64>().ok())
+                else {
+                    return empty(400);
+                };
+                if length > st.max_size.load(Ordering::Relaxed) {
+                    return empty(413);
+                }
+                let id = st.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+                st.uploads.lock().unwrap().insert(
+                    id.clone(),
+                    Upload {
+                        length,
+                        data: Vec::new(),
+                    },
+                );
+                let expires = SystemTime::now() + Duration::from_secs(86_400);
+                Ok(answer(201)
+                    // Path-absolute on purpose: the client must resolve it.
+                    .header("location", format!("/files/{id}"))
+                    .header("upload-expires", httpdate::fmt_http_date(expires))
+                    .body(Full::default())?)
+            }
+            "HEAD" => match st.uploads.lock().unwrap().get(&id) {
+                Some(u) => Ok(answer(200)
+                    .header("upload-offset", u.data.len())
+                    .header("upload-length", u.length)
+                    .header("cache-control", "no-store")
+                    .body(Full::default())?),
+                None => empty(404),
+            },
+            "PATCH" => {
+                let h = req.headers().clone();
+                if hdr(&h, "content-type") != Some("application/offset+octet-stream") {
+                    read_body(req).await;
+                    return empty(415);
+                }
+                let offset = hdr(&h, "upload-offset").and_then(|v| v.parse::<usize>().ok());
+                let current = st.uploads.lock().unwrap().get(&id).map(|u| u.data.len());
+                let Some(current) = current else {
+                    read_body(req).await;
+                    return empty(404);
+                };
+                if offset != Some(current) {
+                    read_body(req).await;
+                    return empty(409);
+                }
+                let body = read_body(req).await;
+                if let Some(sum) = hdr(&h, "upload-checksum") {
+                    let want = sum.strip_prefix("sha1 ").unwrap_or("");
+                    let got =
+                        base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&body));
+                    if want != got {
+                        return empty(460);
+                    }
+                }
+                let mut uploads = st.uploads.lock().unwrap();
+                let Some(u) = uploads.get_mut(&id) else {
+                    return empty(404);
+                };
+                if (u.data.len() + body.len()) as u64 > u.length {
+                    return empty(400);
+                }
+                u.data.extend_from_slice(&body);
+                let acked = u.data.len() + usize::from(wrong_offset);
+                Ok(answer(204)
+                    .header("upload-offset", acked)
+                    .body(Full::default())?)
+            }
+            "DELETE" if ext.contains("termination") => {
+                match st.uploads.lock().unwrap().remove(&id) {
+                    Some(_) => empty(204),
+                    None => empty(404),
+                }
+            }
+            _ => empty(405),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::{Fault, TestServer};
+    use super::*;
+
+    fn cloud(stall_secs: u64) -> config::Cloud {
+        config::Cloud {
+            stall_secs,
+            ..Default::default()
+        }
+    }
+
+    fn token() -> Secret {
+        Secret::new("tok-1")
+    }
+
+    #[test]
+    fn locations_resolve_against_the_endpoint_and_keep_the_https_rule() {
+        let ep = "https://up.example.com/files/";
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/files/abc", Some("https://up.example.com/files/abc")),
+            ("abc", Some("https://up.example.com/files/abc")),
+            (
+                "https://cdn.example.com/u/1",
+                Some("https://cdn.example.com/u/1"),
+            ),
+            ("http://evil.example.com/u/1", None),
+            ("ftp://up.example.com/x", None),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(resolve_location(ep, loc).ok().as_deref(), *want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn server_messages_become_one_short_line() {
+        assert_eq!(summarize(b"  no\n  such\tupload "), "no such upload");
+        let long = "x".repeat(500);
+        let s = summarize(long.as_bytes());
+        assert_eq!(s.chars().count(), ERROR_BODY_KEEP + 1);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn transient_classification_follows_the_contract() {
+        let st = |status| TusError::Status {
+            method: "PATCH",
+            url: "u".into(),
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        for s in [408, 409, 423, 429, 460, 500, 502, 503, 504] {
+            assert!(st(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 402, 403, 404, 410, 413, 415] {
+            assert!(!st(s).is_transient(), "{s}");
+        }
+        assert!(st(404).is_gone() && st(410).is_gone() && !st(409).is_gone());
+    }
+
+    #[tokio::test]
+    async fn discovery_is_cached_per_endpoint_and_parsed() {
+        let srv = TestServer::start().await;
+        let c = Client::new(&cloud(5)).unwrap();
+        let caps = c.options(&srv.endpoint, &token()).await.unwrap();
+        assert_eq!(caps.versions, vec!["1.0.0"]);
+        assert!(caps.has("creation") && caps.termination() && caps.sha1_checksum());
+        assert_eq!(caps.max_size, Some(srv.max_size()));
+        c.options(&srv.endpoint, &token()).await.unwrap();
+        assert_eq!(srv.count("OPTIONS"), 1);
+    }
+
+    #[tokio::test]
+    async fn create_head_patch_terminate_round_trip() {
+        let srv = TestServer::start().await;
+        let c = Client::new(&cloud(5)).unwrap();
+        let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
+        let md = UploadMetadata::new("u", "T", "S", &path);
+        let created = c.create(&srv.endpoint, 5, &md, &token()).await.unwrap();
+        // The test server answers a path-absolute Location: it must come back absolute.
+        assert!(created.url.starts_with(&srv.endpoint), "{}", created.url);
+        assert!(created.expires_at.unwrap() > crate::store::now_unix());
+        let st = c.head(&created.url, &token()).await.unwrap();
+        assert_eq!((st.offset, st.length), (0, Some(5)));
+        let ack = c
+            .patch(&created.url, &token(), 0, &b"hel"[..], 3, None, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(ack.offset, 3);
+        // A server acknowledging another offset than sent is an error, never a success.
+        srv.fault("PATCH", Fault::WrongOffset);
+        let e = c
+            .patch(&created.url, &token(), 3, &b"lo"[..], 2, None, &|_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TusError::WrongOffset { expected: 5, .. }),
+            "{e}"
+        );
+        assert!(c.terminate(&created.url, &token()).await.unwrap());
+        let e = c.head(&created.url, &token()).await.unwrap_err();
+        assert!(e.is_gone(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn terminate_is_false_when_the_server_does_not_offer_it() {
+        let srv = TestServer::start().await;
+        srv.set_extensions("creation");
+        let c = Client::new(&cloud(5)).unwrap();
+        let url = format!("{}1", srv.endpoint);
+        assert!(!c.terminate(&url, &token()).await.unwrap());
+        assert_eq!(srv.count("DELETE"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_location_is_an_error_that_says_so() {
+        let srv = TestServer::start().await;
+        srv.fault("POST", Fault::Status(201, vec![], ""));
+        let c = Client::new(&cloud(5)).unwrap();
+        let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
+        let md = UploadMetadata::new("u", "T", "S", &path);
+        let e = c.create(&srv.endpoint, 1, &md, &token()).await.unwrap_err();
+        assert!(e.to_string().contains("lacks the `location` header"), "{e}");
+    }
+}

@@ -1,0 +1,509 @@
+//! The card watcher: inotify (through notify) on the whole media tree, a settler that holds
+//! each written file back until it is finished, and the card's comings and goings.
+//!
+//! Invariants: a file is queued only when it has been closed and unchanged (size and mtime) for
+//! `settle_secs`, or unchanged for three times that when no close was seen (a writer that keeps
+//! the file open, or a file found by the scan); a lost event (queue overflow) or a card that
+//! comes back triggers a full rescan; a card that is gone never turns its files into "deleted".
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::media::StoragePath;
+use crate::scan::{self, Recent};
+use crate::store::FoundFile;
+
+/// How often the card's presence is checked besides inotify: a mount over the mount point is
+/// invisible to inotify, so this slow poll is what notices a card that was put back.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+
+/// A file being watched until it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    size: u64,
+    mtime_ns: i64,
+    /// A close after writing was seen since the last change.
+    closed: bool,
+    /// When the size/mtime were last seen to change.
+    since: Instant,
+}
+
+/// Holds written files back until they are finished. Pure: time comes in as arguments and the
+/// file system through the `stat` callback, so the rules are tested without sleeping.
+#[derive(Debug)]
+pub struct Settler {
+    settle: Duration,
+    files: HashMap<PathBuf, Entry>,
+}
+
+/// What `stat` tells the settler about a file: `(size, mtime_ns)`, or `None` if it is gone.
+pub type Stat = Option<(u64, i64)>;
+
+impl Settler {
+    /// A settler with the config's `settle_secs`.
+    pub fn new(settle: Duration) -> Settler {
+        Settler {
+            settle,
+            files: HashMap::new(),
+        }
+    }
+
+    /// The file was written (or created, or renamed into place).
+    pub fn touched(&mut self, path: &Path, now: Instant) {
+        let e = self.files.entry(path.to_path_buf()).or_insert(Entry {
+            size: u64::MAX,
+            mtime_ns: i64::MIN,
+            closed: false,
+            since: now,
+        });
+        e.closed = false;
+        e.since = now;
+    }
+
+    /// The file was closed after writing.
+    pub fn closed(&mut self, path: &Path, now: Instant) {
+        let e = self.files.entry(path.to_path_buf()).or_insert(Entry {
+            size: u64::MAX,
+            mtime_ns: i64::MIN,
+            closed: true,
+            since: now,
+        });
+        e.closed = true;
+    }
+
+    /// A file the scan found written too recently.
+    pub fn recent(&mut self, r: &Recent, now: Instant) {
+        self.files.entry(r.path.clone()).or_insert(Entry {
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+            closed: false,
+            since: now,
+        });
+    }
+
+    /// The file was removed or renamed away.
+    pub fn forget(&mut self, path: &Path) {
+        self.files.remove(path);
+    }
+
+    /// Forgets everything under `dir` (the card went away).
+    pub fn forget_under(&mut self, dir: &Path) {
+        self.files.retain(|p, _| !p.starts_with(dir));
+    }
+
+    /// Files being watched.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no file is being watched.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Checks every watched file and returns those that have settled, with their final size
+    /// and mtime. A file whose size or mtime moved starts its wait again; a vanished one is
+    /// dropped.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        mut stat: impl FnMut(&Path) -> Stat,
+    ) -> Vec<(PathBuf, u64, i64)> {
+        let mut ready = Vec::new();
+        let settle = self.settle;
+        self.files.retain(|path, e| {
+            let Some((size, mtime_ns)) = stat(path) else {
+                return false;
+            };
+            if (size, mtime_ns) != (e.size, e.mtime_ns) {
+                e.size = size;
+                e.mtime_ns = mtime_ns;
+                e.since = now;
+                return true;
+            }
+            let quiet = now.saturating_duration_since(e.since);
+            if (e.closed && quiet >= settle) || quiet >= settle * 3 {
+                ready.push((path.clone(), size, mtime_ns));
+                return false;
+            }
+            true
+        });
+        ready
+    }
+
+    /// When `due` should next be called: soon after the earliest file could settle.
+    pub fn next_check(&self) -> Option<Instant> {
+        self.files
+            .values()
+            .map(|e| {
+                e.since
+                    + if e.closed {
+                        self.settle
+                    } else {
+                        self.settle * 3
+                    }
+            })
+            .min()
+    }
+}
+
+fn stat(path: &Path) -> Stat {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.is_file().then(|| (m.len(), scan::mtime_ns(&m)))
+}
+
+/// What the notify thread hands to the watcher task.
+enum Signal {
+    Event(notify::Event),
+    /// The channel was full or notify reported an error: events were lost, rescan.
+    Lost,
+}
+
+/// The card's identity while mounted: device and inode of the root, so a card swapped or
+/// mounted over the mount point is noticed.
+fn root_identity(root: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    if !scan::media_present(root) {
+        return None;
+    }
+    std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Runs the scanner and watcher until shutdown: an initial scan, inotify events through the
+/// settler, a rescan every `rescan_secs`, on overflow and when the card comes back.
+pub async fn run(app: Arc<App>) {
+    let root = app.config.media.root.clone();
+    let settle = Duration::from_secs(app.config.media.settle_secs);
+    let rescan_every = Duration::from_secs(app.config.media.rescan_secs.max(1));
+    let (tx, mut rx) = mpsc::channel::<Signal>(4096);
+    let mut settler = Settler::new(settle);
+    let mut watcher: Option<RecommendedWatcher> = None;
+    let mut identity = None;
+    let mut need_scan = true;
+    let mut next_rescan = Instant::now();
+    let mut next_presence = Instant::now();
+
+    loop {
+        let now = Instant::now();
+        if now >= next_presence {
+            next_presence = now + PRESENCE_EVERY;
+            let id = root_identity(&root);
+            if id != identity {
+                identity = id;
+                watcher = None;
+                if id.is_some() {
+                    match watch(&root, tx.clone()) {
+                        Ok(w) => watcher = Some(w),
+                        Err(e) => tracing::error!(root = %root.display(), error = %e,
+                            "cannot watch the media root; relying on the periodic rescan"),
+                    }
+                    need_scan = true;
+                } else {
+                    settler.forget_under(&root);
+                }
+                app.set_media_available(id.is_some());
+            }
+        }
+        if (need_scan || now >= next_rescan) && identity.is_some() {
+            need_scan = false;
+            next_rescan = now + rescan_every;
+            full_scan(&app, &mut settler).await;
+        }
+        app.beat("watcher");
+
+        let mut wake = next_presence.min(next_rescan);
+        if let Some(t) = settler.next_check() {
+            wake = wake.min(t.max(now + Duration::from_millis(100)));
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            sig = rx.recv() => {
+                let mut sig = sig;
+                // Drain what is queued, so a burst of events costs one pass.
+                while let Some(s) = sig {
+                    match s {
+                        Signal::Lost => {
+                            tracing::warn!("file events were lost (queue overflow): rescanning the card");
+                            need_scan = true;
+                        }
+                        Signal::Event(ev) => {
+                            if handle(&app, &root, &mut settler, ev) {
+                                need_scan = true;
+                            }
+                        }
+                    }
+                    sig = rx.try_recv().ok();
+                }
+            }
+        }
+        let ready = settler.due(Instant::now(), stat);
+        if !ready.is_empty() {
+            queue(&app, &root, ready);
+        }
+    }
+    drop(watcher);
+}
+
+/// Starts inotify on the whole tree. New subdirectories are added by notify itself.
+fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWatcher> {
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let sig = match res {
+            Ok(ev) if ev.need_rescan() => Signal::Lost,
+            Ok(ev) => Signal::Event(ev),
+            Err(_) => Signal::Lost,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(sig) {
+            // Dropping an event is safe only because the next signal that gets through (or
+            // the periodic rescan) brings a full scan; mark it so.
+            let _ = tx.try_send(Signal::Lost);
+        }
+    })?;
+    w.watch(root, RecursiveMode::Recursive)?;
+    Ok(w)
+}
+
+/// Feeds one event to the settler. Returns true when a rescan is needed (the root itself went
+/// away or a directory appeared whose files may predate its watch).
+fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> bool {
+    let now = Instant::now();
+    let mut rescan = false;
+    for path in &ev.paths {
+        if !path.starts_with(root) {
+            continue;
+        }
+        if path == root {
+            // The root itself was removed, moved or unmounted: the presence check decides.
+            // Opening or reading it (the scan does) is not news.
+            if matches!(
+                ev.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Other
+            ) {
+                rescan = true;
+            }
+            continue;
+        }
+        let Ok(sp) = StoragePath::under(root, path) else {
+            continue;
+        };
+        let is_media = app.filter.classify(&sp).is_some();
+        match ev.kind {
+            EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Modify(ModifyKind::Any) => {
+                app.activity.note_media_write();
+                if is_media {
+                    settler.touched(path, now);
+                } else if path.is_dir() && !app.filter.skip_dir(&sp) {
+                    // Files written before notify added its watch on the new directory would
+                    // be missed: walk it now and let the settler judge each file.
+                    scan::walk(
+                        root,
+                        path,
+                        &app.filter,
+                        Duration::MAX,
+                        std::time::SystemTime::now(),
+                        |s| {
+                            if let scan::Seen::Recent(r) = s {
+                                settler.touched(&r.path, now);
+                            }
+                        },
+                    );
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => {
+                app.activity.note_media_write();
+                if is_media {
+                    if path.exists() {
+                        settler.touched(path, now);
+                    } else {
+                        settler.forget(path);
+                    }
+                } else if path.is_dir() {
+                    rescan = true;
+                }
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) if is_media => {
+                settler.closed(path, now);
+            }
+            EventKind::Remove(_) => {
+                settler.forget(path);
+                if is_media {
+                    forget_deleted(app, &sp);
+                }
+            }
+            _ => {}
+        }
+    }
+    rescan
+}
+
+/// A media file was deleted: drop its queued (not yet uploaded) items, unless the card itself
+/// is going away (then the files are not deleted, just out of reach).
+fn forget_deleted(app: &App, sp: &StoragePath) {
+    if !scan::media_present(&app.config.media.root) {
+        return;
+    }
+    match app.store.skip_deleted(sp) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(path = %sp, items = n, "file deleted before upload: dropped from the queue")
+        }
+        Err(e) => tracing::error!(error = %e, "could not drop a deleted file from the queue"),
+    }
+}
+
+fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) {
+    let files: Vec<FoundFile> = ready
+        .into_iter()
+        .filter_map(|(path, size, mtime_ns)| {
+            let sp = StoragePath::under(root, &path).ok()?;
+            let kind = app.filter.classify(&sp)?;
+            Some(FoundFile {
+                path: sp,
+                kind,
+                size,
+                mtime_ns,
+            })
+        })
+        .collect();
+    match app.store.upsert_files(&files) {
+        Ok(n) => {
+            for f in &files {
+                tracing::debug!(path = %f.path, size = f.size, "settled");
+            }
+            if n > 0 {
+                tracing::info!(files = n, "queued new files");
+                app.kick.notify_one();
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not queue settled files; the next scan retries")
+        }
+    }
+}
+
+async fn full_scan(app: &Arc<App>, settler: &mut Settler) {
+    let a = app.clone();
+    let started = Instant::now();
+    let res = tokio::task::spawn_blocking(move || {
+        let c = &a.config.media;
+        scan::scan(
+            &c.root,
+            &a.filter,
+            &a.store,
+            Duration::from_secs(c.settle_secs),
+        )
+    })
+    .await;
+    match res {
+        Ok(Ok(report)) => {
+            let now = Instant::now();
+            for r in &report.recent {
+                settler.recent(r, now);
+            }
+            tracing::info!(
+                files = report.files,
+                queued = report.queued,
+                dropped = report.dropped,
+                settling = report.recent.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "scanned the card"
+            );
+            if report.queued > 0 {
+                app.kick.notify_one();
+            }
+            if report.dropped > 0 {
+                app.reevaluate();
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "scan failed; retrying at the next rescan"),
+        Err(e) => tracing::error!(error = %e, "scan task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn a_closed_file_settles_after_settle_time_unchanged() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(10);
+        let mut st = Settler::new(s);
+        st.touched(&p("/c/a.mp4"), t0);
+        let size = std::cell::Cell::new(100u64);
+        let look = |_: &Path| Some((size.get(), 1));
+        // First look records the size; the wait starts then.
+        assert!(st.due(t0, look).is_empty());
+        size.set(200);
+        assert!(
+            st.due(t0 + Duration::from_secs(5), look).is_empty(),
+            "grew: wait again"
+        );
+        st.closed(&p("/c/a.mp4"), t0 + Duration::from_secs(5));
+        assert!(
+            st.due(t0 + Duration::from_secs(14), look).is_empty(),
+            "closed 9 s ago"
+        );
+        let ready = st.due(t0 + Duration::from_secs(15), look);
+        assert_eq!(ready, vec![(p("/c/a.mp4"), 200, 1)], "final size");
+        assert!(st.is_empty());
+    }
+
+    #[test]
+    fn a_file_never_seen_closed_waits_three_settle_times() {
+        let t0 = Instant::now();
+        let mut st = Settler::new(Duration::from_secs(10));
+        st.touched(&p("/c/a.mp4"), t0);
+        let look = |_: &Path| Some((5, 7));
+        assert!(st.due(t0, look).is_empty());
+        assert!(st.due(t0 + Duration::from_secs(29), look).is_empty());
+        assert_eq!(st.due(t0 + Duration::from_secs(30), look).len(), 1);
+    }
+
+    #[test]
+    fn a_write_after_close_restarts_the_wait() {
+        let t0 = Instant::now();
+        let mut st = Settler::new(Duration::from_secs(10));
+        let f = p("/c/a.mp4");
+        st.touched(&f, t0);
+        st.closed(&f, t0);
+        let look = |_: &Path| Some((5, 7));
+        assert!(st.due(t0, look).is_empty());
+        st.touched(&f, t0 + Duration::from_secs(9));
+        assert!(
+            st.due(t0 + Duration::from_secs(10), look).is_empty(),
+            "reopened, not closed"
+        );
+        st.closed(&f, t0 + Duration::from_secs(12));
+        assert_eq!(st.due(t0 + Duration::from_secs(19), look).len(), 1);
+    }
+
+    #[test]
+    fn a_vanished_file_is_dropped_and_forget_under_clears_a_card() {
+        let t0 = Instant::now();
+        let mut st = Settler::new(Duration::from_secs(1));
+        st.touched(&p("/c/a.jpg"), t0);
+        st.touched(&p("/c/b.jpg"), t0);
+        st.touched(&p("/d/c.jpg"), t0);
+        assert!(st
+            .due(t0, |f: &Path| (f != Path::new("/c/a.jpg"))
+                .then_some((1, 1)))
+            .is_empty());
+        assert_eq!(st.len(), 2);
+        st.forget_under(Path::new("/c"));
+        assert_eq!(st.len(), 1);
+    }
+}

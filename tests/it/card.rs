@@ -1,0 +1,251 @@
+//! Issue 2: from the card to the queue. What a user would check: which files went up, once
+//! each, with their final bytes; nothing lost when the card or the daemon goes away.
+
+use std::time::Duration;
+
+use serde_json::json;
+use testkit::camera::FakeCamera;
+
+use crate::common::{db, eventually, Rig};
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn uploads_exactly_the_media_files_with_their_exact_names() {
+    let cam = FakeCamera::new();
+    let wanted = [
+        "DCIM/100MEDIA/IMG 0001, copy.JPG",
+        "DCIM/100MEDIA/Ünïcødé 照片.heic",
+        "DCIM/100MEDIA/empty.jpg",
+        "DCIM/101MEDIA/deep/er/VID_0002.MP4",
+    ];
+    for (i, rel) in wanted.iter().enumerate() {
+        cam.write_sample(
+            rel,
+            if rel.ends_with("empty.jpg") {
+                0
+            } else {
+                1000 + i as u64 * 777
+            },
+        );
+    }
+    for rel in [
+        "DCIM/100MEDIA/VID_0002.THM",
+        "DCIM/100MEDIA/VID_0002.LRV",
+        "DCIM/100MEDIA/.hidden.jpg",
+        "DCIM/.trash/old.jpg",
+        "DCIM/100MEDIA/notes.txt",
+    ] {
+        cam.write_media(rel, b"not for upload");
+    }
+    std::os::unix::fs::symlink("/etc/passwd", cam.media_path("DCIM/100MEDIA/passwd.jpg")).unwrap();
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    rig.expect_uploaded(&wanted, T).await;
+
+    // A directory created while the daemon runs, with files in it at once.
+    let late = [
+        "DCIM/102MEDIA/new dir/IMG_0100.JPG",
+        "DCIM/102MEDIA/new dir/IMG_0101.JPG",
+    ];
+    for rel in late {
+        rig.cam.write_sample(rel, 4096);
+    }
+    rig.rx
+        .wait_for_completed(wanted.len() + late.len(), T)
+        .await;
+    rig.expect_uploaded(&late, T).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.rx.completed_uploads().len(),
+        wanted.len() + late.len(),
+        "only media went up, once each"
+    );
+    assert_eq!(rig.rx.creations(), wanted.len() + late.len());
+    let mut sent: Vec<String> = rig
+        .rx
+        .completed_uploads()
+        .iter()
+        .map(|u| u.metadata["storage_path"].clone())
+        .collect();
+    sent.sort();
+    let mut all: Vec<String> = wanted
+        .iter()
+        .chain(late.iter())
+        .map(|s| s.to_string())
+        .collect();
+    all.sort();
+    assert_eq!(sent, all);
+}
+
+#[tokio::test]
+async fn a_file_written_slowly_is_queued_once_after_it_settles_with_its_final_size() {
+    let cam = FakeCamera::new();
+    let rig = Rig::start(cam).await;
+    let rel = "DCIM/100MEDIA/VID_0001.MP4";
+    // 6 appends, 700 ms apart: longer than settle_secs (1 s) in total, never quiet for 1 s.
+    let writer = rig
+        .cam
+        .write_media_slowly(rel, 600_000, 6, Duration::from_millis(700));
+    let watch = async {
+        let mut seen_early = false;
+        for _ in 0..40 {
+            if !rig.items(None).await.is_empty() {
+                seen_early = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen_early
+    };
+    let (_, early) = tokio::join!(writer, watch);
+    assert!(!early, "queued while still being written");
+    eventually(T, "the video to be queued", || async {
+        !rig.items(None).await.is_empty()
+    })
+    .await;
+    let items = rig.items(None).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["size"], 600_000);
+    rig.go().await;
+    rig.expect_uploaded(&[rel], T).await;
+    assert_eq!(rig.rx.creations(), 1);
+}
+
+#[tokio::test]
+async fn a_replaced_file_is_a_new_version_and_a_deleted_one_leaves_the_queue_with_a_reason() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 5000);
+    let b = cam.photo("B.JPG", 5000);
+    let rig = Rig::start(cam).await;
+    eventually(T, "two queued", || async {
+        rig.items(Some("pending")).await.len() == 2
+    })
+    .await;
+
+    // Deleted before upload: dropped, with the reason.
+    std::fs::remove_file(rig.cam.media_path(&b)).unwrap();
+    eventually(T, "B dropped", || async {
+        rig.paths("skipped").await == [b.clone()]
+    })
+    .await;
+    let skipped = rig.items(Some("skipped")).await;
+    assert_eq!(skipped[0]["last_error"], "file deleted before upload");
+
+    // Upload A, then replace it: the new version goes up too.
+    rig.go().await;
+    rig.expect_uploaded(&[a.as_str()], T).await;
+    rig.cam.write_sample(&a, 9000);
+    rig.cam.write_media(&a, &vec![7u8; 9000]);
+    rig.rx.wait_for_completed(2, T).await;
+    assert_eq!(
+        rig.rx.completed(&a).unwrap(),
+        vec![7u8; 9000],
+        "the server's newest copy is the new version"
+    );
+    assert_eq!(rig.rx.creations(), 2, "one creation per version");
+    assert!(rig
+        .rx
+        .completed_uploads()
+        .iter()
+        .all(|u| u.metadata["storage_path"] == a));
+}
+
+#[tokio::test]
+async fn the_card_removed_and_restored_loses_nothing_and_rescans() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 3000);
+    let b = cam.photo("B.JPG", 3000);
+    let rig = Rig::start(cam).await;
+    eventually(T, "two queued", || async {
+        rig.items(Some("pending")).await.len() == 2
+    })
+    .await;
+
+    rig.cam.set_card_present(false);
+    // Not paired yet, so the state is `unpaired`; the card's absence shows in `media_available`.
+    eventually(T, "media unavailable", || async {
+        rig.status().await["media_available"] == false
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rig.paths("pending").await,
+        [a.clone(), b.clone()],
+        "no false deletion while the card is out"
+    );
+    assert!(rig.items(Some("skipped")).await.is_empty());
+
+    rig.cam.set_card_present(true);
+    let c = rig.cam.photo("C.JPG", 3000);
+    eventually(T, "C found by the rescan on return", || async {
+        rig.paths("pending").await.len() == 3
+    })
+    .await;
+    rig.go().await;
+    rig.expect_uploaded(&[a.as_str(), b.as_str(), c.as_str()], T)
+        .await;
+}
+
+#[tokio::test]
+async fn a_restart_finds_files_added_while_down_and_does_not_requeue_done_ones() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 4000);
+    let mut rig = Rig::start(cam).await;
+    rig.go().await;
+    rig.expect_uploaded(&[a.as_str()], T).await;
+    eventually(T, "A done", || async {
+        rig.paths("done").await == [a.clone()]
+    })
+    .await;
+
+    rig.daemon.stop().await;
+    let b = rig.cam.photo("B.JPG", 4000);
+    rig.cam.age_media(&b, Duration::from_secs(60));
+    rig.daemon.restart().await;
+    rig.expect_uploaded(&[a.as_str(), b.as_str()], T).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rig.rx.creations(), 2, "A was not sent again");
+    let conn = db(&rig.cam.state_dir());
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM items WHERE storage_path = ?1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one row for A in the database");
+}
+
+#[tokio::test]
+async fn a_corrupt_database_is_moved_aside_and_rebuilt_by_a_rescan() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 2000);
+    std::fs::create_dir_all(cam.state_dir()).unwrap();
+    std::fs::write(cam.state_dir().join("cambackup.db"), vec![0x5a; 64 * 1024]).unwrap();
+    let rig = Rig::start(cam).await;
+    eventually(T, "A queued in the new database", || async {
+        rig.paths("pending").await == [a.clone()]
+    })
+    .await;
+    let aside: Vec<_> = std::fs::read_dir(rig.cam.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cambackup.db.corrupt-")
+        })
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the corrupt file is kept aside for inspection"
+    );
+    assert!(
+        rig.daemon.log().contains("corrupt"),
+        "a clear log line says so"
+    );
+    let (code, _) = rig.daemon.api("GET", "/v1/health", None).await;
+    assert_eq!(code, 200);
+    let _ = json!(null);
+}

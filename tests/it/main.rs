@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `cambackup` binary on temp dirs (card, fake sysfs/procfs, state),
+//! a real tus receiver on loopback, the real control socket and the real SQLite file.
+//!
+//! One test binary (modules below) so the suite links once.
+
+mod common;
+
+mod card;
