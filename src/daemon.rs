@@ -222,7 +222,9 @@ async fn housekeeping(app: Arc<App>) {
 pub fn check_config(path: &Path) -> i32 {
     match crate::config::load(path) {
         Ok(c) => {
-            print!("{c}");
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = write!(std::io::stdout().lock(), "{c}");
             0
         }
         Err(e) => {
