@@ -148,9 +148,7 @@ async fn wait_for_signal(app: &App) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    let mut usec = 0;
-    let watchdog =
-        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+    let watchdog = watchdog_interval();
     loop {
         let tick = watchdog.unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -166,6 +164,19 @@ async fn wait_for_signal(app: &App) {
             }
         }
     }
+}
+
+/// Half the systemd watchdog timeout, if the unit asked for one. Like libsystemd's
+/// `sd_watchdog_enabled`, `WATCHDOG_PID` is checked only when set (sd-notify's version requires
+/// it, which a supervisor other than systemd may not set).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec) / 2)
 }
 
 /// Reads the device and asks the gate, slowly while idle and every second while uploading or

@@ -6,4 +6,5 @@
 mod common;
 
 mod card;
+mod daemon;
 mod interop;

@@ -1,0 +1,172 @@
+//! The daemon as systemd and an operator see it: readiness, watchdog, graceful shutdown, config
+//! errors, and logs that keep the user's identity out.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::camera::FakeCamera;
+use testkit::daemon::{Daemon, Signal};
+use testkit::tus::Receiver;
+
+use crate::common::{bin, db, eventually, Rig, TOKEN};
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn notifies_systemd_ready_and_pings_the_watchdog() {
+    let cam = FakeCamera::new();
+    let rx = Receiver::start().await;
+    let config = cam.write_config(&rx.url());
+    let sock_path = cam.root().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let notify = sock_path.to_string_lossy().into_owned();
+    let _daemon = Daemon::start_with_env(
+        &bin(),
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 2) {
+        assert!(Instant::now() < deadline, "notifications so far: {seen:?}");
+        let n = sock.recv(&mut buf).expect("a notification");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+}
+
+#[tokio::test]
+async fn sigterm_mid_upload_exits_within_5s_and_keeps_the_servers_offset() {
+    let cam = FakeCamera::new();
+    cam.with("cloud", "chunk_size_mib", "1");
+    let big = cam.photo("BIG.JPG", 200 * 1024 * 1024);
+    cam.age_media(&big, Duration::from_secs(600));
+    // Slow the server down so the upload is surely in flight when the signal comes.
+    let rx = Receiver::builder()
+        .token(TOKEN)
+        .without_checksum()
+        .start()
+        .await;
+    rx.inject(testkit::tus::Fault::stall_after(3 * 1024 * 1024, Duration::from_secs(30)).times(1));
+    let mut rig = Rig::start_with(cam, rx).await;
+    rig.go().await;
+    eventually(T, "uploading", || async {
+        rig.status().await["state"] == "uploading"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    rig.daemon.kill(Signal::Term);
+    let status = rig
+        .daemon
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("exited");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
+    let conn = db(&rig.cam.state_dir());
+    let (state, url): (String, Option<String>) = conn
+        .query_row(
+            "SELECT state, upload_url FROM items WHERE storage_path = ?1",
+            [&big],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        state, "pending",
+        "back in the queue, not lost and not 'uploading'"
+    );
+    assert!(
+        url.is_some(),
+        "the server upload is remembered for the resume"
+    );
+    assert!(rig.daemon.log().contains("stopped"));
+}
+
+#[tokio::test]
+async fn logs_at_info_never_carry_the_user_id_token_or_serial() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 10_000);
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    let config = cam.write_config(&rx.url());
+    let daemon = Daemon::start_with_env(&bin(), &config, &[("CAMBACKUP_LOG", "info")]).await;
+    let (code, _) = daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": "user-42", "token": TOKEN})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    daemon
+        .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+        .await;
+    rx.wait_for_completed(1, T).await;
+    assert!(rx.completed(&a).is_some());
+    daemon.api("DELETE", "/v1/account", None).await;
+    let log = daemon.log();
+    assert!(
+        log.contains("uploaded"),
+        "the log says what happened:\n{log}"
+    );
+    for secret in ["user-42", TOKEN, "TEST0001"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
+    let cam = FakeCamera::new();
+    cam.with("media", "setle_secs", "3");
+    let config = cam.write_config("http://127.0.0.1:9/files/");
+    for cmd in ["check-config", "daemon"] {
+        let out = Command::new(bin())
+            .args([cmd, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("media.setle_secs"), "{cmd}: {err}");
+        assert!(err.contains(&config.display().to_string()), "{cmd}: {err}");
+    }
+    let cam = FakeCamera::new();
+    cam.with("cloud", "endpoint", "\"http://upload.example.com/files/\"");
+    let config = cam.write_config("http://127.0.0.1:9/files/");
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cloud.endpoint"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_names_the_socket_when_the_daemon_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nobody-home.sock");
+    let out = Command::new(bin())
+        .arg("status")
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&sock.display().to_string()), "{err}");
+}
