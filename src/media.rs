@@ -174,17 +174,30 @@ impl MediaFilter {
 
     /// The kind of the file at `path`, or `None` if it is not media we back up.
     pub fn classify(&self, path: &StoragePath) -> Option<Kind> {
+        let kind = self.kind_by_extension(path)?;
         let s = path.as_str();
         // A file inside an excluded directory (`DCIM/.trash/x.jpg`) is excluded too.
         let mut ancestors = s.match_indices('/').map(|(i, _)| &s[..i]).chain([s]);
-        if ancestors.any(|p| self.excluded(p)) {
-            return None;
-        }
+        (!ancestors.any(|p| self.excluded(p))).then_some(kind)
+    }
+
+    /// [`MediaFilter::classify`] for a file whose directories were already checked with
+    /// [`MediaFilter::skip_dir`] (the walk does that on the way down): only the file's own
+    /// path is matched against the globs, once, and only when its extension is media.
+    pub fn classify_in_checked_dir(&self, path: &StoragePath) -> Option<Kind> {
+        let kind = self.kind_by_extension(path)?;
+        (!self.excluded(path.as_str())).then_some(kind)
+    }
+
+    fn kind_by_extension(&self, path: &StoragePath) -> Option<Kind> {
+        let s = path.as_str();
         let name = s.rsplit('/').next().unwrap_or(s);
-        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
-        if self.photo.contains(&ext) {
+        let ext = name.rsplit_once('.')?.1;
+        // Compare without allocating: this runs once per file on the card.
+        let is = |list: &[String]| list.iter().any(|e| e.eq_ignore_ascii_case(ext));
+        if is(&self.photo) {
             Some(Kind::Photo)
-        } else if self.video.contains(&ext) {
+        } else if is(&self.video) {
             Some(Kind::Video)
         } else {
             None
@@ -196,10 +209,10 @@ impl MediaFilter {
         self.excluded(path.as_str())
     }
 
-    /// Globs like `**/.*` are written against the path; match it with and without a leading
-    /// `/` so that `**/` also covers entries at the top of the card.
+    /// Globs are matched against the storage path (globset's `**/x` also matches a top-level
+    /// `x`, so `**/.*` covers hidden entries at the top of the card).
     fn excluded(&self, s: &str) -> bool {
-        self.exclude.is_match(s) || self.exclude.is_match(format!("/{s}"))
+        self.exclude.is_match(s)
     }
 }
 

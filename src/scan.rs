@@ -108,7 +108,7 @@ pub fn walk(
             if !ft.is_file() {
                 continue;
             }
-            let Some(kind) = filter.classify(&sp) else {
+            let Some(kind) = filter.classify_in_checked_dir(&sp) else {
                 continue;
             };
             let Ok(meta) = entry.metadata() else {
@@ -158,6 +158,17 @@ pub fn scan(
     let mut seen_versions: HashSet<u64> = HashSet::new();
     let mut seen_paths: HashSet<u64> = HashSet::new();
     let present = media_present(root);
+    // What the queue already holds, as hashes: a known file costs no database write, and a
+    // new path needs no look for an older version to replace.
+    let mut known_versions: HashSet<u64> = HashSet::new();
+    let mut known_paths: HashSet<u64> = HashSet::new();
+    store.for_each_identity(|path, size, mtime, revivable| {
+        if !revivable {
+            known_versions.insert(hash_of((path, size, mtime)));
+        }
+        known_paths.insert(hash_of(path));
+    })?;
+    let (known_versions, known_paths) = (&known_versions, &known_paths);
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
     let queued = std::thread::scope(|s| {
@@ -168,7 +179,9 @@ pub fn scan(
                 let t = std::time::Instant::now();
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-                queued += store.upsert_files(&batch)?;
+                queued += store.upsert_with_hint(&batch, |f| {
+                    known_paths.contains(&hash_of(f.path.as_str()))
+                })?;
                 busy += t.elapsed();
             }
             Ok::<(usize, Duration), StoreError>((queued, busy))
@@ -182,7 +195,11 @@ pub fn scan(
             match s {
                 Seen::Settled(f) => {
                     seen_paths.insert(hash_of(f.path.as_str()));
-                    seen_versions.insert(hash_of((f.path.as_str(), f.size, f.mtime_ns)));
+                    let version = hash_of((f.path.as_str(), f.size, f.mtime_ns));
+                    seen_versions.insert(version);
+                    if known_versions.contains(&version) {
+                        return;
+                    }
                     batch.push(f);
                     if batch.len() >= BATCH {
                         // The writer only stops early on a database error, which join reports.
