@@ -17,7 +17,7 @@ pub struct StatusView {
     pub conditions: Option<Conditions>,
     pub media_available: bool,
     pub paused: bool,
-    pub queue: Counts,
+    pub queue: crate::store::QueueCounts,
     pub current: Option<Current>,
     pub uploads: Vec<Current>,
 }
@@ -31,19 +31,6 @@ pub struct Conditions {
     pub interface: Option<String>,
     pub temp_c: Option<f64>,
     pub recording: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Counts {
-    pub pending: u64,
-    pub uploading: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    pub bytes_remaining: u64,
-    pub bytes_done: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]

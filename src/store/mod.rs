@@ -114,8 +114,9 @@ pub struct Item {
     pub completed_at: Option<i64>,
 }
 
-/// Per-state counts and bytes, for `GET /v1/status`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// Per-state counts and bytes, for `GET /v1/status` (and the CLI that reads it back).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct QueueCounts {
     pub pending: u64,
     pub uploading: u64,
