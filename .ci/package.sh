@@ -111,7 +111,7 @@ set -e
 grep -q 'media.setle_secs' <<<"$out" || fail "check-config did not name the misspelt key: $out"
 ok "check-config refuses a misspelt key with exit 2 and names it"
 
-step "installed binary as the unit runs it: user, umask, READY=1, WATCHDOG=1, SIGTERM"
+step "installed binary as the unit runs it: user, umask, READY=1, WATCHDOG=1, an upload, SIGTERM"
 # No systemd as PID 1 here: run the daemon the way the unit would (its user, UMask=0077,
 # CAMBACKUP_LOG, NOTIFY_SOCKET, WATCHDOG_USEC/WATCHDOG_PID) and listen on the notify socket.
 # Not covered: the unit's sandboxing (namespaces, seccomp), which only systemd applies.
@@ -123,6 +123,26 @@ chmod 755 "$work" "$run" "$run/media"
 sed -e "s|^root = .*|root = \"$run/media\"|" -e "s|^dir = .*|dir = \"$run/state\"|" \
     -e "s|^socket = .*|socket = \"$run/rt/control.sock\"|" \
     "$root/etc/cambackup/cambackup.toml" >"$run/cambackup.toml"
+# A real tus server on loopback (@tus/server from interop/'s lockfile) and a photo on the card.
+[ -d interop/node_modules ] || npm ci --prefix interop --no-audit --no-fund
+tus_store="$work/tus-store"
+mkdir -p "$tus_store" "$run/media/DCIM/100MEDIA"
+TUS_TOKEN=ci-token node interop/server.mjs "$tus_store" "$work/tus.log" >"$work/tus.url" &
+tus_pid=$!
+trap 'kill $tus_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do [ -s "$work/tus.url" ] && break; sleep 0.1; done
+tus_url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$work/tus.url")
+head -c 3000000 /dev/urandom >"$run/media/DCIM/100MEDIA/P0001.JPG"
+chmod 755 "$run/media/DCIM" "$run/media/DCIM/100MEDIA"
+chmod 644 "$run/media/DCIM/100MEDIA/P0001.JPG"
+touch -d '1 hour ago' "$run/media/DCIM/100MEDIA/P0001.JPG"
+# This machine's own /sys may show no default route; give the daemon a camera on Wi-Fi.
+mkdir -p "$run/sys/class/net/wlan0/wireless" "$run/proc/net"
+echo up >"$run/sys/class/net/wlan0/operstate"
+printf 'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\nwlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n' >"$run/proc/net/route"
+chmod -R a+rX "$run/sys" "$run/proc"
+sed -i -e "s|^endpoint = .*|endpoint = \"$tus_url\"|" -e "s|^sysfs = .*|sysfs = \"$run/sys\"|" \
+    -e "s|^proc = .*|proc = \"$run/proc\"|" "$run/cambackup.toml"
 chmod 644 "$run/cambackup.toml"
 python3 - "$run/notify.sock" >"$run/notify.log" 2>&1 <<'EOF' &
 import os, socket, sys, time
@@ -148,6 +168,24 @@ NOTIFY_SOCKET="$run/notify.sock" WATCHDOG_USEC=2000000 CAMBACKUP_LOG=info \
     sh "$uid" "$bin" "$run/cambackup.toml" >"$run/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do grep -q WATCHDOG=1 "$run/notify.log" && break; sleep 0.1; done
+# And it uploads: pair, consent (relaxing the conditions this CI machine cannot meet: it has no
+# battery or Wi-Fi), and the photo must arrive byte-identical at a real tus server on loopback.
+ctl() { curl -sS --fail-with-body --unix-socket "$run/rt/control.sock" -H 'content-type: application/json' "$@"; }
+ctl -X PUT http://localhost/v1/account -d '{"user_id":"ci-user","token":"ci-token"}' >/dev/null \
+  || { cat "$run/daemon.log"; fail "pairing over the socket failed"; }
+ctl -X PATCH http://localhost/v1/settings \
+  -d '{"auto_upload":true,"network":"any","require_charging":false,"require_idle":false}' >/dev/null \
+  || { cat "$run/daemon.log"; fail "setting consent over the socket failed"; }
+arrived=
+for _ in $(seq 300); do
+  for f in "$tus_store"/*; do
+    case "$f" in *.json) continue ;; esac
+    [ -f "$f" ] && cmp -s "$f" "$run/media/DCIM/100MEDIA/P0001.JPG" && arrived=$f && break 2
+  done
+  sleep 0.1
+done
+[ -n "$arrived" ] || { cat "$run/daemon.log"; fail "the photo did not arrive at the tus server"; }
+ok "as uid $uid: a photo uploaded byte-identical to @tus/server"
 kill -TERM "$daemon"
 set +e
 wait "$daemon"
