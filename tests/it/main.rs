@@ -6,3 +6,6 @@
 mod common;
 
 mod card;
+mod conditions;
+mod consent;
+mod faults;
