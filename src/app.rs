@@ -721,6 +721,9 @@ impl App {
         );
         self.item_event(item, None);
         self.reevaluate();
+        // The conditions loop polls slowly while idle; an upload in flight needs it every
+        // second, so that losing a condition stops the upload within 2 s.
+        self.recheck.notify_one();
         stop
     }
 
@@ -804,6 +807,13 @@ impl App {
                 blocked_by: now.1,
             });
         }
+    }
+
+    /// New items were queued: wake the scheduler, and the conditions loop so the hold-down
+    /// starts counting now rather than at its next slow poll.
+    pub fn queued(&self) {
+        self.kick.notify_one();
+        self.recheck.notify_one();
     }
 
     /// Whether queued items wait (for conditions, a back-off, or a free slot).

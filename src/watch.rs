@@ -381,7 +381,7 @@ fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) {
             }
             if n > 0 {
                 tracing::info!(files = n, "queued new files");
-                app.kick.notify_one();
+                app.queued();
             }
         }
         Err(e) => {
@@ -420,7 +420,7 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) {
                 "scanned the card"
             );
             if report.queued > 0 {
-                app.kick.notify_one();
+                app.queued();
             }
             if report.dropped > 0 {
                 app.reevaluate();

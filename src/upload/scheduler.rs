@@ -110,7 +110,9 @@ fn record(app: &App, item: &Item, outcome: Outcome) {
             app.store.mark_done(id)
         }
         Outcome::Retry { error, retry_after } => {
-            let now = now_unix();
+            // Whole seconds, rounded up: a server's Retry-After is never undercut by the part
+            // of the current second already gone.
+            let now = now_unix() + 1;
             let at = Backoff::from_config(&app.config.cloud).next_attempt_at(
                 now,
                 item.attempts,

@@ -6,5 +6,8 @@
 mod common;
 
 mod card;
+mod conditions;
+mod consent;
 mod daemon;
+mod faults;
 mod interop;
