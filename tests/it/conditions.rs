@@ -163,6 +163,42 @@ async fn nothing_goes_up_without_consent() {
 }
 
 #[tokio::test]
+async fn only_the_data_types_the_user_chose_go_up_automatically() {
+    let cam = FakeCamera::new();
+    let photo = cam.photo("IMG_0001.JPG", 40_000);
+    let video = "DCIM/100MEDIA/VID_0002.MP4";
+    cam.write_sample(video, 60_000);
+    let rig = Rig::start(cam).await;
+    rig.pair().await;
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"data_types": ["photo"], "auto_upload": true})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    rig.expect_uploaded(&[photo.as_str()], T).await;
+    tokio::time::sleep(HELD).await;
+    assert_eq!(
+        rig.rx.creations(),
+        1,
+        "the video stayed home: {}",
+        rig.rx.request_summary()
+    );
+    assert_eq!(rig.paths("pending").await, [video]);
+    rig.daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"data_types": ["photo", "video"]})),
+        )
+        .await;
+    rig.expect_uploaded(&[photo.as_str(), video], T).await;
+}
+
+#[tokio::test]
 async fn a_manual_upload_needs_neither_charger_nor_consent_and_sends_only_what_was_asked() {
     let cam = FakeCamera::new();
     cam.set_charging(false);
