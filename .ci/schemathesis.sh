@@ -9,7 +9,7 @@
 #
 # Usage: .ci/schemathesis.sh            (from anywhere inside the repo)
 # Env:   CARGO_TARGET_DIR               where cargo builds (default: ./target)
-#        SCHEMATHESIS_MAX_EXAMPLES      examples per operation and phase (default 50)
+#        SCHEMATHESIS_MAX_EXAMPLES      examples per operation and phase (default 300: ~1 min)
 #        SCHEMATHESIS_SEED              fixed seed, to reproduce a run
 #        KEEP_TMP=1                     keep the temp camera and the daemon's log
 set -euo pipefail
@@ -44,10 +44,12 @@ bin="${CARGO_TARGET_DIR:-target}/debug/cambackup"
 tmp=$(mktemp -d -t cambackup-schemathesis-XXXXXX)
 daemon_pid=""
 socat_pid=""
+tus_pid=""
 cleanup() {
     local rc=$?
     # Only the processes this script started, by their ids.
     [[ -n "$socat_pid" ]] && kill "$socat_pid" 2>/dev/null || true
+    [[ -n "$tus_pid" ]] && kill "$tus_pid" 2>/dev/null || true
     if [[ -n "$daemon_pid" ]]; then
         kill -TERM "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
@@ -78,13 +80,64 @@ printf 'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tW
     $'wlan0\t0001A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0' >"$proc/net/route"
 mkdir -p "$tmp/card/DCIM/100MEDIA" "$tmp/run" "$tmp/state"
 chmod 700 "$tmp/state"
-head -c 200000 /dev/urandom >"$tmp/card/DCIM/100MEDIA/IMG_0001.JPG"
-head -c 300000 /dev/urandom >"$tmp/card/DCIM/100MEDIA/IMG_0002.JPG"
+# A few photos of 1 MiB: at the receiver's pace below, uploads are in flight for most of the
+# run, so the fuzzer also sees `current`, uploading and done items, and history entries.
+for i in 1 2 3 4 5 6 7 8; do
+    head -c 1048576 /dev/urandom >"$tmp/card/DCIM/100MEDIA/IMG_000$i.JPG"
+done
+# Written an hour ago, as far as the daemon can tell: settled at once, no waiting for idle.
+touch -d '1 hour ago' "$tmp"/card/DCIM/100MEDIA/*
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# Uploads go to a loopback port nobody listens on: if the fuzzer turns auto_upload on and pairs,
-# the scheduler meets connection errors and backs off, which is fine here.
+
+# A minimal, slow tus 1.0.0 receiver (creation, termination; ~256 KiB/s) on loopback. Only
+# what the daemon's client needs; the bytes are counted, not kept.
+cat >"$tmp/tus.py" <<'PY'
+import http.server, sys, threading, time
+uploads, lock = {}, threading.Lock()
+class Tus(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def answer(self, code, **headers):
+        self.send_response(code)
+        self.send_header("Tus-Resumable", "1.0.0")
+        for k, v in headers.items(): self.send_header(k.replace("_", "-"), str(v))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def upload(self):
+        try: return int(self.path.rsplit("/", 1)[1])
+        except ValueError: return None
+    def do_OPTIONS(self):
+        self.answer(204, Tus_Version="1.0.0", Tus_Extension="creation,termination")
+    def do_POST(self):
+        with lock:
+            n = len(uploads) + 1
+            uploads[n] = [int(self.headers["Upload-Length"]), 0]
+        self.answer(201, Location=f"/files/{n}")
+    def do_HEAD(self):
+        u = uploads.get(self.upload())
+        if u is None: return self.answer(404)
+        self.answer(200, Upload_Offset=u[1], Upload_Length=u[0], Cache_Control="no-store")
+    def do_PATCH(self):
+        u = uploads.get(self.upload())
+        left = int(self.headers.get("Content-Length", 0))
+        if u is None or int(self.headers["Upload-Offset"]) != u[1]:
+            self.rfile.read(left)
+            return self.answer(409 if u else 404)
+        while left:
+            got = self.rfile.read(min(left, 16384))
+            if not got: return
+            left -= len(got); u[1] += len(got)
+            time.sleep(1 / 16)
+        self.answer(204, Upload_Offset=u[1])
+    def do_DELETE(self):
+        with lock: uploads.pop(self.upload(), None)
+        self.answer(204)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Tus).serve_forever()
+PY
 cloud_port=$(free_port)
+python3 "$tmp/tus.py" "$cloud_port" 2>"$tmp/tus.log" &
+tus_pid=$!
 sock="$tmp/run/control.sock"
 cat >"$tmp/cambackup.toml" <<EOF
 [device]
@@ -123,7 +176,7 @@ dir = "$tmp/state"
 history_days = 60
 
 [defaults]
-auto_upload = false
+auto_upload = true
 network = "wifi"
 require_charging = true
 require_idle = true
@@ -142,13 +195,26 @@ done
 [[ -S "$sock" ]] || { log "no control socket at $sock after 10 s"; exit 1; }
 
 port=$(free_port)
-socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" &
+# socat logs each client that hangs up early (the fuzzer does); that goes to a file, not CI output.
+socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" 2>"$tmp/socat.log" &
 socat_pid=$!
 url="http://127.0.0.1:$port"
 for _ in $(seq 50); do
     curl -fsS "$url/v1/health" >/dev/null 2>&1 && break
     sleep 0.1
 done
+
+# Paired with consent from the start, so uploads run while the fuzzer works (it may change
+# the settings, pause, cancel, re-pair: all fine).
+curl -fsS -X PUT -H 'Content-Type: application/json' \
+    -d '{"user_id": "schemathesis", "token": "tok-schemathesis"}' "$url/v1/account" >/dev/null
+state=""
+for _ in $(seq 100); do
+    state=$(curl -fsS "$url/v1/status" | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"])')
+    [[ "$state" == uploading ]] && break
+    sleep 0.2
+done
+[[ "$state" == uploading ]] || { log "the daemon did not start uploading to the local receiver (state: $state)"; exit 1; }
 
 # --- schemathesis ----------------------------------------------------------------------------
 # Excluded operations, and why:
@@ -161,7 +227,7 @@ done
 #   its answer checked against the spec's required fields.
 # `--checks all`: 5xx, status codes, content types, headers and bodies against the spec,
 # negative data rejected, positive data accepted, 405 with Allow, ...
-max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-50}
+max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-300}
 st_args=(
     --config-file .ci/schemathesis.toml
     run docs/openapi.yaml
