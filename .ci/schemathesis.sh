@@ -229,8 +229,8 @@ done
 # negative data rejected, positive data accepted, 405 with Allow, ...
 max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-300}
 st_args=(
-    --config-file .ci/schemathesis.toml
-    run docs/openapi.yaml
+    --config-file "$PWD/.ci/schemathesis.toml"
+    run "$PWD/docs/openapi.yaml"
     --url "$url"
     --checks all
     --max-examples "$max_examples"
@@ -246,7 +246,8 @@ log "schemathesis ${st_args[*]}"
 st_rc=0
 # Bounded by --max-examples (per operation and phase); `timeout` is the backstop so a slow
 # machine cannot stall CI. (--max-time is not a bound: fuzzing repeats until it is spent.)
-timeout 300 schemathesis "${st_args[@]}" || st_rc=$?
+# Run from the temp dir: schemathesis leaves a `.schemathesis/` cache in its working directory.
+(cd "$tmp" && timeout 300 schemathesis "${st_args[@]}") || st_rc=$?
 
 # --- afterwards: unpair once, and the daemon must still be healthy ----------------------------
 alive=0
