@@ -91,38 +91,59 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let limits = Arc::<Limits>::from_ref(state);
-        check_content_type(req.headers().get(header::CONTENT_TYPE))?;
-        let body = Limited::new(req.into_body(), limits.max_body_bytes);
-        let collected = tokio::time::timeout(limits.body_read_timeout, body.collect())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    format!(
-                        "the request body did not arrive within {} s",
-                        limits.body_read_timeout.as_secs()
-                    ),
-                )
-            })?;
-        let bytes = match collected {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ApiError::too_large(limits.max_body_bytes))
-            }
-            // Also reached when axum's own length check trips first.
-            Err(e) if is_length_limit(&*e) => {
-                return Err(ApiError::too_large(limits.max_body_bytes))
-            }
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "bad_body",
-                    format!("could not read the request body: {e}"),
-                ))
-            }
-        };
+        let bytes = read_json_body(req, &Arc::<Limits>::from_ref(state)).await?;
         parse_json(&bytes).map(StrictJson)
+    }
+}
+
+/// A JSON body for a PATCH: like [`StrictJson`], and a top-level `null` is refused too. serde
+/// reads `null` as "absent" for an `Option` field, but a client sending `"data_types": null`
+/// means something (clear it? reset it?) that the API does not do; leaving the field out is how
+/// to keep a value.
+#[derive(Debug)]
+pub struct StrictPatch<T>(pub T);
+
+impl<S, T> FromRequest<S> for StrictPatch<T>
+where
+    S: Send + Sync,
+    Arc<Limits>: FromRef<S>,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = read_json_body(req, &Arc::<Limits>::from_ref(state)).await?;
+        parse_patch(&bytes).map(StrictPatch)
+    }
+}
+
+/// The body of a JSON request: right content type, within the size and time limits.
+async fn read_json_body(req: Request, limits: &Limits) -> Result<axum::body::Bytes, ApiError> {
+    check_content_type(req.headers().get(header::CONTENT_TYPE))?;
+    let body = Limited::new(req.into_body(), limits.max_body_bytes);
+    let collected = tokio::time::timeout(limits.body_read_timeout, body.collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    limits.body_read_timeout.as_secs()
+                ),
+            )
+        })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(limits.max_body_bytes))
+        }
+        // Also reached when axum's own length check trips first.
+        Err(e) if is_length_limit(&*e) => Err(ApiError::too_large(limits.max_body_bytes)),
+        Err(e) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("could not read the request body: {e}"),
+        )),
     }
 }
 
@@ -177,6 +198,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     // Trailing data after the value (`{} {}`) is a syntax error, not ignored.
     de.end().map_err(|e| json_error(".", e))?;
+    Ok(value)
+}
+
+/// [`parse_json`] for a PATCH body: a member whose value is `null` is refused, naming it.
+pub fn parse_patch<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: T = parse_json(bytes)?;
+    // parse_json has checked that the body is one valid JSON object.
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| json_error(".", e))?;
+    if let Some((key, _)) = object.iter().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::bad_request(
+            "bad_value",
+            format!("`{key}`: null is not a value here; leave the field out to keep it as it is"),
+        ));
+    }
     Ok(value)
 }
 
@@ -329,6 +365,25 @@ mod tests {
                 "bad_json"
             );
         }
+    }
+
+    #[test]
+    fn a_patch_refuses_null_members() {
+        let e =
+            parse_patch::<SettingsPatch>(br#"{"network": "any", "data_types": null}"#).unwrap_err();
+        assert_eq!(
+            (e.code.as_ref(), e.status),
+            ("bad_value", StatusCode::BAD_REQUEST)
+        );
+        assert!(e.message.starts_with("`data_types`: null"), "{}", e.message);
+        // The usual errors come first, and a body without nulls is the plain parse.
+        assert_eq!(
+            parse_patch::<SettingsPatch>(br#"{"nope": null}"#)
+                .unwrap_err()
+                .code,
+            "unknown_field"
+        );
+        assert!(parse_patch::<SettingsPatch>(br#"{"auto_upload": true}"#).is_ok());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{item_id, ApiError, QueryPairs, StrictJson};
+use super::extract::{item_id, ApiError, QueryPairs, StrictJson, StrictPatch};
 use super::Limits;
 use crate::app::{App, PairRequest};
 use crate::settings::SettingsPatch;
@@ -189,8 +189,10 @@ async fn status(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Respons
 
 async fn queue(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
     q.only(&["state", "limit", "after"])?;
+    // An empty `state=` is refused like any other unknown state: it would otherwise read as
+    // "all states", which a client that lost its value does not mean.
     let state = match q.get("state") {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(ItemState::parse(s).ok_or_else(|| {
             let all: Vec<&str> = ItemState::ALL.iter().map(|s| s.as_str()).collect();
             ApiError::bad_request(
@@ -258,7 +260,7 @@ async fn settings(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Respo
 async fn update_settings(
     State(app): State<Arc<App>>,
     q: QueryPairs,
-    StrictJson(patch): StrictJson<SettingsPatch>,
+    StrictPatch(patch): StrictPatch<SettingsPatch>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
     Ok(Json(app.update_settings(&patch)?).into_response())
@@ -270,7 +272,37 @@ async fn pair(
     StrictJson(req): StrictJson<PairRequest>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
+    check_pair_request(&req)?;
     Ok(Json(app.pair(req)?).into_response())
+}
+
+/// The shapes `docs/openapi.yaml` gives `user_id` and `token` (its `PairRequest` patterns),
+/// checked here so the spec and the server refuse the same bodies.
+///
+/// The token goes into an `Authorization: Bearer` header on every upload, so it must be
+/// visible ASCII (RFC 6750's b64token is a subset): anything else could be stored but never
+/// sent, and would surface only later as a failed upload.
+fn check_pair_request(req: &PairRequest) -> ApiResult<()> {
+    let id = &req.user_id;
+    let id_len = id.chars().count();
+    if !(1..=256).contains(&id_len)
+        || id.chars().any(char::is_control)
+        || id.chars().all(char::is_whitespace)
+    {
+        return Err(ApiError::bad_request(
+            "bad_user_id",
+            "`user_id` must be 1 to 256 characters, not all spaces, without control characters",
+        ));
+    }
+    let token = &req.token;
+    if !(1..=4096).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "bad_token",
+            "`token` must be 1 to 4096 visible ASCII characters (no spaces or control \
+             characters)",
+        ));
+    }
+    Ok(())
 }
 
 async fn account(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
@@ -334,6 +366,49 @@ mod tests {
         assert!(!path_matches("/v1/queue/{id}", "/v1/queue"));
         assert!(!path_matches("/v1/queue/{id}", "/v1/queue/7/retry"));
         assert!(path_matches("/v1/status", "/v1/status"));
+    }
+
+    /// The edge refuses what the spec's `PairRequest` patterns refuse (the same cases pass
+    /// and fail there; schemathesis checks the two against each other).
+    #[test]
+    fn pair_requests_are_checked_like_the_spec_says() {
+        let req = |user_id: &str, token: &str| PairRequest {
+            user_id: user_id.into(),
+            token: token.into(),
+            region: None,
+        };
+        let user_ids = [
+            ("u-1", true),
+            (" a ", true),
+            ("Ünïcode ☃", true),
+            ("", false),
+            (" ", false),
+            ("\u{3000}\u{a0}", false),
+            ("a\u{1}", false),
+            ("a\u{85}b", false),
+            ("a\tb", false),
+        ];
+        for (id, ok) in user_ids {
+            assert_eq!(check_pair_request(&req(id, "t")).is_ok(), ok, "{id:?}");
+        }
+        assert!(check_pair_request(&req(&"é".repeat(256), "t")).is_ok());
+        assert!(check_pair_request(&req(&"x".repeat(257), "t")).is_err());
+        let tokens = [
+            ("tok-SECRET-123", true),
+            ("~!", true),
+            ("a b", false),
+            ("", false),
+            ("é", false),
+            ("a\n", false),
+        ];
+        for (token, ok) in tokens {
+            assert_eq!(
+                check_pair_request(&req("u", token)).is_ok(),
+                ok,
+                "{token:?}"
+            );
+        }
+        assert!(check_pair_request(&req("u", &"t".repeat(4097))).is_err());
     }
 
     /// The OpenAPI document lists exactly the routes the server has.
