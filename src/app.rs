@@ -535,7 +535,10 @@ impl App {
     /// `PUT /v1/account`: pairs (or re-pairs) and clears an earlier unauthorized state.
     pub fn pair(&self, req: PairRequest) -> Result<AccountView, AppError> {
         let user_id = req.user_id.trim();
-        if user_id.is_empty() || user_id.len() > 256 || user_id.chars().any(char::is_control) {
+        if user_id.is_empty()
+            || user_id.chars().count() > 256
+            || user_id.chars().any(char::is_control)
+        {
             return Err(AppError::bad_request(
                 "bad_user_id",
                 "`user_id` must be 1 to 256 printable characters",
