@@ -6,3 +6,6 @@ pub mod retry;
 pub mod scheduler;
 pub mod transfer;
 pub mod tus;
+
+#[cfg(test)]
+mod tls_tests;
