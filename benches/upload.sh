@@ -7,6 +7,9 @@
 #   benches/upload.sh                      # 1 GiB, chunk_size_mib 8 32 64, 3 runs each
 #   SIZE_MIB=256 CHUNKS="8" RUNS=1 benches/upload.sh
 #   CHECKSUM="on off" benches/upload.sh    # also with a receiver that does not offer checksums
+#   CAMBACKUP_BIN=path PERF_OUT=/tmp/p RUNS=1 CHUNKS=8 benches/upload.sh
+#       # another daemon binary (e.g. one built with debug line tables), and `perf record -g`
+#       # of the daemon during each upload to /tmp/p.CHUNK.CHECKSUM.data
 #
 # Wall time for cambackup is from the consent (PATCH /v1/settings auto_upload=true) to the
 # receiver holding every byte; "transfer" is from the receiver seeing the creation to the same
@@ -22,7 +25,8 @@ RUNS=${RUNS:-3}
 CHECKSUM=${CHECKSUM:-"on"}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --workspace --bin cambackup --bin tus-receiver
-BIN=$TARGET/release/cambackup
+BIN=${CAMBACKUP_BIN:-$TARGET/release/cambackup}
+PERF_OUT=${PERF_OUT:-}
 RECV=$TARGET/release/tus-receiver
 TOKEN=bench-token
 T=$(mktemp -d)
@@ -116,10 +120,19 @@ TOML
   sleep 2 # past idle_secs since the daemon's own start, so consent is the only thing missing
   local c0 t0 t1 tc c1 hwm
   c0=$(ticks "$DPID")
+  local perf=
+  if [ -n "$PERF_OUT" ]; then
+    local ck=on
+    case "$*" in *--no-checksum*) ck=off ;; esac
+    perf record -q -F 999 -g -o "$PERF_OUT.$chunk.$ck.data" -p "$DPID" 2>/dev/null &
+    perf=$!
+    sleep 1
+  fi
   t0=$(now_ns)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
   tc=$(wait_line created)
   t1=$(wait_line complete)
+  [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
   c1=$(ticks "$DPID")
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
   local rc
