@@ -1,0 +1,81 @@
+//! `tus-receiver [--token T] [--no-checksum]`: the test receiver as a process of its
+//! own, for benchmarks that must measure the client and the server apart (`benches/upload.sh`).
+//!
+//! It serves until SIGTERM or SIGINT, then deletes what it stored. On stdout, one line each:
+//! ```text
+//! url http://127.0.0.1:PORT/files/
+//! dir /tmp/tus-receiver-XXXX
+//! created ID LENGTH UNIX_NANOS       once per upload, when it was created
+//! complete ID LENGTH UNIX_NANOS      once per upload, when its last byte is stored
+//! ```
+//! The receiver writes each PATCH body frame to disk as it arrives (see `testkit::tus`), so a
+//! 1 GiB upload costs it frames, not a GiB of memory. It listens on an ephemeral port of
+//! 127.0.0.1 (the library's choice); read the port from the `url` line.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use testkit::tus::Receiver;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often completions are looked for; bounds the error of a measured upload time.
+const POLL: Duration = Duration::from_millis(5);
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let mut token = None;
+    let mut checksum = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--token" => token = Some(args.next().context("--token needs a value")?),
+            "--no-checksum" => checksum = false,
+            "-h" | "--help" => {
+                println!("usage: tus-receiver [--token TOKEN] [--no-checksum]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    let mut builder = Receiver::builder();
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
+    if !checksum {
+        builder = builder.without_checksum();
+    }
+    let receiver = builder.start().await;
+    let dir = receiver.data_path("x");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "url {}", receiver.url())?;
+    writeln!(out, "dir {}", dir.parent().context("data dir")?.display())?;
+    out.flush()?;
+    drop(out);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (mut created, mut completed) = (HashSet::new(), HashSet::new());
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                for u in receiver.uploads() {
+                    let ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+                    if created.insert(u.id.clone()) {
+                        println!("created {} {} {ns}", u.id, u.length);
+                    }
+                    if u.complete && !u.terminated && completed.insert(u.id.clone()) {
+                        println!("complete {} {} {ns}", u.id, u.length);
+                    }
+                }
+            }
+        }
+    }
+    // Dropping the receiver stops it and deletes its temp dir.
+    drop(receiver);
+    Ok(())
+}
