@@ -20,8 +20,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
 
 /// Device polling while nothing waits for the conditions: slow, so an idle camera sleeps.
 const POLL_IDLE: Duration = Duration::from_secs(10);
-/// Device polling while uploading or while work waits for conditions to come to hold.
+/// Device polling while uploading or holding down: losing a condition must stop an upload
+/// within 2 s.
 const POLL_ACTIVE: Duration = Duration::from_secs(1);
+/// Device polling while work waits for conditions: waiting work starts within a few seconds
+/// of the conditions coming to hold, at half a wake-up a second.
+const POLL_WAITING: Duration = Duration::from_secs(2);
 /// Housekeeping (history retention) interval.
 const HOUSEKEEPING: Duration = Duration::from_secs(3600);
 
@@ -41,8 +45,10 @@ pub fn run(config: Config) -> i32 {
     // Everything the daemon creates (database, credentials, socket dir) is private unless it
     // says otherwise (the socket is chmod'ed to 0660 explicitly).
     unsafe { libc::umask(0o077) };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for all tasks: the daemon's work is I/O-bound, and a second worker thread
+    // mostly woke up to find nothing to steal (docs/PERFORMANCE.md: wake-ups at rest). File
+    // reads, SQLite-heavy scans and inotify use the blocking pool and notify's thread.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .enable_all()
         .build()
@@ -201,8 +207,13 @@ async fn conditions_loop(app: Arc<App>) {
         let holding = hold.opens_at().is_some() && !auto_open;
         app.set_conditions(snapshot, verdict, auto_open);
         app.beat("conditions");
-        let busy = !app.in_flight().is_empty() || holding || app.has_waiting_work();
-        let wait = if busy { POLL_ACTIVE } else { POLL_IDLE };
+        let wait = if !app.in_flight().is_empty() || holding {
+            POLL_ACTIVE
+        } else if app.has_waiting_work() {
+            POLL_WAITING
+        } else {
+            POLL_IDLE
+        };
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

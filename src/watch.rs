@@ -21,7 +21,7 @@ use crate::scan::{self, Recent};
 use crate::store::FoundFile;
 
 /// How often the card's presence is checked besides inotify: a mount over the mount point is
-/// invisible to inotify, so this slow poll is what notices a card that was put back.
+/// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 
 /// A file being watched until it settles.
@@ -166,14 +166,23 @@ enum Signal {
     Lost,
 }
 
-/// The card's identity while mounted: device and inode of the root, so a card swapped or
-/// mounted over the mount point is noticed.
-fn root_identity(root: &Path) -> Option<(u64, u64)> {
+/// The root's device and inode: a card mounted over (or unmounted from) the mount point, or a
+/// root directory replaced, changes them.
+fn root_stat(root: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    if !scan::media_present(root) {
-        return None;
-    }
     std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The card's identity: `current` while the root's device and inode are unchanged (a stat,
+/// nothing more: listing the watched root every few seconds would wake inotify and the daemon
+/// for nothing); otherwise the new root's identity if it holds something (an empty mount point
+/// is a removed card), else `None`.
+fn root_identity(root: &Path, current: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    let stat = root_stat(root);
+    match current {
+        Some(cur) if stat == Some(cur) => Some(cur),
+        _ => stat.filter(|_| scan::media_present(root)),
+    }
 }
 
 /// Runs the scanner and watcher until shutdown: an initial scan, inotify events through the
@@ -194,7 +203,7 @@ pub async fn run(app: Arc<App>) {
         let now = Instant::now();
         if now >= next_presence {
             next_presence = now + PRESENCE_EVERY;
-            let id = root_identity(&root);
+            let id = root_identity(&root, identity);
             if id != identity {
                 identity = id;
                 watcher = None;

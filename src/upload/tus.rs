@@ -36,9 +36,10 @@ pub const TUS_VERSION: &str = "1.0.0";
 pub const USER_AGENT: &str = concat!("cambackup/", env!("CARGO_PKG_VERSION"));
 
 /// Read size of a PATCH body stream. Large enough that the blocking-pool round trip of
-/// `tokio::fs` per read costs little CPU (8 per MiB), small enough that the two or three buffers
-/// hyper holds in flight stay far below the 32 MiB RSS goal.
-pub const STREAM_BUF: usize = 128 * 1024;
+/// `tokio::fs` per read costs little CPU (one per MiB: at 128 KiB it was a quarter of the
+/// daemon's CPU, docs/PERFORMANCE.md), small enough that the two or three buffers hyper holds
+/// in flight keep peak RSS near 16 MiB, under the 32 MiB goal.
+pub const STREAM_BUF: usize = 1024 * 1024;
 
 /// How long discovery results are trusted before the endpoint is asked again (a server upgrade
 /// may add extensions; asking once an hour costs nothing).
