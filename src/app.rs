@@ -499,6 +499,10 @@ impl App {
                 ManualOutcome::Queued(id) => (id, "queued"),
                 ManualOutcome::AlreadyUploaded(id) => (id, "already_uploaded"),
             };
+            // An upload already in flight now runs under the manual rules too.
+            if let Some(flight) = self.live().in_flight.get_mut(&id) {
+                flight.item.manual = true;
+            }
             out.push(Accepted {
                 path: f.path,
                 id,
@@ -574,10 +578,26 @@ impl App {
         };
         credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;
         self.store.set_kv(AccountStatus::KEY, None)?;
-        {
+        let switched = {
             let mut live = self.live();
+            let switched = live
+                .account
+                .as_ref()
+                .is_some_and(|a| a.user_id != account.user_id || a.region != account.region);
+            if switched {
+                // Uploads in flight carry the old account's user ID (and go to its region):
+                // stop them, and start the unfinished ones anew under the new account.
+                for f in live.in_flight.values() {
+                    f.stop.cancel();
+                }
+            }
             live.account = Some(account);
             live.account_status = AccountStatus::Ok;
+            switched
+        };
+        if switched {
+            self.store.forget_upload_urls()?;
+            tracing::info!("paired with a different account: unfinished uploads start anew");
         }
         tracing::info!("paired with an account");
         self.reevaluate();
@@ -598,6 +618,11 @@ impl App {
             a
         };
         self.reevaluate();
+        // The token file goes first, before the slow network work below: a crash or a SIGTERM
+        // during the terminations must not leave the device paired after a restart. The token
+        // stays in memory just long enough to end the server uploads.
+        credentials::erase(&self.config.state.dir).map_err(AppError::internal)?;
+        self.store.set_kv(AccountStatus::KEY, None)?;
         let mut report = Unpaired {
             terminated: 0,
             not_terminated: 0,
@@ -609,7 +634,6 @@ impl App {
                 _ => report.not_terminated += 1,
             }
         }
-        credentials::erase(&self.config.state.dir).map_err(AppError::internal)?;
         self.store.erase_account_data()?;
         tracing::info!(
             terminated = report.terminated,
@@ -739,7 +763,8 @@ impl App {
             };
             f.bytes_sent = bytes_sent;
             let secs = f.started.elapsed().as_secs_f64();
-            if secs > 0.5 {
+            // A rate over less than 100 ms says little; before that the UI shows none.
+            if secs > 0.1 {
                 f.rate_bps = (bytes_sent.saturating_sub(f.started_bytes) as f64 / secs) as u64;
             }
             let due = f.last_event.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)

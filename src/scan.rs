@@ -158,6 +158,8 @@ pub fn scan(
     let mut seen_versions: HashSet<u64> = HashSet::new();
     let mut seen_paths: HashSet<u64> = HashSet::new();
     let present = media_present(root);
+    // Items queued while the walk runs (a manual upload, the settler) were not judged by it.
+    let last_id = store.max_item_id()?;
     // What the queue already holds, as hashes: a known file costs no database write, and a
     // new path needs no look for an older version to replace.
     let mut known_versions: HashSet<u64> = HashSet::new();
@@ -228,7 +230,7 @@ pub fn scan(
     report.write = queued.1;
 
     if present {
-        report.dropped = reconcile(store, &seen_versions, &seen_paths)?;
+        report.dropped = reconcile(store, &seen_versions, &seen_paths, last_id)?;
     }
     Ok(report)
 }
@@ -239,6 +241,7 @@ fn reconcile(
     store: &Store,
     versions: &HashSet<u64>,
     paths: &HashSet<u64>,
+    last_id: i64,
 ) -> Result<usize, StoreError> {
     let mut deleted = Vec::new();
     let mut replaced = Vec::new();
@@ -248,7 +251,7 @@ fn reconcile(
             let page = store.list(Some(state), 1000, after)?;
             let Some(last) = page.last() else { break };
             after = last.id;
-            for it in &page {
+            for it in page.iter().filter(|it| it.id <= last_id) {
                 if versions.contains(&hash_of((it.storage_path.as_str(), it.size, it.mtime_ns))) {
                     continue;
                 }

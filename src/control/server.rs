@@ -81,6 +81,9 @@ pub fn bind(control: &config::Control) -> Result<Listener, ControlError> {
                 .mode(DIR_MODE)
                 .create(dir)
                 .map_err(io("create its directory", &path))?;
+            // The daemon's umask (077) narrowed the mode above; the app's group needs x.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io("set its directory's mode", &path))?;
         }
     }
     clear_stale(&path)?;

@@ -445,6 +445,24 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The highest item id so far (0 for an empty queue): the scan reconciles only items that
+    /// existed when it started.
+    pub fn max_item_id(&self) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM items", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets every unfinished server upload (the account changed: the next attempts create
+    /// new uploads under the new account).
+    pub fn forget_upload_urls(&self) -> Result<()> {
+        self.exec(
+            "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0
+             WHERE state != 'done' AND upload_url IS NOT NULL",
+            [],
+        )
+    }
+
     /// Whether any item waits to be uploaded (cheap: one index probe).
     pub fn has_pending(&self) -> Result<bool> {
         self.conn()
@@ -538,11 +556,17 @@ impl Store {
     }
 
     /// Marks an item as in flight.
-    pub fn mark_uploading(&self, id: i64) -> Result<()> {
-        self.exec(
-            "UPDATE items SET state = 'uploading' WHERE id = ?1 AND state = 'pending'",
-            params![id],
-        )
+    ///
+    /// Returns false when the item is no longer pending (cancelled or replaced since it was
+    /// picked): then it must not be uploaded.
+    pub fn mark_uploading(&self, id: i64) -> Result<bool> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE items SET state = 'uploading' WHERE id = ?1 AND state = 'pending'",
+            )
+            .and_then(|mut st| st.execute(params![id]))
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
     }
 
     /// Records a new tus upload for the item: written before any data is sent.
@@ -575,16 +599,21 @@ impl Store {
     pub fn mark_done(&self, id: i64) -> Result<()> {
         let now = now_unix();
         self.tx(|tx| {
-            tx.execute(
+            // Only an item still uploading becomes done: one the user cancelled meanwhile stays
+            // cancelled, and gets no history entry.
+            let n = tx.execute(
                 "UPDATE items SET state = 'done', bytes_sent = size, completed_at = ?2,
-                   last_error = NULL, upload_url = NULL, upload_expires_at = NULL WHERE id = ?1",
+                   last_error = NULL, upload_url = NULL, upload_expires_at = NULL
+                 WHERE id = ?1 AND state = 'uploading'",
                 params![id, now],
             )?;
-            tx.execute(
-                "INSERT INTO history (storage_path, size, completed_at)
-                 SELECT storage_path, size, ?2 FROM items WHERE id = ?1",
-                params![id, now],
-            )?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO history (storage_path, size, completed_at)
+                     SELECT storage_path, size, ?2 FROM items WHERE id = ?1",
+                    params![id, now],
+                )?;
+            }
             Ok(())
         })
     }

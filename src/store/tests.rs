@@ -26,6 +26,7 @@ fn same_file_is_queued_once_and_a_done_file_never_again() {
     assert_eq!(s.upsert_files(&[found("DCIM/A.JPG", 10, 1)]).unwrap(), 1);
     assert_eq!(s.upsert_files(&[found("DCIM/A.JPG", 10, 1)]).unwrap(), 0);
     let item = s.next_item(&all_kinds_pick(now_unix())).unwrap().unwrap();
+    assert!(s.mark_uploading(item.id).unwrap());
     s.mark_done(item.id).unwrap();
     assert_eq!(s.upsert_files(&[found("DCIM/A.JPG", 10, 1)]).unwrap(), 0);
     assert_eq!(s.counts().unwrap().done, 1);
@@ -43,6 +44,7 @@ fn a_new_version_replaces_the_queued_one_and_requeues_a_done_one() {
     assert_eq!(items[0].state, ItemState::Skipped);
     assert_eq!(items[0].last_error.as_deref(), Some(REASON_REPLACED));
     assert_eq!(items[1].state, ItemState::Pending);
+    assert!(s.mark_uploading(items[1].id).unwrap());
     s.mark_done(items[1].id).unwrap();
     assert_eq!(s.upsert_files(&[found("A.JPG", 30, 3)]).unwrap(), 1);
     assert_eq!(s.counts().unwrap().pending, 1);
@@ -161,4 +163,25 @@ fn files_are_private_to_the_daemon() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join(DB_FILE)), 0o600);
+}
+
+#[test]
+fn an_item_cancelled_while_picked_is_neither_started_nor_recorded_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("A.JPG", 10, 1), found("B.JPG", 10, 1)])
+        .unwrap();
+    let items = s.list(None, 10, 0).unwrap();
+    // Cancelled between the pick and the start: not started.
+    s.cancel(items[0].id).unwrap();
+    assert!(!s.mark_uploading(items[0].id).unwrap());
+    // Cancelled while uploading: the transfer's "done" does not overwrite it.
+    assert!(s.mark_uploading(items[1].id).unwrap());
+    s.cancel(items[1].id).unwrap();
+    s.mark_done(items[1].id).unwrap();
+    assert_eq!(
+        s.item(items[1].id).unwrap().unwrap().state,
+        ItemState::Cancelled
+    );
+    assert!(s.history(10).unwrap().is_empty());
 }

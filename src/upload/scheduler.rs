@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{AccountStatus, App};
 use crate::credentials::Account;
@@ -46,8 +47,20 @@ pub async fn run(app: Arc<App>) {
             };
             match app.store.next_item(&pick) {
                 Ok(Some(item)) => {
+                    // Claimed here, before the next pick, so that with concurrency above one the
+                    // same item is never picked twice, and its stop token is registered before
+                    // anything (pause, cancel) can look for it.
+                    match app.store.mark_uploading(item.id) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, id = item.id, "cannot mark an item uploading");
+                            break;
+                        }
+                    }
+                    let stop = app.begin(&item);
                     let app = app.clone();
-                    tasks.spawn(async move { one(app, item, account).await });
+                    tasks.spawn(async move { one(app, item, account, stop).await });
                 }
                 Ok(None) => {
                     next_due = app.store.next_due(&pick).ok().flatten();
@@ -81,13 +94,8 @@ pub async fn run(app: Arc<App>) {
 }
 
 /// One attempt at one item, start to recorded outcome.
-async fn one(app: Arc<App>, item: Item, account: Account) {
+async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToken) {
     let id = item.id;
-    if let Err(e) = app.store.mark_uploading(id) {
-        tracing::error!(error = %e, id, "cannot mark an item uploading");
-        return;
-    }
-    let stop = app.begin(&item);
     tracing::info!(id, path = %item.storage_path, size = item.size, from = item.bytes_sent, "uploading");
     let ctx = TransferCtx {
         client: &app.client,
@@ -99,6 +107,40 @@ async fn one(app: Arc<App>, item: Item, account: Account) {
     let outcome = transfer::upload(&ctx, &item, &stop, &progress).await;
     record(&app, &item, outcome);
     app.end(id);
+}
+
+/// The file could not be read. Only a file that is gone (with the card present) or replaced
+/// by another version leaves the queue, with a reason the scan understands (a deleted file that
+/// comes back is queued again); a read error on a file that is still there is retried, since
+/// dropping a photo from the backup for a transient I/O error would lose it silently.
+fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::StoreError> {
+    let root = &app.config.media.root;
+    if !scan::media_present(root) {
+        return app.store.mark_interrupted(item.id);
+    }
+    match std::fs::symlink_metadata(item.storage_path.on_disk(root)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(id = item.id, path = %item.storage_path, "file deleted before upload; dropped from the queue");
+            app.store
+                .mark_skipped(item.id, crate::store::REASON_DELETED)
+        }
+        Ok(m) if m.len() != item.size || scan::mtime_ns(&m) != item.mtime_ns => {
+            tracing::info!(id = item.id, path = %item.storage_path, "file changed since queued; the new version is queued instead");
+            app.store
+                .mark_skipped(item.id, crate::store::REASON_REPLACED)
+        }
+        _ => {
+            let now = now_unix() + 1;
+            let at = Backoff::from_config(&app.config.cloud).next_attempt_at(
+                now,
+                item.attempts,
+                None,
+                retry::jitter(),
+            );
+            tracing::warn!(id = item.id, path = %item.storage_path, error = %reason, "cannot read the file; will retry");
+            app.store.mark_retry(item.id, reason, at)
+        }
+    }
 }
 
 /// Writes an outcome to the store (and the account status, for 401/402).
@@ -136,14 +178,7 @@ fn record(app: &App, item: &Item, outcome: Outcome) {
             app.set_account_status(AccountStatus::SubscriptionInactive(m));
             r
         }
-        Outcome::FileUnreadable(reason) => {
-            if scan::media_present(&app.config.media.root) {
-                tracing::info!(id, path = %item.storage_path, reason = %reason, "file gone or changed; dropped from the queue");
-                app.store.mark_skipped(id, &reason)
-            } else {
-                app.store.mark_interrupted(id)
-            }
-        }
+        Outcome::FileUnreadable(reason) => unreadable(app, item, &reason),
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
             app.store.mark_interrupted(id)

@@ -249,3 +249,28 @@ async fn a_corrupt_database_is_moved_aside_and_rebuilt_by_a_rescan() {
     assert_eq!(code, 200);
     let _ = json!(null);
 }
+
+#[tokio::test]
+async fn with_several_uploads_at_once_each_file_goes_up_exactly_once() {
+    let cam = FakeCamera::new();
+    cam.with("cloud", "concurrency", "3");
+    let files: Vec<String> = (1..=7)
+        .map(|i| cam.photo(&format!("IMG_{i:04}.JPG"), 300_000 + i * 1000))
+        .collect();
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    let rels: Vec<&str> = files.iter().map(String::as_str).collect();
+    rig.expect_uploaded(&rels, T).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.rx.creations(),
+        files.len(),
+        "{}",
+        rig.rx.request_summary()
+    );
+    assert_eq!(rig.rx.completed_uploads().len(), files.len());
+    eventually(T, "all done", || async {
+        rig.paths("done").await.len() == files.len()
+    })
+    .await;
+}
