@@ -300,7 +300,7 @@ impl App {
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
         Ok(Status {
-            state: state_of(&live, &queue),
+            state: state_of(&live, queue.pending + queue.uploading > 0),
             blocked_by: live.verdict.auto.clone(),
             manual_blocked_by: live.verdict.manual.clone(),
             conditions: live.snapshot.clone(),
@@ -806,7 +806,9 @@ impl App {
     /// Stops every upload in flight that may no longer run, and announces a state change.
     /// Called after every change of conditions, settings, pause, account or media.
     pub fn reevaluate(&self) {
-        let counts = self.store.counts().unwrap_or_default();
+        // One index probe, not the full per-state count: this runs at every upload start and
+        // end and every change of the gate's answer, on a queue of up to 100,000 items.
+        let waiting = self.store.has_pending().unwrap_or(false);
         let mut live = self.live();
         let permits = permits_of(&live);
         for f in live.in_flight.values() {
@@ -825,7 +827,7 @@ impl App {
                 f.stop.cancel();
             }
         }
-        let now = (state_of(&live, &counts), live.verdict.auto.clone());
+        let now = (state_of(&live, waiting), live.verdict.auto.clone());
         if live.last_state.as_ref() != Some(&now) {
             tracing::info!(state = ?now.0, blocked_by = ?now.1, "state changed");
             live.last_state = Some(now.clone());
@@ -868,7 +870,8 @@ fn permits_of(live: &Live) -> Option<(bool, bool, Vec<Kind>)> {
     Some((auto, manual, live.settings.data_types.clone()))
 }
 
-fn state_of(live: &Live, queue: &QueueCounts) -> DaemonState {
+/// The daemon's state; `waiting` is whether any item is pending.
+fn state_of(live: &Live, waiting: bool) -> DaemonState {
     if live.account.is_none() {
         return DaemonState::Unpaired;
     }
@@ -883,7 +886,7 @@ fn state_of(live: &Live, queue: &QueueCounts) -> DaemonState {
         DaemonState::MediaUnavailable
     } else if !live.in_flight.is_empty() {
         DaemonState::Uploading
-    } else if queue.pending + queue.uploading > 0 {
+    } else if waiting {
         DaemonState::Waiting
     } else {
         DaemonState::Idle

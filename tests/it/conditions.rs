@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::camera::FakeCamera;
-use testkit::tus::{Fault, Receiver};
 
-use crate::common::{eventually, Rig, TOKEN};
+use crate::common::{
+    assert_resumes, assert_stops_within_2s, eventually, uploading_a_big_video, Rig,
+};
 
 const T: Duration = Duration::from_secs(30);
-const MIB: u64 = 1 << 20;
 
 /// Longer than the daemon needs to start an upload once allowed (settle 1 s, hold-down 1 s,
 /// conditions poll 1 s): silence this long means "held back", not "not yet".
@@ -253,105 +253,6 @@ async fn a_manual_upload_still_obeys_the_network_preference() {
 }
 
 // ----- a long upload, interrupted -----
-
-/// The big file's size: 12 chunks.
-pub(crate) const BIG: u64 = 12 * MIB;
-
-/// A receiver that holds each PATCH for 0.3 s, so a 12-chunk upload lasts several seconds on
-/// any machine and can be interrupted in the middle. Checksums are on (the default), so a
-/// chunk cut short never counts.
-pub(crate) async fn slow_receiver() -> Receiver {
-    let rx = Receiver::builder().token(TOKEN).start().await;
-    rx.inject(Fault::stall_after(64 * 1024, Duration::from_millis(300)).times(10_000));
-    rx
-}
-
-/// Bytes the server holds of the latest upload.
-pub(crate) fn server_offset(rx: &Receiver) -> u64 {
-    rx.uploads().last().map_or(0, |u| u.offset)
-}
-
-/// Starts the daemon on `cam` with a big video on the card and a slow receiver, pairs,
-/// consents, and returns once the server holds at least 2 MiB of it.
-pub(crate) async fn uploading_a_big_video(cam: FakeCamera) -> (Rig, String) {
-    let rel = cam.photo("VID_0100.MP4", BIG);
-    let rig = Rig::start_with(cam, slow_receiver().await).await;
-    rig.go().await;
-    eventually(T, "2 MiB on the server", || async {
-        server_offset(&rig.rx) >= 2 * MIB
-    })
-    .await;
-    assert_eq!(rig.status().await["state"], "uploading");
-    (rig, rel)
-}
-
-/// Where an interrupted upload stopped: the requests the server had seen and the bytes it
-/// holds once everything settled.
-pub(crate) struct Stopped {
-    pub requests: usize,
-    pub offset: u64,
-}
-
-/// The upload stops within 2 s of `since`: the status no longer shows it, and from 2 s on the
-/// server sees no new PATCH and no new byte (checked for 2 s more).
-pub(crate) async fn assert_stops_within_2s(rig: &Rig, since: Instant) -> Stopped {
-    let limit = Duration::from_secs(2);
-    loop {
-        let s = rig.status().await;
-        if s["state"] != "uploading" && s["current"].is_null() {
-            break;
-        }
-        assert!(
-            since.elapsed() < limit,
-            "still uploading {:?} after the event: {s:#}",
-            since.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep_until((since + limit).into()).await;
-    let (patches, offset) = (
-        rig.rx.requests_with_method("PATCH").len(),
-        server_offset(&rig.rx),
-    );
-    let requests = rig.rx.requests().len();
-    tokio::time::sleep(limit).await;
-    assert_eq!(
-        rig.rx.requests_with_method("PATCH").len(),
-        patches,
-        "a PATCH more than 2 s after the stop:{}",
-        rig.rx.request_summary()
-    );
-    assert_eq!(
-        server_offset(&rig.rx),
-        offset,
-        "bytes arrived 2 s after the stop"
-    );
-    assert!(offset < BIG, "it finished before it could be stopped");
-    Stopped { requests, offset }
-}
-
-/// The upload finishes from where the server stopped: no second creation, a HEAD before the
-/// first PATCH, and that PATCH at the server's offset.
-pub(crate) async fn assert_resumes(rig: &Rig, rel: &str, stopped: &Stopped) {
-    rig.expect_uploaded(&[rel], T).await;
-    assert_eq!(rig.rx.creations(), 1, "{}", rig.rx.request_summary());
-    let later = &rig.rx.requests()[stopped.requests..];
-    let first = later
-        .iter()
-        .position(|r| r.method == "PATCH")
-        .expect("a PATCH after the stop");
-    assert!(
-        later[..first].iter().any(|r| r.method == "HEAD"),
-        "resumed without asking the server's offset:{}",
-        rig.rx.request_summary()
-    );
-    assert_eq!(
-        later[first].header("upload-offset"),
-        Some(stopped.offset.to_string().as_str()),
-        "resumed at the server's offset"
-    );
-    assert!(stopped.offset > 0);
-}
 
 #[tokio::test]
 async fn pulling_the_charger_stops_an_upload_within_2s_and_it_resumes_later() {

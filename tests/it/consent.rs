@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use testkit::camera::FakeCamera;
 
+use crate::common::{assert_resumes, assert_stops_within_2s, uploading_a_big_video};
 use crate::common::{eventually, TOKEN};
-use crate::conditions::{assert_resumes, assert_stops_within_2s, uploading_a_big_video};
 
 #[tokio::test]
 async fn withdrawing_consent_stops_an_upload_within_2s_and_it_resumes_when_given_again() {
