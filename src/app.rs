@@ -131,6 +131,15 @@ pub struct Current {
     pub eta_secs: Option<u64>,
 }
 
+/// Something only the user can fix, as `status.attention` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attention {
+    /// A stable snake_case code the app can translate.
+    pub code: &'static str,
+    /// A sentence for the user, naming what to do.
+    pub message: String,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -145,6 +154,8 @@ pub struct Status {
     pub current: Option<Current>,
     /// Extension: every upload in flight when `cloud.concurrency` > 1.
     pub uploads: Vec<Current>,
+    /// What only the user can fix (empty when all is well).
+    pub attention: Vec<Attention>,
 }
 
 /// `GET /v1/account`: never the token.
@@ -211,6 +222,10 @@ struct Live {
     account_status: AccountStatus,
     in_flight: BTreeMap<i64, InFlight>,
     last_state: Option<(DaemonState, Vec<Block>)>,
+    /// The last write to the state directory failed because it is full.
+    state_dir_full: Option<String>,
+    /// Entries on the card the last scan could not read.
+    unreadable_on_card: u64,
 }
 
 #[derive(Debug)]
@@ -250,7 +265,19 @@ impl App {
     pub fn new(config: Config, store: Store, client: tus::Client) -> Result<App, AppError> {
         let settings = store.settings(&config.defaults)?;
         let paused = store.paused()?;
-        let account = credentials::load(&config.state.dir).map_err(AppError::internal)?;
+        let account = match credentials::load(&config.state.dir) {
+            Ok(a) => a,
+            // A damaged account file (a power cut between zero-filling and unlinking it while
+            // unpairing, or a bad flash block) must not keep the daemon from starting: the
+            // app could not even pair again. It is erased, and the device is unpaired.
+            Err(e) => {
+                tracing::error!(error = %e, "the account file cannot be read; erasing it: the device is unpaired until the app pairs again");
+                if let Err(e) = credentials::erase(&config.state.dir) {
+                    tracing::error!(error = %e, "cannot erase the damaged account file");
+                }
+                None
+            }
+        };
         let account_status = match store.get_kv(AccountStatus::KEY)?.as_deref() {
             Some("unauthorized") => {
                 AccountStatus::Unauthorized("the server refused the token".into())
@@ -260,6 +287,22 @@ impl App {
             }
             _ => AccountStatus::Ok,
         };
+        // Upload URLs created at another endpoint (the maker moved the service, or the account's
+        // region changed while the daemon was down) are never resumed, terminated or asked
+        // about there: that would send the bearer token to the old host.
+        if let Some(a) = &account {
+            let endpoint = config.cloud.endpoint_for(a.region.as_deref());
+            match store.forget_urls_not_for(endpoint) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    uploads = n,
+                    "the endpoint changed: unfinished uploads start anew there"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check the unfinished uploads' endpoint")
+                }
+            }
+        }
         let filter = MediaFilter::new(&config.media);
         Ok(App {
             config: Arc::new(config),
@@ -282,6 +325,8 @@ impl App {
                 account_status,
                 in_flight: BTreeMap::new(),
                 last_state: None,
+                state_dir_full: None,
+                unreadable_on_card: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
         })
@@ -299,7 +344,9 @@ impl App {
         let queue = self.store.counts()?;
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
+        let attention = attention_of(&live, &queue);
         Ok(Status {
+            attention,
             state: state_of(&live, queue.pending + queue.uploading > 0),
             blocked_by: live.verdict.auto.clone(),
             manual_blocked_by: live.verdict.manual.clone(),
@@ -668,6 +715,70 @@ impl App {
 
     // ----- the daemon's own changes -----
 
+    /// Queues files that settled on the card and wakes whoever waits for work. Returns how
+    /// many were added; a failure is remembered for `attention` (the caller tries again).
+    pub fn enqueue(&self, files: &[FoundFile]) -> Result<usize, store::StoreError> {
+        match self.store.upsert_files(files) {
+            Ok(n) => {
+                self.store_ok();
+                if n > 0 {
+                    self.queued();
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A media file was deleted from the card (which is present): its queued items go.
+    pub fn drop_deleted(&self, path: &StoragePath) {
+        match self.store.skip_deleted(path) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(path = %path, items = n, "file deleted before upload: dropped from the queue");
+                self.reevaluate();
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                tracing::error!(error = %e, "could not drop a deleted file from the queue");
+            }
+        }
+    }
+
+    /// A full scan finished.
+    pub fn scanned(&self, report: &crate::scan::Report) {
+        self.store_ok();
+        self.live().unreadable_on_card = report.unreadable;
+        if report.queued > 0 {
+            self.queued();
+        }
+        if report.dropped > 0 {
+            self.reevaluate();
+        }
+    }
+
+    /// A write to the state directory failed; a full disk is shown in `attention`.
+    pub fn store_failed(&self, e: &store::StoreError) {
+        if e.is_disk_full() {
+            let mut live = self.live();
+            if live.state_dir_full.is_none() {
+                tracing::error!(dir = %self.config.state.dir.display(), "the state directory is full");
+            }
+            live.state_dir_full = Some(e.to_string());
+        }
+    }
+
+    /// A write to the state directory succeeded.
+    pub fn store_ok(&self) {
+        let mut live = self.live();
+        if live.state_dir_full.take().is_some() {
+            tracing::info!("the state directory has room again");
+        }
+    }
+
     /// The conditions loop's reading: the snapshot, the gate's verdict, and whether the auto
     /// gate is open after hold-down.
     pub fn set_conditions(&self, snapshot: Snapshot, verdict: Verdict, auto_open: bool) {
@@ -891,6 +1002,50 @@ fn state_of(live: &Live, waiting: bool) -> DaemonState {
     } else {
         DaemonState::Idle
     }
+}
+
+/// What only the user can fix, from the live state and the queue counts.
+fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
+    let mut out = Vec::new();
+    let mut add = |code, message: String| out.push(Attention { code, message });
+    match &live.account_status {
+        AccountStatus::Unauthorized(m) => add(
+            "unauthorized",
+            format!(
+                "The server refused the account's token ({m}): pair the camera again in the app."
+            ),
+        ),
+        AccountStatus::SubscriptionInactive(m) => add(
+            "subscription_inactive",
+            format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
+        ),
+        AccountStatus::Ok => {}
+    }
+    if !live.media_available {
+        add(
+            "media_unavailable",
+            "The memory card is missing or unreadable: insert it.".into(),
+        );
+    }
+    if let Some(e) = &live.state_dir_full {
+        add(
+            "state_dir_full",
+            format!("The camera's storage for the upload queue is full ({e}): free some space; queued uploads continue by themselves."),
+        );
+    }
+    if queue.failed > 0 {
+        add(
+            "items_failed",
+            format!("{} file(s) could not be uploaded and wait for you: see the queue's failed items and retry them.", queue.failed),
+        );
+    }
+    if live.unreadable_on_card > 0 {
+        add(
+            "unreadable_files",
+            format!("{} entries on the card could not be read (permissions or card errors): they are not backed up; check the card.", live.unreadable_on_card),
+        );
+    }
+    out
 }
 
 fn current_of(f: &InFlight) -> Current {

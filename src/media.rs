@@ -3,6 +3,13 @@
 //! Invariant: a [`StoragePath`] is relative to `media.root`, `/`-separated, has no `.`, `..` or
 //! empty components, and keeps the exact characters of the name. It is the only form of a card
 //! path that the store, the uploader and the API handle.
+//!
+//! Names that are not valid UTF-8 (a vfat card mounted with the kernel's default iso8859-1
+//! charset shows non-ASCII names that way) are not skipped: each byte that is not part of valid
+//! UTF-8 is written `\xNN` (two upper-case hex digits), and a backslash itself `\x5C`, so the
+//! mapping from the name on disk to the storage path is one-to-one and reversible
+//! ([`StoragePath::on_disk`]). FAT and exFAT forbid backslashes in names, so on a camera card
+//! the storage path differs from the name only where the name is not UTF-8.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -47,30 +54,97 @@ pub struct StoragePath(String);
 pub enum PathError {
     #[error("`{0}` is outside the media root")]
     Outside(String),
-    #[error("`{0}` is not valid UTF-8")]
-    NotUtf8(String),
     #[error("`{0}` is empty or names the media root itself")]
     Empty(String),
+    #[error("`{0}` passes through a symbolic link; links on the card are never followed")]
+    Symlink(String),
+}
+
+/// Appends the storage-path form of one name on disk (see the module's doc).
+fn escape_name(name: &std::ffi::OsStr, out: &mut String) {
+    use std::os::unix::ffi::OsStrExt;
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\x5C");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+}
+
+/// The name on disk for a storage path's text: `\xNN` back to its byte.
+fn unescape(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    if !s.contains('\\') {
+        return s.into();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
+            let hex = b
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Fails if any component of `path` below `root` is a symbolic link (or cannot be examined).
+/// The scan and the watcher never follow links; this keeps the uploader from reading through
+/// one that appeared since (a few `lstat`s per file opened).
+pub fn check_no_symlink(root: &Path, path: &Path) -> Result<(), PathError> {
+    let shown = || path.to_string_lossy().into_owned();
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| PathError::Outside(shown()))?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Err(PathError::Symlink(shown())),
+            Ok(_) => {}
+            // A missing file is reported by the caller with its own message.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 impl StoragePath {
     /// From a path relative to the media root, as the scanner and watcher find it.
     pub fn from_relative(rel: &Path) -> Result<StoragePath, PathError> {
         let shown = || rel.to_string_lossy().into_owned();
-        let mut parts = Vec::new();
+        let mut out = String::new();
         for c in rel.components() {
             match c {
                 Component::Normal(p) => {
-                    parts.push(p.to_str().ok_or_else(|| PathError::NotUtf8(shown()))?)
+                    if !out.is_empty() {
+                        out.push('/');
+                    }
+                    escape_name(p, &mut out);
                 }
                 Component::CurDir => {}
                 _ => return Err(PathError::Outside(shown())),
             }
         }
-        if parts.is_empty() {
+        if out.is_empty() {
             return Err(PathError::Empty(shown()));
         }
-        Ok(StoragePath(parts.join("/")))
+        Ok(StoragePath(out))
     }
 
     /// From a path under `root` (absolute, as the watcher reports it).
@@ -85,7 +159,9 @@ impl StoragePath {
     /// it. Symlinks are resolved, and the real file must still be inside the real root, so a
     /// link to `/etc/passwd` is refused like `../../etc/passwd`.
     pub fn from_user(root: &Path, input: &str) -> Result<StoragePath, PathError> {
-        let given = Path::new(input);
+        // The storage-path form (`\xNN` escapes) back to the name on disk.
+        let on_disk = unescape(input);
+        let given = Path::new(&on_disk);
         let joined = if given.is_absolute() {
             given.to_path_buf()
         } else {
@@ -115,7 +191,7 @@ impl StoragePath {
 
     /// The file's place on disk.
     pub fn on_disk(&self, root: &Path) -> PathBuf {
-        root.join(&self.0)
+        root.join(unescape(&self.0))
     }
 
     /// Wraps a value read back from the store, which only ever holds valid storage paths.

@@ -95,7 +95,7 @@ pub fn walk(
                 continue;
             };
             let Ok(sp) = StoragePath::under(root, &path) else {
-                tracing::warn!(path = %path.display(), "skipping a name that is not valid UTF-8");
+                tracing::warn!(path = %path.display(), "skipping a name the media root cannot hold");
                 unreadable += 1;
                 continue;
             };
@@ -209,8 +209,13 @@ pub fn scan(
                     }
                 }
                 Seen::Recent(r) => {
+                    // Written too recently to queue, but there: a queued item of this very
+                    // version (a manual request, or one the settler queued, or a file whose
+                    // mtime is ahead of a clock that started at 1970) is neither deleted nor
+                    // replaced.
                     if let Ok(sp) = StoragePath::under(root, &r.path) {
                         seen_paths.insert(hash_of(sp.as_str()));
+                        seen_versions.insert(hash_of((sp.as_str(), r.size, r.mtime_ns)));
                     }
                     recent.push(r);
                 }

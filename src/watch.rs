@@ -4,7 +4,10 @@
 //! Invariants: a file is queued only when it has been closed and unchanged (size and mtime) for
 //! `settle_secs`, or unchanged for three times that when no close was seen (a writer that keeps
 //! the file open, or a file found by the scan); a lost event (queue overflow) or a card that
-//! comes back triggers a full rescan; a card that is gone never turns its files into "deleted".
+//! comes back triggers a full rescan; a card that is gone never turns its files into "deleted";
+//! symlinks are never followed (inotify does not watch through them, a linked directory is not
+//! walked, and a path through a link is not queued); files that could not be queued (the state
+//! disk was full) are tried again within [`RETRY_SOON`], not at the next full rescan.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,9 @@ use crate::store::FoundFile;
 /// How often the card's presence is checked besides inotify: a mount over the mount point is
 /// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+
+/// How soon files that could not be queued, or a scan that failed, are tried again.
+pub const RETRY_SOON: Duration = Duration::from_secs(5);
 
 /// A file being watched until it settles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +204,9 @@ pub async fn run(app: Arc<App>) {
     let mut need_scan = true;
     let mut next_rescan = Instant::now();
     let mut next_presence = Instant::now();
+    // Settled files the store could not take (state disk full): tried again soon.
+    let mut unqueued: Vec<(PathBuf, u64, i64)> = Vec::new();
+    let mut retry_at: Option<Instant> = None;
 
     loop {
         let now = Instant::now();
@@ -223,11 +232,22 @@ pub async fn run(app: Arc<App>) {
         if (need_scan || now >= next_rescan) && identity.is_some() {
             need_scan = false;
             next_rescan = now + rescan_every;
-            full_scan(&app, &mut settler).await;
+            if !full_scan(&app, &mut settler).await {
+                next_rescan = now + RETRY_SOON;
+            }
+        }
+        if retry_at.is_some_and(|t| now >= t) {
+            retry_at = None;
+            if !queue(&app, &root, std::mem::take(&mut unqueued)) {
+                retry_at = Some(now + RETRY_SOON);
+            }
         }
         app.beat("watcher");
 
         let mut wake = next_presence.min(next_rescan);
+        if let Some(t) = retry_at {
+            wake = wake.min(t);
+        }
         if let Some(t) = settler.next_check() {
             wake = wake.min(t.max(now + Duration::from_millis(100)));
         }
@@ -255,15 +275,21 @@ pub async fn run(app: Arc<App>) {
         }
         let ready = settler.due(Instant::now(), stat);
         if !ready.is_empty() {
-            queue(&app, &root, ready);
+            unqueued.extend(ready);
+            if !queue(&app, &root, std::mem::take(&mut unqueued)) && retry_at.is_none() {
+                retry_at = Some(Instant::now() + RETRY_SOON);
+            }
         }
     }
     drop(watcher);
 }
 
-/// Starts inotify on the whole tree. New subdirectories are added by notify itself.
+/// Starts inotify on the whole tree, never through a symlink (notify follows them by default:
+/// a link to `/usr` would watch, and then queue, the system's files). New subdirectories are
+/// added by notify itself.
 fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWatcher> {
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let handler = move |res: notify::Result<notify::Event>| {
         let sig = match res {
             Ok(ev) if ev.need_rescan() => Signal::Lost,
             Ok(ev) => Signal::Event(ev),
@@ -274,7 +300,8 @@ fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWat
             // the periodic rescan) brings a full scan; mark it so.
             let _ = tx.try_send(Signal::Lost);
         }
-    })?;
+    };
+    let mut w = RecommendedWatcher::new(handler, config)?;
     w.watch(root, RecursiveMode::Recursive)?;
     Ok(w)
 }
@@ -303,6 +330,9 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
             continue;
         };
         let is_media = app.filter.classify(&sp).is_some();
+        // Never `is_dir()`: it follows a link, and walking a link to `/usr` would queue (and
+        // read) files outside the card.
+        let is_real_dir = || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
         match ev.kind {
             EventKind::Create(_)
             | EventKind::Modify(ModifyKind::Data(_))
@@ -310,7 +340,7 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
                 app.activity.note_media_write();
                 if is_media {
                     settler.touched(path, now);
-                } else if path.is_dir() && !app.filter.skip_dir(&sp) {
+                } else if is_real_dir() && !app.filter.skip_dir(&sp) {
                     // Files written before notify added its watch on the new directory would
                     // be missed: walk it now and let the settler judge each file.
                     scan::walk(
@@ -335,7 +365,7 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
                     } else {
                         settler.forget(path);
                     }
-                } else if path.is_dir() {
+                } else if is_real_dir() {
                     rescan = true;
                 }
             }
@@ -360,20 +390,25 @@ fn forget_deleted(app: &App, sp: &StoragePath) {
     if !scan::media_present(&app.config.media.root) {
         return;
     }
-    match app.store.skip_deleted(sp) {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(path = %sp, items = n, "file deleted before upload: dropped from the queue")
-        }
-        Err(e) => tracing::error!(error = %e, "could not drop a deleted file from the queue"),
-    }
+    app.drop_deleted(sp);
 }
 
-fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) {
+/// Queues settled files. Returns false when the store could not take them (they are kept by
+/// the caller and tried again soon).
+fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) -> bool {
+    if ready.is_empty() {
+        return true;
+    }
     let files: Vec<FoundFile> = ready
-        .into_iter()
+        .iter()
         .filter_map(|(path, size, mtime_ns)| {
-            let sp = StoragePath::under(root, &path).ok()?;
+            let (size, mtime_ns) = (*size, *mtime_ns);
+            // A path through a symlink (a linked directory inside the card) is not the card's.
+            if let Err(e) = crate::media::check_no_symlink(root, path) {
+                tracing::warn!(error = %e, "not queued");
+                return None;
+            }
+            let sp = StoragePath::under(root, path).ok()?;
             let kind = app.filter.classify(&sp)?;
             Some(FoundFile {
                 path: sp,
@@ -383,23 +418,25 @@ fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) {
             })
         })
         .collect();
-    match app.store.upsert_files(&files) {
+    match app.enqueue(&files) {
         Ok(n) => {
             for f in &files {
                 tracing::debug!(path = %f.path, size = f.size, "settled");
             }
             if n > 0 {
                 tracing::info!(files = n, "queued new files");
-                app.queued();
             }
+            true
         }
         Err(e) => {
-            tracing::error!(error = %e, "could not queue settled files; the next scan retries")
+            tracing::error!(error = %e, files = files.len(), "could not queue settled files; trying again in a few seconds");
+            false
         }
     }
 }
 
-async fn full_scan(app: &Arc<App>, settler: &mut Settler) {
+/// Runs a full scan; false when it failed (the caller tries again soon).
+async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
     let a = app.clone();
     let started = Instant::now();
     let res = tokio::task::spawn_blocking(move || {
@@ -428,15 +465,18 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) {
                 write_ms = report.write.as_millis() as u64,
                 "scanned the card"
             );
-            if report.queued > 0 {
-                app.queued();
-            }
-            if report.dropped > 0 {
-                app.reevaluate();
-            }
+            app.scanned(&report);
+            true
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "scan failed; retrying at the next rescan"),
-        Err(e) => tracing::error!(error = %e, "scan task failed"),
+        Ok(Err(e)) => {
+            app.store_failed(&e);
+            tracing::error!(error = %e, "scan failed; trying again in a few seconds");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "scan task failed");
+            false
+        }
     }
 }
 

@@ -5,9 +5,15 @@
 //!   upload URL is written before any of its data is sent, so a crash can always resume;
 //! - an item is `done` only after the server acknowledged its whole length;
 //! - writes from the scanner are batched (one transaction per [`Store::upsert_files`] call);
-//! - a corrupt file is moved aside and a fresh database built: the daemon keeps running, and the
-//!   next scan refills the queue.
+//! - the writes that promise "never twice" (an upload URL stored, an upload done, unpairing)
+//!   are durable when the call returns: `synchronous = FULL`, so a power cut cannot roll them
+//!   back (docs/PERFORMANCE.md has what that costs per file);
+//! - a corrupt file is moved aside and a fresh database built from the [`ledger`]: what was
+//!   sent stays sent, unfinished uploads resume by asking the server, and the user's choices
+//!   (consent above all) are kept; without a record of them consent is off, never the maker's
+//!   default. The daemon keeps running, and the next scan refills the rest of the queue.
 
+pub mod ledger;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -108,6 +114,9 @@ pub struct Item {
     pub upload_url: Option<String>,
     #[serde(skip)]
     pub upload_expires_at: Option<i64>,
+    /// The endpoint the upload URL was created at: a URL is only used against it.
+    #[serde(skip)]
+    pub upload_endpoint: Option<String>,
     /// How many tus creations this item has made (1 in the normal case).
     pub creations: u32,
     pub queued_at: i64,
@@ -179,9 +188,26 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    dir: PathBuf,
+    /// The database was found corrupt at open and rebuilt.
+    rebuilt: bool,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// The state directory's file system is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DiskFull)
+            ),
+            StoreError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
 
 /// The current time in unix seconds.
 pub fn now_unix() -> i64 {
@@ -207,16 +233,18 @@ impl Store {
             .map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let path = dir.join(DB_FILE);
+        let mut rebuilt = false;
         let conn = match open_checked(&path) {
             Ok(c) => c,
             Err(e) if is_corruption(&e) => {
+                rebuilt = true;
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_unix()));
                 tracing::error!(
                     database = %path.display(),
                     moved_to = %aside.display(),
                     error = %e,
-                    "database is corrupt: moved it aside and starting a fresh one; \
-                     the next scan rebuilds the queue"
+                    "database is corrupt: moved it aside and rebuilding it from the ledger; \
+                     the next scan refills the rest of the queue"
                 );
                 std::fs::rename(&path, &aside).map_err(io)?;
                 for ext in ["-wal", "-shm"] {
@@ -244,10 +272,145 @@ impl Store {
                 std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
             }
         }
-        Ok(Store {
+        let store = Store {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            dir: dir.to_path_buf(),
+            rebuilt,
+        };
+        if rebuilt {
+            store.restore_from_ledger()?;
+        } else {
+            store.compact_ledger_if_large()?;
+        }
+        Ok(store)
+    }
+
+    /// Whether the database was found corrupt at open and rebuilt.
+    pub fn was_rebuilt(&self) -> bool {
+        self.rebuilt
+    }
+
+    /// Refills a rebuilt database from the ledger: done versions as done (never sent again),
+    /// unfinished uploads as pending with their URL (resumed after a `HEAD`).
+    fn restore_from_ledger(&self) -> Result<()> {
+        let (known, _) = ledger::replay(&self.dir);
+        let now = now_unix();
+        let (mut done, mut open) = (0, 0);
+        self.tx(|tx| {
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at, state,
+                   bytes_sent, completed_at, upload_url, upload_endpoint, creations)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for ((p, s, m), k) in &known {
+                let (state, sent, completed) = if k.done {
+                    done += 1;
+                    ("done", *s as i64, Some(now))
+                } else if k.upload.is_some() {
+                    open += 1;
+                    ("pending", 0, None)
+                } else {
+                    continue;
+                };
+                let (url, endpoint) = k.upload.clone().unzip();
+                insert.execute(params![
+                    p,
+                    k.kind.as_str(),
+                    *s as i64,
+                    *m,
+                    now,
+                    state,
+                    sent,
+                    completed,
+                    url,
+                    endpoint.flatten(),
+                    i64::from(url.is_some()),
+                ])?;
+            }
+            Ok(())
+        })?;
+        tracing::warn!(
+            done,
+            unfinished = open,
+            "rebuilt the queue from the ledger: uploaded files stay uploaded, unfinished ones resume"
+        );
+        Ok(())
+    }
+
+    /// Rewrites the ledger from the database when it has grown to many times what the
+    /// database knows (each file adds two lines; only the last word on each counts).
+    fn compact_ledger_if_large(&self) -> Result<()> {
+        let lines = count_lines(&self.dir.join(ledger::LEDGER_FILE));
+        if lines < 4096 {
+            return Ok(());
+        }
+        let facts: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM items WHERE state = 'done' OR upload_url IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if (lines as i64) < 2 * facts + 4096 {
+            return Ok(());
+        }
+        self.rewrite_ledger()
+    }
+
+    /// Replaces the ledger with the database's facts (done versions, unfinished uploads).
+    fn rewrite_ledger(&self) -> Result<()> {
+        let entries = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT storage_path, size, mtime_ns, kind, state = 'done', upload_url,
+                       upload_endpoint
+                     FROM items WHERE state = 'done' OR upload_url IS NOT NULL",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let kind: String = r.get(3)?;
+                    let done: bool = r.get(4)?;
+                    Ok(ledger::Entry {
+                        p: r.get(0)?,
+                        s: r.get::<_, i64>(1)? as u64,
+                        m: r.get(2)?,
+                        k: Kind::parse(&kind).unwrap_or(Kind::Photo),
+                        u: if done { None } else { r.get(5)? },
+                        e: if done { None } else { r.get(6)? },
+                        d: done,
+                    })
+                })
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.err(e))?
+        };
+        ledger::rewrite(&self.dir, entries.into_iter()).map_err(|source| StoreError::Io {
+            path: self.dir.join(ledger::LEDGER_FILE),
+            source,
         })
+    }
+
+    /// Appends a fact to the ledger after the database committed it. A failure is logged: the
+    /// database holds the fact; only a later corruption of it would miss this line.
+    fn note_in_ledger(&self, id: i64, url: Option<(&str, &str)>) {
+        let entry = self.item(id).ok().flatten().map(|it| ledger::Entry {
+            p: it.storage_path.as_str().to_string(),
+            s: it.size,
+            m: it.mtime_ns,
+            k: it.kind,
+            u: url.map(|(u, _)| u.to_string()),
+            e: url.map(|(_, e)| e.to_string()),
+            d: url.is_none(),
+        });
+        if let Some(entry) = entry {
+            if let Err(e) = ledger::append(&self.dir, &entry) {
+                tracing::warn!(error = %e, item = id, "cannot append to the ledger");
+            }
+        }
     }
 
     /// The database file.
@@ -317,12 +480,13 @@ impl Store {
                 "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            // A file that comes back after it was dropped as deleted (a false alarm, or the
-            // user restored it) is queued again.
+            // A version that comes back after it was dropped as deleted or replaced (a false
+            // alarm, the user restored it, or its card is back after another card that reuses
+            // the same names) is queued again: its exact bytes were never sent.
             let mut revive = tx.prepare_cached(
                 "UPDATE items SET state = 'pending', last_error = NULL, next_attempt_at = 0
                  WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3
-                   AND state = 'skipped' AND last_error = ?4",
+                   AND state = 'skipped' AND last_error IN (?4, ?5)",
             )?;
             let mut supersede = tx.prepare_cached(
                 "UPDATE items SET state = 'skipped', last_error = ?3
@@ -348,7 +512,8 @@ impl Store {
                         f.path.as_str(),
                         f.size as i64,
                         f.mtime_ns,
-                        REASON_DELETED
+                        REASON_DELETED,
+                        REASON_REPLACED
                     ])?;
                 }
             }
@@ -358,13 +523,18 @@ impl Store {
 
     /// Every item's identity, for the scan to tell known files from new ones without a
     /// database write: `(storage_path, size, mtime_ns, revivable)` where revivable means it was
-    /// dropped as deleted and would be queued again if the file is there.
+    /// dropped as deleted or replaced and would be queued again if the file is there.
     pub fn for_each_identity(&self, mut f: impl FnMut(&str, u64, i64, bool)) -> Result<()> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT storage_path, size, mtime_ns, state = 'skipped' AND last_error IS ?1 FROM items")
+            .prepare(
+                "SELECT storage_path, size, mtime_ns, state = 'skipped' AND last_error IN (?1, ?2)
+                 FROM items",
+            )
             .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query([REASON_DELETED]).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query([REASON_DELETED, REASON_REPLACED])
+            .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let path: &str = r
                 .get_ref(0)
@@ -455,12 +625,15 @@ impl Store {
 
     /// Forgets every unfinished server upload (the account changed: the next attempts create
     /// new uploads under the new account).
+    /// Manual requests were the previous account's, so they are dropped too.
     pub fn forget_upload_urls(&self) -> Result<()> {
         self.exec(
             "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0
              WHERE state != 'done' AND upload_url IS NOT NULL",
             [],
-        )
+        )?;
+        self.exec("UPDATE items SET manual = 0 WHERE manual = 1", [])?;
+        self.rewrite_ledger()
     }
 
     /// Whether any item waits to be uploaded (cheap: one index probe).
@@ -569,13 +742,64 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Records a new tus upload for the item: written before any data is sent.
-    pub fn set_upload_url(&self, id: i64, url: &str, expires_at: Option<i64>) -> Result<()> {
+    /// Records a new tus upload for the item, created at `endpoint`: written (durably, and to
+    /// the ledger) before any data is sent.
+    pub fn set_upload_url(
+        &self,
+        id: i64,
+        url: &str,
+        expires_at: Option<i64>,
+        endpoint: &str,
+    ) -> Result<()> {
         self.exec(
             "UPDATE items SET upload_url = ?2, upload_expires_at = ?3, bytes_sent = 0,
-               creations = creations + 1 WHERE id = ?1",
-            params![id, url, expires_at],
-        )
+               upload_endpoint = ?4, creations = creations + 1 WHERE id = ?1",
+            params![id, url, expires_at, endpoint],
+        )?;
+        self.note_in_ledger(id, Some((url, endpoint)));
+        Ok(())
+    }
+
+    /// Forgets every unfinished upload created at another endpoint than `endpoint` (the config
+    /// moved to a new host, or the account to another region): its URL, and the bearer token
+    /// that would go with it, are never sent to the old host again. A URL from before
+    /// endpoints were recorded is kept only if it is on the endpoint's own origin.
+    pub fn forget_urls_not_for(&self, endpoint: &str) -> Result<usize> {
+        let origin = origin_of(endpoint);
+        let stale: Vec<i64> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, upload_url, upload_endpoint FROM items
+                     WHERE upload_url IS NOT NULL AND state != 'done'",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .map_err(|e| self.err(e))?;
+            let mut stale = Vec::new();
+            for row in rows {
+                let (id, url, at) = row.map_err(|e| self.err(e))?;
+                let keep = match at {
+                    Some(at) => at == endpoint,
+                    None => origin.is_some() && origin_of(&url) == origin,
+                };
+                if !keep {
+                    stale.push(id);
+                }
+            }
+            stale
+        };
+        for id in &stale {
+            self.clear_upload_url(*id)?;
+        }
+        Ok(stale.len())
     }
 
     /// Forgets the item's server upload (expired or gone): the next attempt creates a new one.
@@ -614,8 +838,28 @@ impl Store {
                     params![id, now],
                 )?;
             }
-            Ok(())
+            Ok(n == 1)
         })
+        .map(|done| {
+            if done {
+                self.note_in_ledger(id, None);
+            }
+        })
+    }
+
+    /// Items left `uploading` though no transfer runs them (recording their outcome failed,
+    /// e.g. the state disk was full) go back to pending. Returns how many.
+    pub fn recover_stray_uploading(&self, in_flight: &[i64]) -> Result<usize> {
+        let ids: Vec<String> = in_flight.iter().map(i64::to_string).collect();
+        self.conn()
+            .execute(
+                &format!(
+                    "UPDATE items SET state = 'pending' WHERE state = 'uploading' AND id NOT IN ({})",
+                    ids.join(", ")
+                ),
+                [],
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// A transient failure: back to pending, retried at `next_attempt_at` (unix seconds).
@@ -776,15 +1020,19 @@ impl Store {
     pub fn erase_account_data(&self) -> Result<()> {
         self.tx(|tx| {
             tx.execute("DELETE FROM history", [])?;
+            // A manual request was the unpaired user's: it must not go up under the next
+            // account, nor bypass that account's consent.
             tx.execute(
-                "UPDATE items SET upload_url = NULL, upload_expires_at = NULL,
+                "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, manual = 0,
                    bytes_sent = CASE WHEN state = 'done' THEN bytes_sent ELSE 0 END",
                 [],
             )?;
             tx.execute("DELETE FROM kv WHERE key LIKE 'account.%'", [])?;
             Ok(())
         })?;
-        self.checkpoint()
+        self.checkpoint()?;
+        // The ledger's copies of the upload URLs go too.
+        self.rewrite_ledger()
     }
 
     /// Moves the WAL's content into the database file and truncates the WAL.
@@ -816,27 +1064,64 @@ impl Store {
         }
     }
 
+    /// The user's choices: the choices file, else the database's copy (a daemon from before
+    /// the file), else `defaults`. A database rebuilt after corruption with no choices file
+    /// starts with consent off whatever the maker's default: losing state never turns it on.
+    fn choices(&self, defaults: &Settings) -> Result<ledger::Choices> {
+        if let Some(c) = ledger::load_choices(&self.dir) {
+            return Ok(c);
+        }
+        let settings = self
+            .get_kv("settings")?
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let paused = self.get_kv("paused")?.as_deref() == Some("1");
+        Ok(match settings {
+            Some(settings) => ledger::Choices { settings, paused },
+            None if self.rebuilt => ledger::Choices {
+                settings: Settings {
+                    auto_upload: false,
+                    ..defaults.clone()
+                },
+                paused,
+            },
+            None => ledger::Choices {
+                settings: defaults.clone(),
+                paused,
+            },
+        })
+    }
+
+    fn save_choices(&self, c: &ledger::Choices) -> Result<()> {
+        ledger::save_choices(&self.dir, c).map_err(|source| StoreError::Io {
+            path: self.dir.join(ledger::CHOICES_FILE),
+            source,
+        })?;
+        let json = serde_json::to_string(&c.settings).expect("settings serialize");
+        self.set_kv("settings", Some(&json))?;
+        self.set_kv("paused", c.paused.then_some("1"))
+    }
+
     /// The user's settings, or `defaults` if the user never changed them.
     pub fn settings(&self, defaults: &Settings) -> Result<Settings> {
-        Ok(self
-            .get_kv("settings")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_else(|| defaults.clone()))
+        Ok(self.choices(defaults)?.settings)
     }
 
     /// Stores the user's settings.
     pub fn save_settings(&self, s: &Settings) -> Result<()> {
-        let json = serde_json::to_string(s).expect("settings serialize");
-        self.set_kv("settings", Some(&json))
+        let mut c = self.choices(s)?;
+        c.settings = s.clone();
+        self.save_choices(&c)
     }
 
     /// Whether the user paused uploads (kept across restarts).
     pub fn paused(&self) -> Result<bool> {
-        Ok(self.get_kv("paused")?.as_deref() == Some("1"))
+        Ok(self.choices(&Settings::default())?.paused)
     }
 
     pub fn set_paused(&self, paused: bool) -> Result<()> {
-        self.set_kv("paused", paused.then_some("1"))
+        let mut c = self.choices(&Settings::default())?;
+        c.paused = paused;
+        self.save_choices(&c)
     }
 }
 
@@ -849,7 +1134,7 @@ pub enum ManualOutcome {
 
 const ITEM_COLUMNS: &str = "id, storage_path, kind, size, mtime_ns, state, manual, bytes_sent, \
     attempts, next_attempt_at, last_error, upload_url, upload_expires_at, creations, queued_at, \
-    completed_at";
+    completed_at, upload_endpoint";
 
 fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let kind: String = r.get(2)?;
@@ -871,6 +1156,7 @@ fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         creations: r.get(13)?,
         queued_at: r.get(14)?,
         completed_at: r.get(15)?,
+        upload_endpoint: r.get(16)?,
     })
 }
 
@@ -910,10 +1196,11 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-    // NORMAL in WAL mode is durable across application crashes and keeps the database
-    // consistent across power loss; the last commit may be lost on power loss, which the
-    // protocol tolerates (a re-sent chunk is resumed from the server's offset).
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: a commit is on the flash when it returns. NORMAL in WAL mode may roll back the
+    // last commits on power loss, and among them can be the one that stored an upload URL (a
+    // second creation: the file goes up twice) or recorded "done" (sent again). The cost is
+    // one WAL fsync per commit, a handful per file (docs/PERFORMANCE.md, durability).
+    conn.pragma_update(None, "synchronous", "FULL")?;
     // 4 MiB of page cache (SQLite's default is 2): enough for the hot index pages of a
     // 100,000-item queue, still well inside the daemon's memory budget.
     conn.pragma_update(None, "cache_size", -4096)?;
@@ -939,6 +1226,28 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tracing::info!(version = i + 1, "database migrated");
     }
     Ok(())
+}
+
+/// `scheme://host:port` of a URL, for comparing an old upload URL with the endpoint.
+fn origin_of(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(u.origin().ascii_serialization())
+}
+
+fn count_lines(path: &Path) -> usize {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    while let Ok(k) = f.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += buf[..k].iter().filter(|b| **b == b'\n').count();
+    }
+    n
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {

@@ -45,4 +45,6 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: `items_by_path` duplicated the unique index's prefix (storage_path, ...): dropping it
     // makes each insert update one b-tree fewer (a scan of 100,000 files is bound by this).
     "DROP INDEX IF EXISTS items_by_path;",
+    // 3: the endpoint an upload URL was created at: a URL is only ever used against it.
+    "ALTER TABLE items ADD COLUMN upload_endpoint TEXT;",
 ];

@@ -124,8 +124,13 @@ fn interrupted_upload_resumes_with_its_url() {
     s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
     let id = s.list(None, 1, 0).unwrap()[0].id;
     s.mark_uploading(id).unwrap();
-    s.set_upload_url(id, "http://127.0.0.1/files/abc", None)
-        .unwrap();
+    s.set_upload_url(
+        id,
+        "http://127.0.0.1/files/abc",
+        None,
+        "http://127.0.0.1/files/",
+    )
+    .unwrap();
     s.set_progress(id, 40, None).unwrap();
     drop(s);
     let s = Store::open(dir.path()).unwrap();

@@ -23,12 +23,34 @@ use crate::upload::transfer::{self, Outcome, TransferCtx};
 /// The longest the scheduler sleeps without looking (it also beats the health check).
 const MAX_SLEEP: Duration = Duration::from_secs(20);
 
+/// How soon an outcome that could not be recorded (state disk full) is dealt with again.
+const RETRY_RECORD: Duration = Duration::from_secs(5);
+
 /// Runs until shutdown; then waits for the transfers in flight to save their progress.
 pub async fn run(app: Arc<App>) {
     let concurrency = app.config.cloud.concurrency.max(1);
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut tasks: JoinSet<bool> = JoinSet::new();
+    // An outcome could not be recorded: its item is still `uploading` in the store, and would
+    // never be picked again. It goes back to pending (and resumes by HEAD) once the store can
+    // take the write.
+    let mut stray = false;
     loop {
         app.beat("scheduler");
+        if stray {
+            match app.store.recover_stray_uploading(&app.in_flight()) {
+                Ok(n) => {
+                    stray = false;
+                    app.store_ok();
+                    if n > 0 {
+                        tracing::info!(
+                            items = n,
+                            "uploads whose outcome could not be recorded are queued again"
+                        );
+                    }
+                }
+                Err(e) => app.store_failed(&e),
+            }
+        }
         let mut next_due = None;
         while tasks.len() < concurrency && !app.shutdown.is_cancelled() {
             let Some((allow_auto, allow_manual, kinds)) = app.permits() else {
@@ -72,19 +94,26 @@ pub async fn run(app: Arc<App>) {
                 }
             }
         }
-        let sleep = match next_due {
+        let mut sleep = match next_due {
             Some(at) => {
                 Duration::from_secs((at - now_unix()).clamp(0, MAX_SLEEP.as_secs() as i64) as u64)
             }
             None => MAX_SLEEP,
         };
+        if stray {
+            sleep = sleep.min(RETRY_RECORD);
+        }
         tokio::select! {
             _ = app.shutdown.cancelled() => break,
             _ = app.kick.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             Some(res) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "an upload task failed");
+                match res {
+                    Ok(recorded) => stray |= !recorded,
+                    Err(e) => {
+                        stray = true;
+                        tracing::error!(error = %e, "an upload task failed");
+                    }
                 }
             }
         }
@@ -93,8 +122,9 @@ pub async fn run(app: Arc<App>) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// One attempt at one item, start to recorded outcome.
-async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToken) {
+/// One attempt at one item, start to recorded outcome. False when the outcome could not be
+/// recorded.
+async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToken) -> bool {
     let id = item.id;
     tracing::info!(id, path = %item.storage_path, size = item.size, from = item.bytes_sent, "uploading");
     let ctx = TransferCtx {
@@ -105,8 +135,9 @@ async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToke
     };
     let progress = |b: u64| app.progress(id, b);
     let outcome = transfer::upload(&ctx, &item, &stop, &progress).await;
-    record(&app, &item, outcome);
+    let recorded = record(&app, &item, outcome);
     app.end(id);
+    recorded
 }
 
 /// The file could not be read. Only a file that is gone (with the card present) or replaced
@@ -143,8 +174,9 @@ fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::
     }
 }
 
-/// Writes an outcome to the store (and the account status, for 401/402).
-fn record(app: &App, item: &Item, outcome: Outcome) {
+/// Writes an outcome to the store (and the account status, for 401/402). False when the store
+/// could not take it.
+fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
     let id = item.id;
     let res = match outcome {
         Outcome::Done => {
@@ -184,7 +216,15 @@ fn record(app: &App, item: &Item, outcome: Outcome) {
             app.store.mark_interrupted(id)
         }
     };
-    if let Err(e) = res {
-        tracing::error!(error = %e, id, "cannot record an upload's outcome");
+    match res {
+        Ok(()) => {
+            app.store_ok();
+            true
+        }
+        Err(e) => {
+            app.store_failed(&e);
+            tracing::error!(error = %e, id, "cannot record an upload's outcome; trying again in a few seconds");
+            false
+        }
     }
 }

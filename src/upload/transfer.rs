@@ -3,8 +3,13 @@
 //! Invariants:
 //! - the upload URL is in the database before the first byte of data goes out, so a crash at
 //!   any point resumes the same server upload instead of creating a second one;
-//! - the file is checked against the queued version (size, mtime, inode) before every chunk:
-//!   a changed file is never spliced onto an upload of its older self;
+//! - the file is checked against the queued version (size, mtime, inode) before every chunk
+//!   and once more after the last byte: a changed file is never spliced onto an upload of its
+//!   older self, nor declared done with mixed bytes (its server upload is ended instead);
+//! - the file is opened without following symlinks, at a path with no symlink under the media
+//!   root: nothing outside the root is ever read;
+//! - an upload URL is used only against the endpoint it was created at: after the endpoint
+//!   changed, no request (and no token) goes to the old host;
 //! - progress reaches the database at most every [`PERSIST_EVERY`] (the state lives on flash),
 //!   and always when the attempt ends early;
 //! - `Done` only when the server's own offset equals the file's length;
@@ -100,8 +105,15 @@ pub async fn upload(
         persisted: item.bytes_sent,
         expires_at: item.upload_expires_at,
         last_persist: Instant::now(),
+        changed: false,
     };
-    match t.run().await {
+    let result = t.run().await;
+    if t.changed {
+        // Whatever the server holds of this upload came from a version of the file that is no
+        // longer on the card, or from two of them.
+        t.end_mixed_upload().await;
+    }
+    match result {
         Ok(()) => Outcome::Done,
         Err(out) => {
             tracing::debug!(item = item.id, path = %item.storage_path, outcome = ?out, "upload attempt ended");
@@ -139,6 +151,8 @@ struct Transfer<'a, 'c> {
     persisted: u64,
     expires_at: Option<i64>,
     last_persist: Instant,
+    /// The file on the card is no longer the queued version.
+    changed: bool,
 }
 
 impl Transfer<'_, '_> {
@@ -151,7 +165,16 @@ impl Transfer<'_, '_> {
         let chunk = ctx.config.cloud.chunk_size().max(1);
 
         // Before anything goes out: is the file still the version that was queued?
-        self.check_file(&std::fs::metadata(&self.path))?;
+        self.check_file(&std::fs::symlink_metadata(&self.path))?;
+        // An upload created at another endpoint (the config moved to a new host, the account
+        // to another region) is not resumed there: a new one starts here.
+        if self.url.is_some() && self.item.upload_endpoint.as_deref() != Some(endpoint) {
+            tracing::info!(
+                item = self.item.id,
+                "the endpoint changed since this upload was created; starting anew"
+            );
+            self.forget_url("it was created at another endpoint")?;
+        }
 
         let caps = match or_stop(self.stop, client.options(endpoint, token)).await {
             None => return Err(self.stopped()),
@@ -201,7 +224,7 @@ impl Transfer<'_, '_> {
                     // Into the database before any data: from here on a crash resumes this
                     // upload instead of creating a second one. No URL stored, no data sent.
                     ctx.store
-                        .set_upload_url(self.item.id, &created.url, created.expires_at)
+                        .set_upload_url(self.item.id, &created.url, created.expires_at, endpoint)
                         .map_err(|e| Outcome::Retry {
                             error: format!("cannot record the new upload's URL: {e}"),
                             retry_after: None,
@@ -290,6 +313,10 @@ impl Transfer<'_, '_> {
                 }
             }
 
+            // The last byte is acknowledged, but the file may have been rewritten while it was
+            // read: then the server holds a mix of two versions. Never call that done.
+            self.check_file(&std::fs::symlink_metadata(&self.path))?;
+
             if !confirmed {
                 // Nothing was sent (a zero-byte file, just created): "done" needs the
                 // server's own word that it holds the whole length.
@@ -326,9 +353,29 @@ impl Transfer<'_, '_> {
         Ok(())
     }
 
+    /// The file changed after some of its bytes went out: the server's upload mixes two
+    /// versions. It is ended (tus termination, where the server has it) and forgotten, so it
+    /// is never resumed nor completed; the new version is queued as a file of its own.
+    async fn end_mixed_upload(&mut self) {
+        let Some(url) = self.url.clone() else { return };
+        tracing::warn!(item = self.item.id, path = %self.item.storage_path, "the file changed while it was sent; ending its server upload");
+        let ask = self.ctx.client.terminate(&url, &self.ctx.account.token);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), ask).await {
+            tracing::warn!(error = %e, "could not terminate the mixed upload");
+        }
+        let _ = self.forget_url("the file changed while it was sent");
+    }
+
     /// Checks file metadata against the queued version; remembers the inode on first sight.
+    /// A symlink is never the queued file (the scan and the watcher never follow them).
     fn check_file(&mut self, meta: &std::io::Result<std::fs::Metadata>) -> Result<(), Outcome> {
         let meta = meta.as_ref().map_err(|e| self.unreadable(e))?;
+        if !meta.is_file() {
+            return Err(Outcome::FileUnreadable(format!(
+                "{}: not a regular file (a symbolic link, or replaced by a directory)",
+                self.path.display()
+            )));
+        }
         let id = FileId {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -337,6 +384,7 @@ impl Transfer<'_, '_> {
             || mtime_ns(meta) != self.item.mtime_ns
             || self.identity.is_some_and(|known| known != id);
         if changed {
+            self.changed = true;
             return Err(Outcome::FileUnreadable(format!(
                 "{}: changed since queued (queued {} bytes, now {} bytes)",
                 self.path.display(),
@@ -367,7 +415,15 @@ impl Transfer<'_, '_> {
         offset: u64,
         len: u64,
     ) -> Result<tokio::io::Take<tokio::fs::File>, Outcome> {
-        let mut f = match tokio::fs::File::open(&self.path).await {
+        if let Err(e) = crate::media::check_no_symlink(&self.ctx.config.media.root, &self.path) {
+            return Err(Outcome::FileUnreadable(e.to_string()));
+        }
+        let opened = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+            .await;
+        let mut f = match opened {
             Ok(f) => f,
             Err(e) => return Err(self.unreadable(&e)),
         };
@@ -462,7 +518,7 @@ impl Transfer<'_, '_> {
     /// (card pulled mid-chunk) reported as such.
     fn end_with(&mut self, e: &TusError) -> Outcome {
         self.persist();
-        if let Err(out) = self.check_file(&std::fs::metadata(&self.path)) {
+        if let Err(out) = self.check_file(&std::fs::symlink_metadata(&self.path)) {
             return out;
         }
         self.outcome_for(e)
@@ -757,7 +813,7 @@ mod tests {
         let id = h.add("B.JPG", &data);
         let stale = format!("{}999", h.srv.endpoint);
         h.store
-            .set_upload_url(id, &stale, Some(now_unix() - 10))
+            .set_upload_url(id, &stale, Some(now_unix() - 10), &h.srv.endpoint)
             .unwrap();
         let heads = h.srv.count("HEAD");
         assert_eq!(h.attempt(id).await, Outcome::Done);
@@ -767,7 +823,9 @@ mod tests {
 
         // A stored upload the server no longer knows (HEAD 404): created anew too.
         let id = h.add("C.JPG", &data);
-        h.store.set_upload_url(id, &stale, None).unwrap();
+        h.store
+            .set_upload_url(id, &stale, None, &h.srv.endpoint)
+            .unwrap();
         assert_eq!(h.attempt(id).await, Outcome::Done);
         assert_eq!(h.item(id).creations, 2);
     }
@@ -919,6 +977,100 @@ mod tests {
             h.srv.requests().is_empty(),
             "nothing sent for a changed file"
         );
+    }
+
+    /// Moves a file's mtime forward by `secs` (a camera rewriting it in place).
+    fn touch_forward(path: &Path, secs: u64) {
+        let meta = std::fs::metadata(path).unwrap();
+        let t = meta.modified().unwrap() + Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_rewritten_during_its_last_chunk_is_not_done_and_its_upload_is_ended() {
+        use std::io::{Seek, Write};
+        let h = Harness::new(5).await;
+        let data = content(2 * MIB + 500);
+        let id = h.add("VID.MP4", &data);
+        let abs = h.root.join("VID.MP4");
+        // When the last chunk's PATCH arrives, the camera rewrites the file in place.
+        let patches = Arc::new(Mutex::new(0));
+        let (p, file) = (patches.clone(), abs.clone());
+        h.srv.on_patch(move |_| {
+            let mut n = p.lock().unwrap();
+            *n += 1;
+            if *n == 3 {
+                let mut f = std::fs::File::options().write(true).open(&file).unwrap();
+                f.seek(std::io::SeekFrom::Start(0)).unwrap();
+                f.write_all(&vec![0xEE; 4096]).unwrap();
+                drop(f);
+                touch_forward(&file, 5);
+            }
+        });
+        let out = h.attempt(id).await;
+        assert!(
+            matches!(&out, Outcome::FileUnreadable(m) if m.contains("changed since queued")),
+            "a file rewritten mid-upload is not done: {out:?}"
+        );
+        assert_eq!(*patches.lock().unwrap(), 3, "the last chunk was sent");
+        assert_eq!(h.srv.count("DELETE"), 1, "the mixed upload is ended");
+        assert!(
+            h.srv.uploads().is_empty(),
+            "nothing of it stays on the server"
+        );
+        assert_eq!(h.item(id).upload_url, None, "and it is never resumed");
+    }
+
+    #[tokio::test]
+    async fn an_upload_created_at_another_endpoint_is_never_asked_about_there() {
+        let h = Harness::new(5).await;
+        let data = content(1000);
+        let id = h.add("A.JPG", &data);
+        // Created when the config named another host: no request may go there.
+        let other = "http://127.0.0.1:9/files/";
+        h.store
+            .set_upload_url(id, &format!("{other}abc"), None, other)
+            .unwrap();
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.only_upload(), data);
+        assert_eq!(
+            h.srv.count("POST"),
+            1,
+            "a new upload at the current endpoint"
+        );
+        assert_eq!(h.item(id).creations, 2);
+        // And at start the daemon forgets such URLs before anything could use them.
+        let id = h.add("B.JPG", &data);
+        h.store
+            .set_upload_url(id, &format!("{other}def"), None, other)
+            .unwrap();
+        assert_eq!(h.store.forget_urls_not_for(&h.srv.endpoint).unwrap(), 1);
+        assert_eq!(h.item(id).upload_url, None);
+    }
+
+    #[tokio::test]
+    async fn a_path_through_a_symlink_is_never_read() {
+        let h = Harness::new(5).await;
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("SECRET.JPG"), b"not the card's").unwrap();
+        // Queued as a real file, then the directory is swapped for a link to outside the root.
+        let id = h.add("DCIM/SECRET.JPG", b"not the card's");
+        std::fs::remove_dir_all(h.root.join("DCIM")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), h.root.join("DCIM")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(outside.path().join("SECRET.JPG"))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(h.item(id).mtime_ns as u64))
+            .unwrap();
+        let out = h.attempt(id).await;
+        assert!(matches!(out, Outcome::FileUnreadable(_)), "{out:?}");
+        assert_eq!(h.srv.count("PATCH"), 0, "no byte from outside the card");
     }
 
     #[tokio::test]
