@@ -768,6 +768,9 @@ impl App {
                 tracing::error!(dir = %self.config.state.dir.display(), "the state directory is full");
             }
             live.state_dir_full = Some(e.to_string());
+            drop(live);
+            // The WAL may be what filled it: fold it into the database and truncate it.
+            let _ = self.store.checkpoint();
         }
     }
 

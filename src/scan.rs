@@ -390,6 +390,122 @@ mod tests {
         );
     }
 
+    fn set_mtime(path: &Path, t: SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_an_mtime_ahead_of_the_clock_stays_queued_across_scans() {
+        // A camera without an RTC battery boots at 1970: every file it writes before NTP is
+        // "in the future", so the scan keeps handing it to the settler, which queues it.
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let f = card.path().join("DCIM/FUTURE.JPG");
+        old(&f, b"shot before the clock was set");
+        set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
+        let store = Store::open(state.path()).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
+        // The settler queues it (unchanged for three settle times).
+        let r = &rep.recent[0];
+        store
+            .upsert_files(&[FoundFile {
+                path: StoragePath::under(card.path(), &r.path).unwrap(),
+                kind: crate::media::Kind::Photo,
+                size: r.size,
+                mtime_ns: r.mtime_ns,
+            }])
+            .unwrap();
+        // The next full scan still sees it as "recent": it must not drop the queued item.
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!(rep.dropped, 0);
+        assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
+    }
+
+    #[test]
+    fn a_card_swapped_for_one_that_reuses_names_and_back_loses_neither() {
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = card.path();
+        let store = Store::open(state.path()).unwrap();
+        let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
+        scan_now();
+        // Card B: same name, other bytes.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card B's photo");
+        let b_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        scan_now();
+        // Card A again.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
+        set_mtime(
+            &r.join("DCIM/100GOPRO/GOPR0001.JPG"),
+            b_mtime - Duration::from_secs(0),
+        );
+        scan_now();
+        let sizes = |st| -> Vec<u64> {
+            store
+                .list(Some(st), 10, 0)
+                .unwrap()
+                .iter()
+                .map(|i| i.size)
+                .collect()
+        };
+        assert!(
+            sizes(ItemState::Pending).contains(&6),
+            "card A's file waits again"
+        );
+        // Card B back: its file waits again too.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card B's photo");
+        set_mtime(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b_mtime);
+        scan_now();
+        assert!(
+            sizes(ItemState::Pending).contains(&14),
+            "card B's file waits again"
+        );
+    }
+
+    #[test]
+    fn a_directory_whose_name_is_not_utf8_is_walked_and_its_files_named_reversibly() {
+        use std::os::unix::ffi::OsStrExt;
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        // "Café" in ISO 8859-1, as vfat with its default iocharset shows it.
+        let dir = card
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"DCIM/Caf\xe9"));
+        old(&dir.join("IMG_0001.JPG"), b"1");
+        old(
+            &dir.join(std::ffi::OsStr::from_bytes(b"\xc9t\xe9.JPG")),
+            b"22",
+        );
+        let store = Store::open(state.path()).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!((rep.queued, rep.unreadable), (2, 0));
+        let queued = paths(&store, ItemState::Pending);
+        assert_eq!(
+            queued,
+            [
+                "DCIM/Caf\\xE9/IMG_0001.JPG",
+                "DCIM/Caf\\xE9/\\xC9t\\xE9.JPG"
+            ]
+        );
+        // The storage path leads back to the very file.
+        for it in store.list(None, 10, 0).unwrap() {
+            assert!(
+                it.storage_path.on_disk(card.path()).is_file(),
+                "{}",
+                it.storage_path
+            );
+        }
+    }
+
     #[test]
     fn a_scan_of_many_files_in_many_directories_queues_each_once() {
         let card = tempfile::tempdir().unwrap();

@@ -238,7 +238,7 @@ pub async fn run(app: Arc<App>) {
         }
         if retry_at.is_some_and(|t| now >= t) {
             retry_at = None;
-            if !queue(&app, &root, std::mem::take(&mut unqueued)) {
+            if !queue(&app, &root, &mut unqueued) {
                 retry_at = Some(now + RETRY_SOON);
             }
         }
@@ -276,7 +276,7 @@ pub async fn run(app: Arc<App>) {
         let ready = settler.due(Instant::now(), stat);
         if !ready.is_empty() {
             unqueued.extend(ready);
-            if !queue(&app, &root, std::mem::take(&mut unqueued)) && retry_at.is_none() {
+            if !queue(&app, &root, &mut unqueued) && retry_at.is_none() {
                 retry_at = Some(Instant::now() + RETRY_SOON);
             }
         }
@@ -393,9 +393,9 @@ fn forget_deleted(app: &App, sp: &StoragePath) {
     app.drop_deleted(sp);
 }
 
-/// Queues settled files. Returns false when the store could not take them (they are kept by
-/// the caller and tried again soon).
-fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) -> bool {
+/// Queues settled files and empties `ready`. Returns false when the store could not take them:
+/// then `ready` keeps them, to be tried again soon.
+fn queue(app: &App, root: &Path, ready: &mut Vec<(PathBuf, u64, i64)>) -> bool {
     if ready.is_empty() {
         return true;
     }
@@ -426,6 +426,7 @@ fn queue(app: &App, root: &Path, ready: Vec<(PathBuf, u64, i64)>) -> bool {
             if n > 0 {
                 tracing::info!(files = n, "queued new files");
             }
+            ready.clear();
             true
         }
         Err(e) => {

@@ -1201,6 +1201,11 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     // second creation: the file goes up twice) or recorded "done" (sent again). The cost is
     // one WAL fsync per commit, a handful per file (docs/PERFORMANCE.md, durability).
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The WAL is truncated back to 1 MiB after each checkpoint instead of keeping its largest
+    // size: on a small state partition a WAL that only grows is what fills it.
+    // A checkpoint every 256 pages (1 MiB) rather than SQLite's 1,000 bounds the WAL's size.
+    conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 256)?;
     // 4 MiB of page cache (SQLite's default is 2): enough for the hot index pages of a
     // 100,000-item queue, still well inside the daemon's memory budget.
     conn.pragma_update(None, "cache_size", -4096)?;

@@ -190,3 +190,203 @@ fn an_item_cancelled_while_picked_is_neither_started_nor_recorded_done() {
     );
     assert!(s.history(10).unwrap().is_empty());
 }
+
+#[test]
+fn two_cards_that_reuse_names_keep_both_files_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let card_a = found("DCIM/100GOPRO/GOPR0001.JPG", 10, 1);
+    let card_b = found("DCIM/100GOPRO/GOPR0001.JPG", 20, 2);
+    s.upsert_files(std::slice::from_ref(&card_a)).unwrap();
+    // Card B in: its file of the same name supersedes A's pending item.
+    s.upsert_files(std::slice::from_ref(&card_b)).unwrap();
+    // Card A back: its version is queued again (B's stays queued; the scan's reconcile
+    // would set it aside until B is back, `scan`'s card swap test shows that).
+    assert_eq!(s.upsert_files(std::slice::from_ref(&card_a)).unwrap(), 1);
+    assert_eq!(s.upsert_files(std::slice::from_ref(&card_b)).unwrap(), 0);
+    let pending: Vec<u64> = s
+        .list(Some(ItemState::Pending), 10, 0)
+        .unwrap()
+        .iter()
+        .map(|i| i.size)
+        .collect();
+    assert_eq!(pending.len(), 2, "both cards' files wait: {pending:?}");
+}
+
+#[test]
+fn unpairing_or_another_account_drops_the_manual_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.enqueue_manual(&found("A.JPG", 10, 1)).unwrap();
+    s.enqueue_manual(&found("B.JPG", 10, 1)).unwrap();
+    let only_manual = Pick {
+        allow_auto: false,
+        ..all_kinds_pick(now_unix())
+    };
+    assert!(s.next_item(&only_manual).unwrap().is_some());
+    s.erase_account_data().unwrap();
+    assert!(
+        s.next_item(&only_manual).unwrap().is_none(),
+        "the first user's request does not go up under the next account"
+    );
+    s.enqueue_manual(&found("A.JPG", 10, 1)).unwrap();
+    s.forget_upload_urls().unwrap();
+    assert!(s.next_item(&only_manual).unwrap().is_none());
+    assert_eq!(
+        s.counts().unwrap().pending,
+        2,
+        "still queued for automatic upload"
+    );
+}
+
+#[test]
+fn the_writes_that_promise_never_twice_are_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let sync: i64 = s
+        .conn()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous = FULL: a commit survives a power cut");
+    let journal: String = s
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn an_item_left_uploading_by_a_failed_write_goes_back_to_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("A.JPG", 10, 1), found("B.JPG", 10, 1)])
+        .unwrap();
+    let items = s.list(None, 10, 0).unwrap();
+    assert!(s.mark_uploading(items[0].id).unwrap());
+    assert!(s.mark_uploading(items[1].id).unwrap());
+    // B is still in flight; A's outcome could not be recorded.
+    assert_eq!(s.recover_stray_uploading(&[items[1].id]).unwrap(), 1);
+    assert_eq!(
+        s.item(items[0].id).unwrap().unwrap().state,
+        ItemState::Pending
+    );
+    assert_eq!(
+        s.item(items[1].id).unwrap().unwrap().state,
+        ItemState::Uploading
+    );
+    assert_eq!(s.recover_stray_uploading(&[]).unwrap(), 1);
+}
+
+/// Breaks the database file the way a bad flash block would.
+fn corrupt(dir: &Path) {
+    let db = dir.join(DB_FILE);
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::write(&db, vec![0x42u8; len as usize]).unwrap();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{ext}")));
+    }
+}
+
+#[test]
+fn a_corrupt_database_keeps_what_was_sent_what_is_unfinished_and_the_users_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    // The maker's default is consent on; the user switched it off.
+    let defaults = Settings {
+        auto_upload: true,
+        ..Settings::default()
+    };
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("DONE.JPG", 10, 1), found("HALF.MP4", 100, 2)])
+            .unwrap();
+        let items = s.list(None, 10, 0).unwrap();
+        s.mark_uploading(items[0].id).unwrap();
+        s.set_upload_url(
+            items[0].id,
+            "https://up.example/files/1",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.mark_done(items[0].id).unwrap();
+        s.mark_uploading(items[1].id).unwrap();
+        s.set_upload_url(
+            items[1].id,
+            "https://up.example/files/2",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.save_settings(&Settings {
+            auto_upload: false,
+            ..defaults.clone()
+        })
+        .unwrap();
+        s.set_paused(true).unwrap();
+    }
+    corrupt(dir.path());
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    // The card's files are found again by the scan: the done one is not queued again.
+    assert_eq!(s.upsert_files(&[found("DONE.JPG", 10, 1)]).unwrap(), 0);
+    let half = s.list(Some(ItemState::Pending), 10, 0).unwrap();
+    assert_eq!(half.len(), 1);
+    assert_eq!(half[0].storage_path.as_str(), "HALF.MP4");
+    assert_eq!(
+        half[0].upload_url.as_deref(),
+        Some("https://up.example/files/2"),
+        "resumed by asking the server"
+    );
+    assert_eq!(
+        half[0].upload_endpoint.as_deref(),
+        Some("https://up.example/files/")
+    );
+    assert!(
+        !s.settings(&defaults).unwrap().auto_upload,
+        "the user's 'off' is kept"
+    );
+    assert!(s.paused().unwrap());
+}
+
+#[test]
+fn a_corrupt_database_without_any_record_of_the_users_choice_means_consent_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = Settings {
+        auto_upload: true,
+        ..Settings::default()
+    };
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.JPG", 10, 1)]).unwrap();
+    }
+    corrupt(dir.path());
+    let s = Store::open(dir.path()).unwrap();
+    assert!(!s.settings(&defaults).unwrap().auto_upload);
+    // A healthy first start takes the maker's default.
+    let fresh = tempfile::tempdir().unwrap();
+    assert!(
+        Store::open(fresh.path())
+            .unwrap()
+            .settings(&defaults)
+            .unwrap()
+            .auto_upload
+    );
+}
+
+#[test]
+fn unpairing_erases_the_upload_urls_from_the_ledger_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+    let id = s.list(None, 1, 0).unwrap()[0].id;
+    s.set_upload_url(
+        id,
+        "https://up.example/files/secret-upload-id",
+        None,
+        "https://up.example/files/",
+    )
+    .unwrap();
+    s.erase_account_data().unwrap();
+    let ledger = std::fs::read_to_string(dir.path().join(ledger::LEDGER_FILE)).unwrap();
+    assert!(!ledger.contains("secret-upload-id"), "{ledger}");
+}

@@ -76,6 +76,8 @@ pub async fn run(app: Arc<App>) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(e) => {
+                            app.store_failed(&e);
+                            stray = true;
                             tracing::error!(error = %e, id = item.id, "cannot mark an item uploading");
                             break;
                         }

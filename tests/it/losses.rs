@@ -1,0 +1,259 @@
+//! Issue 17: ways a file was lost, corrupted or wrongly sent, each tried as a user (or an
+//! unlucky camera) would, against the real daemon. The narrower cases (a card swapped for one
+//! that reuses names, a file rewritten during its last chunk, non-UTF-8 names, a stale
+//! endpoint's URL, the durable writes) have tests next to the code in `scan`, `store` and
+//! `upload::transfer`.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use testkit::camera::FakeCamera;
+use testkit::daemon::Signal;
+use testkit::tus::Receiver;
+
+use crate::common::{eventually, server_offset, uploading_a_big_video, Rig, BIG, TOKEN};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_photo_shot_before_the_clock_was_set_goes_up_despite_full_rescans() {
+    // A camera without an RTC battery boots at 1970; FAT floors times at 1980. Once NTP sets
+    // the clock the photo is in the past; before, and here, its mtime is ahead of the clock.
+    let cam = FakeCamera::new();
+    cam.with("media", "rescan_secs", "1");
+    cam.with("conditions", "hold_down_secs", "4");
+    let rel = cam.photo("IMG_1970.JPG", 5000);
+    let ahead = SystemTime::now() + Duration::from_secs(3 * 365 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(cam.media_path(&rel))
+        .unwrap()
+        .set_modified(ahead)
+        .unwrap();
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    rig.expect_uploaded(&[rel.as_str()], T).await;
+    assert!(
+        rig.paths("skipped").await.is_empty(),
+        "never dropped as replaced"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_never_follows_a_symlink_out_of_the_card_or_round_a_loop() {
+    let cam = FakeCamera::new();
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("SYSTEM.JPG"),
+        b"a file that is not the card's",
+    )
+    .unwrap();
+    let dcim = rig.cam.media_path("DCIM");
+    std::fs::create_dir_all(dcim.join("100MEDIA")).unwrap();
+    // While the daemon runs: a link out of the card, and a loop back into it.
+    std::os::unix::fs::symlink(outside.path(), dcim.join("OUT")).unwrap();
+    std::os::unix::fs::symlink(&dcim, dcim.join("100MEDIA/LOOP")).unwrap();
+    // Files written after the links exist, inside the linked directory and on the card.
+    std::fs::write(
+        outside.path().join("LATER.JPG"),
+        b"written through the link",
+    )
+    .unwrap();
+    let real = "DCIM/100MEDIA/IMG_0001.JPG";
+    rig.cam.write_sample(real, 4000);
+    rig.expect_uploaded(&[real], T).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent: Vec<String> = rig
+        .rx
+        .uploads()
+        .iter()
+        .map(|u| u.metadata["storage_path"].clone())
+        .collect();
+    assert_eq!(sent, [real], "only the card's own file, once");
+}
+
+#[tokio::test]
+async fn a_manual_request_does_not_survive_unpairing() {
+    let cam = FakeCamera::new();
+    // Consent off; the manual request waits for Wi-Fi.
+    cam.set_interface("wwan0", true, false);
+    cam.set_default_route("wwan0");
+    let rel = cam.photo("ASKED.JPG", 3000);
+    let rig = Rig::start(cam).await;
+    rig.pair().await;
+    eventually(T, "queued", || async {
+        rig.items(Some("pending")).await.len() == 1
+    })
+    .await;
+    let (code, body) = rig
+        .daemon
+        .api("POST", "/v1/uploads", Some(json!({"paths": [rel]})))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = rig.daemon.api("DELETE", "/v1/account", None).await;
+    assert_eq!(code, 200, "{body}");
+    // Another user pairs (consent still off), and Wi-Fi comes back.
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": "the-next-user", "token": TOKEN})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    rig.cam.set_default_route("wlan0");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        rig.rx.requests().is_empty(),
+        "the first user's request went up under the next account:{}",
+        rig.rx.request_summary()
+    );
+}
+
+#[tokio::test]
+async fn a_zeroed_account_file_leaves_the_daemon_running_unpaired_and_pairable() {
+    // A power cut between zero-filling and unlinking the file while unpairing.
+    let cam = FakeCamera::new();
+    let rel = cam.photo("A.JPG", 2000);
+    std::fs::create_dir_all(cam.state_dir()).unwrap();
+    std::fs::write(cam.state_dir().join("credentials.json"), vec![0u8; 96]).unwrap();
+    let rig = Rig::start(cam).await;
+    assert_eq!(rig.status().await["state"], "unpaired");
+    assert!(
+        rig.daemon.log().contains("account file"),
+        "a log line says why"
+    );
+    rig.go().await;
+    rig.expect_uploaded(&[rel.as_str()], T).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_database_neither_uploads_the_card_again_nor_turns_consent_on() {
+    let cam = FakeCamera::new();
+    // The maker ships consent on; this user switched it off after the first upload.
+    cam.with("defaults", "auto_upload", "true");
+    let a = cam.photo("A.JPG", 2000);
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    rig.expect_uploaded(&[a.as_str()], T).await;
+    rig.consent(false).await;
+    rig.daemon.stop().await;
+    let db = rig.cam.state_dir().join("cambackup.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::write(&db, vec![0x5a; len as usize]).unwrap();
+    let b = rig.cam.photo("B.JPG", 3000);
+    rig.daemon.restart().await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "the user's 'off' is kept");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(rig.rx.creations(), 1, "nothing went up without consent");
+    rig.consent(true).await;
+    rig.rx.wait_for_completed(2, T).await;
+    rig.expect_uploaded(&[a.as_str(), b.as_str()], T).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.rx.creations(),
+        2,
+        "A was not sent a second time:{}",
+        rig.rx.request_summary()
+    );
+}
+
+#[tokio::test]
+async fn after_the_endpoint_moved_no_request_goes_to_the_old_host() {
+    let (mut rig, rel) = uploading_a_big_video(FakeCamera::new()).await;
+    rig.daemon.kill(Signal::Kill);
+    rig.daemon.wait_exit(Duration::from_secs(5)).await;
+    let old_requests = rig.rx.requests().len();
+    assert!(server_offset(&rig.rx) < BIG);
+    let new = Receiver::builder().token(TOKEN).start().await;
+    rig.cam.write_config(&new.url());
+    rig.daemon.restart().await;
+    let old = std::mem::replace(&mut rig.rx, new);
+    rig.expect_uploaded(&[rel.as_str()], T).await;
+    assert_eq!(rig.rx.creations(), 1, "a new upload at the new endpoint");
+    assert_eq!(
+        old.requests().len(),
+        old_requests,
+        "the old host got requests (and the token) after the move:{}",
+        old.request_summary()
+    );
+}
+
+/// A small tmpfs mounted over `dir` for the test's life (root only); `None` where mounting is
+/// not allowed.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(dir.to_path_buf()))
+    }
+
+    /// Fills the file system: a file grown until the kernel says ENOSPC.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn files_found_while_the_state_disk_is_full_are_queued_soon_after_it_frees_and_status_says_so(
+) {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    let filler = fs.fill();
+    let rels: Vec<String> = (0..400)
+        .map(|i| {
+            rig.cam.photo(
+                &format!("FULL_{i:04}_with_a_long_name_to_fill_pages.JPG"),
+                64,
+            )
+        })
+        .collect();
+    eventually(T, "attention says the state directory is full", || async {
+        let s = rig.status().await;
+        s["attention"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["code"] == "state_dir_full"))
+    })
+    .await;
+    std::fs::remove_file(filler).unwrap();
+    // Not the next full rescan (600 s): within seconds.
+    rig.rx.wait_for_completed(rels.len(), T).await;
+    let s = rig.status().await;
+    assert_eq!(s["attention"], json!([]), "{s:#}");
+}
