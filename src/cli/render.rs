@@ -20,6 +20,15 @@ pub struct StatusView {
     pub queue: crate::store::QueueCounts,
     pub current: Option<Current>,
     pub uploads: Vec<Current>,
+    pub attention: Vec<AttentionView>,
+}
+
+/// One entry of `status.attention`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AttentionView {
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +152,9 @@ pub fn status(s: &StatusView) -> String {
     };
     for c in uploads {
         let _ = writeln!(out, "uploading:   {}", progress_line(c));
+    }
+    for a in &s.attention {
+        let _ = writeln!(out, "needs you:   {} ({})", a.message, a.code);
     }
     out
 }
