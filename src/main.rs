@@ -4,7 +4,7 @@
 use cambackup::cli::{self, Command};
 use cambackup::{config, daemon};
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = cli::parse();
     let code = match cli.command {
         Command::Daemon => {
@@ -21,5 +21,6 @@ fn main() {
         Command::CheckConfig => daemon::check_config(&config::resolve_path(cli.config.as_deref())),
         _ => cli::run(&cli),
     };
-    std::process::exit(code);
+    // Codes are 0, 1 and 2 (README): they fit a u8.
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -7,6 +7,28 @@
 mod client;
 pub mod render;
 
+/// `print!` that treats a closed stdout (`cambackup history | head -1`) as the reader being
+/// done: exit 0, never the panic `print!` gives on EPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = write!(stdout, $($arg)*).and_then(|_| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("cambackup: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => { out!("{}\n", format_args!($($arg)*)) };
+}
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -252,24 +274,24 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
         }
         Command::Pause => {
             call(client, Method::POST, "/v1/pause", None).await?;
-            println!("paused: no uploads until `cambackup resume`");
+            outln!("paused: no uploads until `cambackup resume`");
             Ok(())
         }
         Command::Resume => {
             call(client, Method::POST, "/v1/resume", None).await?;
-            println!("resumed");
+            outln!("resumed");
             Ok(())
         }
         Command::Upload { paths } => upload(client, paths).await,
         Command::Queue { state, json } => queue(client, state.as_deref(), *json).await,
         Command::Retry { id } => {
             let v = call(client, Method::POST, &format!("/v1/queue/{id}/retry"), None).await?;
-            println!("#{id} {} will be retried", str_of(&v, "storage_path"));
+            outln!("#{id} {} will be retried", str_of(&v, "storage_path"));
             Ok(())
         }
         Command::Cancel { id } => {
             let v = call(client, Method::DELETE, &format!("/v1/queue/{id}"), None).await?;
-            println!("#{id} {} cancelled", str_of(&v, "storage_path"));
+            outln!("#{id} {} cancelled", str_of(&v, "storage_path"));
             Ok(())
         }
         Command::Settings { key, value } => {
@@ -282,10 +304,11 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
         } => pair(client, user_id, token_file, region.as_deref()).await,
         Command::Unpair => {
             let v = call(client, Method::DELETE, "/v1/account", None).await?;
-            println!(
+            outln!(
                 "unpaired: token, user ID and history erased; {} unfinished server upload(s) \
                  ended, {} could not be ended",
-                v["terminated"], v["not_terminated"]
+                v["terminated"],
+                v["not_terminated"]
             );
             Ok(())
         }
@@ -314,9 +337,9 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 
 fn print_as(json: &bool, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), Fail> {
     if *json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
-        print!("{}", human(v));
+        out!("{}", human(v));
     }
     Ok(())
 }
@@ -365,7 +388,7 @@ async fn upload(client: &Client, paths: &[String]) -> Result<(), Fail> {
             "already_uploaded" => "already uploaded",
             _ => "queued",
         };
-        println!("#{} {} {what}", a["id"], str_of(a, "path"));
+        outln!("#{} {} {what}", a["id"], str_of(a, "path"));
     }
     Ok(())
 }
@@ -423,7 +446,7 @@ async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Re
     };
     for k in SETTINGS {
         if key.is_none_or(|want| want == k) {
-            println!("{k}={}", render::setting_value(&v[k]));
+            outln!("{k}={}", render::setting_value(&v[k]));
         }
     }
     Ok(())
@@ -488,7 +511,7 @@ async fn pair(
         .as_str()
         .map(|r| format!(", region {r}"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "paired as {}{region}; uploads go to {}",
         str_of(&v, "user_id"),
         str_of(&v, "endpoint")
@@ -548,7 +571,7 @@ async fn events(client: &Client) -> Result<(), Fail> {
                 if let Some(data) = f.data_ref() {
                     for (name, data) in parser.feed(data) {
                         let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                        println!(
+                        outln!(
                             "{}",
                             render::event_line(&name, &v, crate::store::now_unix())
                         );

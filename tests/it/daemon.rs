@@ -170,3 +170,32 @@ async fn the_cli_names_the_socket_when_the_daemon_is_not_running() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&sock.display().to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_early_is_not_an_error() {
+    // `cambackup history | head -1` on a long history: stdout closes under the CLI.
+    let cam = FakeCamera::new();
+    for i in 0..40 {
+        cam.photo(&format!("IMG_{i:04}.JPG"), 100);
+    }
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    rig.rx.wait_for_completed(40, Duration::from_secs(30)).await;
+    let mut child = std::process::Command::new(bin())
+        .args(["--socket"])
+        .arg(rig.cam.socket_path())
+        .args(["history"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read nothing and close the pipe, like `head` does once it has its line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
