@@ -209,6 +209,7 @@ pub enum ConfigError {
     },
 }
 
+#[cfg(test)]
 impl ConfigError {
     /// The key path the error is about, if it is about one.
     pub fn key(&self) -> Option<&str> {

@@ -1,8 +1,26 @@
 //! The `cambackup` binary: the daemon and its command-line client in one (it ships on flash).
 //! This file only parses arguments and calls in.
 
-use cambackup::cli::{self, Command};
-use cambackup::{config, daemon};
+// A binary crate, not a library: every module is private to it, so the compiler reports any
+// item nothing uses (ripgrep's layout).
+mod app;
+mod cli;
+mod conditions;
+mod config;
+mod control;
+mod credentials;
+mod daemon;
+mod events;
+mod gate;
+mod media;
+mod scan;
+mod secret;
+mod settings;
+mod store;
+mod upload;
+mod watch;
+
+use cli::Command;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::parse();

@@ -105,11 +105,13 @@ impl Settler {
     }
 
     /// Files being watched.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.files.len()
     }
 
     /// Whether no file is being watched.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

@@ -1,7 +1,7 @@
 //! A minimal HTTP/1.1 client of the control socket: one connection per call, like `curl
 //! --unix-socket`. The CLI is a thin client of the same API the app uses.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -52,11 +52,6 @@ impl Client {
         Client {
             socket: socket.into(),
         }
-    }
-
-    /// The socket's path (for messages).
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Sends one request (with a JSON body if given) and reads the whole answer.

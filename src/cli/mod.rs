@@ -151,6 +151,7 @@ pub enum Command {
     Events,
 }
 
+#[cfg(test)]
 impl Command {
     /// Whether the command is a client of the control socket (all but `daemon`, `check-config`).
     pub fn is_client(&self) -> bool {

@@ -37,17 +37,11 @@ const DIR_MODE: u32 = 0o750;
 #[derive(Debug)]
 pub struct Listener {
     inner: Option<std::os::unix::net::UnixListener>,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// (device, inode) of the socket file we created.
     identity: (u64, u64),
 }
 
-impl Listener {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
 
 impl Drop for Listener {
     fn drop(&mut self) {

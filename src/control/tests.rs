@@ -844,7 +844,7 @@ async fn bind_replaces_stale_sockets_only() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let first = server::bind(&control).unwrap();
-    assert_eq!(first.path(), path);
+    assert_eq!(first.path.as_path(), path);
 
     // A live one is refused, and left alone.
     match server::bind(&control) {
