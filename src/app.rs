@@ -49,6 +49,9 @@ pub enum AccountStatus {
     SubscriptionInactive(String),
 }
 
+/// Set while an account is paired; erased with the rest of the account's data (`account.*`).
+const PAIRED_KEY: &str = "account.paired";
+
 impl AccountStatus {
     const KEY: &'static str = "account.status";
 
@@ -263,6 +266,9 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 impl App {
     /// Builds the state from the config, the opened store and the credentials file.
     pub fn new(config: Config, store: Store, client: tus::Client) -> Result<App, AppError> {
+        if let Err(e) = store.ensure_choices_saved(&config.defaults) {
+            tracing::error!(error = %e, "cannot write the user's choices file");
+        }
         let settings = store.settings(&config.defaults)?;
         let paused = store.paused()?;
         let account = match credentials::load(&config.state.dir) {
@@ -270,14 +276,26 @@ impl App {
             // A damaged account file (a power cut between zero-filling and unlinking it while
             // unpairing, or a bad flash block) must not keep the daemon from starting: the
             // app could not even pair again. It is erased, and the device is unpaired.
-            Err(e) => {
-                tracing::error!(error = %e, "the account file cannot be read; erasing it: the device is unpaired until the app pairs again");
+            Err(e @ credentials::CredentialsError::Invalid { .. }) => {
+                tracing::error!(error = %e, "the account file is damaged; erasing it: the device is unpaired until the app pairs again");
                 if let Err(e) = credentials::erase(&config.state.dir) {
                     tracing::error!(error = %e, "cannot erase the damaged account file");
                 }
                 None
             }
+            // Unreadable (an I/O error): unpaired for now, the file left for the next start.
+            Err(e) => {
+                tracing::error!(error = %e, "the account file cannot be read: the device is unpaired for now");
+                None
+            }
         };
+        // Paired before, and the account is gone: an unpairing was cut short (the account
+        // file goes first, the rest after). Finish it, so the old account's manual requests
+        // and server uploads never carry on under the next one.
+        if account.is_none() && store.get_kv(PAIRED_KEY)?.is_some() {
+            tracing::warn!("finishing an unpairing that was interrupted");
+            store.erase_account_data()?;
+        }
         let account_status = match store.get_kv(AccountStatus::KEY)?.as_deref() {
             Some("unauthorized") => {
                 AccountStatus::Unauthorized("the server refused the token".into())
@@ -518,14 +536,10 @@ impl App {
             let bad = |why: String| AppError::bad_request("bad_path", format!("`{p}`: {why}"));
             let sp = StoragePath::from_user(root, p).map_err(|e| bad(e.to_string()))?;
             let disk = sp.on_disk(root);
+            // Links on the card are never followed (the scan, the watcher and the uploader
+            // refuse them too), whether the file itself or a directory on its way is one.
+            crate::media::check_no_symlink(root, &disk).map_err(|e| bad(e.to_string()))?;
             let meta = std::fs::symlink_metadata(&disk)
-                .and_then(|m| {
-                    if m.file_type().is_symlink() {
-                        std::fs::metadata(&disk)
-                    } else {
-                        Ok(m)
-                    }
-                })
                 .map_err(|e| bad(format!("cannot read it: {e}")))?;
             if !meta.is_file() {
                 return Err(bad("not a regular file".into()));
@@ -625,6 +639,7 @@ impl App {
         };
         credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;
         self.store.set_kv(AccountStatus::KEY, None)?;
+        self.store.set_kv(PAIRED_KEY, Some("1"))?;
         let switched = {
             let mut live = self.live();
             let switched = live
@@ -718,6 +733,9 @@ impl App {
     /// Queues files that settled on the card and wakes whoever waits for work. Returns how
     /// many were added; a failure is remembered for `attention` (the caller tries again).
     pub fn enqueue(&self, files: &[FoundFile]) -> Result<usize, store::StoreError> {
+        if files.is_empty() {
+            return Ok(0);
+        }
         match self.store.upsert_files(files) {
             Ok(n) => {
                 self.store_ok();
@@ -750,7 +768,9 @@ impl App {
 
     /// A full scan finished.
     pub fn scanned(&self, report: &crate::scan::Report) {
-        self.store_ok();
+        if report.queued + report.dropped > 0 {
+            self.store_ok();
+        }
         self.live().unreadable_on_card = report.unreadable;
         if report.queued > 0 {
             self.queued();

@@ -58,6 +58,8 @@ pub enum PathError {
     Empty(String),
     #[error("`{0}` passes through a symbolic link; links on the card are never followed")]
     Symlink(String),
+    #[error("`{0}` cannot be examined: {1}")]
+    Unreadable(String, String),
 }
 
 /// Appends the storage-path form of one name on disk (see the module's doc).
@@ -118,7 +120,8 @@ pub fn check_no_symlink(root: &Path, path: &Path) -> Result<(), PathError> {
             Ok(m) if m.file_type().is_symlink() => return Err(PathError::Symlink(shown())),
             Ok(_) => {}
             // A missing file is reported by the caller with its own message.
-            Err(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(PathError::Unreadable(shown(), e.to_string())),
         }
     }
     Ok(())

@@ -431,6 +431,10 @@ mod tests {
         let store = Store::open(state.path()).unwrap();
         let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
+        let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
+            .unwrap()
+            .modified()
+            .unwrap();
         scan_now();
         // Card B: same name, other bytes.
         std::fs::remove_dir_all(r.join("DCIM")).unwrap();
@@ -443,11 +447,10 @@ mod tests {
         // Card A again.
         std::fs::remove_dir_all(r.join("DCIM")).unwrap();
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
-        set_mtime(
-            &r.join("DCIM/100GOPRO/GOPR0001.JPG"),
-            b_mtime - Duration::from_secs(0),
-        );
-        scan_now();
+        set_mtime(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), a_mtime);
+        let revived = scan_now();
+        assert_eq!(revived.queued, 1, "card A's own item, revived");
+        assert_eq!(store.list(None, 10, 0).unwrap().len(), 2, "no third item");
         let sizes = |st| -> Vec<u64> {
             store
                 .list(Some(st), 10, 0)

@@ -209,6 +209,9 @@ pub async fn run(app: Arc<App>) {
     // Settled files the store could not take (state disk full): tried again soon.
     let mut unqueued: Vec<(PathBuf, u64, i64)> = Vec::new();
     let mut retry_at: Option<Instant> = None;
+    // A failed scan is tried again soon, then less and less often (a card of 100,000 files
+    // walked every 5 s for hours while the state disk stays full would be a waste).
+    let mut scan_retry = RETRY_SOON;
 
     loop {
         let now = Instant::now();
@@ -234,8 +237,11 @@ pub async fn run(app: Arc<App>) {
         if (need_scan || now >= next_rescan) && identity.is_some() {
             need_scan = false;
             next_rescan = now + rescan_every;
-            if !full_scan(&app, &mut settler).await {
-                next_rescan = now + RETRY_SOON;
+            if full_scan(&app, &mut settler).await {
+                scan_retry = RETRY_SOON;
+            } else {
+                next_rescan = now + scan_retry;
+                scan_retry = (scan_retry * 2).min(rescan_every);
             }
         }
         if retry_at.is_some_and(|t| now >= t) {
@@ -401,6 +407,17 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<(PathBuf, u64, i64)>) -> bool {
     if ready.is_empty() {
         return true;
     }
+    // Files held back by an earlier failure may have changed or gone since: queue what is on
+    // the card now, one entry per path (never an older version after a newer one).
+    ready.sort_by(|a, b| a.0.cmp(&b.0));
+    ready.dedup_by(|a, b| a.0 == b.0);
+    ready.retain_mut(|(path, size, mtime)| match stat(path) {
+        Some((s, m)) => {
+            (*size, *mtime) = (s, m);
+            true
+        }
+        None => false,
+    });
     let files: Vec<FoundFile> = ready
         .iter()
         .filter_map(|(path, size, mtime_ns)| {

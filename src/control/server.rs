@@ -42,7 +42,6 @@ pub struct Listener {
     identity: (u64, u64),
 }
 
-
 impl Drop for Listener {
     fn drop(&mut self) {
         // Close first, so a client racing the removal sees "refused" rather than a hang.

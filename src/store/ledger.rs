@@ -52,6 +52,12 @@ pub struct Entry {
     /// The server has every byte.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub d: bool,
+    /// The user cancelled it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub x: bool,
+    /// Its upload URL was forgotten (gone on the server, expired, another endpoint).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub f: bool,
 }
 
 /// What the ledger says about one file version, after replaying every line.
@@ -59,6 +65,7 @@ pub struct Entry {
 pub struct Known {
     pub kind: Kind,
     pub done: bool,
+    pub cancelled: bool,
     pub upload: Option<(String, Option<String>)>,
 }
 
@@ -70,13 +77,19 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Appends one line and syncs it.
+/// Appends one line and syncs it (and the directory, when the file is new).
 pub fn append(dir: &Path, entry: &Entry) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(entry).expect("plain data serializes");
     line.push(b'\n');
-    let mut f = open_append(&dir.join(LEDGER_FILE))?;
+    let path = dir.join(LEDGER_FILE);
+    let new = !path.exists();
+    let mut f = open_append(&path)?;
     f.write_all(&line)?;
-    f.sync_data()
+    f.sync_data()?;
+    if new {
+        sync_dir(dir);
+    }
+    Ok(())
 }
 
 /// Replays the ledger: the last word on each file version. Damaged lines are skipped.
@@ -97,10 +110,16 @@ pub fn replay(dir: &Path) -> (HashMap<(String, u64, i64), Known>, usize) {
         let k = out.entry((e.p, e.s, e.m)).or_insert(Known {
             kind: e.k,
             done: false,
+            cancelled: false,
             upload: None,
         });
         if e.d {
             k.done = true;
+            k.upload = None;
+        } else if e.x {
+            k.cancelled = true;
+            k.upload = None;
+        } else if e.f {
             k.upload = None;
         } else if let Some(u) = e.u {
             if !k.done {
@@ -190,6 +209,8 @@ mod tests {
             u: u.map(Into::into),
             e: u.map(|_| "https://up.example/files/".into()),
             d,
+            x: false,
+            f: false,
         }
     }
 

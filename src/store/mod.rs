@@ -5,9 +5,9 @@
 //!   upload URL is written before any of its data is sent, so a crash can always resume;
 //! - an item is `done` only after the server acknowledged its whole length;
 //! - writes from the scanner are batched (one transaction per [`Store::upsert_files`] call);
-//! - the writes that promise "never twice" (an upload URL stored, an upload done, unpairing)
-//!   are durable when the call returns: `synchronous = FULL`, so a power cut cannot roll them
-//!   back (docs/PERFORMANCE.md has what that costs per file);
+//! - the writes that promise "never twice" (an upload URL stored, an upload done, a cancel,
+//!   unpairing) are durable when the call returns: they run at `synchronous = FULL`, so a
+//!   power cut cannot roll them back (docs/PERFORMANCE.md has what that costs per file);
 //! - a corrupt file is moved aside and a fresh database built from the [`ledger`]: what was
 //!   sent stays sent, unfinished uploads resume by asking the server, and the user's choices
 //!   (consent above all) are kept; without a record of them consent is off, never the maker's
@@ -189,8 +189,11 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     dir: PathBuf,
-    /// The database was found corrupt at open and rebuilt.
+    /// The database was found corrupt (or lost) at open and rebuilt.
     rebuilt: bool,
+    /// Serialises ledger appends with ledger rewrites: an append to the file a rewrite is
+    /// about to replace would be lost.
+    ledger: Arc<Mutex<()>>,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -233,7 +236,14 @@ impl Store {
             .map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let path = dir.join(DB_FILE);
-        let mut rebuilt = false;
+        // A database that is gone or empty (a power cut before its first checkpoint, an fsck)
+        // while the ledger holds facts is a lost one, not a first start: rebuild it from them.
+        let lost = std::fs::metadata(&path).map_or(true, |m| m.len() == 0)
+            && std::fs::metadata(dir.join(ledger::LEDGER_FILE)).is_ok_and(|m| m.len() > 0);
+        if lost {
+            tracing::error!(database = %path.display(), "the database is missing or empty but the ledger is not: rebuilding it from the ledger");
+        }
+        let mut rebuilt = lost;
         let conn = match open_checked(&path) {
             Ok(c) => c,
             Err(e) if is_corruption(&e) => {
@@ -277,11 +287,17 @@ impl Store {
             path,
             dir: dir.to_path_buf(),
             rebuilt,
+            ledger: Arc::new(Mutex::new(())),
         };
-        if rebuilt {
-            store.restore_from_ledger()?;
+        // Best effort: the database is usable without them (a full state disk must not keep
+        // the daemon from starting); what went wrong is logged.
+        let ledger_work = if rebuilt {
+            store.restore_from_ledger()
         } else {
-            store.compact_ledger_if_large()?;
+            store.compact_ledger_if_large()
+        };
+        if let Err(e) = ledger_work {
+            tracing::error!(error = %e, "cannot use the ledger");
         }
         Ok(store)
     }
@@ -307,6 +323,9 @@ impl Store {
                 let (state, sent, completed) = if k.done {
                     done += 1;
                     ("done", *s as i64, Some(now))
+                } else if k.cancelled {
+                    // The user's cancel stands: the scan must not queue it again.
+                    ("cancelled", 0, None)
                 } else if k.upload.is_some() {
                     open += 1;
                     ("pending", 0, None)
@@ -348,7 +367,8 @@ impl Store {
         let facts: i64 = self
             .conn()
             .query_row(
-                "SELECT COUNT(*) FROM items WHERE state = 'done' OR upload_url IS NOT NULL",
+                "SELECT COUNT(*) FROM items
+                 WHERE state IN ('done', 'cancelled') OR upload_url IS NOT NULL",
                 [],
                 |r| r.get(0),
             )
@@ -359,29 +379,36 @@ impl Store {
         self.rewrite_ledger()
     }
 
-    /// Replaces the ledger with the database's facts (done versions, unfinished uploads).
+    /// Replaces the ledger with the database's facts (done versions, unfinished uploads,
+    /// cancels).
     fn rewrite_ledger(&self) -> Result<()> {
+        let _serial = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let entries = {
             let conn = self.conn();
             let mut stmt = conn
                 .prepare(
                     "SELECT storage_path, size, mtime_ns, kind, state = 'done', upload_url,
-                       upload_endpoint
-                     FROM items WHERE state = 'done' OR upload_url IS NOT NULL",
+                       upload_endpoint, state = 'cancelled'
+                     FROM items
+                     WHERE state IN ('done', 'cancelled') OR upload_url IS NOT NULL",
                 )
                 .map_err(|e| self.err(e))?;
             let rows = stmt
                 .query_map([], |r| {
                     let kind: String = r.get(3)?;
                     let done: bool = r.get(4)?;
+                    let cancelled: bool = r.get(7)?;
+                    let open = !done && !cancelled;
                     Ok(ledger::Entry {
                         p: r.get(0)?,
                         s: r.get::<_, i64>(1)? as u64,
                         m: r.get(2)?,
                         k: Kind::parse(&kind).unwrap_or(Kind::Photo),
-                        u: if done { None } else { r.get(5)? },
-                        e: if done { None } else { r.get(6)? },
+                        u: if open { r.get(5)? } else { None },
+                        e: if open { r.get(6)? } else { None },
                         d: done,
+                        x: cancelled,
+                        f: false,
                     })
                 })
                 .map_err(|e| self.err(e))?;
@@ -394,23 +421,53 @@ impl Store {
         })
     }
 
-    /// Appends a fact to the ledger after the database committed it. A failure is logged: the
-    /// database holds the fact; only a later corruption of it would miss this line.
-    fn note_in_ledger(&self, id: i64, url: Option<(&str, &str)>) {
-        let entry = self.item(id).ok().flatten().map(|it| ledger::Entry {
+    /// Appends a fact about item `id` to the ledger after the database committed it. A
+    /// failure is logged: the database holds the fact; only a later loss of it would miss
+    /// this line.
+    fn note_in_ledger(&self, id: i64, fact: Fact<'_>) {
+        let Some(it) = self.item(id).ok().flatten() else {
+            return;
+        };
+        let mut entry = ledger::Entry {
             p: it.storage_path.as_str().to_string(),
             s: it.size,
             m: it.mtime_ns,
             k: it.kind,
-            u: url.map(|(u, _)| u.to_string()),
-            e: url.map(|(_, e)| e.to_string()),
-            d: url.is_none(),
-        });
-        if let Some(entry) = entry {
-            if let Err(e) = ledger::append(&self.dir, &entry) {
-                tracing::warn!(error = %e, item = id, "cannot append to the ledger");
+            u: None,
+            e: None,
+            d: false,
+            x: false,
+            f: false,
+        };
+        match fact {
+            Fact::Created { url, endpoint } => {
+                entry.u = Some(url.to_string());
+                entry.e = Some(endpoint.to_string());
             }
+            Fact::Done => entry.d = true,
+            Fact::Cancelled => entry.x = true,
+            Fact::Forgotten => entry.f = true,
         }
+        let _serial = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = ledger::append(&self.dir, &entry) {
+            tracing::warn!(error = %e, item = id, "cannot append to the ledger");
+        }
+    }
+
+    /// Runs one write with `synchronous = FULL`, so it is on the flash when this returns: the
+    /// writes that promise "never twice" (an upload URL stored, an upload done, a cancel,
+    /// unpairing). The connection's other writes (progress, states) run at `NORMAL`, which in
+    /// WAL mode keeps the database consistent across power loss and whose frames the next
+    /// FULL commit syncs too.
+    fn durable<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e))?;
+        let out = f(&mut conn);
+        let back = conn.pragma_update(None, "synchronous", "NORMAL");
+        let out = out.map_err(|e| self.err(e))?;
+        back.map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// The database file.
@@ -528,7 +585,8 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT storage_path, size, mtime_ns, state = 'skipped' AND last_error IN (?1, ?2)
+                "SELECT storage_path, size, mtime_ns,
+                   COALESCE(state = 'skipped' AND last_error IN (?1, ?2), 0)
                  FROM items",
             )
             .map_err(|e| self.err(e))?;
@@ -633,7 +691,10 @@ impl Store {
             [],
         )?;
         self.exec("UPDATE items SET manual = 0 WHERE manual = 1", [])?;
-        self.rewrite_ledger()
+        if let Err(e) = self.rewrite_ledger() {
+            tracing::error!(error = %e, "cannot rewrite the ledger without the old upload URLs");
+        }
+        Ok(())
     }
 
     /// Whether any item waits to be uploaded (cheap: one index probe).
@@ -751,12 +812,14 @@ impl Store {
         expires_at: Option<i64>,
         endpoint: &str,
     ) -> Result<()> {
-        self.exec(
-            "UPDATE items SET upload_url = ?2, upload_expires_at = ?3, bytes_sent = 0,
-               upload_endpoint = ?4, creations = creations + 1 WHERE id = ?1",
-            params![id, url, expires_at, endpoint],
-        )?;
-        self.note_in_ledger(id, Some((url, endpoint)));
+        self.durable(|c| {
+            c.execute(
+                "UPDATE items SET upload_url = ?2, upload_expires_at = ?3, bytes_sent = 0,
+                   upload_endpoint = ?4, creations = creations + 1 WHERE id = ?1",
+                params![id, url, expires_at, endpoint],
+            )
+        })?;
+        self.note_in_ledger(id, Fact::Created { url, endpoint });
         Ok(())
     }
 
@@ -784,15 +847,24 @@ impl Store {
                 })
                 .map_err(|e| self.err(e))?;
             let mut stale = Vec::new();
+            let mut adopted = Vec::new();
             for row in rows {
                 let (id, url, at) = row.map_err(|e| self.err(e))?;
-                let keep = match at {
-                    Some(at) => at == endpoint,
-                    None => origin.is_some() && origin_of(&url) == origin,
-                };
-                if !keep {
-                    stale.push(id);
+                match at {
+                    Some(at) if at == endpoint => {}
+                    None if origin.is_some() && origin_of(&url) == origin => adopted.push(id),
+                    _ => stale.push(id),
                 }
+            }
+            drop(stmt);
+            drop(conn);
+            // A URL from before endpoints were recorded, on the endpoint's own host, is taken
+            // as created there: it resumes instead of starting over.
+            for id in adopted {
+                self.exec(
+                    "UPDATE items SET upload_endpoint = ?2 WHERE id = ?1",
+                    params![id, endpoint],
+                )?;
             }
             stale
         };
@@ -807,7 +879,9 @@ impl Store {
         self.exec(
             "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0 WHERE id = ?1",
             params![id],
-        )
+        )?;
+        self.note_in_ledger(id, Fact::Forgotten);
+        Ok(())
     }
 
     /// Records how far the server has the item (and a refreshed expiry, if it sent one).
@@ -822,7 +896,8 @@ impl Store {
     /// The server has every byte: the item is done and joins the history.
     pub fn mark_done(&self, id: i64) -> Result<()> {
         let now = now_unix();
-        self.tx(|tx| {
+        self.durable(|conn| {
+            let tx = conn.transaction()?;
             // Only an item still uploading becomes done: one the user cancelled meanwhile stays
             // cancelled, and gets no history entry.
             let n = tx.execute(
@@ -838,11 +913,12 @@ impl Store {
                     params![id, now],
                 )?;
             }
+            tx.commit()?;
             Ok(n == 1)
         })
         .map(|done| {
             if done {
-                self.note_in_ledger(id, None);
+                self.note_in_ledger(id, Fact::Done);
             }
         })
     }
@@ -954,11 +1030,14 @@ impl Store {
                 wanted: "pending, uploading or failed",
             });
         }
-        self.exec(
-            "UPDATE items SET state = 'cancelled', last_error = 'cancelled by the user',
-               upload_url = NULL, upload_expires_at = NULL WHERE id = ?1",
-            params![id],
-        )?;
+        self.durable(|c| {
+            c.execute(
+                "UPDATE items SET state = 'cancelled', last_error = 'cancelled by the user',
+                   upload_url = NULL, upload_expires_at = NULL WHERE id = ?1",
+                params![id],
+            )
+        })?;
+        self.note_in_ledger(id, Fact::Cancelled);
         Ok(item.upload_url)
     }
 
@@ -1018,7 +1097,8 @@ impl Store {
     /// Erases what the account left behind: the history and every server upload URL, then
     /// checkpoints the WAL so no copy stays in the log (`secure_delete` zeroes freed pages).
     pub fn erase_account_data(&self) -> Result<()> {
-        self.tx(|tx| {
+        self.durable(|conn| {
+            let tx = conn.transaction()?;
             tx.execute("DELETE FROM history", [])?;
             // A manual request was the unpaired user's: it must not go up under the next
             // account, nor bypass that account's consent.
@@ -1028,11 +1108,15 @@ impl Store {
                 [],
             )?;
             tx.execute("DELETE FROM kv WHERE key LIKE 'account.%'", [])?;
-            Ok(())
+            tx.commit()
         })?;
         self.checkpoint()?;
-        // The ledger's copies of the upload URLs go too.
-        self.rewrite_ledger()
+        // The ledger's copies of the upload URLs go too (best effort: the database, which the
+        // daemon reads, no longer has them).
+        if let Err(e) = self.rewrite_ledger() {
+            tracing::error!(error = %e, "cannot rewrite the ledger without the upload URLs");
+        }
+        Ok(())
     }
 
     /// Moves the WAL's content into the database file and truncates the WAL.
@@ -1101,6 +1185,16 @@ impl Store {
         self.set_kv("paused", c.paused.then_some("1"))
     }
 
+    /// Writes the choices file if there is none yet (a first start, a daemon from before the
+    /// file, or a rebuilt database whose "consent off" must outlive the next start too).
+    pub fn ensure_choices_saved(&self, defaults: &Settings) -> Result<()> {
+        if ledger::load_choices(&self.dir).is_some() {
+            return Ok(());
+        }
+        let c = self.choices(defaults)?;
+        self.save_choices(&c)
+    }
+
     /// The user's settings, or `defaults` if the user never changed them.
     pub fn settings(&self, defaults: &Settings) -> Result<Settings> {
         Ok(self.choices(defaults)?.settings)
@@ -1123,6 +1217,14 @@ impl Store {
         c.paused = paused;
         self.save_choices(&c)
     }
+}
+
+/// A fact the ledger records about an item.
+enum Fact<'a> {
+    Created { url: &'a str, endpoint: &'a str },
+    Done,
+    Cancelled,
+    Forgotten,
 }
 
 /// The result of a manual upload request for one file.
@@ -1196,11 +1298,12 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-    // FULL: a commit is on the flash when it returns. NORMAL in WAL mode may roll back the
-    // last commits on power loss, and among them can be the one that stored an upload URL (a
-    // second creation: the file goes up twice) or recorded "done" (sent again). The cost is
-    // one WAL fsync per commit, a handful per file (docs/PERFORMANCE.md, durability).
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // NORMAL in WAL mode keeps the database consistent across power loss but may roll back the
+    // last commits; among them could be the one that stored an upload URL (a second creation:
+    // the file goes up twice) or recorded "done" (sent again). Those writes run at FULL
+    // ([`Store::durable`]); progress and state changes stay at NORMAL (docs/PERFORMANCE.md,
+    // durability, has the cost per file).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     // The WAL is truncated back to 1 MiB after each checkpoint instead of keeping its largest
     // size: on a small state partition a WAL that only grows is what fills it.
     // A checkpoint every 256 pages (1 MiB) rather than SQLite's 1,000 bounds the WAL's size.

@@ -243,11 +243,11 @@ fn unpairing_or_another_account_drops_the_manual_requests() {
 fn the_writes_that_promise_never_twice_are_synced() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    let sync: i64 = s
-        .conn()
-        .query_row("PRAGMA synchronous", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(sync, 2, "synchronous = FULL: a commit survives a power cut");
+    let sync =
+        |c: &Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+    // The durable writes commit at FULL (on the flash when they return), the rest at NORMAL.
+    assert_eq!(s.durable(|c| Ok(sync(c))).unwrap(), 2);
+    assert_eq!(sync(&s.conn()), 1);
     let journal: String = s
         .conn()
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -389,4 +389,118 @@ fn unpairing_erases_the_upload_urls_from_the_ledger_too() {
     s.erase_account_data().unwrap();
     let ledger = std::fs::read_to_string(dir.path().join(ledger::LEDGER_FILE)).unwrap();
     assert!(!ledger.contains("secret-upload-id"), "{ledger}");
+}
+
+#[test]
+fn consent_off_after_a_rebuild_outlives_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = Settings {
+        auto_upload: true,
+        ..Settings::default()
+    };
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.JPG", 10, 1)]).unwrap();
+    }
+    // A daemon from before the choices file: no record of the user's choice.
+    let _ = std::fs::remove_file(dir.path().join(ledger::CHOICES_FILE));
+    corrupt(dir.path());
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.ensure_choices_saved(&defaults).unwrap();
+        assert!(!s.settings(&defaults).unwrap().auto_upload);
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(!s.was_rebuilt());
+    assert!(
+        !s.settings(&defaults).unwrap().auto_upload,
+        "still off at the next start"
+    );
+}
+
+#[test]
+fn a_cancel_outlives_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        s.mark_uploading(id).unwrap();
+        s.set_upload_url(
+            id,
+            "https://up.example/files/1",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.cancel(id).unwrap();
+    }
+    corrupt(dir.path());
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap(),
+        0,
+        "not queued again"
+    );
+    assert_eq!(s.counts().unwrap().cancelled, 1);
+    assert_eq!(s.counts().unwrap().pending, 0);
+}
+
+#[test]
+fn a_lost_database_with_a_ledger_is_rebuilt_not_started_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.JPG", 10, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        s.mark_uploading(id).unwrap();
+        s.set_upload_url(
+            id,
+            "https://up.example/files/1",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.mark_done(id).unwrap();
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("{DB_FILE}{ext}")));
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    assert_eq!(
+        s.upsert_files(&[found("A.JPG", 10, 1)]).unwrap(),
+        0,
+        "A is not sent again"
+    );
+}
+
+#[test]
+fn an_upload_url_from_before_endpoints_were_recorded_resumes_on_the_same_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("A.MP4", 100, 1), found("B.MP4", 100, 1)])
+        .unwrap();
+    let items = s.list(None, 2, 0).unwrap();
+    for (it, url) in items
+        .iter()
+        .zip(["https://up.example/files/1", "https://old.example/files/2"])
+    {
+        s.conn()
+            .execute(
+                "UPDATE items SET upload_url = ?2 WHERE id = ?1",
+                params![it.id, url],
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        s.forget_urls_not_for("https://up.example/files/").unwrap(),
+        1
+    );
+    let a = s.item(items[0].id).unwrap().unwrap();
+    assert_eq!(
+        a.upload_endpoint.as_deref(),
+        Some("https://up.example/files/")
+    );
+    assert_eq!(s.item(items[1].id).unwrap().unwrap().upload_url, None);
 }

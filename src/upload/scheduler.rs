@@ -30,6 +30,9 @@ const RETRY_RECORD: Duration = Duration::from_secs(5);
 pub async fn run(app: Arc<App>) {
     let concurrency = app.config.cloud.concurrency.max(1);
     let mut tasks: JoinSet<bool> = JoinSet::new();
+    // Which item each task uploads: a task that panics never calls `App::end`, so the
+    // scheduler does, or the item would stay "in flight" for good.
+    let mut running: std::collections::HashMap<tokio::task::Id, i64> = Default::default();
     // An outcome could not be recorded: its item is still `uploading` in the store, and would
     // never be picked again. It goes back to pending (and resumes by HEAD) once the store can
     // take the write.
@@ -83,8 +86,10 @@ pub async fn run(app: Arc<App>) {
                         }
                     }
                     let stop = app.begin(&item);
+                    let id = item.id;
                     let app = app.clone();
-                    tasks.spawn(async move { one(app, item, account, stop).await });
+                    let task = tasks.spawn(async move { one(app, item, account, stop).await });
+                    running.insert(task.id(), id);
                 }
                 Ok(None) => {
                     next_due = app.store.next_due(&pick).ok().flatten();
@@ -109,12 +114,18 @@ pub async fn run(app: Arc<App>) {
             _ = app.shutdown.cancelled() => break,
             _ = app.kick.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-            Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+            Some(res) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 match res {
-                    Ok(recorded) => stray |= !recorded,
+                    Ok((task, recorded)) => {
+                        running.remove(&task);
+                        stray |= !recorded;
+                    }
                     Err(e) => {
                         stray = true;
                         tracing::error!(error = %e, "an upload task failed");
+                        if let Some(id) = running.remove(&e.id()) {
+                            app.end(id);
+                        }
                     }
                 }
             }

@@ -106,11 +106,14 @@ pub async fn upload(
         expires_at: item.upload_expires_at,
         last_persist: Instant::now(),
         changed: false,
+        sending: false,
     };
     let result = t.run().await;
-    if t.changed {
-        // Whatever the server holds of this upload came from a version of the file that is no
-        // longer on the card, or from two of them.
+    if t.changed && t.sending {
+        // Bytes went out in this attempt and the file changed meanwhile: what the server holds
+        // may mix two versions. (A change seen before any byte went out is another card with
+        // the same names, or a file rewritten while the daemon was down: the upload is left
+        // alone, and resumes if that version comes back.)
         t.end_mixed_upload().await;
     }
     match result {
@@ -153,6 +156,8 @@ struct Transfer<'a, 'c> {
     last_persist: Instant,
     /// The file on the card is no longer the queued version.
     changed: bool,
+    /// A PATCH of this attempt started reading the file.
+    sending: bool,
 }
 
 impl Transfer<'_, '_> {
@@ -164,10 +169,9 @@ impl Transfer<'_, '_> {
         let size = self.item.size;
         let chunk = ctx.config.cloud.chunk_size().max(1);
 
-        // Before anything goes out: is the file still the version that was queued?
-        self.check_file(&std::fs::symlink_metadata(&self.path))?;
-        // An upload created at another endpoint (the config moved to a new host, the account
-        // to another region) is not resumed there: a new one starts here.
+        // First of all: an upload created at another endpoint (the config moved to a new
+        // host, the account to another region) is never touched there, not even ended: a new
+        // one starts here.
         if self.url.is_some() && self.item.upload_endpoint.as_deref() != Some(endpoint) {
             tracing::info!(
                 item = self.item.id,
@@ -175,6 +179,8 @@ impl Transfer<'_, '_> {
             );
             self.forget_url("it was created at another endpoint")?;
         }
+        // Before anything goes out: is the file still the version that was queued?
+        self.check_file(&std::fs::symlink_metadata(&self.path))?;
 
         let caps = match or_stop(self.stop, client.options(endpoint, token)).await {
             None => return Err(self.stopped()),
@@ -261,7 +267,13 @@ impl Transfer<'_, '_> {
             while self.offset < size {
                 let url = self.url.clone().expect("a session has an upload URL");
                 let base = self.offset;
-                let len = chunk.min(size - base);
+                let mut len = chunk.min(size - base);
+                if base + len == size && len > 1 {
+                    // The last byte goes in a PATCH of its own, after one more look at the
+                    // file: a version that changed while it was read never becomes a complete
+                    // upload on the server (whose post-finish hooks may already act on it).
+                    len -= 1;
+                }
                 let checksum = if caps.sha1_checksum() {
                     match or_stop(self.stop, self.sha1_of(base, len)).await {
                         None => return Err(self.stopped()),
@@ -271,6 +283,7 @@ impl Transfer<'_, '_> {
                     None
                 };
                 let reader = self.open_chunk(base, len).await?;
+                self.sending = true;
                 let progress = self.progress;
                 let sent = move |n: u64| progress(base + n);
                 let patch =
@@ -695,8 +708,8 @@ mod tests {
         assert_eq!(h.srv.count("POST"), 1);
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![true; 3],
-            "URL stored before each PATCH"
+            vec![true; 4],
+            "URL stored before each PATCH (three chunks, the last byte on its own)"
         );
         assert_eq!(*last.lock().unwrap(), data.len() as u64);
 
@@ -775,7 +788,8 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert_eq!(patches, [0, MIB as u64, (MIB + 300_000) as u64]);
+        let last = data.len() as u64 - 1;
+        assert_eq!(patches, [0, MIB as u64, (MIB + 300_000) as u64, last]);
     }
 
     #[tokio::test]

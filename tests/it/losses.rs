@@ -257,3 +257,73 @@ async fn files_found_while_the_state_disk_is_full_are_queued_soon_after_it_frees
     let s = rig.status().await;
     assert_eq!(s["attention"], json!([]), "{s:#}");
 }
+
+#[tokio::test]
+async fn an_unpairing_cut_short_by_a_power_cut_is_finished_at_the_next_start() {
+    let cam = FakeCamera::new();
+    cam.set_interface("wwan0", true, false);
+    cam.set_default_route("wwan0");
+    let rel = cam.photo("ASKED.JPG", 3000);
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    eventually(T, "queued", || async {
+        rig.items(Some("pending")).await.len() == 1
+    })
+    .await;
+    let (code, body) = rig
+        .daemon
+        .api("POST", "/v1/uploads", Some(json!({"paths": [rel]})))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    // The unpairing erased the account file, then the power went.
+    rig.daemon.kill(Signal::Kill);
+    rig.daemon.wait_exit(Duration::from_secs(5)).await;
+    std::fs::remove_file(rig.cam.state_dir().join("credentials.json")).unwrap();
+    rig.daemon.restart().await;
+    assert_eq!(rig.status().await["state"], "unpaired");
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": "the-next-user", "token": TOKEN})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    rig.cam.set_default_route("wlan0");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        rig.rx.requests().is_empty(),
+        "the first user's request went up under the next account:{}",
+        rig.rx.request_summary()
+    );
+}
+
+#[tokio::test]
+async fn a_manual_request_for_a_link_is_refused_like_the_scan_ignores_it() {
+    let cam = FakeCamera::new();
+    let rel = cam.photo("REAL.JPG", 3000);
+    std::os::unix::fs::symlink(
+        cam.media_path(&rel),
+        cam.media_path("DCIM/100MEDIA/LINK.JPG"),
+    )
+    .unwrap();
+    let rig = Rig::start(cam).await;
+    rig.pair().await;
+    let (code, body) = rig
+        .daemon
+        .api(
+            "POST",
+            "/v1/uploads",
+            Some(json!({"paths": ["DCIM/100MEDIA/LINK.JPG"]})),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
+        "{body}"
+    );
+}
