@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::scheduler;
 use crate::store::Store;
-use crate::upload::{scheduler, tus};
+use crate::upload::tus;
 use crate::{conditions, gate, watch};
 
 /// How long shutdown may take before the remaining tasks are abandoned (systemd waits longer).

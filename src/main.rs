@@ -14,6 +14,7 @@ mod events;
 mod gate;
 mod media;
 mod scan;
+mod scheduler;
 mod secret;
 mod settings;
 mod store;

@@ -1,9 +1,8 @@
-//! Uploading: the tus 1.0 client, the retry schedule, one item's transfer, and the scheduler
-//! that picks items and obeys the gate.
+//! Uploading one item: the tus 1.0 client, the retry schedule and one item's transfer. Which
+//! item runs when is the `scheduler`'s business, a layer above (it asks `app`).
 
 pub mod metadata;
 pub mod retry;
-pub mod scheduler;
 pub mod transfer;
 pub mod tus;
 

@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::credentials::Account;
 use crate::store::{now_unix, Item, Store};
 use crate::upload::metadata::UploadMetadata;
-use crate::upload::tus::{Client, TusError, STREAM_BUF};
+use crate::upload::tus::{Client, TusError, UploadState, STREAM_BUF};
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
@@ -182,10 +182,10 @@ impl Transfer<'_, '_> {
         // Before anything goes out: is the file still the version that was queued?
         self.check_file(&std::fs::symlink_metadata(&self.path))?;
 
-        let caps = match or_stop(self.stop, client.options(endpoint, token)).await {
-            None => return Err(self.stopped()),
-            Some(r) => r.map_err(|e| self.outcome_for(&e))?,
-        };
+        let caps = self
+            .until_stop(client.options(endpoint, token))
+            .await?
+            .map_err(|e| self.outcome_for(&e))?;
         if let Some(max) = caps.max_size.filter(|m| size > *m) {
             return Err(Outcome::Failed(format!(
                 "server refuses files this large: {} is {size} bytes, the server accepts at \
@@ -222,11 +222,10 @@ impl Transfer<'_, '_> {
                         &ctx.config.device.serial,
                         &self.item.storage_path,
                     );
-                    let created =
-                        match or_stop(self.stop, client.create(endpoint, size, &md, token)).await {
-                            None => return Err(self.stopped()),
-                            Some(r) => r.map_err(|e| self.outcome_for(&e))?,
-                        };
+                    let created = self
+                        .until_stop(client.create(endpoint, size, &md, token))
+                        .await?
+                        .map_err(|e| self.outcome_for(&e))?;
                     // Into the database before any data: from here on a crash resumes this
                     // upload instead of creating a second one. No URL stored, no data sent.
                     ctx.store
@@ -242,25 +241,20 @@ impl Transfer<'_, '_> {
                     self.expires_at = created.expires_at;
                     confirmed = created.offset.is_some();
                 }
-                Some(url) => match or_stop(self.stop, client.head(&url, token)).await {
-                    None => return Err(self.stopped()),
-                    Some(Ok(st)) => {
-                        if let Some(len) = st.length.filter(|l| *l != size) {
-                            self.forget_url(&format!(
-                                "the server's upload is {len} bytes long, the file {size}"
-                            ))?;
-                            continue 'session;
-                        }
-                        self.accept_server_offset(st.offset)?;
-                        self.expires_at = st.expires_at.or(self.expires_at);
-                        confirmed = true;
-                    }
-                    Some(Err(e)) if e.is_gone() => {
-                        self.forget_url(&e.to_string())?;
+                Some(url) => {
+                    let Some(st) = self.head(&url).await? else {
+                        continue 'session;
+                    };
+                    if let Some(len) = st.length.filter(|l| *l != size) {
+                        self.forget_url(&format!(
+                            "the server's upload is {len} bytes long, the file {size}"
+                        ))?;
                         continue 'session;
                     }
-                    Some(Err(e)) => return Err(self.end_with(&e)),
-                },
+                    self.accept_server_offset(st.offset)?;
+                    self.expires_at = st.expires_at.or(self.expires_at);
+                    confirmed = true;
+                }
             }
             (self.progress)(self.offset);
 
@@ -275,6 +269,7 @@ impl Transfer<'_, '_> {
                     len -= 1;
                 }
                 let checksum = if caps.sha1_checksum() {
+                    // Not `until_stop`: the hash borrows this transfer for the file it reads.
                     match or_stop(self.stop, self.sha1_of(base, len)).await {
                         None => return Err(self.stopped()),
                         Some(r) => Some(r?),
@@ -288,9 +283,8 @@ impl Transfer<'_, '_> {
                 let sent = move |n: u64| progress(base + n);
                 let patch =
                     client.patch(&url, token, base, reader, len, checksum.as_deref(), &sent);
-                match or_stop(self.stop, patch).await {
-                    None => return Err(self.stopped()),
-                    Some(Ok(ack)) => {
+                match self.until_stop(patch).await? {
+                    Ok(ack) => {
                         self.offset = ack.offset;
                         self.expires_at = ack.expires_at.or(self.expires_at);
                         confirmed = true;
@@ -299,30 +293,21 @@ impl Transfer<'_, '_> {
                             self.persist();
                         }
                     }
-                    Some(Err(e))
-                        if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT =>
-                    {
+                    Err(e) if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
                         // Our offset and the server's disagree (a chunk we thought lost
                         // arrived after all): ask the server and carry on from its offset.
                         conflicts += 1;
-                        match or_stop(self.stop, client.head(&url, token)).await {
-                            None => return Err(self.stopped()),
-                            Some(Ok(st)) => {
-                                self.accept_server_offset(st.offset)?;
-                                (self.progress)(self.offset);
-                            }
-                            Some(Err(e)) if e.is_gone() => {
-                                self.forget_url(&e.to_string())?;
-                                continue 'session;
-                            }
-                            Some(Err(e)) => return Err(self.end_with(&e)),
-                        }
+                        let Some(st) = self.head(&url).await? else {
+                            continue 'session;
+                        };
+                        self.accept_server_offset(st.offset)?;
+                        (self.progress)(self.offset);
                     }
-                    Some(Err(e)) if e.is_gone() => {
+                    Err(e) if e.is_gone() => {
                         self.forget_url(&e.to_string())?;
                         continue 'session;
                     }
-                    Some(Err(e)) => return Err(self.end_with(&e)),
+                    Err(e) => return Err(self.end_with(&e)),
                 }
             }
 
@@ -334,23 +319,47 @@ impl Transfer<'_, '_> {
                 // Nothing was sent (a zero-byte file, just created): "done" needs the
                 // server's own word that it holds the whole length.
                 let url = self.url.clone().expect("a session has an upload URL");
-                match or_stop(self.stop, client.head(&url, token)).await {
-                    None => return Err(self.stopped()),
-                    Some(Ok(st)) if st.offset == size => {}
-                    Some(Ok(st)) => {
-                        return Err(Outcome::Retry {
-                            error: format!(
-                                "HEAD {url}: the server reports offset {} of a {size}-byte upload \
-                                 with nothing left to send",
-                                st.offset
-                            ),
-                            retry_after: None,
-                        })
-                    }
-                    Some(Err(e)) => return Err(self.end_with(&e)),
+                let Some(st) = self.head(&url).await? else {
+                    continue 'session;
+                };
+                if st.offset != size {
+                    return Err(Outcome::Retry {
+                        error: format!(
+                            "HEAD {url}: the server reports offset {} of a {size}-byte upload \
+                             with nothing left to send",
+                            st.offset
+                        ),
+                        retry_after: None,
+                    });
                 }
             }
             return Ok(());
+        }
+    }
+
+    /// Awaits `fut` unless the stop token fires first; then the offset is saved and the
+    /// attempt ends as [`Outcome::Stopped`] (dropping `fut` aborts its request).
+    async fn until_stop<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Outcome> {
+        match or_stop(self.stop, fut).await {
+            Some(r) => Ok(r),
+            None => Err(self.stopped()),
+        }
+    }
+
+    /// `HEAD` on the upload: its state, or `None` when the server no longer has it (the URL
+    /// is then forgotten: the caller starts a new session, which creates anew).
+    async fn head(&mut self, url: &str) -> Result<Option<UploadState>, Outcome> {
+        let ctx = self.ctx;
+        match self
+            .until_stop(ctx.client.head(url, &ctx.account.token))
+            .await?
+        {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e.is_gone() => {
+                self.forget_url(&e.to_string())?;
+                Ok(None)
+            }
+            Err(e) => Err(self.end_with(&e)),
         }
     }
 

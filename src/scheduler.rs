@@ -174,17 +174,25 @@ fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::
                 .mark_skipped(item.id, crate::store::REASON_REPLACED)
         }
         _ => {
-            let now = now_unix() + 1;
-            let at = Backoff::from_config(&app.config.cloud).next_attempt_at(
-                now,
-                item.attempts,
-                None,
-                retry::jitter(),
-            );
+            let at = retry_at(app, item, None);
             tracing::warn!(id = item.id, path = %item.storage_path, error = %reason, "cannot read the file; will retry");
             app.store.mark_retry(item.id, reason, at)
         }
     }
+}
+
+/// When the item's next attempt may start (unix seconds): the back-off for its attempts so
+/// far, or the server's `Retry-After` if that is later.
+fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
+    // Whole seconds, rounded up: a server's Retry-After is never undercut by the part of the
+    // current second already gone.
+    let now = now_unix() + 1;
+    Backoff::from_config(&app.config.cloud).next_attempt_at(
+        now,
+        item.attempts,
+        retry_after,
+        retry::jitter(),
+    )
 }
 
 /// Writes an outcome to the store (and the account status, for 401/402). False when the store
@@ -197,16 +205,8 @@ fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
             app.store.mark_done(id)
         }
         Outcome::Retry { error, retry_after } => {
-            // Whole seconds, rounded up: a server's Retry-After is never undercut by the part
-            // of the current second already gone.
-            let now = now_unix() + 1;
-            let at = Backoff::from_config(&app.config.cloud).next_attempt_at(
-                now,
-                item.attempts,
-                retry_after,
-                retry::jitter(),
-            );
-            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now, "upload failed; will retry");
+            let at = retry_at(app, item, retry_after);
+            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "upload failed; will retry");
             app.store.mark_retry(id, &error, at)
         }
         Outcome::Failed(error) => {
