@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conditions::{Activity, Snapshot};
 use crate::config::Config;
 use crate::credentials::{self, Account};
-use crate::events::{Event, Events};
+use crate::events::{DaemonState, Event, Events};
 use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::secret::Secret;
@@ -26,20 +26,6 @@ use crate::store::{
 };
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::tus;
-
-/// The daemon's state as `GET /v1/status` names it (CONTRACT section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DaemonState {
-    Unpaired,
-    Paused,
-    Waiting,
-    Idle,
-    Uploading,
-    Unauthorized,
-    SubscriptionInactive,
-    MediaUnavailable,
-}
 
 /// What the server last said about the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +307,7 @@ impl App {
                 }
             }
         }
-        let filter = MediaFilter::new(&config.media);
+        let filter = config.media.filter.clone();
         Ok(App {
             config: Arc::new(config),
             store,
@@ -551,7 +537,7 @@ impl App {
                 path: sp,
                 kind,
                 size: meta.len(),
-                mtime_ns: crate::scan::mtime_ns(&meta),
+                mtime_ns: crate::media::mtime_ns(&meta),
             });
         }
         let mut out = Vec::with_capacity(found.len());

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::media::MediaFilter;
 use crate::settings::Settings;
 
 /// Where the config is read from when neither `--config` nor `CAMBACKUP_CONFIG` says otherwise.
@@ -48,17 +49,26 @@ pub struct Media {
     pub exclude: Vec<String>,
     pub settle_secs: u64,
     pub rescan_secs: u64,
+    /// The extensions and globs above, compiled when the config is loaded.
+    #[serde(skip)]
+    pub filter: MediaFilter,
 }
 
 impl Default for Media {
     fn default() -> Self {
+        let photo_extensions = ["jpg", "jpeg", "dng", "heic"].map(String::from).to_vec();
+        let video_extensions = ["mp4", "mov"].map(String::from).to_vec();
+        let exclude = ["**/*.THM", "**/*.LRV", "**/.*"].map(String::from).to_vec();
+        let filter = MediaFilter::new(&photo_extensions, &video_extensions, &exclude)
+            .expect("the default globs compile");
         Media {
             root: PathBuf::new(),
-            photo_extensions: ["jpg", "jpeg", "dng", "heic"].map(String::from).to_vec(),
-            video_extensions: ["mp4", "mov"].map(String::from).to_vec(),
-            exclude: ["**/*.THM", "**/*.LRV", "**/.*"].map(String::from).to_vec(),
+            photo_extensions,
+            video_extensions,
+            exclude,
             settle_secs: 10,
             rescan_secs: 600,
+            filter,
         }
     }
 }
@@ -350,7 +360,7 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
-    let media = raw.media.ok_or_else(|| missing("media.root"))?;
+    let mut media = raw.media.ok_or_else(|| missing("media.root"))?;
     if media.root.as_os_str().is_empty() {
         return Err(missing("media.root"));
     }
@@ -368,10 +378,12 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
-    for pattern in &media.exclude {
-        globset::Glob::new(pattern)
-            .map_err(|e| invalid("media.exclude", format!("bad glob `{pattern}`: {e}")))?;
-    }
+    media.filter = MediaFilter::new(
+        &media.photo_extensions,
+        &media.video_extensions,
+        &media.exclude,
+    )
+    .map_err(|m| invalid("media.exclude", m))?;
 
     let cloud = raw.cloud.ok_or_else(|| missing("cloud.endpoint"))?;
     if cloud.endpoint.is_empty() {

@@ -11,6 +11,20 @@ use crate::gate::Block;
 use crate::media::StoragePath;
 use crate::store::ItemState;
 
+/// The daemon's state, as the `state` event and `GET /v1/status` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonState {
+    Unpaired,
+    Paused,
+    Waiting,
+    Idle,
+    Uploading,
+    Unauthorized,
+    SubscriptionInactive,
+    MediaUnavailable,
+}
+
 /// Events kept for a slow subscriber before it is dropped.
 const CAPACITY: usize = 256;
 
@@ -19,7 +33,7 @@ const CAPACITY: usize = 256;
 #[serde(untagged)]
 pub enum Event {
     State {
-        state: crate::app::DaemonState,
+        state: DaemonState,
         blocked_by: Vec<Block>,
     },
     Progress {

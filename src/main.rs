@@ -5,6 +5,7 @@
 // item nothing uses (ripgrep's layout).
 mod app;
 mod cli;
+mod clock;
 mod conditions;
 mod config;
 mod control;

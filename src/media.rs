@@ -17,8 +17,6 @@ use std::path::{Component, Path, PathBuf};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::config;
-
 /// The data types a user can choose between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +101,15 @@ fn unescape(s: &str) -> std::ffi::OsString {
         i += 1;
     }
     std::ffi::OsString::from_vec(out)
+}
+
+/// A file's mtime in nanoseconds since the epoch: with its path and size, the identity of a
+/// file version in the queue (the scan, the watcher and the uploader compute it alike).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 /// Fails if any component of `path` below `root` is a symbolic link (or cannot be examined).
@@ -235,20 +242,28 @@ pub struct MediaFilter {
 }
 
 impl MediaFilter {
-    /// Builds the filter; the globs were checked when the config was loaded.
-    pub fn new(media: &config::Media) -> MediaFilter {
+    /// Compiles the filter from the extensions and the exclude globs. The config builds it
+    /// once, at load, and names `media.exclude` in the error for a bad glob; everything else
+    /// uses that compiled value, so what was checked is what runs.
+    pub fn new(
+        photo_extensions: &[String],
+        video_extensions: &[String],
+        exclude: &[String],
+    ) -> Result<MediaFilter, String> {
         let mut b = GlobSetBuilder::new();
-        for pattern in &media.exclude {
-            if let Ok(g) = GlobBuilder::new(pattern).literal_separator(true).build() {
-                b.add(g);
-            }
+        for pattern in exclude {
+            let g = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("bad glob `{pattern}`: {e}"))?;
+            b.add(g);
         }
         let lower = |v: &[String]| v.iter().map(|e| e.to_ascii_lowercase()).collect();
-        MediaFilter {
-            photo: lower(&media.photo_extensions),
-            video: lower(&media.video_extensions),
-            exclude: b.build().unwrap_or_else(|_| GlobSet::empty()),
-        }
+        Ok(MediaFilter {
+            photo: lower(photo_extensions),
+            video: lower(video_extensions),
+            exclude: b.build().map_err(|e| e.to_string())?,
+        })
     }
 
     /// The kind of the file at `path`, or `None` if it is not media we back up.
@@ -300,7 +315,7 @@ mod tests {
     use super::*;
 
     fn filter() -> MediaFilter {
-        MediaFilter::new(&config::Media::default())
+        crate::config::Media::default().filter
     }
 
     fn sp(s: &str) -> StoragePath {

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::media::{MediaFilter, StoragePath};
+use crate::media::{mtime_ns, MediaFilter, StoragePath};
 use crate::store::{self, FoundFile, ItemState, Store, StoreError};
 
 /// Files per database transaction.
@@ -50,14 +50,6 @@ pub struct Report {
     /// Time spent walking the card, and writing the database (the two overlap).
     pub walk: Duration,
     pub write: Duration,
-}
-
-/// The file's mtime in nanoseconds since the epoch (the queue's identity uses it).
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
 }
 
 /// Whether the card is there: the root is a directory with something in it. An empty mount
@@ -278,7 +270,7 @@ mod tests {
     use crate::config;
 
     fn filter() -> MediaFilter {
-        MediaFilter::new(&config::Media::default())
+        config::Media::default().filter
     }
 
     fn old(path: &Path, bytes: &[u8]) {

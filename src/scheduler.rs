@@ -14,9 +14,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AccountStatus, App};
+use crate::clock::now_unix;
 use crate::credentials::Account;
 use crate::scan;
-use crate::store::{now_unix, Item, Pick};
+use crate::store::{Item, Pick};
 use crate::upload::retry::{self, Backoff};
 use crate::upload::transfer::{self, Outcome, TransferCtx};
 
@@ -168,7 +169,7 @@ fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::
             app.store
                 .mark_skipped(item.id, crate::store::REASON_DELETED)
         }
-        Ok(m) if m.len() != item.size || scan::mtime_ns(&m) != item.mtime_ns => {
+        Ok(m) if m.len() != item.size || crate::media::mtime_ns(&m) != item.mtime_ns => {
             tracing::info!(id = item.id, path = %item.storage_path, "file changed since queued; the new version is queued instead");
             app.store
                 .mark_skipped(item.id, crate::store::REASON_REPLACED)

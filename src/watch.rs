@@ -164,7 +164,7 @@ impl Settler {
 
 fn stat(path: &Path) -> Stat {
     let m = std::fs::symlink_metadata(path).ok()?;
-    m.is_file().then(|| (m.len(), scan::mtime_ns(&m)))
+    m.is_file().then(|| (m.len(), crate::media::mtime_ns(&m)))
 }
 
 /// What the notify thread hands to the watcher task.

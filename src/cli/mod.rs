@@ -574,7 +574,7 @@ async fn events(client: &Client) -> Result<(), Fail> {
                         let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
                         outln!(
                             "{}",
-                            render::event_line(&name, &v, crate::store::now_unix())
+                            render::event_line(&name, &v, crate::clock::now_unix())
                         );
                     }
                 }

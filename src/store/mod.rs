@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::clock::now_unix;
 use crate::media::{Kind, StoragePath};
 use crate::settings::Settings;
 
@@ -210,14 +211,6 @@ impl StoreError {
             _ => false,
         }
     }
-}
-
-/// The current time in unix seconds.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Store {

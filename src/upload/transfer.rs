@@ -28,9 +28,10 @@ use sha1::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_unix;
 use crate::config::Config;
 use crate::credentials::Account;
-use crate::store::{now_unix, Item, Store};
+use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::tus::{Client, TusError, UploadState, STREAM_BUF};
 
@@ -79,7 +80,7 @@ pub enum Outcome {
 }
 
 // The scanner and this module must compute a file's identity the same way: one function.
-use crate::scan::mtime_ns;
+use crate::media::mtime_ns;
 
 /// Uploads (or resumes) one item until done, stopped or failed.
 ///

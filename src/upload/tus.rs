@@ -468,7 +468,7 @@ impl Client {
             }
         })?;
         let expires_at = expires(h, "HEAD", url);
-        if expires_at.is_some_and(|t| t <= crate::store::now_unix()) {
+        if expires_at.is_some_and(|t| t <= crate::clock::now_unix()) {
             return Err(TusError::Expired { url: url.into() });
         }
         Ok(UploadState {
@@ -1179,7 +1179,7 @@ mod tests {
         let created = c.create(&srv.endpoint, 5, &md, &token()).await.unwrap();
         // The test server answers a path-absolute Location: it must come back absolute.
         assert!(created.url.starts_with(&srv.endpoint), "{}", created.url);
-        assert!(created.expires_at.unwrap() > crate::store::now_unix());
+        assert!(created.expires_at.unwrap() > crate::clock::now_unix());
         let st = c.head(&created.url, &token()).await.unwrap();
         assert_eq!((st.offset, st.length), (0, Some(5)));
         let ack = c
