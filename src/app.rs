@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -156,16 +156,6 @@ pub struct AccountView {
     pub endpoint: String,
     /// `ok`, `unauthorized` or `subscription_inactive`; absent when not paired.
     pub status: Option<&'static str>,
-}
-
-/// `PUT /v1/account`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PairRequest {
-    pub user_id: String,
-    pub token: String,
-    #[serde(default)]
-    pub region: Option<String>,
 }
 
 /// One path's answer to `POST /v1/uploads`.
@@ -583,28 +573,10 @@ impl App {
         Ok(item)
     }
 
-    /// `PUT /v1/account`: pairs (or re-pairs) and clears an earlier unauthorized state.
-    pub fn pair(&self, req: PairRequest) -> Result<AccountView, AppError> {
-        let user_id = req.user_id.trim();
-        if user_id.is_empty()
-            || user_id.chars().count() > 256
-            || user_id.chars().any(char::is_control)
-        {
-            return Err(AppError::bad_request(
-                "bad_user_id",
-                "`user_id` must be 1 to 256 printable characters",
-            ));
-        }
-        let token = req.token.trim();
-        if token.is_empty()
-            || token.len() > 4096
-            || token.chars().any(|c| c.is_control() || c == ' ')
-        {
-            return Err(AppError::bad_request(
-                "bad_token",
-                "`token` must be 1 to 4096 characters without spaces or control characters",
-            ));
-        }
+    /// `PUT /v1/account`: pairs (or re-pairs) and clears an earlier unauthorized state. The
+    /// user ID and token were checked at the edge ([`credentials::Pairing`]); the region is
+    /// checked here, against the config.
+    pub fn pair(&self, req: credentials::Pairing) -> Result<AccountView, AppError> {
         let regions = &self.config.cloud.regions;
         if let Some(r) = &req.region {
             if !regions.is_empty() && !regions.contains_key(r) {
@@ -619,8 +591,8 @@ impl App {
             }
         }
         let account = Account {
-            user_id: user_id.to_string(),
-            token: Secret::new(token),
+            user_id: req.user_id.into_string(),
+            token: req.token,
             region: req.region.clone(),
         };
         credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;

@@ -29,6 +29,48 @@ struct OnDisk {
     region: Option<String>,
 }
 
+/// A user ID as pairing accepts it: 1 to 256 characters, not all spaces, no control
+/// characters; kept trimmed. Checked once, here, for the API and the daemon alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    /// What the app sent, or why it is refused.
+    pub fn parse(s: &str) -> Result<UserId, &'static str> {
+        let len = s.chars().count();
+        if !(1..=256).contains(&len) || s.chars().any(char::is_control) || s.trim().is_empty() {
+            return Err(
+                "`user_id` must be 1 to 256 characters, not all spaces, without control characters",
+            );
+        }
+        Ok(UserId(s.trim().to_string()))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A bearer token as pairing accepts it: 1 to 4096 visible ASCII characters. It goes into an
+/// `Authorization: Bearer` header on every upload (RFC 6750's b64token is a subset), so
+/// anything else could be stored but never sent, and would surface only as failed uploads.
+pub fn parse_token(s: &str) -> Result<Secret, &'static str> {
+    if !(1..=4096).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "`token` must be 1 to 4096 visible ASCII characters (no spaces or control characters)",
+        );
+    }
+    Ok(Secret::new(s))
+}
+
+/// A pairing request, checked: what `App::pair` takes.
+#[derive(Clone, Debug)]
+pub struct Pairing {
+    pub user_id: UserId,
+    pub token: Secret,
+    pub region: Option<String>,
+}
+
 /// What reading or writing the credentials can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {

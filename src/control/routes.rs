@@ -18,7 +18,8 @@ use serde_json::json;
 
 use super::extract::{item_id, ApiError, QueryPairs, StrictJson, StrictPatch};
 use super::Limits;
-use crate::app::{App, PairRequest};
+use crate::app::App;
+use crate::credentials::{self, Pairing};
 use crate::settings::SettingsPatch;
 use crate::store::ItemState;
 
@@ -272,37 +273,29 @@ async fn pair(
     StrictJson(req): StrictJson<PairRequest>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
-    check_pair_request(&req)?;
-    Ok(Json(app.pair(req)?).into_response())
+    Ok(Json(app.pair(check_pair_request(req)?)?).into_response())
 }
 
-/// The shapes `docs/openapi.yaml` gives `user_id` and `token` (its `PairRequest` patterns),
-/// checked here so the spec and the server refuse the same bodies.
-///
-/// The token goes into an `Authorization: Bearer` header on every upload, so it must be
-/// visible ASCII (RFC 6750's b64token is a subset): anything else could be stored but never
-/// sent, and would surface only later as a failed upload.
-fn check_pair_request(req: &PairRequest) -> ApiResult<()> {
-    let id = &req.user_id;
-    let id_len = id.chars().count();
-    if !(1..=256).contains(&id_len)
-        || id.chars().any(char::is_control)
-        || id.chars().all(char::is_whitespace)
-    {
-        return Err(ApiError::bad_request(
-            "bad_user_id",
-            "`user_id` must be 1 to 256 characters, not all spaces, without control characters",
-        ));
-    }
-    let token = &req.token;
-    if !(1..=4096).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
-            "bad_token",
-            "`token` must be 1 to 4096 visible ASCII characters (no spaces or control \
-             characters)",
-        ));
-    }
-    Ok(())
+/// `PUT /v1/account`'s body, as it comes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairRequest {
+    user_id: String,
+    token: String,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// Parses the body into a [`Pairing`] (the shapes `docs/openapi.yaml` gives `user_id` and
+/// `token` in its `PairRequest` patterns, so the spec and the server refuse the same bodies).
+fn check_pair_request(req: PairRequest) -> ApiResult<Pairing> {
+    Ok(Pairing {
+        user_id: credentials::UserId::parse(&req.user_id)
+            .map_err(|m| ApiError::bad_request("bad_user_id", m))?,
+        token: credentials::parse_token(&req.token)
+            .map_err(|m| ApiError::bad_request("bad_token", m))?,
+        region: req.region,
+    })
 }
 
 async fn account(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
@@ -389,10 +382,10 @@ mod tests {
             ("a\tb", false),
         ];
         for (id, ok) in user_ids {
-            assert_eq!(check_pair_request(&req(id, "t")).is_ok(), ok, "{id:?}");
+            assert_eq!(check_pair_request(req(id, "t")).is_ok(), ok, "{id:?}");
         }
-        assert!(check_pair_request(&req(&"é".repeat(256), "t")).is_ok());
-        assert!(check_pair_request(&req(&"x".repeat(257), "t")).is_err());
+        assert!(check_pair_request(req(&"é".repeat(256), "t")).is_ok());
+        assert!(check_pair_request(req(&"x".repeat(257), "t")).is_err());
         let tokens = [
             ("tok-SECRET-123", true),
             ("~!", true),
@@ -402,13 +395,9 @@ mod tests {
             ("a\n", false),
         ];
         for (token, ok) in tokens {
-            assert_eq!(
-                check_pair_request(&req("u", token)).is_ok(),
-                ok,
-                "{token:?}"
-            );
+            assert_eq!(check_pair_request(req("u", token)).is_ok(), ok, "{token:?}");
         }
-        assert!(check_pair_request(&req("u", &"t".repeat(4097))).is_err());
+        assert!(check_pair_request(req("u", &"t".repeat(4097))).is_err());
     }
 
     /// The OpenAPI document lists exactly the routes the server has.

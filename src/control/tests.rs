@@ -327,9 +327,9 @@ async fn events_stream_state_then_changes() {
     assert!(first.contains("\"state\":\"unpaired\""), "{first}");
 
     h.app
-        .pair(crate::app::PairRequest {
-            user_id: "u".into(),
-            token: "t".into(),
+        .pair(crate::credentials::Pairing {
+            user_id: crate::credentials::UserId::parse("u").unwrap(),
+            token: crate::secret::Secret::new("t"),
             region: None,
         })
         .unwrap();
