@@ -20,6 +20,13 @@ pub enum NetworkPref {
 }
 
 impl NetworkPref {
+    pub const ALL: [NetworkPref; 3] = [NetworkPref::Wifi, NetworkPref::Unmetered, NetworkPref::Any];
+
+    /// From its name.
+    pub fn parse(s: &str) -> Option<NetworkPref> {
+        NetworkPref::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkPref::Wifi => "wifi",

@@ -93,8 +93,8 @@ pub enum Command {
     /// List the queue
     Queue {
         /// Only items in this state
-        #[arg(long, value_name = "STATE", value_parser = ["pending", "uploading", "done", "failed", "skipped", "cancelled"])]
-        state: Option<String>,
+        #[arg(long, value_name = "STATE", value_parser = item_state)]
+        state: Option<crate::store::ItemState>,
         /// Print the daemon's JSON answer
         #[arg(long)]
         json: bool,
@@ -284,7 +284,9 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             Ok(())
         }
         Command::Upload { paths } => upload(client, paths).await,
-        Command::Queue { state, json } => queue(client, state.as_deref(), *json).await,
+        Command::Queue { state, json } => {
+            queue(client, state.map(crate::store::ItemState::as_str), *json).await
+        }
         Command::Retry { id } => {
             let v = call(client, Method::POST, &format!("/v1/queue/{id}/retry"), None).await?;
             outln!("#{id} {} will be retried", str_of(&v, "storage_path"));
@@ -453,6 +455,14 @@ async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Re
     Ok(())
 }
 
+/// `--state`: the store's own state names (not a second list of them).
+fn item_state(s: &str) -> Result<crate::store::ItemState, String> {
+    crate::store::ItemState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::store::ItemState::ALL.map(|st| st.as_str()).to_vec();
+        format!("one of {}", names.join(", "))
+    })
+}
+
 fn unknown_setting(key: &str) -> Fail {
     Fail::usage(format!(
         "unknown setting `{key}` (settings: {})",
@@ -471,9 +481,9 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
                 _ => Err(format!("`{key}` is true or false, not `{value}`")),
             }
         }
-        "network" => match v {
-            "wifi" | "unmetered" | "any" => Ok(Value::String(v.into())),
-            _ => Err(format!(
+        "network" => match crate::settings::NetworkPref::parse(v) {
+            Some(n) => Ok(Value::String(n.as_str().into())),
+            None => Err(format!(
                 "`network` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular too), \
                  not `{value}`"
             )),
@@ -481,9 +491,9 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
         "data_types" => {
             let mut kinds = Vec::new();
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match part {
-                    "photo" | "video" => kinds.push(Value::String(part.into())),
-                    _ => {
+                match crate::media::Kind::parse(part) {
+                    Some(k) => kinds.push(Value::String(k.as_str().into())),
+                    None => {
                         return Err(format!(
                             "`data_types` is a comma list of photo, video, not `{value}`"
                         ))
