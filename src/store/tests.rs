@@ -504,3 +504,46 @@ fn an_upload_url_from_before_endpoints_were_recorded_resumes_on_the_same_host() 
     );
     assert_eq!(s.item(items[1].id).unwrap().unwrap().upload_url, None);
 }
+
+#[test]
+fn the_counts_the_triggers_keep_match_a_count_of_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let files: Vec<FoundFile> = (0..50)
+        .map(|i| found(&format!("F{i}.JPG"), 100 + i, 1))
+        .collect();
+    s.upsert_files(&files).unwrap();
+    let items = s.list(None, 100, 0).unwrap();
+    s.mark_uploading(items[0].id).unwrap();
+    s.set_progress(items[0].id, 40, None).unwrap();
+    s.mark_uploading(items[1].id).unwrap();
+    s.mark_done(items[1].id).unwrap();
+    s.mark_failed(items[2].id, "413").unwrap();
+    s.cancel(items[3].id).unwrap();
+    s.upsert_files(&[found("F4.JPG", 999, 2)]).unwrap(); // replaces F4
+    let kept = s.counts().unwrap();
+    let counted: (i64, i64, i64) = s
+        .conn()
+        .query_row(
+            "SELECT COUNT(*), SUM(CASE WHEN state IN ('pending','uploading','failed') THEN size - bytes_sent ELSE 0 END),
+                    SUM(CASE WHEN state = 'done' THEN size ELSE 0 END) FROM items",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let total =
+        kept.pending + kept.uploading + kept.done + kept.failed + kept.skipped + kept.cancelled;
+    assert_eq!(total as i64, counted.0);
+    assert_eq!(kept.bytes_remaining as i64, counted.1);
+    assert_eq!(kept.bytes_done as i64, counted.2);
+    assert_eq!(
+        (
+            kept.uploading,
+            kept.done,
+            kept.failed,
+            kept.cancelled,
+            kept.skipped
+        ),
+        (1, 1, 1, 1, 1)
+    );
+}
