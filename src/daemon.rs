@@ -82,7 +82,11 @@ async fn main(config: Config) -> i32 {
         Err(e) => tracing::error!(error = %e, "cannot recover interrupted uploads"),
     }
     let client = match tus::Client::new(&config.cloud) {
-        Ok(c) => c,
+        // No connection until the gate approves an interface (the conditions loop rebinds).
+        Ok(c) => {
+            c.rebind(None);
+            c
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the upload client");
             return 1;
@@ -194,10 +198,30 @@ async fn conditions_loop(app: Arc<App>) {
     let mut reader = conditions::Reader::new(&cfg);
     let mut hold = gate::HoldDown::new(hold_down);
     let mut last_verdict = None;
+    // The approved interface and the families it carries, as the client is bound now.
+    let mut bound: Option<(String, Vec<conditions::Family>)> = None;
     loop {
         let snapshot = reader.read(&app.activity);
         let settings = app.settings();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
+        let link = verdict
+            .uplink
+            .as_ref()
+            .and_then(|i| snapshot.links.iter().find(|l| &l.interface == i));
+        let want = link.map(|l| (l.interface.clone(), l.families.clone()));
+        if want != bound {
+            // Open connections keep the binding they were made with: stop the uploads in
+            // flight now, so that nothing more goes out of the old way; they resume by HEAD
+            // over the new one if it is allowed.
+            app.stop_uploads("the interface uploads may use changed");
+            let binding = app.client.rebind(link);
+            tracing::info!(
+                uplink = ?verdict.uplink,
+                binding = ?binding,
+                "upload connections are bound anew"
+            );
+            bound = want;
+        }
         let now = Instant::now();
         let auto_open = hold.update(verdict.auto_allowed(), now);
         if last_verdict.as_ref() != Some(&verdict) {

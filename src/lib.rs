@@ -16,5 +16,6 @@ pub mod scan;
 pub mod secret;
 pub mod settings;
 pub mod store;
+pub mod uplink;
 pub mod upload;
 pub mod watch;
