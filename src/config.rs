@@ -481,7 +481,8 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Whether the URL's host is this device (a loopback address or `localhost`).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),

@@ -68,6 +68,10 @@ pub fn privacy_sentence(u: &UplinkStatus) -> String {
              (the kernel refuses binding to the interface itself)",
             u.network.map_or("unknown", Network::as_str)
         ),
+        (Some(i), None) => format!(
+            "to this device only (the endpoint is a loopback address); uploads may run while \
+             {i} is the approved interface"
+        ),
         _ => "nowhere now: no network interface is approved for uploads".to_string(),
     }
 }

@@ -173,6 +173,9 @@ pub fn uplink(u: &UplinkView) -> String {
         (Some(i), Some("address")) => {
             format!("uploads leave through {i} only (bound to its address; the kernel refuses interface binding)")
         }
+        (Some(i), None) => {
+            format!("uploads go to this device only (loopback endpoint); {i} is approved")
+        }
         _ => "no upload connection is made now".to_string(),
     };
     let metered = match (u.metered, u.metered_because.as_deref()) {

@@ -15,6 +15,10 @@
 //! - **none**: no interface approved, or address binding has no address to use: the client
 //!   makes no connection at all.
 //!
+//! Loopback endpoints (`http://127.0.0.1`, allowed by the config for a relay on the device and
+//! for tests) are never bound: those connections do not leave the device, and binding them to
+//! `wlan0` would only break them. The gate's verdict still decides whether they may run.
+//!
 //! Invariants: [`choose`] is pure; the probe never fails the daemon (a refusal is an answer);
 //! no binding is ever "the kernel decides" in the daemon ([`Binding::Unbound`] is for tests
 //! and tools that build a client without a gate).
@@ -48,13 +52,18 @@ pub enum Binding {
     Device(String),
     /// The interface's own address (and lookups of its family only).
     Address { interface: String, addr: IpAddr },
+    /// Every configured endpoint is on this device: nothing to bind, the gate approved this
+    /// interface.
+    Loopback(String),
 }
 
 impl Binding {
     /// The interface connections leave through, if bound.
     pub fn interface(&self) -> Option<&str> {
         match self {
-            Binding::Device(i) | Binding::Address { interface: i, .. } => Some(i),
+            Binding::Device(i) | Binding::Address { interface: i, .. } | Binding::Loopback(i) => {
+                Some(i)
+            }
             Binding::Unbound | Binding::Refused => None,
         }
     }
@@ -64,7 +73,7 @@ impl Binding {
         match self {
             Binding::Device(_) => Some(BindMode::Device),
             Binding::Address { .. } => Some(BindMode::Address),
-            Binding::Unbound | Binding::Refused => None,
+            Binding::Unbound | Binding::Refused | Binding::Loopback(_) => None,
         }
     }
 }

@@ -274,6 +274,10 @@ pub struct PatchAck {
 #[derive(Clone)]
 pub struct Client {
     http: Arc<Mutex<Bound>>,
+    /// For loopback URLs only: unbound, since those connections never leave the device.
+    loopback: reqwest::Client,
+    /// Every configured endpoint is loopback (then no interface binding is needed at all).
+    all_loopback: bool,
     /// What the HTTP client is built from, to build it again for another binding.
     cloud: Arc<config::Cloud>,
     /// No progress this long aborts a request.
@@ -297,11 +301,16 @@ impl Client {
     /// daemon calls [`Client::rebind`] before any upload, and at once with `None`.
     pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
         let http = build(cloud, &Binding::Unbound)?;
+        let all_loopback = std::iter::once(&cloud.endpoint)
+            .chain(cloud.regions.values())
+            .all(|e| Url::parse(e).is_ok_and(|u| config::is_loopback(&u)));
         Ok(Client {
             http: Arc::new(Mutex::new(Bound {
-                http: Some(http),
+                http: Some(http.clone()),
                 binding: Binding::Unbound,
             })),
+            loopback: http,
+            all_loopback,
             cloud: Arc::new(cloud.clone()),
             stall: Duration::from_secs(cloud.stall_secs.max(1)),
             caps: Arc::default(),
@@ -315,6 +324,7 @@ impl Client {
     pub fn rebind(&self, uplink: Option<&Link>) -> Binding {
         let binding = match uplink {
             None => Binding::Refused,
+            Some(link) if self.all_loopback => Binding::Loopback(link.interface.clone()),
             Some(link) => {
                 let device = bind::probe_device(&link.interface);
                 if let Err(e) = &device {
@@ -329,7 +339,7 @@ impl Client {
             }
         };
         let http = match &binding {
-            Binding::Refused => None,
+            Binding::Refused | Binding::Loopback(_) => None,
             b => match build(&self.cloud, b) {
                 Ok(h) => Some(h),
                 Err(e) => {
@@ -338,10 +348,9 @@ impl Client {
                 }
             },
         };
-        let binding = if http.is_none() {
-            Binding::Refused
-        } else {
-            binding
+        let binding = match (&binding, &http) {
+            (Binding::Loopback(_), _) | (_, Some(_)) => binding,
+            (_, None) => Binding::Refused,
         };
         let mut bound = self.http.lock().unwrap_or_else(|p| p.into_inner());
         bound.http = http;
@@ -358,8 +367,12 @@ impl Client {
             .clone()
     }
 
-    /// The HTTP client of the binding in force; [`TusError::NoUplink`] when none is approved.
-    fn http(&self) -> Result<reqwest::Client, TusError> {
+    /// The HTTP client for `url`: the unbound one for a loopback URL, else the one of the
+    /// binding in force; [`TusError::NoUplink`] when no interface is approved.
+    fn http(&self, url: &str) -> Result<reqwest::Client, TusError> {
+        if Url::parse(url).is_ok_and(|u| config::is_loopback(&u)) {
+            return Ok(self.loopback.clone());
+        }
         let bound = self.http.lock().unwrap_or_else(|p| p.into_inner());
         bound.http.clone().ok_or(TusError::NoUplink)
     }
@@ -380,7 +393,7 @@ impl Client {
             .map_err(|_| TusError::BadToken)?;
         auth.set_sensitive(true);
         Ok(self
-            .http()?
+            .http(url)?
             .request(method, url)
             .header(header::TUS_RESUMABLE, TUS_VERSION)
             .header(reqwest::header::AUTHORIZATION, auth))
@@ -714,7 +727,7 @@ fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, Tu
         .tcp_user_timeout(stall)
         .pool_idle_timeout(Duration::from_secs(60));
     match binding {
-        Binding::Unbound | Binding::Refused => {}
+        Binding::Unbound | Binding::Refused | Binding::Loopback(_) => {}
         Binding::Device(interface) => b = b.interface(interface),
         Binding::Address { addr, .. } => {
             b = b

@@ -245,7 +245,9 @@ async fn a_route_change_to_cellular_mid_upload_stops_it_and_nothing_leaks() {
     // The PATCH cut by the stop may be recorded after it (the kernel still sends what the
     // socket held, over wlan0); the resumption is a HEAD, then PATCHes from its offset.
     assert!(
-        rig.rx.requests()[requests..].iter().any(|r| r.method == "HEAD"),
+        rig.rx.requests()[requests..]
+            .iter()
+            .any(|r| r.method == "HEAD"),
         "resumed without HEAD after request {requests}:{}",
         rig.rx.request_summary()
     );
