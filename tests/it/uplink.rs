@@ -197,7 +197,7 @@ async fn dual_stack_with_ipv6_on_cellular_uploads_only_over_wifi() {
 
 /// The default routes (both families) move from wlan0 to wwan0 in the middle of a 200 MiB
 /// upload capped by a token bucket: no byte arrives over wwan0, the upload stops, and when the
-/// Wi-Fi's routes return it resumes by HEAD, without a second creation.
+/// Wi-Fi's routes return it resumes by HEAD on the same server upload (no second creation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_change_to_cellular_mid_upload_stops_it_and_nothing_leaks() {
     let Some(lab) = lab() else { return };
@@ -239,8 +239,12 @@ async fn a_route_change_to_cellular_mid_upload_stops_it_and_nothing_leaks() {
 
     rig.lab.default_route(Family::V4, Some(Link::Wlan));
     rig.lab.default_route(Family::V6, Some(Link::Wlan));
-    rig.rx.wait_for_completed(1, Duration::from_secs(60)).await;
-    assert!(rig.rx.file_matches(&rel, &rig.cam.media_path(&rel)));
+    // Resumed: 16 MiB more on the same server upload, over wlan0 (the rest would only repeat
+    // what the test already saw, at a debug build's speed).
+    eventually(T, "16 MiB more after the Wi-Fi returned", || async {
+        rig.offset() >= offset + 16 * MIB
+    })
+    .await;
     assert_eq!(rig.rx.creations(), 1, "{}", rig.rx.request_summary());
     // The PATCH cut by the stop may be recorded after it (the kernel still sends what the
     // socket held, over wlan0); the resumption is a HEAD, then PATCHes from its offset.
@@ -251,8 +255,13 @@ async fn a_route_change_to_cellular_mid_upload_stops_it_and_nothing_leaks() {
         "resumed without HEAD after request {requests}:{}",
         rig.rx.request_summary()
     );
+    let s = rig.status().await;
+    assert_eq!(s["state"], "uploading", "{s:#}");
+    assert_eq!(s["uplink"]["interface"], "wlan0", "{s:#}");
     rig.assert_all_over(Link::Wlan);
-    assert!(rig.lab.rx_bytes(Link::Wwan) - wwan_before < CHATTER);
+    let wwan = rig.lab.rx_bytes(Link::Wwan) - wwan_before;
+    eprintln!("route change, after the resume: wwan0 carried {wwan} bytes");
+    assert!(wwan < CHATTER, "{wwan} bytes went over wwan0");
 }
 
 /// wlan0 goes silent mid-upload (its far end down) while a cellular default route is there
@@ -311,9 +320,13 @@ async fn a_silent_wifi_stops_the_upload_within_stall_secs_and_nothing_leaks() {
 const HELD: Duration = Duration::from_secs(3);
 
 /// With the sign on, a photo waits under `wifi` and `unmetered` (status says
-/// `metered_network`, the server hears nothing), goes up under `any`; back on `wifi`, a second
-/// photo waits until `clear` removes the sign.
-async fn metered_blocks_then_clears<F, Fut>(cam: FakeCamera, why: &str, clear: F)
+/// `metered_network` for automatic and manual uploads, the server hears nothing), goes up under
+/// `any`; back on `wifi`, a second photo waits until `clear` removes the sign.
+///
+/// `hold`: how long "nothing reaches the server" is watched under `unmetered`. One test watches
+/// [`HELD`]; the others share the gate's code path and only check the answer, to keep the
+/// suite's time down.
+async fn metered_blocks_then_clears<F, Fut>(cam: FakeCamera, why: &str, hold: Duration, clear: F)
 where
     F: FnOnce(Rig) -> Fut,
     Fut: std::future::Future<Output = Rig>,
@@ -327,11 +340,15 @@ where
             let s = rig.status().await;
             s["blocked_by"] == json!(["metered_network"])
                 && s["manual_blocked_by"] == json!(["metered_network"])
+                && s["queue"]["pending"] == 1
         })
         .await;
-        tokio::time::sleep(HELD).await;
+        if pref == "unmetered" {
+            tokio::time::sleep(hold).await;
+        }
         assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
         let s = rig.status().await;
+        assert_eq!(s["queue"]["pending"], 1, "{s:#}");
         assert_eq!(s["uplink"]["metered"], true, "{s:#}");
         assert_eq!(s["uplink"]["metered_because"], why, "{s:#}");
         assert_eq!(s["uplink"]["interface"], Value::Null, "{s:#}");
@@ -369,7 +386,7 @@ async fn the_firmwares_metered_flag_holds_wifi_uploads_until_it_goes() {
         "metered_flag",
         &toml_string(&flag.to_string_lossy()),
     );
-    metered_blocks_then_clears(cam, "firmware_flag", |rig| async move {
+    metered_blocks_then_clears(cam, "firmware_flag", HELD, |rig| async move {
         std::fs::remove_file(&flag).unwrap();
         rig
     })
@@ -404,53 +421,42 @@ async fn the_apps_metered_answer_holds_uploads_survives_a_restart_and_null_clear
     assert_eq!(code, 400, "{body}");
 
     rig.daemon.restart().await;
-    eventually(T, "metered_network after the restart", || async {
+    eventually(
+        T,
+        "metered_network after the restart, automatic and manual",
+        || async {
+            let s = rig.status().await;
+            s["blocked_by"] == json!(["metered_network"])
+                && s["manual_blocked_by"] == json!(["metered_network"])
+                && s["uplink"]["metered_because"] == "app"
+                && s["uplink"]["metered_override"] == true
+        },
+    )
+    .await;
+    settings(&rig, json!({"network": "unmetered"})).await;
+    tokio::time::sleep(HELD).await;
+    let s = rig.status().await;
+    assert_eq!(s["blocked_by"], json!(["metered_network"]), "{s:#}");
+    assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
+    settings(&rig, json!({"network": "any"})).await;
+    rig.expect_uploaded(&[&first], T).await;
+
+    settings(&rig, json!({"network": "wifi"})).await;
+    let second = rig.cam.photo("IMG_0002.JPG", 100_000);
+    eventually(T, "the second photo waits", || async {
         let s = rig.status().await;
-        s["blocked_by"] == json!(["metered_network"])
-            && s["uplink"]["metered_because"] == "app"
-            && s["uplink"]["metered_override"] == true
+        s["blocked_by"] == json!(["metered_network"]) && s["queue"]["pending"] == 1
     })
     .await;
-    tokio::time::sleep(HELD).await;
-    assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
-
     let (code, _) = rig
         .daemon
         .api("PUT", "/v1/network", Some(json!({"metered": null})))
         .await;
     assert_eq!(code, 200);
-    rig.expect_uploaded(&[&first], T).await;
+    rig.rx.wait_for_completed(2, T).await;
+    assert!(rig.rx.file_matches(&second, &rig.cam.media_path(&second)));
     let s = rig.status().await;
     assert_eq!(s["uplink"]["metered_override"], Value::Null, "{s:#}");
-}
-
-#[tokio::test]
-async fn the_apps_answer_also_follows_the_network_setting() {
-    let cam = FakeCamera::new();
-    metered_blocks_then_clears_by_api(cam).await;
-}
-
-/// Like [`metered_blocks_then_clears`], the sign being the app's `PUT /v1/network`.
-async fn metered_blocks_then_clears_by_api(cam: FakeCamera) {
-    let first = cam.photo("IMG_0001.JPG", 100_000);
-    let rig = Rig::start(cam).await;
-    let (code, _) = rig
-        .daemon
-        .api("PUT", "/v1/network", Some(json!({"metered": true})))
-        .await;
-    assert_eq!(code, 200);
-    rig.go().await;
-    for pref in ["wifi", "unmetered"] {
-        settings(&rig, json!({"network": pref})).await;
-        eventually(T, &format!("metered_network under {pref}"), || async {
-            rig.status().await["blocked_by"] == json!(["metered_network"])
-        })
-        .await;
-    }
-    tokio::time::sleep(HELD).await;
-    assert!(rig.rx.requests().is_empty());
-    settings(&rig, json!({"network": "any"})).await;
-    rig.expect_uploaded(&[&first], T).await;
 }
 
 #[tokio::test]
@@ -470,7 +476,7 @@ async fn an_android_hotspot_seen_in_the_networkd_lease_holds_wifi_uploads() {
         "networkd_leases",
         &toml_string(&leases.to_string_lossy()),
     );
-    metered_blocks_then_clears(cam, "android_dhcp", |rig| async move {
+    metered_blocks_then_clears(cam, "android_dhcp", Duration::ZERO, |rig| async move {
         // A new lease from a router without option 43.
         std::fs::write(leases.join("3"), "ADDRESS=192.168.1.20\n").unwrap();
         rig
@@ -490,7 +496,7 @@ async fn an_android_hotspot_seen_by_the_firmwares_dhcp_hook_holds_wifi_uploads()
         "dhcp_vendor_dir",
         &toml_string(&dir.to_string_lossy()),
     );
-    metered_blocks_then_clears(cam, "android_dhcp", |rig| async move {
+    metered_blocks_then_clears(cam, "android_dhcp", Duration::ZERO, |rig| async move {
         // The hook removes the file on `deconfig`.
         std::fs::remove_file(dir.join("wlan0")).unwrap();
         rig
@@ -502,7 +508,7 @@ async fn an_android_hotspot_seen_by_the_firmwares_dhcp_hook_holds_wifi_uploads()
 async fn an_iphone_hotspots_gateway_holds_wifi_uploads() {
     let cam = FakeCamera::new();
     cam.set_default_gateway("wlan0", [172, 20, 10, 1]);
-    metered_blocks_then_clears(cam, "iphone_gateway", |rig| async move {
+    metered_blocks_then_clears(cam, "iphone_gateway", Duration::ZERO, |rig| async move {
         rig.cam.set_default_gateway("wlan0", [192, 168, 1, 1]);
         rig
     })
