@@ -191,7 +191,7 @@ pub fn option43_metered(text: &str) -> bool {
         .chars()
         .filter(|c| !matches!(c, ':' | ' ' | '\n' | '\r' | '\t' | '"'))
         .collect();
-    let hex = (digits.len() % 2 == 0 && !digits.is_empty())
+    let hex = (digits.len().is_multiple_of(2) && !digits.is_empty())
         .then(|| {
             (0..digits.len())
                 .step_by(2)

@@ -105,7 +105,7 @@ pub fn choose(
         .iter()
         .filter(usable)
         .find(|a| a.is_ipv4())
-        .or_else(|| addresses.iter().filter(usable).next());
+        .or_else(|| addresses.iter().find(usable));
     match pick {
         Some(addr) => Binding::Address {
             interface: interface.to_string(),
@@ -232,7 +232,8 @@ mod tests {
             interface: "wlan0".into(),
             addr: a,
         };
-        let rows: Vec<(&str, bool, Vec<IpAddr>, &[Family], Binding)> = vec![
+        type Row<'a> = (&'a str, bool, Vec<IpAddr>, &'a [Family], Binding);
+        let rows: Vec<Row> = vec![
             (
                 "device when allowed",
                 true,

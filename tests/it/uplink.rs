@@ -206,7 +206,7 @@ async fn a_route_change_to_cellular_mid_upload_stops_it_and_nothing_leaks() {
     lab.cap(Link::Wlan, 400);
     let cam = FakeCamera::new();
     cam.with("cloud", "chunk_size_mib", "8");
-    let rel = cam.photo("VID_0001.MP4", 200 * MIB);
+    cam.photo("VID_0001.MP4", 200 * MIB);
     let rig = NetRig::start(lab, cam).await;
     rig.go().await;
     eventually(T, "16 MiB on the server", || async {
