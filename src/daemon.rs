@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::app::App;
 use crate::config::Config;
 use crate::store::Store;
+use crate::upload::bind::Binding;
 use crate::upload::{scheduler, tus};
 use crate::{conditions, gate, watch};
 
@@ -200,6 +201,7 @@ async fn conditions_loop(app: Arc<App>) {
     let mut last_verdict = None;
     // The approved interface and the families it carries, as the client is bound now.
     let mut bound: Option<(String, Vec<conditions::Family>)> = None;
+    let mut last_binding = Binding::Refused;
     loop {
         let snapshot = reader.read(&app.activity);
         let settings = app.settings();
@@ -209,17 +211,36 @@ async fn conditions_loop(app: Arc<App>) {
             .as_ref()
             .and_then(|i| snapshot.links.iter().find(|l| &l.interface == i));
         let want = link.map(|l| (l.interface.clone(), l.families.clone()));
-        if want != bound {
-            // Open connections keep the binding they were made with: stop the uploads in
-            // flight now, so that nothing more goes out of the old way; they resume by HEAD
-            // over the new one if it is allowed.
-            app.stop_uploads("the interface uploads may use changed");
+        // An approved interface the client could not bind to (it vanished between the read and
+        // the bind, or has no address yet for the fallback) is tried again at the next poll.
+        let unbindable = want.is_some() && last_binding == Binding::Refused;
+        if want != bound || unbindable {
+            if want != bound {
+                // Open connections keep the binding they were made with: stop the uploads in
+                // flight now, so that nothing more goes out of the old way; they resume by
+                // HEAD over the new one if it is allowed.
+                app.stop_uploads("the interface uploads may use changed");
+            }
             let binding = app.client.rebind(link);
-            tracing::info!(
-                uplink = ?verdict.uplink,
-                binding = ?binding,
-                "upload connections are bound anew"
-            );
+            if binding != last_binding {
+                match &binding {
+                    Binding::Address { interface, addr } => tracing::warn!(
+                        interface, %addr,
+                        "the kernel refuses SO_BINDTODEVICE (Linux < 5.7 without CAP_NET_RAW): \
+                         upload connections are bound to the interface's address instead, \
+                         which holds only while it carries the default route (docs/uplink.md)"
+                    ),
+                    Binding::Refused if want.is_some() => tracing::warn!(
+                        uplink = ?verdict.uplink,
+                        "cannot bind upload connections to the approved interface; no uploads \
+                         until it can be (retried every poll)"
+                    ),
+                    b => {
+                        tracing::info!(uplink = ?verdict.uplink, binding = ?b, "upload connections are bound anew")
+                    }
+                }
+                last_binding = binding;
+            }
             bound = want;
         }
         let now = Instant::now();

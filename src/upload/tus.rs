@@ -328,7 +328,7 @@ impl Client {
             Some(link) => {
                 let device = bind::probe_device(&link.interface);
                 if let Err(e) = &device {
-                    tracing::warn!(interface = %link.interface, error = %e, "cannot bind upload connections to the interface (SO_BINDTODEVICE; kernels before 5.7 need CAP_NET_RAW); binding to its address instead");
+                    tracing::debug!(interface = %link.interface, error = %e, "SO_BINDTODEVICE refused; trying the interface's address");
                 }
                 let addrs = if device.is_ok() {
                     Vec::new()
