@@ -1334,4 +1334,91 @@ mod tests {
         let e = c.create(&srv.endpoint, 1, &md, &token()).await.unwrap_err();
         assert!(e.to_string().contains("lacks the `location` header"), "{e}");
     }
+
+    /// Accepts connections on `[::]:0` (dual-stack), answers 204 and sends each peer address.
+    async fn peer_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<std::net::IpAddr>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, peer)) = l.accept().await {
+                let _ = tx.send(peer.ip().to_canonical());
+                // The request (small, one read), then the answer.
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn bound_clients_connect_only_the_way_they_are_bound() {
+        let (port, mut peers) = peer_server().await;
+        let url = format!("http://localhost:{port}/");
+        let get = |b: Binding| {
+            let url = url.clone();
+            async move { build(&cloud(5), &b).unwrap().get(&url).send().await }
+        };
+        // Device binding to lo reaches a server on lo.
+        get(Binding::Device("lo".into())).await.unwrap();
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
+        // To an interface that is not there: no connection at all.
+        let e = get(Binding::Device("no-such-if0".into()))
+            .await
+            .unwrap_err();
+        assert!(chain(&e).contains("bind interface"), "{}", chain(&e));
+        // Address binding: from that address, and lookups keep only its family, so a name
+        // without an address of that family is refused rather than reached unbound.
+        let v4 = Binding::Address {
+            interface: "lo".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+        };
+        get(v4).await.unwrap();
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
+        let v6 = Binding::Address {
+            interface: "lo".into(),
+            addr: "::1".parse().unwrap(),
+        };
+        let only_v4 = !tokio::net::lookup_host(("localhost", 0))
+            .await
+            .unwrap()
+            .any(|a| a.is_ipv6());
+        match get(v6).await {
+            Ok(_) => assert_eq!(peers.recv().await.unwrap().to_string(), "::1"),
+            Err(e) => {
+                assert!(only_v4, "{}", chain(&e));
+                assert!(chain(&e).contains("no IPv6 address"), "{}", chain(&e));
+            }
+        }
+        assert!(
+            peers.try_recv().is_err(),
+            "a connection that should not have been made"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_approved_interface_nothing_is_sent_but_loopback_still_is() {
+        let c = Client::new(&config::Cloud {
+            endpoint: "https://upload.example.com/files/".into(),
+            ..cloud(5)
+        })
+        .unwrap();
+        assert_eq!(c.rebind(None), Binding::Refused);
+        let e = c
+            .head("https://upload.example.com/files/x", &token())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TusError::NoUplink), "{e}");
+        assert!(e.is_transient());
+        // A loopback URL never leaves the device: it is not held back by the binding.
+        let (port, mut peers) = peer_server().await;
+        let _ = c
+            .head(&format!("http://127.0.0.1:{port}/x"), &token())
+            .await;
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
+    }
 }
