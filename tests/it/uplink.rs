@@ -175,8 +175,15 @@ async fn dual_stack_with_ipv6_on_cellular_uploads_only_over_wifi() {
     );
     rig.assert_all_over(Link::Wlan);
     let wwan = rig.lab.rx_bytes(Link::Wwan) - wwan_before;
+    let mut peers: Vec<IpAddr> = rig
+        .rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.peer.map(|p| p.ip().to_canonical()))
+        .collect();
+    peers.dedup();
     eprintln!(
-        "dual stack, wifi: wwan0 carried {wwan} bytes, wlan0 {} requests",
+        "dual stack, wifi: wwan0 carried {wwan} bytes; {} requests, all from {peers:?}",
         rig.requests_over(Link::Wlan)
     );
     assert!(wwan < CHATTER, "{wwan} bytes went over wwan0");
