@@ -24,6 +24,7 @@ use crate::settings::{Settings, SettingsPatch};
 use crate::store::{
     self, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, QueueCounts, Store,
 };
+use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::tus;
 
@@ -145,6 +146,8 @@ pub struct Status {
     pub uploads: Vec<Current>,
     /// What only the user can fix (empty when all is well).
     pub attention: Vec<Attention>,
+    /// The interface uploads leave through, the binding in force, metered or not and why.
+    pub uplink: UplinkStatus,
 }
 
 /// `GET /v1/account`: never the token.
@@ -186,6 +189,8 @@ pub struct Privacy {
     pub settings: Settings,
     pub history_days: u32,
     pub sent_only_when: &'static str,
+    /// Extension: which way the bytes leave (the interface and its binding), in one sentence.
+    pub leaves_through: String,
 }
 
 #[derive(Debug)]
@@ -235,6 +240,9 @@ pub struct App {
     live: Mutex<Live>,
     heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
 }
+
+/// Where the app's `PUT /v1/network` answer is kept across restarts.
+const METERED_KEY: &str = "network.metered";
 
 /// Progress events at most this often per upload (the app's UI needs no more).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -298,10 +306,16 @@ impl App {
             }
         }
         let filter = config.media.filter.clone();
+        let activity = Activity::new();
+        activity.set_metered_override(match store.get_kv(METERED_KEY)?.as_deref() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => None,
+        });
         Ok(App {
             config: Arc::new(config),
             store,
-            activity: Arc::new(Activity::new()),
+            activity: Arc::new(activity),
             filter,
             events: Events::default(),
             client,
@@ -350,6 +364,11 @@ impl App {
             queue,
             current: uploads.first().cloned(),
             uploads,
+            uplink: uplink::describe(
+                live.snapshot.as_ref(),
+                &self.client.binding(),
+                self.activity.metered_override(),
+            ),
         })
     }
 
@@ -431,6 +450,11 @@ impl App {
             endpoint,
             settings: live.settings.clone(),
             history_days: self.config.state.history_days,
+            leaves_through: uplink::privacy_sentence(&uplink::describe(
+                live.snapshot.as_ref(),
+                &self.client.binding(),
+                self.activity.metered_override(),
+            )),
             sent_only_when: "a file is uploaded: with auto_upload on and the conditions met, \
                              or when the app asks for a manual upload",
         }
@@ -490,6 +514,19 @@ impl App {
         );
         self.reevaluate();
         Ok(())
+    }
+
+    /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides
+    /// from the firmware's flag and the network's signs). Persisted, then enforced: a metered
+    /// Wi-Fi under `wifi`/`unmetered` stops the upload in flight at the next conditions read,
+    /// which this triggers at once.
+    pub fn set_metered(&self, metered: Option<bool>) -> Result<Option<bool>, AppError> {
+        let v = metered.map(|m| if m { "true" } else { "false" });
+        self.store.set_kv(METERED_KEY, v)?;
+        self.activity.set_metered_override(metered);
+        tracing::info!(?metered, "the app set whether the Wi-Fi is metered");
+        self.recheck.notify_one();
+        Ok(metered)
     }
 
     /// `PUT /v1/recording` from the camera firmware.
@@ -941,6 +978,17 @@ impl App {
     /// Whether queued items wait (for conditions, a back-off, or a free slot).
     pub fn has_waiting_work(&self) -> bool {
         self.store.has_pending().unwrap_or(false)
+    }
+
+    /// Stops every upload in flight (they resume later by HEAD): the conditions loop calls it
+    /// when the interface uploads may use changes, since open connections keep their binding.
+    pub fn stop_uploads(&self, why: &str) {
+        for f in self.live().in_flight.values() {
+            if !f.stop.is_cancelled() {
+                tracing::info!(id = f.item.id, why, "stopping an upload");
+                f.stop.cancel();
+            }
+        }
     }
 
     /// Ids of the uploads in flight.

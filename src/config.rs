@@ -125,6 +125,14 @@ pub struct Conditions {
     pub sysfs: PathBuf,
     pub proc: PathBuf,
     pub recording_flag: PathBuf,
+    /// Exists while the firmware knows the Wi-Fi is metered (unset: no such signal).
+    pub metered_flag: Option<PathBuf>,
+    /// Extension: systemd-networkd's DHCP lease directory (files named by ifindex), read for
+    /// Android's `ANDROID_METERED` (unset: not read).
+    pub networkd_leases: Option<PathBuf>,
+    /// Extension: where the firmware's udhcpc/dhcpcd hook writes DHCP option 43 per interface
+    /// (`DIR/IFNAME`), read for `ANDROID_METERED` (unset: not read). docs/uplink.md.
+    pub dhcp_vendor_dir: Option<PathBuf>,
     pub idle_secs: u64,
     pub max_temp_c: f64,
     pub min_battery_percent: u8,
@@ -142,6 +150,9 @@ impl Default for Conditions {
             sysfs: "/sys".into(),
             proc: "/proc".into(),
             recording_flag: "/run/camera/recording".into(),
+            metered_flag: None,
+            networkd_leases: None,
+            dhcp_vendor_dir: None,
             idle_secs: 120,
             max_temp_c: 60.0,
             min_battery_percent: 20,
@@ -483,7 +494,8 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Whether the URL's host is this device (a loopback address or `localhost`).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -560,6 +572,15 @@ impl fmt::Display for Config {
             "recording_flag = {:?}",
             c.recording_flag.display().to_string()
         )?;
+        for (key, path) in [
+            ("metered_flag", &c.metered_flag),
+            ("networkd_leases", &c.networkd_leases),
+            ("dhcp_vendor_dir", &c.dhcp_vendor_dir),
+        ] {
+            if let Some(p) = path {
+                writeln!(f, "{key} = {:?}", p.display().to_string())?;
+            }
+        }
         writeln!(f, "idle_secs = {}", c.idle_secs)?;
         writeln!(f, "max_temp_c = {}", c.max_temp_c)?;
         writeln!(f, "min_battery_percent = {}", c.min_battery_percent)?;

@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::scheduler;
 use crate::store::Store;
+use crate::upload::bind::Binding;
 use crate::upload::tus;
 use crate::{conditions, gate, watch};
 
@@ -83,7 +84,11 @@ async fn main(config: Config) -> i32 {
         Err(e) => tracing::error!(error = %e, "cannot recover interrupted uploads"),
     }
     let client = match tus::Client::new(&config.cloud) {
-        Ok(c) => c,
+        // No connection until the gate approves an interface (the conditions loop rebinds).
+        Ok(c) => {
+            c.rebind(None);
+            c
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the upload client");
             return 1;
@@ -195,10 +200,50 @@ async fn conditions_loop(app: Arc<App>) {
     let mut reader = conditions::Reader::new(&cfg);
     let mut hold = gate::HoldDown::new(hold_down);
     let mut last_verdict = None;
+    // The approved interface and the families it carries, as the client is bound now.
+    let mut bound: Option<(String, Vec<conditions::Family>)> = None;
+    let mut last_binding = Binding::Refused;
     loop {
         let snapshot = reader.read(&app.activity);
         let settings = app.settings();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
+        let link = verdict
+            .uplink
+            .as_ref()
+            .and_then(|i| snapshot.links.iter().find(|l| &l.interface == i));
+        let want = link.map(|l| (l.interface.clone(), l.families.clone()));
+        // An approved interface the client could not bind to (it vanished between the read and
+        // the bind, or has no address yet for the fallback) is tried again at the next poll.
+        let unbindable = want.is_some() && last_binding == Binding::Refused;
+        if want != bound || unbindable {
+            if want != bound {
+                // Open connections keep the binding they were made with: stop the uploads in
+                // flight now, so that nothing more goes out of the old way; they resume by
+                // HEAD over the new one if it is allowed.
+                app.stop_uploads("the interface uploads may use changed");
+            }
+            let binding = app.client.rebind(link);
+            if binding != last_binding {
+                match &binding {
+                    Binding::Address { interface, addr } => tracing::warn!(
+                        interface, %addr,
+                        "the kernel refuses SO_BINDTODEVICE (Linux < 5.7 without CAP_NET_RAW): \
+                         upload connections are bound to the interface's address instead, \
+                         which holds only while it carries the default route (docs/uplink.md)"
+                    ),
+                    Binding::Refused if want.is_some() => tracing::warn!(
+                        uplink = ?verdict.uplink,
+                        "cannot bind upload connections to the approved interface; no uploads \
+                         until it can be (retried every poll)"
+                    ),
+                    b => {
+                        tracing::info!(uplink = ?verdict.uplink, binding = ?b, "upload connections are bound anew")
+                    }
+                }
+                last_binding = binding;
+            }
+            bound = want;
+        }
         let now = Instant::now();
         let auto_open = hold.update(verdict.auto_allowed(), now);
         if last_verdict.as_ref() != Some(&verdict) {

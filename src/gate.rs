@@ -5,15 +5,19 @@
 //! section 5's `blocked_by` values. [`HoldDown`] keeps a flapping answer (a bouncing charger
 //! contact, Wi-Fi roaming) from starting and aborting uploads every second.
 //!
+//! The network rule also names the way out: [`choose_uplink`] picks, among the interfaces that
+//! carry a default route (IPv4 or IPv6), the one uploads may leave through, and [`Verdict::uplink`]
+//! carries it to the upload client, which binds every connection to it.
+//!
 //! Invariant: no other module re-derives these rules; the scheduler and the status endpoint both
-//! ask [`decide`].
+//! ask [`decide`]; no upload connection is made unless [`Verdict::uplink`] names an interface.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::conditions::{Network, Snapshot};
+use crate::conditions::{Link, Network, Snapshot};
 use crate::config;
 use crate::settings::{NetworkPref, Settings};
 
@@ -28,8 +32,11 @@ pub enum Block {
     NotCharging,
     /// The battery is below `conditions.min_battery_percent`, charging or not.
     BatteryLow,
-    /// The default route is over a network the user's `network` setting excludes.
+    /// Every default route is over a network the user's `network` setting excludes.
     NetworkNotAllowed,
+    /// The Wi-Fi (or Ethernet) is metered (a phone hotspot, the firmware's flag, the app's
+    /// word) and the setting is `wifi` or `unmetered`.
+    MeteredNetwork,
     /// No usable default route.
     Offline,
     /// Idle is required and the camera records.
@@ -48,6 +55,7 @@ impl Block {
             Block::NotCharging => "not_charging",
             Block::BatteryLow => "battery_low",
             Block::NetworkNotAllowed => "network_not_allowed",
+            Block::MeteredNetwork => "metered_network",
             Block::Offline => "offline",
             Block::Recording => "recording",
             Block::Busy => "busy",
@@ -71,6 +79,9 @@ pub struct Verdict {
     pub auto: Vec<Block>,
     /// Blocks on `cambackup upload`: only the network preference and the temperature.
     pub manual: Vec<Block>,
+    /// The interface uploads may leave through (every connection is bound to it); `None` when
+    /// the network rule blocks (offline, not allowed, metered).
+    pub uplink: Option<String>,
 }
 
 impl Verdict {
@@ -92,7 +103,10 @@ impl Verdict {
 /// unknown battery level, temperature or load blocks nothing (a mains-only camera has no
 /// battery; many have no thermal zone).
 pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Verdict {
-    let network = network_block(s.network, settings.network);
+    let (uplink, network) = match choose_uplink(&s.links, settings.network) {
+        Ok(link) => (Some(link.interface.clone()), Vec::new()),
+        Err(blocks) => (None, blocks),
+    };
     let too_hot = s.temp_c.is_some_and(|t| t > cfg.max_temp_c);
 
     let mut auto = Vec::new();
@@ -107,7 +121,7 @@ pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Ve
     {
         auto.push(Block::BatteryLow);
     }
-    auto.extend(network);
+    auto.extend(network.iter().copied());
     if settings.require_idle && s.recording {
         auto.push(Block::Recording);
     }
@@ -118,23 +132,57 @@ pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Ve
         auto.push(Block::TooHot);
     }
 
-    let mut manual = Vec::new();
-    manual.extend(network);
+    let mut manual = network;
     if too_hot {
         manual.push(Block::TooHot);
     }
-    Verdict { auto, manual }
+    Verdict {
+        auto,
+        manual,
+        uplink,
+    }
 }
 
-/// The network rule, shared by automatic and manual uploads.
-fn network_block(network: Network, pref: NetworkPref) -> Option<Block> {
-    let allowed = match network {
-        Network::Offline => return Some(Block::Offline),
-        Network::Wifi => true,
-        Network::Ethernet => matches!(pref, NetworkPref::Unmetered | NetworkPref::Any),
-        Network::Cellular => pref == NetworkPref::Any,
-    };
-    (!allowed).then_some(Block::NetworkNotAllowed)
+/// The network rule, shared by automatic and manual uploads: the link uploads may leave
+/// through, or every reason none may be used (in [`Block`] order).
+///
+/// A link is allowed when its kind is (`wifi`: Wi-Fi; `unmetered`: Wi-Fi or Ethernet; `any`:
+/// all) and, unless the setting is `any`, it is not metered. Among the allowed links the first
+/// unmetered one in the kernel's order wins (IPv4 routes by metric, then IPv6): when the
+/// families disagree (IPv4 default on `wlan0`, IPv6 default on `wwan0`), the Wi-Fi is used under
+/// every setting, over whichever family it carries. Under `any` a metered link is used only when
+/// no unmetered one is up.
+pub fn choose_uplink(links: &[Link], pref: NetworkPref) -> Result<&Link, Vec<Block>> {
+    if links.is_empty() {
+        return Err(vec![Block::Offline]);
+    }
+    let mut blocks = Vec::new();
+    let mut allowed = Vec::new();
+    for link in links {
+        let kind_ok = match link.network {
+            Network::Offline => false,
+            Network::Wifi => true,
+            Network::Ethernet => matches!(pref, NetworkPref::Unmetered | NetworkPref::Any),
+            Network::Cellular => pref == NetworkPref::Any,
+        };
+        if !kind_ok {
+            blocks.push(Block::NetworkNotAllowed);
+        } else if link.metered.metered && pref != NetworkPref::Any {
+            blocks.push(Block::MeteredNetwork);
+        } else {
+            allowed.push(link);
+        }
+    }
+    if let Some(best) = allowed
+        .iter()
+        .find(|l| !l.metered.metered)
+        .or(allowed.first())
+    {
+        return Ok(best);
+    }
+    blocks.sort();
+    blocks.dedup();
+    Err(blocks)
 }
 
 /// Media written within `idle_secs`, or the load over `max_load` when that is set.
@@ -188,6 +236,8 @@ impl HoldDown {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::metered::{Metered, MeteredBy};
+    use crate::conditions::Family;
     use Block::*;
 
     /// A camera on the charger, on Wi-Fi, cool and idle.
@@ -197,11 +247,45 @@ mod tests {
             battery_percent: Some(80),
             network: Network::Wifi,
             interface: Some("wlan0".into()),
+            links: vec![link("wlan0", Network::Wifi, &[Family::Ipv4])],
             temp_c: Some(40.0),
             load: Some(0.5),
             recording: false,
             secs_since_media_write: Some(3600),
         }
+    }
+
+    fn link(interface: &str, network: Network, families: &[Family]) -> Link {
+        let mut l = Link {
+            interface: interface.into(),
+            network,
+            families: families.to_vec(),
+            gateway_v4: None,
+            metered: Metered::default(),
+        };
+        if network == Network::Cellular {
+            l.metered = metered(MeteredBy::Cellular);
+        }
+        l
+    }
+
+    fn metered(by: MeteredBy) -> Metered {
+        Metered {
+            metered: true,
+            because: Some(by),
+        }
+    }
+
+    /// The only default route is over `network`.
+    fn on(s: &mut Snapshot, network: Network) {
+        let name = match network {
+            Network::Wifi => "wlan0",
+            Network::Cellular => "wwan0",
+            _ => "eth0",
+        };
+        s.network = network;
+        s.interface = Some(name.into());
+        s.links = vec![link(name, network, &[Family::Ipv4])];
     }
 
     /// The defaults with consent given.
@@ -309,6 +393,7 @@ mod tests {
             snapshot: |s| {
                 s.network = Network::Offline;
                 s.interface = None;
+                s.links.clear();
             },
             settings: |s| s.network = NetworkPref::Any,
             limits: same,
@@ -317,7 +402,7 @@ mod tests {
         },
         Row {
             name: "cellular with preference wifi blocks both",
-            snapshot: |s| s.network = Network::Cellular,
+            snapshot: |s| on(s, Network::Cellular),
             settings: same,
             limits: same,
             auto: &[NetworkNotAllowed],
@@ -325,7 +410,7 @@ mod tests {
         },
         Row {
             name: "cellular with preference unmetered blocks both",
-            snapshot: |s| s.network = Network::Cellular,
+            snapshot: |s| on(s, Network::Cellular),
             settings: |s| s.network = NetworkPref::Unmetered,
             limits: same,
             auto: &[NetworkNotAllowed],
@@ -333,7 +418,7 @@ mod tests {
         },
         Row {
             name: "network any allows cellular",
-            snapshot: |s| s.network = Network::Cellular,
+            snapshot: |s| on(s, Network::Cellular),
             settings: |s| s.network = NetworkPref::Any,
             limits: same,
             auto: &[],
@@ -341,7 +426,7 @@ mod tests {
         },
         Row {
             name: "ethernet with preference wifi blocks both",
-            snapshot: |s| s.network = Network::Ethernet,
+            snapshot: |s| on(s, Network::Ethernet),
             settings: same,
             limits: same,
             auto: &[NetworkNotAllowed],
@@ -349,7 +434,7 @@ mod tests {
         },
         Row {
             name: "unmetered allows ethernet",
-            snapshot: |s| s.network = Network::Ethernet,
+            snapshot: |s| on(s, Network::Ethernet),
             settings: |s| s.network = NetworkPref::Unmetered,
             limits: same,
             auto: &[],
@@ -452,11 +537,58 @@ mod tests {
             manual: &[],
         },
         Row {
+            name: "metered wifi blocks both under wifi",
+            snapshot: |s| s.links[0].metered = metered(MeteredBy::FirmwareFlag),
+            settings: same,
+            limits: same,
+            auto: &[MeteredNetwork],
+            manual: &[MeteredNetwork],
+        },
+        Row {
+            name: "metered wifi blocks both under unmetered",
+            snapshot: |s| s.links[0].metered = metered(MeteredBy::IphoneGateway),
+            settings: |s| s.network = NetworkPref::Unmetered,
+            limits: same,
+            auto: &[MeteredNetwork],
+            manual: &[MeteredNetwork],
+        },
+        Row {
+            name: "metered wifi is allowed under any",
+            snapshot: |s| s.links[0].metered = metered(MeteredBy::AndroidDhcp),
+            settings: |s| s.network = NetworkPref::Any,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "metered wifi and cellular name both reasons",
+            snapshot: |s| {
+                s.links[0].metered = metered(MeteredBy::App);
+                s.links
+                    .push(link("wwan0", Network::Cellular, &[Family::Ipv6]));
+            },
+            settings: same,
+            limits: same,
+            auto: &[NetworkNotAllowed, MeteredNetwork],
+            manual: &[NetworkNotAllowed, MeteredNetwork],
+        },
+        Row {
+            name: "ipv6 default over cellular does not block the wifi",
+            snapshot: |s| {
+                s.links
+                    .push(link("wwan0", Network::Cellular, &[Family::Ipv6]))
+            },
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
             name: "every block is named, in a stable order",
             snapshot: |s| {
                 s.charging = Some(false);
                 s.battery_percent = Some(3);
-                s.network = Network::Cellular;
+                on(s, Network::Cellular);
                 s.recording = true;
                 s.secs_since_media_write = Some(1);
                 s.temp_c = Some(75.0);
@@ -478,7 +610,7 @@ mod tests {
             name: "everything relaxed: uncharged, cellular, recording, writing",
             snapshot: |s| {
                 s.charging = Some(false);
-                s.network = Network::Cellular;
+                on(s, Network::Cellular);
                 s.recording = true;
                 s.secs_since_media_write = Some(1);
             },
@@ -526,6 +658,7 @@ mod tests {
             Recording,
             Busy,
             TooHot,
+            MeteredNetwork,
         ];
         let json = serde_json::to_value(all).unwrap();
         let names: Vec<&str> = all.iter().map(|b| b.as_str()).collect();
@@ -540,9 +673,95 @@ mod tests {
                 "offline",
                 "recording",
                 "busy",
-                "too_hot"
+                "too_hot",
+                "metered_network"
             ]
         );
+    }
+
+    #[test]
+    fn choose_uplink_table() {
+        use NetworkPref::{Any, Unmetered, Wifi};
+        let wlan = || link("wlan0", Network::Wifi, &[Family::Ipv4]);
+        let wlan_v6 = || link("wlan0", Network::Wifi, &[Family::Ipv6]);
+        let wwan_v4 = || link("wwan0", Network::Cellular, &[Family::Ipv4]);
+        let wwan_v6 = || link("wwan0", Network::Cellular, &[Family::Ipv6]);
+        let eth = || link("eth0", Network::Ethernet, &[Family::Ipv4]);
+        let hotspot = || {
+            let mut l = wlan();
+            l.metered = metered(MeteredBy::IphoneGateway);
+            l
+        };
+        type Want = Result<&'static str, Vec<Block>>;
+        let rows: Vec<(&str, Vec<Link>, NetworkPref, Want)> = vec![
+            ("offline", vec![], Any, Err(vec![Offline])),
+            (
+                "ipv4 wifi, ipv6 cellular, wifi",
+                vec![wlan(), wwan_v6()],
+                Wifi,
+                Ok("wlan0"),
+            ),
+            (
+                "ipv4 wifi, ipv6 cellular, any: the wifi",
+                vec![wlan(), wwan_v6()],
+                Any,
+                Ok("wlan0"),
+            ),
+            (
+                "ipv4 cellular, ipv6 wifi, wifi",
+                vec![wwan_v4(), wlan_v6()],
+                Wifi,
+                Ok("wlan0"),
+            ),
+            (
+                "ipv4 cellular, ipv6 wifi, any: still the wifi",
+                vec![wwan_v4(), wlan_v6()],
+                Any,
+                Ok("wlan0"),
+            ),
+            ("cellular only, any", vec![wwan_v4()], Any, Ok("wwan0")),
+            (
+                "cellular only, unmetered",
+                vec![wwan_v4()],
+                Unmetered,
+                Err(vec![NetworkNotAllowed]),
+            ),
+            (
+                "ethernet first under unmetered",
+                vec![eth(), wlan()],
+                Unmetered,
+                Ok("eth0"),
+            ),
+            (
+                "ethernet skipped under wifi",
+                vec![eth(), wlan()],
+                Wifi,
+                Ok("wlan0"),
+            ),
+            (
+                "hotspot under wifi",
+                vec![hotspot()],
+                Wifi,
+                Err(vec![MeteredNetwork]),
+            ),
+            ("hotspot under any", vec![hotspot()], Any, Ok("wlan0")),
+            (
+                "hotspot and cellular under any: the first metered",
+                vec![hotspot(), wwan_v6()],
+                Any,
+                Ok("wlan0"),
+            ),
+            (
+                "cellular before ethernet under any: the unmetered one",
+                vec![wwan_v4(), eth()],
+                Any,
+                Ok("eth0"),
+            ),
+        ];
+        for (name, links, pref, want) in rows {
+            let got = choose_uplink(&links, pref).map(|l| l.interface.as_str());
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     fn secs(n: f64) -> Duration {

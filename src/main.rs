@@ -19,6 +19,7 @@ mod scheduler;
 mod secret;
 mod settings;
 mod store;
+mod uplink;
 mod upload;
 mod watch;
 

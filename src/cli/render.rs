@@ -21,6 +21,7 @@ pub struct StatusView {
     pub current: Option<Current>,
     pub uploads: Vec<Current>,
     pub attention: Vec<AttentionView>,
+    pub uplink: Option<UplinkView>,
 }
 
 /// One entry of `status.attention`.
@@ -29,6 +30,18 @@ pub struct StatusView {
 pub struct AttentionView {
     pub code: String,
     pub message: String,
+}
+
+/// `status.uplink`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UplinkView {
+    pub interface: Option<String>,
+    pub binding: Option<String>,
+    pub network: Option<String>,
+    pub metered: bool,
+    pub metered_because: Option<String>,
+    pub metered_override: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +98,7 @@ pub struct PrivacyView {
     pub settings: BTreeMap<String, Value>,
     pub history_days: u32,
     pub sent_only_when: String,
+    pub leaves_through: Option<String>,
 }
 
 /// A `blocked_by` value in words.
@@ -94,6 +108,7 @@ pub fn block_words(code: &str) -> String {
         "not_charging" => "not charging",
         "battery_low" => "battery low",
         "network_not_allowed" => "the current network is not allowed (settings: network)",
+        "metered_network" => "the Wi-Fi is metered (settings: network; `PUT /v1/network`)",
         "offline" => "offline",
         "recording" => "the camera is recording",
         "busy" => "the camera is busy",
@@ -145,6 +160,9 @@ pub fn status(s: &StatusView) -> String {
     if let Some(c) = &s.conditions {
         let _ = writeln!(out, "device:      {}", conditions(c));
     }
+    if let Some(u) = &s.uplink {
+        let _ = writeln!(out, "uplink:      {}", uplink(u));
+    }
     let uploads: Vec<&Current> = if s.uploads.is_empty() {
         s.current.iter().collect()
     } else {
@@ -157,6 +175,36 @@ pub fn status(s: &StatusView) -> String {
         let _ = writeln!(out, "needs you:   {} ({})", a.message, a.code);
     }
     out
+}
+
+/// Where uploads leave, how connections are held there, and whether it is metered and why.
+pub fn uplink(u: &UplinkView) -> String {
+    let mut line = match (&u.interface, u.binding.as_deref()) {
+        (Some(i), Some("device")) => {
+            format!("uploads leave through {i} only (bound to the interface)")
+        }
+        (Some(i), Some("address")) => {
+            format!("uploads leave through {i} only (bound to its address; the kernel refuses interface binding)")
+        }
+        (Some(i), None) => {
+            format!("uploads go to this device only (loopback endpoint); {i} is approved")
+        }
+        _ => "no upload connection is made now".to_string(),
+    };
+    let metered = match (u.metered, u.metered_because.as_deref()) {
+        (true, Some("cellular")) => "metered (cellular)".to_string(),
+        (true, Some("app")) => "metered (the app says so)".to_string(),
+        (true, Some("firmware_flag")) => "metered (the camera's firmware says so)".to_string(),
+        (true, Some("android_dhcp")) => "metered (an Android hotspot)".to_string(),
+        (true, Some("iphone_gateway")) => "metered (looks like an iPhone hotspot)".to_string(),
+        (true, _) => "metered".to_string(),
+        (false, Some("app")) => "not metered (the app says so)".to_string(),
+        (false, _) => "not metered".to_string(),
+    };
+    if let Some(n) = &u.network {
+        let _ = write!(line, "; {n}, {metered}");
+    }
+    line
 }
 
 fn conditions(c: &Conditions) -> String {
@@ -272,6 +320,9 @@ pub fn privacy(p: &PrivacyView) -> String {
     let _ = writeln!(out, "Sent to:        {}", p.endpoint);
     let _ = writeln!(out, "Transport:      {}", p.transport);
     let _ = writeln!(out, "Sent only when: {}", p.sent_only_when);
+    if let Some(l) = &p.leaves_through {
+        let _ = writeln!(out, "Leaves:         {l}");
+    }
     let _ = writeln!(out, "Your settings:  {}", settings_inline(&p.settings));
     let _ = writeln!(
         out,
@@ -493,6 +544,32 @@ mod tests {
         assert!(
             text.contains("wifi (wlan0), charging, battery 80%, 41.5 °C"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_says_where_uploads_leave_and_why_metered() {
+        let v: StatusView = serde_json::from_value(serde_json::json!({
+            "state": "waiting", "blocked_by": ["metered_network"],
+            "uplink": {"interface": null, "binding": null, "network": "wifi", "families": ["ipv4"],
+                       "metered": true, "metered_because": "iphone_gateway", "metered_override": null}
+        }))
+        .unwrap();
+        let text = status(&v);
+        assert!(text.contains("blocked by:  the Wi-Fi is metered"), "{text}");
+        assert!(
+            text.contains("uplink:      no upload connection is made now; wifi, metered (looks like an iPhone hotspot)"),
+            "{text}"
+        );
+        let u = UplinkView {
+            interface: Some("wlan0".into()),
+            binding: Some("device".into()),
+            network: Some("wifi".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            uplink(&u),
+            "uploads leave through wlan0 only (bound to the interface); wifi, not metered"
         );
     }
 

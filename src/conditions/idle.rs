@@ -2,7 +2,7 @@
 //! `PUT /v1/recording`) and recent writes under the media root (from the watcher).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,8 @@ use super::{Problem, Reading};
 #[derive(Debug)]
 pub struct Activity {
     recording: AtomicBool,
+    /// The app's `PUT /v1/network`: 0 = let the daemon decide, 1 = not metered, 2 = metered.
+    metered_override: AtomicU8,
     last_write: Mutex<Option<Instant>>,
     /// Wakes whoever waits on the gate when the firmware starts or stops recording, so an upload
     /// stops at once rather than at the next poll.
@@ -32,6 +34,7 @@ impl Activity {
     pub fn new() -> Activity {
         Activity {
             recording: AtomicBool::new(false),
+            metered_override: AtomicU8::new(0),
             last_write: Mutex::new(None),
             recording_tx: watch::Sender::new(false),
         }
@@ -56,6 +59,26 @@ impl Activity {
     /// re-check the gate at once when recording starts.
     pub fn watch_recording(&self) -> watch::Receiver<bool> {
         self.recording_tx.subscribe()
+    }
+
+    /// The app's `PUT /v1/network {"metered": ...}` (persisted by the app layer, which sets it
+    /// here again at start): `None` lets the daemon decide from the signs.
+    pub fn set_metered_override(&self, metered: Option<bool>) {
+        let v = match metered {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        self.metered_override.store(v, Ordering::SeqCst);
+    }
+
+    /// The app's answer on whether the Wi-Fi is metered, if it gave one.
+    pub fn metered_override(&self) -> Option<bool> {
+        match self.metered_override.load(Ordering::SeqCst) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
     }
 
     /// The watcher saw a write under the media root just now.

@@ -13,6 +13,7 @@
 
 pub mod idle;
 pub mod load;
+pub mod metered;
 pub mod network;
 pub mod power;
 pub mod thermal;
@@ -27,6 +28,7 @@ use serde::Serialize;
 use crate::config;
 
 pub use idle::Activity;
+pub use network::{Family, Link};
 
 /// The network the default route would use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,7 +40,8 @@ pub enum Network {
     Ethernet,
     /// The interface's name matches `conditions.cellular_interfaces`.
     Cellular,
-    /// No IPv4 default route over an interface that is up (or the route table cannot be read).
+    /// No IPv4 or IPv6 default route over an interface that is up (or the route table cannot be
+    /// read).
     Offline,
 }
 
@@ -61,10 +64,15 @@ pub struct Snapshot {
     pub charging: Option<bool>,
     /// The battery's charge; `None` without a battery (mains only) or when it cannot be read.
     pub battery_percent: Option<u8>,
-    /// The network traffic would take now.
+    /// The network an unbound connection would take: the first of `links` (the lowest-metric
+    /// IPv4 default route, else IPv6). Uploads leave through the gate's choice among `links`
+    /// (`uplink` in the status), which may be another one.
     pub network: Network,
     /// The interface of that route; `None` when offline.
     pub interface: Option<String>,
+    /// Extension: every interface with a default route (IPv4 or IPv6) that is up, in the
+    /// kernel's order of preference, with whether it is metered and why.
+    pub links: Vec<Link>,
     /// The hottest thermal zone; `None` without thermal zones.
     pub temp_c: Option<f64>,
     /// The 1-minute load average; `None` when it cannot be read.
@@ -153,15 +161,19 @@ enum Source {
     Thermal,
     Load,
     RecordingFlag,
+    MeteredFlag,
+    Dhcp,
 }
 
 impl Source {
-    const ALL: [Source; 5] = [
+    const ALL: [Source; 7] = [
         Source::Power,
         Source::Network,
         Source::Thermal,
         Source::Load,
         Source::RecordingFlag,
+        Source::MeteredFlag,
+        Source::Dhcp,
     ];
 
     /// What the daemon assumes while this source cannot be read, for the warning.
@@ -177,6 +189,8 @@ impl Source {
             Source::RecordingFlag => {
                 "assuming no recording from the flag meanwhile (PUT /v1/recording still counts)"
             }
+            Source::MeteredFlag => "assuming the Wi-Fi is metered meanwhile",
+            Source::Dhcp => "the DHCP lease's metered sign is unknown meanwhile (not metered)",
         }
     }
 
@@ -187,6 +201,8 @@ impl Source {
             Source::Thermal => "thermal zone",
             Source::Load => "load average",
             Source::RecordingFlag => "recording flag",
+            Source::MeteredFlag => "metered flag",
+            Source::Dhcp => "DHCP lease",
         }
     }
 }
@@ -230,6 +246,9 @@ pub struct Reader {
     sysfs: PathBuf,
     proc: PathBuf,
     recording_flag: PathBuf,
+    metered_flag: Option<PathBuf>,
+    networkd_leases: Option<PathBuf>,
+    dhcp_vendor_dir: Option<PathBuf>,
     cellular: GlobSet,
     warned: Warned,
 }
@@ -241,6 +260,9 @@ impl Reader {
             sysfs: cfg.sysfs.clone(),
             proc: cfg.proc.clone(),
             recording_flag: cfg.recording_flag.clone(),
+            metered_flag: cfg.metered_flag.clone(),
+            networkd_leases: cfg.networkd_leases.clone(),
+            dhcp_vendor_dir: cfg.dhcp_vendor_dir.clone(),
             cellular: cellular_globs(&cfg.cellular_interfaces),
             warned: Warned::default(),
         }
@@ -259,12 +281,35 @@ impl Reader {
         self.report(Source::Load, load.problem.as_ref());
         let flag = idle::read_recording_flag(&self.recording_flag);
         self.report(Source::RecordingFlag, flag.problem.as_ref());
+        let metered_flag = metered::read_flag(self.metered_flag.as_deref());
+        self.report(Source::MeteredFlag, metered_flag.problem.as_ref());
+
+        let mut links = route.value.links;
+        let mut dhcp_problem = None;
+        for link in &mut links {
+            let dhcp = metered::read_android_dhcp(
+                &self.sysfs,
+                &link.interface,
+                self.networkd_leases.as_deref(),
+                self.dhcp_vendor_dir.as_deref(),
+            );
+            dhcp_problem = dhcp_problem.or(dhcp.problem);
+            let signs = metered::Signs {
+                app: activity.metered_override(),
+                flag: metered_flag.value,
+                android_dhcp: dhcp.value,
+            };
+            link.metered = metered::decide(link, signs);
+        }
+        self.report(Source::Dhcp, dhcp_problem.as_ref());
+        let primary = links.first();
 
         Snapshot {
             charging: power.value.charging,
             battery_percent: power.value.battery_percent,
-            network: route.value.network,
-            interface: route.value.interface,
+            network: primary.map_or(Network::Offline, |l| l.network),
+            interface: primary.map(|l| l.interface.clone()),
+            links,
             temp_c: temp.value,
             load: load.value,
             recording: flag.value || activity.recording(),
@@ -398,6 +443,7 @@ mod tests {
                 battery_percent: Some(57),
                 network: Network::Cellular,
                 interface: Some("wwan0".into()),
+                links: snap.links.clone(),
                 temp_c: Some(45.5),
                 load: Some(0.42),
                 recording: true,
@@ -406,6 +452,11 @@ mod tests {
         );
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["network"], "cellular");
+        assert_eq!(
+            json["links"],
+            serde_json::json!([{"interface": "wwan0", "network": "cellular",
+                "families": ["ipv4"], "metered": {"metered": true, "because": "cellular"}}])
+        );
     }
 
     #[test]

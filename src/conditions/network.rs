@@ -1,12 +1,28 @@
-//! The network traffic would take now: the interface of the IPv4 default route (CONTRACT
-//! section 3), not "some Wi-Fi is up". A Wi-Fi interface that went down while its route is
-//! still in the table does not count.
+//! The networks traffic could leave through: the interfaces of the IPv4 (`net/route`) and IPv6
+//! (`net/ipv6_route`) default routes that are up (CONTRACT section 3), not "some Wi-Fi is up".
+//!
+//! Invariants:
+//! - both address families count: an interface that carries only the IPv6 default route is an
+//!   uplink like any other, so a dual-stack server can never be reached over a link nobody
+//!   looked at;
+//! - the links come in the kernel's order of preference: IPv4 default routes by metric, then
+//!   IPv6 default routes by metric, each interface once (its first place wins);
+//! - a Wi-Fi interface that went down while its route is still in the table does not count;
+//! - a missing `net/ipv6_route` is a kernel without IPv6 (no IPv6 routes, no problem); a missing
+//!   `net/route` is a problem and reads as offline.
+//!
+//! Which of these links uploads may use is the gate's decision ([`crate::gate::choose_uplink`]);
+//! the upload client is then bound to that one interface, so the kernel's own choice per
+//! connection no longer matters.
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use globset::GlobSet;
+use serde::Serialize;
 
+use super::metered::Metered;
 use super::{read_attr, Network, Problem, Reading};
 
 /// `RTF_UP` from `<linux/route.h>`: the route is usable.
@@ -14,32 +30,61 @@ const RTF_UP: u32 = 0x0001;
 /// `RTF_REJECT`: an `unreachable`/`prohibit` route, which sends no traffic anywhere.
 const RTF_REJECT: u32 = 0x0200;
 
-/// Where the traffic would go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uplink {
-    /// What kind of network it is.
-    pub network: Network,
-    /// The route's interface; `None` when offline.
-    pub interface: Option<String>,
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
 }
 
-impl Uplink {
+/// One interface that carries a default route and is up: a way out. Shown in
+/// `conditions.links` of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    /// The interface, e.g. `wlan0`.
+    pub interface: String,
+    /// What kind of network it is.
+    pub network: Network,
+    /// The families whose default route goes out of it, IPv4 first.
+    pub families: Vec<Family>,
+    /// The IPv4 default route's gateway, if it has one (the iPhone hotspot hint reads it).
+    #[serde(skip)]
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// Whether it is metered, and why; filled in by the [`super::Reader`] from the signs
+    /// ([`super::metered`]), not metered as read here.
+    pub metered: Metered,
+}
+
+/// Where traffic could go: every [`Link`], in the kernel's order of preference.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Uplinks {
+    /// Empty when offline.
+    pub links: Vec<Link>,
+}
+
+impl Uplinks {
     /// No usable default route.
-    pub fn offline() -> Uplink {
-        Uplink {
-            network: Network::Offline,
-            interface: None,
-        }
+    pub fn offline() -> Uplinks {
+        Uplinks::default()
+    }
+
+    /// What an unbound IPv4 connection would take (the first link): `conditions.network`.
+    #[cfg(test)]
+    pub fn primary(&self) -> Option<&Link> {
+        self.links.first()
     }
 }
 
-/// One IPv4 default route from `/proc/net/route`.
+/// One default route from `/proc/net/route` or `/proc/net/ipv6_route`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultRoute {
     /// The interface it goes out of.
     pub interface: String,
     /// Lower wins.
     pub metric: u32,
+    /// The next hop, if the route has one (an on-link default route has none).
+    pub gateway: Option<IpAddr>,
 }
 
 /// The usable IPv4 default routes in `/proc/net/route` text, lowest metric first (ties keep the
@@ -60,12 +105,15 @@ pub fn default_routes(route_table: &str) -> Vec<DefaultRoute> {
                 return None;
             }
             let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-            let (destination, flags, mask) = (hex(f[1])?, hex(f[3])?, hex(f[7])?);
+            let (destination, gateway, flags, mask) =
+                (hex(f[1])?, hex(f[2])?, hex(f[3])?, hex(f[7])?);
             let metric = f[6].parse().ok()?;
             let usable = flags & RTF_UP != 0 && flags & RTF_REJECT == 0;
             (destination == 0 && mask == 0 && usable).then(|| DefaultRoute {
                 interface: f[0].to_owned(),
                 metric,
+                // The word is in network order in memory: its native bytes are the address.
+                gateway: (gateway != 0).then(|| IpAddr::V4(Ipv4Addr::from(gateway.to_ne_bytes()))),
             })
         })
         .collect();
@@ -73,24 +121,83 @@ pub fn default_routes(route_table: &str) -> Vec<DefaultRoute> {
     routes
 }
 
-/// Reads `proc/net/route` and `sysfs/class/net/*`: the lowest-metric default route whose
-/// interface is up, and what kind of network that interface is.
+/// The usable IPv6 default routes in `/proc/net/ipv6_route` text, lowest metric first.
 ///
-/// An unreadable route table reads as offline (with the problem): without it there is no telling
-/// where traffic would go, and "offline" blocks uploads rather than risking a metered link.
-pub fn read_network(sysfs: &Path, proc: &Path, cellular: &GlobSet) -> Reading<Uplink> {
+/// The format (no header): `dest dest_len src src_len next_hop metric refcnt use flags device`,
+/// addresses as 32 hex digits in network order, lengths, metric and flags in hex. A default
+/// route has destination `::` and length 0. The kernel lists `unreachable` defaults on `lo`
+/// with `RTF_REJECT`; they are skipped like other unusable routes.
+pub fn default_routes_v6(route_table: &str) -> Vec<DefaultRoute> {
+    let mut routes: Vec<DefaultRoute> = route_table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                return None;
+            }
+            let dest = u128::from_str_radix(f[0], 16).ok()?;
+            let dest_len = u8::from_str_radix(f[1], 16).ok()?;
+            let gateway = u128::from_str_radix(f[4], 16).ok()?;
+            let metric = u32::from_str_radix(f[5], 16).ok()?;
+            let flags = u32::from_str_radix(f[8], 16).ok()?;
+            let usable = flags & RTF_UP != 0 && flags & RTF_REJECT == 0;
+            (dest == 0 && dest_len == 0 && usable && f[9] != "lo").then(|| DefaultRoute {
+                interface: f[9].to_owned(),
+                metric,
+                gateway: (gateway != 0).then(|| IpAddr::V6(Ipv6Addr::from(gateway))),
+            })
+        })
+        .collect();
+    routes.sort_by_key(|r| r.metric);
+    routes
+}
+
+/// Reads `proc/net/route`, `proc/net/ipv6_route` and `sysfs/class/net/*`: every interface that
+/// carries a default route of either family and is up, and what kind of network it is.
+///
+/// An unreadable IPv4 route table reads as offline (with the problem): without it there is no
+/// telling where traffic would go, and "offline" blocks uploads rather than risking a metered
+/// link. An unreadable (not missing) IPv6 table is a problem too, and reads the same way.
+pub fn read_network(sysfs: &Path, proc: &Path, cellular: &GlobSet) -> Reading<Uplinks> {
     let route_path = proc.join("net/route");
     let table = match std::fs::read_to_string(&route_path) {
         Ok(t) => t,
         Err(e) => {
             return Reading {
-                value: Uplink::offline(),
+                value: Uplinks::offline(),
                 problem: Some(Problem::io(&route_path, &e)),
             }
         }
     };
+    let v6_path = proc.join("net/ipv6_route");
+    let v6_table = match std::fs::read_to_string(&v6_path) {
+        Ok(t) => t,
+        // No IPv6 in this kernel (or the namespace): no IPv6 route can take traffic.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Reading {
+                value: Uplinks::offline(),
+                problem: Some(Problem::io(&v6_path, &e)),
+            }
+        }
+    };
+    let routes = default_routes(&table)
+        .into_iter()
+        .map(|r| (Family::Ipv4, r))
+        .chain(
+            default_routes_v6(&v6_table)
+                .into_iter()
+                .map(|r| (Family::Ipv6, r)),
+        );
     let mut problem = None;
-    for route in default_routes(&table) {
+    let mut links: Vec<Link> = Vec::new();
+    for (family, route) in routes {
+        if let Some(link) = links.iter_mut().find(|l| l.interface == route.interface) {
+            if !link.families.contains(&family) {
+                link.families.push(family);
+            }
+            continue;
+        }
         let net = sysfs.join("class/net").join(&route.interface);
         match interface_up(&net) {
             Ok(true) => {}
@@ -100,16 +207,20 @@ pub fn read_network(sysfs: &Path, proc: &Path, cellular: &GlobSet) -> Reading<Up
                 continue;
             }
         }
-        return Reading {
-            value: Uplink {
-                network: classify(&net, &route.interface, cellular),
-                interface: Some(route.interface),
-            },
-            problem,
+        let gateway_v4 = match route.gateway {
+            Some(IpAddr::V4(g)) => Some(g),
+            _ => None,
         };
+        links.push(Link {
+            network: classify(&net, &route.interface, cellular),
+            interface: route.interface,
+            families: vec![family],
+            gateway_v4,
+            metered: Metered::default(),
+        });
     }
     Reading {
-        value: Uplink::offline(),
+        value: Uplinks { links },
         problem,
     }
 }
@@ -206,16 +317,40 @@ mod tests {
             );
             self
         }
-        fn read(&self) -> Reading<Uplink> {
+        fn v6(&self, routes: &[String]) -> &Tree {
+            fake::write(&self.proc(), "net/ipv6_route", &routes.join("\n"));
+            self
+        }
+        fn read(&self) -> Reading<Uplinks> {
             read_network(&self.sys(), &self.proc(), &cellular())
         }
     }
 
-    fn up(network: Network, interface: &str) -> Reading<Uplink> {
-        Reading::ok(Uplink {
+    fn link(network: Network, interface: &str, families: &[Family]) -> Link {
+        Link {
+            interface: interface.into(),
             network,
-            interface: Some(interface.into()),
-        })
+            families: families.to_vec(),
+            gateway_v4: None,
+            metered: Metered::default(),
+        }
+    }
+
+    /// The reading's primary link (what `conditions.network` shows), gateway left out.
+    fn primary(r: &Reading<Uplinks>) -> Option<(Network, String)> {
+        r.value.primary().map(|l| (l.network, l.interface.clone()))
+    }
+
+    fn up(network: Network, interface: &str) -> Option<(Network, String)> {
+        Some((network, interface.into()))
+    }
+
+    /// An IPv6 default route line as the kernel prints it.
+    fn default_v6(iface: &str, metric: u32) -> String {
+        format!(
+            "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+             fe800000000000000000000000000001 {metric:08x} 00000001 00000000 00000003 {iface:>8}"
+        )
     }
 
     /// A default route via a gateway (RTF_UP | RTF_GATEWAY).
@@ -240,26 +375,31 @@ mod tests {
             line("tun0", "00000000", "0100080A", "0003", 0, "00000080"),
             "garbage line".into(),
         ]);
-        assert_eq!(
-            default_routes(&t),
-            vec![
-                DefaultRoute {
-                    interface: "eth0".into(),
-                    metric: 100
-                },
-                DefaultRoute {
-                    interface: "wlan0".into(),
-                    metric: 600
-                },
-            ]
-        );
+        let gw = Some(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)));
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                default_routes(&t),
+                vec![
+                    DefaultRoute {
+                        interface: "eth0".into(),
+                        metric: 100,
+                        gateway: gw,
+                    },
+                    DefaultRoute {
+                        interface: "wlan0".into(),
+                        metric: 600,
+                        gateway: gw,
+                    },
+                ]
+            );
+        }
     }
 
     #[test]
     fn wifi_route_is_wifi() {
         let t = Tree::new(&[subnet("wlan0"), default_via("wlan0", 600)]);
         t.wifi("wlan0", "up");
-        assert_eq!(t.read(), up(Network::Wifi, "wlan0"));
+        assert_eq!(primary(&t.read()), up(Network::Wifi, "wlan0"));
     }
 
     #[test]
@@ -267,62 +407,62 @@ mod tests {
         let t = Tree::new(&[default_via("eth1", 0)]);
         t.iface("eth1", "up");
         fake::write(&t.sys(), "class/net/eth1/wireless/link", "0");
-        assert_eq!(t.read(), up(Network::Wifi, "eth1"));
+        assert_eq!(primary(&t.read()), up(Network::Wifi, "eth1"));
     }
 
     #[test]
     fn lowest_metric_wins() {
         let t = Tree::new(&[default_via("wlan0", 600), default_via("eth0", 100)]);
         t.wifi("wlan0", "up").iface("eth0", "up");
-        assert_eq!(t.read(), up(Network::Ethernet, "eth0"));
+        assert_eq!(primary(&t.read()), up(Network::Ethernet, "eth0"));
     }
 
     #[test]
     fn cellular_by_name() {
         let t = Tree::new(&[default_via("wwan0", 700)]);
         t.iface("wwan0", "up");
-        assert_eq!(t.read(), up(Network::Cellular, "wwan0"));
+        assert_eq!(primary(&t.read()), up(Network::Cellular, "wwan0"));
     }
 
     #[test]
     fn ppp_reporting_unknown_operstate_counts_as_up() {
         let t = Tree::new(&[line("ppp0", "00000000", "00000000", "0001", 0, "00000000")]);
         t.iface("ppp0", "unknown");
-        assert_eq!(t.read(), up(Network::Cellular, "ppp0"));
+        assert_eq!(primary(&t.read()), up(Network::Cellular, "ppp0"));
     }
 
     #[test]
     fn stale_route_over_a_down_wifi_is_offline() {
         let t = Tree::new(&[default_via("wlan0", 600)]);
         t.wifi("wlan0", "down");
-        assert_eq!(t.read(), Reading::ok(Uplink::offline()));
+        assert_eq!(t.read(), Reading::ok(Uplinks::offline()));
     }
 
     #[test]
     fn stale_route_over_a_down_wifi_falls_back_to_the_next_route() {
         let t = Tree::new(&[default_via("wlan0", 600), default_via("wwan0", 700)]);
         t.wifi("wlan0", "dormant").iface("wwan0", "up");
-        assert_eq!(t.read(), up(Network::Cellular, "wwan0"));
+        assert_eq!(primary(&t.read()), up(Network::Cellular, "wwan0"));
     }
 
     #[test]
     fn route_over_a_vanished_interface_is_ignored() {
         let t = Tree::new(&[default_via("usb0", 0)]);
-        assert_eq!(t.read(), Reading::ok(Uplink::offline()));
+        assert_eq!(t.read(), Reading::ok(Uplinks::offline()));
     }
 
     #[test]
     fn no_default_route_is_offline() {
         let t = Tree::new(&[subnet("wlan0")]);
         t.wifi("wlan0", "up");
-        assert_eq!(t.read(), Reading::ok(Uplink::offline()));
+        assert_eq!(t.read(), Reading::ok(Uplinks::offline()));
     }
 
     #[test]
     fn unreadable_route_table_is_offline_with_a_problem() {
         let dir = tempfile::tempdir().unwrap();
         let r = read_network(dir.path(), dir.path(), &cellular());
-        assert_eq!(r.value, Uplink::offline());
+        assert_eq!(r.value, Uplinks::offline());
         assert!(r.problem.unwrap().path.ends_with("net/route"));
     }
 
@@ -332,7 +472,79 @@ mod tests {
         t.iface("eth0", "up");
         fake::unreadable(&t.sys(), "class/net/wlan0/operstate");
         let r = t.read();
-        assert_eq!(r.value, up(Network::Ethernet, "eth0").value);
+        assert_eq!(primary(&r), up(Network::Ethernet, "eth0"));
         assert!(r.problem.unwrap().path.ends_with("wlan0/operstate"));
+    }
+
+    #[test]
+    fn parses_the_ipv6_table_and_skips_lo_rejects_and_prefixes() {
+        let t = [
+            default_v6("wwan0", 1024),
+            default_v6("wlan0", 600),
+            // The kernel's unreachable default on lo, flags RTF_REJECT | RTF_UP.
+            "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+             00000000000000000000000000000000 ffffffff 00000001 00000000 00200201       lo"
+                .into(),
+            // A /64 on-link route is not a default route.
+            "20010db8000100000000000000000000 40 00000000000000000000000000000000 00 \
+             00000000000000000000000000000000 00000100 00000001 00000000 00000001    wlan0"
+                .into(),
+            "garbage".into(),
+        ]
+        .join("\n");
+        let r = default_routes_v6(&t);
+        let names: Vec<(&str, u32)> = r.iter().map(|r| (r.interface.as_str(), r.metric)).collect();
+        assert_eq!(names, [("wlan0", 600), ("wwan0", 1024)]);
+        assert_eq!(r[0].gateway, Some("fe80::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_on_wifi_and_ipv6_on_cellular_are_two_links_ipv4_first() {
+        let t = Tree::new(&[default_via("wlan0", 600)]);
+        t.wifi("wlan0", "up").iface("wwan0", "up");
+        t.v6(&[default_v6("wwan0", 100)]);
+        let r = t.read();
+        assert_eq!(r.problem, None);
+        let mut wlan = link(Network::Wifi, "wlan0", &[Family::Ipv4]);
+        wlan.gateway_v4 = r.value.links[0].gateway_v4;
+        assert_eq!(
+            r.value.links,
+            vec![wlan, link(Network::Cellular, "wwan0", &[Family::Ipv6])]
+        );
+    }
+
+    #[test]
+    fn one_interface_with_both_families_is_one_link() {
+        let t = Tree::new(&[default_via("wlan0", 600)]);
+        t.wifi("wlan0", "up").v6(&[default_v6("wlan0", 1024)]);
+        let r = t.read();
+        assert_eq!(r.value.links.len(), 1);
+        assert_eq!(r.value.links[0].families, [Family::Ipv4, Family::Ipv6]);
+    }
+
+    #[test]
+    fn an_ipv6_only_uplink_is_not_offline() {
+        let t = Tree::new(&[subnet("wlan0")]);
+        t.wifi("wlan0", "up").v6(&[default_v6("wlan0", 1024)]);
+        assert_eq!(primary(&t.read()), up(Network::Wifi, "wlan0"));
+    }
+
+    #[test]
+    fn the_iphone_hint_needs_the_ipv4_gateway() {
+        // 172.20.10.1 as the kernel prints it on a little-endian CPU: 010A14AC.
+        let gw = u32::from_ne_bytes([172, 20, 10, 1]);
+        let t = Tree::new(&[line(
+            "wlan0",
+            "00000000",
+            &format!("{gw:08X}"),
+            "0003",
+            600,
+            "00000000",
+        )]);
+        t.wifi("wlan0", "up");
+        assert_eq!(
+            t.read().value.links[0].gateway_v4,
+            Some(Ipv4Addr::new(172, 20, 10, 1))
+        );
     }
 }

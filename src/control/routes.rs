@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/account"),
     ("DELETE", "/v1/account"),
     ("PUT", "/v1/recording"),
+    ("PUT", "/v1/network"),
     ("GET", "/v1/history"),
     ("GET", "/v1/privacy"),
     ("GET", "/v1/events"),
@@ -83,6 +84,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<Ctx> {
         ("GET", "/v1/account") => get(account),
         ("DELETE", "/v1/account") => delete(unpair),
         ("PUT", "/v1/recording") => put(recording),
+        ("PUT", "/v1/network") => put(network),
         ("GET", "/v1/history") => get(history),
         ("GET", "/v1/privacy") => get(privacy),
         ("GET", "/v1/events") => get(super::sse::events),
@@ -323,6 +325,39 @@ async fn recording(
     no_query(&q)?;
     app.set_recording(req.active);
     Ok(Json(json!({"active": req.active})).into_response())
+}
+
+/// `PUT /v1/network`: `metered` must be present, `null` included (a missing field is more
+/// likely a client bug than "let the daemon decide").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkRequest {
+    #[serde(default, deserialize_with = "present")]
+    metered: Option<Option<bool>>,
+}
+
+/// A field that is present, `null` or not: `Some(value)`.
+fn present<'de, D>(d: D) -> Result<Option<Option<bool>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<bool>::deserialize(d).map(Some)
+}
+
+async fn network(
+    State(app): State<Arc<App>>,
+    q: QueryPairs,
+    StrictJson(req): StrictJson<NetworkRequest>,
+) -> ApiResult<Response> {
+    no_query(&q)?;
+    let Some(metered) = req.metered else {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            "`metered` is required: true, false, or null to let the daemon decide",
+        ));
+    };
+    let metered = app.set_metered(metered)?;
+    Ok(Json(json!({"metered": metered})).into_response())
 }
 
 async fn history(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {

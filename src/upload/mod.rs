@@ -1,6 +1,7 @@
 //! Uploading one item: the tus 1.0 client, the retry schedule and one item's transfer. Which
 //! item runs when is the `scheduler`'s business, a layer above (it asks `app`).
 
+pub mod bind;
 pub mod metadata;
 pub mod retry;
 pub mod transfer;

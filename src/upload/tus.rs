@@ -5,6 +5,10 @@
 //!   `User-Agent: cambackup/VERSION`, and nothing else that identifies the device (no cookie
 //!   store, no referer, no redirects that could carry the token elsewhere);
 //! - TLS is always verified: the system's roots plus `cloud.ca_file`;
+//! - in the daemon, every connection is bound to the interface the gate approved
+//!   ([`Client::rebind`], [`super::bind`]); with none approved no connection is made at all;
+//!   a connection whose interface goes silent fails within `stall_secs` (`TCP_USER_TIMEOUT`),
+//!   not after the kernel's retransmission minutes;
 //! - a PATCH body streams from the file in small buffers: memory does not grow with the chunk
 //!   size or the file size;
 //! - any answer that does not follow the protocol (missing `Location`, missing or wrong
@@ -24,8 +28,10 @@ use reqwest::{Method, Response, StatusCode, Url};
 use tokio::io::AsyncRead;
 use tokio_util::io::ReaderStream;
 
+use crate::conditions::Link;
 use crate::config;
 use crate::secret::Secret;
+use crate::upload::bind::{self, Binding};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::retry;
 
@@ -72,6 +78,10 @@ pub enum TusError {
     /// The HTTP client could not be built (bad `ca_file`, no usable TLS roots).
     #[error("cannot set up the HTTPS client: {0}")]
     Setup(String),
+    /// No interface is approved for uploads (offline, or only networks the user excludes): the
+    /// client makes no connection rather than let the kernel pick one.
+    #[error("no network interface is approved for uploads (status.uplink says why)")]
+    NoUplink,
     /// The token cannot be put in a header (control characters): pairing gave a bad token.
     #[error("the account's token contains characters not allowed in an HTTP header")]
     BadToken,
@@ -164,7 +174,7 @@ impl TusError {
     /// protocol slip that a fresh `HEAD` sorts out. Not: 401/402/403, 413, other 4xx, setup.
     pub fn is_transient(&self) -> bool {
         match self {
-            TusError::Network { .. } | TusError::Stalled { .. } => true,
+            TusError::Network { .. } | TusError::Stalled { .. } | TusError::NoUplink => true,
             TusError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 423 | 429 | 460) || (500..600).contains(status)
             }
@@ -260,12 +270,26 @@ pub struct PatchAck {
 }
 
 /// The tus 1.0 client: one per daemon, sharing connections and the per-endpoint discovery cache.
+/// Clones share the same binding: a [`Client::rebind`] applies to every holder's next request.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Arc<Mutex<Bound>>,
+    /// For loopback URLs only: unbound, since those connections never leave the device.
+    loopback: reqwest::Client,
+    /// Every configured endpoint is loopback (then no interface binding is needed at all).
+    all_loopback: bool,
+    /// What the HTTP client is built from, to build it again for another binding.
+    cloud: Arc<config::Cloud>,
     /// No progress this long aborts a request.
     stall: Duration,
     caps: Arc<Mutex<CapsCache>>,
+}
+
+/// The HTTP client and the binding it was built with. `http` is `None` when the binding is
+/// [`Binding::Refused`].
+struct Bound {
+    http: Option<reqwest::Client>,
+    binding: Binding,
 }
 
 /// Discovery results per endpoint, with when they were learnt.
@@ -273,43 +297,84 @@ type CapsCache = HashMap<String, (Instant, Arc<Capabilities>)>;
 
 impl Client {
     /// Builds the client from `[cloud]`: rustls with the system's roots plus `ca_file`,
-    /// `stall_secs` as the no-progress limit.
+    /// `stall_secs` as the no-progress limit. Unbound: the kernel routes each connection. The
+    /// daemon calls [`Client::rebind`] before any upload, and at once with `None`.
     pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
-        let stall = Duration::from_secs(cloud.stall_secs.max(1));
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(true)
-            .min_tls_version(reqwest::tls::Version::TLS_1_2)
-            .user_agent(USER_AGENT)
-            // A redirect would send the token and the file to a host nobody configured.
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .connect_timeout(stall)
-            // Finds a connection that died silently (Wi-Fi roaming) between requests.
-            .tcp_keepalive(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(ca) = &cloud.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(TusError::Setup(format!(
-                    "{} holds no PEM certificate",
-                    ca.display()
-                )));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let http = b.build().map_err(|e| TusError::Setup(chain(&e)))?;
+        let http = build(cloud, &Binding::Unbound)?;
+        let all_loopback = std::iter::once(&cloud.endpoint)
+            .chain(cloud.regions.values())
+            .all(|e| Url::parse(e).is_ok_and(|u| config::is_loopback(&u)));
         Ok(Client {
-            http,
-            stall,
+            http: Arc::new(Mutex::new(Bound {
+                http: Some(http.clone()),
+                binding: Binding::Unbound,
+            })),
+            loopback: http,
+            all_loopback,
+            cloud: Arc::new(cloud.clone()),
+            stall: Duration::from_secs(cloud.stall_secs.max(1)),
             caps: Arc::default(),
         })
+    }
+
+    /// Holds every new connection to `uplink` (the gate's choice), or makes none with `None`:
+    /// by device where the kernel allows it, else by the interface's address (module
+    /// [`super::bind`]). Connections already open keep their old binding: the caller stops the
+    /// uploads in flight. Returns the binding now in force.
+    pub fn rebind(&self, uplink: Option<&Link>) -> Binding {
+        let binding = match uplink {
+            None => Binding::Refused,
+            Some(link) if self.all_loopback => Binding::Loopback(link.interface.clone()),
+            Some(link) => {
+                let device = bind::probe_device(&link.interface);
+                if let Err(e) = &device {
+                    tracing::debug!(interface = %link.interface, error = %e, "SO_BINDTODEVICE refused; trying the interface's address");
+                }
+                let addrs = if device.is_ok() {
+                    Vec::new()
+                } else {
+                    bind::addresses(&link.interface).unwrap_or_default()
+                };
+                bind::choose(&link.interface, device.is_ok(), &addrs, &link.families)
+            }
+        };
+        let http = match &binding {
+            Binding::Refused | Binding::Loopback(_) => None,
+            b => match build(&self.cloud, b) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the upload client; no uploads meanwhile");
+                    None
+                }
+            },
+        };
+        let binding = match (&binding, &http) {
+            (Binding::Loopback(_), _) | (_, Some(_)) => binding,
+            (_, None) => Binding::Refused,
+        };
+        let mut bound = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        bound.http = http;
+        bound.binding = binding.clone();
+        binding
+    }
+
+    /// The binding in force.
+    pub fn binding(&self) -> Binding {
+        self.http
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .binding
+            .clone()
+    }
+
+    /// The HTTP client for `url`: the unbound one for a loopback URL, else the one of the
+    /// binding in force; [`TusError::NoUplink`] when no interface is approved.
+    fn http(&self, url: &str) -> Result<reqwest::Client, TusError> {
+        if Url::parse(url).is_ok_and(|u| config::is_loopback(&u)) {
+            return Ok(self.loopback.clone());
+        }
+        let bound = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        bound.http.clone().ok_or(TusError::NoUplink)
     }
 
     /// The no-progress limit (`cloud.stall_secs`).
@@ -328,7 +393,7 @@ impl Client {
             .map_err(|_| TusError::BadToken)?;
         auth.set_sensitive(true);
         Ok(self
-            .http
+            .http(url)?
             .request(method, url)
             .header(header::TUS_RESUMABLE, TUS_VERSION)
             .header(reqwest::header::AUTHORIZATION, auth))
@@ -642,6 +707,53 @@ impl Meter {
 }
 
 /// Turns an unexpected answer into [`TusError::Status`] with the start of the server's message.
+/// The HTTP client for `cloud`, its connections held by `binding`.
+fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, TusError> {
+    let stall = Duration::from_secs(cloud.stall_secs.max(1));
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(true)
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        .user_agent(USER_AGENT)
+        // A redirect would send the token and the file to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .connect_timeout(stall)
+        // Finds a connection that died silently (Wi-Fi roaming) between requests.
+        .tcp_keepalive(Duration::from_secs(30))
+        // Unacknowledged data this long fails the connection: a bound connection whose
+        // interface went away (or went silent) does not fail over to another route, its writes
+        // just wait, for the kernel's retransmission limit (about 15 minutes) without this.
+        .tcp_user_timeout(stall)
+        .pool_idle_timeout(Duration::from_secs(60));
+    match binding {
+        Binding::Unbound | Binding::Refused | Binding::Loopback(_) => {}
+        Binding::Device(interface) => b = b.interface(interface),
+        Binding::Address { addr, .. } => {
+            b = b
+                .local_address(*addr)
+                .dns_resolver(bind::resolver_for(*addr))
+        }
+    }
+    if let Some(ca) = &cloud.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(TusError::Setup(format!(
+                "{} holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| TusError::Setup(chain(&e)))
+}
+
 async fn status_error(method: &'static str, url: &str, mut resp: Response) -> TusError {
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -1221,5 +1333,92 @@ mod tests {
         let md = UploadMetadata::new("u", "T", "S", &path);
         let e = c.create(&srv.endpoint, 1, &md, &token()).await.unwrap_err();
         assert!(e.to_string().contains("lacks the `location` header"), "{e}");
+    }
+
+    /// Accepts connections on `[::]:0` (dual-stack), answers 204 and sends each peer address.
+    async fn peer_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<std::net::IpAddr>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, peer)) = l.accept().await {
+                let _ = tx.send(peer.ip().to_canonical());
+                // The request (small, one read), then the answer.
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn bound_clients_connect_only_the_way_they_are_bound() {
+        let (port, mut peers) = peer_server().await;
+        let url = format!("http://localhost:{port}/");
+        let get = |b: Binding| {
+            let url = url.clone();
+            async move { build(&cloud(5), &b).unwrap().get(&url).send().await }
+        };
+        // Device binding to lo reaches a server on lo.
+        get(Binding::Device("lo".into())).await.unwrap();
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
+        // To an interface that is not there: no connection at all.
+        let e = get(Binding::Device("no-such-if0".into()))
+            .await
+            .unwrap_err();
+        assert!(chain(&e).contains("bind interface"), "{}", chain(&e));
+        // Address binding: from that address, and lookups keep only its family, so a name
+        // without an address of that family is refused rather than reached unbound.
+        let v4 = Binding::Address {
+            interface: "lo".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+        };
+        get(v4).await.unwrap();
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
+        let v6 = Binding::Address {
+            interface: "lo".into(),
+            addr: "::1".parse().unwrap(),
+        };
+        let only_v4 = !tokio::net::lookup_host(("localhost", 0))
+            .await
+            .unwrap()
+            .any(|a| a.is_ipv6());
+        match get(v6).await {
+            Ok(_) => assert_eq!(peers.recv().await.unwrap().to_string(), "::1"),
+            Err(e) => {
+                assert!(only_v4, "{}", chain(&e));
+                assert!(chain(&e).contains("no IPv6 address"), "{}", chain(&e));
+            }
+        }
+        assert!(
+            peers.try_recv().is_err(),
+            "a connection that should not have been made"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_approved_interface_nothing_is_sent_but_loopback_still_is() {
+        let c = Client::new(&config::Cloud {
+            endpoint: "https://upload.example.com/files/".into(),
+            ..cloud(5)
+        })
+        .unwrap();
+        assert_eq!(c.rebind(None), Binding::Refused);
+        let e = c
+            .head("https://upload.example.com/files/x", &token())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TusError::NoUplink), "{e}");
+        assert!(e.is_transient());
+        // A loopback URL never leaves the device: it is not held back by the binding.
+        let (port, mut peers) = peer_server().await;
+        let _ = c
+            .head(&format!("http://127.0.0.1:{port}/x"), &token())
+            .await;
+        assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
     }
 }

@@ -35,7 +35,12 @@ struct Route {
     iface: String,
     default: bool,
     metric: u32,
+    /// The next hop's IPv4 address.
+    gateway: [u8; 4],
 }
+
+/// The gateway of the fake default routes unless a test says otherwise.
+const HOME_GATEWAY: [u8; 4] = [192, 168, 1, 1];
 
 /// See the module docs. All setters take `&self` so a camera can be shared with tasks that
 /// write media while a test flips conditions.
@@ -198,6 +203,7 @@ impl FakeCamera {
             iface: iface.into(),
             default: true,
             metric: 600,
+            gateway: HOME_GATEWAY,
         }];
         self.write_routes();
     }
@@ -209,7 +215,18 @@ impl FakeCamera {
             iface: iface.into(),
             default: true,
             metric,
+            gateway: HOME_GATEWAY,
         });
+        self.write_routes();
+    }
+
+    /// Sets the gateway of `iface`'s default routes (e.g. an iPhone hotspot's 172.20.10.1).
+    pub fn set_default_gateway(&self, iface: &str, gateway: [u8; 4]) {
+        for r in self.routes.lock().unwrap().iter_mut() {
+            if r.iface == iface {
+                r.gateway = gateway;
+            }
+        }
         self.write_routes();
     }
 
@@ -229,10 +246,13 @@ impl FakeCamera {
         );
         for r in &routes {
             debug_assert!(r.default);
-            // Default: 0.0.0.0/0 via 192.168.1.1 (0101A8C0), flags UP|GATEWAY.
+            // Default: 0.0.0.0/0 via the gateway (192.168.1.1 is 0101A8C0 on a little-endian
+            // CPU: the network-order word printed as a host integer), flags UP|GATEWAY.
             out.push_str(&format!(
-                "{}\t00000000\t0101A8C0\t0003\t0\t0\t{}\t00000000\t0\t0\t0\n",
-                r.iface, r.metric
+                "{}\t00000000\t{:08X}\t0003\t0\t0\t{}\t00000000\t0\t0\t0\n",
+                r.iface,
+                u32::from_ne_bytes(r.gateway),
+                r.metric
             ));
             // Link: 192.168.1.0/24, flags UP.
             out.push_str(&format!(

@@ -58,6 +58,8 @@ pub struct Daemon {
     config: PathBuf,
     socket: PathBuf,
     env: Vec<(String, String)>,
+    /// A command line the daemon runs under (e.g. entering a network namespace); empty: none.
+    runner: Vec<String>,
     child: Option<Child>,
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
@@ -80,8 +82,22 @@ impl Daemon {
         daemon
     }
 
+    /// [`Daemon::start`] under `runner`: the daemon's command line is appended to it, and the
+    /// runner must `exec` it (so signals reach the daemon). [`crate::netns::Lab::runner`] is one.
+    pub async fn start_under(bin: &Path, config: &Path, runner: &[String]) -> Daemon {
+        let mut daemon = Self::spawn_under(bin, config, &[], runner);
+        if let Err(e) = daemon.wait_healthy(START_TIMEOUT).await {
+            panic!("cambackup daemon did not start: {e}");
+        }
+        daemon
+    }
+
     /// Starts the process without waiting for it to be healthy (for tests of failing starts).
     pub fn spawn(bin: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_under(bin, config, env, &[])
+    }
+
+    fn spawn_under(bin: &Path, config: &Path, env: &[(&str, &str)], runner: &[String]) -> Daemon {
         let log_dir = tempfile::Builder::new()
             .prefix("cambackup-daemon-")
             .tempdir()
@@ -100,6 +116,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            runner: runner.to_vec(),
             child: None,
             log_path: log_dir.path().join("daemon.log"),
             _log_dir: log_dir,
@@ -121,7 +138,14 @@ impl Daemon {
             self.config.display()
         );
         let stdout = log.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.runner.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("daemon")
             .arg("--config")
             .arg(&self.config)

@@ -5,11 +5,15 @@
 //! - [`daemon::Daemon`]: runs the real `cambackup daemon` and talks to its control socket.
 //! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
 //! - [`sample`]: deterministic file content.
+//! - [`netns::Lab`]: a camera and a server in network namespaces, linked by `wlan0` and `wwan0`.
+//! - [`tls::TestCa`]: a CA made at test time, for TLS receivers off loopback.
 
 pub mod camera;
 pub mod daemon;
 pub mod http;
+pub mod netns;
 pub mod sample;
+pub mod tls;
 pub mod tus;
 mod wait;
 

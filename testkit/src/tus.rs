@@ -1,6 +1,8 @@
 //! A real tus 1.0.0 server for tests, with fault injection.
 //!
-//! [`Receiver`] listens on `127.0.0.1:0` and keeps each upload on disk in its own temp dir
+//! [`Receiver`] listens on `127.0.0.1:0` (or on a listener the test made, e.g. in a network
+//! namespace, optionally behind TLS: [`ReceiverBuilder::listener`], [`ReceiverBuilder::tls`])
+//! and keeps each upload on disk in its own temp dir
 //! (`ID.bin` with the data, `ID.json` with the length, offset and decoded metadata). It speaks
 //! the core protocol plus the creation, termination, checksum (sha1) and expiration extensions,
 //! and records every request so tests can assert on what went over the wire.
@@ -62,9 +64,11 @@ struct Options {
 }
 
 /// Configures a [`Receiver`] before it starts. `Receiver::builder().token("t").start().await`.
-#[derive(Debug, Clone)]
 pub struct ReceiverBuilder {
     options: Options,
+    listener: Option<std::net::TcpListener>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    base: Option<String>,
 }
 
 impl ReceiverBuilder {
@@ -100,18 +104,45 @@ impl ReceiverBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and serves on the current tokio runtime until the receiver drops.
+    /// Serves on `listener` (bound by the caller, e.g. inside a network namespace) instead of
+    /// a new one on `127.0.0.1:0`.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Speaks TLS with this server config (e.g. [`crate::tls::TestCa::server_config`]).
+    pub fn tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The scheme, host and port clients use, e.g. `https://upload.test:8443` (default:
+    /// `http://` and the listening address).
+    pub fn base_url(mut self, base: impl Into<String>) -> Self {
+        self.base = Some(base.into());
+        self
+    }
+
+    /// Binds `127.0.0.1:0` (unless given a listener) and serves on the current tokio runtime
+    /// until the receiver drops.
     pub async fn start(self) -> Receiver {
         let dir = tempfile::Builder::new()
             .prefix("tus-receiver-")
             .tempdir()
             .expect("create receiver temp dir");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let listener = match self.listener {
+            Some(l) => {
+                l.set_nonblocking(true).expect("nonblocking listener");
+                TcpListener::from_std(l).expect("tokio listener")
+            }
+            None => TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0"),
+        };
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
-            base: format!("http://{addr}"),
+            base: self.base.unwrap_or_else(|| format!("http://{addr}")),
             dir: dir.path().to_owned(),
             options: self.options.clone(),
             unavailable: AtomicBool::new(false),
@@ -120,7 +151,8 @@ impl ReceiverBuilder {
                 ..State::default()
             }),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
         Receiver {
             shared,
             addr,
@@ -152,6 +184,8 @@ pub struct RecordedRequest {
     pub body_len: u64,
     /// The status answered; `None` while in flight or when the connection was dropped.
     pub status: Option<u16>,
+    /// The client's address as the server's socket saw it.
+    pub peer: Option<SocketAddr>,
     /// The injected fault that hit this request, if any (its `Debug` form).
     pub fault: Option<String>,
 }
@@ -354,6 +388,9 @@ impl Receiver {
                 max_size: None,
                 expires_in: None,
             },
+            listener: None,
+            tls: None,
+            base: None,
         }
     }
 
@@ -623,11 +660,16 @@ impl Upload {
 struct Conn {
     abort: Notify,
     fd: RawFd,
+    peer: Option<SocketAddr>,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         if shared.unavailable.load(Ordering::SeqCst) {
@@ -638,25 +680,41 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let conn = Arc::new(Conn {
             abort: Notify::new(),
             fd: stream.as_raw_fd(),
+            peer: Some(peer),
         });
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = {
-                let conn = conn.clone();
-                service_fn(move |req| handle(shared.clone(), conn.clone(), req))
-            };
-            let serve = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            let mut serve = std::pin::pin!(serve);
-            tokio::select! {
-                _ = &mut serve => {}
-                _ = conn.abort.notified() => {
-                    // The stream is still open here (owned by `serve`), so the fd is valid;
-                    // dropping `serve` below then closes it with an RST.
-                    reset_on_close(conn.fd);
+            match tls {
+                None => serve_connection(stream, conn, shared).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_connection(stream, conn, shared).await
+                    }
                 }
             }
         });
+    }
+}
+
+/// Serves HTTP/1 on one accepted connection (plain or TLS) until it ends or a fault aborts it.
+async fn serve_connection<IO>(io: IO, conn: Arc<Conn>, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let conn = conn.clone();
+        service_fn(move |req| handle(shared.clone(), conn.clone(), req))
+    };
+    let serve = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        _ = &mut serve => {}
+        _ = conn.abort.notified() => {
+            // The stream is still open here (owned by `serve`), so the fd is valid;
+            // dropping `serve` below then closes it with an RST.
+            reset_on_close(conn.fd);
+        }
     }
 }
 
@@ -735,6 +793,7 @@ async fn handle(
                 .collect(),
             body_len: 0,
             status: None,
+            peer: conn.peer,
             fault: fault.as_ref().map(|f| format!("{f:?}")),
         });
         (state.requests.len() - 1, fault)

@@ -12,3 +12,4 @@ mod daemon;
 mod faults;
 mod interop;
 mod losses;
+mod uplink;

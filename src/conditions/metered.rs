@@ -1,0 +1,391 @@
+//! Whether a link costs the user money per byte although it is not cellular: a phone's hotspot
+//! (Android or iPhone), a travel router on mobile data. CONTRACT section 3: a Wi-Fi is metered
+//! when `conditions.metered_flag` exists, when the app says so (`PUT /v1/network`), or when the
+//! network says so.
+//!
+//! What each source can tell, cheapest and most certain first:
+//! - the app's answer (`PUT /v1/network {"metered": true|false}`): the user's word, it wins over
+//!   everything else, both ways; `null` hands the decision back to the daemon;
+//! - the firmware's flag file (`conditions.metered_flag`): the firmware knows its own Wi-Fi;
+//! - Android's hotspot (and its USB tethering) puts `ANDROID_METERED` in DHCP option 43
+//!   (vendor-specific information). Read from systemd-networkd's lease file
+//!   (`conditions.networkd_leases`, files named by ifindex, `VENDOR_SPECIFIC=` in hex) or from a
+//!   file per interface that the firmware's udhcpc/dhcpcd hook writes
+//!   (`conditions.dhcp_vendor_dir/IFNAME`: option 43 as hex or raw bytes; docs/uplink.md);
+//! - an iPhone hotspot hands out 172.20.10.0/28 with the gateway 172.20.10.1. Only a hint: any
+//!   router can use that address, and an iPhone sends nothing more telling over DHCP. It counts
+//!   (blocks) because a false "metered" costs a delayed backup, a false "unmetered" costs money.
+//!
+//! Invariants: the readers never fail (a missing file is "no sign"); [`decide`] is pure; the
+//! flag file and the app's answer speak about Wi-Fi only, the network's own signs (DHCP, gateway)
+//! about any link that is not cellular (an Android phone's USB tethering is Ethernet); cellular
+//! is always metered.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::network::Link;
+use super::{read_attr, Network, Problem, Reading};
+
+/// The gateway an iPhone's Personal Hotspot gives its clients.
+pub const IPHONE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 20, 10, 1);
+
+/// What Android's tethering puts in DHCP option 43 when the upstream is metered.
+const ANDROID_METERED: &[u8] = b"ANDROID_METERED";
+
+/// Why a link counts as metered (or, for [`MeteredBy::App`], as not metered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeteredBy {
+    /// A cellular interface: always metered.
+    Cellular,
+    /// The app said so (`PUT /v1/network`), either way.
+    App,
+    /// `conditions.metered_flag` exists.
+    FirmwareFlag,
+    /// The DHCP lease carries `ANDROID_METERED` (an Android hotspot or USB tethering).
+    AndroidDhcp,
+    /// The IPv4 default gateway is 172.20.10.1, an iPhone hotspot's (a hint; see module docs).
+    IphoneGateway,
+}
+
+impl MeteredBy {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeteredBy::Cellular => "cellular",
+            MeteredBy::App => "app",
+            MeteredBy::FirmwareFlag => "firmware_flag",
+            MeteredBy::AndroidDhcp => "android_dhcp",
+            MeteredBy::IphoneGateway => "iphone_gateway",
+        }
+    }
+}
+
+/// Whether a link is metered, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Metered {
+    /// Uploads over it cost the user per byte.
+    pub metered: bool,
+    /// The source that decided; `None`: no sign either way (not metered).
+    pub because: Option<MeteredBy>,
+}
+
+/// The signs about one link, as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Signs {
+    /// The app's answer: `Some(true|false)`, or `None` to let the daemon decide.
+    pub app: Option<bool>,
+    /// The firmware's flag file exists.
+    pub flag: bool,
+    /// The link's DHCP lease says `ANDROID_METERED`.
+    pub android_dhcp: bool,
+}
+
+/// Decides whether `link` is metered from the signs. Pure; see the module docs for the order.
+pub fn decide(link: &Link, signs: Signs) -> Metered {
+    let yes = |by| Metered {
+        metered: true,
+        because: Some(by),
+    };
+    match link.network {
+        Network::Cellular => return yes(MeteredBy::Cellular),
+        Network::Offline => return Metered::default(),
+        Network::Wifi | Network::Ethernet => {}
+    }
+    let wifi = link.network == Network::Wifi;
+    if let (true, Some(app)) = (wifi, signs.app) {
+        return Metered {
+            metered: app,
+            because: Some(MeteredBy::App),
+        };
+    }
+    if wifi && signs.flag {
+        yes(MeteredBy::FirmwareFlag)
+    } else if signs.android_dhcp {
+        yes(MeteredBy::AndroidDhcp)
+    } else if link.gateway_v4 == Some(IPHONE_GATEWAY) {
+        yes(MeteredBy::IphoneGateway)
+    } else {
+        Metered::default()
+    }
+}
+
+/// Whether the flag file exists. Unset in the config: never. A path that cannot be checked
+/// (permission) reads as present: "metered" delays a backup, "unmetered" may cost money.
+pub fn read_flag(path: Option<&Path>) -> Reading<bool> {
+    let Some(path) = path else {
+        return Reading::ok(false);
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Reading::ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Reading::ok(false),
+        Err(e) => Reading {
+            value: true,
+            problem: Some(Problem::io(path, &e)),
+        },
+    }
+}
+
+/// Whether `interface`'s DHCP lease carries `ANDROID_METERED`, from systemd-networkd's lease
+/// file (`leases/IFINDEX`, the ifindex from `sysfs/class/net/IF/ifindex`) and/or the firmware
+/// hook's file (`vendor_dir/IFNAME`). Either source unset or its file missing: no sign.
+pub fn read_android_dhcp(
+    sysfs: &Path,
+    interface: &str,
+    networkd_leases: Option<&Path>,
+    vendor_dir: Option<&Path>,
+) -> Reading<bool> {
+    let mut problem = None;
+    if let Some(dir) = networkd_leases {
+        let index_path = sysfs.join("class/net").join(interface).join("ifindex");
+        match read_attr(&index_path) {
+            Ok(index) => match read_optional(&dir.join(index.trim())) {
+                Ok(Some(lease)) if networkd_lease_metered(&lease) => return Reading::ok(true),
+                Ok(_) => {}
+                Err(p) => problem = Some(p),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => problem = Some(Problem::io(&index_path, &e)),
+        }
+    }
+    if let Some(dir) = vendor_dir {
+        match read_optional(&dir.join(interface)) {
+            Ok(Some(text)) if option43_metered(&text) => return Reading::ok(true),
+            Ok(_) => {}
+            Err(p) => {
+                problem.get_or_insert(p);
+            }
+        }
+    }
+    Reading {
+        value: false,
+        problem,
+    }
+}
+
+/// A file's text, `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, Problem> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Problem::io(path, &e)),
+    }
+}
+
+/// systemd-networkd's lease file (an env file) has `VENDOR_SPECIFIC=` with option 43 in hex.
+pub fn networkd_lease_metered(lease: &str) -> bool {
+    lease
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VENDOR_SPECIFIC="))
+        .any(option43_metered)
+}
+
+/// Option 43 as a hook wrote it: hex (udhcpc's `$opt43`, dhcpcd's
+/// `$new_vendor_encapsulated_options`, colons and spaces allowed) or the raw bytes.
+pub fn option43_metered(text: &str) -> bool {
+    let digits: String = text
+        .chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '\n' | '\r' | '\t' | '"'))
+        .collect();
+    let hex = (digits.len().is_multiple_of(2) && !digits.is_empty())
+        .then(|| {
+            (0..digits.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten();
+    let contains = |b: &[u8]| {
+        b.windows(ANDROID_METERED.len())
+            .any(|w| w == ANDROID_METERED)
+    };
+    hex.as_deref().is_some_and(contains) || contains(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake;
+    use super::super::network::Family;
+    use super::*;
+
+    fn link(network: Network, gateway: Option<Ipv4Addr>) -> Link {
+        Link {
+            interface: "wlan0".into(),
+            network,
+            families: vec![Family::Ipv4],
+            gateway_v4: gateway,
+            metered: Metered::default(),
+        }
+    }
+
+    const HOME: Option<Ipv4Addr> = Some(Ipv4Addr::new(192, 168, 1, 1));
+    const IPHONE: Option<Ipv4Addr> = Some(IPHONE_GATEWAY);
+
+    fn m(metered: bool, because: Option<MeteredBy>) -> Metered {
+        Metered { metered, because }
+    }
+
+    #[test]
+    fn decide_table() {
+        use MeteredBy::{AndroidDhcp, App, FirmwareFlag, IphoneGateway};
+        use Network::{Cellular, Ethernet, Wifi};
+        let none = Signs::default();
+        let rows: &[(&str, Network, Option<Ipv4Addr>, Signs, Metered)] = &[
+            ("home wifi, no sign", Wifi, HOME, none, m(false, None)),
+            (
+                "cellular always",
+                Cellular,
+                HOME,
+                none,
+                m(true, Some(MeteredBy::Cellular)),
+            ),
+            (
+                "cellular even if the app says unmetered",
+                Cellular,
+                None,
+                Signs {
+                    app: Some(false),
+                    ..none
+                },
+                m(true, Some(MeteredBy::Cellular)),
+            ),
+            (
+                "flag",
+                Wifi,
+                HOME,
+                Signs { flag: true, ..none },
+                m(true, Some(FirmwareFlag)),
+            ),
+            (
+                "android dhcp",
+                Wifi,
+                HOME,
+                Signs {
+                    android_dhcp: true,
+                    ..none
+                },
+                m(true, Some(AndroidDhcp)),
+            ),
+            (
+                "iphone gateway",
+                Wifi,
+                IPHONE,
+                none,
+                m(true, Some(IphoneGateway)),
+            ),
+            (
+                "app says metered",
+                Wifi,
+                HOME,
+                Signs {
+                    app: Some(true),
+                    ..none
+                },
+                m(true, Some(App)),
+            ),
+            (
+                "app says unmetered over every hint",
+                Wifi,
+                IPHONE,
+                Signs {
+                    app: Some(false),
+                    flag: true,
+                    android_dhcp: true,
+                },
+                m(false, Some(App)),
+            ),
+            (
+                "android usb tethering is ethernet, still metered",
+                Ethernet,
+                HOME,
+                Signs {
+                    android_dhcp: true,
+                    ..none
+                },
+                m(true, Some(AndroidDhcp)),
+            ),
+            (
+                "the flag speaks about wifi only",
+                Ethernet,
+                HOME,
+                Signs {
+                    flag: true,
+                    app: Some(true),
+                    ..none
+                },
+                m(false, None),
+            ),
+            (
+                "iphone usb tethering",
+                Ethernet,
+                IPHONE,
+                none,
+                m(true, Some(IphoneGateway)),
+            ),
+        ];
+        for (name, net, gw, signs, want) in rows {
+            assert_eq!(decide(&link(*net, *gw), *signs), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn option_43_in_each_format() {
+        let hex = "414e44524f49445f4d455445524544";
+        assert!(option43_metered(hex));
+        assert!(option43_metered(&hex.to_uppercase()));
+        assert!(option43_metered(
+            "41:4e:44:52:4f:49:44:5f:4d:45:54:45:52:45:44\n"
+        ));
+        assert!(option43_metered("ANDROID_METERED\n"));
+        assert!(!option43_metered("414e44524f4944"));
+        assert!(!option43_metered(""));
+        assert!(!option43_metered("0104c0a80101"));
+        let lease =
+            format!("# This is private data.\nADDRESS=192.168.43.20\nVENDOR_SPECIFIC={hex}\n");
+        assert!(networkd_lease_metered(&lease));
+        assert!(!networkd_lease_metered("ADDRESS=192.168.1.20\n"));
+    }
+
+    #[test]
+    fn readers_find_the_lease_by_ifindex_and_the_hook_file_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let leases = dir.path().join("leases");
+        let vendor = dir.path().join("vendor");
+        fake::write(&sys, "class/net/wlan0/ifindex", "3");
+        let read = || read_android_dhcp(&sys, "wlan0", Some(&leases), Some(&vendor));
+        assert_eq!(read(), Reading::ok(false));
+        fake::write(
+            &leases,
+            "3",
+            "VENDOR_SPECIFIC=414E44524F49445F4D455445524544",
+        );
+        assert_eq!(read(), Reading::ok(true));
+        std::fs::remove_file(leases.join("3")).unwrap();
+        fake::write(&vendor, "wlan0", "414e44524f49445f4d455445524544");
+        assert_eq!(read(), Reading::ok(true));
+        // Another interface's hook file says nothing about this one.
+        assert_eq!(
+            read_android_dhcp(&sys, "eth0", Some(&leases), Some(&vendor)),
+            Reading::ok(false)
+        );
+        fake::unreadable(&vendor, "wlan0");
+        let r = read();
+        assert!(!r.value);
+        assert!(r.problem.unwrap().path.ends_with("vendor/wlan0"));
+    }
+
+    #[test]
+    fn the_flag_file_unset_missing_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("metered");
+        assert_eq!(read_flag(None), Reading::ok(false));
+        assert_eq!(read_flag(Some(&flag)), Reading::ok(false));
+        std::fs::write(&flag, "").unwrap();
+        assert_eq!(read_flag(Some(&flag)), Reading::ok(true));
+    }
+}

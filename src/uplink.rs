@@ -1,0 +1,136 @@
+//! What the status and the privacy page say about the way out (issue 15): the interface uploads
+//! leave through, the binding in force, and whether the network is metered and why.
+//!
+//! Invariant: pure functions of the snapshot, the gate's verdict and the client's binding; the
+//! status never claims an interface the client is not bound to (the binding, not the verdict,
+//! names it).
+
+use serde::Serialize;
+
+use crate::conditions::metered::MeteredBy;
+use crate::conditions::{Family, Network, Snapshot};
+use crate::upload::bind::{BindMode, Binding};
+
+/// `status.uplink`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UplinkStatus {
+    /// The interface every upload connection is bound to; `None`: no upload connection is made.
+    pub interface: Option<String>,
+    /// How connections are held to it: `device` (SO_BINDTODEVICE) or `address` (bound to its
+    /// address, the fallback where the kernel refuses device binding); `None` when unbound.
+    pub binding: Option<BindMode>,
+    /// The kind of network of that interface, or, when none is approved, of the first link
+    /// (the one the block is about); `None` when offline.
+    pub network: Option<Network>,
+    /// The address families it carries the default route of.
+    pub families: Vec<Family>,
+    /// Whether that network is metered...
+    pub metered: bool,
+    /// ...and which sign says so (`app` also when the app said it is not).
+    pub metered_because: Option<MeteredBy>,
+    /// The app's `PUT /v1/network` answer in force (`None`: the daemon decides).
+    pub metered_override: Option<bool>,
+}
+
+/// Puts [`UplinkStatus`] together. `binding` is the client's, which follows the verdict within
+/// one conditions poll.
+pub fn describe(
+    snapshot: Option<&Snapshot>,
+    binding: &Binding,
+    metered_override: Option<bool>,
+) -> UplinkStatus {
+    let interface = binding.interface().map(str::to_string);
+    let links = snapshot.map(|s| s.links.as_slice()).unwrap_or(&[]);
+    let link = interface
+        .as_deref()
+        .and_then(|i| links.iter().find(|l| l.interface == i))
+        .or(links.first());
+    UplinkStatus {
+        binding: binding.mode(),
+        network: link.map(|l| l.network),
+        families: link.map(|l| l.families.clone()).unwrap_or_default(),
+        metered: link.is_some_and(|l| l.metered.metered),
+        metered_because: link.and_then(|l| l.metered.because),
+        metered_override,
+        interface,
+    }
+}
+
+/// One sentence for `GET /v1/privacy`: which way the bytes leave.
+pub fn privacy_sentence(u: &UplinkStatus) -> String {
+    match (&u.interface, u.binding) {
+        (Some(i), Some(BindMode::Device)) => format!(
+            "only through {i} ({}): every upload connection is bound to that interface",
+            u.network.map_or("unknown", Network::as_str)
+        ),
+        (Some(i), Some(BindMode::Address)) => format!(
+            "only through {i} ({}): every upload connection is bound to its address \
+             (the kernel refuses binding to the interface itself)",
+            u.network.map_or("unknown", Network::as_str)
+        ),
+        (Some(i), None) => format!(
+            "to this device only (the endpoint is a loopback address); uploads may run while \
+             {i} is the approved interface"
+        ),
+        _ => "nowhere now: no network interface is approved for uploads".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::metered::Metered;
+    use crate::conditions::Link;
+
+    fn snap(links: Vec<Link>) -> Snapshot {
+        Snapshot {
+            charging: None,
+            battery_percent: None,
+            network: Network::Wifi,
+            interface: None,
+            links,
+            temp_c: None,
+            load: None,
+            recording: false,
+            secs_since_media_write: None,
+        }
+    }
+
+    fn link(i: &str, network: Network, metered: Option<MeteredBy>) -> Link {
+        Link {
+            interface: i.into(),
+            network,
+            families: vec![Family::Ipv4],
+            gateway_v4: None,
+            metered: Metered {
+                metered: metered.is_some(),
+                because: metered,
+            },
+        }
+    }
+
+    #[test]
+    fn describes_the_bound_interface_or_the_blocked_one() {
+        let s = snap(vec![
+            link("wwan0", Network::Cellular, Some(MeteredBy::Cellular)),
+            link("wlan0", Network::Wifi, None),
+        ]);
+        let u = describe(Some(&s), &Binding::Device("wlan0".into()), None);
+        assert_eq!(u.interface.as_deref(), Some("wlan0"));
+        assert_eq!(u.binding, Some(BindMode::Device));
+        assert_eq!((u.network, u.metered), (Some(Network::Wifi), false));
+        assert!(privacy_sentence(&u).starts_with("only through wlan0 (wifi)"));
+
+        let u = describe(Some(&s), &Binding::Refused, Some(true));
+        assert_eq!((u.interface, u.binding), (None, None));
+        assert_eq!(u.metered_because, Some(MeteredBy::Cellular));
+        assert_eq!(u.metered_override, Some(true));
+        let json = serde_json::to_value(describe(None, &Binding::Refused, None)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"interface": null, "binding": null, "network": null,
+                "families": [], "metered": false, "metered_because": null,
+                "metered_override": null})
+        );
+    }
+}
