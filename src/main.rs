@@ -23,6 +23,9 @@ mod uplink;
 mod upload;
 mod watch;
 
+#[cfg(test)]
+mod layering;
+
 use cli::Command;
 
 fn main() -> std::process::ExitCode {
