@@ -26,7 +26,7 @@ use crate::store::ItemState;
 /// Every (method, path) the API serves, with its handler: the router is built from this one
 /// list, and the OpenAPI test compares it with `docs/openapi.yaml`, so neither the server nor
 /// the spec can grow a route the other lacks.
-pub const ROUTES: &[(&str, &str, fn() -> MethodRouter<Ctx>)] = &[
+pub const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/v1/status", || get(status)),
     ("GET", "/v1/queue", || get(queue)),
     ("POST", "/v1/uploads", || post(uploads)),
@@ -46,6 +46,9 @@ pub const ROUTES: &[(&str, &str, fn() -> MethodRouter<Ctx>)] = &[
     ("GET", "/v1/events", || get(super::sse::events)),
     ("GET", "/v1/health", || get(health)),
 ];
+
+/// Makes the handler of one route.
+pub type Handler = fn() -> MethodRouter<Ctx>;
 
 /// How old a loop's last heartbeat may be before `GET /v1/health` says 503.
 pub const HEALTH_MAX_AGE: Duration = Duration::from_secs(30);
