@@ -101,7 +101,7 @@ async fn main(config: Config) -> i32 {
             return 1;
         }
     };
-    let listener = match crate::control::server::bind(&app.config.control) {
+    let listener = match crate::control::server::bind(&app.config().control) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the control socket");
@@ -124,12 +124,12 @@ async fn main(config: Config) -> i32 {
     }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    tracing::info!(socket = %app.config.control.socket.display(), "ready");
+    tracing::info!(socket = %app.config().control.socket.display(), "ready");
     wait_for_signal(&app).await;
 
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    app.shutdown.cancel();
+    app.shutdown().cancel();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     loop {
         match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
@@ -142,7 +142,7 @@ async fn main(config: Config) -> i32 {
             }
         }
     }
-    if let Err(e) = app.store.checkpoint() {
+    if let Err(e) = app.store().checkpoint() {
         tracing::warn!(error = %e, "final database checkpoint failed");
     }
     tracing::info!("stopped");
@@ -195,7 +195,7 @@ fn watchdog_interval() -> Option<Duration> {
 /// while work waits. The auto gate opens only after it has held for `hold_down_secs`, so a
 /// bouncing charger contact does not start and abort uploads; it closes at once.
 async fn conditions_loop(app: Arc<App>) {
-    let cfg = app.config.conditions.clone();
+    let cfg = app.config().conditions.clone();
     let hold_down = Duration::from_secs(cfg.hold_down_secs);
     let mut reader = conditions::Reader::new(&cfg);
     let mut hold = gate::HoldDown::new(hold_down);
@@ -204,7 +204,7 @@ async fn conditions_loop(app: Arc<App>) {
     let mut bound: Option<(String, Vec<conditions::Family>)> = None;
     let mut last_binding = Binding::Refused;
     loop {
-        let snapshot = reader.read(&app.activity);
+        let snapshot = reader.read(app.activity());
         let settings = app.settings();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
         let link = verdict
@@ -222,7 +222,7 @@ async fn conditions_loop(app: Arc<App>) {
                 // HEAD over the new one if it is allowed.
                 app.stop_uploads("the interface uploads may use changed");
             }
-            let binding = app.client.rebind(link);
+            let binding = app.client().rebind(link);
             if binding != last_binding {
                 match &binding {
                     Binding::Address { interface, addr } => tracing::warn!(
@@ -261,26 +261,26 @@ async fn conditions_loop(app: Arc<App>) {
             POLL_IDLE
         };
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = app.shutdown().cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = app.recheck.notified() => {}
+            _ = app.recheck_requested() => {}
         }
     }
 }
 
 async fn housekeeping(app: Arc<App>) {
     loop {
-        match app.store.purge_history(app.config.state.history_days) {
+        match app.store().purge_history(app.config().state.history_days) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 entries = n,
-                days = app.config.state.history_days,
+                days = app.config().state.history_days,
                 "purged old history"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot purge old history"),
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = app.shutdown().cancelled() => return,
             _ = tokio::time::sleep(HOUSEKEEPING) => {}
         }
     }

@@ -9,7 +9,6 @@ use tokio::sync::broadcast;
 
 use crate::gate::Block;
 use crate::media::StoragePath;
-use crate::store::ItemState;
 
 /// The daemon's state, as the `state` event and `GET /v1/status` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,7 +45,7 @@ pub enum Event {
     Item {
         id: i64,
         storage_path: StoragePath,
-        state: ItemState,
+        state: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

@@ -29,7 +29,7 @@ const RETRY_RECORD: Duration = Duration::from_secs(5);
 
 /// Runs until shutdown; then waits for the transfers in flight to save their progress.
 pub async fn run(app: Arc<App>) {
-    let concurrency = app.config.cloud.concurrency.max(1);
+    let concurrency = app.config().cloud.concurrency.max(1);
     let mut tasks: JoinSet<bool> = JoinSet::new();
     // Which item each task uploads: a task that panics never calls `App::end`, so the
     // scheduler does, or the item would stay "in flight" for good.
@@ -41,7 +41,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         app.beat("scheduler");
         if stray {
-            match app.store.recover_stray_uploading(&app.in_flight()) {
+            match app.store().recover_stray_uploading(&app.in_flight()) {
                 Ok(n) => {
                     stray = false;
                     app.store_ok();
@@ -56,7 +56,7 @@ pub async fn run(app: Arc<App>) {
             }
         }
         let mut next_due = None;
-        while tasks.len() < concurrency && !app.shutdown.is_cancelled() {
+        while tasks.len() < concurrency && !app.shutdown().is_cancelled() {
             let Some((allow_auto, allow_manual, kinds)) = app.permits() else {
                 break;
             };
@@ -71,12 +71,12 @@ pub async fn run(app: Arc<App>) {
                 allow_manual,
                 exclude: &exclude,
             };
-            match app.store.next_item(&pick) {
+            match app.store().next_item(&pick) {
                 Ok(Some(item)) => {
                     // Claimed here, before the next pick, so that with concurrency above one the
                     // same item is never picked twice, and its stop token is registered before
                     // anything (pause, cancel) can look for it.
-                    match app.store.mark_uploading(item.id) {
+                    match app.store().mark_uploading(item.id) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(e) => {
@@ -93,7 +93,7 @@ pub async fn run(app: Arc<App>) {
                     running.insert(task.id(), id);
                 }
                 Ok(None) => {
-                    next_due = app.store.next_due(&pick).ok().flatten();
+                    next_due = app.store().next_due(&pick).ok().flatten();
                     break;
                 }
                 Err(e) => {
@@ -112,8 +112,8 @@ pub async fn run(app: Arc<App>) {
             sleep = sleep.min(RETRY_RECORD);
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            _ = app.kick.notified() => {}
+            _ = app.shutdown().cancelled() => break,
+            _ = app.kicked() => {}
             _ = tokio::time::sleep(sleep) => {}
             Some(res) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 match res {
@@ -142,9 +142,9 @@ async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToke
     let id = item.id;
     tracing::info!(id, path = %item.storage_path, size = item.size, from = item.bytes_sent, "uploading");
     let ctx = TransferCtx {
-        client: &app.client,
-        store: &app.store,
-        config: &app.config,
+        client: app.client(),
+        store: app.store(),
+        config: app.config(),
         account: &account,
     };
     let progress = |b: u64| app.progress(id, b);
@@ -159,25 +159,25 @@ async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToke
 /// comes back is queued again); a read error on a file that is still there is retried, since
 /// dropping a photo from the backup for a transient I/O error would lose it silently.
 fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::StoreError> {
-    let root = &app.config.media.root;
+    let root = &app.config().media.root;
     if !scan::media_present(root) {
-        return app.store.mark_interrupted(item.id);
+        return app.store().mark_interrupted(item.id);
     }
     match std::fs::symlink_metadata(item.storage_path.on_disk(root)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(id = item.id, path = %item.storage_path, "file deleted before upload; dropped from the queue");
-            app.store
+            app.store()
                 .mark_skipped(item.id, crate::store::REASON_DELETED)
         }
         Ok(m) if m.len() != item.size || crate::media::mtime_ns(&m) != item.mtime_ns => {
             tracing::info!(id = item.id, path = %item.storage_path, "file changed since queued; the new version is queued instead");
-            app.store
+            app.store()
                 .mark_skipped(item.id, crate::store::REASON_REPLACED)
         }
         _ => {
             let at = retry_at(app, item, None);
             tracing::warn!(id = item.id, path = %item.storage_path, error = %reason, "cannot read the file; will retry");
-            app.store.mark_retry(item.id, reason, at)
+            app.store().mark_retry(item.id, reason, at)
         }
     }
 }
@@ -188,7 +188,7 @@ fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
     // Whole seconds, rounded up: a server's Retry-After is never undercut by the part of the
     // current second already gone.
     let now = now_unix() + 1;
-    Backoff::from_config(&app.config.cloud).next_attempt_at(
+    Backoff::from_config(&app.config().cloud).next_attempt_at(
         now,
         item.attempts,
         retry_after,
@@ -203,31 +203,31 @@ fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
     let res = match outcome {
         Outcome::Done => {
             tracing::info!(id, path = %item.storage_path, size = item.size, "uploaded");
-            app.store.mark_done(id)
+            app.store().mark_done(id)
         }
         Outcome::Retry { error, retry_after } => {
             let at = retry_at(app, item, retry_after);
             tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "upload failed; will retry");
-            app.store.mark_retry(id, &error, at)
+            app.store().mark_retry(id, &error, at)
         }
         Outcome::Failed(error) => {
             tracing::warn!(id, path = %item.storage_path, error = %error, "upload failed for good; waiting for the user's retry");
-            app.store.mark_failed(id, &error)
+            app.store().mark_failed(id, &error)
         }
         Outcome::Unauthorized(m) => {
-            let r = app.store.mark_interrupted(id);
+            let r = app.store().mark_interrupted(id);
             app.set_account_status(AccountStatus::Unauthorized(m));
             r
         }
         Outcome::SubscriptionInactive(m) => {
-            let r = app.store.mark_interrupted(id);
+            let r = app.store().mark_interrupted(id);
             app.set_account_status(AccountStatus::SubscriptionInactive(m));
             r
         }
         Outcome::FileUnreadable(reason) => unreadable(app, item, &reason),
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
-            app.store.mark_interrupted(id)
+            app.store().mark_interrupted(id)
         }
     };
     match res {

@@ -196,9 +196,9 @@ fn root_identity(root: &Path, current: Option<(u64, u64)>) -> Option<(u64, u64)>
 /// Runs the scanner and watcher until shutdown: an initial scan, inotify events through the
 /// settler, a rescan every `rescan_secs`, on overflow and when the card comes back.
 pub async fn run(app: Arc<App>) {
-    let root = app.config.media.root.clone();
-    let settle = Duration::from_secs(app.config.media.settle_secs);
-    let rescan_every = Duration::from_secs(app.config.media.rescan_secs.max(1));
+    let root = app.config().media.root.clone();
+    let settle = Duration::from_secs(app.config().media.settle_secs);
+    let rescan_every = Duration::from_secs(app.config().media.rescan_secs.max(1));
     let (tx, mut rx) = mpsc::channel::<Signal>(4096);
     let mut settler = Settler::new(settle);
     let mut watcher: Option<RecommendedWatcher> = None;
@@ -260,7 +260,7 @@ pub async fn run(app: Arc<App>) {
             wake = wake.min(t.max(now + Duration::from_millis(100)));
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = app.shutdown().cancelled() => break,
             _ = tokio::time::sleep_until(wake.into()) => {}
             sig = rx.recv() => {
                 let mut sig = sig;
@@ -337,7 +337,7 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
         let Ok(sp) = StoragePath::under(root, path) else {
             continue;
         };
-        let is_media = app.filter.classify(&sp).is_some();
+        let is_media = app.filter().classify(&sp).is_some();
         // Never `is_dir()`: it follows a link, and walking a link to `/usr` would queue (and
         // read) files outside the card.
         let is_real_dir = || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
@@ -345,16 +345,16 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
             EventKind::Create(_)
             | EventKind::Modify(ModifyKind::Data(_))
             | EventKind::Modify(ModifyKind::Any) => {
-                app.activity.note_media_write();
+                app.activity().note_media_write();
                 if is_media {
                     settler.touched(path, now);
-                } else if is_real_dir() && !app.filter.skip_dir(&sp) {
+                } else if is_real_dir() && !app.filter().skip_dir(&sp) {
                     // Files written before notify added its watch on the new directory would
                     // be missed: walk it now and let the settler judge each file.
                     scan::walk(
                         root,
                         path,
-                        &app.filter,
+                        app.filter(),
                         Duration::MAX,
                         std::time::SystemTime::now(),
                         |s| {
@@ -366,7 +366,7 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
                 }
             }
             EventKind::Modify(ModifyKind::Name(_)) => {
-                app.activity.note_media_write();
+                app.activity().note_media_write();
                 if is_media {
                     if path.exists() {
                         settler.touched(path, now);
@@ -395,7 +395,7 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
 /// A media file was deleted: drop its queued (not yet uploaded) items, unless the card itself
 /// is going away (then the files are not deleted, just out of reach).
 fn forget_deleted(app: &App, sp: &StoragePath) {
-    if !scan::media_present(&app.config.media.root) {
+    if !scan::media_present(&app.config().media.root) {
         return;
     }
     app.drop_deleted(sp);
@@ -428,7 +428,7 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<(PathBuf, u64, i64)>) -> bool {
                 return None;
             }
             let sp = StoragePath::under(root, path).ok()?;
-            let kind = app.filter.classify(&sp)?;
+            let kind = app.filter().classify(&sp)?;
             Some(FoundFile {
                 path: sp,
                 kind,
@@ -460,11 +460,11 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
     let a = app.clone();
     let started = Instant::now();
     let res = tokio::task::spawn_blocking(move || {
-        let c = &a.config.media;
+        let c = &a.config().media;
         scan::scan(
             &c.root,
-            &a.filter,
-            &a.store,
+            a.filter(),
+            a.store(),
             Duration::from_secs(c.settle_secs),
         )
     })

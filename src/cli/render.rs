@@ -17,11 +17,25 @@ pub struct StatusView {
     pub conditions: Option<Conditions>,
     pub media_available: bool,
     pub paused: bool,
-    pub queue: crate::store::QueueCounts,
+    pub queue: QueueView,
     pub current: Option<Current>,
     pub uploads: Vec<Current>,
     pub attention: Vec<AttentionView>,
     pub uplink: Option<UplinkView>,
+}
+
+/// `status.queue`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct QueueView {
+    pub pending: u64,
+    pub uploading: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+    pub bytes_remaining: u64,
+    pub bytes_done: u64,
 }
 
 /// One entry of `status.attention`.

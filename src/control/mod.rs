@@ -22,6 +22,7 @@ pub mod peercred;
 pub mod routes;
 pub mod server;
 mod sse;
+pub mod views;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{item_id, ApiError, QueryPairs, StrictJson, StrictPatch};
+use super::views::{HistoryView, ItemView};
 use super::Limits;
 use crate::app::App;
 use crate::credentials::{self, Pairing};
@@ -193,6 +194,7 @@ async fn queue(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response
     let next_after = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.id))
         .flatten();
+    let items: Vec<ItemView> = items.into_iter().map(ItemView::from).collect();
     Ok(Json(json!({"items": items, "next_after": next_after})).into_response())
 }
 
@@ -215,11 +217,11 @@ async fn uploads(
 }
 
 async fn retry(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(app.retry(item_id(&id)?)?).into_response())
+    Ok(Json(ItemView::from(app.retry(item_id(&id)?)?)).into_response())
 }
 
 async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(app.cancel(item_id(&id)?).await?).into_response())
+    Ok(Json(ItemView::from(app.cancel(item_id(&id)?).await?)).into_response())
 }
 
 async fn pause(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
@@ -342,7 +344,12 @@ async fn network(
 async fn history(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
     q.only(&["limit"])?;
     let limit = q.int("limit", 1, 10_000, 100)?;
-    Ok(Json(json!({"entries": app.history(limit as u32)?})).into_response())
+    let entries: Vec<HistoryView> = app
+        .history(limit as u32)?
+        .into_iter()
+        .map(HistoryView::from)
+        .collect();
+    Ok(Json(json!({"entries": entries})).into_response())
 }
 
 async fn privacy(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {

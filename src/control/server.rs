@@ -1,7 +1,7 @@
 //! The control socket: creation, the accept loop and shutdown.
 //!
 //! Use: [`bind`] before telling systemd READY=1 (so a socket problem is reported, by path, before
-//! the daemon claims to be up), then [`serve`] until `app.shutdown` is cancelled. The socket file
+//! the daemon claims to be up), then [`serve`] until `app.shutdown()` is cancelled. The socket file
 //! is removed when the [`Listener`] is dropped, if it is still ours.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -141,7 +141,7 @@ fn clear_stale(path: &Path) -> Result<(), ControlError> {
     }
 }
 
-/// Serves the API on `listener` until `app.shutdown` is cancelled, then lets open requests
+/// Serves the API on `listener` until `app.shutdown()` is cancelled, then lets open requests
 /// finish (event streams end at once) for up to [`Limits::drain_timeout`] and removes the socket.
 pub async fn serve(listener: Listener, app: Arc<App>) -> Result<(), ControlError> {
     serve_with(listener, app, Limits::default()).await
@@ -163,8 +163,8 @@ pub async fn serve_with(
     tracing::info!(socket = %listener.path.display(), "control API listening");
 
     let limits = Arc::new(limits);
-    let shutdown = app.shutdown.clone();
-    let policy = Policy::from_config(&app.config.control);
+    let shutdown = app.shutdown().clone();
+    let policy = Policy::from_config(&app.config().control);
     let api = routes::router(app, limits.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tasks = TaskTracker::new();

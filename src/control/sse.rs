@@ -34,7 +34,7 @@ pub(super) async fn events(
         state: status.state,
         blocked_by: status.blocked_by,
     };
-    let stream = event_stream(first, app.subscribe(), app.shutdown.clone());
+    let stream = event_stream(first, app.subscribe(), app.shutdown().clone());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())

@@ -100,7 +100,7 @@ dir = "{state}"
     }
 
     async fn stop(self) {
-        self.app.shutdown.cancel();
+        self.app.shutdown().cancel();
         tokio::time::timeout(Duration::from_secs(3), self.server)
             .await
             .expect("server stops promptly")
@@ -232,7 +232,7 @@ async fn every_endpoint_happy_path() {
         .await;
     assert_eq!((st, error_code(&v)), (StatusCode::CONFLICT, "wrong_state"));
 
-    h.app.store.mark_failed(b, "413 from the server").unwrap();
+    h.app.store().mark_failed(b, "413 from the server").unwrap();
     let (st, v) = h
         .call(Method::POST, &format!("/v1/queue/{b}/retry"), None)
         .await;

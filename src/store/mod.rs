@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use crate::clock::now_unix;
 use crate::media::{Kind, StoragePath};
@@ -30,8 +29,7 @@ use crate::settings::Settings;
 pub const DB_FILE: &str = "cambackup.db";
 
 /// An item's place in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemState {
     /// Waiting to be uploaded (possibly after a back-off).
     Pending,
@@ -95,14 +93,13 @@ pub struct FoundFile {
     pub mtime_ns: i64,
 }
 
-/// One queue item, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One queue item, as the database holds it (the API's copy is `control::views::ItemView`).
+#[derive(Debug, Clone)]
 pub struct Item {
     pub id: i64,
     pub storage_path: StoragePath,
     pub kind: Kind,
     pub size: u64,
-    #[serde(skip)]
     pub mtime_ns: i64,
     pub state: ItemState,
     pub manual: bool,
@@ -111,12 +108,9 @@ pub struct Item {
     /// Unix seconds before which no retry is made (0: now).
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
-    #[serde(skip)]
     pub upload_url: Option<String>,
-    #[serde(skip)]
     pub upload_expires_at: Option<i64>,
     /// The endpoint the upload URL was created at: a URL is only used against it.
-    #[serde(skip)]
     pub upload_endpoint: Option<String>,
     /// How many tus creations this item has made (1 in the normal case).
     pub creations: u32,
@@ -124,9 +118,8 @@ pub struct Item {
     pub completed_at: Option<i64>,
 }
 
-/// Per-state counts and bytes, for `GET /v1/status` (and the CLI that reads it back).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(default)]
+/// Per-state counts and bytes (what `GET /v1/status` shows of them is `app`'s business).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueCounts {
     pub pending: u64,
     pub uploading: u64,
@@ -140,8 +133,8 @@ pub struct QueueCounts {
     pub bytes_done: u64,
 }
 
-/// A completed upload, as the history shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A completed upload.
+#[derive(Debug, Clone)]
 pub struct HistoryEntry {
     pub storage_path: String,
     pub size: u64,

@@ -1,0 +1,204 @@
+//! The account: pairing, unpairing, what the server last said about the token.
+//!
+//! Invariant: unpairing erases the account file first, then everything else the account left
+//! (its manual requests, upload URLs, history); an unpairing cut short is finished at the next
+//! start (`App::new`), so nothing of one account carries on under the next.
+
+use serde::Serialize;
+
+use super::{App, AppError};
+use crate::credentials::{self, Account};
+use crate::secret::Secret;
+
+/// What the server last said about the account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountStatus {
+    Ok,
+    Unauthorized(String),
+    SubscriptionInactive(String),
+}
+
+/// Set while an account is paired; erased with the rest of the account's data (`account.*`).
+pub(super) const PAIRED_KEY: &str = "account.paired";
+
+impl AccountStatus {
+    pub(super) const KEY: &'static str = "account.status";
+
+    pub(super) fn as_str(&self) -> &'static str {
+        match self {
+            AccountStatus::Ok => "ok",
+            AccountStatus::Unauthorized(_) => "unauthorized",
+            AccountStatus::SubscriptionInactive(_) => "subscription_inactive",
+        }
+    }
+}
+
+/// `GET /v1/account`: never the token.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountView {
+    pub paired: bool,
+    pub user_id: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: String,
+    /// `ok`, `unauthorized` or `subscription_inactive`; absent when not paired.
+    pub status: Option<&'static str>,
+}
+
+/// `DELETE /v1/account`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unpaired {
+    /// Unfinished server uploads ended with tus termination.
+    pub terminated: usize,
+    /// Unfinished server uploads the server could not or would not terminate.
+    pub not_terminated: usize,
+}
+
+impl App {
+    /// `GET /v1/account`.
+    pub fn account(&self) -> AccountView {
+        let live = self.live();
+        let region = live.account.as_ref().and_then(|a| a.region.clone());
+        AccountView {
+            paired: live.account.is_some(),
+            user_id: live.account.as_ref().map(|a| a.user_id.clone()),
+            endpoint: self
+                .config
+                .cloud
+                .endpoint_for(region.as_deref())
+                .to_string(),
+            region,
+            status: live.account.as_ref().map(|_| live.account_status.as_str()),
+        }
+    }
+
+    /// The paired account, if any (for the scheduler).
+    pub fn account_for_upload(&self) -> Option<Account> {
+        let live = self.live();
+        match live.account_status {
+            AccountStatus::Ok => live.account.clone(),
+            _ => None,
+        }
+    }
+
+    /// `PUT /v1/account`: pairs (or re-pairs) and clears an earlier unauthorized state. The
+    /// user ID and token were checked at the edge ([`credentials::Pairing`]); the region is
+    /// checked here, against the config.
+    pub fn pair(&self, req: credentials::Pairing) -> Result<AccountView, AppError> {
+        let regions = &self.config.cloud.regions;
+        if let Some(r) = &req.region {
+            if !regions.is_empty() && !regions.contains_key(r) {
+                let known: Vec<&str> = regions.keys().map(String::as_str).collect();
+                return Err(AppError::bad_request(
+                    "unknown_region",
+                    format!(
+                        "`region` \"{r}\" is not one of the configured regions: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let account = Account {
+            user_id: req.user_id.into_string(),
+            token: req.token,
+            region: req.region.clone(),
+        };
+        credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;
+        self.store.set_kv(AccountStatus::KEY, None)?;
+        self.store.set_kv(PAIRED_KEY, Some("1"))?;
+        let switched = {
+            let mut live = self.live();
+            let switched = live
+                .account
+                .as_ref()
+                .is_some_and(|a| a.user_id != account.user_id || a.region != account.region);
+            if switched {
+                // Uploads in flight carry the old account's user ID (and go to its region):
+                // stop them, and start the unfinished ones anew under the new account.
+                for f in live.in_flight.values() {
+                    f.stop.cancel();
+                }
+            }
+            live.account = Some(account);
+            live.account_status = AccountStatus::Ok;
+            switched
+        };
+        if switched {
+            self.store.forget_upload_urls()?;
+            tracing::info!("paired with a different account: unfinished uploads start anew");
+        }
+        tracing::info!("paired with an account");
+        self.reevaluate();
+        self.kick.notify_one();
+        Ok(self.account())
+    }
+
+    /// `DELETE /v1/account`: stops uploads, ends the unfinished server uploads, and erases the
+    /// token, the user ID, the upload URLs and the history.
+    pub async fn unpair(&self) -> Result<Unpaired, AppError> {
+        let account = {
+            let mut live = self.live();
+            let a = live.account.take();
+            live.account_status = AccountStatus::Ok;
+            for f in live.in_flight.values() {
+                f.stop.cancel();
+            }
+            a
+        };
+        self.reevaluate();
+        // The token file goes first, before the slow network work below: a crash or a SIGTERM
+        // during the terminations must not leave the device paired after a restart. The token
+        // stays in memory just long enough to end the server uploads.
+        credentials::erase(&self.config.state.dir).map_err(AppError::internal)?;
+        self.store.set_kv(AccountStatus::KEY, None)?;
+        let mut report = Unpaired {
+            terminated: 0,
+            not_terminated: 0,
+        };
+        let urls = self.store.unfinished_upload_urls()?;
+        for (_, url) in &urls {
+            match &account {
+                Some(a) if self.terminate(url, &a.token).await => report.terminated += 1,
+                _ => report.not_terminated += 1,
+            }
+        }
+        self.store.erase_account_data()?;
+        tracing::info!(
+            terminated = report.terminated,
+            not_terminated = report.not_terminated,
+            "unpaired: token, user ID, upload URLs and history erased"
+        );
+        self.reevaluate();
+        Ok(report)
+    }
+
+    pub(super) async fn terminate(&self, url: &str, token: &Secret) -> bool {
+        let ask = self.client.terminate(url, token);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ask).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not terminate an unfinished server upload");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("terminating an unfinished server upload timed out");
+                false
+            }
+        }
+    }
+
+    /// The server refused the account (401/402): uploads stop until the user pairs again.
+    pub fn set_account_status(&self, status: AccountStatus) {
+        let v = match &status {
+            AccountStatus::Ok => None,
+            s => Some(s.as_str()),
+        };
+        if let Err(e) = self.store.set_kv(AccountStatus::KEY, v) {
+            tracing::error!(error = %e, "could not store the account status");
+        }
+        if let AccountStatus::Unauthorized(m) | AccountStatus::SubscriptionInactive(m) = &status {
+            tracing::warn!(reason = %m, "the server refused the account; uploads stop until the app pairs again");
+        }
+        self.live().account_status = status;
+        self.reevaluate();
+    }
+}

@@ -1,0 +1,222 @@
+//! What `GET /v1/status` and `GET /v1/privacy` report: the state, what blocks uploads, the
+//! queue, the uploads in flight, the way out, and what only the user can fix.
+//!
+//! Invariant: read-only; built from the live state and the store's counts, never a query over
+//! the whole queue.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::account::AccountStatus;
+use super::flight::{current_of, Current};
+use super::{App, AppError, Live};
+use crate::conditions::Snapshot;
+use crate::events::DaemonState;
+use crate::gate::Block;
+use crate::settings::Settings;
+use crate::store::QueueCounts;
+use crate::uplink::{self, UplinkStatus};
+use crate::upload::metadata::UploadMetadata;
+
+/// Something only the user can fix, as `status.attention` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attention {
+    /// A stable snake_case code the app can translate.
+    pub code: &'static str,
+    /// A sentence for the user, naming what to do.
+    pub message: String,
+}
+
+/// The queue's counts and bytes, as `status.queue` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSummary {
+    pub pending: u64,
+    pub uploading: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+    /// Bytes still to send for pending, uploading and failed items.
+    pub bytes_remaining: u64,
+    /// Bytes of completed uploads.
+    pub bytes_done: u64,
+}
+
+impl From<&QueueCounts> for QueueSummary {
+    fn from(c: &QueueCounts) -> QueueSummary {
+        QueueSummary {
+            pending: c.pending,
+            uploading: c.uploading,
+            done: c.done,
+            failed: c.failed,
+            skipped: c.skipped,
+            cancelled: c.cancelled,
+            bytes_remaining: c.bytes_remaining,
+            bytes_done: c.bytes_done,
+        }
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state: DaemonState,
+    pub blocked_by: Vec<Block>,
+    /// Extension: what blocks a manual upload (only the network preference and heat do).
+    pub manual_blocked_by: Vec<Block>,
+    pub conditions: Option<Snapshot>,
+    pub media_available: bool,
+    pub paused: bool,
+    pub queue: QueueSummary,
+    pub current: Option<Current>,
+    /// Extension: every upload in flight when `cloud.concurrency` > 1.
+    pub uploads: Vec<Current>,
+    /// What only the user can fix (empty when all is well).
+    pub attention: Vec<Attention>,
+    /// The interface uploads leave through, the binding in force, metered or not and why.
+    pub uplink: UplinkStatus,
+}
+
+/// `GET /v1/privacy`: exactly what leaves the device, and where to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Privacy {
+    pub fields_sent: [&'static str; 4],
+    pub values: BTreeMap<&'static str, Option<String>>,
+    pub endpoint: String,
+    pub transport: &'static str,
+    pub settings: Settings,
+    pub history_days: u32,
+    pub sent_only_when: &'static str,
+    /// Extension: which way the bytes leave (the interface and its binding), in one sentence.
+    pub leaves_through: String,
+}
+
+impl App {
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<Status, AppError> {
+        let queue = self.store.counts()?;
+        let live = self.live();
+        let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
+        let attention = attention_of(&live, &queue);
+        Ok(Status {
+            attention,
+            state: state_of(&live, queue.pending + queue.uploading > 0),
+            blocked_by: live.verdict.auto.clone(),
+            manual_blocked_by: live.verdict.manual.clone(),
+            conditions: live.snapshot.clone(),
+            media_available: live.media_available,
+            paused: live.paused,
+            queue: QueueSummary::from(&queue),
+            current: uploads.first().cloned(),
+            uploads,
+            uplink: uplink::describe(
+                live.snapshot.as_ref(),
+                &self.client.binding(),
+                self.activity.metered_override(),
+            ),
+        })
+    }
+
+    /// `GET /v1/privacy`.
+    pub fn privacy(&self) -> Privacy {
+        let live = self.live();
+        let region = live.account.as_ref().and_then(|a| a.region.clone());
+        let endpoint = self
+            .config
+            .cloud
+            .endpoint_for(region.as_deref())
+            .to_string();
+        let mut values = BTreeMap::new();
+        values.insert("user_id", live.account.as_ref().map(|a| a.user_id.clone()));
+        values.insert("device_type", Some(self.config.device.device_type.clone()));
+        values.insert("serial_number", Some(self.config.device.serial.clone()));
+        values.insert("storage_path", None);
+        Privacy {
+            fields_sent: UploadMetadata::FIELDS,
+            values,
+            transport: if endpoint.starts_with("https://") {
+                "https (TLS, certificate verified)"
+            } else {
+                "http to this device only (loopback)"
+            },
+            endpoint,
+            settings: live.settings.clone(),
+            history_days: self.config.state.history_days,
+            leaves_through: uplink::privacy_sentence(&uplink::describe(
+                live.snapshot.as_ref(),
+                &self.client.binding(),
+                self.activity.metered_override(),
+            )),
+            sent_only_when: "a file is uploaded: with auto_upload on and the conditions met, \
+                             or when the app asks for a manual upload",
+        }
+    }
+}
+
+/// The daemon's state; `waiting` is whether any item is pending.
+pub(super) fn state_of(live: &Live, waiting: bool) -> DaemonState {
+    if live.account.is_none() {
+        return DaemonState::Unpaired;
+    }
+    match live.account_status {
+        AccountStatus::Unauthorized(_) => return DaemonState::Unauthorized,
+        AccountStatus::SubscriptionInactive(_) => return DaemonState::SubscriptionInactive,
+        AccountStatus::Ok => {}
+    }
+    if live.paused {
+        DaemonState::Paused
+    } else if !live.media_available {
+        DaemonState::MediaUnavailable
+    } else if !live.in_flight.is_empty() {
+        DaemonState::Uploading
+    } else if waiting {
+        DaemonState::Waiting
+    } else {
+        DaemonState::Idle
+    }
+}
+
+/// What only the user can fix, from the live state and the queue counts.
+pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
+    let mut out = Vec::new();
+    let mut add = |code, message: String| out.push(Attention { code, message });
+    match &live.account_status {
+        AccountStatus::Unauthorized(m) => add(
+            "unauthorized",
+            format!(
+                "The server refused the account's token ({m}): pair the camera again in the app."
+            ),
+        ),
+        AccountStatus::SubscriptionInactive(m) => add(
+            "subscription_inactive",
+            format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
+        ),
+        AccountStatus::Ok => {}
+    }
+    if !live.media_available {
+        add(
+            "media_unavailable",
+            "The memory card is missing or unreadable: insert it.".into(),
+        );
+    }
+    if let Some(e) = &live.state_dir_full {
+        add(
+            "state_dir_full",
+            format!("The camera's storage for the upload queue is full ({e}): free some space; queued uploads continue by themselves."),
+        );
+    }
+    if queue.failed > 0 {
+        add(
+            "items_failed",
+            format!("{} file(s) could not be uploaded and wait for you: see the queue's failed items and retry them.", queue.failed),
+        );
+    }
+    if live.unreadable_on_card > 0 {
+        add(
+            "unreadable_files",
+            format!("{} entries on the card could not be read (permissions or card errors): they are not backed up; check the card.", live.unreadable_on_card),
+        );
+    }
+    out
+}
