@@ -1,4 +1,4 @@
-//! The camera maker's settings: the TOML file of CONTRACT section 2.
+//! The camera maker's settings: the TOML file of INTERFACE.md section 2.
 //!
 //! Invariant: a [`Config`] value is complete and valid. Every key is checked here, once, at the
 //! edge; nothing past [`load`] sees raw TOML. Errors name the key path, the file and, where the

@@ -24,6 +24,33 @@ pub enum DaemonState {
     MediaUnavailable,
 }
 
+impl DaemonState {
+    pub const ALL: [DaemonState; 8] = [
+        DaemonState::Unpaired,
+        DaemonState::Paused,
+        DaemonState::Waiting,
+        DaemonState::Idle,
+        DaemonState::Uploading,
+        DaemonState::Unauthorized,
+        DaemonState::SubscriptionInactive,
+        DaemonState::MediaUnavailable,
+    ];
+
+    /// The name the API gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Unpaired => "unpaired",
+            DaemonState::Paused => "paused",
+            DaemonState::Waiting => "waiting",
+            DaemonState::Idle => "idle",
+            DaemonState::Uploading => "uploading",
+            DaemonState::Unauthorized => "unauthorized",
+            DaemonState::SubscriptionInactive => "subscription_inactive",
+            DaemonState::MediaUnavailable => "media_unavailable",
+        }
+    }
+}
+
 /// Events kept for a slow subscriber before it is dropped.
 const CAPACITY: usize = 256;
 
@@ -81,5 +108,20 @@ impl Events {
     /// A new subscriber, seeing events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DaemonState;
+
+    #[test]
+    fn the_state_names_on_the_wire_are_the_ones_the_cli_and_docs_use() {
+        for s in DaemonState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for b in crate::gate::Block::ALL {
+            assert_eq!(serde_json::to_value(b).unwrap(), b.as_str());
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The gate: the one place that decides whether an upload may run.
 //!
 //! [`decide`] is a pure function of a device [`Snapshot`], the user's [`Settings`] and the
-//! operator's [`config::Conditions`]; it names every reason that blocks uploads, as CONTRACT
+//! operator's [`config::Conditions`]; it names every reason that blocks uploads, as INTERFACE.md
 //! section 5's `blocked_by` values. [`HoldDown`] keeps a flapping answer (a bouncing charger
 //! contact, Wi-Fi roaming) from starting and aborting uploads every second.
 //!
@@ -21,7 +21,7 @@ use crate::conditions::{Link, Network, Snapshot};
 use crate::config;
 use crate::settings::{NetworkPref, Settings};
 
-/// One reason uploads may not run (CONTRACT section 5 `blocked_by`). The variants are in the
+/// One reason uploads may not run (INTERFACE.md section 5 `blocked_by`). The variants are in the
 /// order [`decide`] reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,6 +48,18 @@ pub enum Block {
 }
 
 impl Block {
+    pub const ALL: [Block; 9] = [
+        Block::AutoUploadOff,
+        Block::NotCharging,
+        Block::BatteryLow,
+        Block::NetworkNotAllowed,
+        Block::MeteredNetwork,
+        Block::Offline,
+        Block::Recording,
+        Block::Busy,
+        Block::TooHot,
+    ];
+
     /// The `blocked_by` name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,4 +1,4 @@
-//! The user's settings (CONTRACT section 4): what the app may change, stored in the database.
+//! The user's settings (INTERFACE.md section 4): what the app may change, stored in the database.
 //!
 //! Invariant: a [`Settings`] value is always valid; a patch is checked field by field at the edge
 //! ([`SettingsPatch`]) and applied whole or not at all.

@@ -33,6 +33,8 @@ use account::PAIRED_KEY;
 pub use error::{AppError, ErrorKind};
 use flight::InFlight;
 use status::state_of;
+#[cfg(test)]
+pub use status::ATTENTION_CODES;
 
 /// One path's answer to `POST /v1/uploads`.
 #[derive(Debug, Clone, Serialize)]

@@ -28,6 +28,17 @@ pub struct Attention {
     pub message: String,
 }
 
+/// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
+/// same; a test compares them).
+pub const ATTENTION_CODES: [&str; 6] = [
+    "unauthorized",
+    "subscription_inactive",
+    "media_unavailable",
+    "state_dir_full",
+    "items_failed",
+    "unreadable_files",
+];
+
 /// The queue's counts and bytes, as `status.queue` shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueSummary {
@@ -183,38 +194,38 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
     let mut add = |code, message: String| out.push(Attention { code, message });
     match &live.account_status {
         AccountStatus::Unauthorized(m) => add(
-            "unauthorized",
+            ATTENTION_CODES[0],
             format!(
                 "The server refused the account's token ({m}): pair the camera again in the app."
             ),
         ),
         AccountStatus::SubscriptionInactive(m) => add(
-            "subscription_inactive",
+            ATTENTION_CODES[1],
             format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
         ),
         AccountStatus::Ok => {}
     }
     if !live.media_available {
         add(
-            "media_unavailable",
+            ATTENTION_CODES[2],
             "The memory card is missing or unreadable: insert it.".into(),
         );
     }
     if let Some(e) = &live.state_dir_full {
         add(
-            "state_dir_full",
+            ATTENTION_CODES[3],
             format!("The camera's storage for the upload queue is full ({e}): free some space; queued uploads continue by themselves."),
         );
     }
     if queue.failed > 0 {
         add(
-            "items_failed",
+            ATTENTION_CODES[4],
             format!("{} file(s) could not be uploaded and wait for you: see the queue's failed items and retry them.", queue.failed),
         );
     }
     if live.unreadable_on_card > 0 {
         add(
-            "unreadable_files",
+            ATTENTION_CODES[5],
             format!("{} entries on the card could not be read (permissions or card errors): they are not backed up; check the card.", live.unreadable_on_card),
         );
     }

@@ -1,4 +1,4 @@
-//! The command line (CONTRACT section 1). `daemon` and `check-config` run in this process (the
+//! The command line (INTERFACE.md section 1). `daemon` and `check-config` run in this process (the
 //! binary's `main` dispatches them); every other command is a thin client of the control API.
 //!
 //! Exit codes: 0 success; 2 bad usage or a bad argument (clap's own errors, a bad setting value,

@@ -115,35 +115,43 @@ pub struct PrivacyView {
     pub leaves_through: Option<String>,
 }
 
-/// A `blocked_by` value in words.
+/// A `blocked_by` value in words. The names are the gate's own, matched exhaustively: a new
+/// block does not compile until it has its words here. A name this CLI does not know (a newer
+/// daemon) is shown as it is.
 pub fn block_words(code: &str) -> String {
-    match code {
-        "auto_upload_off" => "automatic upload is off (settings: auto_upload)",
-        "not_charging" => "not charging",
-        "battery_low" => "battery low",
-        "network_not_allowed" => "the current network is not allowed (settings: network)",
-        "metered_network" => "the Wi-Fi is metered (settings: network; `PUT /v1/network`)",
-        "offline" => "offline",
-        "recording" => "the camera is recording",
-        "busy" => "the camera is busy",
-        "too_hot" => "too hot",
-        other => other,
+    use crate::gate::Block;
+    let Some(block) = Block::ALL.into_iter().find(|b| b.as_str() == code) else {
+        return code.to_string();
+    };
+    match block {
+        Block::AutoUploadOff => "automatic upload is off (settings: auto_upload)",
+        Block::NotCharging => "not charging",
+        Block::BatteryLow => "battery low",
+        Block::NetworkNotAllowed => "the current network is not allowed (settings: network)",
+        Block::MeteredNetwork => "the Wi-Fi is metered (settings: network; `PUT /v1/network`)",
+        Block::Offline => "offline",
+        Block::Recording => "the camera is recording",
+        Block::Busy => "the camera is busy",
+        Block::TooHot => "too hot",
     }
     .to_string()
 }
 
-/// A daemon state in words.
+/// A daemon state in words (the daemon's own names, matched exhaustively like the blocks).
 pub fn state_words(state: &str) -> String {
-    match state {
-        "unpaired" => "unpaired: pair with the app (or `cambackup pair`)",
-        "paused" => "paused by the user (`cambackup resume` continues)",
-        "waiting" => "waiting: files to upload, conditions not met",
-        "idle" => "idle: nothing to upload",
-        "uploading" => "uploading",
-        "unauthorized" => "unauthorized: the server refused the token; pair again",
-        "subscription_inactive" => "subscription inactive: the server refuses uploads",
-        "media_unavailable" => "media unavailable: is the card in?",
-        other => other,
+    use crate::events::DaemonState;
+    let Some(s) = DaemonState::ALL.into_iter().find(|s| s.as_str() == state) else {
+        return state.to_string();
+    };
+    match s {
+        DaemonState::Unpaired => "unpaired: pair with the app (or `cambackup pair`)",
+        DaemonState::Paused => "paused by the user (`cambackup resume` continues)",
+        DaemonState::Waiting => "waiting: files to upload, conditions not met",
+        DaemonState::Idle => "idle: nothing to upload",
+        DaemonState::Uploading => "uploading",
+        DaemonState::Unauthorized => "unauthorized: the server refused the token; pair again",
+        DaemonState::SubscriptionInactive => "subscription inactive: the server refuses uploads",
+        DaemonState::MediaUnavailable => "media unavailable: is the card in?",
     }
     .to_string()
 }

@@ -1,5 +1,5 @@
 //! Whether a link costs the user money per byte although it is not cellular: a phone's hotspot
-//! (Android or iPhone), a travel router on mobile data. CONTRACT section 3: a Wi-Fi is metered
+//! (Android or iPhone), a travel router on mobile data. INTERFACE.md section 3: a Wi-Fi is metered
 //! when `conditions.metered_flag` exists, when the app says so (`PUT /v1/network`), or when the
 //! network says so.
 //!

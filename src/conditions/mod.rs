@@ -1,4 +1,4 @@
-//! What the device says about itself (CONTRACT section 3), read from `conditions.sysfs`,
+//! What the device says about itself (INTERFACE.md section 3), read from `conditions.sysfs`,
 //! `conditions.proc`, the recording flag file and the daemon's own [`Activity`].
 //!
 //! Each source is a module with a pure reader over a root path ([`power::read_power`],

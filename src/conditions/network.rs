@@ -1,5 +1,5 @@
 //! The networks traffic could leave through: the interfaces of the IPv4 (`net/route`) and IPv6
-//! (`net/ipv6_route`) default routes that are up (CONTRACT section 3), not "some Wi-Fi is up".
+//! (`net/ipv6_route`) default routes that are up (INTERFACE.md section 3), not "some Wi-Fi is up".
 //!
 //! Invariants:
 //! - both address families count: an interface that carries only the IPv6 default route is an

@@ -1,4 +1,4 @@
-//! Charging and battery level from `class/power_supply` (CONTRACT section 3).
+//! Charging and battery level from `class/power_supply` (INTERFACE.md section 3).
 //!
 //! Charging: any supply whose `type` is not `Battery` with `online` = 1, or a `Battery` whose
 //! `status` is `Charging` or `Full`. Battery level: `capacity` of the `Battery`.

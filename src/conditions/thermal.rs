@@ -1,4 +1,4 @@
-//! The device's temperature: the hottest `class/thermal/thermal_zone*/temp` (CONTRACT
+//! The device's temperature: the hottest `class/thermal/thermal_zone*/temp` (INTERFACE.md
 //! section 3), which the kernel gives in millidegrees Celsius.
 
 use std::io;

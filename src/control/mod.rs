@@ -1,4 +1,4 @@
-//! The control API (CONTRACT section 5): HTTP/1.1 + JSON over a Unix socket, for the app, the
+//! The control API (INTERFACE.md section 5): HTTP/1.1 + JSON over a Unix socket, for the app, the
 //! camera firmware and the CLI.
 //!
 //! Code map:

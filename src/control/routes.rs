@@ -1,4 +1,4 @@
-//! The route table and one small handler per endpoint (CONTRACT section 5).
+//! The route table and one small handler per endpoint (INTERFACE.md section 5).
 //!
 //! Handlers parse nothing themselves: their arguments are already typed values from
 //! `extract`, and each is a call into [`App`] plus the answer's shape. `docs/openapi.yaml`

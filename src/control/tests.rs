@@ -974,3 +974,93 @@ async fn cli_commands_against_the_socket() {
     assert_eq!(run_client(&cli).await, 1, "no daemon: exit 1");
     h.stop().await;
 }
+
+/// docs/INTERFACE.md names the commands, states, blocks and attention codes the code has, and
+/// docs/openapi.yaml lists the same attention codes: the page a reader of the repo opens first
+/// cannot drift from the product.
+#[test]
+fn interface_doc_names_what_the_code_has() {
+    use clap::CommandFactory;
+    let doc = include_str!("../../docs/INTERFACE.md");
+    // The backticked names after `label` up to the end of its paragraph.
+    let names_after = |label: &str| -> Vec<String> {
+        let at = doc
+            .find(label)
+            .unwrap_or_else(|| panic!("`{label}` not in INTERFACE.md"));
+        let rest = &doc[at..];
+        let para = &rest[..rest.find("\n\n").unwrap_or(rest.len())];
+        let list = &para[para
+            .find("):")
+            .map(|i| i + 2)
+            .or(para.find(':').map(|i| i + 1))
+            .unwrap()..];
+        let mut v: Vec<String> = list
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names_after("States:"),
+        sorted(
+            crate::events::DaemonState::ALL
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect()
+        )
+    );
+    assert_eq!(
+        names_after("Blocks (`blocked_by`, `manual_blocked_by`):"),
+        sorted(
+            crate::gate::Block::ALL
+                .iter()
+                .map(|b| b.as_str().to_string())
+                .collect()
+        )
+    );
+    let codes = sorted(
+        crate::app::ATTENTION_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+    );
+    assert_eq!(names_after("Attention (`attention`:"), codes);
+    let spec: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(include_str!("../../docs/openapi.yaml")).unwrap();
+    let in_spec: Vec<String> = spec["components"]["schemas"]["Attention"]["properties"]["code"]
+        ["enum"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sorted(in_spec), codes);
+    // Every command of the CLI has its row in the command table, and no row names another.
+    let cli = crate::cli::Cli::command();
+    for sub in cli.get_subcommands() {
+        let name = sub.get_name();
+        assert!(
+            doc.contains(&format!("`cambackup {name}")),
+            "`cambackup {name}` is not in INTERFACE.md section 1"
+        );
+    }
+    for row in doc.lines().filter(|l| l.starts_with("| `cambackup ")) {
+        for cmd in row.split("`cambackup ").skip(1) {
+            let name: String = cmd
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            assert!(
+                cli.find_subcommand(&name).is_some(),
+                "INTERFACE.md names `cambackup {name}`, which does not exist"
+            );
+        }
+    }
+}

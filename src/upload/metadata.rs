@@ -1,4 +1,4 @@
-//! The only data sent with an upload (CONTRACT section 6).
+//! The only data sent with an upload (INTERFACE.md section 6).
 //!
 //! Invariant: the `Upload-Metadata` header carries exactly the four keys the privacy policy
 //! names. The type has no other fields and no way to add one, so a fifth key would need a change

@@ -1,4 +1,4 @@
-//! CONTRACT section 6: "TLS is verified always (system roots plus `ca_file`)". These tests run
+//! INTERFACE.md section 6: "TLS is verified always (system roots plus `ca_file`)". These tests run
 //! the real [`tus::Client`] against a real rustls server on 127.0.0.1, with a CA and leaf
 //! certificates made at test time by rcgen (no key is committed):
 //! - a certificate from a CA nobody trusts is refused before any request reaches the server;

@@ -547,13 +547,13 @@ impl Transfer<'_, '_> {
         self.outcome_for(e)
     }
 
-    /// CONTRACT section 6: what each answer means for the item.
+    /// INTERFACE.md section 6: what each answer means for the item.
     fn outcome_for(&self, e: &TusError) -> Outcome {
         outcome_for(e, &self.item.storage_path.to_string(), self.item.size)
     }
 }
 
-/// Maps a tus error to an outcome (CONTRACT section 6). 404/410 on an upload URL and 409 are
+/// Maps a tus error to an outcome (INTERFACE.md section 6). 404/410 on an upload URL and 409 are
 /// handled before this, in the flow; here they are plain failures (e.g. 404 from the endpoint).
 fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
     let msg = e.to_string();

@@ -1,4 +1,4 @@
-//! The tus 1.0.0 client (CONTRACT section 6): discovery, creation, offset, data, termination.
+//! The tus 1.0.0 client (INTERFACE.md section 6): discovery, creation, offset, data, termination.
 //!
 //! Invariants:
 //! - every request carries `Tus-Resumable: 1.0.0`, `Authorization: Bearer` and

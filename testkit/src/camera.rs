@@ -1,5 +1,5 @@
 //! A fake camera in a temp dir: the SD card, the sysfs/proc files the daemon reads for its
-//! conditions (CONTRACT section 3), a state dir, the control socket path, and a config file
+//! conditions (INTERFACE.md section 3), a state dir, the control socket path, and a config file
 //! pointing at all of them.
 //!
 //! Layout under [`FakeCamera::root`]:
@@ -389,7 +389,7 @@ impl FakeCamera {
         self
     }
 
-    /// A complete config (CONTRACT section 2) pointing into this camera, with fast test
+    /// A complete config (INTERFACE.md section 2) pointing into this camera, with fast test
     /// timings, plus the overrides from [`FakeCamera::with`] / [`FakeCamera::without`].
     pub fn config_toml(&self, endpoint: &str) -> String {
         let q = |p: PathBuf| toml_string(&p.to_string_lossy());

@@ -1,5 +1,5 @@
 //! Runs the real `cambackup daemon` binary and talks to it over its control socket
-//! (CONTRACT section 5), the way the companion app and the CLI do.
+//! (INTERFACE.md section 5), the way the companion app and the CLI do.
 //!
 //! The daemon's stdout and stderr go to a log file ([`Daemon::log`]); when a test panics while
 //! a `Daemon` is alive, the log's tail is printed on drop, which is usually the fastest way to

@@ -38,7 +38,7 @@ const MEDIA: &[(&str, u64)] = &[
     ("SJ_0008.MOV", 6 * MIB + 1),
 ];
 
-/// The only metadata keys an upload may carry (CONTRACT section 6).
+/// The only metadata keys an upload may carry (INTERFACE.md section 6).
 const METADATA_KEYS: [&str; 4] = ["device_type", "serial_number", "storage_path", "user_id"];
 
 #[tokio::main]
