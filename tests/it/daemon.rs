@@ -2,12 +2,11 @@
 //! errors, and logs that keep the user's identity out.
 
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::camera::FakeCamera;
-use testkit::daemon::{Daemon, Signal};
+use testkit::daemon::{command, Daemon, Signal};
 use testkit::tus::Receiver;
 
 use crate::common::{bin, db, eventually, Rig, TOKEN};
@@ -133,7 +132,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
     cam.with("media", "setle_secs", "3");
     let config = cam.write_config("http://127.0.0.1:9/files/");
     for cmd in ["check-config", "daemon"] {
-        let out = Command::new(bin())
+        let out = command(&bin())
             .args([cmd, "--config"])
             .arg(&config)
             .output()
@@ -146,7 +145,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
     let cam = FakeCamera::new();
     cam.with("cloud", "endpoint", "\"http://upload.example.com/files/\"");
     let config = cam.write_config("http://127.0.0.1:9/files/");
-    let out = Command::new(bin())
+    let out = command(&bin())
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
@@ -160,7 +159,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
 async fn the_cli_names_the_socket_when_the_daemon_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nobody-home.sock");
-    let out = Command::new(bin())
+    let out = command(&bin())
         .arg("status")
         .arg("--socket")
         .arg(&sock)

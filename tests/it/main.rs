@@ -11,3 +11,4 @@ mod consent;
 mod daemon;
 mod faults;
 mod interop;
+mod large;
