@@ -125,7 +125,7 @@ for t in "${targets[@]}"; do
         CAMBACKUP_TEST_RUNNER="$qemu -L $sysroot" CAMBACKUP_TEST_BIN="$PWD/target/$t/release/cambackup" \
             cargo test --locked --test it 2>&1 | tee "$work/it.out" | grep -E '^test result|FAILED|panicked' || true
         grep -q '^test result: ok' "$work/it.out" || { tail -n 200 "$work/it.out"; fail "tests/it under $qemu"; }
-        ok "tests/it under $qemu: $(grep '^test result' "$work/it.out" | cut -d' ' -f3-4 | tr -d ';') in $((SECONDS - s)) s"
+        ok "tests/it under $qemu: $(sed -nE 's/^test result: ok\. ([0-9]+ passed; [0-9]+ failed).*/\1/p' "$work/it.out") in $((SECONDS - s)) s"
     fi
 done
 
