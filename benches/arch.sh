@@ -10,9 +10,10 @@
 # Needs the cross toolchains and qemu-user (.ci/cross.sh installs them). Builds what is missing
 # with the real release profile. Prints a Markdown table.
 #
-# What the figures mean under qemu-user: RSS is the qemu process's VmHWM, the guest's memory
-# plus the emulator's own (its translated-code cache, its heap); the "idle" row shows that
-# overhead (the same daemon with an empty card, against the native x86_64 figure). Times under
+# What the figures mean under qemu-user: "peak RSS" is the qemu process's VmHWM, the guest's
+# memory plus the emulator's own (its translated-code cache, its heap, the host libraries);
+# "guest RSS" leaves the emulator's out (see guest_kib: exact for armv7, an upper estimate for
+# aarch64), but is sampled, not a peak. Times under
 # qemu are the emulator's, not a SoC's: READY and the upload's wall time are reported to show the
 # tests' margins, not as the device's speed.
 set -euo pipefail
@@ -58,6 +59,33 @@ cargo build --release --locked --quiet -p testkit --bin tus-receiver
 RECV=$PWD/target/release/tus-receiver
 
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# The guest's own resident memory now (KiB), from /proc/PID/smaps: natively, all of it; under
+# qemu-user, without qemu's binary and host libraries, its heap and stacks, and its translated
+# code buffer (the one rwx mapping). For a 32-bit guest that is exact: the guest lives below
+# 4 GiB and qemu above. For a 64-bit guest it is an estimate: qemu's own anonymous mappings
+# (thread stacks, malloc arenas) cannot be told from the guest's and are counted.
+guest_kib() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+pid, arch = sys.argv[1], sys.argv[2]
+total, cur = 0, None
+for line in open(f"/proc/{pid}/smaps"):
+    m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+    if m:
+        start, end, perms, name = int(m[1], 16), int(m[2], 16), m[3], m[4]
+        if arch == "x86_64":
+            cur = True
+        elif arch == "armv7":
+            cur = end <= 1 << 32
+        else:
+            host = name.startswith(("/usr/bin/qemu", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64", "[")) \
+                and not name.startswith("/usr/aarch64")
+            cur = not host and perms != "rwxp"
+    elif line.startswith("Rss:") and cur:
+        total += int(line.split()[1])
+print(total)
+PY
+}
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
 # A charging, on-Wi-Fi, cool camera (as benches/upload.sh).
@@ -150,6 +178,7 @@ for a in $ARCHS; do
   R[ready0,$a]="$(ready_ms) ms"
   sleep 3
   R[idle,$a]="$(( $(hwm_kib "$DPID") / 1024 )) MiB"
+  R[gidle,$a]="$(( $(guest_kib "$DPID" "$a") / 1024 )) MiB"
   stop
 
   # FILES queued: the first start scans and queues them; the second starts with them queued.
@@ -158,12 +187,15 @@ for a in $ARCHS; do
   wait_log "scanned the card" scan1.log
   sleep 1
   R[scan,$a]="$(( $(hwm_kib "$DPID") / 1024 )) MiB"
+  R[gscan,$a]="$(( $(guest_kib "$DPID" "$a") / 1024 )) MiB"
   stop
   start "$a" scan2.log
   R[ready,$a]="$(ready_ms) ms"
   wait_log "scanned the card" scan2.log
   sleep 1
   R[queued,$a]="$(( $(hwm_kib "$DPID") / 1024 )) MiB"
+  R[gqueued,$a]="$(( $(guest_kib "$DPID" "$a") / 1024 )) MiB"
+  R[db,$a]="$(du -sk "$T/state" | cut -f1) KiB"
   stop
 
   # One SIZE_MIB upload (8 MiB chunks with checksums: the defaults).
@@ -174,14 +206,22 @@ for a in $ARCHS; do
   config big "$(awk '/^url /{print $2}' "$T/recv.out")"
   start "$a" upload.log
   for _ in $(seq 600); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
+  api http://localhost/v1/health >/dev/null || { cat "$T/upload.log" >&2; exit 1; }
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   sleep 2
   t0=$(date +%s%N)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true,"require_charging":false,"require_idle":false}' >/dev/null
-  for _ in $(seq 36000); do grep -q '^complete ' "$T/recv.out" && break; sleep 0.05; done
+  gmax=0
+  for _ in $(seq 3600); do
+    grep -q '^complete ' "$T/recv.out" && break
+    g=$(guest_kib "$DPID" "$a")
+    [ "$g" -gt "$gmax" ] && gmax=$g
+    sleep 0.5
+  done
   grep -q '^complete ' "$T/recv.out" || { echo "$a: the upload did not complete" >&2; exit 1; }
   t1=$(awk '/^complete / {print $4}' "$T/recv.out")
   R[upload,$a]="$(( $(hwm_kib "$DPID") / 1024 )) MiB"
+  R[gupload,$a]="$(( gmax / 1024 )) MiB"
   R[uptime,$a]="$(python3 -c "w=($t1-$t0)/1e9; print(f'{w:.0f} s ({$SIZE_MIB/w:.0f} MiB/s)')")"
   stop
   kill "$RPID"; wait "$RPID" || true
@@ -189,12 +229,17 @@ done
 
 line() { printf '| %s |' "$1"; for a in $ARCHS; do printf ' %s |' "${R[$2,$a]}"; done; echo; }
 line "binary, stripped (release profile)" size
-line "peak RSS, idle, empty card" idle
+line "peak RSS (VmHWM), idle, empty card" idle
+line "guest RSS, idle, empty card" gidle
 line "time to READY=1, empty card" ready0
 line "peak RSS, first start: scan and queue $FILES files" scan
+line "guest RSS after that scan" gscan
 line "time to READY=1, restart with $FILES queued" ready
 line "peak RSS, restart with $FILES queued, rescan done" queued
+line "guest RSS after that rescan" gqueued
+line "state dir (SQLite + WAL) with $FILES queued" db
 line "peak RSS, upload of $SIZE_MIB MiB (8 MiB chunks, checksums)" upload
+line "guest RSS during that upload (max of 0.5 s samples)" gupload
 line "wall time of that upload (emulated: not the SoC's)" uptime
 echo
 echo "$(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); $(qemu-arm --version | head -1)"
