@@ -50,12 +50,6 @@ pub fn binary(built: &Path) -> PathBuf {
     }
 }
 
-/// Whether the binary runs under an emulator (`CAMBACKUP_TEST_RUNNER` set). Only timings that
-/// promise something about the hardware may look at this, never a correctness check.
-pub fn emulated() -> bool {
-    !runner().is_empty()
-}
-
 fn runner() -> Vec<String> {
     std::env::var(RUNNER_ENV)
         .unwrap_or_default()
