@@ -49,13 +49,15 @@ async fn sigterm_mid_upload_exits_within_5s_and_keeps_the_servers_offset() {
     cam.with("cloud", "chunk_size_mib", "1");
     let big = cam.photo("BIG.JPG", 200 * 1024 * 1024);
     cam.age_media(&big, Duration::from_secs(600));
-    // Slow the server down so the upload is surely in flight when the signal comes.
+    // Slow the server down so the upload is surely in flight when the signal comes: the first
+    // PATCH stalls half-way (a PATCH carries one 1 MiB chunk, so the stall must come before
+    // 1 MiB; the daemon gives up on it after stall_secs, 3 s, long after the signal).
     let rx = Receiver::builder()
         .token(TOKEN)
         .without_checksum()
         .start()
         .await;
-    rx.inject(testkit::tus::Fault::stall_after(3 * 1024 * 1024, Duration::from_secs(30)).times(1));
+    rx.inject(testkit::tus::Fault::stall_after(512 * 1024, Duration::from_secs(30)).times(1));
     let mut rig = Rig::start_with(cam, rx).await;
     rig.go().await;
     eventually(T, "uploading", || async {
