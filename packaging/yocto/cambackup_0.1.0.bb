@@ -20,6 +20,11 @@ S = "${WORKDIR}/git"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
+# The targets built and tested upstream (docs/deploying.md, "Supported targets"): aarch64,
+# 32-bit ARM (ARMv7-A hard-float, e.g. Cortex-A7; older ARM cores are not tested) and x86_64,
+# with glibc. TCLIBC = "musl" may work but is not tested.
+COMPATIBLE_HOST = "(aarch64|arm|x86_64).*-linux"
+
 # Every crate of Cargo.lock as a crate:// SRC_URI entry with its checksum, so that do_fetch gets
 # them and cargo builds --frozen. Regenerate after each Cargo.lock change with
 #   bitbake -c update_crates cambackup

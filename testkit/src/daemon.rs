@@ -4,6 +4,13 @@
 //! The daemon's stdout and stderr go to a log file ([`Daemon::log`]); when a test panics while
 //! a `Daemon` is alive, the log's tail is printed on drop, which is usually the fastest way to
 //! see why.
+//!
+//! The same tests run an ARM build under qemu-user (docs/deploying.md, "Testing on the target"):
+//! `CAMBACKUP_TEST_BIN` names the binary to run instead of the one cargo built, and
+//! `CAMBACKUP_TEST_RUNNER` a command put in front of it, e.g. `qemu-arm -L
+//! /usr/arm-linux-gnueabihf`. A prefix rather than binfmt_misc: it needs no root and no kernel
+//! registration, so it works the same on a developer's machine and in CI. Every way a test runs
+//! the binary goes through [`binary`] and [`command`].
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -27,6 +34,43 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Lines of the log printed when a test panics with the daemon alive.
 const LOG_TAIL_LINES: usize = 300;
+
+/// Environment variable: the binary under test, instead of the one cargo built.
+pub const BIN_ENV: &str = "CAMBACKUP_TEST_BIN";
+
+/// Environment variable: a command (split on whitespace) put in front of the binary under test.
+pub const RUNNER_ENV: &str = "CAMBACKUP_TEST_RUNNER";
+
+/// The binary under test: `CAMBACKUP_TEST_BIN` if set, else `built` (tests pass
+/// `env!("CARGO_BIN_EXE_cambackup")`).
+pub fn binary(built: &Path) -> PathBuf {
+    match std::env::var_os(BIN_ENV) {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => built.to_owned(),
+    }
+}
+
+fn runner() -> Vec<String> {
+    std::env::var(RUNNER_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A command that runs `bin` the way the tests must: behind `CAMBACKUP_TEST_RUNNER` if set.
+/// Add the arguments; the CLI tests use it as is.
+pub fn command(bin: &Path) -> std::process::Command {
+    let mut runner = runner().into_iter();
+    match runner.next() {
+        Some(emulator) => {
+            let mut cmd = std::process::Command::new(emulator);
+            cmd.args(runner).arg(bin);
+            cmd
+        }
+        None => std::process::Command::new(bin),
+    }
+}
 
 /// Signals a test may send to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,13 +182,16 @@ impl Daemon {
             self.config.display()
         );
         let stdout = log.try_clone().expect("clone log handle");
+        // The emulator (CAMBACKUP_TEST_RUNNER, e.g. qemu-user for an ARM build) wraps the
+        // binary; a test's own runner (a network namespace) wraps both.
+        let inner = command(&self.bin);
         let mut cmd = match self.runner.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(&self.bin);
+                c.args(rest).arg(inner.get_program()).args(inner.get_args());
                 c
             }
-            None => Command::new(&self.bin),
+            None => Command::from(inner),
         };
         cmd.arg("daemon")
             .arg("--config")

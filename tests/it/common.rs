@@ -10,9 +10,10 @@ use testkit::camera::FakeCamera;
 use testkit::daemon::Daemon;
 use testkit::tus::{Fault, Receiver};
 
-/// The binary under test.
+/// The binary under test: cargo's build, or `CAMBACKUP_TEST_BIN` (an ARM build run behind
+/// `CAMBACKUP_TEST_RUNNER`, see testkit's `daemon` module).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cambackup"))
+    testkit::daemon::binary(Path::new(env!("CARGO_BIN_EXE_cambackup")))
 }
 
 /// A camera, a receiver and a running daemon.

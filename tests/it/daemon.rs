@@ -2,12 +2,11 @@
 //! errors, and logs that keep the user's identity out.
 
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::camera::FakeCamera;
-use testkit::daemon::{Daemon, Signal};
+use testkit::daemon::{command, Daemon, Signal};
 use testkit::tus::Receiver;
 
 use crate::common::{bin, db, eventually, Rig, TOKEN};
@@ -50,13 +49,15 @@ async fn sigterm_mid_upload_exits_within_5s_and_keeps_the_servers_offset() {
     cam.with("cloud", "chunk_size_mib", "1");
     let big = cam.photo("BIG.JPG", 200 * 1024 * 1024);
     cam.age_media(&big, Duration::from_secs(600));
-    // Slow the server down so the upload is surely in flight when the signal comes.
+    // Slow the server down so the upload is surely in flight when the signal comes: the first
+    // PATCH stalls half-way (a PATCH carries one 1 MiB chunk, so the stall must come before
+    // 1 MiB; the daemon gives up on it after stall_secs, 3 s, long after the signal).
     let rx = Receiver::builder()
         .token(TOKEN)
         .without_checksum()
         .start()
         .await;
-    rx.inject(testkit::tus::Fault::stall_after(3 * 1024 * 1024, Duration::from_secs(30)).times(1));
+    rx.inject(testkit::tus::Fault::stall_after(512 * 1024, Duration::from_secs(30)).times(1));
     let mut rig = Rig::start_with(cam, rx).await;
     rig.go().await;
     eventually(T, "uploading", || async {
@@ -133,7 +134,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
     cam.with("media", "setle_secs", "3");
     let config = cam.write_config("http://127.0.0.1:9/files/");
     for cmd in ["check-config", "daemon"] {
-        let out = Command::new(bin())
+        let out = command(&bin())
             .args([cmd, "--config"])
             .arg(&config)
             .output()
@@ -146,7 +147,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
     let cam = FakeCamera::new();
     cam.with("cloud", "endpoint", "\"http://upload.example.com/files/\"");
     let config = cam.write_config("http://127.0.0.1:9/files/");
-    let out = Command::new(bin())
+    let out = command(&bin())
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
@@ -160,7 +161,7 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
 async fn the_cli_names_the_socket_when_the_daemon_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nobody-home.sock");
-    let out = Command::new(bin())
+    let out = command(&bin())
         .arg("status")
         .arg("--socket")
         .arg(&sock)

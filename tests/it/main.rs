@@ -11,5 +11,6 @@ mod consent;
 mod daemon;
 mod faults;
 mod interop;
+mod large;
 mod losses;
 mod uplink;
