@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] [--node-share F]
-//!      [--no-known-defects] [--json FILE] [--verbose]
+//!      [--no-known-defects] [--json FILE] [--jobs N] [--verbose]
 //! ```
 //! A failing trial prints its seed; `soak --seed S --trials 1 --verbose` replays it.
 //! Exit status: 0 when every trial held the invariant, 1 otherwise, 2 on bad usage.
@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use plan::{next_seed, Allowed};
 use server::TusNode;
 use trial::{Env, Outcome, RSS_LIMIT_KIB};
@@ -37,10 +38,11 @@ struct Args {
     known_defects: bool,
     json: Option<PathBuf>,
     verbose: bool,
+    jobs: usize,
 }
 
 const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] \
-[--node-share F] [--no-known-defects] [--json FILE] [--verbose]
+[--node-share F] [--no-known-defects] [--json FILE] [--jobs N] [--verbose]
 
   --seed S            first trial's seed (default: from the clock); a failing trial's seed
                       replays it alone: soak --seed S --trials 1 --verbose
@@ -50,6 +52,8 @@ const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [-
   --node-share F      share of trials against @tus/server (default 0.3; 0 without node)
   --no-known-defects  leave out faults that hit defects known and being fixed (future mtimes)
   --json FILE         also write every trial's outcome as JSON lines
+  --jobs N            trials run N at a time (default 1); each has its own daemon, server,
+                      proxy and temp dirs, so they do not interfere (but share the CPUs)
   --verbose           print each trial's faults as they happen";
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         known_defects: true,
         json: None,
         verbose: false,
+        jobs: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -93,6 +98,12 @@ fn parse_args() -> Result<Args, String> {
             "--no-known-defects" => args.known_defects = false,
             "--json" => args.json = Some(PathBuf::from(val("--json")?)),
             "--verbose" | "-v" => args.verbose = true,
+            "--jobs" => {
+                args.jobs = val("--jobs")?
+                    .parse::<usize>()
+                    .map_err(|e| format!("--jobs: {e}"))?
+                    .max(1)
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -342,18 +353,33 @@ async fn main() {
     );
     let started = Instant::now();
     let mut totals = Totals::default();
+    let mut seeds = Vec::with_capacity(args.trials as usize);
     let mut seed = args.seed;
+    for _ in 0..args.trials {
+        seeds.push(seed);
+        seed = next_seed(seed);
+    }
+    let budget = args.budget;
+    let env = &env;
+    let verbose = args.verbose;
+    let mut results = futures_util::stream::iter(seeds.into_iter().enumerate())
+        .map(|(i, seed)| async move {
+            if budget.is_some_and(|b| started.elapsed() >= b) {
+                return None;
+            }
+            let plan = plan::plan(seed, allowed);
+            if verbose {
+                eprintln!("trial {i} seed {seed}: {plan:?}");
+            }
+            Some((i, seed, trial::run(env, plan).await))
+        })
+        .buffer_unordered(args.jobs);
     let mut stopped_early = false;
-    for i in 0..args.trials {
-        if args.budget.is_some_and(|b| started.elapsed() >= b) {
+    while let Some(r) = results.next().await {
+        let Some((i, seed, o)) = r else {
             stopped_early = true;
-            break;
-        }
-        let plan = plan::plan(seed, allowed);
-        if args.verbose {
-            eprintln!("trial {i} seed {seed}: {plan:?}");
-        }
-        let o = trial::run(&env, plan).await;
+            continue;
+        };
         let why = o.failures();
         eprintln!(
             "trial {i:>4} seed {seed:>20} {:<9} {:>2} faults {:>2} files {:>5.1}s {}",
@@ -375,7 +401,6 @@ async fn main() {
             let _ = writeln!(f, "{}", outcome_json(&o));
         }
         totals.add(&o);
-        seed = next_seed(seed);
     }
     println!("{}", totals.table(&args, stopped_early, started.elapsed()));
     std::process::exit(if totals.failed.is_empty() { 0 } else { 1 });

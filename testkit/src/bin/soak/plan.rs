@@ -314,6 +314,15 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
                 }
             }
         };
+        // Only the receiver shows the moment of a creation, a PATCH or a completion as it
+        // happens; against @tus/server a targeted kill lands at its instant.
+        let f = match f {
+            Fault::Kill { restart_after, .. } if server != ServerKind::Receiver => Fault::Kill {
+                at: KillAt::Now,
+                restart_after,
+            },
+            f => f,
+        };
         let receiver_only = matches!(
             f,
             Fault::ServerErrors { .. } | Fault::RetryAfter { .. } | Fault::UploadGone { .. }
