@@ -329,3 +329,99 @@ async fn wait_silent(rx: &mut watch::Receiver<bool>) {
 async fn wait_loud(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| !*s).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that answers every connection with `answer` after reading one chunk.
+    async fn upstream(answer: &'static [u8]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                        let _ = s.write_all(answer).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn exchange(proxy: &Proxy) -> std::io::Result<Vec<u8>> {
+        let mut c = TcpStream::connect(proxy.addr()).await?;
+        c.write_all(b"ping").await?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => return Ok(out),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
+            if out.len() >= 10 {
+                return Ok(out);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_unchanged_and_counts() {
+        let proxy = Proxy::start(upstream(b"0123456789").await).await;
+        assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+        let s = proxy.stats();
+        assert_eq!((s.connections, s.bytes_up, s.bytes_down), (1, 4, 10));
+    }
+
+    #[tokio::test]
+    async fn truncates_the_next_answer_only() {
+        let proxy = Proxy::start(upstream(b"0123456789").await).await;
+        proxy.truncate_next_answer(3);
+        assert_eq!(exchange(&proxy).await.unwrap(), b"012");
+        assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn refusing_resets_new_connections() {
+        let proxy = Proxy::start(upstream(b"0123456789").await).await;
+        proxy.set_refusing(true);
+        let r = exchange(&proxy).await;
+        assert!(r.is_err() || r.unwrap().is_empty());
+        proxy.clear();
+        assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn silence_holds_bytes_then_kills_the_connection() {
+        let proxy = Proxy::start(upstream(b"0123456789").await).await;
+        proxy.set_silent(true);
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 16];
+        let quiet = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+        assert!(quiet.is_err(), "nothing may arrive while silent");
+        proxy.set_silent(false);
+        let after = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+            .await
+            .expect("the dead connection ends");
+        assert!(after.is_err() || after.unwrap() == 0);
+        assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn latency_and_rate_slow_the_exchange() {
+        let proxy = Proxy::start(upstream(b"0123456789").await).await;
+        proxy.set_latency(Duration::from_millis(100));
+        let t = std::time::Instant::now();
+        assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+        // One chunk up, one chunk down.
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}
