@@ -282,34 +282,21 @@ async fn main() {
     }
     let mut min_gap_after_503 = f64::MAX;
     let mut too_soon = 0;
-    let mut over_ceiling = 0;
     let mut gaps_503 = 0;
     let mut attempts_in_outage = Vec::new();
     for rs in per_cam.values() {
-        let mut streak = 0u32;
         let mut n_outage = 0;
         for w in rs.windows(2) {
             if w[0].status != Some(503) {
-                streak = 0;
                 continue;
             }
             n_outage += 1;
             let gap = secs(w[1].at) - secs(w[0].at);
             gaps_503 += 1;
             min_gap_after_503 = min_gap_after_503.min(gap);
-            if args.retry_after > 0 {
-                if gap < args.retry_after as f64 - 1.0 {
-                    too_soon += 1;
-                }
-            } else {
-                // Full jitter: the wait is in [0, ceiling), rounded up to the next second.
-                let ceiling =
-                    (BASE_SECS * 2f64.powi(streak.min(20) as i32)).min(RETRY_MAX_SECS as f64);
-                if gap > ceiling + 1.5 {
-                    over_ceiling += 1;
-                }
+            if args.retry_after > 0 && gap < args.retry_after as f64 - 1.0 {
+                too_soon += 1;
             }
-            streak += 1;
         }
         attempts_in_outage.push(n_outage);
     }
@@ -323,15 +310,32 @@ async fn main() {
     }
     let mut item_too_soon = 0;
     let mut item_min_gap = f64::MAX;
+    let mut over_ceiling = 0;
+    let mut longest_over: f64 = 0.0;
     for rs in per_item.values() {
+        // The item's failed attempts so far: the daemon's `attempts`, which sets the ceiling.
+        let mut attempts = 0u32;
         for w in rs.windows(2) {
-            if w[0].status == Some(503) {
-                let gap = secs(w[1].at) - secs(w[0].at);
-                item_min_gap = item_min_gap.min(gap);
-                if args.retry_after > 0 && gap < args.retry_after as f64 - 1.0 {
+            if w[0].status != Some(503) {
+                continue;
+            }
+            let gap = secs(w[1].at) - secs(w[0].at);
+            item_min_gap = item_min_gap.min(gap);
+            if args.retry_after > 0 {
+                if gap < args.retry_after as f64 - 1.0 {
                     item_too_soon += 1;
                 }
+            } else {
+                // Full jitter: a wait in [0, ceiling), scheduled in whole seconds from the
+                // next second on (so up to 2 s more).
+                let ceiling =
+                    (BASE_SECS * 2f64.powi(attempts.min(20) as i32)).min(RETRY_MAX_SECS as f64);
+                if gap > ceiling + 2.5 {
+                    over_ceiling += 1;
+                    longest_over = longest_over.max(gap - ceiling);
+                }
             }
+            attempts += 1;
         }
     }
 
@@ -375,7 +379,17 @@ async fn main() {
             if item_min_gap < f64::MAX { item_min_gap } else { 0.0 }
         );
     } else {
-        println!("| gaps longer than the back-off ceiling + 1.5 s | {over_ceiling} |");
+        println!(
+            "| a file's retry later than its back-off ceiling min(60, 2*2^k) s + 2.5 s | {over_ceiling} (worst by {longest_over:.1} s) |"
+        );
+        println!(
+            "| a file's shortest gap after a 503 | {:.2} s (full jitter may draw ~0) |",
+            if item_min_gap < f64::MAX {
+                item_min_gap
+            } else {
+                0.0
+            }
+        );
     }
     println!(
         "| requests per camera during the outage (min / median / max) | {} / {} / {} |",

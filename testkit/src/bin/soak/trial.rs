@@ -266,6 +266,14 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         start: Instant::now(),
     };
     t.go().await;
+    if env.verbose && !t.out.failures().is_empty() {
+        let log = t.daemon.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- daemon log, last 150 lines ---\n{}\n--- end of daemon log ---",
+            lines[lines.len().saturating_sub(150)..].join("\n")
+        );
+    }
     let mut out = std::mem::take(&mut t.out);
     out.secs = started.elapsed().as_secs_f64();
     out
