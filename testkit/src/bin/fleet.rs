@@ -1,7 +1,7 @@
 //! `fleet`: N cameras (real daemons, each with its own card, state and socket) against one
 //! tus server that answers 503 for a while and then recovers (issue 10, part 4).
 //!
-//! The cameras arrive at random instants in the first third of the outage, as a fleet does.
+//! The cameras arrive at random instants in the first third of the outage (`--arrivals`).
 //! From the server's request log it shows:
 //! - the reconnection is spread: the busiest second after the recovery against the mean rate
 //!   of the following minute (all data requests, and first contacts per camera);
@@ -12,7 +12,8 @@
 //! - every file arrives once, byte-identical.
 //!
 //! ```text
-//! fleet [--daemons N] [--outage SECS] [--retry-after SECS] [--seed S] [--daemon PATH]
+//! fleet [--daemons N] [--outage SECS] [--retry-after SECS] [--arrivals SECS] [--seed S]
+//!       [--daemon PATH]
 //! ```
 //! `benches/fleet.sh` runs it; docs/SOAK.md has the figures.
 
@@ -40,6 +41,8 @@ struct Args {
     retry_after: u64,
     seed: u64,
     bin: PathBuf,
+    /// Cameras arrive at random instants in the first this-many seconds of the outage.
+    arrivals: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         bin: std::env::var_os("CAMBACKUP_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target/debug/cambackup")),
+        arrivals: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -62,11 +66,12 @@ fn parse_args() -> Result<Args, String> {
             "--outage" => a.outage = num(val("--outage")?, "--outage")?,
             "--retry-after" => a.retry_after = num(val("--retry-after")?, "--retry-after")?,
             "--seed" => a.seed = num(val("--seed")?, "--seed")?,
+            "--arrivals" => a.arrivals = Some(num(val("--arrivals")?, "--arrivals")?),
             "--daemon" => a.bin = PathBuf::from(val("--daemon")?),
             "--help" | "-h" => {
                 println!(
                     "usage: fleet [--daemons N] [--outage SECS] [--retry-after SECS (0: none)] \
-                     [--seed S] [--daemon PATH]"
+                     [--seed S] [--arrivals SECS (default: a third of the outage)] [--daemon PATH]"
                 );
                 std::process::exit(0);
             }
@@ -137,14 +142,10 @@ async fn main() {
         args.seed
     );
 
-    // Cameras arrive at random instants in the first third of the outage.
+    // Cameras arrive at random instants in the first third of the outage (or --arrivals).
+    let window_ms = args.arrivals.unwrap_or(args.outage / 3) * 1000;
     let mut arrivals: Vec<(Duration, usize)> = (0..args.daemons)
-        .map(|i| {
-            (
-                Duration::from_millis(rng.u64(0..=args.outage * 1000 / 3)),
-                i,
-            )
-        })
+        .map(|i| (Duration::from_millis(rng.u64(0..=window_ms)), i))
         .collect();
     arrivals.sort();
     let mut cams: Vec<(FakeCamera, Daemon, Vec<String>)> = Vec::new();
@@ -340,8 +341,9 @@ async fn main() {
     }
 
     println!(
-        "\n## fleet: {} daemons, 503{} for {} s, seed {}\n",
+        "\n## fleet: {} daemons arriving over {} s, 503{} for {} s, seed {}\n",
         cams.len(),
+        window_ms / 1000,
         if args.retry_after > 0 {
             format!(" + Retry-After: {}", args.retry_after)
         } else {
