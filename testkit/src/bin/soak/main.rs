@@ -50,7 +50,8 @@ const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [-
   --time-budget SECS  stop starting trials after this long (the report says so)
   --daemon PATH       the cambackup binary (default: $CAMBACKUP_BIN, else target/debug/cambackup)
   --node-share F      share of trials against @tus/server (default 0.3; 0 without node)
-  --no-known-defects  leave out faults that hit defects known and being fixed (future mtimes)
+  --no-known-defects  leave out the faults that hit defects known and being fixed: future
+                      mtimes, a full state disk (docs/SOAK.md, \"What the soak found\")
   --json FILE         also write every trial's outcome as JSON lines
   --jobs N            trials run N at a time (default 1); each has its own daemon, server,
                       proxy and temp dirs, so they do not interfere (but share the CPUs)

