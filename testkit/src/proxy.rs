@@ -122,6 +122,11 @@ impl Proxy {
             .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// The latency in force.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.shared.latency_us.load(Ordering::SeqCst))
+    }
+
     /// Caps each connection's direction at `bytes_per_sec` (`None`: no cap).
     pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
         self.shared

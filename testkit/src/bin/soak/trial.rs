@@ -17,7 +17,7 @@ use testkit::proxy::Proxy;
 use testkit::sample::sample_bytes;
 use testkit::tus::{Fault as RxFault, Receiver};
 
-use crate::plan::{Fault, KillAt, Plan, ServerKind};
+use crate::plan::{next_seed, Fault, KillAt, Plan, ServerKind};
 use crate::server::{Server, TusNode, TOKEN};
 
 /// The user the daemon is paired with.
@@ -408,14 +408,15 @@ impl Trial<'_> {
         }
     }
 
-    /// Waits (at most 2 s) until the server shows `what` happening, for a targeted kill.
+    /// Waits (at most 5 s: a new file settles, then the camera must be idle) until the server
+    /// shows `what` happening, for a targeted kill.
     async fn wait_for(&self, what: KillAt) -> bool {
         let Server::Receiver(rx) = &self.server else {
             return false;
         };
         let posts = rx.requests_with_method("POST").len();
         let done = rx.completed_uploads().len();
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let hit = match what {
                 KillAt::Now => true,
@@ -471,14 +472,29 @@ impl Trial<'_> {
                 if !self.expect_running {
                     applied = false;
                 } else {
+                    // A fresh file makes sure the moment comes: by now the first files may
+                    // all be uploaded. Big enough for several PATCHes.
+                    if at != KillAt::Now {
+                        let rel = self.new_name("K");
+                        let content = next_seed(self.plan.seed ^ self.added as u64);
+                        self.write_version(&rel, 1_200_000 + content % 1_000_000, content);
+                    }
+                    // Holding answers back a little makes "during the creation" mean that:
+                    // the POST reached the server, its answer has not reached the daemon.
+                    let latency = self.proxy.latency();
+                    if at == KillAt::Creation {
+                        self.proxy
+                            .set_latency(latency.max(Duration::from_millis(150)));
+                    }
                     if at != KillAt::Now && !self.wait_for(at).await {
                         self.out.notes.push(format!(
-                            "{kind}: the moment did not come in 2 s; killed then"
+                            "{kind}: the moment did not come in 5 s; killed then"
                         ));
                     }
                     self.sample_rss();
                     self.daemon.kill(Signal::Kill);
                     self.expect_running = false;
+                    self.proxy.set_latency(latency);
                     let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
                     tokio::time::sleep(restart_after).await;
                     self.start_daemon().await;
