@@ -420,5 +420,7 @@ async fn main() {
     for (_, mut d, _) in cams {
         d.stop().await;
     }
+    // process::exit skips destructors: the receiver's temp dir goes first.
+    drop(Arc::into_inner(rx));
     std::process::exit(if ok { 0 } else { 1 });
 }
