@@ -393,6 +393,34 @@ impl Daemon {
         self.wait_exit(Duration::from_secs(5)).await
     }
 
+    /// [`Daemon::restart`] that reports a failed start instead of panicking (a soak restarts
+    /// the daemon under conditions it may refuse to start in, e.g. a full state disk).
+    pub async fn try_restart(&mut self, timeout: Duration) -> Result<(), String> {
+        if self.pid().is_some() {
+            self.stop().await;
+        }
+        self.spawn_child();
+        self.wait_healthy(timeout).await
+    }
+
+    /// Whether the process has exited (reaping it if so); `false` while it runs.
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// The peak resident set size so far (`VmHWM` from `/proc/PID/status`), in KiB; `None`
+    /// once the process is gone.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Stops the daemon if it runs (SIGTERM), starts it again with the same config and waits
     /// until it is healthy.
     pub async fn restart(&mut self) {

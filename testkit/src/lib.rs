@@ -2,6 +2,7 @@
 //!
 //! - [`tus::Receiver`]: a real tus 1.0.0 server on loopback with fault injection.
 //! - [`camera::FakeCamera`]: a temp card, fake sysfs/proc tree and a matching config file.
+//! - [`proxy::Proxy`]: a TCP fault proxy (latency, bandwidth cap, resets, half-open, truncation).
 //! - [`daemon::Daemon`]: runs the real `cambackup daemon` and talks to its control socket.
 //! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
 //! - [`sample`]: deterministic file content.
@@ -12,6 +13,7 @@ pub mod camera;
 pub mod daemon;
 pub mod http;
 pub mod netns;
+pub mod proxy;
 pub mod sample;
 pub mod tls;
 pub mod tus;

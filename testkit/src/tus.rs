@@ -61,6 +61,7 @@ struct Options {
     checksum: bool,
     max_size: Option<u64>,
     expires_in: Option<Duration>,
+    relative_location: bool,
 }
 
 /// Configures a [`Receiver`] before it starts. `Receiver::builder().token("t").start().await`.
@@ -121,6 +122,14 @@ impl ReceiverBuilder {
     /// `http://` and the listening address).
     pub fn base_url(mut self, base: impl Into<String>) -> Self {
         self.base = Some(base.into());
+        self
+    }
+
+    /// Answer creations with a relative `Location` (`/files/ID`), which the client resolves
+    /// against the URL it posted to. Lets the receiver sit behind a [`crate::proxy::Proxy`]
+    /// without the upload URLs leaking the receiver's own address past the proxy.
+    pub fn relative_location(mut self) -> Self {
+        self.options.relative_location = true;
         self
     }
 
@@ -188,6 +197,8 @@ pub struct RecordedRequest {
     pub peer: Option<SocketAddr>,
     /// The injected fault that hit this request, if any (its `Debug` form).
     pub fault: Option<String>,
+    /// When the request's head arrived.
+    pub at: SystemTime,
 }
 
 impl RecordedRequest {
@@ -387,6 +398,7 @@ impl Receiver {
                 checksum: true,
                 max_size: None,
                 expires_in: None,
+                relative_location: false,
             },
             listener: None,
             tls: None,
@@ -524,6 +536,30 @@ impl Receiver {
     /// Changes the required bearer token (`None`: no auth), e.g. to revoke the paired token.
     pub fn set_token(&self, token: Option<&str>) {
         self.shared.lock().token = token.map(str::to_owned);
+    }
+
+    /// Forgets every unfinished upload, as a server restarted without its partial data would:
+    /// their URLs answer 404 from here on. Returns what was forgotten.
+    pub fn forget_unfinished(&self) -> Vec<UploadInfo> {
+        let mut state = self.shared.lock();
+        let gone: Vec<String> = state
+            .uploads
+            .values()
+            .filter(|u| u.offset < u.length && !u.terminated)
+            .map(|u| u.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in gone {
+            if let Some(mut u) = state.uploads.remove(&id) {
+                out.push(u.info(&self.shared.base));
+                // A PATCH still streaming into it stops writing.
+                u.patch_gen += 1;
+            }
+            state.order.retain(|o| *o != id);
+            let _ = fs::remove_file(self.data_path(&id));
+            let _ = fs::remove_file(self.shared.dir.join(format!("{id}.json")));
+        }
+        out
     }
 
     /// Makes upload `id` expired now: HEAD and PATCH answer 410 from here on.
@@ -795,6 +831,7 @@ async fn handle(
             status: None,
             peer: conn.peer,
             fault: fault.as_ref().map(|f| format!("{f:?}")),
+            at: SystemTime::now(),
         });
         (state.requests.len() - 1, fault)
     };
@@ -947,11 +984,12 @@ fn create(shared: &Shared, req: &Request<Incoming>) -> Resp {
     state.uploads.insert(id.clone(), upload);
     state.order.push(id.clone());
     state.creations += 1;
-    let r = with_header(
-        respond(201),
-        "location",
-        format!("{}{BASE_PATH}{id}", shared.base),
-    );
+    let location = if shared.options.relative_location {
+        format!("{BASE_PATH}{id}")
+    } else {
+        format!("{}{BASE_PATH}{id}", shared.base)
+    };
+    let r = with_header(respond(201), "location", location);
     expires_header(r, expires)
 }
 

@@ -393,3 +393,28 @@ async fn unavailable_server_resets_connections() {
         204
     );
 }
+
+#[tokio::test]
+async fn relative_location_and_forgetting_unfinished_uploads() {
+    let rx = Receiver::builder().relative_location().start().await;
+    let data = sample_bytes(3, 5_000);
+    let done = create(&rx, data.len()).await;
+    assert!(done.starts_with("/files/"), "Location is relative: {done}");
+    let done = format!("{}{}", rx.url().trim_end_matches("/files/"), done);
+    assert_eq!(patch(&rx, &done, 0, &data).await.status, 204);
+    let open = format!(
+        "{}{}",
+        rx.url().trim_end_matches("/files/"),
+        create(&rx, data.len()).await
+    );
+    assert_eq!(patch(&rx, &open, 0, &data[..100]).await.status, 204);
+
+    let forgotten = rx.forget_unfinished();
+    assert_eq!(forgotten.len(), 1);
+    assert_eq!(forgotten[0].offset, 100);
+    assert_eq!(call(&rx, "HEAD", &open, &[TUS], vec![]).await.status, 404);
+    assert_eq!(call(&rx, "HEAD", &done, &[TUS], vec![]).await.status, 200);
+    assert_eq!(rx.uploads().len(), 1);
+    let reqs = rx.requests();
+    assert!(reqs.windows(2).all(|w| w[0].at <= w[1].at));
+}

@@ -1,0 +1,409 @@
+//! A trial's schedule, drawn from its seed alone: which server, which files, and which faults
+//! at which instants. Pure: the same seed gives the same plan on any machine, so a failing
+//! trial replays with `--seed S --trials 1` (the instants are the same; what the daemon is
+//! doing at each instant varies a little with the machine's speed).
+
+use std::time::Duration;
+
+/// Which tus server the trial runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// testkit's receiver (fault injection: status codes, 404/410, forgetting uploads).
+    Receiver,
+    /// The reference @tus/server (interop/server.mjs): faults only from the proxy and restarts.
+    TusNode,
+}
+
+/// When a `kill -9` lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillAt {
+    /// At the scheduled instant, whatever the daemon is doing.
+    Now,
+    /// As soon as the server sees a creation (POST) after the instant.
+    Creation,
+    /// As soon as a PATCH body is streaming after the instant.
+    MidPatch,
+    /// As soon as an upload completes after the instant.
+    Completion,
+}
+
+/// One fault; the ones with a duration end by themselves (and at the latest when the trial heals).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// `kill -9`, restarted after `restart_after`.
+    Kill { at: KillAt, restart_after: Duration },
+    /// SIGTERM (graceful), restarted after `restart_after`.
+    Term { restart_after: Duration },
+    /// Added latency in the proxy.
+    Latency { latency: Duration, lasts: Duration },
+    /// A bandwidth cap in the proxy, bytes per second.
+    Bandwidth { bytes_per_sec: u64, lasts: Duration },
+    /// Every open connection reset.
+    ConnReset,
+    /// Connections go silent (half-open), then are dead.
+    HalfOpen { lasts: Duration },
+    /// The next answer is cut after this many bytes.
+    TruncatedAnswer { bytes: u64 },
+    /// New connections refused (reset on accept).
+    Refuse { lasts: Duration },
+    /// A burst of 500/502/503 (receiver only).
+    ServerErrors { count: usize },
+    /// 429 or 503 with Retry-After (receiver only).
+    RetryAfter {
+        status: u16,
+        secs: u64,
+        count: usize,
+    },
+    /// 404 or 410 for an upload the daemon knows (receiver only).
+    UploadGone { status: u16 },
+    /// The server restarts: the receiver forgets unfinished uploads; @tus/server restarts on
+    /// its store (on another port, which the proxy follows).
+    ServerRestart,
+    /// The card is taken out, and put back after `lasts`.
+    CardOut { lasts: Duration },
+    /// A new file appears.
+    AddFile { len: u64, content: u64 },
+    /// A file is rewritten with other content (same name), pick by index.
+    RewriteFile { pick: usize, len: u64, content: u64 },
+    /// A file is deleted, pick by index.
+    DeleteFile { pick: usize },
+    /// The charger is unplugged for a while.
+    Charger { lasts: Duration },
+    /// The Wi-Fi goes down for a while.
+    Wifi { lasts: Duration },
+    /// The camera records for a while.
+    Recording { lasts: Duration },
+    /// The user withdraws consent for a while.
+    Consent { lasts: Duration },
+    /// The state directory's file system fills up for a while (needs root for the tmpfs).
+    DiskFull { lasts: Duration },
+    /// A file written while the clock said 1970 (no RTC battery): its mtime is in 1970.
+    ClockPast { len: u64, content: u64 },
+    /// A file whose mtime is ahead of the daemon's clock (stamped by a clock NTP later moved
+    /// back, or seen by a daemon whose clock is still at 1970).
+    ClockFuture {
+        len: u64,
+        content: u64,
+        ahead: Duration,
+    },
+}
+
+impl Fault {
+    /// The name in the report's "faults by kind".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill {
+                at: KillAt::Now, ..
+            } => "kill -9 (any instant)",
+            Fault::Kill {
+                at: KillAt::Creation,
+                ..
+            } => "kill -9 (creation)",
+            Fault::Kill {
+                at: KillAt::MidPatch,
+                ..
+            } => "kill -9 (mid-PATCH)",
+            Fault::Kill {
+                at: KillAt::Completion,
+                ..
+            } => "kill -9 (after completion)",
+            Fault::Term { .. } => "SIGTERM + restart",
+            Fault::Latency { .. } => "net: latency",
+            Fault::Bandwidth { .. } => "net: bandwidth cap",
+            Fault::ConnReset => "net: connection reset",
+            Fault::HalfOpen { .. } => "net: half-open (silent)",
+            Fault::TruncatedAnswer { .. } => "net: truncated answer",
+            Fault::Refuse { .. } => "net: refused",
+            Fault::ServerErrors { .. } => "server: 5xx burst",
+            Fault::RetryAfter { status: 429, .. } => "server: 429 Retry-After",
+            Fault::RetryAfter { .. } => "server: 503 Retry-After",
+            Fault::UploadGone { status: 404 } => "server: 404 known upload",
+            Fault::UploadGone { .. } => "server: 410 known upload",
+            Fault::ServerRestart => "server: restart",
+            Fault::CardOut { .. } => "card: removed + reinserted",
+            Fault::AddFile { .. } => "card: file added",
+            Fault::RewriteFile { .. } => "card: file rewritten",
+            Fault::DeleteFile { .. } => "card: file deleted",
+            Fault::Charger { .. } => "device: charger flap",
+            Fault::Wifi { .. } => "device: Wi-Fi flap",
+            Fault::Recording { .. } => "device: recording flap",
+            Fault::Consent { .. } => "app: consent toggled",
+            Fault::DiskFull { .. } => "state dir: ENOSPC",
+            Fault::ClockPast { .. } => "clock: mtime in 1970",
+            Fault::ClockFuture { .. } => "clock: mtime in the future",
+        }
+    }
+}
+
+/// One file on the card at the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialFile {
+    /// Storage path.
+    pub rel: String,
+    /// Size in bytes.
+    pub len: u64,
+    /// Content seed.
+    pub content: u64,
+}
+
+/// Everything a trial does, from its seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The trial's seed.
+    pub seed: u64,
+    /// The server.
+    pub server: ServerKind,
+    /// Files on the card when the daemon starts.
+    pub files: Vec<InitialFile>,
+    /// Faults at instants after the daemon started consenting, sorted.
+    pub faults: Vec<(Duration, Fault)>,
+    /// How long the chaos lasts; then everything heals.
+    pub chaos: Duration,
+}
+
+/// What a plan may contain on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowed {
+    /// Node and @tus/server are installed.
+    pub node: bool,
+    /// Fraction of trials on @tus/server.
+    pub node_share: f64,
+    /// A tmpfs can be mounted (root).
+    pub disk_full: bool,
+    /// Include the faults that trigger defects already being fixed elsewhere: future mtimes
+    /// (files never uploaded) and a full state disk (items stuck `uploading`, and files that
+    /// settle meanwhile waiting for the next rescan).
+    pub known_defects: bool,
+}
+
+/// The next seed in a run: trial i+1's seed from trial i's (splitmix64), so any trial's seed
+/// alone replays it.
+pub fn next_seed(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn ms(rng: &mut fastrand::Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.u64(lo..=hi))
+}
+
+/// A file size: mostly small, some over one chunk (1 MiB) so uploads have several PATCHes.
+fn file_len(rng: &mut fastrand::Rng) -> u64 {
+    match rng.u32(0..10) {
+        0..=3 => rng.u64(1..=64 * 1024),
+        4..=7 => rng.u64(100_000..=900_000),
+        _ => rng.u64(1_100_000..=2_600_000),
+    }
+}
+
+/// Draws the plan for `seed`.
+pub fn plan(seed: u64, allowed: Allowed) -> Plan {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let server = if allowed.node && rng.f64() < allowed.node_share {
+        ServerKind::TusNode
+    } else {
+        ServerKind::Receiver
+    };
+    let files = (0..rng.usize(2..=6))
+        .map(|i| {
+            let ext = if rng.bool() { "JPG" } else { "MP4" };
+            InitialFile {
+                rel: format!("DCIM/100MEDIA/S{i:03}.{ext}"),
+                len: file_len(&mut rng),
+                content: rng.u64(..),
+            }
+        })
+        .collect();
+    let chaos = ms(&mut rng, 2500, 6000);
+    let n = rng.usize(3..=8);
+    let mut faults = Vec::with_capacity(n);
+    while faults.len() < n {
+        let at = Duration::from_millis(rng.u64(0..chaos.as_millis() as u64));
+        let f = match rng.u32(0..27) {
+            0 | 1 => Fault::Kill {
+                at: KillAt::Now,
+                restart_after: ms(&mut rng, 0, 500),
+            },
+            2 => Fault::Kill {
+                at: KillAt::Creation,
+                restart_after: ms(&mut rng, 0, 300),
+            },
+            3 => Fault::Kill {
+                at: KillAt::MidPatch,
+                restart_after: ms(&mut rng, 0, 300),
+            },
+            4 => Fault::Kill {
+                at: KillAt::Completion,
+                restart_after: ms(&mut rng, 0, 300),
+            },
+            5 => Fault::Term {
+                restart_after: ms(&mut rng, 0, 500),
+            },
+            6 => Fault::Latency {
+                latency: ms(&mut rng, 5, 200),
+                lasts: ms(&mut rng, 500, 3000),
+            },
+            7 => Fault::Bandwidth {
+                bytes_per_sec: rng.u64(64 * 1024..=1024 * 1024),
+                lasts: ms(&mut rng, 500, 3000),
+            },
+            8 => Fault::ConnReset,
+            9 => Fault::HalfOpen {
+                lasts: ms(&mut rng, 500, 3500),
+            },
+            10 => Fault::TruncatedAnswer {
+                bytes: rng.u64(0..120),
+            },
+            11 => Fault::Refuse {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            12 => Fault::ServerErrors {
+                count: rng.usize(1..=6),
+            },
+            13 => Fault::RetryAfter {
+                status: if rng.bool() { 429 } else { 503 },
+                secs: rng.u64(1..=3),
+                count: rng.usize(1..=3),
+            },
+            14 => Fault::UploadGone {
+                status: if rng.bool() { 404 } else { 410 },
+            },
+            15 => Fault::ServerRestart,
+            16 => Fault::CardOut {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            17 | 18 => Fault::AddFile {
+                len: file_len(&mut rng),
+                content: rng.u64(..),
+            },
+            19 => Fault::RewriteFile {
+                pick: rng.usize(..),
+                len: file_len(&mut rng),
+                content: rng.u64(..),
+            },
+            20 => Fault::DeleteFile {
+                pick: rng.usize(..),
+            },
+            21 => Fault::Charger {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            22 => Fault::Wifi {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            23 => Fault::Recording {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            24 => Fault::Consent {
+                lasts: ms(&mut rng, 200, 2000),
+            },
+            25 => Fault::DiskFull {
+                lasts: ms(&mut rng, 300, 2500),
+            },
+            _ => {
+                if rng.bool() {
+                    Fault::ClockPast {
+                        len: file_len(&mut rng),
+                        content: rng.u64(..),
+                    }
+                } else {
+                    Fault::ClockFuture {
+                        len: file_len(&mut rng),
+                        content: rng.u64(..),
+                        ahead: Duration::from_secs(rng.u64(3600..=365 * 86400)),
+                    }
+                }
+            }
+        };
+        // Only the receiver shows the moment of a creation, a PATCH or a completion as it
+        // happens; against @tus/server a targeted kill lands at its instant.
+        let f = match f {
+            Fault::Kill { restart_after, .. } if server != ServerKind::Receiver => Fault::Kill {
+                at: KillAt::Now,
+                restart_after,
+            },
+            f => f,
+        };
+        let receiver_only = matches!(
+            f,
+            Fault::ServerErrors { .. } | Fault::RetryAfter { .. } | Fault::UploadGone { .. }
+        );
+        if receiver_only && server != ServerKind::Receiver {
+            continue;
+        }
+        if matches!(f, Fault::DiskFull { .. }) && !allowed.disk_full {
+            continue;
+        }
+        if matches!(f, Fault::ClockFuture { .. } | Fault::DiskFull { .. }) && !allowed.known_defects
+        {
+            continue;
+        }
+        faults.push((at, f));
+    }
+    faults.sort_by_key(|(at, _)| *at);
+    Plan {
+        seed,
+        server,
+        files,
+        faults,
+        chaos,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: Allowed = Allowed {
+        node: true,
+        node_share: 0.3,
+        disk_full: true,
+        known_defects: true,
+    };
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan() {
+        assert_eq!(plan(42, ALL), plan(42, ALL));
+        assert_ne!(plan(42, ALL), plan(43, ALL));
+    }
+
+    #[test]
+    fn plans_respect_what_the_machine_allows() {
+        let none = Allowed {
+            node: false,
+            node_share: 0.3,
+            disk_full: false,
+            known_defects: false,
+        };
+        let mut seed = 1;
+        for _ in 0..500 {
+            let p = plan(seed, none);
+            assert_eq!(p.server, ServerKind::Receiver);
+            assert!(p.faults.iter().all(|(at, f)| *at < p.chaos
+                && !matches!(f, Fault::DiskFull { .. } | Fault::ClockFuture { .. })));
+            assert!(p.faults.windows(2).all(|w| w[0].0 <= w[1].0));
+            seed = next_seed(seed);
+        }
+    }
+
+    #[test]
+    fn node_trials_get_no_receiver_only_faults() {
+        let mut seed = 7;
+        let mut node_trials = 0;
+        for _ in 0..500 {
+            let p = plan(seed, ALL);
+            if p.server == ServerKind::TusNode {
+                node_trials += 1;
+                assert!(p.faults.iter().all(|(_, f)| !matches!(
+                    f,
+                    Fault::ServerErrors { .. }
+                        | Fault::RetryAfter { .. }
+                        | Fault::UploadGone { .. }
+                )));
+            }
+            seed = next_seed(seed);
+        }
+        assert!((100..200).contains(&node_trials), "{node_trials}");
+    }
+}

@@ -1,0 +1,947 @@
+//! One trial: a fake camera, a tus server behind the fault proxy, the real daemon; the plan's
+//! faults at their instants; then everything heals and the invariant is checked from the
+//! server's side.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use testkit::camera::FakeCamera;
+use testkit::daemon::{Daemon, Signal};
+use testkit::proxy::Proxy;
+use testkit::sample::sample_bytes;
+use testkit::tus::{Fault as RxFault, Receiver};
+
+use crate::plan::{next_seed, Fault, KillAt, Plan, ServerKind};
+use crate::server::{Server, TusNode, TOKEN};
+
+/// The user the daemon is paired with.
+const USER_ID: &str = "soak-user";
+/// How long a trial may take to converge once everything healed.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// How long a (re)start may take before it counts as refused.
+const START: Duration = Duration::from_secs(10);
+/// The daemon's peak RSS must stay under this.
+pub const RSS_LIMIT_KIB: u64 = 32 * 1024;
+/// Size of the state directory's tmpfs in disk-full trials.
+const STATE_FS: &str = "size=8m,mode=0700";
+
+/// What the trial needs from the machine.
+pub struct Env {
+    /// The daemon binary.
+    pub bin: PathBuf,
+    /// `interop/` (server.mjs and its node_modules).
+    pub interop: PathBuf,
+    /// Print what happens.
+    pub verbose: bool,
+}
+
+/// What a trial found.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// The trial's seed.
+    pub seed: u64,
+    /// `Receiver` or `TusNode`.
+    pub server: String,
+    /// Fault kinds injected (as applied, not as planned: a kill needs a running daemon).
+    pub faults: Vec<&'static str>,
+    /// Settled files on the card at the end.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files on the card without a byte-identical completed upload.
+    pub lost: Vec<String>,
+    /// (path, content) pairs completed more than once.
+    pub duplicated: Vec<String>,
+    /// Completed uploads whose bytes are no version ever written to that path.
+    pub corrupt: Vec<String>,
+    /// Completed uploads without exactly the four metadata keys and values.
+    pub bad_metadata: Vec<String>,
+    /// Creations beyond one per file version and one per forced restart.
+    pub extra_creations: usize,
+    /// Of those, uploads that never received a byte (a creation whose answer was lost).
+    pub empty_orphans: usize,
+    /// Body bytes received by the server.
+    pub received: u64,
+    /// Bytes of the completed uploads.
+    pub completed_bytes: u64,
+    /// Peak RSS seen, KiB.
+    pub peak_rss_kib: u64,
+    /// From the heal to the first data request, when work remained at the heal.
+    pub heal_to_start: Option<Duration>,
+    /// Where the queue and the server disagree.
+    pub queue: Vec<String>,
+    /// Deaths not caused by the harness.
+    pub died: Vec<String>,
+    /// Everything settled within the limit after the heal.
+    pub converged: bool,
+    /// Notes: skipped faults, refused starts.
+    pub notes: Vec<String>,
+    /// Wall time.
+    pub secs: f64,
+}
+
+impl Outcome {
+    /// Why the trial failed; empty when it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut list = |what: &str, v: &[String]| {
+            if !v.is_empty() {
+                out.push(format!("{what}: {}", v.join("; ")));
+            }
+        };
+        list("lost", &self.lost);
+        list("duplicated", &self.duplicated);
+        list("corrupt", &self.corrupt);
+        list("bad metadata", &self.bad_metadata);
+        list("queue disagrees", &self.queue);
+        list("died", &self.died);
+        if self.peak_rss_kib > RSS_LIMIT_KIB {
+            out.push(format!("peak RSS {} KiB over 32 MiB", self.peak_rss_kib));
+        }
+        if !self.converged {
+            out.push(format!(
+                "not settled {} s after the heal",
+                CONVERGE.as_secs()
+            ));
+        }
+        out
+    }
+}
+
+/// Timed steps a plan expands into.
+enum Step {
+    Apply(Fault),
+    End(Fault),
+}
+
+/// Unmounts the state tmpfs when the trial ends, however it ends.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a small tmpfs; `false` when the machine does not let us (not root).
+pub fn can_mount() -> bool {
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let ok = mount_tmpfs(dir.path());
+    if ok {
+        let _ = Command::new("umount").arg(dir.path()).status();
+    }
+    ok
+}
+
+fn mount_tmpfs(at: &Path) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", STATE_FS, "tmpfs"])
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn sha_file(path: &Path) -> Option<[u8; 32]> {
+    fs::read(path).ok().map(|b| sha(&b))
+}
+
+fn hex8(h: &[u8; 32]) -> String {
+    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Trial<'e> {
+    env: &'e Env,
+    plan: Plan,
+    // Drop order: the daemon dies first, then the mount goes, then the camera's dir.
+    daemon: Daemon,
+    _mount: Option<Mount>,
+    proxy: Proxy,
+    server: Server,
+    cam: FakeCamera,
+    /// Every content ever written per storage path.
+    versions: BTreeMap<String, Vec<[u8; 32]>>,
+    /// The daemon should be running (false after a kill until the restart).
+    expect_running: bool,
+    forgotten: BTreeMap<String, usize>,
+    forgotten_ids: BTreeSet<String>,
+    filler: Option<PathBuf>,
+    card_out: bool,
+    added: usize,
+    out: Outcome,
+    start: Instant,
+}
+
+/// Runs the trial for `plan`.
+pub async fn run(env: &Env, plan: Plan) -> Outcome {
+    let started = Instant::now();
+    let mut out = Outcome {
+        seed: plan.seed,
+        server: format!("{:?}", plan.server),
+        ..Outcome::default()
+    };
+    let cam = FakeCamera::new();
+    for (section, key, value) in [
+        ("media", "settle_secs", "1"),
+        ("conditions", "idle_secs", "1"),
+        ("conditions", "hold_down_secs", "0"),
+        ("cloud", "chunk_size_mib", "1"),
+        ("cloud", "stall_secs", "2"),
+        ("cloud", "retry_max_secs", "2"),
+    ] {
+        cam.with(section, key, value);
+    }
+    let needs_mount = plan
+        .faults
+        .iter()
+        .any(|(_, f)| matches!(f, Fault::DiskFull { .. }));
+    let mount = if needs_mount && mount_tmpfs(&cam.state_dir()) {
+        Some(Mount(cam.state_dir()))
+    } else {
+        None
+    };
+    let server = match plan.server {
+        ServerKind::Receiver => Server::Receiver(
+            Receiver::builder()
+                .token(TOKEN)
+                .relative_location()
+                .start()
+                .await,
+        ),
+        ServerKind::TusNode => match TusNode::start(&env.interop) {
+            Ok(n) => Server::TusNode(n),
+            Err(e) => {
+                out.notes.push(format!("@tus/server did not start: {e}"));
+                out.died.push(format!("harness: {e}"));
+                return out;
+            }
+        },
+    };
+    let proxy = Proxy::start(server.addr()).await;
+    let mut versions: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    for f in &plan.files {
+        let bytes = sample_bytes(f.content, f.len as usize);
+        cam.write_media(&f.rel, &bytes);
+        cam.age_media(&f.rel, Duration::from_secs(30));
+        versions.entry(f.rel.clone()).or_default().push(sha(&bytes));
+    }
+    let config = cam.write_config(&proxy.url("/files/"));
+    let mut daemon = Daemon::spawn(&env.bin, &config, &[]);
+    if let Err(e) = daemon.wait_healthy(START).await {
+        out.died.push(format!("first start: {e}"));
+        return out;
+    }
+    let mut t = Trial {
+        env,
+        plan,
+        daemon,
+        _mount: mount,
+        proxy,
+        server,
+        cam,
+        versions,
+        expect_running: true,
+        forgotten: BTreeMap::new(),
+        forgotten_ids: BTreeSet::new(),
+        filler: None,
+        card_out: false,
+        added: 0,
+        out,
+        start: Instant::now(),
+    };
+    t.go().await;
+    if env.verbose && !t.out.failures().is_empty() {
+        let log = t.daemon.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- daemon log, last 150 lines ---\n{}\n--- end of daemon log ---",
+            lines[lines.len().saturating_sub(150)..].join("\n")
+        );
+    }
+    let mut out = std::mem::take(&mut t.out);
+    out.secs = started.elapsed().as_secs_f64();
+    out
+}
+
+impl Trial<'_> {
+    fn log(&self, what: impl AsRef<str>) {
+        if self.env.verbose {
+            eprintln!(
+                "  [{:>6.2}s] {}",
+                self.start.elapsed().as_secs_f64(),
+                what.as_ref()
+            );
+        }
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+        self.daemon.try_api(method, path, body).await.ok()
+    }
+
+    async fn go(&mut self) {
+        let paired = self
+            .api(
+                "PUT",
+                "/v1/account",
+                Some(json!({"user_id": USER_ID, "token": TOKEN})),
+            )
+            .await;
+        let consent = self
+            .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+            .await;
+        if paired.as_ref().map(|r| r.0) != Some(200) || consent.as_ref().map(|r| r.0) != Some(200) {
+            self.out
+                .died
+                .push(format!("pairing failed: {paired:?} / {consent:?}"));
+            return;
+        }
+        self.start = Instant::now();
+
+        let mut steps: Vec<(Duration, Step)> = Vec::new();
+        for (at, f) in self.plan.faults.clone() {
+            let lasts = match &f {
+                Fault::Latency { lasts, .. }
+                | Fault::Bandwidth { lasts, .. }
+                | Fault::HalfOpen { lasts }
+                | Fault::Refuse { lasts }
+                | Fault::CardOut { lasts }
+                | Fault::Charger { lasts }
+                | Fault::Wifi { lasts }
+                | Fault::Recording { lasts }
+                | Fault::Consent { lasts }
+                | Fault::DiskFull { lasts } => Some(*lasts),
+                _ => None,
+            };
+            if let Some(lasts) = lasts {
+                steps.push((at + lasts, Step::End(f.clone())));
+            }
+            steps.push((at, Step::Apply(f)));
+        }
+        steps.sort_by_key(|(at, _)| *at);
+        let chaos = self.plan.chaos;
+        for (at, step) in steps {
+            if at > chaos {
+                // The heal ends it.
+                continue;
+            }
+            let now = self.start.elapsed();
+            if at > now {
+                tokio::time::sleep(at - now).await;
+            }
+            self.check_alive().await;
+            match step {
+                Step::Apply(f) => self.apply(f).await,
+                Step::End(f) => self.end(&f).await,
+            }
+        }
+        let now = self.start.elapsed();
+        if chaos > now {
+            tokio::time::sleep(chaos - now).await;
+        }
+        self.heal().await;
+        self.converge().await;
+    }
+
+    fn sample_rss(&mut self) {
+        if let Some(kib) = self.daemon.peak_rss_kib() {
+            self.out.peak_rss_kib = self.out.peak_rss_kib.max(kib);
+        }
+    }
+
+    /// Records a death the harness did not cause, and brings the daemon back.
+    async fn check_alive(&mut self) {
+        if self.expect_running && self.daemon.has_exited() {
+            let tail: String = self
+                .daemon
+                .log()
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            self.out.died.push(format!(
+                "at {:.2}s, not killed by the harness; log tail: {tail}",
+                self.start.elapsed().as_secs_f64()
+            ));
+            self.log("daemon died on its own");
+            self.expect_running = false;
+            self.start_daemon().await;
+        }
+    }
+
+    async fn start_daemon(&mut self) {
+        if self.expect_running {
+            return;
+        }
+        match self.daemon.try_restart(START).await {
+            Ok(()) => {
+                self.expect_running = true;
+                self.log("daemon started");
+            }
+            Err(e) => {
+                self.daemon.kill(Signal::Kill);
+                let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+                let note = if self.filler.is_some() {
+                    format!("start refused while the state disk was full: {e}")
+                } else {
+                    format!("start refused: {e}")
+                };
+                self.log(&note);
+                self.out.notes.push(note);
+            }
+        }
+    }
+
+    /// Waits (at most 5 s: a new file settles, then the camera must be idle) until the server
+    /// shows `what` happening, for a targeted kill.
+    async fn wait_for(&self, what: KillAt) -> bool {
+        let Server::Receiver(rx) = &self.server else {
+            return false;
+        };
+        let posts = rx.requests_with_method("POST").len();
+        let done = rx.completed_uploads().len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let hit = match what {
+                KillAt::Now => true,
+                KillAt::Creation => rx.requests_with_method("POST").len() > posts,
+                KillAt::MidPatch => rx
+                    .requests_with_method("PATCH")
+                    .iter()
+                    .any(|r| r.status.is_none() && r.body_len > 0),
+                KillAt::Completion => rx.completed_uploads().len() > done,
+            };
+            if hit {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        false
+    }
+
+    fn card_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.cam.media_root(), &self.cam.media_root(), &mut out);
+        out.sort();
+        out
+    }
+
+    fn write_version(&mut self, rel: &str, len: u64, content: u64) -> bool {
+        if self.card_out {
+            self.out
+                .notes
+                .push(format!("{rel}: not written, the card was out"));
+            return false;
+        }
+        let bytes = sample_bytes(content, len as usize);
+        self.cam.write_media(rel, &bytes);
+        self.versions
+            .entry(rel.to_owned())
+            .or_default()
+            .push(sha(&bytes));
+        true
+    }
+
+    fn new_name(&mut self, prefix: &str) -> String {
+        self.added += 1;
+        format!("DCIM/100MEDIA/{prefix}{:03}.JPG", self.added)
+    }
+
+    async fn apply(&mut self, f: Fault) {
+        self.log(format!("{f:?}"));
+        let kind = f.kind();
+        let mut applied = true;
+        match f {
+            Fault::Kill { at, restart_after } => {
+                if !self.expect_running {
+                    applied = false;
+                } else {
+                    // A fresh file makes sure the moment comes: by now the first files may
+                    // all be uploaded. Big enough for several PATCHes.
+                    if at != KillAt::Now {
+                        let rel = self.new_name("K");
+                        let content = next_seed(self.plan.seed ^ self.added as u64);
+                        self.write_version(&rel, 1_200_000 + content % 1_000_000, content);
+                    }
+                    // Holding answers back a little makes "during the creation" mean that:
+                    // the POST reached the server, its answer has not reached the daemon.
+                    let latency = self.proxy.latency();
+                    if at == KillAt::Creation {
+                        self.proxy
+                            .set_latency(latency.max(Duration::from_millis(150)));
+                    }
+                    if at != KillAt::Now && !self.wait_for(at).await {
+                        self.out.notes.push(format!(
+                            "{kind}: the moment did not come in 5 s; killed then"
+                        ));
+                    }
+                    self.sample_rss();
+                    self.daemon.kill(Signal::Kill);
+                    self.expect_running = false;
+                    self.proxy.set_latency(latency);
+                    let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+                    tokio::time::sleep(restart_after).await;
+                    self.start_daemon().await;
+                }
+            }
+            Fault::Term { restart_after } => {
+                if !self.expect_running {
+                    applied = false;
+                } else {
+                    self.sample_rss();
+                    self.daemon.kill(Signal::Term);
+                    self.expect_running = false;
+                    match self.daemon.wait_exit(Duration::from_secs(6)).await {
+                        Some(s) if s.success() => {}
+                        Some(s) => self
+                            .out
+                            .died
+                            .push(format!("SIGTERM: exited {s} instead of 0")),
+                        None => {
+                            self.out
+                                .died
+                                .push("SIGTERM: still running after 6 s (killed)".into());
+                            self.daemon.kill(Signal::Kill);
+                            let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+                        }
+                    }
+                    tokio::time::sleep(restart_after).await;
+                    self.start_daemon().await;
+                }
+            }
+            Fault::Latency { latency, .. } => self.proxy.set_latency(latency),
+            Fault::Bandwidth { bytes_per_sec, .. } => self.proxy.set_rate(Some(bytes_per_sec)),
+            Fault::ConnReset => self.proxy.reset_all(),
+            Fault::HalfOpen { .. } => self.proxy.set_silent(true),
+            Fault::TruncatedAnswer { bytes } => self.proxy.truncate_next_answer(bytes),
+            Fault::Refuse { .. } => self.proxy.set_refusing(true),
+            Fault::ServerErrors { count } => {
+                if let Server::Receiver(rx) = &self.server {
+                    rx.inject(RxFault::server_errors(count));
+                }
+            }
+            Fault::RetryAfter {
+                status,
+                secs,
+                count,
+            } => {
+                if let Server::Receiver(rx) = &self.server {
+                    rx.inject(RxFault::retry_after(status, secs).times(count));
+                }
+            }
+            Fault::UploadGone { status } => {
+                if let Server::Receiver(rx) = &self.server {
+                    let open = rx
+                        .uploads()
+                        .into_iter()
+                        .rev()
+                        .find(|u| !u.complete && !u.terminated);
+                    match (status, open) {
+                        (410, Some(u)) => rx.expire(&u.id),
+                        _ => rx.inject(RxFault::upload_not_found()),
+                    }
+                }
+            }
+            Fault::ServerRestart => {
+                match &mut self.server {
+                    Server::Receiver(rx) => {
+                        for u in rx.forget_unfinished() {
+                            if let Some(p) = u.storage_path() {
+                                *self.forgotten.entry(p.to_owned()).or_default() += 1;
+                            }
+                            self.forgotten_ids.insert(u.id);
+                        }
+                    }
+                    Server::TusNode(n) => match n.restart() {
+                        Ok(addr) => self.proxy.set_upstream(addr),
+                        Err(e) => self.out.died.push(format!("@tus/server restart: {e}")),
+                    },
+                }
+                self.proxy.reset_all();
+            }
+            Fault::CardOut { .. } => {
+                self.cam.set_card_present(false);
+                self.card_out = true;
+            }
+            Fault::AddFile { len, content } => {
+                let rel = self.new_name("A");
+                applied = self.write_version(&rel, len, content);
+            }
+            Fault::RewriteFile { pick, len, content } => {
+                let files = self.card_files();
+                if files.is_empty() || self.card_out {
+                    applied = false;
+                } else {
+                    let rel = files[pick % files.len()].clone();
+                    applied = self.write_version(&rel, len, content);
+                }
+            }
+            Fault::DeleteFile { pick } => {
+                let files = self.card_files();
+                if files.is_empty() || self.card_out {
+                    applied = false;
+                } else {
+                    let rel = &files[pick % files.len()];
+                    let _ = fs::remove_file(self.cam.media_path(rel));
+                }
+            }
+            Fault::Charger { .. } => self.cam.set_charging(false),
+            Fault::Wifi { .. } => self.cam.set_interface("wlan0", false, true),
+            Fault::Recording { .. } => self.cam.set_recording(true),
+            Fault::Consent { .. } => {
+                applied = self
+                    .api("PATCH", "/v1/settings", Some(json!({"auto_upload": false})))
+                    .await
+                    .is_some_and(|(c, _)| c == 200);
+            }
+            Fault::DiskFull { .. } => {
+                if self._mount.is_none() {
+                    applied = false;
+                } else if self.filler.is_none() {
+                    let path = self.cam.state_dir().join("soak-filler");
+                    fill(&path);
+                    self.filler = Some(path);
+                }
+            }
+            Fault::ClockPast { len, content } => {
+                let rel = self.new_name("P");
+                applied = self.write_version(&rel, len, content);
+                if applied {
+                    let days = Duration::from_secs(86400 * (1 + content % 30));
+                    set_mtime(&self.cam.media_path(&rel), UNIX_EPOCH + days);
+                }
+            }
+            Fault::ClockFuture {
+                len,
+                content,
+                ahead,
+            } => {
+                let rel = self.new_name("F");
+                applied = self.write_version(&rel, len, content);
+                if applied {
+                    set_mtime(&self.cam.media_path(&rel), SystemTime::now() + ahead);
+                }
+            }
+        }
+        if applied {
+            self.out.faults.push(kind);
+        } else {
+            self.out.notes.push(format!("{kind}: not applicable then"));
+        }
+    }
+
+    async fn end(&mut self, f: &Fault) {
+        self.log(format!("end of {}", f.kind()));
+        match f {
+            Fault::Latency { .. } => self.proxy.set_latency(Duration::ZERO),
+            Fault::Bandwidth { .. } => self.proxy.set_rate(None),
+            Fault::HalfOpen { .. } => self.proxy.set_silent(false),
+            Fault::Refuse { .. } => self.proxy.set_refusing(false),
+            Fault::CardOut { .. } => {
+                self.cam.set_card_present(true);
+                self.card_out = false;
+            }
+            Fault::Charger { .. } => self.cam.set_charging(true),
+            Fault::Wifi { .. } => self.cam.set_interface("wlan0", true, true),
+            Fault::Recording { .. } => self.cam.set_recording(false),
+            Fault::Consent { .. } => {
+                let _ = self
+                    .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+                    .await;
+            }
+            Fault::DiskFull { .. } => {
+                if let Some(p) = self.filler.take() {
+                    let _ = fs::remove_file(p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every condition back to "upload now".
+    async fn heal(&mut self) {
+        self.log("heal");
+        self.proxy.clear();
+        if let Server::Receiver(rx) = &self.server {
+            rx.clear_faults();
+        }
+        self.cam.set_card_present(true);
+        self.card_out = false;
+        self.cam.set_charging(true);
+        self.cam.set_interface("wlan0", true, true);
+        self.cam.set_recording(false);
+        if let Some(p) = self.filler.take() {
+            let _ = fs::remove_file(p);
+        }
+        self.check_alive().await;
+        self.start_daemon().await;
+        let _ = self
+            .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+            .await;
+    }
+
+    /// Waits for the card and the server to agree, then checks the invariant.
+    async fn converge(&mut self) {
+        let heal_at = SystemTime::now();
+        let mut hashes: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+        let mut work_at_heal = None;
+        let deadline = Instant::now() + CONVERGE;
+        let mut queue: Vec<Value>;
+        loop {
+            self.check_alive().await;
+            self.sample_rss();
+            let card = self.card_state();
+            let complete = self.complete_uploads(&mut hashes);
+            let all_there = card.iter().all(|(rel, (h, _))| {
+                complete
+                    .iter()
+                    .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h)
+            });
+            work_at_heal.get_or_insert(!all_there);
+            queue = self.queue().await;
+            let busy = queue
+                .iter()
+                .any(|i| matches!(i["state"].as_str(), Some("pending" | "uploading")));
+            if all_there && !busy && self.expect_running {
+                self.out.converged = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // A late duplicate would show within this.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.sample_rss();
+        if self.expect_running {
+            queue = self.queue().await;
+        }
+        self.check_alive().await;
+        if self.expect_running {
+            self.sample_rss();
+            match self.daemon.stop().await {
+                Some(s) if s.success() => {}
+                other => self
+                    .out
+                    .died
+                    .push(format!("final SIGTERM: exit {other:?} instead of 0")),
+            }
+        }
+        if work_at_heal == Some(true) {
+            self.out.heal_to_start = self
+                .server
+                .request_times()
+                .into_iter()
+                .filter(|t| *t >= heal_at)
+                .min()
+                .and_then(|t| t.duration_since(heal_at).ok());
+        }
+        self.evaluate(&queue, &mut hashes);
+    }
+
+    fn card_state(&self) -> BTreeMap<String, ([u8; 32], u64)> {
+        self.card_files()
+            .into_iter()
+            .filter_map(|rel| {
+                let path = self.cam.media_path(&rel);
+                let len = fs::metadata(&path).ok()?.len();
+                Some((rel, (sha_file(&path)?, len)))
+            })
+            .collect()
+    }
+
+    /// (storage path, content hash, upload) of every completed upload.
+    fn complete_uploads(
+        &self,
+        cache: &mut BTreeMap<String, [u8; 32]>,
+    ) -> Vec<(Option<String>, [u8; 32], crate::server::StoredUpload)> {
+        self.server
+            .uploads()
+            .into_iter()
+            .filter(|u| u.complete())
+            .filter_map(|u| {
+                let h = match cache.get(&u.id) {
+                    Some(h) => *h,
+                    None => {
+                        let h = sha_file(&u.data)?;
+                        cache.insert(u.id.clone(), h);
+                        h
+                    }
+                };
+                Some((u.path().map(str::to_owned), h, u))
+            })
+            .collect()
+    }
+
+    async fn queue(&self) -> Vec<Value> {
+        match self.api("GET", "/v1/queue?limit=1000", None).await {
+            Some((200, body)) => body["items"].as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn evaluate(&mut self, queue: &[Value], cache: &mut BTreeMap<String, [u8; 32]>) {
+        let card = self.card_state();
+        let complete = self.complete_uploads(cache);
+        self.out.files = card.len();
+        self.out.bytes = card.values().map(|(_, l)| l).sum();
+        for (rel, (h, _)) in &card {
+            let n = complete
+                .iter()
+                .filter(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h)
+                .count();
+            if n == 0 {
+                self.out.lost.push(format!("{rel} ({})", hex8(h)));
+            }
+        }
+        let mut seen: BTreeMap<(String, [u8; 32]), usize> = BTreeMap::new();
+        let want: BTreeMap<&str, &str> = [
+            ("user_id", USER_ID),
+            ("device_type", "SJ10 Pro"),
+            ("serial_number", "TEST0001"),
+        ]
+        .into_iter()
+        .collect();
+        for (p, h, u) in &complete {
+            let path = p.clone().unwrap_or_default();
+            *seen.entry((path.clone(), *h)).or_default() += 1;
+            let known = self.versions.get(&path).is_some_and(|v| v.contains(h));
+            if !known {
+                self.out.corrupt.push(format!(
+                    "{path}: upload {} ({} bytes, {}) is no version written",
+                    u.id,
+                    u.length,
+                    hex8(h)
+                ));
+            }
+            let keys: BTreeSet<&str> = u.metadata.keys().map(String::as_str).collect();
+            let keys_ok = keys
+                == ["user_id", "device_type", "serial_number", "storage_path"]
+                    .into_iter()
+                    .collect();
+            let values_ok = want
+                .iter()
+                .all(|(k, v)| u.metadata.get(*k).map(String::as_str) == Some(*v));
+            if !keys_ok || !values_ok {
+                self.out
+                    .bad_metadata
+                    .push(format!("{path}: {:?}", u.metadata));
+            }
+            self.out.completed_bytes += u.length;
+        }
+        for ((path, h), n) in seen {
+            if n > 1 {
+                self.out
+                    .duplicated
+                    .push(format!("{path} ({}) completed {n} times", hex8(&h)));
+            }
+        }
+        // Extra creations: beyond one per version written and one per forced restart.
+        let creations = self.server.creations(&self.forgotten);
+        let gone = self.server.gone_answers();
+        let uploads = self.server.uploads();
+        for (path, n) in &creations {
+            let versions = self.versions.get(path).map_or(0, Vec::len);
+            let forced: usize = self.forgotten.get(path).copied().unwrap_or(0)
+                + uploads
+                    .iter()
+                    .filter(|u| u.path() == Some(path.as_str()))
+                    .map(|u| gone.get(&u.id).copied().unwrap_or(0).min(1))
+                    .sum::<usize>();
+            self.out.extra_creations += n.saturating_sub(versions + forced);
+        }
+        self.out.empty_orphans = uploads.iter().filter(|u| u.offset == 0).count();
+        self.out.received = self
+            .server
+            .body_bytes()
+            .unwrap_or_else(|| self.proxy.stats().bytes_up);
+        // The queue against the server.
+        for (rel, (h, len)) in &card {
+            let items: Vec<&Value> = queue
+                .iter()
+                .filter(|i| i["storage_path"] == rel.as_str())
+                .collect();
+            let done = items
+                .iter()
+                .any(|i| i["state"] == "done" && i["size"].as_u64() == Some(*len));
+            let on_server = complete
+                .iter()
+                .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h);
+            if done != on_server {
+                let states: Vec<String> = items
+                    .iter()
+                    .map(|i| format!("{}/{}", i["state"], i["size"]))
+                    .collect();
+                self.out.queue.push(format!(
+                    "{rel}: queue {} (items {}), server {}",
+                    if done { "done" } else { "not done" },
+                    states.join(","),
+                    if on_server { "has it" } else { "lacks it" }
+                ));
+            }
+        }
+        for i in queue {
+            if i["state"] == "uploading" {
+                self.out.queue.push(format!(
+                    "{}: still `uploading` at the end",
+                    i["storage_path"]
+                ));
+            }
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            walk(root, &path, out);
+        } else if ft.is_file() {
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+}
+
+/// Writes zeros until the file system says ENOSPC.
+fn fill(path: &Path) {
+    let Ok(mut f) = fs::File::create(path) else {
+        return;
+    };
+    let block = vec![0u8; 64 * 1024];
+    // Bounded: the tmpfs is 8 MiB.
+    for _ in 0..1024 {
+        if f.write_all(&block).is_err() {
+            break;
+        }
+    }
+    let _ = f.sync_all();
+}
+
+fn set_mtime(path: &Path, t: SystemTime) {
+    if let Ok(f) = fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(t);
+    }
+}
