@@ -56,7 +56,11 @@ pub async fn run(app: Arc<App>) {
             }
         }
         let mut next_due = None;
-        while tasks.len() < concurrency && !app.shutdown().is_cancelled() {
+        let hold = app.server_not_before();
+        if hold > now_unix() {
+            next_due = Some(hold);
+        }
+        while next_due.is_none() && tasks.len() < concurrency && !app.shutdown().is_cancelled() {
             let Some((allow_auto, allow_manual, kinds)) = app.permits() else {
                 break;
             };
@@ -207,6 +211,11 @@ fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
         }
         Outcome::Retry { error, retry_after } => {
             let at = retry_at(app, item, retry_after);
+            if retry_after.is_some() {
+                // 429/503 with Retry-After speaks for the server, not for this file: nothing
+                // starts before then, or a camera with k files queued asks k times a period.
+                app.server_busy_until(at);
+            }
             tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "upload failed; will retry");
             app.store().mark_retry(id, &error, at)
         }

@@ -58,6 +58,8 @@ struct Live {
     account_status: AccountStatus,
     in_flight: BTreeMap<i64, InFlight>,
     last_state: Option<(DaemonState, Vec<Block>)>,
+    /// The server asked (Retry-After) that no upload start before this unix second.
+    server_not_before: i64,
     /// The last write to the state directory failed because it is full.
     state_dir_full: Option<String>,
     /// Entries on the card the last scan could not read.
@@ -82,6 +84,9 @@ pub struct App {
     live: Mutex<Live>,
     heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
 }
+
+/// Where the server's last Retry-After (as a unix second) is kept across restarts.
+const SERVER_NOT_BEFORE_KEY: &str = "server.not_before";
 
 /// Where the app's `PUT /v1/network` answer is kept across restarts.
 const METERED_KEY: &str = "network.metered";
@@ -119,6 +124,10 @@ impl App {
             tracing::warn!("finishing an unpairing that was interrupted");
             store.erase_account_data()?;
         }
+        let server_not_before = store
+            .get_kv(SERVER_NOT_BEFORE_KEY)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let account_status = match store.get_kv(AccountStatus::KEY)?.as_deref() {
             Some("unauthorized") => {
                 AccountStatus::Unauthorized("the server refused the token".into())
@@ -172,6 +181,7 @@ impl App {
                 last_state: None,
                 state_dir_full: None,
                 unreadable_on_card: 0,
+                server_not_before,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
         })
@@ -445,6 +455,30 @@ impl App {
                 tracing::error!(error = %e, "could not drop a deleted file from the queue");
             }
         }
+    }
+
+    /// The server asked (429/503 with Retry-After) that nothing be sent before `at` (unix
+    /// seconds): no upload starts before then, whichever file. Kept across restarts.
+    pub fn server_busy_until(&self, at: i64) {
+        let later = {
+            let mut live = self.live();
+            let later = at > live.server_not_before;
+            live.server_not_before = live.server_not_before.max(at);
+            later
+        };
+        if later {
+            if let Err(e) = self
+                .store
+                .set_kv(SERVER_NOT_BEFORE_KEY, Some(&at.to_string()))
+            {
+                tracing::warn!(error = %e, "cannot record the server's Retry-After");
+            }
+        }
+    }
+
+    /// Before this unix second no upload starts (the server's Retry-After; 0: none).
+    pub fn server_not_before(&self) -> i64 {
+        self.live().server_not_before
     }
 
     /// A full scan finished.

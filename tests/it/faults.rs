@@ -525,3 +525,27 @@ async fn every_request_carries_the_token_and_only_the_four_metadata_fields() {
     assert_eq!(sent, want, "exactly the four keys on every creation");
     assert_eq!(rig.rx.creations(), 2);
 }
+
+#[tokio::test]
+async fn retry_after_holds_every_file_not_just_the_one_that_was_told() {
+    // Found by the fleet run (docs/SOAK.md): a 503 with Retry-After on one file used to leave
+    // the next queued file free to ask at once, so a camera with k files asked k times a period.
+    let cam = camera();
+    let rels: Vec<String> = (1..=4)
+        .map(|i| cam.photo(&format!("IMG_{i:04}.JPG"), 2000 + i))
+        .collect();
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    rx.inject(Fault::retry_after(503, 3).on("POST"));
+    let rig = running(cam, rx).await;
+    let (i, t) = seen(&rig.rx, "the 503", |_, r| r.status == Some(503)).await;
+    let (_, t_next) = seen(&rig.rx, "the next request", |j, _| j > i).await;
+    assert!(
+        t_next - t >= Duration::from_millis(2950),
+        "a request {:?} after a 503 with Retry-After: 3:{}",
+        t_next - t,
+        rig.rx.request_summary()
+    );
+    let want: Vec<&str> = rels.iter().map(String::as_str).collect();
+    rig.rx.wait_for_completed(rels.len(), T).await;
+    rig.expect_uploaded(&want, T).await;
+}
