@@ -887,332 +887,26 @@ fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> 
 }
 
 #[cfg(test)]
-pub(crate) mod test_server {
-    //! A minimal in-process tus 1.0 server for the client's tests (the workspace's `testkit`
-    //! receiver is the full one): uploads in memory, every request recorded, faults on demand.
-    //! Built on hyper directly, because a handler that returns an error makes hyper drop the
-    //! connection without an answer: exactly a reset mid-PATCH.
+pub(crate) mod tests {
+    use std::time::Duration;
 
-    use std::collections::{HashMap, VecDeque};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime};
+    use testkit::tus::{Fault, Receiver};
 
-    use base64::Engine as _;
-    use bytes::Bytes;
-    use http_body_util::{BodyExt as _, Full};
-    use hyper::body::Incoming;
-    use hyper::{HeaderMap, Request, Response};
-    use hyper_util::rt::TokioIo;
-    use sha1::Digest as _;
+    use super::*;
 
-    /// The `Tus-Max-Size` the server announces unless told otherwise.
+    /// The `Tus-Max-Size` the test servers announce.
     const MAX_SIZE: u64 = 1 << 30;
 
-    type Handled = Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>>;
-
-    /// A fault for the next request of a method.
-    pub(crate) enum Fault {
-        /// Answer this status with these headers and body (after reading the request body).
-        Status(u16, Vec<(&'static str, String)>, &'static str),
-        /// Keep this many bytes of the PATCH body, then drop the connection without answer.
-        ResetAfter(usize),
-        /// Never answer.
-        Stall,
-        /// Keep the chunk but acknowledge one byte more than it holds.
-        WrongOffset,
-        /// Nothing: handle normally (to aim a later fault at the second request, say).
-        Pass,
+    /// testkit's receiver set up as the client's tests expect a tus server (as the in-module
+    /// test server this replaced was): creation, termination, sha1 checksums and expiration
+    /// (uploads expire after a day) offered, `Tus-Max-Size` announced, and path-absolute
+    /// `Location`s, which the client must resolve against the endpoint.
+    pub(crate) fn receiver() -> testkit::tus::ReceiverBuilder {
+        Receiver::builder()
+            .expires_in(Duration::from_secs(86_400))
+            .max_size(MAX_SIZE)
+            .relative_location()
     }
-
-    /// One upload as the server holds it.
-    #[derive(Clone, Debug)]
-    pub(crate) struct Upload {
-        pub length: u64,
-        pub data: Vec<u8>,
-    }
-
-    /// One request as it arrived.
-    #[derive(Clone, Debug)]
-    pub(crate) struct Recorded {
-        pub method: String,
-        pub headers: HeaderMap,
-    }
-
-    type Hook = Box<dyn Fn(&str) + Send>;
-
-    #[derive(Default)]
-    struct State {
-        uploads: Mutex<HashMap<String, Upload>>,
-        requests: Mutex<Vec<Recorded>>,
-        faults: Mutex<VecDeque<(String, Fault)>>,
-        extensions: Mutex<String>,
-        on_patch: Mutex<Option<Hook>>,
-        next_id: AtomicU64,
-        max_size: AtomicU64,
-    }
-
-    /// The running server; it lives as long as the test's runtime.
-    pub(crate) struct TestServer {
-        /// The creation URL, `http://127.0.0.1:PORT/files/`.
-        pub endpoint: String,
-        state: Arc<State>,
-    }
-
-    impl TestServer {
-        /// Starts a server on a free loopback port offering creation, termination, expiration
-        /// and sha1 checksums.
-        pub(crate) async fn start() -> TestServer {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let state = Arc::new(State::default());
-            *state.extensions.lock().unwrap() = "creation,termination,expiration,checksum".into();
-            state.max_size.store(MAX_SIZE, Ordering::Relaxed);
-            let st = state.clone();
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-            TestServer {
-                endpoint: format!("http://{addr}/files/"),
-                state,
-            }
-        }
-
-        /// The `Tus-Max-Size` announced (and enforced on creation).
-        pub(crate) fn max_size(&self) -> u64 {
-            self.state.max_size.load(Ordering::Relaxed)
-        }
-
-        pub(crate) fn set_max_size(&self, max: u64) {
-            self.state.max_size.store(max, Ordering::Relaxed);
-        }
-
-        /// Sets `Tus-Extension` (checksums are offered when it lists `checksum`).
-        pub(crate) fn set_extensions(&self, ext: &str) {
-            *self.state.extensions.lock().unwrap() = ext.into();
-        }
-
-        /// Queues a fault for the next request with this method.
-        pub(crate) fn fault(&self, method: &str, f: Fault) {
-            self.state
-                .faults
-                .lock()
-                .unwrap()
-                .push_back((method.into(), f));
-        }
-
-        /// Calls `f` with the path of every PATCH as it arrives, before anything else.
-        pub(crate) fn on_patch(&self, f: impl Fn(&str) + Send + 'static) {
-            *self.state.on_patch.lock().unwrap() = Some(Box::new(f));
-        }
-
-        /// How many requests with this method arrived.
-        pub(crate) fn count(&self, method: &str) -> usize {
-            self.requests()
-                .iter()
-                .filter(|r| r.method == method)
-                .count()
-        }
-
-        /// Every request so far.
-        pub(crate) fn requests(&self) -> Vec<Recorded> {
-            self.state.requests.lock().unwrap().clone()
-        }
-
-        /// Every upload the server holds.
-        pub(crate) fn uploads(&self) -> Vec<Upload> {
-            self.state
-                .uploads
-                .lock()
-                .unwrap()
-                .values()
-                .cloned()
-                .collect()
-        }
-    }
-
-    fn answer(status: u16) -> hyper::http::response::Builder {
-        Response::builder()
-            .status(status)
-            .header("tus-resumable", "1.0.0")
-    }
-
-    fn empty(status: u16) -> Handled {
-        Ok(answer(status).body(Full::default())?)
-    }
-
-    fn hdr<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-        h.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    async fn read_body(req: Request<Incoming>) -> Vec<u8> {
-        req.into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes().to_vec())
-            .unwrap_or_default()
-    }
-
-    async fn handle(st: Arc<State>, req: Request<Incoming>) -> Handled {
-        let method = req.method().to_string();
-        let path = req.uri().path().to_string();
-        st.requests.lock().unwrap().push(Recorded {
-            method: method.clone(),
-            headers: req.headers().clone(),
-        });
-        if method == "PATCH" {
-            if let Some(hook) = st.on_patch.lock().unwrap().as_ref() {
-                hook(&path);
-            }
-        }
-        let fault = {
-            let mut faults = st.faults.lock().unwrap();
-            let i = faults.iter().position(|(m, _)| *m == method);
-            i.and_then(|i| faults.remove(i)).map(|(_, f)| f)
-        };
-        let id = path.strip_prefix("/files/").unwrap_or("").to_string();
-        let mut wrong_offset = false;
-        match fault {
-            Some(Fault::Status(code, headers, body)) => {
-                read_body(req).await;
-                let mut b = answer(code);
-                for (k, v) in headers {
-                    b = b.header(k, v);
-                }
-                return Ok(b.body(Full::new(Bytes::from_static(body.as_bytes())))?);
-            }
-            Some(Fault::Stall) => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return empty(500);
-            }
-            Some(Fault::ResetAfter(n)) => {
-                let mut body = req.into_body();
-                let mut got = Vec::new();
-                while got.len() < n {
-                    match body.frame().await {
-                        Some(Ok(f)) => {
-                            if let Ok(d) = f.into_data() {
-                                got.extend_from_slice(&d);
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-                got.truncate(n);
-                // Like tusd and @tus/server, keep what arrived before the connection broke.
-                if let Some(u) = st.uploads.lock().unwrap().get_mut(&id) {
-                    u.data.extend_from_slice(&got);
-                }
-                return Err("injected connection reset".into());
-            }
-            Some(Fault::WrongOffset) => wrong_offset = true,
-            Some(Fault::Pass) | None => {}
-        }
-        let ext = st.extensions.lock().unwrap().clone();
-        match method.as_str() {
-            "OPTIONS" => {
-                let mut b = answer(204)
-                    .header("tus-version", "1.0.0")
-                    .header("tus-extension", &ext)
-                    .header("tus-max-size", st.max_size.load(Ordering::Relaxed));
-                if ext.contains("checksum") {
-                    b = b.header("tus-checksum-algorithm", "md5,sha1");
-                }
-                Ok(b.body(Full::default())?)
-            }
-            "POST" => {
-                let h = req.headers();
-                let Some(length) = hdr(h, "upload-length").and_then(|v| v.parse::<u64>().ok())
-                else {
-                    return empty(400);
-                };
-                if length > st.max_size.load(Ordering::Relaxed) {
-                    return empty(413);
-                }
-                let id = st.next_id.fetch_add(1, Ordering::Relaxed).to_string();
-                st.uploads.lock().unwrap().insert(
-                    id.clone(),
-                    Upload {
-                        length,
-                        data: Vec::new(),
-                    },
-                );
-                let expires = SystemTime::now() + Duration::from_secs(86_400);
-                Ok(answer(201)
-                    // Path-absolute on purpose: the client must resolve it.
-                    .header("location", format!("/files/{id}"))
-                    .header("upload-expires", httpdate::fmt_http_date(expires))
-                    .body(Full::default())?)
-            }
-            "HEAD" => match st.uploads.lock().unwrap().get(&id) {
-                Some(u) => Ok(answer(200)
-                    .header("upload-offset", u.data.len())
-                    .header("upload-length", u.length)
-                    .header("cache-control", "no-store")
-                    .body(Full::default())?),
-                None => empty(404),
-            },
-            "PATCH" => {
-                let h = req.headers().clone();
-                if hdr(&h, "content-type") != Some("application/offset+octet-stream") {
-                    read_body(req).await;
-                    return empty(415);
-                }
-                let offset = hdr(&h, "upload-offset").and_then(|v| v.parse::<usize>().ok());
-                let current = st.uploads.lock().unwrap().get(&id).map(|u| u.data.len());
-                let Some(current) = current else {
-                    read_body(req).await;
-                    return empty(404);
-                };
-                if offset != Some(current) {
-                    read_body(req).await;
-                    return empty(409);
-                }
-                let body = read_body(req).await;
-                if let Some(sum) = hdr(&h, "upload-checksum") {
-                    let want = sum.strip_prefix("sha1 ").unwrap_or("");
-                    let got =
-                        base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&body));
-                    if want != got {
-                        return empty(460);
-                    }
-                }
-                let mut uploads = st.uploads.lock().unwrap();
-                let Some(u) = uploads.get_mut(&id) else {
-                    return empty(404);
-                };
-                if (u.data.len() + body.len()) as u64 > u.length {
-                    return empty(400);
-                }
-                u.data.extend_from_slice(&body);
-                let acked = u.data.len() + usize::from(wrong_offset);
-                Ok(answer(204)
-                    .header("upload-offset", acked)
-                    .body(Full::default())?)
-            }
-            "DELETE" if ext.contains("termination") => {
-                match st.uploads.lock().unwrap().remove(&id) {
-                    Some(_) => empty(204),
-                    None => empty(404),
-                }
-            }
-            _ => empty(405),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::test_server::{Fault, TestServer};
-    use super::*;
 
     fn cloud(stall_secs: u64) -> config::Cloud {
         config::Cloud {
@@ -1272,25 +966,25 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_is_cached_per_endpoint_and_parsed() {
-        let srv = TestServer::start().await;
+        let srv = receiver().start().await;
         let c = Client::new(&cloud(5)).unwrap();
-        let caps = c.options(&srv.endpoint, &token()).await.unwrap();
+        let caps = c.options(&srv.url(), &token()).await.unwrap();
         assert_eq!(caps.versions, vec!["1.0.0"]);
         assert!(caps.has("creation") && caps.termination() && caps.sha1_checksum());
-        assert_eq!(caps.max_size, Some(srv.max_size()));
-        c.options(&srv.endpoint, &token()).await.unwrap();
-        assert_eq!(srv.count("OPTIONS"), 1);
+        assert_eq!(caps.max_size, Some(MAX_SIZE));
+        c.options(&srv.url(), &token()).await.unwrap();
+        assert_eq!(srv.requests_with_method("OPTIONS").len(), 1);
     }
 
     #[tokio::test]
     async fn create_head_patch_terminate_round_trip() {
-        let srv = TestServer::start().await;
+        let srv = receiver().start().await;
         let c = Client::new(&cloud(5)).unwrap();
         let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
         let md = UploadMetadata::new("u", "T", "S", &path);
-        let created = c.create(&srv.endpoint, 5, &md, &token()).await.unwrap();
+        let created = c.create(&srv.url(), 5, &md, &token()).await.unwrap();
         // The test server answers a path-absolute Location: it must come back absolute.
-        assert!(created.url.starts_with(&srv.endpoint), "{}", created.url);
+        assert!(created.url.starts_with(&srv.url()), "{}", created.url);
         assert!(created.expires_at.unwrap() > crate::clock::now_unix());
         let st = c.head(&created.url, &token()).await.unwrap();
         assert_eq!((st.offset, st.length), (0, Some(5)));
@@ -1300,7 +994,7 @@ mod tests {
             .unwrap();
         assert_eq!(ack.offset, 3);
         // A server acknowledging another offset than sent is an error, never a success.
-        srv.fault("PATCH", Fault::WrongOffset);
+        srv.inject(Fault::patch_offset_ahead());
         let e = c
             .patch(&created.url, &token(), 3, &b"lo"[..], 2, None, &|_| {})
             .await
@@ -1316,22 +1010,26 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_is_false_when_the_server_does_not_offer_it() {
-        let srv = TestServer::start().await;
-        srv.set_extensions("creation");
+        // Offering only `creation`.
+        let srv = Receiver::builder()
+            .without_termination()
+            .without_checksum()
+            .start()
+            .await;
         let c = Client::new(&cloud(5)).unwrap();
-        let url = format!("{}1", srv.endpoint);
+        let url = format!("{}1", srv.url());
         assert!(!c.terminate(&url, &token()).await.unwrap());
-        assert_eq!(srv.count("DELETE"), 0);
+        assert_eq!(srv.requests_with_method("DELETE").len(), 0);
     }
 
     #[tokio::test]
     async fn a_missing_location_is_an_error_that_says_so() {
-        let srv = TestServer::start().await;
-        srv.fault("POST", Fault::Status(201, vec![], ""));
+        let srv = receiver().start().await;
+        srv.inject(Fault::answer(201, &[], "").on("POST"));
         let c = Client::new(&cloud(5)).unwrap();
         let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
         let md = UploadMetadata::new("u", "T", "S", &path);
-        let e = c.create(&srv.endpoint, 1, &md, &token()).await.unwrap_err();
+        let e = c.create(&srv.url(), 1, &md, &token()).await.unwrap_err();
         assert!(e.to_string().contains("lacks the `location` header"), "{e}");
     }
 

@@ -155,6 +155,7 @@ impl ReceiverBuilder {
             dir: dir.path().to_owned(),
             options: self.options.clone(),
             unavailable: AtomicBool::new(false),
+            patch_hook: Mutex::new(None),
             state: Mutex::new(State {
                 token: self.options.token,
                 ..State::default()
@@ -264,6 +265,23 @@ pub enum FaultKind {
     PatchConflict,
     /// Answer a HEAD with this `Upload-Offset` instead of the real one.
     HeadOffset(u64),
+    /// Read the whole request body (storing nothing), then answer `status` with these extra
+    /// headers and this body instead of handling the request.
+    Answer {
+        /// The status code, e.g. 403.
+        status: u16,
+        /// Extra response headers (name, value), e.g. `("retry-after", "7")`.
+        headers: Vec<(String, String)>,
+        /// The response body, sent as is (may be empty).
+        body: String,
+    },
+    /// Never answer: the request hangs (its body unread) until the client gives up.
+    NeverAnswer,
+    /// Handle a PATCH normally (its bytes are stored) but answer an `Upload-Offset` one byte
+    /// past the real offset, as a broken server would.
+    PatchOffsetAhead,
+    /// Handle the request normally: takes its turn so a later fault hits a later request.
+    Pass,
 }
 
 /// A fault to [`Receiver::inject`]: what happens, to which requests, how many times.
@@ -352,6 +370,41 @@ impl Fault {
     /// The next HEAD reports `offset` instead of the real offset.
     pub fn head_offset(offset: u64) -> Self {
         Self::new(FaultKind::HeadOffset(offset), &["HEAD"])
+    }
+
+    /// Answer `status` with extra `headers` and `body` to the next request (any method but
+    /// OPTIONS unless [`Fault::on`]), after reading its body; e.g. a 403 whose body says the
+    /// subscription is inactive, or a 201 without `Location`.
+    pub fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Self {
+        Self::new(
+            FaultKind::Answer {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .collect(),
+                body: body.to_owned(),
+            },
+            &["POST", "HEAD", "PATCH", "DELETE"],
+        )
+    }
+
+    /// Never answer the next request (any method but OPTIONS unless [`Fault::on`]): no status,
+    /// no body read, the connection left open; a client's stall timeout has to end it.
+    pub fn never_answer() -> Self {
+        Self::new(FaultKind::NeverAnswer, &["POST", "HEAD", "PATCH", "DELETE"])
+    }
+
+    /// The next PATCH is stored as usual but acknowledged with an `Upload-Offset` one byte
+    /// past what the server holds.
+    pub fn patch_offset_ahead() -> Self {
+        Self::new(FaultKind::PatchOffsetAhead, &["PATCH"])
+    }
+
+    /// The next request (any method but OPTIONS unless [`Fault::on`]) is handled normally;
+    /// it only uses up a turn, so a fault injected after it hits the request after.
+    pub fn pass() -> Self {
+        Self::new(FaultKind::Pass, &["POST", "HEAD", "PATCH", "DELETE"])
     }
 
     /// Apply to the next `n` matching requests instead of one.
@@ -510,6 +563,18 @@ impl Receiver {
         out
     }
 
+    /// Calls `hook` with the path of every PATCH as its head arrives, before the request is
+    /// handled (and before any fault applies), e.g. to rewrite a file under the client or to
+    /// look at its state mid-upload. Replaces an earlier hook. The hook runs on the server's
+    /// task, not under the receiver's lock, so it may call the receiver's own methods.
+    pub fn on_patch(&self, hook: impl Fn(&str) + Send + 'static) {
+        *self
+            .shared
+            .patch_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
     /// Arms a fault; see [`Fault`].
     pub fn inject(&self, fault: Fault) {
         if fault.times > 0 {
@@ -620,7 +685,11 @@ struct Shared {
     options: Options,
     unavailable: AtomicBool,
     state: Mutex<State>,
+    /// [`Receiver::on_patch`]'s hook; its own lock so the hook may lock `state`.
+    patch_hook: Mutex<Option<PatchHook>>,
 }
+
+type PatchHook = Box<dyn Fn(&str) + Send>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -811,6 +880,16 @@ async fn handle(
         .strip_prefix(BASE_PATH)
         .filter(|id| !id.is_empty() && !id.contains('/'))
         .map(str::to_owned);
+    if method == "PATCH" {
+        if let Some(hook) = shared
+            .patch_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            hook(&path);
+        }
+    }
     let (index, fault) = {
         let mut state = shared.lock();
         let fault = state.take_fault(&method, upload_id.is_some());
@@ -871,6 +950,23 @@ async fn route(
             return text(status, "injected server error");
         }
         Some(FaultKind::UploadNotFound) => return text(404, "injected: upload not found"),
+        Some(FaultKind::Answer {
+            status,
+            headers,
+            body,
+        }) => {
+            let _ = req.into_body().collect().await;
+            let mut r = respond(*status);
+            for (k, v) in headers {
+                r.headers_mut().insert(
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                    HeaderValue::from_str(v).expect("valid header value"),
+                );
+            }
+            *r.body_mut() = Full::new(Bytes::from(body.clone()));
+            return r;
+        }
+        Some(FaultKind::NeverAnswer) => return std::future::pending().await,
         _ => {}
     }
     if method == "OPTIONS" {
@@ -1207,7 +1303,11 @@ async fn patch(
     if too_long {
         return text(413, "body goes past Upload-Length");
     }
-    let r = with_header(respond(204), "upload-offset", u.offset);
+    let acked = match fault {
+        Some(FaultKind::PatchOffsetAhead) => u.offset + 1,
+        _ => u.offset,
+    };
+    let r = with_header(respond(204), "upload-offset", acked);
     expires_header(r, expires)
 }
 

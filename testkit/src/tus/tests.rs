@@ -1,3 +1,4 @@
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -417,4 +418,46 @@ async fn relative_location_and_forgetting_unfinished_uploads() {
     assert_eq!(rx.uploads().len(), 1);
     let reqs = rx.requests();
     assert!(reqs.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[tokio::test]
+async fn answer_pass_offset_ahead_never_answer_and_the_patch_hook() {
+    let rx = Receiver::start().await;
+    let url = create(&rx, 4).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    rx.on_patch(move |path| s.lock().unwrap().push(path.to_owned()));
+
+    // A pass only takes its turn: the answer hits the second PATCH, after reading its body.
+    rx.inject(Fault::pass().on("PATCH"));
+    rx.inject(Fault::answer(403, &[("Retry-After", "9")], "subscription inactive").on("PATCH"));
+    assert_eq!(patch(&rx, &url, 0, b"a").await.status, 204);
+    let r = patch(&rx, &url, 1, b"b").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("retry-after"), Some("9"));
+    assert_eq!(r.text(), "subscription inactive");
+    assert_eq!(
+        head_offset(&rx, &url).await,
+        1,
+        "the answered PATCH stored nothing"
+    );
+
+    // Stored, but acknowledged one byte ahead.
+    rx.inject(Fault::patch_offset_ahead());
+    let r = patch(&rx, &url, 1, b"b").await;
+    assert_eq!((r.status, r.header("upload-offset")), (204, Some("3")));
+    assert_eq!(head_offset(&rx, &url).await, 2);
+
+    rx.inject(Fault::never_answer().on("HEAD"));
+    let hung = tokio::time::timeout(
+        Duration::from_millis(300),
+        call(&rx, "HEAD", &url, &[TUS], vec![]),
+    )
+    .await;
+    assert!(hung.is_err(), "a never-answered request must hang");
+    assert_eq!(head_offset(&rx, &url).await, 2);
+
+    let path = url.trim_start_matches(&format!("http://{}", rx.addr()));
+    assert_eq!(*seen.lock().unwrap(), vec![path.to_owned(); 3]);
+    assert_eq!(rx.pending_faults(), 0);
 }
