@@ -27,6 +27,12 @@ use crate::store::FoundFile;
 /// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 
+/// A directory that appears while the daemon runs is walked at once and again after each of
+/// these: notify hands over its Create event before it adds the directory's own watch, so a
+/// file written into it in between is seen by neither the first walk nor inotify (found under
+/// qemu, where the window is widest; a slow SoC has it too).
+const REWALK_NEW_DIR: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+
 /// How soon files that could not be queued, or a scan that failed, are tried again.
 pub const RETRY_SOON: Duration = Duration::from_secs(5);
 
@@ -212,6 +218,8 @@ pub async fn run(app: Arc<App>) {
     // A failed scan is tried again soon, then less and less often (a card of 100,000 files
     // walked every 5 s for hours while the state disk stays full would be a waste).
     let mut scan_retry = RETRY_SOON;
+    // New directories to walk again (see REWALK_NEW_DIR), with when.
+    let mut rewalk: Vec<(PathBuf, Instant)> = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -256,6 +264,9 @@ pub async fn run(app: Arc<App>) {
         if let Some(t) = retry_at {
             wake = wake.min(t);
         }
+        if let Some(t) = rewalk.iter().map(|(_, at)| *at).min() {
+            wake = wake.min(t);
+        }
         if let Some(t) = settler.next_check() {
             wake = wake.min(t.max(now + Duration::from_millis(100)));
         }
@@ -272,7 +283,7 @@ pub async fn run(app: Arc<App>) {
                             need_scan = true;
                         }
                         Signal::Event(ev) => {
-                            if handle(&app, &root, &mut settler, ev) {
+                            if handle(&app, &root, &mut settler, &mut rewalk, ev) {
                                 need_scan = true;
                             }
                         }
@@ -281,6 +292,14 @@ pub async fn run(app: Arc<App>) {
                 }
             }
         }
+        let now = Instant::now();
+        rewalk.retain(|(dir, at)| {
+            if *at > now {
+                return true;
+            }
+            walk_new_dir(&app, &root, dir, &mut settler, now);
+            false
+        });
         let ready = settler.due(Instant::now(), stat);
         if !ready.is_empty() {
             unqueued.extend(ready);
@@ -316,7 +335,13 @@ fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWat
 
 /// Feeds one event to the settler. Returns true when a rescan is needed (the root itself went
 /// away or a directory appeared whose files may predate its watch).
-fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> bool {
+fn handle(
+    app: &App,
+    root: &Path,
+    settler: &mut Settler,
+    rewalk: &mut Vec<(PathBuf, Instant)>,
+    ev: notify::Event,
+) -> bool {
     let now = Instant::now();
     let mut rescan = false;
     for path in &ev.paths {
@@ -350,19 +375,9 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
                     settler.touched(path, now);
                 } else if is_real_dir() && !app.filter().skip_dir(&sp) {
                     // Files written before notify added its watch on the new directory would
-                    // be missed: walk it now and let the settler judge each file.
-                    scan::walk(
-                        root,
-                        path,
-                        app.filter(),
-                        Duration::MAX,
-                        std::time::SystemTime::now(),
-                        |s| {
-                            if let scan::Seen::Recent(r) = s {
-                                settler.touched(&r.path, now);
-                            }
-                        },
-                    );
+                    // be missed: walk it now, and again shortly (REWALK_NEW_DIR).
+                    walk_new_dir(app, root, path, settler, now);
+                    rewalk.extend(REWALK_NEW_DIR.iter().map(|d| (path.clone(), now + *d)));
                 }
             }
             EventKind::Modify(ModifyKind::Name(_)) => {
@@ -390,6 +405,23 @@ fn handle(app: &App, root: &Path, settler: &mut Settler, ev: notify::Event) -> b
         }
     }
     rescan
+}
+
+/// Walks a directory that appeared while the daemon runs and hands every media file in it to
+/// the settler, which judges each (a file already settling keeps its place).
+fn walk_new_dir(app: &App, root: &Path, dir: &Path, settler: &mut Settler, now: Instant) {
+    scan::walk(
+        root,
+        dir,
+        app.filter(),
+        Duration::MAX,
+        std::time::SystemTime::now(),
+        |s| {
+            if let scan::Seen::Recent(r) = s {
+                settler.recent(&r, now);
+            }
+        },
+    );
 }
 
 /// A media file was deleted: drop its queued (not yet uploaded) items, unless the card itself
