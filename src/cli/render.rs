@@ -22,6 +22,19 @@ pub struct StatusView {
     pub uploads: Vec<Current>,
     pub attention: Vec<AttentionView>,
     pub uplink: Option<UplinkView>,
+    pub last_success_at: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub card: Option<CardView>,
+}
+
+/// `status.card`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CardView {
+    pub files_backed_up: u64,
+    pub files_total: u64,
+    pub bytes_backed_up: u64,
+    pub bytes_total: u64,
 }
 
 /// `status.queue`.
@@ -179,6 +192,22 @@ pub fn status(s: &StatusView) -> String {
         bytes(q.bytes_remaining),
         bytes(q.bytes_done)
     );
+    if let Some(c) = &s.card {
+        let _ = writeln!(
+            out,
+            "card:        {} of {} files backed up ({} of {})",
+            c.files_backed_up,
+            c.files_total,
+            bytes(c.bytes_backed_up),
+            bytes(c.bytes_total)
+        );
+    }
+    if let Some(t) = s.last_success_at {
+        let _ = writeln!(out, "last upload: {}", local_time(t));
+    }
+    if let Some(t) = s.next_attempt_at {
+        let _ = writeln!(out, "next retry:  {}", local_time(t));
+    }
     if let Some(c) = &s.conditions {
         let _ = writeln!(out, "device:      {}", conditions(c));
     }
@@ -547,10 +576,19 @@ mod tests {
                         "bytes_total": 1288490188u64, "rate_bps": 2411724, "eta_secs": 300},
             "conditions": {"charging": true, "battery_percent": 80, "network": "wifi",
                            "interface": "wlan0", "temp_c": 41.5, "recording": false},
+            "card": {"files_backed_up": 120, "files_total": 125, "bytes_backed_up": 32749125632u64,
+                     "bytes_total": 34037615820u64},
+            "last_success_at": 1714565002, "next_attempt_at": null,
             "some_future_field": 1
         }))
         .unwrap();
         let text = status(&v);
+        assert!(
+            text.contains("card:        120 of 125 files backed up (30.5 GiB of 31.7 GiB)"),
+            "{text}"
+        );
+        assert!(text.contains("last upload: "), "{text}");
+        assert!(!text.contains("next retry"), "{text}");
         assert!(
             text.contains("blocked by:  not charging, the camera is recording"),
             "{text}"

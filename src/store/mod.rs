@@ -131,6 +131,8 @@ pub struct QueueCounts {
     pub bytes_remaining: u64,
     /// Bytes of completed uploads.
     pub bytes_done: u64,
+    /// Bytes of pending, uploading and failed items, whole (sent or not).
+    pub bytes_open: u64,
 }
 
 /// A completed upload.
@@ -765,12 +767,36 @@ impl Store {
                 None => {}
             }
             match ItemState::parse(&state) {
-                Some(s) if s.is_open() => c.bytes_remaining += remaining,
+                Some(s) if s.is_open() => {
+                    c.bytes_remaining += remaining;
+                    c.bytes_open += total;
+                }
                 Some(ItemState::Done) => c.bytes_done += total,
                 _ => {}
             }
         }
         Ok(c)
+    }
+
+    /// When the last upload completed (unix seconds), from the history: one probe of its
+    /// time index. `None` when nothing was uploaded (or the history was erased by unpairing).
+    pub fn last_success_at(&self) -> Result<Option<i64>> {
+        self.conn()
+            .prepare_cached("SELECT MAX(completed_at) FROM history")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The earliest time a pending item waiting on a back-off becomes due (later than `now`):
+    /// one seek in the `(state, next_attempt_at)` index, never a scan of the queue.
+    pub fn next_backoff_at(&self, now: i64) -> Result<Option<i64>> {
+        self.conn()
+            .prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM items
+                 WHERE state = 'pending' AND next_attempt_at > ?1",
+            )
+            .and_then(|mut st| st.query_row([now], |r| r.get(0)))
+            .map_err(|e| self.err(e))
     }
 
     /// Marks an item as in flight.

@@ -10,6 +10,7 @@ mod conditions;
 mod consent;
 mod daemon;
 mod faults;
+mod glance;
 mod interop;
 mod losses;
 mod uplink;
