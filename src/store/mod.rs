@@ -635,12 +635,18 @@ impl Store {
         })
     }
 
-    /// The next item to upload under `pick`: manual requests first, then oldest capture first.
+    /// The next item to upload under `pick`: manual requests first, then the items that failed
+    /// least, then oldest capture first.
+    ///
+    /// Fewest failures before capture time: items that keep failing (a server refusing some
+    /// paths, a card with bad sectors) come due again and again as their back-off runs out,
+    /// and ordered by capture alone a thousand old ones would go before every new photo on
+    /// each round. A file that never failed never waits behind one that did.
     pub fn next_item(&self, pick: &Pick<'_>) -> Result<Option<Item>> {
         let (sql, args) = pick_sql(
             pick,
             "SELECT ".to_string() + ITEM_COLUMNS,
-            "ORDER BY manual DESC, mtime_ns ASC, id ASC LIMIT 1",
+            "ORDER BY manual DESC, attempts ASC, mtime_ns ASC, id ASC LIMIT 1",
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;

@@ -9,6 +9,7 @@ mod card;
 mod conditions;
 mod consent;
 mod daemon;
+mod fairness;
 mod faults;
 mod glance;
 mod interop;
