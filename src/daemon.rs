@@ -252,6 +252,7 @@ async fn conditions_loop(app: Arc<App>) {
         }
         let holding = hold.opens_at().is_some() && !auto_open;
         app.set_conditions(snapshot, verdict, auto_open);
+        app.set_clock_set(crate::clock::is_set());
         app.beat("conditions");
         let wait = if !app.in_flight().is_empty() || holding {
             POLL_ACTIVE

@@ -62,6 +62,9 @@ struct Live {
     state_dir_full: Option<String>,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
+    /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
+    /// certificate could be verified).
+    clock_set: bool,
 }
 
 /// The daemon's shared state. One per daemon, behind an `Arc`.
@@ -172,6 +175,7 @@ impl App {
                 last_state: None,
                 state_dir_full: None,
                 unreadable_on_card: 0,
+                clock_set: crate::clock::is_set(),
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
         })
@@ -518,6 +522,25 @@ impl App {
         }
     }
 
+    /// The conditions loop's reading of the wall clock: whether it is set. Uploads start
+    /// once it is.
+    pub fn set_clock_set(&self, set: bool) {
+        let changed = std::mem::replace(&mut self.live().clock_set, set) != set;
+        if changed {
+            if set {
+                tracing::info!("the wall clock is set: uploads may start");
+            } else {
+                tracing::warn!(
+                    now = crate::clock::now_unix(),
+                    "the wall clock is not set (before this release): no upload until it is, \
+                     since no certificate could be verified"
+                );
+            }
+            self.reevaluate();
+            self.kick.notify_one();
+        }
+    }
+
     /// Whether the media root is there.
     pub fn media_available(&self) -> bool {
         self.live().media_available
@@ -580,7 +603,8 @@ impl App {
 }
 
 fn permits_of(live: &Live) -> Option<(bool, bool, Vec<Kind>)> {
-    if live.paused
+    if !live.clock_set
+        || live.paused
         || !live.media_available
         || live.account.is_none()
         || live.account_status != AccountStatus::Ok

@@ -31,13 +31,14 @@ pub struct Attention {
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 6] = [
+pub const ATTENTION_CODES: [&str; 7] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
     "state_dir_full",
     "items_failed",
     "unreadable_files",
+    "clock_not_set",
 ];
 
 /// The queue's counts and bytes, as `status.queue` shows them.
@@ -242,6 +243,16 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
             format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
         ),
         AccountStatus::Ok => {}
+    }
+    if !live.clock_set {
+        add(
+            ATTENTION_CODES[6],
+            format!(
+                "The camera's clock is not set (it reads {}): connect it to the app or a network \
+                 with time service; uploads start once the clock is set.",
+                crate::clock::now_unix()
+            ),
+        );
     }
     if !live.media_available {
         add(

@@ -6,6 +6,7 @@
 mod common;
 
 mod card;
+mod clock;
 mod conditions;
 mod consent;
 mod daemon;
