@@ -607,7 +607,8 @@ impl fmt::Display for Config {
         writeln!(f, "require_charging = {}", d.require_charging)?;
         writeln!(f, "require_idle = {}", d.require_idle)?;
         let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
-        writeln!(f, "data_types = {types:?}")
+        writeln!(f, "data_types = {types:?}")?;
+        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)
     }
 }
 

@@ -45,7 +45,12 @@ pub struct Settings {
     pub require_charging: bool,
     pub require_idle: bool,
     pub data_types: Vec<Kind>,
+    /// The cap on the upload rate, in KiB/s; 0 = no limit.
+    pub max_rate_kib_per_sec: u64,
 }
+
+/// The highest `max_rate_kib_per_sec` (about 1 TiB/s): larger numbers are typing mistakes.
+pub const MAX_RATE_KIB_PER_SEC: u64 = 1 << 30;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -55,6 +60,7 @@ impl Default for Settings {
             require_charging: true,
             require_idle: true,
             data_types: vec![Kind::Photo, Kind::Video],
+            max_rate_kib_per_sec: 0,
         }
     }
 }
@@ -68,6 +74,34 @@ pub struct SettingsPatch {
     pub require_charging: Option<bool>,
     pub require_idle: Option<bool>,
     pub data_types: Option<Vec<Kind>>,
+    pub max_rate_kib_per_sec: Option<u64>,
+}
+
+/// A patch that names a field with a value out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {problem}")]
+pub struct InvalidSetting {
+    /// The setting's name.
+    pub field: &'static str,
+    /// What is wrong, and what is allowed.
+    pub problem: String,
+}
+
+impl SettingsPatch {
+    /// Checks the values a type cannot: refused here, at the edge, naming the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(r) = self.max_rate_kib_per_sec {
+            if r > MAX_RATE_KIB_PER_SEC {
+                return Err(InvalidSetting {
+                    field: "max_rate_kib_per_sec",
+                    problem: format!(
+                        "{r} is over the most allowed, {MAX_RATE_KIB_PER_SEC} (0 means no limit)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -92,7 +126,15 @@ impl Settings {
             v.dedup();
             s.data_types = v;
         }
+        if let Some(v) = patch.max_rate_kib_per_sec {
+            s.max_rate_kib_per_sec = v;
+        }
         s
+    }
+
+    /// The upload rate cap in bytes per second (0: none).
+    pub fn max_rate_bytes_per_sec(&self) -> u64 {
+        self.max_rate_kib_per_sec.saturating_mul(1024)
     }
 
     /// Whether files of `kind` may go up automatically.
@@ -120,5 +162,21 @@ mod tests {
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"auto_uplaod": true}"#).is_err());
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"network": "5g"}"#).is_err());
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"data_types": ["audio"]}"#).is_err());
+        assert!(serde_json::from_str::<SettingsPatch>(r#"{"max_rate_kib_per_sec": -1}"#).is_err());
+        let too_fast: SettingsPatch =
+            serde_json::from_str(r#"{"max_rate_kib_per_sec": 9999999999999}"#).unwrap();
+        assert_eq!(
+            too_fast.validate().unwrap_err().field,
+            "max_rate_kib_per_sec"
+        );
+    }
+
+    #[test]
+    fn a_choices_file_from_before_the_new_settings_reads_with_their_defaults() {
+        let old = r#"{"auto_upload": true, "network": "any", "require_charging": false,
+                      "require_idle": true, "data_types": ["photo"]}"#;
+        let s: Settings = serde_json::from_str(old).unwrap();
+        assert!(s.auto_upload);
+        assert_eq!(s.max_rate_kib_per_sec, 0);
     }
 }

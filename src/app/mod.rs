@@ -96,6 +96,7 @@ impl App {
             tracing::error!(error = %e, "cannot write the user's choices file");
         }
         let settings = store.settings(&config.defaults)?;
+        client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
         let account = match credentials::load(&config.state.dir) {
             Ok(a) => a,
@@ -290,6 +291,13 @@ impl App {
         let new = self.settings().apply(patch);
         self.store.save_settings(&new)?;
         let old = std::mem::replace(&mut self.live().settings, new.clone());
+        self.client.set_max_rate(new.max_rate_bytes_per_sec());
+        if old.max_rate_kib_per_sec != new.max_rate_kib_per_sec {
+            tracing::info!(
+                max_rate_kib_per_sec = new.max_rate_kib_per_sec,
+                "the user changed the upload rate cap"
+            );
+        }
         if old.auto_upload != new.auto_upload {
             tracing::info!(auto_upload = new.auto_upload, "the user changed consent");
         }

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod bandwidth;
 mod card;
 mod clock;
 mod conditions;
