@@ -47,6 +47,38 @@ pub fn plausible(now: i64, not_before: i64) -> bool {
     now >= not_before
 }
 
+/// A moment in the device's local time (its time zone: `TZ` or `/etc/localtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    /// Days since 1970-01-01 in local time: the user's "today" for the data plan.
+    pub day: i64,
+    /// Minutes since local midnight (0..1440): the user's schedule.
+    pub minute: u16,
+}
+
+/// `unix` in local time; `None` if the C library cannot say.
+pub fn local(unix: i64) -> Option<Local> {
+    // SAFETY: localtime_r only writes the `tm` we own; it reads TZ or /etc/localtime itself.
+    let tm = unsafe {
+        let t: libc::time_t = unix as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return None;
+        }
+        tm
+    };
+    let local_secs = unix + tm.tm_gmtoff as i64;
+    Some(Local {
+        day: local_secs.div_euclid(86_400),
+        minute: (tm.tm_hour * 60 + tm.tm_min) as u16,
+    })
+}
+
+/// The local time now ([`now_unix`]).
+pub fn local_now() -> Option<Local> {
+    local(now_unix())
+}
+
 fn test_offset() -> i64 {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
     let Some(file) = FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_ENV).map(PathBuf::from))

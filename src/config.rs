@@ -608,7 +608,9 @@ impl fmt::Display for Config {
         writeln!(f, "require_idle = {}", d.require_idle)?;
         let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
         writeln!(f, "data_types = {types:?}")?;
-        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)
+        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
+        let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
+        writeln!(f, "schedule = {windows:?}")
     }
 }
 

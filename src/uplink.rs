@@ -93,6 +93,7 @@ mod tests {
             load: None,
             recording: false,
             secs_since_media_write: None,
+            local_minute: None,
         }
     }
 

@@ -114,7 +114,8 @@ pub enum Command {
         Settings: auto_upload (true|false: the consent to upload automatically), network \
         (wifi|unmetered|any), require_charging (true|false), require_idle (true|false), \
         data_types (a comma list of photo,video; empty for none), max_rate_kib_per_sec (the \
-        upload rate cap in KiB/s; 0 for none).\n\n\
+        upload rate cap in KiB/s; 0 for none), schedule (a comma list of daily windows in \
+        local time like 01:00-07:00; empty for any time).\n\n\
         Example: cambackup settings network unmetered")]
     Settings {
         /// The setting's name
@@ -419,13 +420,14 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
 }
 
 /// The settings a user may change, in the order they are shown.
-const SETTINGS: [&str; 6] = [
+const SETTINGS: [&str; 7] = [
     "auto_upload",
     "network",
     "require_charging",
     "require_idle",
     "data_types",
     "max_rate_kib_per_sec",
+    "schedule",
 ];
 
 async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {
@@ -509,6 +511,17 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
                 "`max_rate_kib_per_sec` is a whole number of KiB/s (0: no limit), not `{value}`"
             )
         }),
+        "schedule" => v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|w| {
+                crate::settings::Window::parse(w)
+                    .map(|w| Value::String(w.to_string()))
+                    .map_err(|e| format!("`schedule`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         other => Err(unknown_setting(other).message),
     }
 }
@@ -675,6 +688,14 @@ mod tests {
             parse_setting("max_rate_kib_per_sec", "512").unwrap(),
             json!(512)
         );
+        assert_eq!(
+            parse_setting("schedule", "01:00-07:00, 22:00-23:30").unwrap(),
+            json!(["01:00-07:00", "22:00-23:30"])
+        );
+        assert_eq!(parse_setting("schedule", "").unwrap(), json!([]));
+        assert!(parse_setting("schedule", "1am-7am")
+            .unwrap_err()
+            .contains("`schedule`"));
         assert!(parse_setting("max_rate_kib_per_sec", "fast")
             .unwrap_err()
             .contains("`max_rate_kib_per_sec`"));

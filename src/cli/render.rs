@@ -146,6 +146,7 @@ pub fn block_words(code: &str) -> String {
         Block::Recording => "the camera is recording",
         Block::Busy => "the camera is busy",
         Block::TooHot => "too hot",
+        Block::OutsideSchedule => "outside the hours set for uploads (settings: schedule)",
     }
     .to_string()
 }

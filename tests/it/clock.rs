@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use testkit::camera::FakeCamera;
 
-use crate::common::{eventually, Rig, TestClock};
+use testkit::tus::Receiver;
+
+use crate::common::{eventually, Rig, TestClock, TOKEN};
 
 #[tokio::test]
 async fn a_clock_at_1970_holds_uploads_and_says_clock_not_set_until_it_is_set() {
@@ -14,7 +16,8 @@ async fn a_clock_at_1970_holds_uploads_and_says_clock_not_set_until_it_is_set() 
     cam.age_media(&photo, Duration::from_secs(600));
     let clock = TestClock::new(cam.root());
     clock.set_to(3600); // 01:00 on 1 January 1970
-    let rig = Rig::start_with_clock(cam, &clock).await;
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    let rig = Rig::start_with_clock(cam, rx, &clock).await;
     rig.go().await;
     let codes = |s: &serde_json::Value| -> Vec<String> {
         s["attention"]

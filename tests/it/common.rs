@@ -292,8 +292,7 @@ pub fn real_now() -> i64 {
 impl Rig {
     /// Like `start`, with the daemon's wall clock under the test's control (and its local time
     /// zone UTC).
-    pub async fn start_with_clock(cam: FakeCamera, clock: &TestClock) -> Rig {
-        let rx = Receiver::builder().token(TOKEN).start().await;
+    pub async fn start_with_clock(cam: FakeCamera, rx: Receiver, clock: &TestClock) -> Rig {
         let config = cam.write_config(&rx.url());
         let (k, v) = clock.env();
         let daemon =

@@ -16,4 +16,5 @@ mod faults;
 mod glance;
 mod interop;
 mod losses;
+mod schedule;
 mod uplink;
