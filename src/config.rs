@@ -610,7 +610,8 @@ impl fmt::Display for Config {
         writeln!(f, "data_types = {types:?}")?;
         writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
         let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
-        writeln!(f, "schedule = {windows:?}")
+        writeln!(f, "schedule = {windows:?}")?;
+        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)
     }
 }
 

@@ -47,10 +47,12 @@ pub enum Block {
     TooHot,
     /// The user's `schedule` lists windows and the local time is in none of them (or unknown).
     OutsideSchedule,
+    /// The uplink is cellular and the user's `cellular_daily_mib` is used up today.
+    DataBudgetUsed,
 }
 
 impl Block {
-    pub const ALL: [Block; 10] = [
+    pub const ALL: [Block; 11] = [
         Block::AutoUploadOff,
         Block::NotCharging,
         Block::BatteryLow,
@@ -61,6 +63,7 @@ impl Block {
         Block::Busy,
         Block::TooHot,
         Block::OutsideSchedule,
+        Block::DataBudgetUsed,
     ];
 
     /// The `blocked_by` name.
@@ -76,6 +79,7 @@ impl Block {
             Block::Busy => "busy",
             Block::TooHot => "too_hot",
             Block::OutsideSchedule => "outside_schedule",
+            Block::DataBudgetUsed => "data_budget_used",
         }
     }
 }
@@ -119,10 +123,15 @@ impl Verdict {
 /// unknown battery level, temperature or load blocks nothing (a mains-only camera has no
 /// battery; many have no thermal zone).
 pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Verdict {
-    let (uplink, network) = match choose_uplink(&s.links, settings.network) {
-        Ok(link) => (Some(link.interface.clone()), Vec::new()),
+    let (mut uplink, network) = match choose_uplink(&s.links, settings.network) {
+        Ok(link) => (Some(link), Vec::new()),
         Err(blocks) => (None, blocks),
     };
+    let budget_used = uplink.is_some_and(|l| budget_used(l, settings, s.cellular_bytes_today));
+    if budget_used {
+        uplink = None;
+    }
+    let uplink = uplink.map(|l| l.interface.clone());
     let too_hot = s.temp_c.is_some_and(|t| t > cfg.max_temp_c);
 
     let mut auto = Vec::new();
@@ -150,10 +159,16 @@ pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Ve
     if !in_schedule(&settings.schedule, s.local_minute) {
         auto.push(Block::OutsideSchedule);
     }
+    if budget_used {
+        auto.push(Block::DataBudgetUsed);
+    }
 
     let mut manual = network;
     if too_hot {
         manual.push(Block::TooHot);
+    }
+    if budget_used {
+        manual.push(Block::DataBudgetUsed);
     }
     Verdict {
         auto,
@@ -209,6 +224,15 @@ pub fn choose_uplink(links: &[Link], pref: NetworkPref) -> Result<&Link, Vec<Blo
 /// local time is outside: the user asked for certain hours, and we cannot tell.
 pub fn in_schedule(windows: &[Window], local_minute: Option<u16>) -> bool {
     windows.is_empty() || local_minute.is_some_and(|m| windows.iter().any(|w| w.contains(m)))
+}
+
+/// The data plan rule (manual uploads too: the plan is the user's money, like the network
+/// preference): over a cellular uplink, nothing more once today's use reached the budget.
+pub fn budget_used(uplink: &Link, settings: &Settings, used_today: u64) -> bool {
+    uplink.network == Network::Cellular
+        && settings
+            .cellular_daily_bytes()
+            .is_some_and(|limit| used_today >= limit)
 }
 
 /// Media written within `idle_secs`, or the load over `max_load` when that is set.
@@ -279,6 +303,7 @@ mod tests {
             recording: false,
             secs_since_media_write: Some(3600),
             local_minute: Some(12 * 60),
+            cellular_bytes_today: 0,
         }
     }
 
@@ -729,6 +754,53 @@ mod tests {
             auto: &[AutoUploadOff, TooHot, OutsideSchedule],
             manual: &[TooHot],
         },
+        Row {
+            name: "cellular within the day's budget",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 99 << 20;
+            },
+            settings: |s| {
+                s.network = NetworkPref::Any;
+                s.cellular_daily_mib = 100;
+            },
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "cellular with the day's budget used blocks both",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 100 << 20;
+            },
+            settings: |s| {
+                s.network = NetworkPref::Any;
+                s.cellular_daily_mib = 100;
+            },
+            limits: same,
+            auto: &[DataBudgetUsed],
+            manual: &[DataBudgetUsed],
+        },
+        Row {
+            name: "no budget (0) is no limit",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 1 << 40;
+            },
+            settings: |s| s.network = NetworkPref::Any,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "a used budget does not block Wi-Fi",
+            snapshot: |s| s.cellular_bytes_today = 100 << 20,
+            settings: |s| s.cellular_daily_mib = 100,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
     ];
 
     #[test]
@@ -766,6 +838,7 @@ mod tests {
             TooHot,
             MeteredNetwork,
             OutsideSchedule,
+            DataBudgetUsed,
         ];
         let json = serde_json::to_value(all).unwrap();
         let names: Vec<&str> = all.iter().map(|b| b.as_str()).collect();
@@ -782,7 +855,8 @@ mod tests {
                 "busy",
                 "too_hot",
                 "metered_network",
-                "outside_schedule"
+                "outside_schedule",
+                "data_budget_used"
             ]
         );
     }

@@ -48,6 +48,9 @@ pub struct Window {
     pub end: u16,
 }
 
+/// The highest `cellular_daily_mib` (1 PiB a day): larger numbers are typing mistakes.
+pub const MAX_CELLULAR_DAILY_MIB: u64 = 1 << 30;
+
 /// The most windows a schedule may list.
 pub const MAX_WINDOWS: usize = 48;
 
@@ -122,6 +125,8 @@ pub struct Settings {
     pub max_rate_kib_per_sec: u64,
     /// When automatic uploads may run, in local time; empty = any time.
     pub schedule: Vec<Window>,
+    /// The most MiB uploads may send over cellular per local day; 0 = no limit.
+    pub cellular_daily_mib: u64,
 }
 
 /// The highest `max_rate_kib_per_sec` (about 1 TiB/s): larger numbers are typing mistakes.
@@ -137,6 +142,7 @@ impl Default for Settings {
             data_types: vec![Kind::Photo, Kind::Video],
             max_rate_kib_per_sec: 0,
             schedule: Vec::new(),
+            cellular_daily_mib: 0,
         }
     }
 }
@@ -152,6 +158,7 @@ pub struct SettingsPatch {
     pub data_types: Option<Vec<Kind>>,
     pub max_rate_kib_per_sec: Option<u64>,
     pub schedule: Option<Vec<Window>>,
+    pub cellular_daily_mib: Option<u64>,
 }
 
 /// A patch that names a field with a value out of its range.
@@ -173,6 +180,16 @@ impl SettingsPatch {
                     field: "max_rate_kib_per_sec",
                     problem: format!(
                         "{r} is over the most allowed, {MAX_RATE_KIB_PER_SEC} (0 means no limit)"
+                    ),
+                });
+            }
+        }
+        if let Some(m) = self.cellular_daily_mib {
+            if m > MAX_CELLULAR_DAILY_MIB {
+                return Err(InvalidSetting {
+                    field: "cellular_daily_mib",
+                    problem: format!(
+                        "{m} is over the most allowed, {MAX_CELLULAR_DAILY_MIB} (0 means no limit)"
                     ),
                 });
             }
@@ -217,12 +234,20 @@ impl Settings {
         if let Some(v) = &patch.schedule {
             s.schedule = v.clone();
         }
+        if let Some(v) = patch.cellular_daily_mib {
+            s.cellular_daily_mib = v;
+        }
         s
     }
 
     /// The upload rate cap in bytes per second (0: none).
     pub fn max_rate_bytes_per_sec(&self) -> u64 {
         self.max_rate_kib_per_sec.saturating_mul(1024)
+    }
+
+    /// What the data plan allows over cellular per local day, in bytes; `None`: no limit.
+    pub fn cellular_daily_bytes(&self) -> Option<u64> {
+        (self.cellular_daily_mib > 0).then(|| self.cellular_daily_mib.saturating_mul(1 << 20))
     }
 
     /// Whether files of `kind` may go up automatically.

@@ -94,6 +94,7 @@ mod tests {
             recording: false,
             secs_since_media_write: None,
             local_minute: None,
+            cellular_bytes_today: 0,
         }
     }
 

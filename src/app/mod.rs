@@ -62,6 +62,8 @@ struct Live {
     state_dir_full: Option<String>,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
+    /// Bytes sent over cellular today (local day), as last counted.
+    cellular_bytes_today: u64,
     /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
     /// certificate could be verified).
     clock_set: bool,
@@ -177,6 +179,7 @@ impl App {
                 state_dir_full: None,
                 unreadable_on_card: 0,
                 clock_set: crate::clock::is_set(),
+                cellular_bytes_today: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
         })
@@ -527,6 +530,30 @@ impl App {
             }
             self.reevaluate();
             self.kick.notify_one();
+        }
+    }
+
+    /// The data plan's count: takes the bytes the uploads sent over cellular since the last
+    /// call, adds them to today's count in the store (a new local day starts from zero), and
+    /// returns today's total. Called by the conditions loop at each reading. Bytes the store
+    /// could not take (a full state disk) count until the next reading only.
+    pub fn count_cellular_use(&self) -> u64 {
+        let sent = self.client.throttle().take_counted();
+        let Some(local) = crate::clock::local_now() else {
+            return self.live().cellular_bytes_today;
+        };
+        match self.store.add_cellular_use(local.day, sent) {
+            Ok(total) => {
+                self.live().cellular_bytes_today = total;
+                total
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the cellular data used");
+                self.store_failed(&e);
+                let mut live = self.live();
+                live.cellular_bytes_today = live.cellular_bytes_today.saturating_add(sent);
+                live.cellular_bytes_today
+            }
         }
     }
 

@@ -121,6 +121,8 @@ pub struct Status {
     pub next_attempt_at: Option<i64>,
     /// How much of the card is backed up.
     pub card: CardSummary,
+    /// Bytes uploads sent over cellular today (the device's local day), for the data plan.
+    pub cellular_bytes_today: u64,
 }
 
 /// `GET /v1/privacy`: exactly what leaves the device, and where to.
@@ -156,6 +158,7 @@ impl App {
             paused: live.paused,
             queue: QueueSummary::from(&queue),
             card: CardSummary::from(&queue),
+            cellular_bytes_today: live.cellular_bytes_today,
             last_success_at,
             next_attempt_at,
             current: uploads.first().cloned(),

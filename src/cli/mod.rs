@@ -115,7 +115,8 @@ pub enum Command {
         (wifi|unmetered|any), require_charging (true|false), require_idle (true|false), \
         data_types (a comma list of photo,video; empty for none), max_rate_kib_per_sec (the \
         upload rate cap in KiB/s; 0 for none), schedule (a comma list of daily windows in \
-        local time like 01:00-07:00; empty for any time).\n\n\
+        local time like 01:00-07:00; empty for any time), cellular_daily_mib (MiB per day over \
+        cellular; 0 for no limit).\n\n\
         Example: cambackup settings network unmetered")]
     Settings {
         /// The setting's name
@@ -420,7 +421,7 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
 }
 
 /// The settings a user may change, in the order they are shown.
-const SETTINGS: [&str; 7] = [
+const SETTINGS: [&str; 8] = [
     "auto_upload",
     "network",
     "require_charging",
@@ -428,6 +429,7 @@ const SETTINGS: [&str; 7] = [
     "data_types",
     "max_rate_kib_per_sec",
     "schedule",
+    "cellular_daily_mib",
 ];
 
 async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {

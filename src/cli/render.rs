@@ -25,6 +25,7 @@ pub struct StatusView {
     pub last_success_at: Option<i64>,
     pub next_attempt_at: Option<i64>,
     pub card: Option<CardView>,
+    pub cellular_bytes_today: u64,
 }
 
 /// `status.card`.
@@ -147,6 +148,9 @@ pub fn block_words(code: &str) -> String {
         Block::Busy => "the camera is busy",
         Block::TooHot => "too hot",
         Block::OutsideSchedule => "outside the hours set for uploads (settings: schedule)",
+        Block::DataBudgetUsed => {
+            "today's cellular data for uploads is used up (settings: cellular_daily_mib)"
+        }
     }
     .to_string()
 }
@@ -201,6 +205,13 @@ pub fn status(s: &StatusView) -> String {
             c.files_total,
             bytes(c.bytes_backed_up),
             bytes(c.bytes_total)
+        );
+    }
+    if s.cellular_bytes_today > 0 {
+        let _ = writeln!(
+            out,
+            "cellular:    {} sent today",
+            bytes(s.cellular_bytes_today)
         );
     }
     if let Some(t) = s.last_success_at {

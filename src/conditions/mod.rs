@@ -85,6 +85,10 @@ pub struct Snapshot {
     /// the local time is unknown. Not shown in the status (it is the clock, not the device).
     #[serde(skip)]
     pub local_minute: Option<u16>,
+    /// Bytes uploads sent over cellular today (local day), for the data plan; filled in by the
+    /// conditions loop from the store. Shown in the status as `cellular_bytes_today`.
+    #[serde(skip)]
+    pub cellular_bytes_today: u64,
 }
 
 /// Why a reading is (partly) unknown: the file that could not be read and what went wrong.
@@ -319,6 +323,7 @@ impl Reader {
             recording: flag.value || activity.recording(),
             secs_since_media_write: activity.since_last_write().map(|d| d.as_secs()),
             local_minute: crate::clock::local_now().map(|l| l.minute),
+            cellular_bytes_today: 0,
         }
     }
 
@@ -454,6 +459,7 @@ mod tests {
                 recording: true,
                 secs_since_media_write: None,
                 local_minute: snap.local_minute,
+                cellular_bytes_today: 0,
             }
         );
         let json = serde_json::to_value(&snap).unwrap();

@@ -1223,6 +1223,37 @@ impl Store {
         self.save_choices(&c)
     }
 
+    /// Adds `bytes` sent over cellular on local day `day` (days since 1970 in local time) and
+    /// returns that day's total. A new day starts from zero. Kept in the database, so the
+    /// count survives restarts.
+    pub fn add_cellular_use(&self, day: i64, bytes: u64) -> Result<u64> {
+        self.tx(|tx| {
+            let get = |key: &str| -> rusqlite::Result<Option<i64>> {
+                tx.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+                .map(|v| v.and_then(|v| v.parse().ok()))
+            };
+            let used = if get(CELLULAR_DAY_KEY)? == Some(day) {
+                get(CELLULAR_BYTES_KEY)?.unwrap_or(0).max(0) as u64
+            } else {
+                0
+            };
+            let total = used.saturating_add(bytes);
+            if bytes > 0 || get(CELLULAR_DAY_KEY)? != Some(day) {
+                for (key, value) in [(CELLULAR_DAY_KEY, day), (CELLULAR_BYTES_KEY, total as i64)] {
+                    tx.execute(
+                        "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![key, value.to_string()],
+                    )?;
+                }
+            }
+            Ok(total)
+        })
+    }
+
     /// Whether the user paused uploads (kept across restarts).
     pub fn paused(&self) -> Result<bool> {
         Ok(self.choices(&Settings::default())?.paused)
@@ -1234,6 +1265,10 @@ impl Store {
         self.save_choices(&c)
     }
 }
+
+/// The local day the cellular count is for, and the count (bytes), in the kv table.
+const CELLULAR_DAY_KEY: &str = "cellular.day";
+const CELLULAR_BYTES_KEY: &str = "cellular.bytes";
 
 /// A fact the ledger records about an item.
 enum Fact<'a> {

@@ -567,3 +567,18 @@ fn the_counts_the_triggers_keep_match_a_count_of_the_queue() {
         (1, 1, 1, 1, 1)
     );
 }
+
+#[test]
+fn the_cellular_count_adds_up_per_day_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 0);
+        assert_eq!(s.add_cellular_use(20_000, 700).unwrap(), 700);
+        assert_eq!(s.add_cellular_use(20_000, 300).unwrap(), 1000);
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 1000);
+    assert_eq!(s.add_cellular_use(20_001, 0).unwrap(), 0, "a new day");
+    assert_eq!(s.add_cellular_use(20_001, 5).unwrap(), 5);
+}

@@ -1,12 +1,15 @@
 //! The user's bandwidth cap (`max_rate_kib_per_sec`): a token bucket the PATCH bodies are paced
-//! through, shared by every upload in flight.
+//! through, shared by every upload in flight. The same point counts the bytes that go over a
+//! cellular link, for the data plan (`cellular_daily_mib`), and holds them at its end.
 //!
 //! Invariants: over any second the bytes handed to the connections stay within the rate (plus
 //! a burst of a tenth of a second); a body waits in steps of at most [`STEP`], re-reading the
 //! rate each time, so a new limit applies to the upload in flight within a second without
-//! restarting it; a rate of 0 means no limit and no waiting.
+//! restarting it; a rate of 0 means no limit and no waiting. While the uplink is metered by
+//! the plan, no more than the budget left is handed to a connection, and every byte handed is
+//! counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,11 +25,17 @@ const MIN_PIECE: usize = 1024;
 const MAX_PIECE: usize = 64 * 1024;
 
 /// The rate limit and its bucket. One per client; clones of the client share it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Throttle {
     /// Bytes per second; 0 = no limit.
     rate: AtomicU64,
     bucket: Mutex<Bucket>,
+    /// The uplink counts against the data plan (it is cellular).
+    metering: AtomicBool,
+    /// Bytes the plan still allows today, while `metering` (`u64::MAX`: no limit).
+    budget_left: AtomicU64,
+    /// Bytes sent while `metering`, not yet taken by [`Throttle::take_counted`].
+    counted: AtomicU64,
 }
 
 /// A token bucket: `tokens` bytes may go now; it fills at the rate, up to a tenth of a second's
@@ -65,7 +74,52 @@ pub fn piece_len(rate: u64) -> usize {
     ((rate / 10) as usize).clamp(MIN_PIECE, MAX_PIECE)
 }
 
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle {
+            rate: AtomicU64::new(0),
+            bucket: Mutex::default(),
+            metering: AtomicBool::new(false),
+            budget_left: AtomicU64::new(u64::MAX),
+            counted: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Throttle {
+    /// Whether the uplink counts against the data plan, and what the plan still allows today
+    /// (`u64::MAX`: no limit). Set by the conditions loop at each reading.
+    pub fn set_data_plan(&self, metering: bool, budget_left: u64) {
+        self.budget_left.store(budget_left, Ordering::Relaxed);
+        self.metering.store(metering, Ordering::Relaxed);
+    }
+
+    /// The bytes sent over a metered uplink since the last call.
+    pub fn take_counted(&self) -> u64 {
+        self.counted.swap(0, Ordering::Relaxed)
+    }
+
+    /// How many bytes may go now under the data plan.
+    fn allowance(&self) -> u64 {
+        if self.metering.load(Ordering::Relaxed) {
+            self.budget_left.load(Ordering::Relaxed)
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// Counts `n` bytes handed to a connection.
+    fn spend(&self, n: u64) {
+        if self.metering.load(Ordering::Relaxed) {
+            self.counted.fetch_add(n, Ordering::Relaxed);
+            let _ = self
+                .budget_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(n))
+                });
+        }
+    }
+
     /// Sets the limit in bytes per second (0: none). Applies to bodies in flight at their next
     /// step.
     pub fn set_rate(&self, bytes_per_sec: u64) {
@@ -98,7 +152,8 @@ impl Throttle {
 }
 
 /// `body` paced through `throttle`: cut into pieces of about a tenth of a second at the rate in
-/// force, each let through when the bucket has room.
+/// force, each let through when the bucket has room and the data plan allows it (with the
+/// plan used up, the body waits; the gate then stops the upload).
 pub fn paced<S>(
     body: S,
     throttle: Arc<Throttle>,
@@ -114,8 +169,16 @@ where
                 Err(e) => return Some((Err(e), (body, rest, throttle))),
             }
         }
-        let piece = rest.split_to(piece_len(throttle.rate()).min(rest.len()));
+        let allowed = loop {
+            match throttle.allowance() {
+                0 => tokio::time::sleep(STEP).await,
+                n => break usize::try_from(n).unwrap_or(usize::MAX),
+            }
+        };
+        let len = piece_len(throttle.rate()).min(rest.len()).min(allowed);
+        let piece = rest.split_to(len);
         throttle.admit(piece.len() as u64).await;
+        throttle.spend(piece.len() as u64);
         Some((Ok(piece), (body, rest, throttle)))
     })
 }
@@ -166,6 +229,34 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(b.take(rate / 10, rate, later), None);
         assert!(b.take(1024, rate, later).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_metered_body_stops_at_the_budget_and_counts_what_it_sent() {
+        let t = Arc::new(Throttle::default());
+        t.set_data_plan(true, 3000);
+        let chunks = vec![
+            Ok(Bytes::from(vec![1u8; 2000])),
+            Ok(Bytes::from(vec![2u8; 2000])),
+        ];
+        let mut body = Box::pin(paced(futures_util::stream::iter(chunks), t.clone()));
+        let mut got = 0;
+        while let Ok(Some(piece)) =
+            tokio::time::timeout(Duration::from_millis(300), body.next()).await
+        {
+            got += piece.unwrap().len();
+        }
+        assert_eq!(got, 3000, "no byte past the budget");
+        assert_eq!(t.take_counted(), 3000);
+        assert_eq!(t.take_counted(), 0);
+        // A new day's budget lets the rest through.
+        t.set_data_plan(true, 10_000);
+        assert_eq!(body.next().await.unwrap().unwrap().len(), 1000);
+        assert_eq!(t.take_counted(), 1000);
+        // Off the metered link, nothing is counted.
+        t.set_data_plan(false, 0);
+        t.spend(500);
+        assert_eq!(t.take_counted(), 0);
     }
 
     #[test]

@@ -327,6 +327,11 @@ impl Client {
         self.throttle.set_rate(bytes_per_sec);
     }
 
+    /// The pacing point every PATCH body goes through: the rate cap and the data plan.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
     /// Holds every new connection to `uplink` (the gate's choice), or makes none with `None`:
     /// by device where the kernel allows it, else by the interface's address (module
     /// [`super::bind`]). Connections already open keep their old binding: the caller stops the

@@ -11,6 +11,7 @@ mod clock;
 mod conditions;
 mod consent;
 mod daemon;
+mod data_plan;
 mod fairness;
 mod faults;
 mod glance;
