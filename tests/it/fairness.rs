@@ -59,8 +59,9 @@ async fn a_thousand_failing_items_never_delay_a_good_one() {
     rig.cam.age_media(&good, Duration::from_secs(600));
     rig.expect_uploaded(&[&good], Duration::from_secs(30)).await;
     let took = start.elapsed();
+    eprintln!("the good file went up {took:?} after it was written, behind {BAD} failing ones");
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(3),
         "the good file took {took:?} behind {BAD} failing ones"
     );
     // And the failing ones are still being tried, not dropped.
