@@ -1,13 +1,120 @@
-//! The wall clock, in the one form the queue, the tus client and the CLI share.
+//! The wall clock, in the one form the queue, the tus client and the CLI share, and whether it
+//! can be trusted.
 //!
 //! Wall time is for what outlives the process (back-off deadlines in the database, a server's
 //! `Upload-Expires`, history); waits inside the daemon use tokio's monotonic clock, so a clock
 //! that jumps (a camera booting at 1970, then NTP) never stretches or skips a wait.
+//!
+//! A camera without an RTC battery boots at 1970. Before the time is set, no certificate can
+//! be verified (every one is "not yet valid"), so uploads wait for the clock ([`is_set`]) and
+//! the status says `clock_not_set`, instead of a loop of TLS errors.
+//!
+//! Invariant: the daemon's "now" (the queue's deadlines, the clock check, the user's schedule
+//! and data day) comes from [`now_unix`]; tests move it through [`TEST_CLOCK_FILE_ENV`], read
+//! here and nowhere else. (File ages, compared with the card's own mtimes, use the system
+//! clock as the card does.)
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// No release can run before it was built: a wall clock earlier than this is not set. A fixed
+/// date rather than the build's time keeps builds reproducible; it is moved forward at each
+/// release (2026-11-01T00:00:00Z).
+pub const NOT_BEFORE_UNIX: i64 = 1_793_491_200;
+
+/// Test only: the environment variable naming a file that holds a number of seconds (possibly
+/// negative) added to the wall clock, read at each reading so a test can set the clock while
+/// the daemon runs (libfaketime is not available everywhere). Not settable from the config or
+/// the control API; a missing or unreadable file means no offset.
+pub const TEST_CLOCK_FILE_ENV: &str = "CAMBACKUP_TEST_CLOCK_FILE";
 
 /// The current time in unix seconds (0 before 1970, which a clock never set can show).
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
+    let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    real.saturating_add(test_offset()).max(0)
+}
+
+/// Whether the wall clock has been set (by NTP, the app or the firmware).
+pub fn is_set() -> bool {
+    plausible(now_unix(), NOT_BEFORE_UNIX)
+}
+
+/// Whether `now` can be the real time for a build that cannot run before `not_before`.
+pub fn plausible(now: i64, not_before: i64) -> bool {
+    now >= not_before
+}
+
+/// A moment in the device's local time (its time zone: `TZ` or `/etc/localtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    /// Days since 1970-01-01 in local time: the user's "today" for the data plan.
+    pub day: i64,
+    /// Minutes since local midnight (0..1440): the user's schedule.
+    pub minute: u16,
+}
+
+/// `unix` in local time; `None` if the C library cannot say.
+pub fn local(unix: i64) -> Option<Local> {
+    // SAFETY: localtime_r only writes the `tm` we own; it reads TZ or /etc/localtime itself.
+    let tm = unsafe {
+        let t: libc::time_t = unix as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return None;
+        }
+        tm
+    };
+    let local_secs = unix + tm.tm_gmtoff as i64;
+    Some(Local {
+        day: local_secs.div_euclid(86_400),
+        minute: (tm.tm_hour * 60 + tm.tm_min) as u16,
+    })
+}
+
+/// The local time now ([`now_unix`]).
+pub fn local_now() -> Option<Local> {
+    local(now_unix())
+}
+
+fn test_offset() -> i64 {
+    static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let Some(file) = FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_ENV).map(PathBuf::from))
+    else {
+        return 0;
+    };
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_before_the_release_is_not_set() {
+        let rows: &[(&str, i64, bool)] = &[
+            ("booted at 1970", 0, false),
+            ("an hour after a 1970 boot", 3600, false),
+            ("a day before the release", NOT_BEFORE_UNIX - 86_400, false),
+            ("a second before the release", NOT_BEFORE_UNIX - 1, false),
+            ("the release date", NOT_BEFORE_UNIX, true),
+            ("years later", NOT_BEFORE_UNIX + 10 * 365 * 86_400, true),
+        ];
+        for (name, now, set) in rows {
+            assert_eq!(plausible(*now, NOT_BEFORE_UNIX), *set, "{name}");
+        }
+    }
+
+    #[test]
+    fn this_machines_clock_is_set() {
+        assert!(
+            is_set(),
+            "the test machine's clock is before {NOT_BEFORE_UNIX}"
+        );
+    }
 }

@@ -455,6 +455,16 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
     if raw.defaults.data_types.is_empty() {
         // An empty list is allowed: the user may choose to back up nothing automatically.
     }
+    // The same bounds as the app's changes (the windows themselves were parsed already).
+    let bounds = crate::settings::SettingsPatch {
+        max_rate_kib_per_sec: Some(raw.defaults.max_rate_kib_per_sec),
+        schedule: Some(raw.defaults.schedule.clone()),
+        cellular_daily_mib: Some(raw.defaults.cellular_daily_mib),
+        ..Default::default()
+    };
+    if let Err(e) = bounds.validate() {
+        return Err(invalid(&format!("defaults.{}", e.field), e.problem));
+    }
 
     Ok(Config {
         file: file.into(),
@@ -607,7 +617,11 @@ impl fmt::Display for Config {
         writeln!(f, "require_charging = {}", d.require_charging)?;
         writeln!(f, "require_idle = {}", d.require_idle)?;
         let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
-        writeln!(f, "data_types = {types:?}")
+        writeln!(f, "data_types = {types:?}")?;
+        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
+        let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
+        writeln!(f, "schedule = {windows:?}")?;
+        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)
     }
 }
 
@@ -663,6 +677,20 @@ endpoint = "https://upload.example.com/files/"
         let text = format!("{MINIMAL}\n[defaults]\nnetwork = \"wlan\"\n");
         let err = parse_str(&text).unwrap_err();
         assert_eq!(err.key(), Some("defaults.network"), "{err}");
+    }
+
+    #[test]
+    fn the_new_settings_have_defaults_and_bad_ones_are_named() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.defaults.max_rate_kib_per_sec, 0);
+        assert!(c.defaults.schedule.is_empty());
+        assert_eq!(c.defaults.cellular_daily_mib, 0);
+        let text = format!("{MINIMAL}\n[defaults]\nschedule = [\"01:00-07:00\", \"late\"]\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("defaults.schedule[1]"), "{err}");
+        let text = format!("{MINIMAL}\n[defaults]\ncellular_daily_mib = 99999999999\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("defaults.cellular_daily_mib"), "{err}");
     }
 
     #[test]

@@ -204,14 +204,26 @@ async fn conditions_loop(app: Arc<App>) {
     let mut bound: Option<(String, Vec<conditions::Family>)> = None;
     let mut last_binding = Binding::Refused;
     loop {
-        let snapshot = reader.read(app.activity());
+        let mut snapshot = reader.read(app.activity());
         let settings = app.settings();
+        snapshot.cellular_bytes_today = app.count_cellular_use();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
         let link = verdict
             .uplink
             .as_ref()
             .and_then(|i| snapshot.links.iter().find(|l| &l.interface == i));
         let want = link.map(|l| (l.interface.clone(), l.families.clone()));
+        // The data plan at the pacing point: bytes over cellular are counted, and no more than
+        // the day's budget goes out, even before the gate's answer stops the upload. With the
+        // budget used the gate names no uplink, so "metering" holds the bodies at zero.
+        let budget_used = verdict.auto.contains(&gate::Block::DataBudgetUsed)
+            || verdict.manual.contains(&gate::Block::DataBudgetUsed);
+        let metering =
+            budget_used || link.is_some_and(|l| l.network == conditions::Network::Cellular);
+        let left = settings.cellular_daily_bytes().map_or(u64::MAX, |limit| {
+            limit.saturating_sub(snapshot.cellular_bytes_today)
+        });
+        app.client().throttle().set_data_plan(metering, left);
         // An approved interface the client could not bind to (it vanished between the read and
         // the bind, or has no address yet for the fallback) is tried again at the next poll.
         let unbindable = want.is_some() && last_binding == Binding::Refused;
@@ -252,6 +264,7 @@ async fn conditions_loop(app: Arc<App>) {
         }
         let holding = hold.opens_at().is_some() && !auto_open;
         app.set_conditions(snapshot, verdict, auto_open);
+        app.set_clock_set(crate::clock::is_set());
         app.beat("conditions");
         let wait = if !app.in_flight().is_empty() || holding {
             POLL_ACTIVE

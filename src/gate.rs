@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::conditions::{Link, Network, Snapshot};
 use crate::config;
-use crate::settings::{NetworkPref, Settings};
+use crate::settings::{NetworkPref, Settings, Window};
 
 /// One reason uploads may not run (INTERFACE.md section 5 `blocked_by`). The variants are in the
 /// order [`decide`] reports them.
@@ -45,10 +45,14 @@ pub enum Block {
     Busy,
     /// The hottest thermal zone is over `conditions.max_temp_c`.
     TooHot,
+    /// The user's `schedule` lists windows and the local time is in none of them (or unknown).
+    OutsideSchedule,
+    /// The uplink is cellular and the user's `cellular_daily_mib` is used up today.
+    DataBudgetUsed,
 }
 
 impl Block {
-    pub const ALL: [Block; 9] = [
+    pub const ALL: [Block; 11] = [
         Block::AutoUploadOff,
         Block::NotCharging,
         Block::BatteryLow,
@@ -58,6 +62,8 @@ impl Block {
         Block::Recording,
         Block::Busy,
         Block::TooHot,
+        Block::OutsideSchedule,
+        Block::DataBudgetUsed,
     ];
 
     /// The `blocked_by` name.
@@ -72,6 +78,8 @@ impl Block {
             Block::Recording => "recording",
             Block::Busy => "busy",
             Block::TooHot => "too_hot",
+            Block::OutsideSchedule => "outside_schedule",
+            Block::DataBudgetUsed => "data_budget_used",
         }
     }
 }
@@ -115,10 +123,15 @@ impl Verdict {
 /// unknown battery level, temperature or load blocks nothing (a mains-only camera has no
 /// battery; many have no thermal zone).
 pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Verdict {
-    let (uplink, network) = match choose_uplink(&s.links, settings.network) {
-        Ok(link) => (Some(link.interface.clone()), Vec::new()),
+    let (mut uplink, network) = match choose_uplink(&s.links, settings.network) {
+        Ok(link) => (Some(link), Vec::new()),
         Err(blocks) => (None, blocks),
     };
+    let budget_used = uplink.is_some_and(|l| budget_used(l, settings, s.cellular_bytes_today));
+    if budget_used {
+        uplink = None;
+    }
+    let uplink = uplink.map(|l| l.interface.clone());
     let too_hot = s.temp_c.is_some_and(|t| t > cfg.max_temp_c);
 
     let mut auto = Vec::new();
@@ -143,10 +156,19 @@ pub fn decide(s: &Snapshot, settings: &Settings, cfg: &config::Conditions) -> Ve
     if too_hot {
         auto.push(Block::TooHot);
     }
+    if !in_schedule(&settings.schedule, s.local_minute) {
+        auto.push(Block::OutsideSchedule);
+    }
+    if budget_used {
+        auto.push(Block::DataBudgetUsed);
+    }
 
     let mut manual = network;
     if too_hot {
         manual.push(Block::TooHot);
+    }
+    if budget_used {
+        manual.push(Block::DataBudgetUsed);
     }
     Verdict {
         auto,
@@ -195,6 +217,22 @@ pub fn choose_uplink(links: &[Link], pref: NetworkPref) -> Result<&Link, Vec<Blo
     blocks.sort();
     blocks.dedup();
     Err(blocks)
+}
+
+/// The schedule rule (automatic uploads only; a manual upload is the user asking now): an
+/// empty schedule is any time; otherwise the local minute must fall in a window. An unknown
+/// local time is outside: the user asked for certain hours, and we cannot tell.
+pub fn in_schedule(windows: &[Window], local_minute: Option<u16>) -> bool {
+    windows.is_empty() || local_minute.is_some_and(|m| windows.iter().any(|w| w.contains(m)))
+}
+
+/// The data plan rule (manual uploads too: the plan is the user's money, like the network
+/// preference): over a cellular uplink, nothing more once today's use reached the budget.
+pub fn budget_used(uplink: &Link, settings: &Settings, used_today: u64) -> bool {
+    uplink.network == Network::Cellular
+        && settings
+            .cellular_daily_bytes()
+            .is_some_and(|limit| used_today >= limit)
 }
 
 /// Media written within `idle_secs`, or the load over `max_load` when that is set.
@@ -264,6 +302,8 @@ mod tests {
             load: Some(0.5),
             recording: false,
             secs_since_media_write: Some(3600),
+            local_minute: Some(12 * 60),
+            cellular_bytes_today: 0,
         }
     }
 
@@ -323,6 +363,10 @@ mod tests {
     }
 
     fn same<T>(_: &mut T) {}
+
+    fn windows(w: &[&str]) -> Vec<Window> {
+        w.iter().map(|w| Window::parse(w).unwrap()).collect()
+    }
 
     const ROWS: &[Row] = &[
         Row {
@@ -635,6 +679,128 @@ mod tests {
             auto: &[],
             manual: &[],
         },
+        Row {
+            name: "inside the schedule's window",
+            snapshot: same,
+            settings: |s| s.schedule = windows(&["09:00-17:00"]),
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "outside the schedule blocks only automatic uploads",
+            snapshot: same,
+            settings: |s| s.schedule = windows(&["01:00-07:00"]),
+            limits: same,
+            auto: &[OutsideSchedule],
+            manual: &[],
+        },
+        Row {
+            name: "a window across midnight holds at 23:30",
+            snapshot: |s| s.local_minute = Some(23 * 60 + 30),
+            settings: |s| s.schedule = windows(&["22:00-06:00"]),
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "a window across midnight holds at 00:10",
+            snapshot: |s| s.local_minute = Some(10),
+            settings: |s| s.schedule = windows(&["22:00-06:00"]),
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "a window's end is outside it",
+            snapshot: |s| s.local_minute = Some(6 * 60),
+            settings: |s| s.schedule = windows(&["22:00-06:00"]),
+            limits: same,
+            auto: &[OutsideSchedule],
+            manual: &[],
+        },
+        Row {
+            name: "any of several windows",
+            snapshot: same,
+            settings: |s| s.schedule = windows(&["01:00-02:00", "11:30-12:30"]),
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "an unknown local time is outside a schedule",
+            snapshot: |s| s.local_minute = None,
+            settings: |s| s.schedule = windows(&["00:00-23:59"]),
+            limits: same,
+            auto: &[OutsideSchedule],
+            manual: &[],
+        },
+        Row {
+            name: "an unknown local time without a schedule is any time",
+            snapshot: |s| s.local_minute = None,
+            settings: same,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "consent off and outside the schedule, in block order",
+            snapshot: |s| s.temp_c = Some(70.0),
+            settings: |s| {
+                s.auto_upload = false;
+                s.schedule = windows(&["01:00-07:00"]);
+            },
+            limits: same,
+            auto: &[AutoUploadOff, TooHot, OutsideSchedule],
+            manual: &[TooHot],
+        },
+        Row {
+            name: "cellular within the day's budget",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 99 << 20;
+            },
+            settings: |s| {
+                s.network = NetworkPref::Any;
+                s.cellular_daily_mib = 100;
+            },
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "cellular with the day's budget used blocks both",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 100 << 20;
+            },
+            settings: |s| {
+                s.network = NetworkPref::Any;
+                s.cellular_daily_mib = 100;
+            },
+            limits: same,
+            auto: &[DataBudgetUsed],
+            manual: &[DataBudgetUsed],
+        },
+        Row {
+            name: "no budget (0) is no limit",
+            snapshot: |s| {
+                on(s, Network::Cellular);
+                s.cellular_bytes_today = 1 << 40;
+            },
+            settings: |s| s.network = NetworkPref::Any,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
+        Row {
+            name: "a used budget does not block Wi-Fi",
+            snapshot: |s| s.cellular_bytes_today = 100 << 20,
+            settings: |s| s.cellular_daily_mib = 100,
+            limits: same,
+            auto: &[],
+            manual: &[],
+        },
     ];
 
     #[test]
@@ -671,6 +837,8 @@ mod tests {
             Busy,
             TooHot,
             MeteredNetwork,
+            OutsideSchedule,
+            DataBudgetUsed,
         ];
         let json = serde_json::to_value(all).unwrap();
         let names: Vec<&str> = all.iter().map(|b| b.as_str()).collect();
@@ -686,7 +854,9 @@ mod tests {
                 "recording",
                 "busy",
                 "too_hot",
-                "metered_network"
+                "metered_network",
+                "outside_schedule",
+                "data_budget_used"
             ]
         );
     }

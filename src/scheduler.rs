@@ -1,4 +1,5 @@
-//! The scheduler: picks queue items (manual first, then oldest capture first), runs at most
+//! The scheduler: picks queue items (manual first, then those that failed least, then oldest
+//! capture first, so files that keep failing never hold up new ones), runs at most
 //! `cloud.concurrency` transfers, and records each outcome in the store.
 //!
 //! Invariants: an item is started only when [`App::permits`] allows its kind of upload; every

@@ -3,6 +3,8 @@
 //! Invariant: a [`Settings`] value is always valid; a patch is checked field by field at the edge
 //! ([`SettingsPatch`]) and applied whole or not at all.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::media::Kind;
@@ -36,6 +38,80 @@ impl NetworkPref {
     }
 }
 
+/// A daily window in the device's local time, `HH:MM-HH:MM`: from the start (included) to the
+/// end (excluded); an end before the start crosses midnight (`22:00-06:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Minutes after midnight, 0..1440.
+    pub start: u16,
+    /// Minutes after midnight, 0..1440; never equal to `start`.
+    pub end: u16,
+}
+
+/// The highest `cellular_daily_mib` (1 PiB a day): larger numbers are typing mistakes.
+pub const MAX_CELLULAR_DAILY_MIB: u64 = 1 << 30;
+
+/// The most windows a schedule may list.
+pub const MAX_WINDOWS: usize = 48;
+
+impl Window {
+    /// From `HH:MM-HH:MM` (00:00 to 23:59 each, not the same).
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let bad = || format!("`{s}` is not a window like \"01:00-07:00\" (HH:MM-HH:MM, 24-hour)");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let (start, end) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
+        if start == end {
+            return Err(format!(
+                "`{s}` starts where it ends; an empty schedule means any time"
+            ));
+        }
+        Ok(Window { start, end })
+    }
+
+    /// Whether `minute` (after local midnight) is inside the window.
+    pub fn contains(self, minute: u16) -> bool {
+        if self.start < self.end {
+            self.start <= minute && minute < self.end
+        } else {
+            minute >= self.start || minute < self.end
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02}",
+            self.start / 60,
+            self.start % 60,
+            self.end / 60,
+            self.end % 60
+        )
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Window, D::Error> {
+        let s = String::deserialize(d)?;
+        Window::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The user's choices. `auto_upload` is the consent: nothing goes up automatically without it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,7 +121,16 @@ pub struct Settings {
     pub require_charging: bool,
     pub require_idle: bool,
     pub data_types: Vec<Kind>,
+    /// The cap on the upload rate, in KiB/s; 0 = no limit.
+    pub max_rate_kib_per_sec: u64,
+    /// When automatic uploads may run, in local time; empty = any time.
+    pub schedule: Vec<Window>,
+    /// The most MiB uploads may send over cellular per local day; 0 = no limit.
+    pub cellular_daily_mib: u64,
 }
+
+/// The highest `max_rate_kib_per_sec` (about 1 TiB/s): larger numbers are typing mistakes.
+pub const MAX_RATE_KIB_PER_SEC: u64 = 1 << 30;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -55,6 +140,9 @@ impl Default for Settings {
             require_charging: true,
             require_idle: true,
             data_types: vec![Kind::Photo, Kind::Video],
+            max_rate_kib_per_sec: 0,
+            schedule: Vec::new(),
+            cellular_daily_mib: 0,
         }
     }
 }
@@ -68,6 +156,54 @@ pub struct SettingsPatch {
     pub require_charging: Option<bool>,
     pub require_idle: Option<bool>,
     pub data_types: Option<Vec<Kind>>,
+    pub max_rate_kib_per_sec: Option<u64>,
+    pub schedule: Option<Vec<Window>>,
+    pub cellular_daily_mib: Option<u64>,
+}
+
+/// A patch that names a field with a value out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {problem}")]
+pub struct InvalidSetting {
+    /// The setting's name.
+    pub field: &'static str,
+    /// What is wrong, and what is allowed.
+    pub problem: String,
+}
+
+impl SettingsPatch {
+    /// Checks the values a type cannot: refused here, at the edge, naming the field.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(r) = self.max_rate_kib_per_sec {
+            if r > MAX_RATE_KIB_PER_SEC {
+                return Err(InvalidSetting {
+                    field: "max_rate_kib_per_sec",
+                    problem: format!(
+                        "{r} is over the most allowed, {MAX_RATE_KIB_PER_SEC} (0 means no limit)"
+                    ),
+                });
+            }
+        }
+        if let Some(m) = self.cellular_daily_mib {
+            if m > MAX_CELLULAR_DAILY_MIB {
+                return Err(InvalidSetting {
+                    field: "cellular_daily_mib",
+                    problem: format!(
+                        "{m} is over the most allowed, {MAX_CELLULAR_DAILY_MIB} (0 means no limit)"
+                    ),
+                });
+            }
+        }
+        if let Some(w) = &self.schedule {
+            if w.len() > MAX_WINDOWS {
+                return Err(InvalidSetting {
+                    field: "schedule",
+                    problem: format!("{} windows; at most {MAX_WINDOWS}", w.len()),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -92,7 +228,26 @@ impl Settings {
             v.dedup();
             s.data_types = v;
         }
+        if let Some(v) = patch.max_rate_kib_per_sec {
+            s.max_rate_kib_per_sec = v;
+        }
+        if let Some(v) = &patch.schedule {
+            s.schedule = v.clone();
+        }
+        if let Some(v) = patch.cellular_daily_mib {
+            s.cellular_daily_mib = v;
+        }
         s
+    }
+
+    /// The upload rate cap in bytes per second (0: none).
+    pub fn max_rate_bytes_per_sec(&self) -> u64 {
+        self.max_rate_kib_per_sec.saturating_mul(1024)
+    }
+
+    /// What the data plan allows over cellular per local day, in bytes; `None`: no limit.
+    pub fn cellular_daily_bytes(&self) -> Option<u64> {
+        (self.cellular_daily_mib > 0).then(|| self.cellular_daily_mib.saturating_mul(1 << 20))
     }
 
     /// Whether files of `kind` may go up automatically.
@@ -120,5 +275,53 @@ mod tests {
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"auto_uplaod": true}"#).is_err());
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"network": "5g"}"#).is_err());
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"data_types": ["audio"]}"#).is_err());
+        assert!(serde_json::from_str::<SettingsPatch>(r#"{"max_rate_kib_per_sec": -1}"#).is_err());
+        let too_fast: SettingsPatch =
+            serde_json::from_str(r#"{"max_rate_kib_per_sec": 9999999999999}"#).unwrap();
+        assert_eq!(
+            too_fast.validate().unwrap_err().field,
+            "max_rate_kib_per_sec"
+        );
+    }
+
+    #[test]
+    fn windows_parse_strictly_and_may_cross_midnight() {
+        let rows: &[(&str, Option<(u16, u16)>)] = &[
+            ("01:00-07:00", Some((60, 420))),
+            ("22:30-06:00", Some((1350, 360))),
+            (" 00:00-23:59 ", Some((0, 1439))),
+            ("07:00-07:00", None),
+            ("24:00-01:00", None),
+            ("1:00-07:00", None),
+            ("01:00", None),
+            ("01:60-02:00", None),
+            ("", None),
+        ];
+        for (text, want) in rows {
+            let got = Window::parse(text).ok().map(|w| (w.start, w.end));
+            assert_eq!(got, *want, "{text:?}");
+        }
+        let w = Window::parse("22:30-06:00").unwrap();
+        assert_eq!(w.to_string(), "22:30-06:00");
+        for (minute, inside) in [
+            (1349, false),
+            (1350, true),
+            (0, true),
+            (359, true),
+            (360, false),
+        ] {
+            assert_eq!(w.contains(minute), inside, "minute {minute}");
+        }
+        let p: Result<SettingsPatch, _> = serde_json::from_str(r#"{"schedule": ["25:00-01:00"]}"#);
+        assert!(p.unwrap_err().to_string().contains("25:00-01:00"));
+    }
+
+    #[test]
+    fn a_choices_file_from_before_the_new_settings_reads_with_their_defaults() {
+        let old = r#"{"auto_upload": true, "network": "any", "require_charging": false,
+                      "require_idle": true, "data_types": ["photo"]}"#;
+        let s: Settings = serde_json::from_str(old).unwrap();
+        assert!(s.auto_upload);
+        assert_eq!(s.max_rate_kib_per_sec, 0);
     }
 }

@@ -93,6 +93,8 @@ mod tests {
             load: None,
             recording: false,
             secs_since_media_write: None,
+            local_minute: None,
+            cellular_bytes_today: 0,
         }
     }
 

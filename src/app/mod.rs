@@ -64,6 +64,11 @@ struct Live {
     state_dir_full: Option<String>,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
+    /// Bytes sent over cellular today (local day), as last counted.
+    cellular_bytes_today: u64,
+    /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
+    /// certificate could be verified).
+    clock_set: bool,
 }
 
 /// The daemon's shared state. One per daemon, behind an `Arc`.
@@ -98,6 +103,7 @@ impl App {
             tracing::error!(error = %e, "cannot write the user's choices file");
         }
         let settings = store.settings(&config.defaults)?;
+        client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
         let account = match credentials::load(&config.state.dir) {
             Ok(a) => a,
@@ -182,6 +188,8 @@ impl App {
                 state_dir_full: None,
                 unreadable_on_card: 0,
                 server_not_before,
+                clock_set: crate::clock::is_set(),
+                cellular_bytes_today: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
         })
@@ -296,6 +304,13 @@ impl App {
         let new = self.settings().apply(patch);
         self.store.save_settings(&new)?;
         let old = std::mem::replace(&mut self.live().settings, new.clone());
+        self.client.set_max_rate(new.max_rate_bytes_per_sec());
+        if old.max_rate_kib_per_sec != new.max_rate_kib_per_sec {
+            tracing::info!(
+                max_rate_kib_per_sec = new.max_rate_kib_per_sec,
+                "the user changed the upload rate cap"
+            );
+        }
         if old.auto_upload != new.auto_upload {
             tracing::info!(auto_upload = new.auto_upload, "the user changed consent");
         }
@@ -552,6 +567,49 @@ impl App {
         }
     }
 
+    /// The data plan's count: takes the bytes the uploads sent over cellular since the last
+    /// call, adds them to today's count in the store (a new local day starts from zero), and
+    /// returns today's total. Called by the conditions loop at each reading. Bytes the store
+    /// could not take (a full state disk) count until the next reading only.
+    pub fn count_cellular_use(&self) -> u64 {
+        let sent = self.client.throttle().take_counted();
+        let Some(local) = crate::clock::local_now() else {
+            return self.live().cellular_bytes_today;
+        };
+        match self.store.add_cellular_use(local.day, sent) {
+            Ok(total) => {
+                self.live().cellular_bytes_today = total;
+                total
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the cellular data used");
+                self.store_failed(&e);
+                let mut live = self.live();
+                live.cellular_bytes_today = live.cellular_bytes_today.saturating_add(sent);
+                live.cellular_bytes_today
+            }
+        }
+    }
+
+    /// The conditions loop's reading of the wall clock: whether it is set. Uploads start
+    /// once it is.
+    pub fn set_clock_set(&self, set: bool) {
+        let changed = std::mem::replace(&mut self.live().clock_set, set) != set;
+        if changed {
+            if set {
+                tracing::info!("the wall clock is set: uploads may start");
+            } else {
+                tracing::warn!(
+                    now = crate::clock::now_unix(),
+                    "the wall clock is not set (before this release): no upload until it is, \
+                     since no certificate could be verified"
+                );
+            }
+            self.reevaluate();
+            self.kick.notify_one();
+        }
+    }
+
     /// Whether the media root is there.
     pub fn media_available(&self) -> bool {
         self.live().media_available
@@ -614,7 +672,8 @@ impl App {
 }
 
 fn permits_of(live: &Live) -> Option<(bool, bool, Vec<Kind>)> {
-    if live.paused
+    if !live.clock_set
+        || live.paused
         || !live.media_available
         || live.account.is_none()
         || live.account_status != AccountStatus::Ok

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::account::AccountStatus;
 use super::flight::{current_of, Current};
 use super::{App, AppError, Live};
+use crate::clock::now_unix;
 use crate::conditions::Snapshot;
 use crate::events::DaemonState;
 use crate::gate::Block;
@@ -30,13 +31,14 @@ pub struct Attention {
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 6] = [
+pub const ATTENTION_CODES: [&str; 7] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
     "state_dir_full",
     "items_failed",
     "unreadable_files",
+    "clock_not_set",
 ];
 
 /// The queue's counts and bytes, as `status.queue` shows them.
@@ -69,6 +71,31 @@ impl From<&QueueCounts> for QueueSummary {
     }
 }
 
+/// What of the card is backed up, as `status.card` shows it: of the eligible files the
+/// daemon has found (queued, in flight, failed or done), how many are done.
+///
+/// Kept by the store's counts (migration 4's triggers), so it costs a few rows whatever the
+/// card holds. A file uploaded and since deleted from the card still counts as backed up;
+/// files left out (`skipped`: deleted before upload, replaced; `cancelled`) do not count.
+#[derive(Debug, Clone, Serialize)]
+pub struct CardSummary {
+    pub files_backed_up: u64,
+    pub files_total: u64,
+    pub bytes_backed_up: u64,
+    pub bytes_total: u64,
+}
+
+impl From<&QueueCounts> for CardSummary {
+    fn from(c: &QueueCounts) -> CardSummary {
+        CardSummary {
+            files_backed_up: c.done,
+            files_total: c.done + c.pending + c.uploading + c.failed,
+            bytes_backed_up: c.bytes_done,
+            bytes_total: c.bytes_done + c.bytes_open,
+        }
+    }
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -87,6 +114,15 @@ pub struct Status {
     pub attention: Vec<Attention>,
     /// The interface uploads leave through, the binding in force, metered or not and why.
     pub uplink: UplinkStatus,
+    /// When the last upload completed (unix seconds); `None` before the first.
+    pub last_success_at: Option<i64>,
+    /// When the earliest item waiting on a back-off may be tried again (unix seconds); `None`
+    /// when none waits on one.
+    pub next_attempt_at: Option<i64>,
+    /// How much of the card is backed up.
+    pub card: CardSummary,
+    /// Bytes uploads sent over cellular today (the device's local day), for the data plan.
+    pub cellular_bytes_today: u64,
 }
 
 /// `GET /v1/privacy`: exactly what leaves the device, and where to.
@@ -107,6 +143,8 @@ impl App {
     /// `GET /v1/status`.
     pub fn status(&self) -> Result<Status, AppError> {
         let queue = self.store.counts()?;
+        let last_success_at = self.store.last_success_at()?;
+        let next_attempt_at = self.store.next_backoff_at(now_unix())?;
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
         let attention = attention_of(&live, &queue);
@@ -119,6 +157,10 @@ impl App {
             media_available: live.media_available,
             paused: live.paused,
             queue: QueueSummary::from(&queue),
+            card: CardSummary::from(&queue),
+            cellular_bytes_today: live.cellular_bytes_today,
+            last_success_at,
+            next_attempt_at,
             current: uploads.first().cloned(),
             uploads,
             uplink: uplink::describe(
@@ -204,6 +246,16 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
             format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
         ),
         AccountStatus::Ok => {}
+    }
+    if !live.clock_set {
+        add(
+            ATTENTION_CODES[6],
+            format!(
+                "The camera's clock is not set (it reads {}): connect it to the app or a network \
+                 with time service; uploads start once the clock is set.",
+                crate::clock::now_unix()
+            ),
+        );
     }
     if !live.media_available {
         add(

@@ -113,7 +113,10 @@ pub enum Command {
     #[command(long_about = "Show the settings, one setting, or set one.\n\n\
         Settings: auto_upload (true|false: the consent to upload automatically), network \
         (wifi|unmetered|any), require_charging (true|false), require_idle (true|false), \
-        data_types (a comma list of photo,video; empty for none).\n\n\
+        data_types (a comma list of photo,video; empty for none), max_rate_kib_per_sec (the \
+        upload rate cap in KiB/s; 0 for none), schedule (a comma list of daily windows in \
+        local time like 01:00-07:00; empty for any time), cellular_daily_mib (MiB per day over \
+        cellular; 0 for no limit).\n\n\
         Example: cambackup settings network unmetered")]
     Settings {
         /// The setting's name
@@ -418,12 +421,15 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
 }
 
 /// The settings a user may change, in the order they are shown.
-const SETTINGS: [&str; 5] = [
+const SETTINGS: [&str; 8] = [
     "auto_upload",
     "network",
     "require_charging",
     "require_idle",
     "data_types",
+    "max_rate_kib_per_sec",
+    "schedule",
+    "cellular_daily_mib",
 ];
 
 async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {
@@ -502,6 +508,22 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
             }
             Ok(Value::Array(kinds))
         }
+        "max_rate_kib_per_sec" => v.parse::<u64>().map(Value::from).map_err(|_| {
+            format!(
+                "`max_rate_kib_per_sec` is a whole number of KiB/s (0: no limit), not `{value}`"
+            )
+        }),
+        "schedule" => v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|w| {
+                crate::settings::Window::parse(w)
+                    .map(|w| Value::String(w.to_string()))
+                    .map_err(|e| format!("`schedule`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         other => Err(unknown_setting(other).message),
     }
 }
@@ -664,6 +686,21 @@ mod tests {
     #[test]
     fn setting_values_parse_by_key() {
         assert_eq!(parse_setting("auto_upload", "on").unwrap(), json!(true));
+        assert_eq!(
+            parse_setting("max_rate_kib_per_sec", "512").unwrap(),
+            json!(512)
+        );
+        assert_eq!(
+            parse_setting("schedule", "01:00-07:00, 22:00-23:30").unwrap(),
+            json!(["01:00-07:00", "22:00-23:30"])
+        );
+        assert_eq!(parse_setting("schedule", "").unwrap(), json!([]));
+        assert!(parse_setting("schedule", "1am-7am")
+            .unwrap_err()
+            .contains("`schedule`"));
+        assert!(parse_setting("max_rate_kib_per_sec", "fast")
+            .unwrap_err()
+            .contains("`max_rate_kib_per_sec`"));
         assert_eq!(
             parse_setting("require_idle", "false").unwrap(),
             json!(false)

@@ -22,6 +22,20 @@ pub struct StatusView {
     pub uploads: Vec<Current>,
     pub attention: Vec<AttentionView>,
     pub uplink: Option<UplinkView>,
+    pub last_success_at: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub card: Option<CardView>,
+    pub cellular_bytes_today: u64,
+}
+
+/// `status.card`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CardView {
+    pub files_backed_up: u64,
+    pub files_total: u64,
+    pub bytes_backed_up: u64,
+    pub bytes_total: u64,
 }
 
 /// `status.queue`.
@@ -133,6 +147,10 @@ pub fn block_words(code: &str) -> String {
         Block::Recording => "the camera is recording",
         Block::Busy => "the camera is busy",
         Block::TooHot => "too hot",
+        Block::OutsideSchedule => "outside the hours set for uploads (settings: schedule)",
+        Block::DataBudgetUsed => {
+            "today's cellular data for uploads is used up (settings: cellular_daily_mib)"
+        }
     }
     .to_string()
 }
@@ -179,6 +197,29 @@ pub fn status(s: &StatusView) -> String {
         bytes(q.bytes_remaining),
         bytes(q.bytes_done)
     );
+    if let Some(c) = &s.card {
+        let _ = writeln!(
+            out,
+            "card:        {} of {} files backed up ({} of {})",
+            c.files_backed_up,
+            c.files_total,
+            bytes(c.bytes_backed_up),
+            bytes(c.bytes_total)
+        );
+    }
+    if s.cellular_bytes_today > 0 {
+        let _ = writeln!(
+            out,
+            "cellular:    {} sent today",
+            bytes(s.cellular_bytes_today)
+        );
+    }
+    if let Some(t) = s.last_success_at {
+        let _ = writeln!(out, "last upload: {}", local_time(t));
+    }
+    if let Some(t) = s.next_attempt_at {
+        let _ = writeln!(out, "next retry:  {}", local_time(t));
+    }
     if let Some(c) = &s.conditions {
         let _ = writeln!(out, "device:      {}", conditions(c));
     }
@@ -547,10 +588,19 @@ mod tests {
                         "bytes_total": 1288490188u64, "rate_bps": 2411724, "eta_secs": 300},
             "conditions": {"charging": true, "battery_percent": 80, "network": "wifi",
                            "interface": "wlan0", "temp_c": 41.5, "recording": false},
+            "card": {"files_backed_up": 120, "files_total": 125, "bytes_backed_up": 32749125632u64,
+                     "bytes_total": 34037615820u64},
+            "last_success_at": 1714565002, "next_attempt_at": null,
             "some_future_field": 1
         }))
         .unwrap();
         let text = status(&v);
+        assert!(
+            text.contains("card:        120 of 125 files backed up (30.5 GiB of 31.7 GiB)"),
+            "{text}"
+        );
+        assert!(text.contains("last upload: "), "{text}");
+        assert!(!text.contains("next retry"), "{text}");
         assert!(
             text.contains("blocked by:  not charging, the camera is recording"),
             "{text}"

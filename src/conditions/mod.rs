@@ -81,6 +81,14 @@ pub struct Snapshot {
     pub recording: bool,
     /// Seconds since the last write under the media root (`None`: none seen since start).
     pub secs_since_media_write: Option<u64>,
+    /// Minutes after local midnight when this was read (for the user's schedule); `None` when
+    /// the local time is unknown. Not shown in the status (it is the clock, not the device).
+    #[serde(skip)]
+    pub local_minute: Option<u16>,
+    /// Bytes uploads sent over cellular today (local day), for the data plan; filled in by the
+    /// conditions loop from the store. Shown in the status as `cellular_bytes_today`.
+    #[serde(skip)]
+    pub cellular_bytes_today: u64,
 }
 
 /// Why a reading is (partly) unknown: the file that could not be read and what went wrong.
@@ -314,6 +322,8 @@ impl Reader {
             load: load.value,
             recording: flag.value || activity.recording(),
             secs_since_media_write: activity.since_last_write().map(|d| d.as_secs()),
+            local_minute: crate::clock::local_now().map(|l| l.minute),
+            cellular_bytes_today: 0,
         }
     }
 
@@ -448,6 +458,8 @@ mod tests {
                 load: Some(0.42),
                 recording: true,
                 secs_since_media_write: None,
+                local_minute: snap.local_minute,
+                cellular_bytes_today: 0,
             }
         );
         let json = serde_json::to_value(&snap).unwrap();

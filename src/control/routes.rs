@@ -247,6 +247,9 @@ async fn update_settings(
     StrictPatch(patch): StrictPatch<SettingsPatch>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
+    patch
+        .validate()
+        .map_err(|e| ApiError::bad_request("bad_value", e.to_string()))?;
     Ok(Json(app.update_settings(&patch)?).into_response())
 }
 

@@ -131,6 +131,8 @@ pub struct QueueCounts {
     pub bytes_remaining: u64,
     /// Bytes of completed uploads.
     pub bytes_done: u64,
+    /// Bytes of pending, uploading and failed items, whole (sent or not).
+    pub bytes_open: u64,
 }
 
 /// A completed upload.
@@ -633,12 +635,18 @@ impl Store {
         })
     }
 
-    /// The next item to upload under `pick`: manual requests first, then oldest capture first.
+    /// The next item to upload under `pick`: manual requests first, then the items that failed
+    /// least, then oldest capture first.
+    ///
+    /// Fewest failures before capture time: items that keep failing (a server refusing some
+    /// paths, a card with bad sectors) come due again and again as their back-off runs out,
+    /// and ordered by capture alone a thousand old ones would go before every new photo on
+    /// each round. A file that never failed never waits behind one that did.
     pub fn next_item(&self, pick: &Pick<'_>) -> Result<Option<Item>> {
         let (sql, args) = pick_sql(
             pick,
             "SELECT ".to_string() + ITEM_COLUMNS,
-            "ORDER BY manual DESC, mtime_ns ASC, id ASC LIMIT 1",
+            "ORDER BY manual DESC, attempts ASC, mtime_ns ASC, id ASC LIMIT 1",
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
@@ -765,12 +773,36 @@ impl Store {
                 None => {}
             }
             match ItemState::parse(&state) {
-                Some(s) if s.is_open() => c.bytes_remaining += remaining,
+                Some(s) if s.is_open() => {
+                    c.bytes_remaining += remaining;
+                    c.bytes_open += total;
+                }
                 Some(ItemState::Done) => c.bytes_done += total,
                 _ => {}
             }
         }
         Ok(c)
+    }
+
+    /// When the last upload completed (unix seconds), from the history: one probe of its
+    /// time index. `None` when nothing was uploaded (or the history was erased by unpairing).
+    pub fn last_success_at(&self) -> Result<Option<i64>> {
+        self.conn()
+            .prepare_cached("SELECT MAX(completed_at) FROM history")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The earliest time a pending item waiting on a back-off becomes due (later than `now`):
+    /// one seek in the `(state, next_attempt_at)` index, never a scan of the queue.
+    pub fn next_backoff_at(&self, now: i64) -> Result<Option<i64>> {
+        self.conn()
+            .prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM items
+                 WHERE state = 'pending' AND next_attempt_at > ?1",
+            )
+            .and_then(|mut st| st.query_row([now], |r| r.get(0)))
+            .map_err(|e| self.err(e))
     }
 
     /// Marks an item as in flight.
@@ -1191,6 +1223,37 @@ impl Store {
         self.save_choices(&c)
     }
 
+    /// Adds `bytes` sent over cellular on local day `day` (days since 1970 in local time) and
+    /// returns that day's total. A new day starts from zero. Kept in the database, so the
+    /// count survives restarts.
+    pub fn add_cellular_use(&self, day: i64, bytes: u64) -> Result<u64> {
+        self.tx(|tx| {
+            let get = |key: &str| -> rusqlite::Result<Option<i64>> {
+                tx.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+                .map(|v| v.and_then(|v| v.parse().ok()))
+            };
+            let used = if get(CELLULAR_DAY_KEY)? == Some(day) {
+                get(CELLULAR_BYTES_KEY)?.unwrap_or(0).max(0) as u64
+            } else {
+                0
+            };
+            let total = used.saturating_add(bytes);
+            if bytes > 0 || get(CELLULAR_DAY_KEY)? != Some(day) {
+                for (key, value) in [(CELLULAR_DAY_KEY, day), (CELLULAR_BYTES_KEY, total as i64)] {
+                    tx.execute(
+                        "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![key, value.to_string()],
+                    )?;
+                }
+            }
+            Ok(total)
+        })
+    }
+
     /// Whether the user paused uploads (kept across restarts).
     pub fn paused(&self) -> Result<bool> {
         Ok(self.choices(&Settings::default())?.paused)
@@ -1202,6 +1265,10 @@ impl Store {
         self.save_choices(&c)
     }
 }
+
+/// The local day the cellular count is for, and the count (bytes), in the kv table.
+const CELLULAR_DAY_KEY: &str = "cellular.day";
+const CELLULAR_BYTES_KEY: &str = "cellular.bytes";
 
 /// A fact the ledger records about an item.
 enum Fact<'a> {

@@ -102,6 +102,26 @@ fn manual_first_then_oldest_capture_first_and_back_off_respected() {
 }
 
 #[test]
+fn an_item_that_keeps_failing_goes_after_one_that_never_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("old.jpg", 1, 100)]).unwrap();
+    let now = now_unix();
+    let old = s.next_item(&all_kinds_pick(now)).unwrap().unwrap();
+    assert!(s.mark_uploading(old.id).unwrap());
+    // Failed, and due again at once (its back-off drew zero).
+    s.mark_retry(old.id, "500 from the server", now).unwrap();
+    s.upsert_files(&[found("new.jpg", 1, 300)]).unwrap();
+    let next = s.next_item(&all_kinds_pick(now)).unwrap().unwrap();
+    assert_eq!(next.storage_path.as_str(), "new.jpg");
+    assert_eq!(s.next_backoff_at(now).unwrap(), None);
+    s.mark_retry(next.id, "500 from the server", now + 30)
+        .unwrap();
+    assert_eq!(s.next_backoff_at(now).unwrap(), Some(now + 30));
+    assert_eq!(s.last_success_at().unwrap(), None);
+}
+
+#[test]
 fn settings_and_pause_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let defaults = Settings::default();
@@ -546,4 +566,19 @@ fn the_counts_the_triggers_keep_match_a_count_of_the_queue() {
         ),
         (1, 1, 1, 1, 1)
     );
+}
+
+#[test]
+fn the_cellular_count_adds_up_per_day_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 0);
+        assert_eq!(s.add_cellular_use(20_000, 700).unwrap(), 700);
+        assert_eq!(s.add_cellular_use(20_000, 300).unwrap(), 1000);
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 1000);
+    assert_eq!(s.add_cellular_use(20_001, 0).unwrap(), 0, "a new day");
+    assert_eq!(s.add_cellular_use(20_001, 5).unwrap(), 5);
 }

@@ -34,6 +34,7 @@ use crate::secret::Secret;
 use crate::upload::bind::{self, Binding};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::retry;
+use crate::upload::throttle::{self, Throttle};
 
 /// The protocol version we speak.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -283,6 +284,8 @@ pub struct Client {
     /// No progress this long aborts a request.
     stall: Duration,
     caps: Arc<Mutex<CapsCache>>,
+    /// The user's bandwidth cap, shared by every PATCH body.
+    throttle: Arc<Throttle>,
 }
 
 /// The HTTP client and the binding it was built with. `http` is `None` when the binding is
@@ -314,7 +317,19 @@ impl Client {
             cloud: Arc::new(cloud.clone()),
             stall: Duration::from_secs(cloud.stall_secs.max(1)),
             caps: Arc::default(),
+            throttle: Arc::default(),
         })
+    }
+
+    /// The user's cap on the upload rate in bytes per second (0: none); the bodies in flight
+    /// follow it within [`throttle::STEP`].
+    pub fn set_max_rate(&self, bytes_per_sec: u64) {
+        self.throttle.set_rate(bytes_per_sec);
+    }
+
+    /// The pacing point every PATCH body goes through: the rate cap and the data plan.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// Holds every new connection to `uplink` (the gate's choice), or makes none with `None`:
@@ -570,7 +585,8 @@ impl Client {
     {
         let meter = Arc::new(Meter::new());
         let m = meter.clone();
-        let stream = ReaderStream::with_capacity(body, STREAM_BUF).inspect(move |r| {
+        let body = ReaderStream::with_capacity(body, STREAM_BUF);
+        let stream = throttle::paced(body, self.throttle.clone()).inspect(move |r| {
             if let Ok(b) = r {
                 m.record(b.len() as u64);
             }

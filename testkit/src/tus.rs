@@ -294,6 +294,8 @@ pub struct Fault {
     methods: Vec<String>,
     /// Whether `methods` came from [`Fault::on`] rather than the kind's default.
     custom_methods: bool,
+    /// Only requests about a file whose `storage_path` contains this match.
+    path_contains: Option<String>,
 }
 
 impl Fault {
@@ -303,6 +305,7 @@ impl Fault {
             times: 1,
             methods: methods.iter().map(|m| m.to_string()).collect(),
             custom_methods: false,
+            path_contains: None,
         }
     }
 
@@ -423,14 +426,26 @@ impl Fault {
         self
     }
 
+    /// Only requests about files whose `storage_path` contains `part` match (the creation's
+    /// metadata, or the upload's for requests on an upload URL).
+    pub fn for_paths_containing(mut self, part: &str) -> Self {
+        self.path_contains = Some(part.to_owned());
+        self
+    }
+
     /// What this fault does.
     pub fn kind(&self) -> &FaultKind {
         &self.kind
     }
 
-    fn matches(&self, method: &str, upload_url: bool) -> bool {
+    fn matches(&self, method: &str, upload_url: bool, storage_path: Option<&str>) -> bool {
         if self.kind == FaultKind::UploadNotFound && !upload_url {
             return false;
+        }
+        if let Some(part) = &self.path_contains {
+            if !storage_path.is_some_and(|p| p.contains(part.as_str())) {
+                return false;
+            }
         }
         self.methods.iter().any(|m| m == method)
     }
@@ -717,11 +732,16 @@ struct State {
 
 impl State {
     /// Takes one application of the first armed fault matching this request.
-    fn take_fault(&mut self, method: &str, upload_url: bool) -> Option<FaultKind> {
+    fn take_fault(
+        &mut self,
+        method: &str,
+        upload_url: bool,
+        storage_path: Option<&str>,
+    ) -> Option<FaultKind> {
         let i = self
             .faults
             .iter()
-            .position(|f| f.matches(method, upload_url))?;
+            .position(|f| f.matches(method, upload_url, storage_path))?;
         let kind = self.faults[i].kind.clone();
         self.faults[i].times -= 1;
         if self.faults[i].times == 0 {
@@ -892,7 +912,16 @@ async fn handle(
     }
     let (index, fault) = {
         let mut state = shared.lock();
-        let fault = state.take_fault(&method, upload_id.is_some());
+        let storage_path = match &upload_id {
+            Some(id) => state
+                .uploads
+                .get(id)
+                .and_then(|u| u.metadata.get("storage_path").cloned()),
+            None => header(&req, "upload-metadata")
+                .and_then(parse_metadata)
+                .and_then(|m| m.get("storage_path").cloned()),
+        };
+        let fault = state.take_fault(&method, upload_id.is_some(), storage_path.as_deref());
         state.requests.push(RecordedRequest {
             method: method.clone(),
             path: path.clone(),

@@ -244,3 +244,60 @@ pub async fn assert_resumes(rig: &Rig, rel: &str, stopped: &Stopped) {
     );
     assert!(stopped.offset > 0);
 }
+
+/// The daemon's wall clock, as a test sets it: a file of seconds added to the real clock,
+/// named to the daemon by `CAMBACKUP_TEST_CLOCK_FILE` (src/clock.rs).
+pub struct TestClock {
+    pub file: PathBuf,
+}
+
+impl TestClock {
+    /// A clock file in `dir`, at the real time.
+    pub fn new(dir: &Path) -> TestClock {
+        let clock = TestClock {
+            file: dir.join("test-clock-offset"),
+        };
+        clock.set_offset(0);
+        clock
+    }
+
+    /// The daemon's clock reads the real time plus `secs`.
+    pub fn set_offset(&self, secs: i64) {
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, secs.to_string()).unwrap();
+        std::fs::rename(&tmp, &self.file).unwrap();
+    }
+
+    /// The daemon's clock reads `unix` now (and runs on from there).
+    pub fn set_to(&self, unix: i64) {
+        self.set_offset(unix - real_now());
+    }
+
+    /// The environment that hands this clock to the daemon.
+    pub fn env(&self) -> (&'static str, String) {
+        (
+            "CAMBACKUP_TEST_CLOCK_FILE",
+            self.file.to_string_lossy().into_owned(),
+        )
+    }
+}
+
+/// The real wall clock in unix seconds.
+pub fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl Rig {
+    /// Like `start`, with the daemon's wall clock under the test's control (and its local time
+    /// zone UTC).
+    pub async fn start_with_clock(cam: FakeCamera, rx: Receiver, clock: &TestClock) -> Rig {
+        let config = cam.write_config(&rx.url());
+        let (k, v) = clock.env();
+        let daemon =
+            Daemon::start_with_env(&bin(), &config, &[(k, v.as_str()), ("TZ", "UTC")]).await;
+        Rig { cam, rx, daemon }
+    }
+}

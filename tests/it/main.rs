@@ -5,12 +5,18 @@
 
 mod common;
 
+mod bandwidth;
 mod card;
+mod clock;
 mod conditions;
 mod consent;
 mod daemon;
+mod data_plan;
+mod fairness;
 mod faults;
+mod glance;
 mod interop;
 mod large;
 mod losses;
+mod schedule;
 mod uplink;
