@@ -697,11 +697,11 @@ impl Trial<'_> {
         if let Err(e) = fs::write(&creds, vec![0u8; len]) {
             self.out.notes.push(format!("zeroed credentials: {e}"));
         }
-        // Paired by the harness once the daemon runs (here, or at the next start).
-        self.needs_pair = true;
-        let pair = std::mem::replace(&mut self.needs_pair, false);
+        // Started without pairing (it must come up unpaired); from then on paired again by
+        // the harness: here, or at the next start if the daemon goes away meanwhile.
+        self.needs_pair = false;
         self.start_after_state_damage("zeroed credentials").await;
-        self.needs_pair = pair;
+        self.needs_pair = true;
         if !self.expect_running {
             return;
         }
@@ -1015,7 +1015,13 @@ impl Trial<'_> {
             self.swap_to_b(0);
             let (ok, _) = self.settle(&mut hashes, &mut work_at_heal).await;
             converged &= ok;
-            for (rel, (h, len)) in self.card_state() {
+            let b = self.card_state();
+            self.out.notes.push(format!(
+                "card B in the heal: {} files, {} settled",
+                b.len(),
+                if ok { "all" } else { "not all" }
+            ));
+            for (rel, (h, len)) in b {
                 self.required.insert((rel, h), len);
             }
             self.swap_to_a();
@@ -1342,5 +1348,19 @@ fn fill(path: &Path) {
 fn set_mtime(path: &Path, t: SystemTime) {
     if let Ok(f) = fs::File::options().write(true).open(path) {
         let _ = f.set_modified(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn storage_paths_escape_bytes_that_are_not_utf8_and_backslashes() {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(b"DCIM/Caf\xe9/U007\\B.JPG"));
+        assert_eq!(storage_path(rel), r"DCIM/Caf\xE9/U007\x5CB.JPG");
+        let rel = Path::new("DCIM/Café/É.JPG");
+        assert_eq!(storage_path(rel), "DCIM/Café/É.JPG");
     }
 }
