@@ -573,13 +573,37 @@ impl Trial<'_> {
     }
 
     /// Card A aside, card B in. Card B is made on the first swap: every file then on card A
-    /// under the same storage path, with other bytes and a larger size.
-    fn swap_to_b(&mut self, content: u64) {
+    /// under the same storage path, with other bytes and a larger size. With `fresh` (the
+    /// fault, not the heal), a new file is written on card A first, and another version of it
+    /// on card B: one the daemon cannot have uploaded yet, so A's version is still queued when
+    /// B's shows up under its name (the moment issue 17's defect needed).
+    fn swap_to_b(&mut self, fresh: Option<u64>) {
         if self.swapped_in {
             return;
         }
         let b = self.card_b_aside();
+        let mut w = None;
+        if let Some(content) = fresh {
+            let rel = self.new_name("W");
+            let len = 20_000 + content % 280_000;
+            if self.write_version(&rel, len, content) {
+                w = Some((rel, len));
+            }
+        }
+        if let Some((rel, len)) = w.clone().filter(|_| b.exists()) {
+            // Card B made by an earlier swap: it gets its version of the new name too.
+            let seed = next_seed(fresh.unwrap_or_default() ^ 0xb);
+            let bytes = sample_bytes(seed, (len + 1 + seed % 40_000) as usize);
+            let target = b.join(&rel);
+            if let Some(dir) = target.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            if fs::write(&target, &bytes).is_ok() {
+                self.versions.entry(rel).or_default().push(sha(&bytes));
+            }
+        }
         if !b.exists() {
+            let content = fresh.unwrap_or_default();
             let entries = self.card_entries();
             let root = self.cam.media_root();
             for (i, (rel, path)) in entries.into_iter().enumerate() {
@@ -781,7 +805,7 @@ impl Trial<'_> {
                 if self.card_out || self.swapped_in {
                     applied = false;
                 } else {
-                    self.swap_to_b(content);
+                    self.swap_to_b(Some(content));
                 }
             }
             Fault::Symlinks { content } => {
@@ -1012,7 +1036,7 @@ impl Trial<'_> {
             // A card swap happened: card B goes in until it settles (its versions must all
             // reach the server), then card A comes back (none of A's may go up again).
             self.log("heal: card B in until it settles");
-            self.swap_to_b(0);
+            self.swap_to_b(None);
             let (ok, _) = self.settle(&mut hashes, &mut work_at_heal).await;
             converged &= ok;
             let b = self.card_state();
