@@ -199,6 +199,9 @@ struct Trial<'e> {
     links: Vec<String>,
     /// Hashes of the files outside the card the links lead to.
     outside: BTreeSet<[u8; 32]>,
+    /// When the last file was written behind a link: the check waits long enough after it
+    /// for a watcher that followed the link to have queued it (settle, idle, a margin).
+    links_at: Option<Instant>,
     /// The daemon must be paired again once it runs (after zeroed credentials).
     needs_pair: bool,
     added: usize,
@@ -283,6 +286,7 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         required: BTreeMap::new(),
         links: Vec::new(),
         outside: BTreeSet::new(),
+        links_at: None,
         needs_pair: false,
         added: 0,
         out,
@@ -674,6 +678,7 @@ impl Trial<'_> {
         let later = sample_bytes(next_seed(content), 3000 + (content % 7000) as usize);
         let _ = fs::write(outside.join("LATER.JPG"), &later);
         self.outside.insert(sha(&later));
+        self.links_at = Some(Instant::now());
         let rel = self.new_name("L");
         self.write_version(&rel, 4000 + content % 60_000, next_seed(content ^ 1));
     }
@@ -1055,6 +1060,15 @@ impl Trial<'_> {
         self.out.converged = converged && ok;
         // A late duplicate would show within this.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(at) = self.links_at {
+            // A file followed through a link is queued only once it settled (1 s) and the
+            // camera is idle (1 s): give it that, and the upload time, before looking.
+            let until = at + Duration::from_secs(5);
+            let now = Instant::now();
+            if until > now {
+                tokio::time::sleep(until - now).await;
+            }
+        }
         self.sample_rss();
         if self.expect_running {
             queue = self.queue().await;
