@@ -4,14 +4,16 @@
 //! @tus/server from `interop/` for a share of the trials) through a TCP fault proxy, trial
 //! after trial. Each trial draws from its seed a card, a server and a schedule of faults
 //! (kill -9 at chosen moments, SIGTERM, network and server faults, card and device flaps,
-//! consent toggles, a full state disk, clock-skewed mtimes), heals everything, waits for the
+//! consent toggles, a full state disk, clock-skewed mtimes; and issue 17's: a card swapped for
+//! one reusing names, links out of the card and round a loop, a non-UTF-8 directory, a corrupt
+//! database, zeroed credentials), heals everything, waits for the
 //! daemon to settle and checks from the server's side that every file on the card arrived
 //! exactly once, byte-identical, with exactly the four metadata keys; that the queue agrees;
 //! that the daemon never died unless killed and stayed under 32 MiB. See docs/SOAK.md.
 //!
 //! ```text
 //! soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] [--node-share F]
-//!      [--no-known-defects] [--json FILE] [--jobs N] [--verbose]
+//!      [--no-known-defects] [--json FILE] [--jobs N] [--verbose] [--plans]
 //! ```
 //! A failing trial prints its seed; `soak --seed S --trials 1 --verbose` replays it.
 //! Exit status: 0 when every trial held the invariant, 1 otherwise, 2 on bad usage.
@@ -39,10 +41,11 @@ struct Args {
     json: Option<PathBuf>,
     verbose: bool,
     jobs: usize,
+    plans: bool,
 }
 
 const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] \
-[--node-share F] [--no-known-defects] [--json FILE] [--jobs N] [--verbose]
+[--node-share F] [--no-known-defects] [--json FILE] [--jobs N] [--verbose] [--plans]
 
   --seed S            first trial's seed (default: from the clock); a failing trial's seed
                       replays it alone: soak --seed S --trials 1 --verbose
@@ -55,7 +58,8 @@ const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [-
   --json FILE         also write every trial's outcome as JSON lines
   --jobs N            trials run N at a time (default 1); each has its own daemon, server,
                       proxy and temp dirs, so they do not interfere (but share the CPUs)
-  --verbose           print each trial's faults as they happen";
+  --verbose           print each trial's faults as they happen
+  --plans             print each trial's seed, server and planned fault kinds; run nothing";
 
 fn parse_args() -> Result<Args, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -73,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         json: None,
         verbose: false,
         jobs: 1,
+        plans: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -99,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-known-defects" => args.known_defects = false,
             "--json" => args.json = Some(PathBuf::from(val("--json")?)),
             "--verbose" | "-v" => args.verbose = true,
+            "--plans" => args.plans = true,
             "--jobs" => {
                 args.jobs = val("--jobs")?
                     .parse::<usize>()
@@ -135,6 +141,8 @@ struct Totals {
     bad_metadata: u64,
     queue: u64,
     died: u64,
+    escaped: u64,
+    recovery: u64,
     unsettled: u64,
     extra_creations: u64,
     empty_orphans: u64,
@@ -161,6 +169,8 @@ impl Totals {
         self.bad_metadata += o.bad_metadata.len() as u64;
         self.queue += o.queue.len() as u64;
         self.died += o.died.len() as u64;
+        self.escaped += o.escaped.len() as u64;
+        self.recovery += o.recovery.len() as u64;
         self.unsettled += u64::from(!o.converged);
         self.extra_creations += o.extra_creations as u64;
         self.empty_orphans += o.empty_orphans as u64;
@@ -237,6 +247,14 @@ impl Totals {
                 format!("{}", self.died),
             ),
             (
+                "uploads through a link / from outside the card",
+                format!("{}", self.escaped),
+            ),
+            (
+                "state recovery (corrupt database, zeroed credentials)",
+                format!("{}", self.recovery),
+            ),
+            (
                 "not settled 60 s after the heal",
                 format!("{}", self.unsettled),
             ),
@@ -300,6 +318,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "seed": o.seed, "server": o.server, "faults": o.faults, "files": o.files,
         "bytes": o.bytes, "lost": o.lost, "duplicated": o.duplicated, "corrupt": o.corrupt,
         "bad_metadata": o.bad_metadata, "queue": o.queue, "died": o.died,
+        "escaped": o.escaped, "recovery": o.recovery,
         "converged": o.converged, "extra_creations": o.extra_creations,
         "empty_orphans": o.empty_orphans, "received": o.received,
         "completed_bytes": o.completed_bytes, "peak_rss_kib": o.peak_rss_kib,
@@ -352,6 +371,20 @@ async fn main() {
         args.trials,
         args.daemon.display()
     );
+    if args.plans {
+        let mut seed = args.seed;
+        for i in 0..args.trials {
+            let p = plan::plan(seed, allowed);
+            let kinds: Vec<&str> = p.faults.iter().map(|(_, f)| f.kind()).collect();
+            println!(
+                "trial {i:>4} seed {seed:>20} {:?}: {}",
+                p.server,
+                kinds.join(", ")
+            );
+            seed = next_seed(seed);
+        }
+        return;
+    }
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut seeds = Vec::with_capacity(args.trials as usize);

@@ -219,6 +219,24 @@ impl Server {
         }
     }
 
+    /// Every upload it ever created, terminated ones too (the receiver keeps them).
+    pub fn every_upload(&self) -> Vec<StoredUpload> {
+        match self {
+            Server::Receiver(rx) => rx
+                .uploads()
+                .into_iter()
+                .map(|u| StoredUpload {
+                    data: rx.data_path(&u.id),
+                    id: u.id,
+                    metadata: u.metadata,
+                    length: u.length,
+                    offset: u.offset,
+                })
+                .collect(),
+            Server::TusNode(n) => n.uploads(),
+        }
+    }
+
     /// Creations per storage path: every upload ever created (terminated too), plus those the
     /// receiver forgot (counted by the trial, passed in).
     pub fn creations(&self, forgotten: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {

@@ -78,6 +78,11 @@ pub struct Outcome {
     pub queue: Vec<String>,
     /// Deaths not caused by the harness.
     pub died: Vec<String>,
+    /// Uploads from outside the card (through a link) or under a second path (round a loop).
+    pub escaped: Vec<String>,
+    /// After a corrupt database or zeroed credentials: a daemon that did not come up, consent
+    /// or the account changed, a second pairing refused.
+    pub recovery: Vec<String>,
     /// Everything settled within the limit after the heal.
     pub converged: bool,
     /// Notes: skipped faults, refused starts.
@@ -101,6 +106,8 @@ impl Outcome {
         list("bad metadata", &self.bad_metadata);
         list("queue disagrees", &self.queue);
         list("died", &self.died);
+        list("outside the card", &self.escaped);
+        list("state recovery", &self.recovery);
         if self.peak_rss_kib > RSS_LIMIT_KIB {
             out.push(format!("peak RSS {} KiB over 32 MiB", self.peak_rss_kib));
         }
@@ -183,6 +190,20 @@ struct Trial<'e> {
     forgotten_ids: BTreeSet<String>,
     filler: Option<PathBuf>,
     card_out: bool,
+    /// Card B (the swap's) is in the slot, card A aside.
+    swapped_in: bool,
+    /// Versions that must reach the server besides what is on the card at the end: card B's,
+    /// snapshot when it had settled in the heal. (storage path, content) → size.
+    required: BTreeMap<(String, [u8; 32]), u64>,
+    /// Links made on the card (storage paths of the links themselves).
+    links: Vec<String>,
+    /// Hashes of the files outside the card the links lead to.
+    outside: BTreeSet<[u8; 32]>,
+    /// When the last file was written behind a link: the check waits long enough after it
+    /// for a watcher that followed the link to have queued it (settle, idle, a margin).
+    links_at: Option<Instant>,
+    /// The daemon must be paired again once it runs (after zeroed credentials).
+    needs_pair: bool,
     added: usize,
     out: Outcome,
     start: Instant,
@@ -261,6 +282,12 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         forgotten_ids: BTreeSet::new(),
         filler: None,
         card_out: false,
+        swapped_in: false,
+        required: BTreeMap::new(),
+        links: Vec::new(),
+        outside: BTreeSet::new(),
+        links_at: None,
+        needs_pair: false,
         added: 0,
         out,
         start: Instant::now(),
@@ -321,6 +348,7 @@ impl Trial<'_> {
                 | Fault::HalfOpen { lasts }
                 | Fault::Refuse { lasts }
                 | Fault::CardOut { lasts }
+                | Fault::CardSwap { lasts, .. }
                 | Fault::Charger { lasts }
                 | Fault::Wifi { lasts }
                 | Fault::Recording { lasts }
@@ -393,6 +421,9 @@ impl Trial<'_> {
             Ok(()) => {
                 self.expect_running = true;
                 self.log("daemon started");
+                if self.needs_pair {
+                    self.pair_again().await;
+                }
             }
             Err(e) => {
                 self.daemon.kill(Signal::Kill);
@@ -435,7 +466,9 @@ impl Trial<'_> {
         false
     }
 
-    fn card_files(&self) -> Vec<String> {
+    /// (storage path, path on disk) of every regular file on the card (links not followed),
+    /// sorted.
+    fn card_entries(&self) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         walk(&self.cam.media_root(), &self.cam.media_root(), &mut out);
         out.sort();
@@ -443,6 +476,12 @@ impl Trial<'_> {
     }
 
     fn write_version(&mut self, rel: &str, len: u64, content: u64) -> bool {
+        let path = self.cam.media_path(rel);
+        self.write_at(rel, &path, len, content)
+    }
+
+    /// Writes a version of storage path `rel` at `path` (parents created) and records it.
+    fn write_at(&mut self, rel: &str, path: &Path, len: u64, content: u64) -> bool {
         if self.card_out {
             self.out
                 .notes
@@ -450,7 +489,13 @@ impl Trial<'_> {
             return false;
         }
         let bytes = sample_bytes(content, len as usize);
-        self.cam.write_media(rel, &bytes);
+        if let Some(dir) = path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        if let Err(e) = fs::write(path, &bytes) {
+            self.out.notes.push(format!("{rel}: not written: {e}"));
+            return false;
+        }
         self.versions
             .entry(rel.to_owned())
             .or_default()
@@ -461,6 +506,258 @@ impl Trial<'_> {
     fn new_name(&mut self, prefix: &str) -> String {
         self.added += 1;
         format!("DCIM/100MEDIA/{prefix}{:03}.JPG", self.added)
+    }
+
+    /// SIGTERM; it must exit 0 within 6 s (killed otherwise, and said).
+    async fn stop_term(&mut self) {
+        self.sample_rss();
+        self.daemon.kill(Signal::Term);
+        self.expect_running = false;
+        match self.daemon.wait_exit(Duration::from_secs(6)).await {
+            Some(s) if s.success() => {}
+            Some(s) => self
+                .out
+                .died
+                .push(format!("SIGTERM: exited {s} instead of 0")),
+            None => {
+                self.out
+                    .died
+                    .push("SIGTERM: still running after 6 s (killed)".into());
+                self.daemon.kill(Signal::Kill);
+                let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+            }
+        }
+    }
+
+    /// Pairs again with the same user and token (after zeroed credentials).
+    async fn pair_again(&mut self) {
+        let r = self
+            .api(
+                "PUT",
+                "/v1/account",
+                Some(json!({"user_id": USER_ID, "token": TOKEN})),
+            )
+            .await;
+        match r {
+            Some((200, _)) => {
+                self.needs_pair = false;
+                self.log("paired again");
+            }
+            // The daemon went away meanwhile (a kill): the next start pairs.
+            None => {}
+            Some((code, body)) => {
+                self.needs_pair = false;
+                self.out
+                    .recovery
+                    .push(format!("pairing again refused: {code} {body}"));
+            }
+        }
+    }
+
+    async fn consent_now(&self) -> Option<bool> {
+        match self.api("GET", "/v1/settings", None).await {
+            Some((200, v)) => v["auto_upload"].as_bool(),
+            _ => None,
+        }
+    }
+
+    async fn paired_now(&self) -> Option<bool> {
+        match self.api("GET", "/v1/account", None).await {
+            Some((200, v)) => v["paired"].as_bool(),
+            _ => None,
+        }
+    }
+
+    fn card_a_aside(&self) -> PathBuf {
+        self.cam.root().join("card.a")
+    }
+
+    fn card_b_aside(&self) -> PathBuf {
+        self.cam.root().join("card.b")
+    }
+
+    /// Card A aside, card B in. Card B is made on the first swap: every file then on card A
+    /// under the same storage path, with other bytes and a larger size. With `fresh` (the
+    /// fault, not the heal), a new file is written on card A first, and another version of it
+    /// on card B: one the daemon cannot have uploaded yet, so A's version is still queued when
+    /// B's shows up under its name (the moment issue 17's defect needed).
+    fn swap_to_b(&mut self, fresh: Option<u64>) {
+        if self.swapped_in {
+            return;
+        }
+        let b = self.card_b_aside();
+        let mut w = None;
+        if let Some(content) = fresh {
+            let rel = self.new_name("W");
+            let len = 20_000 + content % 280_000;
+            if self.write_version(&rel, len, content) {
+                w = Some((rel, len));
+            }
+        }
+        if let Some((rel, len)) = w.clone().filter(|_| b.exists()) {
+            // Card B made by an earlier swap: it gets its version of the new name too.
+            let seed = next_seed(fresh.unwrap_or_default() ^ 0xb);
+            let bytes = sample_bytes(seed, (len + 1 + seed % 40_000) as usize);
+            let target = b.join(&rel);
+            if let Some(dir) = target.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            if fs::write(&target, &bytes).is_ok() {
+                self.versions.entry(rel).or_default().push(sha(&bytes));
+            }
+        }
+        if !b.exists() {
+            let content = fresh.unwrap_or_default();
+            let entries = self.card_entries();
+            let root = self.cam.media_root();
+            for (i, (rel, path)) in entries.into_iter().enumerate() {
+                let Ok(inner) = path.strip_prefix(&root) else {
+                    continue;
+                };
+                let seed = next_seed(content ^ i as u64);
+                let len = fs::metadata(&path).map_or(1000, |m| m.len()) + 1 + seed % 40_000;
+                let target = b.join(inner);
+                // Not through write_at: card B is not in the slot yet.
+                let bytes = sample_bytes(seed, len as usize);
+                if let Some(dir) = target.parent() {
+                    let _ = fs::create_dir_all(dir);
+                }
+                if fs::write(&target, &bytes).is_ok() {
+                    self.versions.entry(rel).or_default().push(sha(&bytes));
+                }
+            }
+            let _ = fs::create_dir_all(b.join("DCIM/100MEDIA"));
+        }
+        let (root, a) = (self.cam.media_root(), self.card_a_aside());
+        if fs::rename(&root, &a).is_ok() {
+            if let Err(e) = fs::rename(&b, &root) {
+                let _ = fs::rename(&a, &root);
+                self.out.notes.push(format!("card swap failed: {e}"));
+                return;
+            }
+            self.swapped_in = true;
+        }
+    }
+
+    /// Card B out (kept aside for the heal), card A back in.
+    fn swap_to_a(&mut self) {
+        if !self.swapped_in {
+            return;
+        }
+        let (root, a, b) = (
+            self.cam.media_root(),
+            self.card_a_aside(),
+            self.card_b_aside(),
+        );
+        if fs::rename(&root, &b).is_ok() && fs::rename(&a, &root).is_ok() {
+            self.swapped_in = false;
+        } else {
+            self.out
+                .died
+                .push("harness: could not swap card A back".into());
+        }
+    }
+
+    /// A link out of the card to a directory holding a photo, and a loop back into the card;
+    /// then a photo through the link, and one on the card (reachable again round the loop).
+    fn make_links(&mut self, content: u64) {
+        let n = self.links.len() / 2 + 1;
+        let outside = self.cam.root().join(format!("outside{n}"));
+        let _ = fs::create_dir_all(&outside);
+        let early = sample_bytes(content, 2000 + (content % 5000) as usize);
+        let _ = fs::write(outside.join("SYSTEM.JPG"), &early);
+        self.outside.insert(sha(&early));
+        let dcim = self.cam.media_path("DCIM");
+        let _ = fs::create_dir_all(dcim.join("100MEDIA"));
+        let out_link = format!("DCIM/OUT{n}");
+        let loop_link = format!("DCIM/100MEDIA/LOOP{n}");
+        let _ = std::os::unix::fs::symlink(&outside, self.cam.media_path(&out_link));
+        let _ = std::os::unix::fs::symlink("..", self.cam.media_path(&loop_link));
+        self.links.push(out_link);
+        self.links.push(loop_link);
+        let later = sample_bytes(next_seed(content), 3000 + (content % 7000) as usize);
+        let _ = fs::write(outside.join("LATER.JPG"), &later);
+        self.outside.insert(sha(&later));
+        self.links_at = Some(Instant::now());
+        let rel = self.new_name("L");
+        self.write_version(&rel, 4000 + content % 60_000, next_seed(content ^ 1));
+    }
+
+    /// SIGTERM, garbage over the database (same length), its -wal and -shm gone, restart:
+    /// it must come up with the consent and the account as they were.
+    async fn corrupt_db(&mut self, garbage: u64) {
+        let consent = self.consent_now().await;
+        let paired = self.paired_now().await;
+        self.stop_term().await;
+        let dir = self.cam.state_dir();
+        let db = dir.join("cambackup.db");
+        let len = fs::metadata(&db).map_or(8192, |m| m.len().max(512)) as usize;
+        let mut rng = fastrand::Rng::with_seed(garbage);
+        let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        if let Err(e) = fs::write(&db, junk) {
+            self.out.notes.push(format!("corrupt database: {e}"));
+        }
+        let _ = fs::remove_file(dir.join("cambackup.db-wal"));
+        let _ = fs::remove_file(dir.join("cambackup.db-shm"));
+        self.start_after_state_damage("a corrupt database").await;
+        if !self.expect_running {
+            return;
+        }
+        let (c, p) = (self.consent_now().await, self.paired_now().await);
+        if consent.is_some() && c != consent {
+            self.out.recovery.push(format!(
+                "consent {consent:?} before the corrupt database, {c:?} after"
+            ));
+        }
+        if paired.is_some() && p != paired {
+            self.out.recovery.push(format!(
+                "paired {paired:?} before the corrupt database, {p:?} after"
+            ));
+        }
+    }
+
+    /// SIGTERM, zeros over the credentials, restart: it must come up (health 200) unpaired,
+    /// consent as it was; then paired again with the same user and token.
+    async fn zero_credentials(&mut self) {
+        let consent = self.consent_now().await;
+        self.stop_term().await;
+        let creds = self.cam.state_dir().join("credentials.json");
+        let len = fs::metadata(&creds).map_or(96, |m| m.len().max(1)) as usize;
+        if let Err(e) = fs::write(&creds, vec![0u8; len]) {
+            self.out.notes.push(format!("zeroed credentials: {e}"));
+        }
+        // Started without pairing (it must come up unpaired); from then on paired again by
+        // the harness: here, or at the next start if the daemon goes away meanwhile.
+        self.needs_pair = false;
+        self.start_after_state_damage("zeroed credentials").await;
+        self.needs_pair = true;
+        if !self.expect_running {
+            return;
+        }
+        match self.paired_now().await {
+            Some(false) => {}
+            other => self.out.recovery.push(format!(
+                "after zeroed credentials GET /v1/account says paired {other:?}, not false"
+            )),
+        }
+        let c = self.consent_now().await;
+        if consent.is_some() && c != consent {
+            self.out.recovery.push(format!(
+                "consent {consent:?} before the zeroed credentials, {c:?} after"
+            ));
+        }
+        self.pair_again().await;
+    }
+
+    /// Starts the daemon after its state was damaged: it must come up (not on a full disk).
+    async fn start_after_state_damage(&mut self, what: &str) {
+        self.start_daemon().await;
+        if !self.expect_running && self.filler.is_none() {
+            self.out.recovery.push(format!(
+                "no health 200 within {} s after {what}",
+                START.as_secs()
+            ));
+        }
     }
 
     async fn apply(&mut self, f: Fault) {
@@ -504,25 +801,54 @@ impl Trial<'_> {
                 if !self.expect_running {
                     applied = false;
                 } else {
-                    self.sample_rss();
-                    self.daemon.kill(Signal::Term);
-                    self.expect_running = false;
-                    match self.daemon.wait_exit(Duration::from_secs(6)).await {
-                        Some(s) if s.success() => {}
-                        Some(s) => self
-                            .out
-                            .died
-                            .push(format!("SIGTERM: exited {s} instead of 0")),
-                        None => {
-                            self.out
-                                .died
-                                .push("SIGTERM: still running after 6 s (killed)".into());
-                            self.daemon.kill(Signal::Kill);
-                            let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
-                        }
-                    }
+                    self.stop_term().await;
                     tokio::time::sleep(restart_after).await;
                     self.start_daemon().await;
+                }
+            }
+            Fault::CardSwap { content, .. } => {
+                if self.card_out || self.swapped_in {
+                    applied = false;
+                } else {
+                    self.swap_to_b(Some(content));
+                }
+            }
+            Fault::Symlinks { content } => {
+                if self.card_out {
+                    applied = false;
+                } else {
+                    self.make_links(content);
+                }
+            }
+            Fault::NonUtf8Dir {
+                len,
+                content,
+                backslash,
+            } => {
+                use std::os::unix::ffi::OsStrExt;
+                self.added += 1;
+                let name = if backslash {
+                    format!("U{:03}\\B.JPG", self.added)
+                } else {
+                    format!("U{:03}.JPG", self.added)
+                };
+                let dir = std::ffi::OsStr::from_bytes(b"Caf\xe9");
+                let path = self.cam.media_path("DCIM").join(dir).join(&name);
+                let rel = storage_path(path.strip_prefix(self.cam.media_root()).unwrap_or(&path));
+                applied = self.write_at(&rel, &path, len, content);
+            }
+            Fault::CorruptDb { garbage } => {
+                if !self.expect_running {
+                    applied = false;
+                } else {
+                    self.corrupt_db(garbage).await;
+                }
+            }
+            Fault::ZeroedCredentials => {
+                if !self.expect_running {
+                    applied = false;
+                } else {
+                    self.zero_credentials().await;
                 }
             }
             Fault::Latency { latency, .. } => self.proxy.set_latency(latency),
@@ -584,21 +910,20 @@ impl Trial<'_> {
                 applied = self.write_version(&rel, len, content);
             }
             Fault::RewriteFile { pick, len, content } => {
-                let files = self.card_files();
+                let files = self.card_entries();
                 if files.is_empty() || self.card_out {
                     applied = false;
                 } else {
-                    let rel = files[pick % files.len()].clone();
-                    applied = self.write_version(&rel, len, content);
+                    let (rel, path) = files[pick % files.len()].clone();
+                    applied = self.write_at(&rel, &path, len, content);
                 }
             }
             Fault::DeleteFile { pick } => {
-                let files = self.card_files();
+                let files = self.card_entries();
                 if files.is_empty() || self.card_out {
                     applied = false;
                 } else {
-                    let rel = &files[pick % files.len()];
-                    let _ = fs::remove_file(self.cam.media_path(rel));
+                    let _ = fs::remove_file(&files[pick % files.len()].1);
                 }
             }
             Fault::Charger { .. } => self.cam.set_charging(false),
@@ -657,6 +982,12 @@ impl Trial<'_> {
                 self.cam.set_card_present(true);
                 self.card_out = false;
             }
+            Fault::CardSwap { .. } => {
+                // A card taken out meanwhile (card B) comes back first, then card A returns.
+                self.cam.set_card_present(true);
+                self.card_out = false;
+                self.swap_to_a();
+            }
             Fault::Charger { .. } => self.cam.set_charging(true),
             Fault::Wifi { .. } => self.cam.set_interface("wlan0", true, true),
             Fault::Recording { .. } => self.cam.set_recording(false),
@@ -683,6 +1014,7 @@ impl Trial<'_> {
         }
         self.cam.set_card_present(true);
         self.card_out = false;
+        self.swap_to_a();
         self.cam.set_charging(true);
         self.cam.set_interface("wlan0", true, true);
         self.cam.set_recording(false);
@@ -691,6 +1023,9 @@ impl Trial<'_> {
         }
         self.check_alive().await;
         self.start_daemon().await;
+        if self.needs_pair && self.expect_running {
+            self.pair_again().await;
+        }
         let _ = self
             .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
             .await;
@@ -701,34 +1036,39 @@ impl Trial<'_> {
         let heal_at = SystemTime::now();
         let mut hashes: BTreeMap<String, [u8; 32]> = BTreeMap::new();
         let mut work_at_heal = None;
-        let deadline = Instant::now() + CONVERGE;
-        let mut queue: Vec<Value>;
-        loop {
-            self.check_alive().await;
-            self.sample_rss();
-            let card = self.card_state();
-            let complete = self.complete_uploads(&mut hashes);
-            let all_there = card.iter().all(|(rel, (h, _))| {
-                complete
-                    .iter()
-                    .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h)
-            });
-            work_at_heal.get_or_insert(!all_there);
-            queue = self.queue().await;
-            let busy = queue
-                .iter()
-                .any(|i| matches!(i["state"].as_str(), Some("pending" | "uploading")));
-            if all_there && !busy && self.expect_running {
-                self.out.converged = true;
-                break;
+        let mut converged = true;
+        if self.card_b_aside().exists() {
+            // A card swap happened: card B goes in until it settles (its versions must all
+            // reach the server), then card A comes back (none of A's may go up again).
+            self.log("heal: card B in until it settles");
+            self.swap_to_b(None);
+            let (ok, _) = self.settle(&mut hashes, &mut work_at_heal).await;
+            converged &= ok;
+            let b = self.card_state();
+            self.out.notes.push(format!(
+                "card B in the heal: {} files, {} settled",
+                b.len(),
+                if ok { "all" } else { "not all" }
+            ));
+            for (rel, (h, len)) in b {
+                self.required.insert((rel, h), len);
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.swap_to_a();
+            self.log("heal: card A back");
         }
+        let (ok, mut queue) = self.settle(&mut hashes, &mut work_at_heal).await;
+        self.out.converged = converged && ok;
         // A late duplicate would show within this.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(at) = self.links_at {
+            // A file followed through a link is queued only once it settled (1 s) and the
+            // camera is idle (1 s): give it that, and the upload time, before looking.
+            let until = at + Duration::from_secs(5);
+            let now = Instant::now();
+            if until > now {
+                tokio::time::sleep(until - now).await;
+            }
+        }
         self.sample_rss();
         if self.expect_running {
             queue = self.queue().await;
@@ -756,11 +1096,45 @@ impl Trial<'_> {
         self.evaluate(&queue, &mut hashes);
     }
 
+    /// Waits (at most `CONVERGE`) until every file on the card has a byte-identical complete
+    /// upload and the queue has nothing `pending` or `uploading`; returns whether it did, and
+    /// the queue.
+    async fn settle(
+        &mut self,
+        hashes: &mut BTreeMap<String, [u8; 32]>,
+        work_at_heal: &mut Option<bool>,
+    ) -> (bool, Vec<Value>) {
+        let deadline = Instant::now() + CONVERGE;
+        let mut queue: Vec<Value>;
+        loop {
+            self.check_alive().await;
+            self.sample_rss();
+            let card = self.card_state();
+            let complete = self.complete_uploads(hashes);
+            let all_there = card.iter().all(|(rel, (h, _))| {
+                complete
+                    .iter()
+                    .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h)
+            });
+            work_at_heal.get_or_insert(!all_there);
+            queue = self.queue().await;
+            let busy = queue
+                .iter()
+                .any(|i| matches!(i["state"].as_str(), Some("pending" | "uploading")));
+            if all_there && !busy && self.expect_running {
+                return (true, queue);
+            }
+            if Instant::now() >= deadline {
+                return (false, queue);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     fn card_state(&self) -> BTreeMap<String, ([u8; 32], u64)> {
-        self.card_files()
+        self.card_entries()
             .into_iter()
-            .filter_map(|rel| {
-                let path = self.cam.media_path(&rel);
+            .filter_map(|(rel, path)| {
                 let len = fs::metadata(&path).ok()?.len();
                 Some((rel, (sha_file(&path)?, len)))
             })
@@ -811,6 +1185,42 @@ impl Trial<'_> {
                 self.out.lost.push(format!("{rel} ({})", hex8(h)));
             }
         }
+        // Card B's versions (a swap): each must be there too, keyed by path and content.
+        for ((rel, h), len) in &self.required {
+            if card.get(rel).is_some_and(|(ch, _)| ch == h) {
+                continue;
+            }
+            let there = complete
+                .iter()
+                .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h);
+            if !there {
+                self.out
+                    .lost
+                    .push(format!("{rel} ({}, {len} bytes, on card B)", hex8(h)));
+            }
+        }
+        // Links: nothing through one, complete or not; no content from outside the card.
+        for u in self.server.every_upload() {
+            let path = u.path().unwrap_or_default();
+            if let Some(link) = self
+                .links
+                .iter()
+                .find(|l| path.starts_with(&format!("{l}/")))
+            {
+                self.out.escaped.push(format!(
+                    "upload {} of {path} ({} of {} bytes) went through the link {link}",
+                    u.id, u.offset, u.length
+                ));
+            }
+        }
+        for (p, h, u) in &complete {
+            if self.outside.contains(h) {
+                self.out.escaped.push(format!(
+                    "upload {} ({:?}) holds a file from outside the card",
+                    u.id, p
+                ));
+            }
+        }
         let mut seen: BTreeMap<(String, [u8; 32]), usize> = BTreeMap::new();
         let want: BTreeMap<&str, &str> = [
             ("user_id", USER_ID),
@@ -823,7 +1233,11 @@ impl Trial<'_> {
             let path = p.clone().unwrap_or_default();
             *seen.entry((path.clone(), *h)).or_default() += 1;
             let known = self.versions.get(&path).is_some_and(|v| v.contains(h));
-            if !known {
+            let through_link = self
+                .links
+                .iter()
+                .any(|l| path.starts_with(&format!("{l}/")));
+            if !known && !through_link {
                 self.out.corrupt.push(format!(
                     "{path}: upload {} ({} bytes, {}) is no version written",
                     u.id,
@@ -839,7 +1253,9 @@ impl Trial<'_> {
             let values_ok = want
                 .iter()
                 .all(|(k, v)| u.metadata.get(*k).map(String::as_str) == Some(*v));
-            if !keys_ok || !values_ok {
+            // A name that is not UTF-8 is escaped (`\xNN`), never replaced by U+FFFD.
+            let path_ok = !path.contains('\u{FFFD}');
+            if !keys_ok || !values_ok || !path_ok {
                 self.out
                     .bad_metadata
                     .push(format!("{path}: {:?}", u.metadata));
@@ -908,21 +1324,48 @@ impl Trial<'_> {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let path = e.path();
+        // `file_type` does not follow links: a link on the card is neither a dir nor a file.
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             walk(root, &path, out);
         } else if ft.is_file() {
             if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.to_string_lossy().into_owned());
+                out.push((storage_path(rel), path.clone()));
             }
         }
     }
+}
+
+/// The storage path the daemon must send for `rel` (INTERFACE.md section 6), written here from
+/// the spec rather than taken from the daemon: components joined by `/`, each byte that is not
+/// part of valid UTF-8 written `\xNN` (upper-case hex), a backslash `\x5C`.
+fn storage_path(rel: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for (i, c) in rel.components().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        for chunk in c.as_os_str().as_bytes().utf8_chunks() {
+            for ch in chunk.valid().chars() {
+                if ch == '\\' {
+                    out.push_str("\\x5C");
+                } else {
+                    out.push(ch);
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// Writes zeros until the file system says ENOSPC.
@@ -943,5 +1386,19 @@ fn fill(path: &Path) {
 fn set_mtime(path: &Path, t: SystemTime) {
     if let Ok(f) = fs::File::options().write(true).open(path) {
         let _ = f.set_modified(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn storage_paths_escape_bytes_that_are_not_utf8_and_backslashes() {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(b"DCIM/Caf\xe9/U007\\B.JPG"));
+        assert_eq!(storage_path(rel), r"DCIM/Caf\xE9/U007\x5CB.JPG");
+        let rel = Path::new("DCIM/Café/É.JPG");
+        assert_eq!(storage_path(rel), "DCIM/Café/É.JPG");
     }
 }
