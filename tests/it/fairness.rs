@@ -60,9 +60,18 @@ async fn a_thousand_failing_items_never_delay_a_good_one() {
     rig.expect_uploaded(&[&good], Duration::from_secs(30)).await;
     let took = start.elapsed();
     eprintln!("the good file went up {took:?} after it was written, behind {BAD} failing ones");
+    // 3 s on this machine's own CPU. Under qemu-user (the ARM suites in CI) every instruction
+    // of the daemon is emulated on a machine busy with the tests; the promise is about the
+    // order, not the CPU, so the bound there is looser (the old order, oldest capture first,
+    // took over twice the native bound natively, and grows with the failing items).
+    let limit = if std::env::var_os(testkit::daemon::RUNNER_ENV).is_some() {
+        Duration::from_secs(12)
+    } else {
+        Duration::from_secs(3)
+    };
     assert!(
-        took < Duration::from_secs(3),
-        "the good file took {took:?} behind {BAD} failing ones"
+        took < limit,
+        "the good file took {took:?} behind {BAD} failing ones (limit {limit:?})"
     );
     // And the failing ones are still being tried, not dropped.
     let failing: i64 = db(&state)
