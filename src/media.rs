@@ -91,7 +91,11 @@ fn unescape(s: &str) -> std::ffi::OsString {
             let hex = b
                 .get(i + 2..i + 4)
                 .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            // Only what `escape_name` writes: a byte of a name that is not UTF-8 (0x80 and
+            // up) or a backslash. Anything else (`\x2F`) stays text, so no escape can make a
+            // `/` or a NUL and the mapping stays one-to-one.
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = byte.filter(|v| *v >= 0x80 || *v == b'\\') {
                 out.push(v);
                 i += 4;
                 continue;
@@ -342,6 +346,29 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(f.classify(&sp(path)), want, "{path}");
         }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_map_one_to_one_and_back() {
+        use std::os::unix::ffi::OsStrExt;
+        let cases: &[(&[u8], &str)] = &[
+            (b"DCIM/Caf\xe9/A.JPG", "DCIM/Caf\\xE9/A.JPG"),
+            (b"DCIM/a\\b.JPG", "DCIM/a\\x5Cb.JPG"),
+            (b"DCIM/100%.JPG", "DCIM/100%.JPG"),
+            ("DCIM/été.JPG".as_bytes(), "DCIM/été.JPG"),
+            // Text that looks like an escape is a backslash and text.
+            (b"DCIM/x\\x2F.JPG", "DCIM/x\\x5Cx2F.JPG"),
+        ];
+        let root = Path::new("/card");
+        for (disk, stored) in cases {
+            let p = root.join(std::ffi::OsStr::from_bytes(disk));
+            let sp = StoragePath::under(root, &p).unwrap();
+            assert_eq!(sp.as_str(), *stored);
+            assert_eq!(sp.on_disk(root), p, "{stored}");
+        }
+        // An escape escape_name never writes stays text: no `/` or NUL can be smuggled in.
+        let sp = StoragePath::from_stored("DCIM/a\\x2Fb\\x00.JPG".into());
+        assert_eq!(sp.on_disk(root), root.join("DCIM/a\\x2Fb\\x00.JPG"));
     }
 
     #[test]

@@ -105,8 +105,14 @@ impl App {
         let settings = store.settings(&config.defaults)?;
         client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
+        // Whether the account is known to be gone (no file, or a damaged one erased), as
+        // opposed to unreadable for now.
+        let mut gone = false;
         let account = match credentials::load(&config.state.dir) {
-            Ok(a) => a,
+            Ok(a) => {
+                gone = a.is_none();
+                a
+            }
             // A damaged account file (a power cut between zero-filling and unlinking it while
             // unpairing, or a bad flash block) must not keep the daemon from starting: the
             // app could not even pair again. It is erased, and the device is unpaired.
@@ -115,6 +121,7 @@ impl App {
                 if let Err(e) = credentials::erase(&config.state.dir) {
                     tracing::error!(error = %e, "cannot erase the damaged account file");
                 }
+                gone = true;
                 None
             }
             // Unreadable (an I/O error): unpaired for now, the file left for the next start.
@@ -125,8 +132,9 @@ impl App {
         };
         // Paired before, and the account is gone: an unpairing was cut short (the account
         // file goes first, the rest after). Finish it, so the old account's manual requests
-        // and server uploads never carry on under the next one.
-        if account.is_none() && store.get_kv(PAIRED_KEY)?.is_some() {
+        // and server uploads never carry on under the next one. An account file that is only
+        // unreadable for now (an I/O error) is not a finished unpairing: nothing is erased.
+        if gone && store.get_kv(PAIRED_KEY)?.is_some() {
             tracing::warn!("finishing an unpairing that was interrupted");
             store.erase_account_data()?;
         }
