@@ -1064,3 +1064,79 @@ fn interface_doc_names_what_the_code_has() {
         }
     }
 }
+
+/// Every `attention` code is reachable and shows in `GET /v1/status` with a sentence, and
+/// goes away when what caused it is gone (the end-to-end suite reaches `state_dir_full` and
+/// `clock_not_set` for real; here the daemon's own methods are driven as its loops drive them).
+#[tokio::test]
+async fn every_attention_code_shows_in_status_and_goes_away() {
+    use crate::app::AccountStatus;
+    let h = Harness::start().await;
+    let codes = |v: &Value| -> Vec<String> {
+        v["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert!(!a["message"].as_str().unwrap().is_empty(), "{a}");
+                a["code"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    assert!(codes(&s).is_empty(), "{s:#}");
+
+    h.app
+        .pair(crate::credentials::Pairing {
+            user_id: crate::credentials::UserId::parse("u").unwrap(),
+            token: crate::secret::Secret::new("t"),
+            region: None,
+        })
+        .unwrap();
+    h.app
+        .set_account_status(AccountStatus::Unauthorized("401".into()));
+    h.app.set_media_available(false);
+    h.app.scanned(&crate::scan::Report {
+        unreadable: 2,
+        ..Default::default()
+    });
+    std::fs::write(h.root.join("DCIM/100MEDIA/A.JPG"), b"x").unwrap();
+    h.app.upload(&["DCIM/100MEDIA/A.JPG".to_string()]).unwrap();
+    let id = h.app.store().list(None, 1, 0).unwrap()[0].id;
+    h.app.store().mark_failed(id, "413: too large").unwrap();
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    let got = codes(&s);
+    for want in [
+        "unauthorized",
+        "media_unavailable",
+        "unreadable_files",
+        "items_failed",
+    ] {
+        assert!(got.iter().any(|c| c == want), "{want} missing: {s:#}");
+    }
+
+    h.app
+        .set_account_status(AccountStatus::SubscriptionInactive("402".into()));
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    assert!(
+        codes(&s).iter().any(|c| c == "subscription_inactive"),
+        "{s:#}"
+    );
+
+    // Gone when the cause is.
+    h.app.set_account_status(AccountStatus::Ok);
+    h.app.set_media_available(true);
+    h.app.scanned(&crate::scan::Report::default());
+    h.app.store().retry(id).unwrap();
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    let left = codes(&s);
+    for gone in [
+        "unauthorized",
+        "subscription_inactive",
+        "media_unavailable",
+        "unreadable_files",
+        "items_failed",
+    ] {
+        assert!(!left.iter().any(|c| c == gone), "{gone} stayed: {s:#}");
+    }
+}
