@@ -182,7 +182,7 @@ async fn a_reader_that_stops_early_is_not_an_error() {
     let rig = Rig::start(cam).await;
     rig.go().await;
     rig.rx.wait_for_completed(40, Duration::from_secs(30)).await;
-    let mut child = std::process::Command::new(bin())
+    let mut child = command(&bin())
         .args(["--socket"])
         .arg(rig.cam.socket_path())
         .args(["history"])
