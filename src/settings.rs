@@ -39,12 +39,13 @@ impl NetworkPref {
 }
 
 /// A daily window in the device's local time, `HH:MM-HH:MM`: from the start (included) to the
-/// end (excluded); an end before the start crosses midnight (`22:00-06:00`).
+/// end (excluded); an end before the start crosses midnight (`22:00-06:00`); an end equal to
+/// the start is the whole day (`00:00-00:00`), as a clock that goes round once reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     /// Minutes after midnight, 0..1440.
     pub start: u16,
-    /// Minutes after midnight, 0..1440; never equal to `start`.
+    /// Minutes after midnight, 0..1440; equal to `start` for the whole day.
     pub end: u16,
 }
 
@@ -55,7 +56,7 @@ pub const MAX_CELLULAR_DAILY_MIB: u64 = 1 << 30;
 pub const MAX_WINDOWS: usize = 48;
 
 impl Window {
-    /// From `HH:MM-HH:MM` (00:00 to 23:59 each, not the same).
+    /// From `HH:MM-HH:MM` (00:00 to 23:59 each).
     pub fn parse(s: &str) -> Result<Window, String> {
         let bad = || format!("`{s}` is not a window like \"01:00-07:00\" (HH:MM-HH:MM, 24-hour)");
         let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
@@ -68,17 +69,14 @@ impl Window {
             (h < 24 && m < 60).then_some(h * 60 + m)
         };
         let (start, end) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
-        if start == end {
-            return Err(format!(
-                "`{s}` starts where it ends; an empty schedule means any time"
-            ));
-        }
         Ok(Window { start, end })
     }
 
     /// Whether `minute` (after local midnight) is inside the window.
     pub fn contains(self, minute: u16) -> bool {
-        if self.start < self.end {
+        if self.start == self.end {
+            true
+        } else if self.start < self.end {
             self.start <= minute && minute < self.end
         } else {
             minute >= self.start || minute < self.end
@@ -290,7 +288,8 @@ mod tests {
             ("01:00-07:00", Some((60, 420))),
             ("22:30-06:00", Some((1350, 360))),
             (" 00:00-23:59 ", Some((0, 1439))),
-            ("07:00-07:00", None),
+            // The whole day, the way a clock that goes round once reads it.
+            ("07:00-07:00", Some((420, 420))),
             ("24:00-01:00", None),
             ("1:00-07:00", None),
             ("01:00", None),
@@ -312,6 +311,8 @@ mod tests {
         ] {
             assert_eq!(w.contains(minute), inside, "minute {minute}");
         }
+        let all_day = Window::parse("07:00-07:00").unwrap();
+        assert!([0, 419, 420, 1439].iter().all(|m| all_day.contains(*m)));
         let p: Result<SettingsPatch, _> = serde_json::from_str(r#"{"schedule": ["25:00-01:00"]}"#);
         assert!(p.unwrap_err().to_string().contains("25:00-01:00"));
     }
