@@ -19,6 +19,13 @@ fn all_kinds_pick(now: i64) -> Pick<'static> {
     }
 }
 
+/// Marks item `id` uploading with a tus upload created at `url` (on `up.example`'s endpoint).
+fn started(s: &Store, id: i64, url: &str) {
+    assert!(s.mark_uploading(id).unwrap());
+    s.set_upload_url(id, url, None, "https://up.example/files/")
+        .unwrap();
+}
+
 #[test]
 fn same_file_is_queued_once_and_a_done_file_never_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,14 +452,7 @@ fn a_cancel_outlives_a_rebuild() {
         let s = Store::open(dir.path()).unwrap();
         s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
         let id = s.list(None, 1, 0).unwrap()[0].id;
-        s.mark_uploading(id).unwrap();
-        s.set_upload_url(
-            id,
-            "https://up.example/files/1",
-            None,
-            "https://up.example/files/",
-        )
-        .unwrap();
+        started(&s, id, "https://up.example/files/1");
         s.cancel(id).unwrap();
     }
     corrupt(dir.path());
@@ -473,14 +473,7 @@ fn a_lost_database_with_a_ledger_is_rebuilt_not_started_afresh() {
         let s = Store::open(dir.path()).unwrap();
         s.upsert_files(&[found("A.JPG", 10, 1)]).unwrap();
         let id = s.list(None, 1, 0).unwrap()[0].id;
-        s.mark_uploading(id).unwrap();
-        s.set_upload_url(
-            id,
-            "https://up.example/files/1",
-            None,
-            "https://up.example/files/",
-        )
-        .unwrap();
+        started(&s, id, "https://up.example/files/1");
         s.mark_done(id).unwrap();
     }
     for ext in ["", "-wal", "-shm"] {
