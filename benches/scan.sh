@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Initial scan and enqueue of 100,000 files in 1,000 directories, against `find ROOT -type f`
-# on the same (warm) tree, and the daemon's peak RSS with all of them queued.
+# and `find ROOT -type f -printf '%s %T@ %p\n'` (a stat per file, as the scan needs) on the
+# same (warm) tree, and the daemon's peak RSS with all of them queued.
+# The finds and the daemon alternate, ROUNDS times; figures are medians with the range. With
+# A set, that build's scan runs in every round too (before/after, side by side).
 #
-#   benches/scan.sh            # 1000 dirs x 100 files
-#   DIRS=100 PER_DIR=100 benches/scan.sh
+#   benches/scan.sh                                   # this tree's release build, 5 rounds
+#   A=/tmp/cambackup-before benches/scan.sh           # and an older build alongside
+#   DIRS=100 PER_DIR=100 ROUNDS=3 benches/scan.sh
 #
 # Prints one line per figure; docs/PERFORMANCE.md records a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-1000}
 PER_DIR=${PER_DIR:-100}
-cargo build --release --quiet --bin cambackup
-BIN=$PWD/target/release/cambackup
+ROUNDS=${ROUNDS:-5}
+if [ -z "${B:-}" ]; then
+  cargo build --release --quiet --bin cambackup
+  B=$PWD/target/release/cambackup
+fi
 T=$(mktemp -d)
-trap 'kill $PID 2>/dev/null || true; rm -rf "$T"' EXIT
 PID=
+trap 'if [ -n "$PID" ]; then kill $PID 2>/dev/null || true; fi; rm -rf "$T"' EXIT
 python3 - "$T/card" "$DIRS" "$PER_DIR" <<'PY'
 import os, sys, time
 root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -28,7 +35,7 @@ for d in range(dirs):
             fh.write(b"x" * (f % 7))
         os.utime(fn, (old, old))
 PY
-mkdir -p "$T/sys" "$T/proc" "$T/state"
+mkdir -p "$T/sys" "$T/proc"
 cat > "$T/c.toml" <<TOML
 [device]
 type = "bench"
@@ -46,39 +53,65 @@ socket = "$T/ctl.sock"
 dir = "$T/state"
 TOML
 files=$((DIRS * PER_DIR))
-find "$T/card" -type f >/dev/null   # warm the cache for both
-best_find=999999
-for _ in 1 2 3; do
-  s=$(date +%s%N); find "$T/card" -type f >/dev/null; e=$(date +%s%N)
-  ms=$(( (e - s) / 1000000 )); [ "$ms" -lt "$best_find" ] && best_find=$ms
+find "$T/card" -type f >/dev/null   # warm the cache for all
+
+ms_of() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+
+# Starts `bin` (keeping the state dir when $2 is "keep"), waits for the scan's log line, and
+# prints "took_ms walk_ms write_ms queued VmHWM_kB".
+daemon_scan() {
+  local bin=$1
+  if [ "${2:-}" != keep ]; then rm -rf "$T/state"; fi
+  mkdir -p "$T/state"
+  rm -f "$T/ctl.sock"
+  CAMBACKUP_LOG=info "$bin" daemon --config "$T/c.toml" 2>"$T/log" &
+  PID=$!
+  for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log" && break; sleep 0.05; done
+  local line
+  line=$(grep -m1 "scanned the card" "$T/log")
+  sleep 1
+  local hwm
+  hwm=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
+  kill -TERM $PID
+  wait $PID || true
+  PID=
+  echo "$(sed -E 's/.*took_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*walk_ms=([0-9]+).*/\1/' <<<"$line") \
+$(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+).*/\1/' <<<"$line") $hwm"
+}
+
+for _ in $(seq 1 "$ROUNDS"); do
+  ms_of find "$T/card" -type f >>"$T/find"
+  ms_of find "$T/card" -type f -printf '%s %T@ %p\n' >>"$T/findstat"
+  if [ -n "${A:-}" ]; then daemon_scan "$A" >>"$T/scanA"; fi
+  daemon_scan "$B" >>"$T/scanB"
+  # A second start: the queue is full, the scan finds nothing new (the restart case).
+  daemon_scan "$B" keep >>"$T/rescanB"
 done
-# find with the same stat per file the scan needs (size and mtime are a file's identity).
-best_stat=999999
-for _ in 1 2 3; do
-  s=$(date +%s%N); find "$T/card" -type f -printf '%s %T@ %p\n' >/dev/null; e=$(date +%s%N)
-  ms=$(( (e - s) / 1000000 )); [ "$ms" -lt "$best_stat" ] && best_stat=$ms
-done
-CAMBACKUP_LOG=info "$BIN" daemon --config "$T/c.toml" 2>"$T/log" &
-PID=$!
-for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log" && break; sleep 0.1; done
-scan_ms=$(grep -m1 "scanned the card" "$T/log" | sed -E 's/.*took_ms=([0-9]+).*/\1/')
-queued=$(grep -m1 "scanned the card" "$T/log" | sed -E 's/.*queued=([0-9]+).*/\1/')
-sleep 1
-hwm=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
-rss=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
-kill -TERM $PID; wait $PID || true; PID=
-# A second start: the queue is full, the scan finds nothing new (the restart case).
-"$BIN" daemon --config "$T/c.toml" 2>"$T/log2" &
-PID=$!
-for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log2" && break; sleep 0.1; done
-rescan_ms=$(grep -m1 "scanned the card" "$T/log2" | sed -E 's/.*took_ms=([0-9]+).*/\1/')
-sleep 1
-hwm2=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
-kill -TERM $PID; wait $PID || true; PID=
-echo "files:                      $files in $DIRS directories"
-echo "find -type f (best of 3):   ${best_find} ms"
-echo "find -printf size,mtime:    ${best_stat} ms (best of 3)"
-echo "initial scan + enqueue:     ${scan_ms} ms (${queued} queued)  ratio $(python3 -c "print(round($scan_ms/max($best_find,1),2))")x find, $(python3 -c "print(round($scan_ms/max($best_stat,1),2))")x find-with-stat"
-echo "rescan, all known:          ${rescan_ms} ms  ratio $(python3 -c "print(round($rescan_ms/max($best_find,1),2))")x"
-echo "peak RSS, first start:      $((hwm / 1024)) MiB (VmHWM ${hwm} kB; VmRSS after ${rss} kB)"
-echo "peak RSS, restart w/ queue: $((hwm2 / 1024)) MiB (VmHWM ${hwm2} kB)"
+
+python3 - "$T" "$files" "$DIRS" "${A:-}" "$B" <<'PY'
+import statistics, sys
+t, files, dirs, a, b = sys.argv[1:6]
+def col(name, i):
+    try:
+        return [int(l.split()[i]) for l in open(f"{t}/{name}")]
+    except FileNotFoundError:
+        return None
+def fig(v):
+    return f"{statistics.median(v):.0f} ms (range {min(v)}-{max(v)})"
+find, fstat = col("find", 0), col("findstat", 0)
+print(f"files:                      {files} in {dirs} directories, {len(find)} rounds")
+print(f"find -type f:               {fig(find)}")
+print(f"find -printf size,mtime:    {fig(fstat)}")
+for label, name, binary in [("A", "scanA", a), ("B", "scanB", b)]:
+    took = col(name, 0)
+    if took is None:
+        continue
+    m = statistics.median(took)
+    print(f"{label} initial scan + enqueue:   {fig(took)}: {m / statistics.median(find):.2f}x find, "
+          f"{m / statistics.median(fstat):.2f}x find-with-stat; walk {fig(col(name, 1))}, "
+          f"write {fig(col(name, 2))}; {col(name, 3)[0]} queued; peak RSS "
+          f"{max(col(name, 4)) / 1024:.1f} MiB  [{binary}]")
+re = col("rescanB", 0)
+print(f"B rescan, all known:        {fig(re)}: {statistics.median(re) / statistics.median(fstat):.2f}x "
+      f"find-with-stat; peak RSS {max(col('rescanB', 4)) / 1024:.1f} MiB")
+PY

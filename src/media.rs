@@ -63,6 +63,11 @@ pub enum PathError {
 /// Appends the storage-path form of one name on disk (see the module's doc).
 fn escape_name(name: &std::ffi::OsStr, out: &mut String) {
     use std::os::unix::ffi::OsStrExt;
+    // Nearly every name on a card is UTF-8 without a backslash: copied whole.
+    if let Some(s) = name.to_str().filter(|s| !s.contains('\\')) {
+        out.push_str(s);
+        return;
+    }
     for chunk in name.as_bytes().utf8_chunks() {
         for c in chunk.valid().chars() {
             if c == '\\' {
@@ -159,6 +164,24 @@ impl StoragePath {
             return Err(PathError::Empty(shown()));
         }
         Ok(StoragePath(out))
+    }
+
+    /// The storage path of `name` inside the directory `parent` (`None`: the media root), as a
+    /// walk reading directory entries finds it: one allocation, no parsing of the whole path.
+    /// `None` for what no directory entry names (empty, `.`, `..`, a name with a `/`).
+    pub fn child(parent: Option<&StoragePath>, name: &std::ffi::OsStr) -> Option<StoragePath> {
+        use std::os::unix::ffi::OsStrExt;
+        let b = name.as_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+            return None;
+        }
+        let mut out = String::with_capacity(parent.map_or(0, |p| p.0.len() + 1) + b.len());
+        if let Some(p) = parent {
+            out.push_str(&p.0);
+            out.push('/');
+        }
+        escape_name(name, &mut out);
+        Some(StoragePath(out))
     }
 
     /// From a path under `root` (absolute, as the watcher reports it).
@@ -324,6 +347,31 @@ mod tests {
 
     fn sp(s: &str) -> StoragePath {
         StoragePath::from_relative(Path::new(s)).unwrap()
+    }
+
+    #[test]
+    fn a_child_is_named_as_the_whole_path_would_be() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = sp("DCIM/100MEDIA");
+        for name in [
+            &b"IMG_0001.JPG"[..],
+            "ünï cødé.mp4".as_bytes(),
+            b"back\\slash.jpg",
+            b"\xc9t\xe9.JPG",
+        ] {
+            let name = std::ffi::OsStr::from_bytes(name);
+            let whole = StoragePath::from_relative(&Path::new("DCIM/100MEDIA").join(name));
+            assert_eq!(StoragePath::child(Some(&dir), name), Some(whole.unwrap()));
+            let top = StoragePath::from_relative(Path::new(name)).unwrap();
+            assert_eq!(StoragePath::child(None, name), Some(top));
+        }
+        for name in ["", ".", "..", "a/b"] {
+            assert_eq!(
+                StoragePath::child(Some(&dir), name.as_ref()),
+                None,
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,12 +7,12 @@
 //! database sees a handful of transactions (batches of [`BATCH`]), not one per file.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::media::{mtime_ns, MediaFilter, StoragePath};
-use crate::store::{self, FoundFile, ItemState, Store, StoreError};
+use crate::store::{self, FoundFile, Store, StoreError};
 
 /// Files per database transaction.
 pub const BATCH: usize = 2000;
@@ -60,6 +60,10 @@ pub fn media_present(root: &Path) -> bool {
 
 /// Walks `dir` (the root or a subdirectory of it) and returns settled media files and recent
 /// ones. Never follows symlinks; skips excluded and hidden directories.
+///
+/// Per entry it costs what `find -printf '%s %T@'` costs (a `statx` relative to the directory,
+/// and only for media files) plus one allocation: each name's storage path is its directory's
+/// plus the name, never re-derived from the whole path (docs/PERFORMANCE.md, "Scan").
 pub fn walk(
     root: &Path,
     dir: &Path,
@@ -69,8 +73,25 @@ pub fn walk(
     mut seen: impl FnMut(Seen),
 ) -> u64 {
     let mut unreadable = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
+    let now_ns = match now.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    let settle_ns = settle.as_nanos() as i128;
+    let top = if dir == root {
+        None
+    } else {
+        match StoragePath::under(root, dir) {
+            Ok(sp) => Some(sp),
+            Err(e) => {
+                tracing::warn!(error = %e, "not walking a directory outside the media root");
+                return 1;
+            }
+        }
+    };
+    // Directories still to read: where each is, and its storage path (`None`: the root).
+    let mut stack = vec![(dir.to_path_buf(), top)];
+    while let Some((d, dsp)) = stack.pop() {
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
@@ -79,21 +100,25 @@ pub fn walk(
                 continue;
             }
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
+        // In name order: the files reach the database in nearly the order of its path index,
+        // so its inserts land on the same few pages (a third less work than directory order).
+        let mut entries: Vec<_> = entries.flatten().map(|e| (e.file_name(), e)).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let subdirs = stack.len();
+        for (name, entry) in entries {
             // `file_type` comes from the directory entry (d_type): no stat, no symlink followed.
             let Ok(ft) = entry.file_type() else {
                 unreadable += 1;
                 continue;
             };
-            let Ok(sp) = StoragePath::under(root, &path) else {
-                tracing::warn!(path = %path.display(), "skipping a name the media root cannot hold");
+            let Some(sp) = StoragePath::child(dsp.as_ref(), &name) else {
+                tracing::warn!(dir = %d.display(), name = ?name, "skipping a name the media root cannot hold");
                 unreadable += 1;
                 continue;
             };
             if ft.is_dir() {
                 if !filter.skip_dir(&sp) {
-                    stack.push(path);
+                    stack.push((d.join(&name), Some(sp)));
                 }
                 continue;
             }
@@ -103,17 +128,17 @@ pub fn walk(
             let Some(kind) = filter.classify_in_checked_dir(&sp) else {
                 continue;
             };
+            // `statx` relative to the directory, not following a link (std's `DirEntry`).
             let Ok(meta) = entry.metadata() else {
                 unreadable += 1;
                 continue;
             };
             let mtime = mtime_ns(&meta);
-            let age = now
-                .duration_since(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH))
-                .unwrap_or(Duration::ZERO);
-            if age < settle {
+            // A file dated in the future (a clock set back) is as recent as can be.
+            let age = (now_ns - i128::from(mtime)).max(0);
+            if age < settle_ns {
                 seen(Seen::Recent(Recent {
-                    path,
+                    path: d.join(&name),
                     size: meta.len(),
                     mtime_ns: mtime,
                 }));
@@ -126,6 +151,8 @@ pub fn walk(
                 }));
             }
         }
+        // Popped in name order next.
+        stack[subdirs..].reverse();
     }
     unreadable
 }
@@ -134,6 +161,38 @@ fn hash_of(parts: impl Hash) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     parts.hash(&mut h);
     h.finish()
+}
+
+/// The hasher of sets whose keys are [`hash_of`] values already: hashing them a second time
+/// (std's default hasher) would double the hashing per file for nothing.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys come here (`write_u64`); anything else still hashes, if poorly.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A set of [`hash_of`] values.
+type Hashes = HashSet<u64, BuildHasherDefault<Prehashed>>;
+
+/// An open item as the scan found it in the queue before walking: judged after the walk.
+struct OpenItem {
+    id: i64,
+    version: u64,
+    path: u64,
 }
 
 /// The full scan. Walking and writing overlap: the walk runs on this thread and hands batches
@@ -147,23 +206,34 @@ pub fn scan(
     let now = SystemTime::now();
     let mut report = Report::default();
     // What the reconcile step needs to know, in 8 bytes a file rather than the paths.
-    let mut seen_versions: HashSet<u64> = HashSet::new();
-    let mut seen_paths: HashSet<u64> = HashSet::new();
+    let mut seen_versions = Hashes::default();
+    let mut seen_paths = Hashes::default();
     let present = media_present(root);
-    // Items queued while the walk runs (a manual upload, the settler) were not judged by it.
-    let last_id = store.max_item_id()?;
     // What the queue already holds, as hashes: a known file costs no database write, and a
-    // new path needs no look for an older version to replace.
-    let mut known_versions: HashSet<u64> = HashSet::new();
-    let mut known_paths: HashSet<u64> = HashSet::new();
-    store.for_each_identity(|path, size, mtime, revivable| {
-        if !revivable {
-            known_versions.insert(hash_of((path, size, mtime)));
+    // new path needs no look for an older version to replace. The open items among them are
+    // the ones the walk judges; items queued while it runs (a manual upload, the settler)
+    // were not seen by this snapshot and are left alone.
+    let mut known_versions = Hashes::default();
+    let mut known_paths = Hashes::default();
+    let mut open = Vec::new();
+    store.for_each_identity(|it| {
+        let version = hash_of((it.path, it.size, it.mtime_ns));
+        let path = hash_of(it.path);
+        if !it.revivable {
+            known_versions.insert(version);
         }
-        known_paths.insert(hash_of(path));
+        known_paths.insert(path);
+        if it.open {
+            open.push(OpenItem {
+                id: it.id,
+                version,
+                path,
+            });
+        }
     })?;
     let (known_versions, known_paths) = (&known_versions, &known_paths);
 
+    let wide = store.wide_checkpoints();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
     let queued = std::thread::scope(|s| {
         let writer = s.spawn(move || {
@@ -223,41 +293,35 @@ pub fn scan(
         report.unreadable = unreadable;
         writer.join().expect("scan writer thread panicked")
     })?;
+    drop(wide);
     report.queued = queued.0;
     report.write = queued.1;
 
     if present {
-        report.dropped = reconcile(store, &seen_versions, &seen_paths, last_id)?;
+        report.dropped = reconcile(store, &open, &seen_versions, &seen_paths)?;
     }
     Ok(report)
 }
 
-/// Drops pending and failed items whose file version was not seen: deleted, or replaced by a
-/// newer version (which the scan queued or the settler will).
+/// Drops the open items (of the snapshot taken before the walk) whose file version was not
+/// seen: deleted, or replaced by a newer version (which the scan queued or the settler will).
+/// Only items still pending or failed by now are touched ([`Store::mark_skipped_many`]).
 fn reconcile(
     store: &Store,
-    versions: &HashSet<u64>,
-    paths: &HashSet<u64>,
-    last_id: i64,
+    open: &[OpenItem],
+    versions: &Hashes,
+    paths: &Hashes,
 ) -> Result<usize, StoreError> {
     let mut deleted = Vec::new();
     let mut replaced = Vec::new();
-    for state in [ItemState::Pending, ItemState::Failed] {
-        let mut after = 0;
-        loop {
-            let page = store.list(Some(state), 1000, after)?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            for it in page.iter().filter(|it| it.id <= last_id) {
-                if versions.contains(&hash_of((it.storage_path.as_str(), it.size, it.mtime_ns))) {
-                    continue;
-                }
-                if paths.contains(&hash_of(it.storage_path.as_str())) {
-                    replaced.push(it.id);
-                } else {
-                    deleted.push(it.id);
-                }
-            }
+    for it in open {
+        if versions.contains(&it.version) {
+            continue;
+        }
+        if paths.contains(&it.path) {
+            replaced.push(it.id);
+        } else {
+            deleted.push(it.id);
         }
     }
     Ok(store.mark_skipped_many(&deleted, store::REASON_DELETED)?
@@ -268,6 +332,7 @@ fn reconcile(
 mod tests {
     use super::*;
     use crate::config;
+    use crate::store::ItemState;
 
     fn filter() -> MediaFilter {
         config::Media::default().filter

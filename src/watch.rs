@@ -230,7 +230,13 @@ pub async fn run(app: Arc<App>) {
                 identity = id;
                 watcher = None;
                 if id.is_some() {
-                    match watch(&root, tx.clone()) {
+                    // notify walks the whole card to add a watch per directory and blocks its
+                    // caller meanwhile: off the runtime thread, which also answers the API.
+                    let (r, t) = (root.clone(), tx.clone());
+                    let added = tokio::task::spawn_blocking(move || watch(&r, t))
+                        .await
+                        .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
+                    match added {
                         Ok(w) => watcher = Some(w),
                         Err(e) => tracing::error!(root = %root.display(), error = %e,
                             "cannot watch the media root; relying on the periodic rescan"),

@@ -93,6 +93,28 @@ pub struct FoundFile {
     pub mtime_ns: i64,
 }
 
+/// Checkpoints spaced wider while it lives ([`Store::wide_checkpoints`]).
+pub struct WideCheckpoints<'a>(&'a Store);
+
+impl Drop for WideCheckpoints<'_> {
+    fn drop(&mut self) {
+        self.0.set_checkpoint_pages(CHECKPOINT_PAGES);
+    }
+}
+
+/// One item's identity and whether the scan may touch it ([`Store::for_each_identity`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub id: i64,
+    pub path: &'a str,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Pending, uploading or failed: still to be sent, so dropped if its file is gone.
+    pub open: bool,
+    /// Dropped as deleted or replaced: queued again if its very file is seen.
+    pub revivable: bool,
+}
+
 /// One queue item, as the database holds it (the API's copy is `control::views::ItemView`).
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -183,6 +205,11 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection, read-only, for the reads the runtime thread makes (what the
+    /// control API shows, what the scheduler picks). In WAL mode a reader never waits for a
+    /// writer, so a scan's write batch or an upload's durable write does not hold up
+    /// `GET /v1/status` (benches/scan_api.sh); it sees every committed write.
+    read: Arc<Mutex<Connection>>,
     path: PathBuf,
     dir: PathBuf,
     /// The database was found corrupt (or lost) at open and rebuilt.
@@ -270,8 +297,13 @@ impl Store {
                 std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
             }
         }
+        let read = open_reader(&path).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
+            read: Arc::new(Mutex::new(read)),
             path,
             dir: dir.to_path_buf(),
             rebuilt,
@@ -473,6 +505,12 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The read-only connection (see [`Store::read`]'s field): for single reads whose answer
+    /// needs no transaction with a write.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
@@ -542,7 +580,37 @@ impl Store {
                  WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
             )?;
             let mut added = 0;
-            for f in files {
+            // Files at paths the queue has never held go in `INSERT_ROWS` to a statement: one
+            // statement's overhead per row is most of a first scan's write time. A row the
+            // insert ignored (that very version was queued since the caller looked) gets the
+            // one-by-one treatment below: revived if it had been dropped.
+            let (new, known): (Vec<&FoundFile>, Vec<&FoundFile>) =
+                files.iter().partition(|f| !path_known(f));
+            for rows in new.chunks(INSERT_ROWS) {
+                let mut many = tx.prepare_cached(&insert_rows_sql(rows.len()))?;
+                for (i, f) in rows.iter().enumerate() {
+                    let at = i * 5;
+                    many.raw_bind_parameter(at + 1, f.path.as_str())?;
+                    many.raw_bind_parameter(at + 2, f.kind.as_str())?;
+                    many.raw_bind_parameter(at + 3, f.size as i64)?;
+                    many.raw_bind_parameter(at + 4, f.mtime_ns)?;
+                    many.raw_bind_parameter(at + 5, now)?;
+                }
+                let n = many.raw_execute()?;
+                added += n;
+                if n < rows.len() {
+                    for f in rows {
+                        added += revive.execute(params![
+                            f.path.as_str(),
+                            f.size as i64,
+                            f.mtime_ns,
+                            REASON_DELETED,
+                            REASON_REPLACED
+                        ])?;
+                    }
+                }
+            }
+            for f in known {
                 let n = insert.execute(params![
                     f.path.as_str(),
                     f.kind.as_str(),
@@ -552,10 +620,8 @@ impl Store {
                 ])?;
                 if n == 1 {
                     added += 1;
-                    if path_known(f) {
-                        let id = tx.last_insert_rowid();
-                        supersede.execute(params![f.path.as_str(), id, REASON_REPLACED])?;
-                    }
+                    let id = tx.last_insert_rowid();
+                    supersede.execute(params![f.path.as_str(), id, REASON_REPLACED])?;
                 } else {
                     added += revive.execute(params![
                         f.path.as_str(),
@@ -570,14 +636,29 @@ impl Store {
         })
     }
 
+    /// Spaces checkpoints wider ([`SCAN_CHECKPOINT_PAGES`]) until the guard is dropped: for a
+    /// scan's run of write batches. The WAL grows to 16 MiB at most meanwhile and is folded
+    /// back (and truncated to 1 MiB) by the next checkpoint after.
+    pub fn wide_checkpoints(&self) -> WideCheckpoints<'_> {
+        self.set_checkpoint_pages(SCAN_CHECKPOINT_PAGES);
+        WideCheckpoints(self)
+    }
+
+    fn set_checkpoint_pages(&self, pages: i64) {
+        // Only a pace: if it cannot be set, checkpoints keep the pace they had.
+        if let Err(e) = self.conn().pragma_update(None, "wal_autocheckpoint", pages) {
+            tracing::warn!(error = %e, pages, "cannot set the checkpoint interval");
+        }
+    }
+
     /// Every item's identity, for the scan to tell known files from new ones without a
-    /// database write: `(storage_path, size, mtime_ns, revivable)` where revivable means it was
-    /// dropped as deleted or replaced and would be queued again if the file is there.
-    pub fn for_each_identity(&self, mut f: impl FnMut(&str, u64, i64, bool)) -> Result<()> {
+    /// database write, and to know which open items to look for on the card.
+    pub fn for_each_identity(&self, mut f: impl FnMut(Identity<'_>)) -> Result<()> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT storage_path, size, mtime_ns,
+                "SELECT id, storage_path, size, mtime_ns,
+                   state IN ('pending', 'uploading', 'failed'),
                    COALESCE(state = 'skipped' AND last_error IN (?1, ?2), 0)
                  FROM items",
             )
@@ -586,14 +667,23 @@ impl Store {
             .query([REASON_DELETED, REASON_REPLACED])
             .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let id: i64 = r.get(0).map_err(|e| self.err(e))?;
             let path: &str = r
-                .get_ref(0)
+                .get_ref(1)
                 .and_then(|v| v.as_str().map_err(Into::into))
                 .map_err(|e| self.err(e))?;
-            let size: i64 = r.get(1).map_err(|e| self.err(e))?;
-            let mtime: i64 = r.get(2).map_err(|e| self.err(e))?;
-            let revivable: bool = r.get(3).map_err(|e| self.err(e))?;
-            f(path, size as u64, mtime, revivable);
+            let size: i64 = r.get(2).map_err(|e| self.err(e))?;
+            let mtime_ns: i64 = r.get(3).map_err(|e| self.err(e))?;
+            let open: bool = r.get(4).map_err(|e| self.err(e))?;
+            let revivable: bool = r.get(5).map_err(|e| self.err(e))?;
+            f(Identity {
+                id,
+                path,
+                size: size as u64,
+                mtime_ns,
+                open,
+                revivable,
+            });
         }
         Ok(())
     }
@@ -652,7 +742,7 @@ impl Store {
             "SELECT ".to_string() + ITEM_COLUMNS,
             "ORDER BY manual DESC, attempts ASC, mtime_ns ASC, id ASC LIMIT 1",
         );
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_row(rusqlite::params_from_iter(args), read_item)
             .optional()
@@ -666,16 +756,8 @@ impl Store {
             ..pick.clone()
         };
         let (sql, args) = pick_sql(&later, "SELECT MIN(next_attempt_at)".into(), "");
-        let conn = self.conn();
+        let conn = self.reader();
         conn.query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))
-            .map_err(|e| self.err(e))
-    }
-
-    /// The highest item id so far (0 for an empty queue): the scan reconciles only items that
-    /// existed when it started.
-    pub fn max_item_id(&self) -> Result<i64> {
-        self.conn()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM items", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
 
@@ -697,7 +779,7 @@ impl Store {
 
     /// Whether any item waits to be uploaded (cheap: one index probe).
     pub fn has_pending(&self) -> Result<bool> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM items WHERE state = 'pending')",
                 [],
@@ -708,7 +790,7 @@ impl Store {
 
     /// One item by id.
     pub fn item(&self, id: i64) -> Result<Option<Item>> {
-        self.conn()
+        self.reader()
             .query_row(
                 &format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"),
                 [id],
@@ -720,7 +802,7 @@ impl Store {
 
     /// Lists items, optionally of one state, in id order after `after`.
     pub fn list(&self, state: Option<ItemState>, limit: u32, after: i64) -> Result<Vec<Item>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS} FROM items
@@ -750,7 +832,7 @@ impl Store {
     /// Counts and bytes per state: a few rows the triggers of migration 4 keep current, not a
     /// count of the whole queue.
     pub fn counts(&self) -> Result<QueueCounts> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT state, n, size - sent, size FROM queue_counts")
             .map_err(|e| self.err(e))?;
@@ -791,7 +873,7 @@ impl Store {
     /// When the last upload completed (unix seconds), from the history: one probe of its
     /// time index. `None` when nothing was uploaded (or the history was erased by unpairing).
     pub fn last_success_at(&self) -> Result<Option<i64>> {
-        self.conn()
+        self.reader()
             .prepare_cached("SELECT MAX(completed_at) FROM history")
             .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))
@@ -800,7 +882,7 @@ impl Store {
     /// The earliest time a pending item waiting on a back-off becomes due (later than `now`):
     /// one seek in the `(state, next_attempt_at)` index, never a scan of the queue.
     pub fn next_backoff_at(&self, now: i64) -> Result<Option<i64>> {
-        self.conn()
+        self.reader()
             .prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM items
                  WHERE state = 'pending' AND next_attempt_at > ?1",
@@ -1086,7 +1168,7 @@ impl Store {
 
     /// Completed uploads, newest first.
     pub fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT storage_path, size, completed_at FROM history
@@ -1348,6 +1430,40 @@ fn pick_sql(pick: &Pick<'_>, select: String, tail: &str) -> (String, Vec<rusqlit
     (sql, args)
 }
 
+/// WAL pages between automatic checkpoints (1 MiB).
+const CHECKPOINT_PAGES: i64 = 256;
+
+/// WAL pages between checkpoints while a scan writes its batches (16 MiB): each checkpoint
+/// costs two `fsync`s and rewrites the pages every batch touches again, so a first scan of
+/// 100,000 files made twenty of them at 1 MiB.
+const SCAN_CHECKPOINT_PAGES: i64 = 4096;
+
+/// Rows per `INSERT` statement when the scan queues new files.
+const INSERT_ROWS: usize = 64;
+
+/// `INSERT OR IGNORE` of `rows` new items, five parameters each (path, kind, size, mtime,
+/// queued at).
+fn insert_rows_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at) VALUES ",
+    );
+    for i in 0..rows {
+        let at = i * 5;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{})",
+            at + 1,
+            at + 2,
+            at + 3,
+            at + 4,
+            at + 5
+        ));
+    }
+    sql
+}
+
 fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -1363,7 +1479,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     // size: on a small state partition a WAL that only grows is what fills it.
     // A checkpoint every 256 pages (1 MiB) rather than SQLite's 1,000 bounds the WAL's size.
     conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
-    conn.pragma_update(None, "wal_autocheckpoint", 256)?;
+    conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     // 4 MiB of page cache (SQLite's default is 2): enough for the hot index pages of a
     // 100,000-item queue, still well inside the daemon's memory budget.
     conn.pragma_update(None, "cache_size", -4096)?;
@@ -1375,6 +1491,16 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
         ));
     }
     migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// The read-only second connection, opened after [`open_checked`] made the file sound and
+/// current. `query_only` makes a write through it an error rather than a second writer.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    // Its reads are small (counts, a page of the queue): SQLite's default cache is plenty.
     Ok(conn)
 }
 

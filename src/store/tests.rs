@@ -575,3 +575,65 @@ fn the_cellular_count_adds_up_per_day_and_survives_reopen() {
     assert_eq!(s.add_cellular_use(20_001, 0).unwrap(), 0, "a new day");
     assert_eq!(s.add_cellular_use(20_001, 5).unwrap(), 5);
 }
+
+#[test]
+fn the_status_reads_answer_while_a_write_transaction_is_open_and_see_only_what_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.upsert_files(&[found("DCIM/A.JPG", 10, 1)]).unwrap();
+    // A scan's write batch in progress: the writer connection is taken until it commits.
+    let seen_during = s
+        .tx(|tx| {
+            tx.execute(
+                "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at)
+                 VALUES ('DCIM/B.JPG', 'photo', 20, 2, 0)",
+                [],
+            )?;
+            let (back, answer) = std::sync::mpsc::channel();
+            let reader = s.clone();
+            std::thread::spawn(move || {
+                let _ = back.send((
+                    reader.counts().unwrap().pending,
+                    reader.list(None, 10, 0).unwrap().len(),
+                    reader.has_pending().unwrap(),
+                ));
+            });
+            // Through the writer's connection this would wait for the commit below: forever.
+            Ok(answer
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("a read waited for the write transaction"))
+        })
+        .unwrap();
+    assert_eq!(
+        seen_during,
+        (1, 1, true),
+        "the uncommitted insert is not seen"
+    );
+    assert_eq!(s.counts().unwrap().pending, 2, "the committed one is");
+    assert_eq!(s.list(None, 10, 0).unwrap().len(), 2);
+}
+
+#[test]
+fn the_scans_insert_of_new_paths_counts_and_revives_like_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    // More than one statement's worth of rows, and a tail.
+    let files: Vec<FoundFile> = (0..INSERT_ROWS * 2 + 3)
+        .map(|i| found(&format!("DCIM/{i:04}.JPG"), i as u64, 1))
+        .collect();
+    assert_eq!(s.upsert_with_hint(&files, |_| false).unwrap(), files.len());
+    assert_eq!(s.counts().unwrap().pending, files.len() as u64);
+    // Dropped as deleted, then seen again by a scan that (wrongly) thinks the path is new:
+    // the insert ignores the row, and the one-by-one path revives it.
+    let first = s.list(None, 1, 0).unwrap().remove(0);
+    s.mark_skipped(first.id, REASON_DELETED).unwrap();
+    let again = [found(
+        first.storage_path.as_str(),
+        first.size,
+        first.mtime_ns,
+    )];
+    assert_eq!(s.upsert_with_hint(&again, |_| false).unwrap(), 1);
+    assert_eq!(s.item(first.id).unwrap().unwrap().state, ItemState::Pending);
+    assert_eq!(s.counts().unwrap().pending, files.len() as u64);
+    assert_eq!(s.upsert_with_hint(&files, |_| false).unwrap(), 0);
+}
