@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::media::{mtime_ns, MediaFilter, StoragePath};
@@ -60,10 +61,6 @@ pub fn media_present(root: &Path) -> bool {
 
 /// Walks `dir` (the root or a subdirectory of it) and returns settled media files and recent
 /// ones. Never follows symlinks; skips excluded and hidden directories.
-///
-/// Per entry it costs what `find -printf '%s %T@'` costs (a `statx` relative to the directory,
-/// and only for media files) plus one allocation: each name's storage path is its directory's
-/// plus the name, never re-derived from the whole path (docs/PERFORMANCE.md, "Scan").
 pub fn walk(
     root: &Path,
     dir: &Path,
@@ -72,71 +69,109 @@ pub fn walk(
     now: SystemTime,
     mut seen: impl FnMut(Seen),
 ) -> u64 {
+    let Some(top) = start(root, dir) else {
+        return 1;
+    };
+    let judge = Judge::new(filter, settle, now);
     let mut unreadable = 0;
-    let now_ns = match now.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    };
-    let settle_ns = settle.as_nanos() as i128;
-    let top = if dir == root {
-        None
-    } else {
-        match StoragePath::under(root, dir) {
-            Ok(sp) => Some(sp),
-            Err(e) => {
-                tracing::warn!(error = %e, "not walking a directory outside the media root");
-                return 1;
-            }
+    let mut stack = vec![top];
+    while let Some(d) = stack.pop() {
+        let subdirs = judge.read(d, &mut seen, &mut unreadable);
+        // Popped in name order next.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    unreadable
+}
+
+/// A directory still to read: where it is, and its storage path (`None`: the media root).
+type Dir = (PathBuf, Option<StoragePath>);
+
+/// The first directory of a walk of `dir`; `None` (and a warning) when it is not in `root`.
+fn start(root: &Path, dir: &Path) -> Option<Dir> {
+    if dir == root {
+        return Some((dir.to_path_buf(), None));
+    }
+    match StoragePath::under(root, dir) {
+        Ok(sp) => Some((dir.to_path_buf(), Some(sp))),
+        Err(e) => {
+            tracing::warn!(error = %e, "not walking a directory outside the media root");
+            None
         }
-    };
-    // Directories still to read: where each is, and its storage path (`None`: the root).
-    let mut stack = vec![(dir.to_path_buf(), top)];
-    while let Some((d, dsp)) = stack.pop() {
+    }
+}
+
+/// What a walk needs to judge each entry.
+struct Judge<'a> {
+    filter: &'a MediaFilter,
+    now_ns: i128,
+    settle_ns: i128,
+}
+
+impl<'a> Judge<'a> {
+    fn new(filter: &'a MediaFilter, settle: Duration, now: SystemTime) -> Judge<'a> {
+        let now_ns = match now.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        Judge {
+            filter,
+            now_ns,
+            settle_ns: settle.as_nanos() as i128,
+        }
+    }
+
+    /// Reads one directory: hands each media file in it to `seen`, and returns its
+    /// subdirectories to walk, in name order.
+    ///
+    /// Per entry it costs what `find -printf '%s %T@'` costs (a `statx` relative to the
+    /// directory, and only for media files) plus one allocation: each name's storage path is
+    /// its directory's plus the name, never re-derived from the whole path.
+    fn read(&self, (d, dsp): Dir, seen: &mut impl FnMut(Seen), unreadable: &mut u64) -> Vec<Dir> {
+        let mut subdirs = Vec::new();
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(dir = %d.display(), error = %e, "cannot read a directory on the card");
-                unreadable += 1;
-                continue;
+                *unreadable += 1;
+                return subdirs;
             }
         };
         // In name order: the files reach the database in nearly the order of its path index,
         // so its inserts land on the same few pages (a third less work than directory order).
         let mut entries: Vec<_> = entries.flatten().map(|e| (e.file_name(), e)).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let subdirs = stack.len();
         for (name, entry) in entries {
             // `file_type` comes from the directory entry (d_type): no stat, no symlink followed.
             let Ok(ft) = entry.file_type() else {
-                unreadable += 1;
+                *unreadable += 1;
                 continue;
             };
             let Some(sp) = StoragePath::child(dsp.as_ref(), &name) else {
                 tracing::warn!(dir = %d.display(), name = ?name, "skipping a name the media root cannot hold");
-                unreadable += 1;
+                *unreadable += 1;
                 continue;
             };
             if ft.is_dir() {
-                if !filter.skip_dir(&sp) {
-                    stack.push((d.join(&name), Some(sp)));
+                if !self.filter.skip_dir(&sp) {
+                    subdirs.push((d.join(&name), Some(sp)));
                 }
                 continue;
             }
             if !ft.is_file() {
                 continue;
             }
-            let Some(kind) = filter.classify_in_checked_dir(&sp) else {
+            let Some(kind) = self.filter.classify_in_checked_dir(&sp) else {
                 continue;
             };
             // `statx` relative to the directory, not following a link (std's `DirEntry`).
             let Ok(meta) = entry.metadata() else {
-                unreadable += 1;
+                *unreadable += 1;
                 continue;
             };
             let mtime = mtime_ns(&meta);
             // A file dated in the future (a clock set back) is as recent as can be.
-            let age = (now_ns - i128::from(mtime)).max(0);
-            if age < settle_ns {
+            let age = (self.now_ns - i128::from(mtime)).max(0);
+            if age < self.settle_ns {
                 seen(Seen::Recent(Recent {
                     path: d.join(&name),
                     size: meta.len(),
@@ -151,10 +186,69 @@ pub fn walk(
                 }));
             }
         }
-        // Popped in name order next.
-        stack[subdirs..].reverse();
+        subdirs
     }
-    unreadable
+}
+
+/// Directories still to read, shared by the scan's walkers: each takes one and gives back the
+/// subdirectories it found. The walk is over when none is left and no walker is reading one
+/// (it might still give back more).
+struct Shared {
+    /// The directories, and how many walkers are reading one.
+    state: Mutex<(Vec<Dir>, usize)>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn new(top: Dir) -> Shared {
+        Shared {
+            state: Mutex::new((vec![top], 0)),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Dir>, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next directory to read; `None` when the walk is over.
+    fn take(&self) -> Option<Dir> {
+        let mut s = self.lock();
+        loop {
+            if let Some(d) = s.0.pop() {
+                s.1 += 1;
+                return Some(d);
+            }
+            if s.1 == 0 {
+                return None;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A directory was read and held `subdirs`.
+    fn give_back(&self, subdirs: Vec<Dir>) {
+        let mut s = self.lock();
+        // Taken in name order next (the stack's top is its end).
+        s.0.extend(subdirs.into_iter().rev());
+        s.1 -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Walkers for the full scan: the walk is mostly `statx` calls, which run in parallel.
+fn walkers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// What one walker of the scan collected.
+#[derive(Default)]
+struct Walked {
+    files: u64,
+    unreadable: u64,
+    recent: Vec<Recent>,
+    versions: Hashes,
+    paths: Hashes,
 }
 
 fn hash_of(parts: impl Hash) -> u64 {
@@ -195,8 +289,14 @@ struct OpenItem {
     path: u64,
 }
 
-/// The full scan. Walking and writing overlap: the walk runs on this thread and hands batches
-/// to a writer thread, so the scan takes about as long as the slower of the two, not the sum.
+/// A file's identity as the sets hold it: its path's hash and its size and mtime, hashed.
+fn version_of(path: u64, size: u64, mtime_ns: i64) -> u64 {
+    hash_of((path, size, mtime_ns))
+}
+
+/// The full scan. Walking and writing overlap: [`walkers`] threads walk the card (sharing its
+/// directories) and hand batches to a writer thread, so the scan takes about as long as the
+/// slowest of them, not the sum.
 pub fn scan(
     root: &Path,
     filter: &MediaFilter,
@@ -205,9 +305,6 @@ pub fn scan(
 ) -> Result<Report, StoreError> {
     let now = SystemTime::now();
     let mut report = Report::default();
-    // What the reconcile step needs to know, in 8 bytes a file rather than the paths.
-    let mut seen_versions = Hashes::default();
-    let mut seen_paths = Hashes::default();
     let present = media_present(root);
     // What the queue already holds, as hashes: a known file costs no database write, and a
     // new path needs no look for an older version to replace. The open items among them are
@@ -217,8 +314,8 @@ pub fn scan(
     let mut known_paths = Hashes::default();
     let mut open = Vec::new();
     store.for_each_identity(|it| {
-        let version = hash_of((it.path, it.size, it.mtime_ns));
         let path = hash_of(it.path);
+        let version = version_of(path, it.size, it.mtime_ns);
         if !it.revivable {
             known_versions.insert(version);
         }
@@ -232,10 +329,16 @@ pub fn scan(
         }
     })?;
     let (known_versions, known_paths) = (&known_versions, &known_paths);
+    let Some(top) = start(root, root) else {
+        unreachable!("the root is in itself")
+    };
+    let dirs = &Shared::new(top);
+    let judge = &Judge::new(filter, settle, now);
 
     let wide = store.wide_checkpoints();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
-    let queued = std::thread::scope(|s| {
+    let walk_started = std::time::Instant::now();
+    let (walked, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
             let mut busy = Duration::ZERO;
@@ -250,55 +353,89 @@ pub fn scan(
             }
             Ok::<(usize, Duration), StoreError>((queued, busy))
         });
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut files = 0u64;
-        let mut recent = Vec::new();
-        let walk_started = std::time::Instant::now();
-        let unreadable = walk(root, root, filter, settle, now, |s| {
-            files += 1;
-            match s {
-                Seen::Settled(f) => {
-                    seen_paths.insert(hash_of(f.path.as_str()));
-                    let version = hash_of((f.path.as_str(), f.size, f.mtime_ns));
-                    seen_versions.insert(version);
-                    if known_versions.contains(&version) {
-                        return;
+        let walkers: Vec<_> = (0..walkers())
+            .map(|_| {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let mut w = Walked::default();
+                    let mut batch = Vec::with_capacity(BATCH);
+                    let mut seen = |found| {
+                        w.files += 1;
+                        match found {
+                            Seen::Settled(f) => {
+                                let path = hash_of(f.path.as_str());
+                                let version = version_of(path, f.size, f.mtime_ns);
+                                w.paths.insert(path);
+                                w.versions.insert(version);
+                                if known_versions.contains(&version) {
+                                    return;
+                                }
+                                batch.push(f);
+                                if batch.len() >= BATCH {
+                                    let full = Vec::with_capacity(BATCH);
+                                    // The writer only stops early on a database error, which
+                                    // its join reports.
+                                    let _ = tx.send(std::mem::replace(&mut batch, full));
+                                }
+                            }
+                            Seen::Recent(r) => {
+                                // Written too recently to queue, but there: a queued item of
+                                // this very version (a manual request, one the settler
+                                // queued, or a file whose mtime is ahead of a clock that
+                                // started at 1970) is neither deleted nor replaced.
+                                if let Ok(sp) = StoragePath::under(root, &r.path) {
+                                    let path = hash_of(sp.as_str());
+                                    w.paths.insert(path);
+                                    w.versions.insert(version_of(path, r.size, r.mtime_ns));
+                                }
+                                w.recent.push(r);
+                            }
+                        }
+                    };
+                    let mut unreadable = 0;
+                    while let Some(d) = dirs.take() {
+                        dirs.give_back(judge.read(d, &mut seen, &mut unreadable));
                     }
-                    batch.push(f);
-                    if batch.len() >= BATCH {
-                        // The writer only stops early on a database error, which join reports.
-                        let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch);
                     }
-                }
-                Seen::Recent(r) => {
-                    // Written too recently to queue, but there: a queued item of this very
-                    // version (a manual request, or one the settler queued, or a file whose
-                    // mtime is ahead of a clock that started at 1970) is neither deleted nor
-                    // replaced.
-                    if let Ok(sp) = StoragePath::under(root, &r.path) {
-                        seen_paths.insert(hash_of(sp.as_str()));
-                        seen_versions.insert(hash_of((sp.as_str(), r.size, r.mtime_ns)));
-                    }
-                    recent.push(r);
-                }
-            }
-        });
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
-        }
+                    w.unreadable = unreadable;
+                    w
+                })
+            })
+            .collect();
         drop(tx);
+        let walked: Vec<Walked> = walkers
+            .into_iter()
+            .map(|w| w.join().expect("scan walker thread panicked"))
+            .collect();
         report.walk = walk_started.elapsed();
-        report.files = files;
-        report.recent = recent;
-        report.unreadable = unreadable;
-        writer.join().expect("scan writer thread panicked")
-    })?;
+        let written = writer.join().expect("scan writer thread panicked");
+        (walked, written)
+    });
+    let (queued, write) = written?;
     drop(wide);
-    report.queued = queued.0;
-    report.write = queued.1;
+    report.queued = queued;
+    report.write = write;
+    // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
+    // walkers' sets merged into the largest.
+    let mut walked = walked;
+    walked.sort_unstable_by_key(|w| std::cmp::Reverse(w.versions.len()));
+    let mut seen = Walked::default();
+    for (i, w) in walked.into_iter().enumerate() {
+        report.files += w.files;
+        report.unreadable += w.unreadable;
+        report.recent.extend(w.recent);
+        if i == 0 {
+            (seen.versions, seen.paths) = (w.versions, w.paths);
+        } else {
+            seen.versions.extend(w.versions);
+            seen.paths.extend(w.paths);
+        }
+    }
 
     if present {
-        report.dropped = reconcile(store, &open, &seen_versions, &seen_paths)?;
+        report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
     }
     Ok(report)
 }
