@@ -21,7 +21,7 @@ if [ -z "${B:-}" ]; then
 fi
 T=$(mktemp -d)
 PID=
-trap 'if [ -n "$PID" ]; then kill $PID 2>/dev/null || true; fi; rm -rf "$T"' EXIT
+trap 'if [ -n "$PID" ]; then kill $PID 2>/dev/null || true; fi; [ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
 python3 - "$T/card" "$DIRS" "$PER_DIR" <<'PY'
 import os, sys, time
 root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -64,6 +64,7 @@ daemon_scan() {
   if [ "${2:-}" != keep ]; then rm -rf "$T/state"; fi
   mkdir -p "$T/state"
   rm -f "$T/ctl.sock"
+  : >"$T/log" # before the start, so the wait below never reads the previous run's log
   CAMBACKUP_LOG=info "$bin" daemon --config "$T/c.toml" 2>"$T/log" &
   PID=$!
   for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log" && break; sleep 0.05; done
@@ -88,6 +89,7 @@ for _ in $(seq 1 "$ROUNDS"); do
   daemon_scan "$B" keep >>"$T/rescanB"
 done
 
+[ -z "${KEEP:-}" ] || echo "kept $T"
 python3 - "$T" "$files" "$DIRS" "${A:-}" "$B" <<'PY'
 import statistics, sys
 t, files, dirs, a, b = sys.argv[1:6]

@@ -62,6 +62,7 @@ socket = "$T/ctl.sock"
 [state]
 dir = "$T/state"
 TOML
+  : >"$T/log" # before the start, so the poller never reads the previous run's log
   CAMBACKUP_LOG=info "$bin" daemon --config "$T/c.toml" 2>"$T/log" &
   PID=$!
   python3 - "$T/ctl.sock" "$T/log" "$GAP_MS" >>"$T/lat.$label" <<'PY'
