@@ -414,7 +414,6 @@ pub fn scan(
         (walked, written)
     });
     let (queued, write) = written?;
-    drop(wide);
     report.queued = queued;
     report.write = write;
     // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
@@ -437,6 +436,7 @@ pub fn scan(
     if present {
         report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
     }
+    drop(wide);
     Ok(report)
 }
 

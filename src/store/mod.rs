@@ -97,8 +97,17 @@ pub struct FoundFile {
 pub struct WideCheckpoints<'a>(&'a Store);
 
 impl Drop for WideCheckpoints<'_> {
+    /// Folds the WAL back now, on the scan's thread: left to the next commit, a checkpoint of
+    /// up to 16 MiB (two `fsync`s) could fall on the runtime thread, which answers the API.
     fn drop(&mut self) {
         self.0.set_checkpoint_pages(CHECKPOINT_PAGES);
+        let done = self
+            .0
+            .conn()
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "cannot checkpoint after the scan's writes");
+        }
     }
 }
 
@@ -637,8 +646,8 @@ impl Store {
     }
 
     /// Spaces checkpoints wider ([`SCAN_CHECKPOINT_PAGES`]) until the guard is dropped: for a
-    /// scan's run of write batches. The WAL grows to 16 MiB at most meanwhile and is folded
-    /// back (and truncated to 1 MiB) by the next checkpoint after.
+    /// scan's run of write batches. The WAL grows to 16 MiB at most meanwhile; dropping the
+    /// guard checkpoints it (it is truncated to 1 MiB when it next starts over).
     pub fn wide_checkpoints(&self) -> WideCheckpoints<'_> {
         self.set_checkpoint_pages(SCAN_CHECKPOINT_PAGES);
         WideCheckpoints(self)
