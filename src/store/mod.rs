@@ -98,13 +98,15 @@ pub struct WideCheckpoints<'a>(&'a Store);
 
 impl Drop for WideCheckpoints<'_> {
     /// Folds the WAL back now, on the scan's thread: left to the next commit, a checkpoint of
-    /// up to 16 MiB (two `fsync`s) could fall on the runtime thread, which answers the API.
+    /// up to 16 MiB (two `fsync`s) could fall on the runtime thread, which answers the API. It
+    /// runs on a connection of its own, so that neither the writer's nor the reader's lock is
+    /// held meanwhile (a passive checkpoint waits for no reader or writer).
     fn drop(&mut self) {
         self.0.set_checkpoint_pages(CHECKPOINT_PAGES);
-        let done = self
-            .0
-            .conn()
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        let done = Connection::open(&self.0.path).and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        });
         if let Err(e) = done {
             tracing::warn!(error = %e, "cannot checkpoint after the scan's writes");
         }
