@@ -211,13 +211,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next directory to read; `None` when the walk is over.
-    fn take(&self) -> Option<Dir> {
+    /// The next directory to read, and the token that says a walker is reading it; `None`
+    /// when the walk is over.
+    fn take(&self) -> Option<(Dir, Reading<'_>)> {
         let mut s = self.lock();
         loop {
             if let Some(d) = s.0.pop() {
                 s.1 += 1;
-                return Some(d);
+                return Some((d, Reading(self)));
             }
             if s.1 == 0 {
                 return None;
@@ -226,13 +227,21 @@ impl Shared {
         }
     }
 
-    /// A directory was read and held `subdirs`.
+    /// The subdirectories found in a directory being read (before its [`Reading`] is dropped).
     fn give_back(&self, subdirs: Vec<Dir>) {
-        let mut s = self.lock();
         // Taken in name order next (the stack's top is its end).
-        s.0.extend(subdirs.into_iter().rev());
-        s.1 -= 1;
-        self.changed.notify_all();
+        self.lock().0.extend(subdirs.into_iter().rev());
+    }
+}
+
+/// A directory being read. Dropping it, even while a walker panics, tells the others: they
+/// never wait for it forever, and the panic reaches the scan's caller.
+struct Reading<'a>(&'a Shared);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().1 -= 1;
+        self.0.changed.notify_all();
     }
 }
 
@@ -393,8 +402,9 @@ pub fn scan(
                         }
                     };
                     let mut unreadable = 0;
-                    while let Some(d) = dirs.take() {
+                    while let Some((d, reading)) = dirs.take() {
                         dirs.give_back(judge.read(d, &mut seen, &mut unreadable));
+                        drop(reading);
                     }
                     if !batch.is_empty() {
                         let _ = tx.send(batch);
