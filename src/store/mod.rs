@@ -15,6 +15,9 @@
 
 pub mod ledger;
 mod schema;
+mod space;
+
+pub use space::{FreeCandidate, SentChunk, SentSummary};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -141,6 +144,8 @@ pub struct HistoryEntry {
     pub storage_path: String,
     pub size: u64,
     pub completed_at: i64,
+    /// When the file was deleted from the card to free space (unix seconds).
+    pub freed_at: Option<i64>,
 }
 
 /// Which pending items the scheduler may take now.
@@ -689,6 +694,11 @@ impl Store {
             [],
         )?;
         self.exec("UPDATE items SET manual = 0 WHERE manual = 1", [])?;
+        // The new account cannot vouch for the old one's uploads: none of them is freed.
+        self.exec(
+            "UPDATE items SET done_url = NULL WHERE done_url IS NOT NULL",
+            [],
+        )?;
         if let Err(e) = self.rewrite_ledger() {
             tracing::error!(error = %e, "cannot rewrite the ledger without the old upload URLs");
         }
@@ -833,11 +843,15 @@ impl Store {
         endpoint: &str,
     ) -> Result<()> {
         self.durable(|c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "UPDATE items SET upload_url = ?2, upload_expires_at = ?3, bytes_sent = 0,
                    upload_endpoint = ?4, creations = creations + 1 WHERE id = ?1",
                 params![id, url, expires_at, endpoint],
-            )
+            )?;
+            // What was sent to an earlier upload says nothing about this one.
+            tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.commit()
         })?;
         self.note_in_ledger(id, Fact::Created { url, endpoint });
         Ok(())
@@ -900,6 +914,7 @@ impl Store {
             "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0 WHERE id = ?1",
             params![id],
         )?;
+        self.exec("DELETE FROM sent_chunks WHERE item_id = ?1", params![id])?;
         self.note_in_ledger(id, Fact::Forgotten);
         Ok(())
     }
@@ -922,7 +937,8 @@ impl Store {
             // cancelled, and gets no history entry.
             let n = tx.execute(
                 "UPDATE items SET state = 'done', bytes_sent = size, completed_at = ?2,
-                   last_error = NULL, upload_url = NULL, upload_expires_at = NULL
+                   last_error = NULL, done_url = upload_url, upload_url = NULL,
+                   upload_expires_at = NULL
                  WHERE id = ?1 AND state = 'uploading'",
                 params![id, now],
             )?;
@@ -1089,7 +1105,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT storage_path, size, completed_at FROM history
+                "SELECT storage_path, size, completed_at, freed_at FROM history
                  ORDER BY completed_at DESC, id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -1099,6 +1115,7 @@ impl Store {
                     storage_path: r.get(0)?,
                     size: r.get::<_, i64>(1)? as u64,
                     completed_at: r.get(2)?,
+                    freed_at: r.get(3)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -1124,9 +1141,12 @@ impl Store {
             // account, nor bypass that account's consent.
             tx.execute(
                 "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, manual = 0,
+                   done_url = NULL,
                    bytes_sent = CASE WHEN state = 'done' THEN bytes_sent ELSE 0 END",
                 [],
             )?;
+            // Nothing is freed without the account's uploads to confirm it by.
+            tx.execute("DELETE FROM sent_chunks", [])?;
             tx.execute("DELETE FROM kv WHERE key LIKE 'account.%'", [])?;
             tx.commit()
         })?;
