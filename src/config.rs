@@ -49,7 +49,7 @@ pub struct Media {
     pub exclude: Vec<String>,
     pub settle_secs: u64,
     pub rescan_secs: u64,
-    /// Freeing space (INTERFACE.md section 7) starts when the card's free space is below this
+    /// Freeing space (INTERFACE.md section 8) starts when the card's free space is below this
     /// percentage; unset: the camera never frees space, whatever the user's setting.
     pub free_space_below_percent: Option<u8>,
     /// A file younger than this many days is never freed.

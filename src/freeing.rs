@@ -1,4 +1,4 @@
-//! The freeing-space task (INTERFACE.md section 7): when the card runs low, deletes backed-up
+//! The freeing-space task (INTERFACE.md section 8): when the card runs low, deletes backed-up
 //! originals, oldest first, under the rules of `space::decide`, and records each one.
 //!
 //! A pass gathers the facts (the card's space by statvfs, the store's done items and what was
@@ -425,7 +425,8 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
 /// unlink. Success is the command's exit 0 and the file gone.
 async fn delete(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Result<(), String> {
     // The last look: consent, pairing and recording may have changed during the HEAD.
-    if stop.is_cancelled() || !app.may_free() {
+    let flag = &app.config().conditions.recording_flag;
+    if stop.is_cancelled() || !app.may_free() || flag.exists() {
         return Err("freeing space was stopped (consent, pairing or recording)".into());
     }
     let path = c.item.storage_path.on_disk(&app.config().media.root);

@@ -1,4 +1,4 @@
-//! The freeing-space rules (INTERFACE.md section 7): which backed-up originals may be deleted
+//! The freeing-space rules (INTERFACE.md section 8): which backed-up originals may be deleted
 //! from the card, in which order, and why each other one is kept.
 //!
 //! [`decide`] is one pure function of plain facts, like the gate: the world (the user's

@@ -77,7 +77,7 @@ pub const MIGRATIONS: &[&str] = &[
                 sent = sent + excluded.sent;
     END;
     "#,
-    // 5: freeing space (INTERFACE.md section 7). `done_url`: the completed upload's URL, kept
+    // 5: freeing space (INTERFACE.md section 8). `done_url`: the completed upload's URL, kept
     // for the HEAD that confirms it before its file is deleted (`upload_url` is cleared when
     // done). `freed_at`: when the file was deleted from the card, on the item and its history
     // entry. `sent_chunks`: what each accepted PATCH carried (offset, length, SHA-1 of the bytes

@@ -153,6 +153,23 @@ async fn wait_for_a_pass_after(rig: &Rig, t0: i64) -> Value {
     }
 }
 
+/// Runs the CLI against the rig's daemon; its stdout (exit 0 asserted).
+fn cli(rig: &Rig, args: &[&str]) -> String {
+    let out = testkit::daemon::command(&crate::common::bin())
+        .arg("--socket")
+        .arg(rig.cam.socket_path())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cambackup {args:?}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Which of `rels` are still on the card.
 fn on_card(cam: &FakeCamera, rels: &[String]) -> Vec<bool> {
     rels.iter().map(|r| cam.media_path(r).exists()).collect()
@@ -210,9 +227,24 @@ async fn frees_exactly_what_is_needed_oldest_first_records_it_and_never_queues_i
         [true; 6],
         "nothing goes while off"
     );
+    // What a user sees first: `cambackup space --dry-run` names the two oldest, and nothing
+    // is freed while the setting is off.
+    let out = cli(&rig, &["space", "--dry-run"]);
+    assert!(out.contains("nothing is freed (free_space_off)"), "{out}");
+    let frees: Vec<&str> = out.lines().filter(|l| l.starts_with("free ")).collect();
+    assert_eq!(frees.len(), 2, "{out}");
+    assert!(
+        frees[0].ends_with(&rels[0]) && frees[1].ends_with(&rels[1]),
+        "{out}"
+    );
 
     let mut events = rig.daemon.events().await.unwrap();
-    let pass = free_and_wait_for_a_pass(&rig).await;
+    let t0 = crate::common::real_now();
+    assert_eq!(
+        cli(&rig, &["settings", "free_space", "when_low"]),
+        "free_space=when_low\n"
+    );
+    let pass = wait_for_a_pass_after(&rig, t0).await;
     assert_eq!(pass["freed_files"], 2, "{pass:#}");
     assert_eq!(
         on_card(&rig.cam, &rels),
