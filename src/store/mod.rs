@@ -406,6 +406,7 @@ impl Store {
                         d: done,
                         x: cancelled,
                         f: false,
+                        r: false,
                     })
                 })
                 .map_err(|e| self.err(e))?;
@@ -435,6 +436,7 @@ impl Store {
             d: false,
             x: false,
             f: false,
+            r: false,
         };
         match fact {
             Fact::Created { url, endpoint } => {
@@ -444,6 +446,7 @@ impl Store {
             Fact::Done => entry.d = true,
             Fact::Cancelled => entry.x = true,
             Fact::Forgotten => entry.f = true,
+            Fact::Requeued => entry.r = true,
         }
         let _serial = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = ledger::append(&self.dir, &entry) {
@@ -1296,10 +1299,15 @@ const CELLULAR_BYTES_KEY: &str = "cellular.bytes";
 
 /// A fact the ledger records about an item.
 enum Fact<'a> {
-    Created { url: &'a str, endpoint: &'a str },
+    Created {
+        url: &'a str,
+        endpoint: &'a str,
+    },
     Done,
     Cancelled,
     Forgotten,
+    /// A done version whose completed upload the server lost: to be sent again.
+    Requeued,
 }
 
 /// The result of a manual upload request for one file.

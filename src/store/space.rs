@@ -10,7 +10,7 @@
 
 use rusqlite::params;
 
-use super::{read_item, Item, Result, Store, ITEM_COLUMNS};
+use super::{read_item, Fact, Item, Result, Store, ITEM_COLUMNS};
 use crate::clock::now_unix;
 
 /// One accepted PATCH, as sent.
@@ -197,6 +197,12 @@ impl Store {
             tx.commit()?;
             Ok(n == 1)
         })
+        .inspect(|requeued| {
+            // A database rebuilt from the ledger must not take it for done again.
+            if *requeued {
+                self.note_in_ledger(id, Fact::Requeued);
+            }
+        })
     }
 
     /// Items freed so far, newest first (for `GET /v1/space`).
@@ -325,6 +331,9 @@ mod tests {
         assert!(it.upload_url.is_none());
         assert!(s.sent_chunks(id).unwrap().is_empty());
         assert!(s.free_candidates().unwrap().is_empty());
+        // The ledger says so too: a rebuilt database does not take it for done.
+        let (known, _) = crate::store::ledger::replay(dir.path());
+        assert!(known.values().all(|k| !k.done), "{known:?}");
     }
 
     #[test]
