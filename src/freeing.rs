@@ -4,8 +4,9 @@
 //! A pass gathers the facts (the card's space by statvfs, the store's done items and what was
 //! sent of them, each file's metadata), asks the rules, and for each file they name, just
 //! before deleting it: asks the server (`HEAD`: offset = length), reads the file back where
-//! the verification is by length, looks at the file once more, and asks the rules again with
-//! those answers. Then the firmware's `media.delete_command` (no shell) or unlink, and the
+//! the rules ask for it (verification by length, or an inode other than the one the bytes were
+//! sent from, as FAT and exFAT give after a remount), looks at the file once more, and asks the
+//! rules again with those answers. Then the firmware's `media.delete_command` (no shell) or unlink, and the
 //! record: the store's `freed_at`, the history, the event stream.
 //!
 //! Invariants: nothing is deleted unless the rules say [`Verdict::Free`] with the server's and
@@ -379,8 +380,9 @@ async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Op
 }
 
 /// Reads the file back from the card and compares each recorded chunk's SHA-1 with what was
-/// sent. Opened without following links; a file whose inode is not the one the chunks were
-/// read from differs at 0.
+/// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
+/// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
+/// read, which the rules compare with the file at the path at the last look.
 fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -392,11 +394,14 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
         Ok(f) => f,
         Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
     };
-    let ino = file.metadata().map(|m| m.ino()).ok();
+    let ino = match file.metadata() {
+        Ok(m) => m.ino(),
+        Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut at = 0u64;
     for c in chunks {
-        if c.start != at || Some(c.ino) != ino {
+        if c.start != at {
             return ReadBack::Differs { at };
         }
         let mut hasher = sha1::Sha1::new();
@@ -418,7 +423,7 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
         }
         at += c.len;
     }
-    ReadBack::Same
+    ReadBack::Same { ino }
 }
 
 /// Deletes the file: the firmware's command (the path as its one argument, no shell) or
@@ -666,14 +671,19 @@ mod tests {
             ino,
         };
         let good = [chunk(0, b"hello"), chunk(5, b" world")];
-        assert_eq!(read_back_file(&path, &good), ReadBack::Same);
+        assert_eq!(read_back_file(&path, &good), ReadBack::Same { ino });
         let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
         assert_eq!(read_back_file(&path, &bad), ReadBack::Differs { at: 5 });
-        let mut other_inode = good.clone();
-        other_inode[0].ino += 1;
+        // The same bytes on another inode (a FAT remount) read back the same, and say which
+        // inode was read.
+        let copy = dir.path().join("A.new");
+        std::fs::write(&copy, b"hello world").unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        let new_ino = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(new_ino, ino);
         assert_eq!(
-            read_back_file(&path, &other_inode),
-            ReadBack::Differs { at: 0 }
+            read_back_file(&path, &good),
+            ReadBack::Same { ino: new_ino }
         );
         assert!(matches!(
             read_back_file(&dir.path().join("gone"), &good),

@@ -8,8 +8,15 @@
 //! the server's and the card's answers filled in just before each deletion.
 //!
 //! Invariants: a file is [`Verdict::Free`] only when every rule holds, with the server's
-//! answer and (under `length`) the read-back known; anything unknown keeps it. Nothing here
-//! does I/O.
+//! answer and, where one is needed (under `length`, or when the file's inode is not the one its
+//! bytes were sent from), the read-back known; anything unknown keeps it. Nothing here does
+//! I/O.
+//!
+//! The inode alone never keeps a file: on FAT and exFAT cards Linux numbers inodes anew at each
+//! mount and whenever it drops one from its cache, so a camera that was switched off would
+//! otherwise never free anything. A file whose size and modification time are the uploaded
+//! version's but whose inode is another is read back instead, and freed only if every chunk
+//! hashes like what was sent (the bytes the server verified, whatever the inode).
 
 use serde::Serialize;
 
@@ -109,7 +116,11 @@ pub enum Server {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadBack {
     NotDone,
-    Same,
+    /// Every chunk hashes like what was sent; `ino` is the inode of the file that was read
+    /// (the file at the path at the last look must be that one).
+    Same {
+        ino: u64,
+    },
     /// The first chunk that differs starts here.
     Differs {
         at: u64,
@@ -144,7 +155,8 @@ pub enum Keep {
     BeingWritten,
     /// Not a regular file any more.
     NotRegular,
-    /// Its size, modification time or inode is not the uploaded version's.
+    /// Its size or modification time is not the uploaded version's; or its inode is another
+    /// and it reads back differently (another file put in its place).
     Changed,
     /// Uploaded to another endpoint than the one in use.
     OtherEndpoint,
@@ -204,7 +216,8 @@ pub enum Verdict {
     /// Every rule holds: delete it.
     Free,
     /// Every rule that can be told now holds, and the space is needed: ask the server (and,
-    /// with `read_back`, read the file back) just before deleting it.
+    /// with `read_back`, read the file back: under `length` without checksums, or when its
+    /// inode is not the one its bytes were sent from) just before deleting it.
     Confirm {
         read_back: bool,
     },
@@ -321,10 +334,12 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     if age < w.policy.settle_secs as i64 {
         return Verdict::Keep(Keep::BeingWritten);
     }
-    let inode_differs = f.sent.chunks > 0 && f.sent.ino != Some(ino);
-    if size != f.size || mtime_ns != f.mtime_ns || inode_differs {
+    if size != f.size || mtime_ns != f.mtime_ns {
         return Verdict::Keep(Keep::Changed);
     }
+    // Not the inode the bytes were sent from (or they were sent from several): on FAT and
+    // exFAT a remount or a dropped cache entry does that, so the read-back decides instead.
+    let inode_differs = f.sent.chunks > 0 && f.sent.ino != Some(ino);
     if !f.endpoint_ok {
         return Verdict::Keep(Keep::OtherEndpoint);
     }
@@ -333,7 +348,7 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     } else if !f.sent.covers(f.size) {
         return Verdict::Keep(Keep::SentIncomplete);
     } else if f.sent.all_checksummed {
-        false
+        inode_differs
     } else if w.policy.verify == FreeSpaceVerify::Length {
         true
     } else {
@@ -356,7 +371,12 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     }
     match &f.read_back {
         ReadBack::NotDone => Verdict::Confirm { read_back },
-        ReadBack::Same => Verdict::Free,
+        // The bytes read back are those of the file at the path now.
+        ReadBack::Same { ino: read } if *read == ino => Verdict::Free,
+        // Another file was put at the path after the read-back.
+        ReadBack::Same { .. } => Verdict::Keep(Keep::Changed),
+        // Another inode and other bytes: another file in its place.
+        ReadBack::Differs { .. } if inode_differs => Verdict::Keep(Keep::Changed),
         ReadBack::Differs { at } => Verdict::Keep(Keep::ReadBackDiffers { at: *at }),
         ReadBack::Failed(d) => Verdict::Keep(Keep::ReadBackFailed { detail: d.clone() }),
     }
@@ -550,18 +570,97 @@ mod tests {
                 verdict: Verdict::Keep(Keep::Changed),
             },
             Row {
-                name: "replaced: another inode, same size and mtime",
+                name: "another inode (a FAT remount) under checksum: read it back first",
                 world: same,
                 file: |f| present(f, 4 * MIB, f.mtime_ns, 999),
+                holds: &[],
+                verdict: Verdict::Confirm { read_back: true },
+            },
+            Row {
+                name: "another inode, the server not asked yet: both confirmations",
+                world: same,
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.server = Server::NotAsked;
+                },
+                holds: &[],
+                verdict: Verdict::Confirm { read_back: true },
+            },
+            Row {
+                name: "another inode, read back the same: the bytes the server verified",
+                world: same,
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.read_back = ReadBack::Same { ino: 999 };
+                },
+                holds: &[],
+                verdict: Verdict::Free,
+            },
+            Row {
+                name: "another inode, read back different: replaced by another file",
+                world: same,
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.read_back = ReadBack::Differs { at: 0 };
+                },
                 holds: &[],
                 verdict: Verdict::Keep(Keep::Changed),
             },
             Row {
-                name: "chunks read from two inodes",
+                name: "another inode, unreadable",
+                world: same,
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.read_back = ReadBack::Failed("EIO".into());
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::ReadBackFailed {
+                    detail: "EIO".into(),
+                }),
+            },
+            Row {
+                name: "read back the same, but another file is at the path now",
+                world: same,
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.read_back = ReadBack::Same { ino: 998 };
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::Changed),
+            },
+            Row {
+                name: "another inode under length without checksums: read it back first",
+                world: length,
+                file: |f| {
+                    no_checksum(f);
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                },
+                holds: &[],
+                verdict: Verdict::Confirm { read_back: true },
+            },
+            Row {
+                name: "another inode and another mtime: changed, no read-back",
+                world: same,
+                file: |f| present(f, 4 * MIB, f.mtime_ns + 1, 999),
+                holds: &[],
+                verdict: Verdict::Keep(Keep::Changed),
+            },
+            Row {
+                name: "another inode, no record of what was sent",
+                world: length,
+                file: |f| {
+                    f.sent = SentSummary::default();
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::NoSentRecord),
+            },
+            Row {
+                name: "chunks read from two inodes (a remount mid-upload): read it back",
                 world: same,
                 file: |f| f.sent.ino = None,
                 holds: &[],
-                verdict: Verdict::Keep(Keep::Changed),
+                verdict: Verdict::Confirm { read_back: true },
             },
             Row {
                 name: "not a regular file",
@@ -617,7 +716,7 @@ mod tests {
                 world: length,
                 file: |f| {
                     no_checksum(f);
-                    f.read_back = ReadBack::Same;
+                    f.read_back = ReadBack::Same { ino: 101 };
                 },
                 holds: &[],
                 verdict: Verdict::Free,

@@ -287,6 +287,7 @@ async fn frees_exactly_what_is_needed_oldest_first_records_it_and_never_queues_i
 
 #[tokio::test]
 async fn a_rewritten_file_is_kept_even_with_the_same_size_and_mtime() {
+    // A new inode is read back (see the test above); other bytes keep it as `changed`.
     let Some((cam, _card, rels)) = camera(old(), "checksum") else {
         return;
     };
@@ -312,6 +313,59 @@ async fn a_rewritten_file_is_kept_even_with_the_same_size_and_mtime() {
         [true, false, false, true, true, true],
         "the rewritten one stays; the next two oldest go instead"
     );
+}
+
+#[tokio::test]
+async fn a_file_on_a_new_inode_with_the_same_bytes_is_freed_after_a_read_back() {
+    // What a FAT or exFAT card shows after a remount: the uploaded file, same size, bytes and
+    // modification time, under another inode number.
+    let Some((cam, _card, rels)) = camera(old(), "checksum") else {
+        return;
+    };
+    let rx = receiver(Receiver::builder()).await;
+    let rig = uploaded(cam, rx, &rels).await;
+    let path = rig.cam.media_path(&rels[0]);
+    let before = std::fs::metadata(&path).unwrap();
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, std::fs::read(&path).unwrap()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        assert_ne!(after.ino(), before.ino(), "the copy is on another inode");
+    }
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert!(rig.rx.file_matches(&rels[0], &path));
+
+    let v = space(&rig).await;
+    assert_eq!(
+        v["would_free"][0]["storage_path"],
+        rels[0].as_str(),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["would_free"][0]["confirm"],
+        json!(["head", "read_back"]),
+        "another inode is confirmed by reading it back: {v:#}"
+    );
+    assert_eq!(v["would_free"][1]["confirm"], json!(["head"]), "{v:#}");
+
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    assert_eq!(pass["freed_files"], 2, "{pass:#}");
+    assert!(pass["kept"]["changed"].is_null(), "{pass:#}");
+    assert_eq!(
+        on_card(&rig.cam, &rels),
+        [false, false, true, true, true, true],
+        "the oldest two go, the one on a new inode among them"
+    );
+    assert_eq!(freed_in_history(&rig).await, rels[..2].to_vec());
+    nothing_requeued(&rig).await;
 }
 
 #[tokio::test]
