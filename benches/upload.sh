@@ -7,6 +7,8 @@
 #   benches/upload.sh                      # 1 GiB, chunk_size_mib 8 32 64, 3 runs each
 #   SIZE_MIB=256 CHUNKS="8" RUNS=1 benches/upload.sh
 #   CHECKSUM="on off" benches/upload.sh    # also with a receiver that does not offer checksums
+#   FREE_SPACE="off on" benches/upload.sh  # also with freeing space configured (length
+#       # verification): the daemon then records a digest of every chunk it sends
 #   CAMBACKUP_BIN=path PERF_OUT=/tmp/p RUNS=1 CHUNKS=8 benches/upload.sh
 #       # another daemon binary (e.g. one built with debug line tables), and `perf record -g`
 #       # of the daemon during each upload to /tmp/p.CHUNK.CHECKSUM.data
@@ -23,6 +25,8 @@ SIZE_MIB=${SIZE_MIB:-1024}
 CHUNKS=${CHUNKS:-"8 32 64"}
 RUNS=${RUNS:-3}
 CHECKSUM=${CHECKSUM:-"on"}
+FREE_SPACE=${FREE_SPACE:-"off"}
+FS=off
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --workspace --bin cambackup --bin tus-receiver
 BIN=${CAMBACKUP_BIN:-$TARGET/release/cambackup}
@@ -98,6 +102,7 @@ serial = "B1"
 [media]
 root = "$T/card"
 settle_secs = 1
+$([ "$FS" = on ] && printf 'free_space_below_percent = 1\nfree_space_verify = "length"\n')
 [cloud]
 endpoint = "$URL"
 chunk_size_mib = $chunk
@@ -142,13 +147,14 @@ TOML
   DPID=
   stop_receiver
   grep -q "complete .* $BYTES " "$T/recv.out" || { echo "incomplete upload" >&2; exit 1; }
-  python3 - "$chunk" "$*" "$BYTES" "$t0" "$tc" "$t1" "$c0" "$c1" "$hwm" "$rc" <<'PY'
+  python3 - "$chunk" "$*" "$BYTES" "$t0" "$tc" "$t1" "$c0" "$c1" "$hwm" "$rc" "$FS" <<'PY'
 import sys
-chunk, rargs, size, t0, tc, t1, c0, c1, hwm, rc = sys.argv[1:]
+chunk, rargs, size, t0, tc, t1, c0, c1, hwm, rc, fs = sys.argv[1:]
 size = int(size); wall = (int(t1) - int(t0)) / 1e9; xfer = (int(t1) - int(tc)) / 1e9
 cpu = (int(c1) - int(c0)) / 100
 ck = "off" if "--no-checksum" in rargs else "on"
-print(f"cambackup chunk={chunk:>2}MiB checksum={ck:3} wall={wall:6.2f}s transfer={xfer:6.2f}s "
+free = " free=on" if fs == "on" else ""
+print(f"cambackup chunk={chunk:>2}MiB checksum={ck:3}{free} wall={wall:6.2f}s transfer={xfer:6.2f}s "
       f"tput={size / wall / 2**20:7.1f}MiB/s cpu={cpu:5.2f}s hwm={int(hwm) / 1024:5.1f}MiB "
       f"recv_cpu={int(rc) / 100:5.2f}s")
 PY
@@ -185,10 +191,12 @@ echo "file: $BYTES bytes; $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/l
 : >"$T/results"
 for run in $(seq 1 "$RUNS"); do
   run_curl | tee -a "$T/results"
-  for ck in $CHECKSUM; do
-    for chunk in $CHUNKS; do
-      if [ "$ck" = off ]; then run_cambackup "$chunk" --no-checksum; else run_cambackup "$chunk"; fi |
-        tee -a "$T/results"
+  for FS in $FREE_SPACE; do
+    for ck in $CHECKSUM; do
+      for chunk in $CHUNKS; do
+        if [ "$ck" = off ]; then run_cambackup "$chunk" --no-checksum; else run_cambackup "$chunk"; fi |
+          tee -a "$T/results"
+      done
     done
   done
 done

@@ -49,6 +49,16 @@ pub struct Media {
     pub exclude: Vec<String>,
     pub settle_secs: u64,
     pub rescan_secs: u64,
+    /// Freeing space (INTERFACE.md section 8) starts when the card's free space is below this
+    /// percentage; unset: the camera never frees space, whatever the user's setting.
+    pub free_space_below_percent: Option<u8>,
+    /// A file younger than this many days is never freed.
+    pub keep_days: u32,
+    /// What counts as a verified upload when freeing space.
+    pub free_space_verify: FreeSpaceVerify,
+    /// The firmware's own delete, run with the file's absolute path as its one argument (no
+    /// shell); unset: the daemon unlinks the file itself.
+    pub delete_command: Option<PathBuf>,
     /// The extensions and globs above, compiled when the config is loaded.
     #[serde(skip)]
     pub filter: MediaFilter,
@@ -68,8 +78,41 @@ impl Default for Media {
             exclude,
             settle_secs: 10,
             rescan_secs: 600,
+            free_space_below_percent: None,
+            keep_days: 7,
+            free_space_verify: FreeSpaceVerify::Checksum,
+            delete_command: None,
             filter,
         }
+    }
+}
+
+/// `media.free_space_verify`: what proves the server holds a file's exact bytes before it may
+/// be freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreeSpaceVerify {
+    /// Every chunk went with an `Upload-Checksum` the server accepted.
+    Checksum,
+    /// Without the checksum extension: the server's offset equals the length (over verified
+    /// TLS), and the file read back from the card hashes, chunk by chunk, as the bytes sent.
+    Length,
+}
+
+impl FreeSpaceVerify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreeSpaceVerify::Checksum => "checksum",
+            FreeSpaceVerify::Length => "length",
+        }
+    }
+}
+
+impl Media {
+    /// Whether the maker configured freeing space (the user must still switch it on): only
+    /// then are the hashes of what was sent kept, so cameras without it pay nothing.
+    pub fn frees_space(&self) -> bool {
+        self.free_space_below_percent.is_some()
     }
 }
 
@@ -396,6 +439,32 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
     )
     .map_err(|m| invalid("media.exclude", m))?;
 
+    if let Some(p) = media.free_space_below_percent {
+        if !(1..=95).contains(&p) {
+            return Err(invalid(
+                "media.free_space_below_percent",
+                format!("{p} is not between 1 and 95 (percent of the card left free)"),
+            ));
+        }
+    }
+    if let Some(cmd) = &media.delete_command {
+        if !cmd.is_absolute() {
+            return Err(invalid(
+                "media.delete_command",
+                format!(
+                    "`{}` must be an absolute path (it runs without a shell)",
+                    cmd.display()
+                ),
+            ));
+        }
+        if !cmd.is_file() {
+            return Err(invalid(
+                "media.delete_command",
+                format!("{} does not exist or is not a file", cmd.display()),
+            ));
+        }
+    }
+
     let cloud = raw.cloud.ok_or_else(|| missing("cloud.endpoint"))?;
     if cloud.endpoint.is_empty() {
         return Err(missing("cloud.endpoint"));
@@ -561,6 +630,18 @@ impl fmt::Display for Config {
         writeln!(f, "exclude = {:?}", self.media.exclude)?;
         writeln!(f, "settle_secs = {}", self.media.settle_secs)?;
         writeln!(f, "rescan_secs = {}", self.media.rescan_secs)?;
+        if let Some(p) = self.media.free_space_below_percent {
+            writeln!(f, "free_space_below_percent = {p}")?;
+        }
+        writeln!(f, "keep_days = {}", self.media.keep_days)?;
+        writeln!(
+            f,
+            "free_space_verify = {:?}",
+            self.media.free_space_verify.as_str()
+        )?;
+        if let Some(c) = &self.media.delete_command {
+            writeln!(f, "delete_command = {:?}", c.display().to_string())?;
+        }
         writeln!(f, "\n[cloud]")?;
         writeln!(f, "endpoint = {:?}", self.cloud.endpoint)?;
         for (r, u) in &self.cloud.regions {
@@ -621,7 +702,8 @@ impl fmt::Display for Config {
         writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
         let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
         writeln!(f, "schedule = {windows:?}")?;
-        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)
+        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)?;
+        writeln!(f, "free_space = {:?}", d.free_space.as_str())
     }
 }
 
@@ -691,6 +773,37 @@ endpoint = "https://upload.example.com/files/"
         let text = format!("{MINIMAL}\n[defaults]\ncellular_daily_mib = 99999999999\n");
         let err = parse_str(&text).unwrap_err();
         assert_eq!(err.key(), Some("defaults.cellular_daily_mib"), "{err}");
+    }
+
+    #[test]
+    fn freeing_space_is_unconfigured_by_default_and_bad_values_are_named() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert!(!c.media.frees_space());
+        assert_eq!(c.media.keep_days, 7);
+        assert_eq!(c.media.free_space_verify, FreeSpaceVerify::Checksum);
+        let ok = MINIMAL.replace(
+            "root = ",
+            "free_space_below_percent = 15\nfree_space_verify = \"length\"\nroot = ",
+        );
+        let c = parse_str(&ok).unwrap();
+        assert_eq!(c.media.free_space_below_percent, Some(15));
+        assert_eq!(c.media.free_space_verify, FreeSpaceVerify::Length);
+        for (line, key) in [
+            (
+                "free_space_below_percent = 0",
+                "media.free_space_below_percent",
+            ),
+            ("free_space_verify = \"trust\"", "media.free_space_verify"),
+            ("delete_command = \"camera-delete\"", "media.delete_command"),
+            (
+                "delete_command = \"/nonexistent/delete\"",
+                "media.delete_command",
+            ),
+        ] {
+            let text = MINIMAL.replace("root = ", &format!("{line}\nroot = "));
+            let err = parse_str(&text).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `cambackup daemon`: wires the tasks together and runs them until SIGTERM/SIGINT.
 //!
 //! Tasks: the watcher (card → queue), the conditions loop (device → gate), the scheduler
-//! (queue → tus), the control server (app ↔ daemon), and housekeeping. Shutdown is one
-//! `CancellationToken`: every task watches it, transfers save their offset, and the process
-//! exits within [`SHUTDOWN_GRACE`].
+//! (queue → tus), the control server (app ↔ daemon), freeing space, and housekeeping.
+//! Shutdown is one `CancellationToken`: every task watches it, transfers save their offset,
+//! and the process exits within [`SHUTDOWN_GRACE`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +114,7 @@ async fn main(config: Config) -> i32 {
     tasks.spawn(conditions_loop(app.clone()));
     tasks.spawn(scheduler::run(app.clone()));
     tasks.spawn(housekeeping(app.clone()));
+    tasks.spawn(crate::freeing::run(app.clone()));
     {
         let app = app.clone();
         tasks.spawn(async move {

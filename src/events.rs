@@ -76,6 +76,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A backed-up file was deleted from the card to free space.
+    Freed {
+        id: i64,
+        storage_path: StoragePath,
+        size: u64,
+        freed_at: i64,
+    },
 }
 
 impl Event {
@@ -85,6 +92,7 @@ impl Event {
             Event::State { .. } => "state",
             Event::Progress { .. } => "progress",
             Event::Item { .. } => "item",
+            Event::Freed { .. } => "freed",
         }
     }
 }

@@ -38,6 +38,34 @@ impl NetworkPref {
     }
 }
 
+/// Whether the daemon may free space on the card by deleting backed-up originals (INTERFACE.md
+/// section 4 `free_space`): the user's consent to deletion, off unless the user turns it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreeSpace {
+    /// Never delete anything from the card.
+    #[default]
+    Off,
+    /// When the card runs low, delete verified backed-up originals, oldest first.
+    WhenLow,
+}
+
+impl FreeSpace {
+    pub const ALL: [FreeSpace; 2] = [FreeSpace::Off, FreeSpace::WhenLow];
+
+    /// From its name.
+    pub fn parse(s: &str) -> Option<FreeSpace> {
+        FreeSpace::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreeSpace::Off => "off",
+            FreeSpace::WhenLow => "when_low",
+        }
+    }
+}
+
 /// A daily window in the device's local time, `HH:MM-HH:MM`: from the start (included) to the
 /// end (excluded); an end before the start crosses midnight (`22:00-06:00`); an end equal to
 /// the start is the whole day (`00:00-00:00`), as a clock that goes round once reads it.
@@ -125,6 +153,8 @@ pub struct Settings {
     pub schedule: Vec<Window>,
     /// The most MiB uploads may send over cellular per local day; 0 = no limit.
     pub cellular_daily_mib: u64,
+    /// The user's consent to free space on the card (`off` unless the user says otherwise).
+    pub free_space: FreeSpace,
 }
 
 /// The highest `max_rate_kib_per_sec` (about 1 TiB/s): larger numbers are typing mistakes.
@@ -141,6 +171,7 @@ impl Default for Settings {
             max_rate_kib_per_sec: 0,
             schedule: Vec::new(),
             cellular_daily_mib: 0,
+            free_space: FreeSpace::Off,
         }
     }
 }
@@ -157,6 +188,7 @@ pub struct SettingsPatch {
     pub max_rate_kib_per_sec: Option<u64>,
     pub schedule: Option<Vec<Window>>,
     pub cellular_daily_mib: Option<u64>,
+    pub free_space: Option<FreeSpace>,
 }
 
 /// A patch that names a field with a value out of its range.
@@ -234,6 +266,9 @@ impl Settings {
         }
         if let Some(v) = patch.cellular_daily_mib {
             s.cellular_daily_mib = v;
+        }
+        if let Some(v) = patch.free_space {
+            s.free_space = v;
         }
         s
     }
@@ -324,5 +359,20 @@ mod tests {
         let s: Settings = serde_json::from_str(old).unwrap();
         assert!(s.auto_upload);
         assert_eq!(s.max_rate_kib_per_sec, 0);
+        assert_eq!(
+            s.free_space,
+            FreeSpace::Off,
+            "freeing space is never on by default"
+        );
+    }
+
+    #[test]
+    fn free_space_is_off_or_when_low() {
+        let p: SettingsPatch = serde_json::from_str(r#"{"free_space": "when_low"}"#).unwrap();
+        assert_eq!(Settings::default().apply(&p).free_space, FreeSpace::WhenLow);
+        assert!(serde_json::from_str::<SettingsPatch>(r#"{"free_space": "always"}"#).is_err());
+        for f in FreeSpace::ALL {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
+        }
     }
 }

@@ -144,6 +144,8 @@ impl App {
             }
             a
         };
+        // After the account is gone: a pass starting now finds nothing to free with.
+        self.stop_freeing("the user unpaired");
         self.reevaluate();
         // The token file goes first, before the slow network work below: a crash or a SIGTERM
         // during the terminations must not leave the device paired after a restart. The token

@@ -99,6 +99,7 @@ impl App {
             self.item_event(&item, item.last_error.clone());
         }
         self.reevaluate();
+        self.kick_freeing();
     }
 
     /// Sends an `item` event.

@@ -26,12 +26,14 @@ use crate::upload::tus;
 mod account;
 mod error;
 mod flight;
+mod space;
 mod status;
 
 pub use account::AccountStatus;
 use account::PAIRED_KEY;
 pub use error::{AppError, ErrorKind};
 use flight::InFlight;
+pub use space::PassReport;
 use status::state_of;
 #[cfg(test)]
 pub use status::ATTENTION_CODES;
@@ -88,6 +90,9 @@ pub struct App {
     recheck: Notify,
     live: Mutex<Live>,
     heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Wakes the freeing task: the card may have run low (uploads done, a scan, settings).
+    free_kick: Notify,
+    freeing: Mutex<space::Freeing>,
 }
 
 /// Where the server's last Retry-After (as a unix second) is kept across restarts.
@@ -200,6 +205,8 @@ impl App {
                 cellular_bytes_today: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
+            free_kick: Notify::new(),
+            freeing: Mutex::new(space::Freeing::default()),
         })
     }
 
@@ -322,6 +329,17 @@ impl App {
         if old.auto_upload != new.auto_upload {
             tracing::info!(auto_upload = new.auto_upload, "the user changed consent");
         }
+        if old.free_space != new.free_space {
+            tracing::info!(
+                free_space = new.free_space.as_str(),
+                "the user changed freeing space"
+            );
+            if new.free_space == crate::settings::FreeSpace::Off {
+                self.stop_freeing("the user switched freeing space off");
+            } else {
+                self.kick_freeing();
+            }
+        }
         self.reevaluate();
         // The gate's verdict depends on the settings: have the conditions loop decide anew.
         self.recheck.notify_one();
@@ -357,6 +375,9 @@ impl App {
     /// `PUT /v1/recording` from the camera firmware.
     pub fn set_recording(&self, active: bool) {
         self.activity.set_recording(active);
+        if active {
+            self.stop_freeing("the camera records");
+        }
         self.recheck.notify_one();
     }
 
@@ -516,6 +537,7 @@ impl App {
         if report.dropped > 0 {
             self.reevaluate();
         }
+        self.kick_freeing();
     }
 
     /// A write to the state directory failed; a full disk is shown in `attention`.

@@ -31,7 +31,7 @@ pub struct Attention {
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 7] = [
+pub const ATTENTION_CODES: [&str; 8] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
@@ -39,6 +39,7 @@ pub const ATTENTION_CODES: [&str; 7] = [
     "items_failed",
     "unreadable_files",
     "clock_not_set",
+    "free_space_unverified",
 ];
 
 /// The queue's counts and bytes, as `status.queue` shows them.
@@ -123,6 +124,18 @@ pub struct Status {
     pub card: CardSummary,
     /// Bytes uploads sent over cellular today (the device's local day), for the data plan.
     pub cellular_bytes_today: u64,
+    /// Freeing space: the user's setting, whether the maker configured it, the last pass.
+    pub space: SpaceSummary,
+}
+
+/// `status.space`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceSummary {
+    pub free_space: crate::settings::FreeSpace,
+    /// The maker set `media.free_space_below_percent`.
+    pub configured: bool,
+    /// What the freeing task's last pass found and did; `None` before the first.
+    pub last_pass: Option<super::PassReport>,
 }
 
 /// `GET /v1/privacy`: exactly what leaves the device, and where to.
@@ -145,9 +158,13 @@ impl App {
         let queue = self.store.counts()?;
         let last_success_at = self.store.last_success_at()?;
         let next_attempt_at = self.store.next_backoff_at(now_unix())?;
+        let last_pass = self.last_pass();
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
-        let attention = attention_of(&live, &queue);
+        let mut attention = attention_of(&live, &queue);
+        if let Some(p) = last_pass.as_ref().filter(|p| p.stuck_unverified()) {
+            attention.push(unverified_attention(p, &self.config.media));
+        }
         Ok(Status {
             attention,
             state: state_of(&live, queue.pending + queue.uploading > 0),
@@ -159,6 +176,11 @@ impl App {
             queue: QueueSummary::from(&queue),
             card: CardSummary::from(&queue),
             cellular_bytes_today: live.cellular_bytes_today,
+            space: SpaceSummary {
+                free_space: live.settings.free_space,
+                configured: self.config.media.frees_space(),
+                last_pass,
+            },
             last_success_at,
             next_attempt_at,
             current: uploads.first().cloned(),
@@ -204,6 +226,29 @@ impl App {
             sent_only_when: "a file is uploaded: with auto_upload on and the conditions met, \
                              or when the app asks for a manual upload",
         }
+    }
+}
+
+/// Freeing space is on and the card is low, but files stay because their upload cannot be
+/// verified: the user should know the card will fill, and why.
+fn unverified_attention(p: &super::PassReport, media: &crate::config::Media) -> Attention {
+    let why = if p.kept.get("no_checksum").is_some_and(|n| *n > 0) {
+        format!(
+            "the server does not confirm checksums and this camera requires them              (media.free_space_verify = \"{}\")",
+            media.free_space_verify.as_str()
+        )
+    } else {
+        "no complete record of the bytes sent exists for them (uploaded before freeing space          was set up, or interrupted by a restart)"
+            .to_string()
+    };
+    Attention {
+        code: ATTENTION_CODES[7],
+        message: format!(
+            "The card is low on space and freeing space is on, but {} backed-up file(s) are \
+             kept because their upload cannot be verified: {why}. Free space by hand, or see \
+             `cambackup space --dry-run`.",
+            p.kept_unverified
+        ),
     }
 }
 

@@ -116,7 +116,8 @@ pub enum Command {
         data_types (a comma list of photo,video; empty for none), max_rate_kib_per_sec (the \
         upload rate cap in KiB/s; 0 for none), schedule (a comma list of daily windows in \
         local time like 01:00-07:00; empty for any time), cellular_daily_mib (MiB per day over \
-        cellular; 0 for no limit).\n\n\
+        cellular; 0 for no limit), free_space (off|when_low: delete backed-up files when the \
+        card runs low).\n\n\
         Example: cambackup settings network unmetered")]
     Settings {
         /// The setting's name
@@ -152,6 +153,21 @@ pub enum Command {
     },
     /// Follow the daemon's events (state, progress, items) until Ctrl-C
     Events,
+    /// Show the card's space, the freeing-space rules, and what freeing space would delete
+    #[command(
+        long_about = "Show the card's space, the freeing-space rules in force, the last \
+        pass, and what freeing space would delete now and why not the rest.\n\n\
+        Nothing is deleted by this command: the daemon frees space by itself when the camera \
+        maker configured it and the `free_space` setting is `when_low`."
+    )]
+    Space {
+        /// List file by file what would be freed (oldest first) and why each other file is kept
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[cfg(test)]
@@ -329,6 +345,10 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             print_as(json, &v, |v| render::privacy(&view(v)))
         }
         Command::Events => events(client).await,
+        Command::Space { dry_run, json } => {
+            let v = get(client, "/v1/space").await?;
+            print_as(json, &v, |v| render::space(v, *dry_run))
+        }
     }
 }
 
@@ -421,7 +441,7 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
 }
 
 /// The settings a user may change, in the order they are shown.
-const SETTINGS: [&str; 8] = [
+const SETTINGS: [&str; 9] = [
     "auto_upload",
     "network",
     "require_charging",
@@ -430,6 +450,7 @@ const SETTINGS: [&str; 8] = [
     "max_rate_kib_per_sec",
     "schedule",
     "cellular_daily_mib",
+    "free_space",
 ];
 
 async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {
@@ -524,6 +545,13 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
+        "free_space" => match crate::settings::FreeSpace::parse(v) {
+            Some(f) => Ok(Value::String(f.as_str().into())),
+            None => Err(format!(
+                "`free_space` is off or when_low (delete backed-up files when the card runs \
+                 low), not `{value}`"
+            )),
+        },
         other => Err(unknown_setting(other).message),
     }
 }

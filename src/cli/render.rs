@@ -114,6 +114,7 @@ pub struct HistoryView {
     pub storage_path: String,
     pub size: u64,
     pub completed_at: i64,
+    pub freed_at: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,17 +351,18 @@ pub fn history(entries: &[HistoryView]) -> String {
     if entries.is_empty() {
         return "nothing uploaded yet (or the history was erased)\n".into();
     }
-    let rows: Vec<[String; 3]> = entries
+    let rows: Vec<[String; 4]> = entries
         .iter()
         .map(|e| {
             [
                 local_time(e.completed_at),
                 bytes(e.size),
+                e.freed_at.map_or_else(|| "-".into(), local_time),
                 e.storage_path.clone(),
             ]
         })
         .collect();
-    table(&["COMPLETED", "SIZE", "PATH"], &rows)
+    table(&["COMPLETED", "SIZE", "FREED", "PATH"], &rows)
 }
 
 /// `privacy`: what leaves the device, and where to.
@@ -464,8 +466,125 @@ pub fn event_line(name: &str, data: &Value, at_unix: i64) -> String {
             }
             line
         }
+        "freed" => format!(
+            "{time} freed #{} {} ({} deleted from the card, backed up)",
+            data.get("id").and_then(Value::as_i64).unwrap_or(0),
+            s("storage_path"),
+            bytes(n("size"))
+        ),
         other => format!("{time} {other} {data}"),
     }
+}
+
+/// `space`: the card, the rules, the last pass; with `files`, each file a pass would free and
+/// why each other one is kept (`--dry-run`).
+pub fn space(v: &Value, files: bool) -> String {
+    let mut out = String::new();
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    match v.get("card").filter(|c| !c.is_null()) {
+        Some(c) => {
+            let (free, total) = (n(c, "free_bytes"), n(c, "total_bytes"));
+            let pct = (free * 100).checked_div(total).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "Card:       {} free of {} ({pct} %)",
+                bytes(free),
+                bytes(total)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Card:       its space cannot be read (is it there?)");
+        }
+    }
+    let r = &v["rules"];
+    let below = r.get("free_space_below_percent").and_then(Value::as_u64);
+    let _ = writeln!(
+        out,
+        "Rules:      free_space = {}; {}",
+        s(r, "free_space"),
+        match below {
+            Some(p) => format!(
+                "below {p} % free, delete backed-up files oldest first up to {} %; keep {} \
+                 days; verified by {}; delete with {}",
+                p + n(r, "margin_percent"),
+                n(r, "keep_days"),
+                s(r, "free_space_verify"),
+                s(r, "delete_with")
+            ),
+            None =>
+                "this camera does not free space (media.free_space_below_percent is unset)".into(),
+        }
+    );
+    let holds: Vec<String> = v["held_by"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    let would = v["would_free"].as_array().cloned().unwrap_or_default();
+    let would_bytes: u64 = would.iter().map(|f| n(f, "size")).sum();
+    if holds.is_empty() {
+        let _ = writeln!(
+            out,
+            "Now:        would free {} file(s), {} (need {})",
+            would.len(),
+            bytes(would_bytes),
+            bytes(n(v, "need_bytes"))
+        );
+    } else {
+        let _ = writeln!(out, "Now:        nothing is freed ({})", holds.join(", "));
+    }
+    if let Some(kept) = v["kept_by_reason"].as_object().filter(|k| !k.is_empty()) {
+        let list: Vec<String> = kept.iter().map(|(k, c)| format!("{k} {c}")).collect();
+        let _ = writeln!(out, "Kept:       {}", list.join(", "));
+    }
+    if let Some(p) = v.get("last_pass").filter(|p| !p.is_null()) {
+        let _ = writeln!(
+            out,
+            "Last pass:  {}: freed {} file(s), {}",
+            local_time(p["at"].as_i64().unwrap_or(0)),
+            n(p, "freed_files"),
+            bytes(n(p, "freed_bytes"))
+        );
+        for f in p["failures"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  failed:   {}", f.as_str().unwrap_or(""));
+        }
+    }
+    if files {
+        let rows: Vec<[String; 4]> = would
+            .iter()
+            .map(|f| {
+                let confirm: Vec<&str> = f["confirm"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                [
+                    "free".into(),
+                    bytes(n(f, "size")),
+                    format!("after {}", confirm.join(" + ")),
+                    s(f, "storage_path"),
+                ]
+            })
+            .chain(v["kept"].as_array().into_iter().flatten().map(|f| {
+                [
+                    "keep".into(),
+                    bytes(n(f, "size")),
+                    s(&f["kept"], "reason"),
+                    s(f, "storage_path"),
+                ]
+            }))
+            .collect();
+        if rows.is_empty() {
+            let _ = writeln!(out, "No backed-up file on the card to free.");
+        } else {
+            out.push_str(&table(&["WHAT", "SIZE", "WHY", "PATH"], &rows));
+        }
+    }
+    out
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.

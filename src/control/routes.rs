@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str, Handler)] = &[
     ("PUT", "/v1/network", || put(network)),
     ("GET", "/v1/history", || get(history)),
     ("GET", "/v1/privacy", || get(privacy)),
+    ("GET", "/v1/space", || get(space)),
     ("GET", "/v1/events", || get(super::sse::events)),
     ("GET", "/v1/health", || get(health)),
 ];
@@ -358,6 +359,19 @@ async fn history(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Respon
 async fn privacy(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
     no_query(&q)?;
     Ok(Json(app.privacy()).into_response())
+}
+
+/// `GET /v1/space`: read-only, like `cambackup space --dry-run`; deletes nothing.
+async fn space(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    no_query(&q)?;
+    match crate::freeing::preview(&app).await {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(why) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            why,
+        )),
+    }
 }
 
 async fn health(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {

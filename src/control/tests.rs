@@ -1139,4 +1139,22 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
     ] {
         assert!(!left.iter().any(|c| c == gone), "{gone} stayed: {s:#}");
     }
+
+    // Freeing space: the card stayed low because files could not be verified, then it did not.
+    let mut stuck = crate::app::PassReport {
+        need_bytes: 10,
+        kept_unverified: 3,
+        ..Default::default()
+    };
+    stuck.kept.insert("no_checksum", 3);
+    h.app.set_last_pass(stuck);
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    assert!(
+        codes(&s).iter().any(|c| c == "free_space_unverified"),
+        "{s:#}"
+    );
+    assert!(s["attention"].to_string().contains("checksums"), "{s:#}");
+    h.app.set_last_pass(crate::app::PassReport::default());
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    assert!(codes(&s).is_empty(), "{s:#}");
 }

@@ -53,6 +53,8 @@ pub struct HistoryView {
     pub storage_path: String,
     pub size: u64,
     pub completed_at: i64,
+    /// When the file was deleted from the card to free space; null while it is there.
+    pub freed_at: Option<i64>,
 }
 
 impl From<HistoryEntry> for HistoryView {
@@ -61,6 +63,7 @@ impl From<HistoryEntry> for HistoryView {
             storage_path: h.storage_path,
             size: h.size,
             completed_at: h.completed_at,
+            freed_at: h.freed_at,
         }
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! - the ledger gets one line when a tus upload is created (its URL and endpoint: a rebuilt
 //!   queue resumes it by asking the server, `HEAD`) and one when an upload is done (a rebuilt
-//!   queue knows it was sent). A torn last line (power cut mid-append) is skipped on reading.
+//!   queue knows it was sent), and one when a done upload turns out lost on the server
+//!   (freeing space found a 404: it is sent again). A torn last line (power cut mid-append) is
+//!   skipped on reading.
 //! - the choices file holds the user's settings and pause, replaced atomically (temp file,
 //!   fsync, rename) on every change.
 //!
@@ -58,6 +60,9 @@ pub struct Entry {
     /// Its upload URL was forgotten (gone on the server, expired, another endpoint).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub f: bool,
+    /// It was done, but the server lost the completed upload: it is to be sent again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub r: bool,
 }
 
 /// What the ledger says about one file version, after replaying every line.
@@ -115,6 +120,9 @@ pub fn replay(dir: &Path) -> (HashMap<(String, u64, i64), Known>, usize) {
         });
         if e.d {
             k.done = true;
+            k.upload = None;
+        } else if e.r {
+            k.done = false;
             k.upload = None;
         } else if e.x {
             k.cancelled = true;
@@ -211,6 +219,7 @@ mod tests {
             d,
             x: false,
             f: false,
+            r: false,
         }
     }
 

@@ -77,4 +77,28 @@ pub const MIGRATIONS: &[&str] = &[
                 sent = sent + excluded.sent;
     END;
     "#,
+    // 5: freeing space (INTERFACE.md section 8). `done_url`: the completed upload's URL, kept
+    // for the HEAD that confirms it before its file is deleted (`upload_url` is cleared when
+    // done). `freed_at`: when the file was deleted from the card, on the item and its history
+    // entry. `sent_chunks`: what each accepted PATCH carried (offset, length, SHA-1 of the bytes
+    // as sent, whether the server checked an Upload-Checksum, the inode they were read from);
+    // kept only where the maker configured freeing space. Rows never overlap (a chunk recorded
+    // at an offset replaces every row reaching past it), so rows whose lengths sum to the size
+    // and that end at it tile the file.
+    r#"
+    ALTER TABLE items ADD COLUMN done_url TEXT;
+    ALTER TABLE items ADD COLUMN freed_at INTEGER;
+    ALTER TABLE history ADD COLUMN freed_at INTEGER;
+    CREATE TABLE sent_chunks (
+        item_id  INTEGER NOT NULL,
+        start    INTEGER NOT NULL,
+        len      INTEGER NOT NULL,
+        sha1     BLOB    NOT NULL,
+        checksum INTEGER NOT NULL,
+        ino      INTEGER NOT NULL,
+        PRIMARY KEY (item_id, start)
+    ) WITHOUT ROWID;
+    CREATE INDEX items_freeable ON items (mtime_ns)
+        WHERE state = 'done' AND freed_at IS NULL AND done_url IS NOT NULL;
+    "#,
 ];

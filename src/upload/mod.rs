@@ -4,6 +4,7 @@
 pub mod bind;
 pub mod metadata;
 pub mod retry;
+pub mod sent;
 pub mod throttle;
 pub mod transfer;
 pub mod tus;

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
+use crate::upload::sent;
 use crate::upload::tus::{Client, TusError, UploadState, STREAM_BUF};
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
@@ -278,7 +279,11 @@ impl Transfer<'_, '_> {
                 } else {
                     None
                 };
-                let reader = self.open_chunk(base, len).await?;
+                // Freeing space verifies by what was sent: hash the body where no checksum
+                // does it (only on cameras whose maker configured freeing space).
+                let record_sent = ctx.config.media.frees_space();
+                let hashed = (record_sent && checksum.is_none()).then(sent::SentHash::default);
+                let reader = sent::hashing(self.open_chunk(base, len).await?, hashed.as_ref());
                 self.sending = true;
                 let progress = self.progress;
                 let sent = move |n: u64| progress(base + n);
@@ -286,6 +291,20 @@ impl Transfer<'_, '_> {
                     client.patch(&url, token, base, reader, len, checksum.as_deref(), &sent);
                 match self.until_stop(patch).await? {
                     Ok(ack) => {
+                        if record_sent {
+                            sent::record(
+                                ctx.store,
+                                &sent::Accepted {
+                                    item: self.item.id,
+                                    start: base,
+                                    len,
+                                    acked: ack.offset,
+                                    checksum: checksum.as_deref(),
+                                    hashed: hashed.as_ref(),
+                                    ino: self.identity.map(|i| i.ino),
+                                },
+                            );
+                        }
                         self.offset = ack.offset;
                         self.expires_at = ack.expires_at.or(self.expires_at);
                         confirmed = true;

@@ -19,4 +19,5 @@ mod interop;
 mod large;
 mod losses;
 mod schedule;
+mod space;
 mod uplink;

@@ -1,0 +1,707 @@
+//! The freeing-space task (INTERFACE.md section 8): when the card runs low, deletes backed-up
+//! originals, oldest first, under the rules of `space::decide`, and records each one.
+//!
+//! A pass gathers the facts (the card's space by statvfs, the store's done items and what was
+//! sent of them, each file's metadata), asks the rules, and for each file they name, just
+//! before deleting it: asks the server (`HEAD`: offset = length), reads the file back where
+//! the rules ask for it (verification by length, or an inode other than the one the bytes were
+//! sent from, as FAT and exFAT give after a remount), looks at the file once more, and asks the
+//! rules again with those answers. Then the firmware's `media.delete_command` (no shell) or unlink, and the
+//! record: the store's `freed_at`, the history, the event stream.
+//!
+//! Invariants: nothing is deleted unless the rules say [`Verdict::Free`] with the server's and
+//! the card's answers of that moment, and [`App::may_free`] holds right then (consent,
+//! pairing, not recording); any doubt keeps the file; a failed deletion keeps it and says why;
+//! a file the server lost is queued again. Runs only where the maker configured it, never
+//! while the camera records, and stops at once on shutdown, unpairing or consent off.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha1::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, PassReport};
+use crate::config::Media;
+use crate::space::{self, Card, FileFacts, Hold, Keep, OnCard, ReadBack, Server, Verdict, World};
+use crate::store::{FreeCandidate, SentChunk};
+
+/// How often the card is looked at without a wake-up (uploads done, scans and settings wake
+/// the task sooner).
+const CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Passes start at most this often, however many uploads end.
+const MIN_GAP: Duration = Duration::from_secs(2);
+/// The confirming `HEAD` gets this long; no answer is a doubt.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// The firmware's delete command gets this long; then it is killed and the file kept.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most failures a pass report keeps.
+const MAX_FAILURES: usize = 10;
+
+/// Runs until shutdown. On a camera whose maker did not configure freeing space it only waits.
+pub async fn run(app: Arc<App>) {
+    if !app.config().media.frees_space() {
+        app.shutdown().cancelled().await;
+        return;
+    }
+    loop {
+        let report = pass(&app).await;
+        app.set_last_pass(report);
+        tokio::select! {
+            _ = app.shutdown().cancelled() => return,
+            _ = app.freeing_kicked() => {}
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        tokio::select! {
+            _ = app.shutdown().cancelled() => return,
+            _ = tokio::time::sleep(MIN_GAP) => {}
+        }
+    }
+}
+
+/// The card's total and available space (to an unprivileged writer), by statvfs.
+pub fn card_space(root: &Path) -> std::io::Result<Card> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed struct the call fills in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok(Card {
+        total_bytes: (st.f_blocks as u64).saturating_mul(unit),
+        free_bytes: (st.f_bavail as u64).saturating_mul(unit),
+    })
+}
+
+/// The facts of one moment: the world, and the candidates with their files' metadata.
+struct Gathered {
+    world: World,
+    files: Vec<FileFacts>,
+    candidates: HashMap<i64, FreeCandidate>,
+}
+
+fn policy(m: &Media) -> space::Policy {
+    space::Policy {
+        below_percent: m.free_space_below_percent,
+        keep_days: m.keep_days,
+        verify: m.free_space_verify,
+        settle_secs: m.settle_secs,
+    }
+}
+
+/// The world as it is now.
+fn world(app: &App) -> World {
+    let media = &app.config().media;
+    let account = app.account_for_upload();
+    World {
+        consent: app.settings().free_space,
+        policy: policy(media),
+        card: card_space(&media.root).ok(),
+        media_available: app.media_available() && crate::scan::media_present(&media.root),
+        paired: account.is_some(),
+        clock_set: crate::clock::is_set(),
+        recording: app.recording() || app.config().conditions.recording_flag.exists(),
+        now: crate::clock::now_unix(),
+    }
+}
+
+/// What the card shows at the file's path now (never through a symbolic link).
+fn on_card(root: &Path, disk: &Path) -> OnCard {
+    if crate::media::check_no_symlink(root, disk).is_err() {
+        return OnCard::NotRegular;
+    }
+    match std::fs::symlink_metadata(disk) {
+        Err(_) => OnCard::Missing,
+        Ok(m) if !m.is_file() => OnCard::NotRegular,
+        Ok(m) => OnCard::Present {
+            size: m.len(),
+            mtime_ns: crate::media::mtime_ns(&m),
+            ino: m.ino(),
+        },
+    }
+}
+
+/// Gathers the facts; the files only when `with_files` (a pass that is held needs none).
+fn gather(app: &App, with_files: bool) -> Result<Gathered, String> {
+    let world = world(app);
+    let mut files = Vec::new();
+    let mut candidates = HashMap::new();
+    if with_files {
+        let root = &app.config().media.root;
+        let region = app.account_for_upload().and_then(|a| a.region);
+        let endpoint = app
+            .config()
+            .cloud
+            .endpoint_for(region.as_deref())
+            .to_string();
+        let all = app
+            .store()
+            .free_candidates()
+            .map_err(|e| format!("cannot read the backed-up files: {e}"))?;
+        for c in all.into_iter().filter(|c| c.item.size > 0) {
+            let it = &c.item;
+            files.push(FileFacts {
+                id: it.id,
+                size: it.size,
+                mtime_ns: it.mtime_ns,
+                sent: c.sent,
+                endpoint_ok: it.upload_endpoint.as_deref() == Some(endpoint.as_str()),
+                on_card: on_card(root, &it.storage_path.on_disk(root)),
+                server: Server::NotAsked,
+                read_back: ReadBack::NotDone,
+            });
+            candidates.insert(it.id, c);
+        }
+    }
+    Ok(Gathered {
+        world,
+        files,
+        candidates,
+    })
+}
+
+/// Runs [`gather`] on the blocking pool: a card of many files is many `stat`s.
+async fn gather_off_thread(app: &Arc<App>, with_files: bool) -> Result<Gathered, String> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || gather(&a, with_files))
+        .await
+        .map_err(|e| format!("the gathering task failed: {e}"))?
+}
+
+/// One pass: frees what the rules allow until the card is back above its target.
+pub async fn pass(app: &Arc<App>) -> PassReport {
+    let stop = app.freeing_token();
+    let mut report = PassReport {
+        at: crate::clock::now_unix(),
+        ..PassReport::default()
+    };
+    // The holds first, without a file: most passes end here (the card is not low).
+    let first = space::decide(&world(app), &[]);
+    report.card = first_card(&first, app);
+    report.held_by = first.holds.clone();
+    if !first.may_free() {
+        return report;
+    }
+    let g = match gather_off_thread(app, true).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "freeing space: cannot gather the facts");
+            report.failures.push(e);
+            return report;
+        }
+    };
+    let Gathered {
+        mut world,
+        mut files,
+        candidates,
+    } = g;
+    let d = space::decide(&world, &files);
+    report.need_bytes = d.need_bytes;
+    count_kept(&mut report, &d);
+    if !d.may_free() {
+        report.held_by = d.holds;
+        return report;
+    }
+    tracing::info!(need_bytes = d.need_bytes, card = ?world.card, "the card is low: freeing space");
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let d = space::decide(&world, &files);
+        if !d.may_free() {
+            report.held_by = d.holds;
+            break;
+        }
+        let Some(&(id, _)) = d
+            .files
+            .iter()
+            .find(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm { .. }))
+        else {
+            break;
+        };
+        let at = files.iter().position(|f| f.id == id).expect("decided on");
+        let mut f = files.swap_remove(at);
+        let c = &candidates[&id];
+        let Some(verdict) = confirm(app, &stop, &mut world, &mut f, c).await else {
+            break;
+        };
+        match verdict {
+            Verdict::Free => match delete(app, &stop, c).await {
+                Ok(()) => match app.store().mark_freed(id) {
+                    Ok(at) => {
+                        app.freed(&c.item, at);
+                        report.freed_files += 1;
+                        report.freed_bytes += c.item.size;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, id, "deleted a backed-up file but cannot record it");
+                        report.failures.push(format!(
+                            "{}: deleted, not recorded: {e}",
+                            c.item.storage_path
+                        ));
+                    }
+                },
+                Err(why) => {
+                    tracing::warn!(id, path = %c.item.storage_path, reason = %why, "cannot free a file; it is kept");
+                    *report.kept.entry("delete_failed").or_default() += 1;
+                    if report.failures.len() < MAX_FAILURES {
+                        report
+                            .failures
+                            .push(format!("{}: {why}", c.item.storage_path));
+                    }
+                }
+            },
+            Verdict::Keep(k) => {
+                tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
+                if k == Keep::ServerLost {
+                    match app.store().requeue_lost(id) {
+                        Ok(true) => {
+                            tracing::warn!(id, path = %c.item.storage_path, "the server lost a completed upload: the file is queued again");
+                            app.queued();
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, id, "cannot queue a lost upload again")
+                        }
+                    }
+                }
+                *report.kept.entry(k.code()).or_default() += 1;
+                if k.is_unverified() {
+                    report.kept_unverified += 1;
+                }
+            }
+            _ => {}
+        }
+        world.card = card_space(&app.config().media.root).ok();
+    }
+    report.card = world.card;
+    if report.freed_files > 0 {
+        tracing::info!(
+            files = report.freed_files,
+            bytes = report.freed_bytes,
+            "freed space on the card"
+        );
+    }
+    report
+}
+
+fn first_card(d: &space::Decision, app: &App) -> Option<Card> {
+    if d.holds.contains(&Hold::CardUnknown) {
+        None
+    } else {
+        card_space(&app.config().media.root).ok()
+    }
+}
+
+/// Counts the files the rules keep before any confirmation (too young, changed, unverified).
+fn count_kept(report: &mut PassReport, d: &space::Decision) {
+    for (_, v) in &d.files {
+        if let Verdict::Keep(k) = v {
+            *report.kept.entry(k.code()).or_default() += 1;
+            if k.is_unverified() {
+                report.kept_unverified += 1;
+            }
+        }
+    }
+}
+
+/// Asks the server, reads back where needed, looks at the file again, and asks the rules with
+/// those answers. `None`: stopped.
+async fn confirm(
+    app: &Arc<App>,
+    stop: &CancellationToken,
+    world: &mut World,
+    f: &mut FileFacts,
+    c: &FreeCandidate,
+) -> Option<Verdict> {
+    f.server = head(app, stop, c).await?;
+    let root = app.config().media.root.clone();
+    let disk = c.item.storage_path.on_disk(&root);
+    let read_back = matches!(
+        space::decide(world, std::slice::from_ref(f)).files.first(),
+        Some((_, Verdict::Confirm { read_back: true }))
+    );
+    if read_back {
+        let chunks = match app.store().sent_chunks(c.item.id) {
+            Ok(ch) => ch,
+            Err(e) => {
+                return Some(Verdict::Keep(Keep::ReadBackFailed {
+                    detail: e.to_string(),
+                }))
+            }
+        };
+        let path = disk.clone();
+        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks));
+        f.read_back = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = job => r.unwrap_or_else(|e| ReadBack::Failed(e.to_string())),
+        };
+    }
+    f.on_card = on_card(&root, &disk);
+    *world = World {
+        card: world.card,
+        ..self::world(app)
+    };
+    space::decide(world, std::slice::from_ref(f))
+        .files
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
+}
+
+/// `HEAD` on the completed upload, now. `None`: stopped.
+async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Option<Server> {
+    let Some(account) = app.account_for_upload() else {
+        return Some(Server::Doubt("not paired".into()));
+    };
+    let ask = app.client().head(&c.done_url, &account.token);
+    let answer = tokio::select! {
+        _ = stop.cancelled() => return None,
+        r = tokio::time::timeout(HEAD_TIMEOUT, ask) => r,
+    };
+    let size = c.item.size;
+    Some(match answer {
+        Err(_) => Server::Doubt(format!("no answer to HEAD within {HEAD_TIMEOUT:?}")),
+        Ok(Err(e)) if e.is_gone() => Server::Lost,
+        Ok(Err(e)) => Server::Doubt(e.to_string()),
+        Ok(Ok(st)) if st.offset == size && st.length == Some(size) => Server::Complete,
+        Ok(Ok(st)) => Server::Incomplete {
+            offset: st.offset,
+            length: st.length,
+        },
+    })
+}
+
+/// Reads the file back from the card and compares each recorded chunk's SHA-1 with what was
+/// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
+/// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
+/// read, which the rules compare with the file at the path at the last look.
+fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+    };
+    let ino = match file.metadata() {
+        Ok(m) => m.ino(),
+        Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    for c in chunks {
+        if c.start != at {
+            return ReadBack::Differs { at };
+        }
+        let mut hasher = sha1::Sha1::new();
+        let mut left = c.len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            match file.read(&mut buf[..want]) {
+                Ok(0) => return ReadBack::Differs { at: c.start },
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    left -= n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+            }
+        }
+        if hasher.finalize()[..] != c.sha1[..] {
+            return ReadBack::Differs { at: c.start };
+        }
+        at += c.len;
+    }
+    ReadBack::Same { ino }
+}
+
+/// Deletes the file: the firmware's command (the path as its one argument, no shell) or
+/// unlink. Success is the command's exit 0 and the file gone.
+async fn delete(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Result<(), String> {
+    // The last look: consent, pairing and recording may have changed during the HEAD.
+    let flag = &app.config().conditions.recording_flag;
+    if stop.is_cancelled() || !app.may_free() || flag.exists() {
+        return Err("freeing space was stopped (consent, pairing or recording)".into());
+    }
+    let path = c.item.storage_path.on_disk(&app.config().media.root);
+    let command = app.config().media.delete_command.clone();
+    tokio::task::spawn_blocking(move || delete_file(&path, command.as_deref()))
+        .await
+        .map_err(|e| format!("the delete task failed: {e}"))?
+}
+
+fn delete_file(path: &Path, command: Option<&Path>) -> Result<(), String> {
+    let Some(cmd) = command else {
+        return std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()));
+    };
+    run_delete_command(cmd, path)?;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(format!(
+            "{} exited 0 but {} is still there",
+            cmd.display(),
+            path.display()
+        )),
+    }
+}
+
+/// Runs the maker's delete command with the path as its one argument; kills it after
+/// [`DELETE_TIMEOUT`].
+fn run_delete_command(cmd: &Path, path: &Path) -> Result<(), String> {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(cmd)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", cmd.display()))?;
+    let deadline = std::time::Instant::now() + DELETE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} did not finish within {DELETE_TIMEOUT:?}",
+                    cmd.display()
+                ));
+            }
+            Err(e) => return Err(format!("waiting for {}: {e}", cmd.display())),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(4096).read_to_string(&mut stderr);
+    }
+    let said = stderr.trim();
+    Err(format!(
+        "{} failed ({status}){}",
+        cmd.display(),
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!(": {said}")
+        }
+    ))
+}
+
+// ----- GET /v1/space -----
+
+/// `GET /v1/space` (and `cambackup space`): the card, the rules in force, what a pass would
+/// free now and why not the rest. Deletes nothing and asks the server nothing: "would free"
+/// files are still confirmed (HEAD, read-back) just before a real deletion.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceView {
+    pub card: Option<Card>,
+    pub rules: Rules,
+    /// Why nothing would be freed now (empty: a pass would free).
+    pub held_by: Vec<Hold>,
+    pub target_free_bytes: Option<u64>,
+    pub need_bytes: u64,
+    /// Oldest first: what a pass would delete, each after the confirmations named.
+    pub would_free: Vec<FileView>,
+    /// Files that could be freed, but older ones free enough.
+    pub not_needed: u64,
+    /// Files kept, by reason.
+    pub kept_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// The kept files (at most [`MAX_LISTED`]), with their reason.
+    pub kept: Vec<FileView>,
+    /// Files freed so far, newest first (at most [`MAX_LISTED`]).
+    pub freed: Vec<FreedView>,
+    pub last_pass: Option<PassReport>,
+}
+
+/// The most files a list in [`SpaceView`] holds.
+pub const MAX_LISTED: usize = 200;
+
+/// The rules in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rules {
+    pub free_space: crate::settings::FreeSpace,
+    pub free_space_below_percent: Option<u8>,
+    pub margin_percent: u64,
+    pub keep_days: u32,
+    pub free_space_verify: &'static str,
+    /// `unlink`, or the maker's command.
+    pub delete_with: String,
+}
+
+/// One file in [`SpaceView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct FileView {
+    pub id: i64,
+    pub storage_path: crate::media::StoragePath,
+    pub size: u64,
+    /// The file's modification time (unix seconds).
+    pub modified_at: i64,
+    /// What is asked just before deleting it: `head`, `read_back`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub confirm: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Keep>,
+}
+
+/// A freed file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FreedView {
+    pub id: i64,
+    pub storage_path: crate::media::StoragePath,
+    pub size: u64,
+    pub freed_at: i64,
+}
+
+/// Builds [`SpaceView`] from the facts of now.
+pub async fn preview(app: &Arc<App>) -> Result<SpaceView, String> {
+    let g = gather_off_thread(app, true).await?;
+    let d = space::decide(&g.world, &g.files);
+    let media = &app.config().media;
+    let file_view = |id: i64| {
+        let it = &g.candidates[&id].item;
+        FileView {
+            id,
+            storage_path: it.storage_path.clone(),
+            size: it.size,
+            modified_at: it.mtime_ns.div_euclid(1_000_000_000),
+            confirm: Vec::new(),
+            kept: None,
+        }
+    };
+    let mut view = SpaceView {
+        card: g.world.card,
+        rules: Rules {
+            free_space: g.world.consent,
+            free_space_below_percent: media.free_space_below_percent,
+            margin_percent: space::MARGIN_PERCENT,
+            keep_days: media.keep_days,
+            free_space_verify: media.free_space_verify.as_str(),
+            delete_with: media
+                .delete_command
+                .as_ref()
+                .map_or_else(|| "unlink".to_string(), |p| p.display().to_string()),
+        },
+        held_by: d.holds.clone(),
+        target_free_bytes: d.target_free_bytes,
+        need_bytes: d.need_bytes,
+        would_free: Vec::new(),
+        not_needed: 0,
+        kept_by_reason: Default::default(),
+        kept: Vec::new(),
+        freed: app
+            .store()
+            .freed(MAX_LISTED as u32)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(it, at)| FreedView {
+                id: it.id,
+                storage_path: it.storage_path,
+                size: it.size,
+                freed_at: at,
+            })
+            .collect(),
+        last_pass: app.last_pass(),
+    };
+    for (id, v) in d.files {
+        match v {
+            Verdict::Free | Verdict::Confirm { .. } if view.would_free.len() < MAX_LISTED => {
+                let mut f = file_view(id);
+                f.confirm.push("head");
+                if matches!(v, Verdict::Confirm { read_back: true }) {
+                    f.confirm.push("read_back");
+                }
+                view.would_free.push(f);
+            }
+            Verdict::NotNeeded => view.not_needed += 1,
+            Verdict::Keep(k) => {
+                *view.kept_by_reason.entry(k.code()).or_default() += 1;
+                if view.kept.len() < MAX_LISTED {
+                    let mut f = file_view(id);
+                    f.kept = Some(k);
+                    view.kept.push(f);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statvfs_reads_a_real_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = card_space(dir.path()).unwrap();
+        assert!(c.total_bytes > 0 && c.free_bytes <= c.total_bytes, "{c:?}");
+        assert!(card_space(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn read_back_compares_each_chunk_with_what_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.JPG");
+        std::fs::write(&path, b"hello world").unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let chunk = |start: u64, bytes: &[u8]| SentChunk {
+            start,
+            len: bytes.len() as u64,
+            sha1: sha1::Sha1::digest(bytes).into(),
+            checksum: false,
+            ino,
+        };
+        let good = [chunk(0, b"hello"), chunk(5, b" world")];
+        assert_eq!(read_back_file(&path, &good), ReadBack::Same { ino });
+        let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
+        assert_eq!(read_back_file(&path, &bad), ReadBack::Differs { at: 5 });
+        // The same bytes on another inode (a FAT remount) read back the same, and say which
+        // inode was read.
+        let copy = dir.path().join("A.new");
+        std::fs::write(&copy, b"hello world").unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        let new_ino = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(new_ino, ino);
+        assert_eq!(
+            read_back_file(&path, &good),
+            ReadBack::Same { ino: new_ino }
+        );
+        assert!(matches!(
+            read_back_file(&dir.path().join("gone"), &good),
+            ReadBack::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_failing_delete_command_keeps_the_file_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.JPG");
+        std::fs::write(&path, b"x").unwrap();
+        let err = delete_file(&path, Some(Path::new("/bin/false"))).unwrap_err();
+        assert!(err.contains("/bin/false failed"), "{err}");
+        assert!(path.exists());
+        let err = delete_file(&path, Some(Path::new("/bin/true"))).unwrap_err();
+        assert!(err.contains("still there"), "{err}");
+        delete_file(&path, Some(Path::new("/bin/rm"))).unwrap();
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,349 @@
+//! What the store keeps for freeing space (migration 5): the digests of what was sent, the
+//! completed upload's URL, and which files were freed.
+//!
+//! Invariants: a chunk is recorded only after the server accepted all of it, and a recorded
+//! chunk replaces every row that reaches past its start, so rows never overlap and a gap (a
+//! chunk whose digest was lost to a crash, a PATCH the server took only in part) stays a gap:
+//! the upload is then not verified, never wrongly verified. A new or forgotten server upload
+//! drops the item's rows (`set_upload_url`, `clear_upload_url`). A freed item stays `done`, so
+//! no scan queues it again and no reconcile reports it deleted before upload.
+
+use rusqlite::params;
+
+use super::{read_item, Fact, Item, Result, Store, ITEM_COLUMNS};
+use crate::clock::now_unix;
+
+/// One accepted PATCH, as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentChunk {
+    pub start: u64,
+    pub len: u64,
+    /// SHA-1 of the bytes as they went out.
+    pub sha1: [u8; 20],
+    /// The server checked them against an `Upload-Checksum` it accepted.
+    pub checksum: bool,
+    /// The inode they were read from.
+    pub ino: u64,
+}
+
+/// What the rows of one item add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SentSummary {
+    pub chunks: u64,
+    /// Sum of the rows' lengths.
+    pub bytes: u64,
+    /// Where the last row ends.
+    pub end: u64,
+    /// Every row went with an accepted `Upload-Checksum`.
+    pub all_checksummed: bool,
+    /// The inode every row was read from; `None` when they differ or there are none.
+    pub ino: Option<u64>,
+}
+
+impl SentSummary {
+    /// The rows tile `[0, size)`: every byte of the upload has a digest of what was sent.
+    pub fn covers(&self, size: u64) -> bool {
+        self.chunks > 0 && self.bytes == size && self.end == size
+    }
+}
+
+/// A done item that may be freed, with what the store knows of its upload.
+#[derive(Debug, Clone)]
+pub struct FreeCandidate {
+    pub item: Item,
+    /// The completed upload's URL (for the HEAD just before deletion).
+    pub done_url: String,
+    pub sent: SentSummary,
+}
+
+impl Store {
+    /// Records a chunk the server accepted whole. Rows reaching past its start are dropped
+    /// first: the server's upload no longer holds what they describe beyond this point.
+    pub fn record_sent_chunk(&self, id: i64, c: &SentChunk) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "DELETE FROM sent_chunks WHERE item_id = ?1 AND start + len > ?2",
+                params![id, c.start as i64],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO sent_chunks (item_id, start, len, sha1, checksum, ino)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    c.start as i64,
+                    c.len as i64,
+                    &c.sha1[..],
+                    c.checksum,
+                    c.ino as i64
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The rows of one item, in offset order (the read-back compares the card with them).
+    pub fn sent_chunks(&self, id: i64) -> Result<Vec<SentChunk>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT start, len, sha1, checksum, ino FROM sent_chunks
+                 WHERE item_id = ?1 ORDER BY start",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                let digest: Vec<u8> = r.get(2)?;
+                let mut sha1 = [0u8; 20];
+                // A row of another length cannot match any read-back: all zeros never does.
+                if digest.len() == 20 {
+                    sha1.copy_from_slice(&digest);
+                }
+                Ok(SentChunk {
+                    start: r.get::<_, i64>(0)? as u64,
+                    len: r.get::<_, i64>(1)? as u64,
+                    sha1,
+                    checksum: r.get(3)?,
+                    ino: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Done items not freed yet whose upload URL is known, oldest capture first, with a
+    /// summary of what was sent.
+    pub fn free_candidates(&self) -> Result<Vec<FreeCandidate>> {
+        let conn = self.conn();
+        let cols: String = ITEM_COLUMNS
+            .split(", ")
+            .map(|c| format!("i.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {cols}, i.done_url, COUNT(c.start), COALESCE(SUM(c.len), 0),
+                   COALESCE(MAX(c.start + c.len), 0), COALESCE(MIN(c.checksum), 0),
+                   MIN(c.ino), MAX(c.ino)
+                 FROM items i LEFT JOIN sent_chunks c ON c.item_id = i.id
+                 WHERE i.state = 'done' AND i.freed_at IS NULL AND i.done_url IS NOT NULL
+                 GROUP BY i.id ORDER BY i.mtime_ns, i.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let item = read_item(r)?;
+                let n = ITEM_COLUMNS.split(", ").count();
+                let chunks = r.get::<_, i64>(n + 1)? as u64;
+                let (lo, hi): (Option<i64>, Option<i64>) = (r.get(n + 5)?, r.get(n + 6)?);
+                Ok(FreeCandidate {
+                    done_url: r.get(n)?,
+                    sent: SentSummary {
+                        chunks,
+                        bytes: r.get::<_, i64>(n + 2)? as u64,
+                        end: r.get::<_, i64>(n + 3)? as u64,
+                        all_checksummed: chunks > 0 && r.get::<_, bool>(n + 4)?,
+                        ino: match (lo, hi) {
+                            (Some(a), Some(b)) if a == b => Some(a as u64),
+                            _ => None,
+                        },
+                    },
+                    item,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The file of a done item was deleted to free space: recorded on the item and its history
+    /// entry, durably (a freed file must never look like one deleted before upload).
+    pub fn mark_freed(&self, id: i64) -> Result<i64> {
+        let now = now_unix();
+        self.durable(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE items SET freed_at = ?2 WHERE id = ?1 AND state = 'done'",
+                params![id, now],
+            )?;
+            tx.execute(
+                "UPDATE history SET freed_at = ?2 WHERE id = (
+                   SELECT h.id FROM history h JOIN items i
+                     ON h.storage_path = i.storage_path AND h.size = i.size
+                        AND h.completed_at = i.completed_at
+                   WHERE i.id = ?1 ORDER BY h.id DESC LIMIT 1)",
+                params![id, now],
+            )?;
+            tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.commit()
+        })?;
+        Ok(now)
+    }
+
+    /// The server no longer has a done item's upload (404/410 on its HEAD): it is queued again,
+    /// from the start, and nothing of the lost upload is kept. Returns whether it was.
+    pub fn requeue_lost(&self, id: i64) -> Result<bool> {
+        self.durable(|conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE items SET state = 'pending', done_url = NULL, completed_at = NULL,
+                   bytes_sent = 0, attempts = 0, next_attempt_at = 0, upload_url = NULL,
+                   upload_expires_at = NULL,
+                   last_error = 'the server no longer has the completed upload: sending it again'
+                 WHERE id = ?1 AND state = 'done' AND freed_at IS NULL",
+                [id],
+            )?;
+            tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .inspect(|requeued| {
+            // A database rebuilt from the ledger must not take it for done again.
+            if *requeued {
+                self.note_in_ledger(id, Fact::Requeued);
+            }
+        })
+    }
+
+    /// Items freed so far, newest first (for `GET /v1/space`).
+    pub fn freed(&self, limit: u32) -> Result<Vec<(Item, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}, freed_at FROM items WHERE freed_at IS NOT NULL
+                 ORDER BY freed_at DESC, id DESC LIMIT ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        let n = ITEM_COLUMNS.split(", ").count();
+        let rows = stmt
+            .query_map([limit], |r| Ok((read_item(r)?, r.get(n)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{Kind, StoragePath};
+    use crate::store::{FoundFile, ItemState};
+
+    fn done_item(s: &Store, name: &str, size: u64) -> i64 {
+        let f = FoundFile {
+            path: StoragePath::from_stored(name.into()),
+            kind: Kind::Photo,
+            size,
+            mtime_ns: 1,
+        };
+        s.upsert_files(&[f]).unwrap();
+        let id = s.max_item_id().unwrap();
+        assert!(s.mark_uploading(id).unwrap());
+        s.set_upload_url(
+            id,
+            "http://127.0.0.1:1/files/a",
+            None,
+            "http://127.0.0.1:1/files/",
+        )
+        .unwrap();
+        id
+    }
+
+    fn chunk(start: u64, len: u64, checksum: bool) -> SentChunk {
+        SentChunk {
+            start,
+            len,
+            sha1: [start as u8; 20],
+            checksum,
+            ino: 7,
+        }
+    }
+
+    #[test]
+    fn chunks_tile_the_file_only_without_gaps_and_a_new_upload_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        s.record_sent_chunk(id, &chunk(0, 10, true)).unwrap();
+        s.record_sent_chunk(id, &chunk(20, 10, true)).unwrap();
+        s.mark_done(id).unwrap();
+        let c = &s.free_candidates().unwrap()[0];
+        assert_eq!(c.done_url, "http://127.0.0.1:1/files/a");
+        assert!(!c.sent.covers(30), "a gap at 10..20: {:?}", c.sent);
+
+        // A resend from 5 replaces what reached past it: 0..10 goes, the gap stays a gap.
+        s.record_sent_chunk(id, &chunk(5, 25, true)).unwrap();
+        let c = &s.free_candidates().unwrap()[0];
+        assert!(!c.sent.covers(30), "{:?}", c.sent);
+        // A resend from 0 starts over: 5..30 goes too, and comes again after it.
+        s.record_sent_chunk(id, &chunk(0, 5, false)).unwrap();
+        assert_eq!(s.sent_chunks(id).unwrap().len(), 1);
+        s.record_sent_chunk(id, &chunk(5, 25, true)).unwrap();
+        let c = &s.free_candidates().unwrap()[0];
+        assert!(c.sent.covers(30), "{:?}", c.sent);
+        assert!(!c.sent.all_checksummed, "0..5 went without a checksum");
+        assert_eq!(c.sent.ino, Some(7));
+        assert_eq!(s.sent_chunks(id).unwrap().len(), 2);
+
+        s.set_upload_url(id, "http://127.0.0.1:1/files/b", None, "x")
+            .unwrap();
+        assert!(s.sent_chunks(id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_freed_item_stays_done_is_never_requeued_and_its_history_says_when() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        s.mark_done(id).unwrap();
+        let at = s.mark_freed(id).unwrap();
+        let it = s.item(id).unwrap().unwrap();
+        assert_eq!(it.state, ItemState::Done);
+        assert!(s.free_candidates().unwrap().is_empty());
+        assert_eq!(s.history(10).unwrap()[0].freed_at, Some(at));
+        // The watcher's "deleted" and a scan's re-find leave it alone.
+        assert_eq!(s.skip_deleted(&it.storage_path).unwrap(), 0);
+        let again = FoundFile {
+            path: it.storage_path.clone(),
+            kind: Kind::Photo,
+            size: 30,
+            mtime_ns: 1,
+        };
+        assert_eq!(s.upsert_files(&[again]).unwrap(), 0);
+        assert!(
+            !s.requeue_lost(id).unwrap(),
+            "a freed file cannot be sent again"
+        );
+        assert!(s.open_items().unwrap().is_empty());
+        assert_eq!(s.freed(10).unwrap()[0].1, at);
+    }
+
+    #[test]
+    fn a_done_upload_the_server_lost_is_queued_again_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        s.record_sent_chunk(id, &chunk(0, 30, true)).unwrap();
+        s.mark_done(id).unwrap();
+        assert!(s.requeue_lost(id).unwrap());
+        let it = s.item(id).unwrap().unwrap();
+        assert_eq!((it.state, it.bytes_sent), (ItemState::Pending, 0));
+        assert!(it.upload_url.is_none());
+        assert!(s.sent_chunks(id).unwrap().is_empty());
+        assert!(s.free_candidates().unwrap().is_empty());
+        // The ledger says so too: a rebuilt database does not take it for done.
+        let (known, _) = crate::store::ledger::replay(dir.path());
+        assert!(known.values().all(|k| !k.done), "{known:?}");
+    }
+
+    #[test]
+    fn unpairing_forgets_the_completed_uploads_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        s.mark_done(id).unwrap();
+        assert_eq!(s.free_candidates().unwrap().len(), 1);
+        s.erase_account_data().unwrap();
+        assert!(s.free_candidates().unwrap().is_empty());
+    }
+}
