@@ -16,8 +16,8 @@
 #   daemon ─lo─► delay line ─wlan0 (tbf)─► veth ─► socat ─lo─► tus-receiver
 #
 # Per client: the time from the receiver seeing the creation to it holding the last byte, and
-# the bytes wlan0 sent meanwhile (its tx_bytes counter, Ethernet headers included, what the
-# tbf meters). "wire" is those bytes per second as a share of the link rate; "idle" is the time
+# the bytes the tbf on wlan0 sent meanwhile (its own counter: Ethernet, IP and TCP headers
+# included, as it meters them). "wire" is those bytes per second as a share of the link rate; "idle" is the time
 # the link could have carried more, per PATCH: (time - bytes / rate) / PATCHes. Clients:
 # curl (one PATCH), fixed8 (chunk_sizing "fixed", 8 MiB: the daemon before issue 14), auto
 # (the default settings).
@@ -87,7 +87,9 @@ head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$FILE"
 touch -d '1 hour ago' "$FILE"
 BYTES=$(stat -c %s "$FILE")
 
-tx() { ip netns exec "$NS" cat /sys/class/net/wlan0/statistics/tx_bytes; }
+# Bytes the tbf let through: what it meters (every segment's headers counted, also for GSO
+# packets, which wlan0's tx_bytes counts with one set of headers).
+tx() { ip netns exec "$NS" tc -s qdisc show dev wlan0 | awk '/Sent/ {print $2; exit}'; }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 # The receiver's timestamp (ns) of the n-th ($2) "$1" line, waiting up to 20 min.
 nth_line() {

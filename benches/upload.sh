@@ -4,8 +4,10 @@
 # on tmpfs). For each run: wall time, throughput, CPU seconds of the client process, its peak RSS,
 # and the receiver's CPU (the same work for both clients, so not part of the ratios).
 #
-#   benches/upload.sh                      # 1 GiB, chunk_size_mib 8 32 64, 3 runs each
-#   SIZE_MIB=256 CHUNKS="8" RUNS=1 benches/upload.sh
+#   benches/upload.sh                      # 1 GiB, the default chunk settings, 3 runs
+#   SIZE_MIB=256 CHUNKS="default 8" RUNS=1 benches/upload.sh
+#       # CHUNKS: "default" (chunk_sizing "auto" up to 64 MiB), or N for chunk_sizing "fixed"
+#       # with chunk_size_mib N
 #   CHECKSUM="on off" benches/upload.sh    # also with a receiver that does not offer checksums
 #   CAMBACKUP_BIN=path PERF_OUT=/tmp/p RUNS=1 CHUNKS=8 benches/upload.sh
 #       # another daemon binary (e.g. one built with debug line tables), and `perf record -g`
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
-CHUNKS=${CHUNKS:-"8 32 64"}
+CHUNKS=${CHUNKS:-"default"}
 RUNS=${RUNS:-3}
 CHECKSUM=${CHECKSUM:-"on"}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -91,6 +93,9 @@ run_cambackup() {
   start_receiver "$@"
   rm -rf "$T/state"
   mkdir -m 700 "$T/state"
+  local keys=
+  [ "$chunk" = default ] || keys="chunk_sizing = \"fixed\"
+chunk_size_mib = $chunk"
   cat >"$T/c.toml" <<TOML
 [device]
 type = "bench"
@@ -100,7 +105,7 @@ root = "$T/card"
 settle_secs = 1
 [cloud]
 endpoint = "$URL"
-chunk_size_mib = $chunk
+$keys
 [conditions]
 sysfs = "$T/sys"
 proc = "$T/proc"
@@ -148,7 +153,7 @@ chunk, rargs, size, t0, tc, t1, c0, c1, hwm, rc = sys.argv[1:]
 size = int(size); wall = (int(t1) - int(t0)) / 1e9; xfer = (int(t1) - int(tc)) / 1e9
 cpu = (int(c1) - int(c0)) / 100
 ck = "off" if "--no-checksum" in rargs else "on"
-print(f"cambackup chunk={chunk:>2}MiB checksum={ck:3} wall={wall:6.2f}s transfer={xfer:6.2f}s "
+print(f"cambackup chunk={chunk:>7} checksum={ck:3} wall={wall:6.2f}s transfer={xfer:6.2f}s "
       f"tput={size / wall / 2**20:7.1f}MiB/s cpu={cpu:5.2f}s hwm={int(hwm) / 1024:5.1f}MiB "
       f"recv_cpu={int(rc) / 100:5.2f}s")
 PY
