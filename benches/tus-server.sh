@@ -8,6 +8,8 @@
 #   EXTRA='chunk_sizing = "fixed"
 #   chunk_size_mib = 8' benches/tus-server.sh     # other [cloud] chunk keys
 #   CAMBACKUP_BIN=/tmp/old benches/tus-server.sh # another daemon binary
+#   BINS="new=target/release/cambackup old=/tmp/old" benches/tus-server.sh
+#       # several daemon binaries in the same rounds (before/after), each against curl
 #   PERF_OUT=/tmp/p RUNS=1 benches/tus-server.sh # `perf record -g` of the daemon per round
 #
 # Per round: curl sends the file as ONE PATCH (`curl -T`, streaming) to an upload made with
@@ -17,7 +19,8 @@
 # each request's start `t` and duration `ms`). CPU: utime+stime of the client process
 # (/proc/PID/stat around the upload for the daemon, /usr/bin/time for curl), 10 ms ticks.
 # RSS: VmHWM of the client process, its whole life. "gaps": the time between the end of one
-# PATCH and the start of the next at the server (per round: median and max). The summary gives
+# PATCH and the start of the next at the server (per round: median and max); "lead": from
+# launching curl / giving consent to the first PATCH reaching the server. The summary gives
 # each figure's median and range over the rounds, and the per-round ratios to curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +30,7 @@ EXTRA=${EXTRA:-}
 PERF_OUT=${PERF_OUT:-}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --bin cambackup
-BIN=${CAMBACKUP_BIN:-$TARGET/release/cambackup}
+BINS=${BINS:-cambackup=${CAMBACKUP_BIN:-$TARGET/release/cambackup}}
 [ -d interop/node_modules ] || npm ci --prefix interop --silent
 TOKEN=bench-token
 T=$(mktemp -d)
@@ -72,7 +75,7 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
 # Waits until the server finished the PATCH that completed the upload (log lines from line $1
-# on); prints that round's PATCH timings: "END_MS PATCHES GAP_MEDIAN_MS GAP_MAX_MS".
+# on); prints that round's PATCH timings: "END_MS PATCHES GAP_MEDIAN_MS GAP_MAX_MS FIRST_MS".
 wait_done() {
   for _ in $(seq 1 6000); do
     out=$(python3 - "$T/server.log" "$1" "$BYTES" <<'PY'
@@ -86,7 +89,7 @@ bad = [l for l in p if l["status"] != 204]
 if bad:
     print("ERROR", bad[0]); sys.exit(0)
 gaps = [b["t"] - (a["t"] + a["ms"]) for a, b in zip(p, p[1:])] or [0]
-print(p[-1]["t"] + p[-1]["ms"], len(p), statistics.median(gaps), max(gaps))
+print(p[-1]["t"] + p[-1]["ms"], len(p), statistics.median(gaps), max(gaps), p[0]["t"])
 PY
     )
     case $out in ERROR*) echo "$out" >&2; exit 1 ;; "") sleep 0.05 ;; *) echo "$out"; return ;; esac
@@ -106,15 +109,17 @@ run_curl() {
     -H 'Content-Type: application/offset+octet-stream' -H "Authorization: Bearer $TOKEN" \
     -o /dev/null -w '%{http_code}' "$loc")
   [ "$code" = 204 ] || { echo "curl PATCH answered $code" >&2; exit 1; }
-  read -r end n gmed gmax <<<"$(wait_done "$from")"
+  read -r end n gmed gmax first <<<"$(wait_done "$from")"
   read -r u s m <"$T/time"
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,u,s,m=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0')" \
-    "$BYTES" "$t0" "$end" "$u" "$s" "$m"
+  python3 -c "import sys; b,t0,e,u,s,m,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)}')" \
+    "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first"
 }
 
-run_cambackup() {
+# One daemon run: label $1, binary $2.
+run_daemon() {
+  local label=$1 bin=$2
   rm -rf "$T/state"
   mkdir -m 700 "$T/state"
   cat >"$T/c.toml" <<TOML
@@ -138,7 +143,7 @@ socket = "$T/run/ctl.sock"
 [state]
 dir = "$T/state"
 TOML
-  "$BIN" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
+  "$bin" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
   DPID=$!
   for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
@@ -147,14 +152,14 @@ TOML
   local from c0 c1 t0 hwm perf=
   from=$(wc -l <"$T/server.log")
   if [ -n "$PERF_OUT" ]; then
-    perf record -q -F 999 -g -o "$PERF_OUT.$round.data" -p "$DPID" 2>/dev/null &
+    perf record -q -F 999 -g -o "$PERF_OUT.$label.$round.data" -p "$DPID" 2>/dev/null &
     perf=$!
     sleep 1
   fi
   c0=$(ticks "$DPID")
   t0=$(now_ms)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
-  read -r end n gmed gmax <<<"$(wait_done "$from")"
+  read -r end n gmed gmax first <<<"$(wait_done "$from")"
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
   c1=$(ticks "$DPID")
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
@@ -162,17 +167,22 @@ TOML
   wait "$DPID" || true
   DPID=
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'cambackup wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx}')" \
-    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax"
+  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)}')" \
+    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first"
 }
 
 echo "file: $BYTES bytes; $(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 : >"$T/results"
 for round in $(seq 1 "$RUNS"); do
   # Alternate who goes first: a round's second client finds the machine as the first left it.
-  if [ $((round % 2)) = 1 ]; then order="curl cambackup"; else order="cambackup curl"; fi
-  for who in $order; do "run_$who" | sed "s/^/round=$round /" | tee -a "$T/results"; done
+  if [ $((round % 2)) = 1 ]; then order="curl $BINS"; else order="$BINS curl"; fi
+  for who in $order; do
+    case $who in
+      curl) run_curl ;;
+      *) run_daemon "${who%%=*}" "${who#*=}" ;;
+    esac | sed "s/^/round=$round /" | tee -a "$T/results"
+  done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$T/results" <<'PY'
@@ -181,16 +191,20 @@ rows = {}
 for line in open(sys.argv[1]):
     r = dict(re.findall(r"(\w+)=\s*([\d.]+)", line))
     rows.setdefault(line.split()[1], {})[int(r["round"])] = {k: float(v) for k, v in r.items()}
-c, d = rows["curl"], rows["cambackup"]
+c = rows["curl"]
 def fig(rs, f):
     v = [x[f] for x in rs.values()]
     return f"{st.median(v):7.2f} ({min(v):.2f}-{max(v):.2f})"
 print(f"--- medians (range) over {len(c)} rounds")
-for name, rs in (("curl", c), ("cambackup", d)):
+for name, rs in rows.items():
     print(f"{name:10} tput MiB/s {fig(rs, 'tput')}  cpu s {fig(rs, 'cpu')}  rss MiB {fig(rs, 'hwm')}"
-          f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}")
-tr = [d[k]["tput"] / c[k]["tput"] for k in c]
-cr = [d[k]["cpu"] / max(c[k]["cpu"], 0.01) for k in c]
-print(f"cambackup/curl per round: throughput x{st.median(tr):.2f} ({min(tr):.2f}-{max(tr):.2f}), "
-      f"CPU x{st.median(cr):.2f} ({min(cr):.2f}-{max(cr):.2f})")
+          f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}  gap max ms {fig(rs, 'gap_max')}"
+          f"  lead ms {fig(rs, 'lead_ms')}")
+for name, d in rows.items():
+    if name == "curl":
+        continue
+    tr = [d[k]["tput"] / c[k]["tput"] for k in c]
+    cr = [d[k]["cpu"] / max(c[k]["cpu"], 0.01) for k in c]
+    print(f"{name}/curl per round: throughput x{st.median(tr):.2f} ({min(tr):.2f}-{max(tr):.2f}), "
+          f"CPU x{st.median(cr):.2f} ({min(cr):.2f}-{max(cr):.2f})")
 PY
