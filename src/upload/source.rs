@@ -1,20 +1,21 @@
 //! Reading a chunk of the file: as a PATCH body, and for its SHA-1.
 //!
 //! Invariants:
-//! - a chunk is read in [`BLOCK`] pieces by one blocking thread per use, with positioned reads
-//!   (`pread`) on a descriptor of its own: nothing shares a file position, and a read left
-//!   running after an aborted request moves nothing anyone else uses;
-//! - memory is bounded whatever the chunk size: a body holds at most [`DEPTH`] blocks queued
-//!   plus the one being read and the few hyper is writing (their buffers are reused), a hash
-//!   one buffer of [`BLOCK`];
+//! - a chunk is read in [`BLOCK`] pieces with positioned reads (`pread`) on a descriptor of its
+//!   own: nothing shares a file position, and a read left running after an aborted request
+//!   moves nothing anyone else uses;
+//! - the runtime thread never waits for the disk: it reads only what the page cache holds
+//!   (`RWF_NOWAIT`), anything else is read on a blocking thread;
+//! - memory is bounded whatever the chunk size: a body holds the block being read and the few
+//!   hyper is writing (their buffers are reused), a hash one buffer of [`BLOCK`];
 //! - a file that ends before the chunk does is an error (`UnexpectedEof`), never a short body
 //!   or a checksum of fewer bytes;
 //! - a hash whose [`Digest`] handle is dropped stops within one block.
 //!
-//! Why a thread per chunk rather than `tokio::fs`: `tokio::fs::File` sends every read to the
-//! blocking pool and back (a futex wake, a condvar wait and an eventfd wake per read) and copies
-//! each block once more into the body's buffer; here a block is read straight into the `Bytes`
-//! hyper writes, and the runtime is woken once per block (docs/PERFORMANCE.md, issue 14).
+//! Why not `tokio::fs`: `tokio::fs::File` sends every read to the blocking pool and back (a
+//! futex wake, a condvar wait and an eventfd wake per read) and copies each block once more into
+//! the body's buffer; here a block is read straight into the `Bytes` hyper writes
+//! (docs/PERFORMANCE.md, issue 14).
 
 use std::fs::File;
 use std::io;
@@ -26,39 +27,99 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use sha1::Digest as _;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Bytes per read. The blocks in flight (about [`DEPTH`] + 2) should stay in the CPU's cache
+/// Bytes per read. The blocks in flight (two or three) should stay in the CPU's cache
 /// between the read that fills them and the socket write that empties them: against
 /// @tus/server on loopback, 128 KiB blocks took 15 % less CPU than 512 KiB ones and 64 KiB
 /// ones no less (docs/PERFORMANCE.md).
 pub const BLOCK: usize = 128 * 1024;
 
-/// Blocks read ahead of the connection.
-pub const DEPTH: usize = 4;
-
-/// The `len` bytes of `file` from `offset`, as a stream of blocks for a request body. The reads
-/// run on a blocking thread; dropping the stream (an aborted request) ends it after the block
-/// in hand.
+/// The `len` bytes of `file` from `offset`, as a stream of blocks for a request body.
+///
+/// A block already in the page cache is read right here, on the runtime thread, with
+/// `RWF_NOWAIT` (which never waits for the disk); only a block that is not cached is read on a
+/// blocking thread. A cached file then streams on one thread, like curl's: a second thread per
+/// block cost a wake-up and a cross-core copy of each block, and about a tenth of the throughput
+/// against @tus/server on two shared cores (docs/PERFORMANCE.md). The kernel's readahead keeps
+/// a sequential read ahead of the blocks asked for.
 pub fn body(file: File, offset: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
-    let (tx, rx) = mpsc::channel(DEPTH);
-    tokio::task::spawn_blocking(move || {
-        let pool = Arc::new(Mutex::new(Vec::new()));
-        let mut done = 0u64;
-        while done < len {
-            let want = (len - done).min(BLOCK as u64) as usize;
-            let block = read_block(&file, offset + done, want, &pool);
-            let failed = block.is_err();
-            if let Ok(b) = &block {
-                done += b.len() as u64;
-            }
-            if tx.blocking_send(block).is_err() || failed {
-                return;
-            }
+    let state = Body {
+        file: Arc::new(file),
+        at: offset,
+        end: offset + len,
+        pool: Pool::default(),
+        failed: false,
+    };
+    futures_util::stream::unfold(state, |mut b| async move {
+        if b.at >= b.end || b.failed {
+            return None;
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+        let want = (b.end - b.at).min(BLOCK as u64) as usize;
+        let block = match read_cached(&b.file, b.at, want, &b.pool) {
+            Some(r) => r,
+            None => {
+                let (file, pool, at) = (b.file.clone(), b.pool.clone(), b.at);
+                let read = tokio::task::spawn_blocking(move || read_block(&file, at, want, &pool));
+                read.await
+                    .unwrap_or_else(|e| Err(io::Error::other(format!("reading thread: {e}"))))
+            }
+        };
+        match &block {
+            Ok(bytes) => b.at += bytes.len() as u64,
+            Err(_) => b.failed = true,
+        }
+        Some((block, b))
+    })
+}
+
+/// Where a body stands.
+struct Body {
+    file: Arc<File>,
+    at: u64,
+    end: u64,
+    pool: Pool,
+    failed: bool,
+}
+
+/// `want` bytes at `at` if the page cache holds all of them (`None` otherwise, or where the
+/// kernel cannot tell without waiting).
+#[cfg(target_env = "gnu")]
+fn read_cached(file: &File, at: u64, want: usize, pool: &Pool) -> Option<io::Result<Bytes>> {
+    use std::os::fd::AsRawFd as _;
+    let mut buf = lock(pool).pop().unwrap_or_else(|| vec![0; BLOCK]);
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: want,
+    };
+    // SAFETY: one iovec over `want` initialised bytes of `buf`, which outlives the call; the
+    // kernel writes at most `want` bytes into it.
+    let n = unsafe {
+        libc::preadv64v2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            at as libc::off64_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n != want as isize {
+        // EAGAIN (not cached), EOPNOTSUPP (an old kernel), a short read (partly cached, or the
+        // file ends early: the blocking read tells which): the blocking thread's turn.
+        lock(pool).push(buf);
+        return None;
+    }
+    Some(Ok(Bytes::from_owner(Block {
+        buf,
+        len: want,
+        home: Arc::downgrade(pool),
+    })))
+}
+
+/// Without glibc's `preadv64v2` every block is read on a blocking thread.
+#[cfg(not(target_env = "gnu"))]
+fn read_cached(_: &File, _: u64, _: usize, _: &Pool) -> Option<io::Result<Bytes>> {
+    None
 }
 
 /// Buffers of [`BLOCK`] bytes that the connection is done with, ready for the next reads.
