@@ -94,7 +94,7 @@ api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/j
 # The receiver's timestamp (ns) of the n-th ($2) "$1" line, waiting up to 20 min.
 nth_line() {
   for _ in $(seq 1 24000); do
-    line=$(grep "^$1 " "$T/recv.out" | sed -n "${2}p")
+    line=$({ grep "^$1 " "$T/recv.out" || true; } | sed -n "${2}p")
     [ -n "$line" ] && { echo "${line##* }"; return; }
     sleep 0.05
   done
@@ -141,6 +141,7 @@ TOML
   CAMBACKUP_LOG=info,cambackup::upload::transfer=trace ip netns exec "$NS" \
     "$BIN" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
   local dpid=$!
+  PIDS+=("$dpid")
   for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
