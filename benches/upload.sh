@@ -4,8 +4,10 @@
 # on tmpfs). For each run: wall time, throughput, CPU seconds of the client process, its peak RSS,
 # and the receiver's CPU (the same work for both clients, so not part of the ratios).
 #
-#   benches/upload.sh                      # 1 GiB, chunk_size_mib 8 32 64, 3 runs each
-#   SIZE_MIB=256 CHUNKS="8" RUNS=1 benches/upload.sh
+#   benches/upload.sh                      # 1 GiB, the default chunk settings, 3 runs
+#   SIZE_MIB=256 CHUNKS="default 8" RUNS=1 benches/upload.sh
+#       # CHUNKS: "default" (chunk_sizing "auto" up to 64 MiB), or N for chunk_sizing "fixed"
+#       # with chunk_size_mib N
 #   CHECKSUM="on off" benches/upload.sh    # also with a receiver that does not offer checksums
 #   FREE_SPACE="off on" benches/upload.sh  # also with freeing space configured (length
 #       # verification): the daemon then records a digest of every chunk it sends
@@ -22,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
-CHUNKS=${CHUNKS:-"8 32 64"}
+CHUNKS=${CHUNKS:-"default"}
 RUNS=${RUNS:-3}
 CHECKSUM=${CHECKSUM:-"on"}
 FREE_SPACE=${FREE_SPACE:-"off"}
@@ -95,6 +97,9 @@ run_cambackup() {
   start_receiver "$@"
   rm -rf "$T/state"
   mkdir -m 700 "$T/state"
+  local keys=
+  [ "$chunk" = default ] || keys="chunk_sizing = \"fixed\"
+chunk_size_mib = $chunk"
   cat >"$T/c.toml" <<TOML
 [device]
 type = "bench"
@@ -105,7 +110,7 @@ settle_secs = 1
 $([ "$FS" = on ] && printf 'free_space_below_percent = 1\nfree_space_verify = "length"\n')
 [cloud]
 endpoint = "$URL"
-chunk_size_mib = $chunk
+$keys
 [conditions]
 sysfs = "$T/sys"
 proc = "$T/proc"
@@ -154,7 +159,7 @@ size = int(size); wall = (int(t1) - int(t0)) / 1e9; xfer = (int(t1) - int(tc)) /
 cpu = (int(c1) - int(c0)) / 100
 ck = "off" if "--no-checksum" in rargs else "on"
 free = " free=on" if fs == "on" else ""
-print(f"cambackup chunk={chunk:>2}MiB checksum={ck:3}{free} wall={wall:6.2f}s transfer={xfer:6.2f}s "
+print(f"cambackup chunk={chunk:>7} checksum={ck:3}{free} wall={wall:6.2f}s transfer={xfer:6.2f}s "
       f"tput={size / wall / 2**20:7.1f}MiB/s cpu={cpu:5.2f}s hwm={int(hwm) / 1024:5.1f}MiB "
       f"recv_cpu={int(rc) / 100:5.2f}s")
 PY

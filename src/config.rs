@@ -123,6 +123,10 @@ pub struct Cloud {
     pub endpoint: String,
     pub regions: std::collections::BTreeMap<String, String>,
     pub ca_file: Option<PathBuf>,
+    /// Extension: "auto" sizes each PATCH from the measured rate up to `chunk_size_mib`;
+    /// "fixed" sends `chunk_size_mib` per PATCH (module `upload::chunk`).
+    pub chunk_sizing: ChunkSizing,
+    /// The largest PATCH ("auto"), or every PATCH's size ("fixed"), in MiB.
     pub chunk_size_mib: u64,
     pub stall_secs: u64,
     /// Extension: uploads in flight at once (1 to 4). One keeps the radio and the card calm.
@@ -137,7 +141,8 @@ impl Default for Cloud {
             endpoint: String::new(),
             regions: Default::default(),
             ca_file: None,
-            chunk_size_mib: 8,
+            chunk_sizing: ChunkSizing::Auto,
+            chunk_size_mib: 64,
             stall_secs: 30,
             concurrency: 1,
             retry_max_secs: 3600,
@@ -155,9 +160,29 @@ impl Cloud {
             .unwrap_or(&self.endpoint)
     }
 
-    /// Bytes per PATCH request.
+    /// `chunk_size_mib` in bytes: the largest PATCH, or every PATCH's size.
     pub fn chunk_size(&self) -> u64 {
         self.chunk_size_mib * 1024 * 1024
+    }
+}
+
+/// `cloud.chunk_sizing`: who decides how many bytes a PATCH carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkSizing {
+    /// Each PATCH lasts a few seconds at the rate measured so far, up to `chunk_size_mib`.
+    Auto,
+    /// Every PATCH carries `chunk_size_mib` (the last one the rest).
+    Fixed,
+}
+
+impl ChunkSizing {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkSizing::Auto => "auto",
+            ChunkSizing::Fixed => "fixed",
+        }
     }
 }
 
@@ -650,6 +675,7 @@ impl fmt::Display for Config {
         if let Some(ca) = &self.cloud.ca_file {
             writeln!(f, "ca_file = {:?}", ca.display().to_string())?;
         }
+        writeln!(f, "chunk_sizing = {:?}", self.cloud.chunk_sizing.as_str())?;
         writeln!(f, "chunk_size_mib = {}", self.cloud.chunk_size_mib)?;
         writeln!(f, "stall_secs = {}", self.cloud.stall_secs)?;
         writeln!(f, "concurrency = {}", self.cloud.concurrency)?;
@@ -731,7 +757,8 @@ endpoint = "https://upload.example.com/files/"
     fn minimal_config_gets_documented_defaults() {
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.media.settle_secs, 10);
-        assert_eq!(c.cloud.chunk_size_mib, 8);
+        assert_eq!(c.cloud.chunk_size_mib, 64);
+        assert_eq!(c.cloud.chunk_sizing, ChunkSizing::Auto);
         assert_eq!(c.control.socket, Path::new("/run/cambackup/control.sock"));
         assert!(!c.defaults.auto_upload, "consent must default to off");
         assert_eq!(c.state.history_days, 60);
@@ -759,6 +786,14 @@ endpoint = "https://upload.example.com/files/"
         let text = format!("{MINIMAL}\n[defaults]\nnetwork = \"wlan\"\n");
         let err = parse_str(&text).unwrap_err();
         assert_eq!(err.key(), Some("defaults.network"), "{err}");
+        let text = MINIMAL.replace("[cloud]\n", "[cloud]\nchunk_sizing = \"adaptive\"\n");
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.chunk_sizing"), "{err}");
+        let text = MINIMAL.replace("[cloud]\n", "[cloud]\nchunk_sizing = \"fixed\"\n");
+        assert_eq!(
+            parse_str(&text).unwrap().cloud.chunk_sizing,
+            ChunkSizing::Fixed
+        );
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! item runs when is the `scheduler`'s business, a layer above (it asks `app`).
 
 pub mod bind;
+pub mod chunk;
 pub mod metadata;
 pub mod retry;
 pub mod sent;
+pub mod source;
 pub mod throttle;
 pub mod transfer;
 pub mod tus;

@@ -1,19 +1,19 @@
 //! What was sent: the digest of each chunk the server accepted, for freeing space to verify an
 //! upload by (INTERFACE.md section 8). `transfer` calls in at two points only: it wraps each
-//! chunk's body in [`Hashing`] (the bytes as they go out), and after an accepted PATCH it calls
+//! chunk's body in [`hashing`] (the bytes as they go out), and after an accepted PATCH it calls
 //! [`record`].
 //!
 //! Invariants: nothing is hashed or recorded unless the maker configured freeing space; a chunk
 //! is recorded only when the server acknowledged all of it and exactly its bytes were hashed,
 //! so a record is never wrong, at worst missing (and a missing one keeps the file).
 
-use std::pin::Pin;
+use std::io;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
 use sha1::Digest as _;
-use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::store::{SentChunk, Store};
 
@@ -29,37 +29,20 @@ impl SentHash {
     }
 }
 
-/// A body that hashes what is read from it into its [`SentHash`] (or passes it through, when
-/// there is none).
-pub struct Hashing<R> {
-    inner: R,
-    hash: Option<SentHash>,
-}
-
-/// Wraps `inner`; hashes only with `hash`.
-pub fn hashing<R>(inner: R, hash: Option<&SentHash>) -> Hashing<R> {
-    Hashing {
-        inner,
-        hash: hash.cloned(),
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(h)) = (&res, &self.hash) {
-            let new = &buf.filled()[before..];
+/// Wraps a body: every block that goes out is hashed into `hash` first (or passed through,
+/// when there is none).
+pub fn hashing<S>(inner: S, hash: Option<&SentHash>) -> impl Stream<Item = io::Result<Bytes>>
+where
+    S: Stream<Item = io::Result<Bytes>>,
+{
+    let hash = hash.cloned();
+    inner.inspect(move |r| {
+        if let (Ok(block), Some(h)) = (r, &hash) {
             let mut g = h.0.lock().unwrap_or_else(|e| e.into_inner());
-            g.0.update(new);
-            g.1 += new.len() as u64;
+            g.0.update(block);
+            g.1 += block.len() as u64;
         }
-        res
-    }
+    })
 }
 
 /// What one accepted PATCH carried.
@@ -115,20 +98,25 @@ pub fn record(store: &Store, a: &Accepted<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     #[tokio::test]
-    async fn the_hash_is_of_the_bytes_read_and_none_is_computed_without_one() {
+    async fn the_hash_is_of_the_blocks_sent_and_none_is_computed_without_one() {
+        let blocks = || {
+            futures_util::stream::iter(
+                [&b"hello "[..], &b"world"[..]].map(|b| Ok(Bytes::from_static(b))),
+            )
+        };
         let h = SentHash::default();
-        let mut r = hashing(&b"hello world"[..], Some(&h));
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).await.unwrap();
+        let out: Vec<_> = hashing(blocks(), Some(&h)).collect().await;
+        assert_eq!(out.len(), 2);
         let (digest, n) = h.finish();
         assert_eq!(n, 11);
         assert_eq!(digest, <[u8; 20]>::from(sha1::Sha1::digest(b"hello world")));
-        let mut plain = hashing(&b"abc"[..], None);
-        let mut out = Vec::new();
-        plain.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"abc");
+        let plain: Vec<_> = hashing(blocks(), None).collect().await;
+        let bytes: Vec<u8> = plain
+            .into_iter()
+            .flat_map(|b| b.unwrap().to_vec())
+            .collect();
+        assert_eq!(bytes, b"hello world");
     }
 }

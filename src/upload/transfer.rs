@@ -23,9 +23,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use sha1::Digest as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_unix;
@@ -33,8 +32,8 @@ use crate::config::Config;
 use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
-use crate::upload::sent;
-use crate::upload::tus::{Client, TusError, UploadState, STREAM_BUF};
+use crate::upload::tus::{Client, TusError, UploadState};
+use crate::upload::{chunk, sent, source};
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
@@ -143,6 +142,13 @@ struct FileId {
     ino: u64,
 }
 
+/// A chunk about to be sent: where, how long, and its SHA-1 if the server verifies them.
+struct Planned {
+    offset: u64,
+    len: u64,
+    digest: Option<source::Digest>,
+}
+
 /// One attempt's state. `offset` is the last offset the server acknowledged (or reported).
 struct Transfer<'a, 'c> {
     ctx: &'a TransferCtx<'c>,
@@ -169,7 +175,9 @@ impl Transfer<'_, '_> {
         let token = &ctx.account.token;
         let endpoint = ctx.config.cloud.endpoint_for(ctx.account.region.as_deref());
         let size = self.item.size;
-        let chunk = ctx.config.cloud.chunk_size().max(1);
+        let rule = chunk::Rule::of(&ctx.config.cloud);
+        // The rate survives new sessions within the attempt: the link is the same.
+        let mut pacer = chunk::Pacer::default();
 
         // First of all: an upload created at another endpoint (the config moved to a new
         // host, the account to another region) is never touched there, not even ended: a new
@@ -200,6 +208,7 @@ impl Transfer<'_, '_> {
             self.forget_url("its Upload-Expires has passed")?;
         }
 
+        let hashing = caps.sha1_checksum();
         let mut creations = 0;
         let mut conflicts = 0;
         'session: loop {
@@ -260,37 +269,43 @@ impl Transfer<'_, '_> {
             }
             (self.progress)(self.offset);
 
+            // The chunk planned one ahead: its SHA-1 is computed while the current one is sent.
+            let mut ahead: Option<Planned> = None;
             while self.offset < size {
                 let url = self.url.clone().expect("a session has an upload URL");
-                let base = self.offset;
-                let mut len = chunk.min(size - base);
-                if base + len == size && len > 1 {
-                    // The last byte goes in a PATCH of its own, after one more look at the
-                    // file: a version that changed while it was read never becomes a complete
-                    // upload on the server (whose post-finish hooks may already act on it).
-                    len -= 1;
-                }
-                let checksum = if caps.sha1_checksum() {
-                    // Not `until_stop`: the hash borrows this transfer for the file it reads.
-                    match or_stop(self.stop, self.sha1_of(base, len)).await {
-                        None => return Err(self.stopped()),
-                        Some(r) => Some(r?),
-                    }
-                } else {
-                    None
+                let this = match ahead.take() {
+                    Some(p) if p.offset == self.offset => p,
+                    _ => self.plan(self.offset, pacer.next_len(&rule), hashing)?,
                 };
-                // Freeing space verifies by what was sent: hash the body where no checksum
-                // does it (only on cameras whose maker configured freeing space).
+                let end = this.offset + this.len;
+                if hashing && end < size {
+                    ahead = Some(self.plan(end, pacer.next_len(&rule), true)?);
+                }
+                let (base, len) = (this.offset, this.len);
+                let digest = match this.digest {
+                    Some(d) => match self.until_stop(d.finish()).await? {
+                        Ok(sum) => Some(sum),
+                        Err(e) => return Err(self.read_failed(&e)),
+                    },
+                    None => None,
+                };
+                // Freeing space verifies by what was sent: the body is hashed as it goes out
+                // where no checksum covers it (only on cameras whose maker configured it).
                 let record_sent = ctx.config.media.frees_space();
-                let hashed = (record_sent && checksum.is_none()).then(sent::SentHash::default);
-                let reader = sent::hashing(self.open_chunk(base, len).await?, hashed.as_ref());
+                let hashed = (record_sent && digest.is_none()).then(sent::SentHash::default);
+                let body =
+                    sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
                 self.sending = true;
                 let progress = self.progress;
-                let sent = move |n: u64| progress(base + n);
-                let patch =
-                    client.patch(&url, token, base, reader, len, checksum.as_deref(), &sent);
+                let on_sent = move |n: u64| progress(base + n);
+                let started = Instant::now();
+                let patch = client.patch(&url, token, base, body, len, digest.as_deref(), &on_sent);
                 match self.until_stop(patch).await? {
                     Ok(ack) => {
+                        pacer.acknowledged(len, started.elapsed());
+                        self.expires_at = ack.expires_at.or(self.expires_at);
+                        confirmed = true;
+                        self.accepted(base, len, digest.as_deref());
                         if record_sent {
                             sent::record(
                                 ctx.store,
@@ -299,18 +314,11 @@ impl Transfer<'_, '_> {
                                     start: base,
                                     len,
                                     acked: ack.offset,
-                                    checksum: checksum.as_deref(),
+                                    checksum: digest.as_deref(),
                                     hashed: hashed.as_ref(),
                                     ino: self.identity.map(|i| i.ino),
                                 },
                             );
-                        }
-                        self.offset = ack.offset;
-                        self.expires_at = ack.expires_at.or(self.expires_at);
-                        confirmed = true;
-                        (self.progress)(self.offset);
-                        if self.last_persist.elapsed() >= PERSIST_EVERY {
-                            self.persist();
                         }
                     }
                     Err(e) if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
@@ -448,71 +456,67 @@ impl Transfer<'_, '_> {
         }
     }
 
-    /// The file opened, checked against the queued version, at `offset`, limited to `len`.
+    /// The server accepted `len` bytes at `offset`, sent with `digest` (the chunk's SHA-1 in
+    /// base64, when the server offers checksums). Every accepted chunk passes here once.
+    fn accepted(&mut self, offset: u64, len: u64, digest: Option<&str>) {
+        tracing::trace!(item = self.item.id, offset, len, digest, "chunk accepted");
+        self.offset = offset + len;
+        (self.progress)(self.offset);
+        if self.last_persist.elapsed() >= PERSIST_EVERY {
+            self.persist();
+        }
+    }
+
+    /// The next chunk from `offset`, about `want` bytes, with its SHA-1 started when `hash`.
     ///
-    /// Opened anew for each use rather than sharing one descriptor: a read left running on
-    /// the blocking pool by an aborted request would otherwise move a shared file position.
-    async fn open_chunk(
-        &mut self,
-        offset: u64,
-        len: u64,
-    ) -> Result<tokio::io::Take<tokio::fs::File>, Outcome> {
+    /// The last byte goes in a PATCH of its own, after one more look at the file: a version
+    /// that changed while it was read never becomes a complete upload on the server (whose
+    /// post-finish hooks may already act on it).
+    fn plan(&mut self, offset: u64, want: u64, hash: bool) -> Result<Planned, Outcome> {
+        let size = self.item.size;
+        let mut len = want.max(1).min(size - offset);
+        if offset + len == size && len > 1 {
+            len -= 1;
+        }
+        let digest = if hash {
+            Some(source::Digest::start(self.open_chunk()?, offset, len))
+        } else {
+            None
+        };
+        Ok(Planned {
+            offset,
+            len,
+            digest,
+        })
+    }
+
+    /// The file opened without following a symlink and checked against the queued version.
+    ///
+    /// Opened anew for each use rather than sharing one descriptor, and read with positioned
+    /// reads (`upload/source`): a read left running by an aborted request moves nothing.
+    /// Opening and `fstat` are quick, so they run here rather than on the blocking pool.
+    fn open_chunk(&mut self) -> Result<std::fs::File, Outcome> {
         if let Err(e) = crate::media::check_no_symlink(&self.ctx.config.media.root, &self.path) {
             return Err(Outcome::FileUnreadable(e.to_string()));
         }
-        let opened = tokio::fs::OpenOptions::new()
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.path)
-            .await;
-        let mut f = match opened {
+            .open(&self.path);
+        let f = match opened {
             Ok(f) => f,
             Err(e) => return Err(self.unreadable(&e)),
         };
-        let meta = f.metadata().await;
-        self.check_file(&meta)?;
-        if let Err(e) = f.seek(std::io::SeekFrom::Start(offset)).await {
-            return Err(Outcome::FileUnreadable(format!(
-                "{}: {e}",
-                self.path.display()
-            )));
-        }
-        Ok(f.take(len))
+        self.check_file(&f.metadata())?;
+        Ok(f)
     }
 
-    /// The chunk's SHA-1 (base64) for `Upload-Checksum`.
-    ///
-    /// The chunk is read twice, once here and once while sending, rather than buffered: a
-    /// buffer would add `chunk_size` to the resident memory (8 MiB by default, up to 1 GiB by
-    /// config) against a 32 MiB goal for the whole daemon, while the second read costs one more
-    /// sequential pass over data the page cache normally still holds. Memory stays at one
-    /// [`STREAM_BUF`] here plus hyper's few in flight, whatever the chunk size. Measured
-    /// (release build, loopback sink): a 256 MiB file in 64 MiB chunks with checksums raised
-    /// the process's peak RSS (VmHWM) by 2.8 MiB, at about 350 MB/s.
-    async fn sha1_of(&mut self, offset: u64, len: u64) -> Result<String, Outcome> {
-        let mut r = self.open_chunk(offset, len).await?;
-        let mut hasher = sha1::Sha1::new();
-        let mut buf = vec![0u8; STREAM_BUF];
-        let mut total = 0u64;
-        loop {
-            let n = r
-                .read(&mut buf)
-                .await
-                .map_err(|e| Outcome::FileUnreadable(format!("{}: {e}", self.path.display())))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
+    /// Reading the file for a chunk's checksum failed: it ended early (changed) or is gone.
+    fn read_failed(&mut self, e: &std::io::Error) -> Outcome {
+        if let Err(out) = self.check_file(&std::fs::symlink_metadata(&self.path)) {
+            return out;
         }
-        if total != len {
-            return Err(Outcome::FileUnreadable(format!(
-                "{}: changed since queued (ended after {} bytes)",
-                self.path.display(),
-                offset + total
-            )));
-        }
-        Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
+        Outcome::FileUnreadable(format!("{}: {e}", self.path.display()))
     }
 
     /// Writes the acknowledged offset to the store, if it moved. A failing write is logged,
@@ -628,6 +632,11 @@ mod tests {
 
         /// A harness whose server is built by `server` (e.g. without some extension).
         async fn with(stall_secs: u64, server: ReceiverBuilder) -> Harness {
+            Self::with_chunks(stall_secs, server, "chunk_size_mib = 1").await
+        }
+
+        /// A harness with `chunks` as the `[cloud]` chunk keys.
+        async fn with_chunks(stall_secs: u64, server: ReceiverBuilder, chunks: &str) -> Harness {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("card");
             std::fs::create_dir_all(&root).unwrap();
@@ -635,7 +644,7 @@ mod tests {
             let text = format!(
                 "[device]\ntype = \"SJ10 Pro\"\nserial = \"SN-1\"\n\
                  [media]\nroot = \"{}\"\n\
-                 [cloud]\nendpoint = \"{}\"\nchunk_size_mib = 1\nstall_secs = {stall_secs}\n",
+                 [cloud]\nendpoint = \"{}\"\n{chunks}\nstall_secs = {stall_secs}\n",
                 root.display(),
                 srv.url()
             );
@@ -778,6 +787,59 @@ mod tests {
         ];
         let got: Vec<(&str, &str)> = md.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(got, want);
+    }
+
+    /// (offset, length, SHA-1) of every PATCH the server saw, in order.
+    fn patches(h: &Harness) -> Vec<(u64, u64, Option<String>)> {
+        h.srv
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| {
+                let num = |n: &str| r.header(n).unwrap().parse::<u64>().unwrap();
+                let sum = r
+                    .header("upload-checksum")
+                    .map(|v| v["sha1 ".len()..].into());
+                (num("upload-offset"), num("content-length"), sum)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn checksums_computed_ahead_match_every_chunk_and_chunks_keep_to_the_bound() {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        // Auto sizing up to 3 MiB: never more than the bound (how chunks grow with the rate is
+        // `upload::chunk`'s table test: a timed assertion here would be flaky under emulation).
+        // Each chunk's SHA-1 is computed while the one before it is sent; the receiver verifies
+        // every checksum (a mismatch is 460, which fails the attempt).
+        let h = Harness::with_chunks(5, receiver(), "chunk_sizing = \"auto\"\nchunk_size_mib = 3")
+            .await;
+        let data = content(10 * MIB + 777);
+        let id = h.add("DCIM/LONG.MP4", &data);
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.only_upload(), data);
+        let seen = patches(&h);
+        let m = MIB as u64;
+        let lens: Vec<u64> = seen.iter().map(|p| p.1).collect();
+        assert_eq!(lens, [3 * m, 3 * m, 3 * m, m + 776, 1], "{seen:?}");
+        for (offset, len, sum) in &seen {
+            let bytes = &data[*offset as usize..(offset + len) as usize];
+            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes));
+            assert_eq!(sum.as_deref(), Some(want.as_str()), "chunk at {offset}");
+        }
+
+        // Fixed: every PATCH the maker's size, from the first.
+        let h = Harness::with_chunks(
+            5,
+            receiver(),
+            "chunk_sizing = \"fixed\"\nchunk_size_mib = 2",
+        )
+        .await;
+        let id = h.add("DCIM/LONG.MP4", &data);
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        let lens: Vec<u64> = patches(&h).iter().map(|p| p.1).collect();
+        assert_eq!(lens, [2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 776, 1]);
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@
 //!   ([`Client::rebind`], [`super::bind`]); with none approved no connection is made at all;
 //!   a connection whose interface goes silent fails within `stall_secs` (`TCP_USER_TIMEOUT`),
 //!   not after the kernel's retransmission minutes;
-//! - a PATCH body streams from the file in small buffers: memory does not grow with the chunk
-//!   size or the file size;
+//! - a PATCH body streams from the file in small blocks (`upload/source`): memory does not
+//!   grow with the chunk size or the file size;
 //! - any answer that does not follow the protocol (missing `Location`, missing or wrong
 //!   `Upload-Offset`, a status we did not ask for) is an error that says so, never a success.
 //!
@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+use futures_util::Stream;
 use futures_util::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, Response, StatusCode, Url};
-use tokio::io::AsyncRead;
-use tokio_util::io::ReaderStream;
 
 use crate::conditions::Link;
 use crate::config;
@@ -41,12 +41,6 @@ pub const TUS_VERSION: &str = "1.0.0";
 
 /// `User-Agent` of every request: the product and its version, nothing about the device.
 pub const USER_AGENT: &str = concat!("cambackup/", env!("CARGO_PKG_VERSION"));
-
-/// Read size of a PATCH body stream. Large enough that the blocking-pool round trip of
-/// `tokio::fs` per read costs little CPU (one per MiB: at 128 KiB it was a quarter of the
-/// daemon's CPU, docs/PERFORMANCE.md), small enough that the two or three buffers hyper holds
-/// in flight keep peak RSS near 16 MiB, under the 32 MiB goal.
-pub const STREAM_BUF: usize = 1024 * 1024;
 
 /// How long discovery results are trusted before the endpoint is asked again (a server upgrade
 /// may add extensions; asking once an hour costs nothing).
@@ -561,7 +555,7 @@ impl Client {
     /// Sends `len` bytes read from `body` at `offset`. Returns once the server acknowledged
     /// them with `Upload-Offset == offset + len`.
     ///
-    /// The body streams in [`STREAM_BUF`] pieces; `sent` is called (about four times a second)
+    /// The body streams as it comes (blocks of `upload/source`); `sent` is called (about four times a second)
     /// with the bytes of this chunk the connection has taken so far, for a smooth progress
     /// display; those bytes are not acknowledged yet. No byte taken and no answer for the stall
     /// limit aborts the request with [`TusError::Stalled`]. Dropping the future aborts the
@@ -570,22 +564,21 @@ impl Client {
     /// Known limit: "taken by the connection" means handed to the kernel's send buffer, which
     /// on a slow link can hold some seconds of data; the stall limit has to exceed that.
     #[allow(clippy::too_many_arguments)]
-    pub async fn patch<R>(
+    pub async fn patch<S>(
         &self,
         url: &str,
         token: &Secret,
         offset: u64,
-        body: R,
+        body: S,
         len: u64,
         checksum_sha1: Option<&str>,
         sent: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<PatchAck, TusError>
     where
-        R: AsyncRead + Send + 'static,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         let meter = Arc::new(Meter::new());
         let m = meter.clone();
-        let body = ReaderStream::with_capacity(body, STREAM_BUF);
         let stream = throttle::paced(body, self.throttle.clone()).inspect(move |r| {
             if let Ok(b) = r {
                 m.record(b.len() as u64);
@@ -935,6 +928,13 @@ pub(crate) mod tests {
         Secret::new("tok-1")
     }
 
+    /// A PATCH body of `bytes` in one block.
+    fn body(
+        bytes: &'static [u8],
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
     #[test]
     fn locations_resolve_against_the_endpoint_and_keep_the_https_rule() {
         let ep = "https://up.example.com/files/";
@@ -1005,14 +1005,14 @@ pub(crate) mod tests {
         let st = c.head(&created.url, &token()).await.unwrap();
         assert_eq!((st.offset, st.length), (0, Some(5)));
         let ack = c
-            .patch(&created.url, &token(), 0, &b"hel"[..], 3, None, &|_| {})
+            .patch(&created.url, &token(), 0, body(b"hel"), 3, None, &|_| {})
             .await
             .unwrap();
         assert_eq!(ack.offset, 3);
         // A server acknowledging another offset than sent is an error, never a success.
         srv.inject(Fault::patch_offset_ahead());
         let e = c
-            .patch(&created.url, &token(), 3, &b"lo"[..], 2, None, &|_| {})
+            .patch(&created.url, &token(), 3, body(b"lo"), 2, None, &|_| {})
             .await
             .unwrap_err();
         assert!(

@@ -42,6 +42,7 @@ async fn set_rate(rig: &Rig, kib: u64) {
 async fn the_rate_at_the_server_keeps_to_the_cap_and_a_change_applies_within_a_second() {
     let cam = FakeCamera::new();
     // One PATCH for the whole test: a change must apply to it, not to the next one.
+    cam.with("cloud", "chunk_sizing", "\"fixed\"");
     cam.with("cloud", "chunk_size_mib", "64");
     let video = "DCIM/100MEDIA/BIG.MP4";
     cam.write_sample(video, 32 * 1024 * 1024);

@@ -36,6 +36,8 @@ fn marker(at: u64) -> Vec<u8> {
 #[tokio::test]
 async fn a_sparse_file_over_4_gib_uploads_and_resumes_after_a_kill_past_4_gib() {
     let cam = FakeCamera::new();
+    // Fixed chunks: the stall below is found by its offset within a chunk.
+    cam.with("cloud", "chunk_sizing", "\"fixed\"");
     cam.with("cloud", "chunk_size_mib", &CHUNK_MIB.to_string());
     let rel = "DCIM/100MEDIA/VID_4GIB.MP4";
     let path = cam.media_path(rel);

@@ -1,4 +1,4 @@
-//! `tus-receiver [--token T] [--no-checksum]`: the test receiver as a process of its
+//! `tus-receiver [--token T] [--no-checksum] [--relative-location]`: the test receiver as a process of its
 //! own, for benchmarks that must measure the client and the server apart (`benches/upload.sh`).
 //!
 //! It serves until SIGTERM or SIGINT, then deletes what it stored. On stdout, one line each:
@@ -10,7 +10,9 @@
 //! ```
 //! The receiver writes each PATCH body frame to disk as it arrives (see `testkit::tus`), so a
 //! 1 GiB upload costs it frames, not a GiB of memory. It listens on an ephemeral port of
-//! 127.0.0.1 (the library's choice); read the port from the `url` line.
+//! 127.0.0.1 (the library's choice); read the port from the `url` line. With
+//! `--relative-location` the upload URLs it hands out are paths (`/files/ID`), so a client that
+//! reaches it through a proxy keeps talking to the proxy (`benches/slowlink.sh`).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -27,13 +29,17 @@ const POLL: Duration = Duration::from_millis(5);
 async fn main() -> Result<()> {
     let mut token = None;
     let mut checksum = true;
+    let mut relative = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--token" => token = Some(args.next().context("--token needs a value")?),
             "--no-checksum" => checksum = false,
+            "--relative-location" => relative = true,
             "-h" | "--help" => {
-                println!("usage: tus-receiver [--token TOKEN] [--no-checksum]");
+                println!(
+                    "usage: tus-receiver [--token TOKEN] [--no-checksum] [--relative-location]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -45,6 +51,9 @@ async fn main() -> Result<()> {
     }
     if !checksum {
         builder = builder.without_checksum();
+    }
+    if relative {
+        builder = builder.relative_location();
     }
     let receiver = builder.start().await;
     let dir = receiver.data_path("x");

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# cambackup against curl, uploading the same file to the same real tus server (issue 14, goals
+# 1 and 5): @tus/server with @tus/file-store (interop/server.mjs, the interop peer; its store on
+# tmpfs), started once and used by both clients in alternating rounds.
+#
+#   benches/tus-server.sh                        # 1 GiB, 5 rounds, the daemon's default settings
+#   SIZE_MIB=256 RUNS=3 benches/tus-server.sh
+#   EXTRA='chunk_sizing = "fixed"
+#   chunk_size_mib = 8' benches/tus-server.sh     # other [cloud] chunk keys
+#   CAMBACKUP_BIN=/tmp/old benches/tus-server.sh # another daemon binary
+#   BINS="new=target/release/cambackup old=/tmp/old" benches/tus-server.sh
+#       # several daemon binaries in the same rounds (before/after), each against curl
+#   PERF_OUT=/tmp/p RUNS=1 benches/tus-server.sh # `perf record -g` of the daemon per round
+#
+# Per round: curl sends the file as ONE PATCH (`curl -T`, streaming) to an upload made with
+# `curl -X POST`; the daemon uploads the same file from its card after consent
+# (`PATCH /v1/settings {"auto_upload": true}`). Throughput: file size over the time from
+# launching curl / giving consent to the server finishing the last PATCH (its request log has
+# each request's start `t` and duration `ms`). CPU: utime+stime of the client process
+# (/proc/PID/stat around the upload for the daemon, /usr/bin/time for curl), 10 ms ticks.
+# RSS: VmHWM of the client process, its whole life. "gaps": the time between the end of one
+# PATCH and the start of the next at the server (per round: median and max); "lead": from
+# launching curl / giving consent to the first PATCH reaching the server. The summary gives
+# each figure's median and range over the rounds, and the per-round ratios to curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-5}
+EXTRA=${EXTRA:-}
+PERF_OUT=${PERF_OUT:-}
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --release --quiet --bin cambackup
+BINS=${BINS:-cambackup=${CAMBACKUP_BIN:-$TARGET/release/cambackup}}
+[ -d interop/node_modules ] || npm ci --prefix interop --silent
+TOKEN=bench-token
+T=$(mktemp -d)
+STORE=$(mktemp -d /dev/shm/tus-bench.XXXXXX)
+SPID= DPID=
+cleanup() {
+  [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true
+  [ -n "$SPID" ] && kill "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null || true
+  rm -rf "$T" "$STORE"
+}
+trap cleanup EXIT
+
+# A charging, on-Wi-Fi, cool camera (the files testkit/src/camera.rs writes).
+mkdir -p "$T/card/DCIM/100MEDIA" "$T/proc/net" "$T/run"
+mkdir -p "$T/sys/class/power_supply/AC" "$T/sys/class/power_supply/battery"
+echo Mains >"$T/sys/class/power_supply/AC/type"
+echo 1 >"$T/sys/class/power_supply/AC/online"
+echo Battery >"$T/sys/class/power_supply/battery/type"
+echo Charging >"$T/sys/class/power_supply/battery/status"
+echo 80 >"$T/sys/class/power_supply/battery/capacity"
+mkdir -p "$T/sys/class/net/wlan0/wireless" "$T/sys/class/thermal/thermal_zone0"
+echo up >"$T/sys/class/net/wlan0/operstate"
+echo 35000 >"$T/sys/class/thermal/thermal_zone0/temp"
+printf 'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n' >"$T/proc/net/route"
+printf 'wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n' >>"$T/proc/net/route"
+echo "0.10 0.05 0.01 1/123 4567" >"$T/proc/loadavg"
+
+FILE=$T/card/DCIM/100MEDIA/BIG_0001.MP4
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$FILE"
+touch -d '1 hour ago' "$FILE"
+BYTES=$(stat -c %s "$FILE")
+cat "$FILE" >/dev/null # in the page cache for every run alike
+
+: >"$T/server.log"
+TUS_TOKEN=$TOKEN node interop/server.mjs "$STORE" "$T/server.log" >"$T/server.out" 2>"$T/server.err" &
+SPID=$!
+for _ in $(seq 1 100); do grep -q '"url"' "$T/server.out" && break; sleep 0.1; done
+URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$T/server.out")
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
+
+# Waits until the server finished the PATCH that completed the upload (log lines from line $1
+# on); prints that round's PATCH timings: "END_MS PATCHES GAP_MEDIAN_MS GAP_MAX_MS FIRST_MS".
+wait_done() {
+  for _ in $(seq 1 6000); do
+    out=$(python3 - "$T/server.log" "$1" "$BYTES" <<'PY'
+import json, statistics, sys
+log, start, size = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+lines = [json.loads(l) for l in open(log).read().splitlines()[start:]]
+p = [l for l in lines if l["method"] == "PATCH"]
+if not any(l["res"].get("upload-offset") == size for l in p):
+    sys.exit(0)
+bad = [l for l in p if l["status"] != 204]
+if bad:
+    print("ERROR", bad[0]); sys.exit(0)
+gaps = [b["t"] - (a["t"] + a["ms"]) for a, b in zip(p, p[1:])] or [0]
+print(p[-1]["t"] + p[-1]["ms"], len(p), statistics.median(gaps), max(gaps), p[0]["t"])
+PY
+    )
+    case $out in ERROR*) echo "$out" >&2; exit 1 ;; "") sleep 0.05 ;; *) echo "$out"; return ;; esac
+  done
+  echo "server: no complete upload" >&2
+  exit 1
+}
+
+run_curl() {
+  local from loc t0 code
+  from=$(wc -l <"$T/server.log")
+  loc=$(curl -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
+    -H "Authorization: Bearer $TOKEN" "$URL" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  t0=$(now_ms)
+  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" curl -sS -X PATCH -T "$FILE" -H 'Expect:' \
+    -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
+    -H 'Content-Type: application/offset+octet-stream' -H "Authorization: Bearer $TOKEN" \
+    -o /dev/null -w '%{http_code}' "$loc")
+  [ "$code" = 204 ] || { echo "curl PATCH answered $code" >&2; exit 1; }
+  read -r end n gmed gmax first <<<"$(wait_done "$from")"
+  read -r u s m <"$T/time"
+  rm -f "$STORE"/*
+  python3 -c "import sys; b,t0,e,u,s,m,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)}')" \
+    "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first"
+}
+
+# One daemon run: label $1, binary $2.
+run_daemon() {
+  local label=$1 bin=$2
+  rm -rf "$T/state"
+  mkdir -m 700 "$T/state"
+  cat >"$T/c.toml" <<TOML
+[device]
+type = "bench"
+serial = "B1"
+[media]
+root = "$T/card"
+settle_secs = 1
+[cloud]
+endpoint = "$URL"
+$EXTRA
+[conditions]
+sysfs = "$T/sys"
+proc = "$T/proc"
+recording_flag = "$T/run/recording"
+idle_secs = 1
+hold_down_secs = 0
+[control]
+socket = "$T/run/ctl.sock"
+[state]
+dir = "$T/state"
+TOML
+  "$bin" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
+  DPID=$!
+  for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
+  api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
+  for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
+  sleep 2 # past idle_secs since the daemon's own start, so consent is the only thing missing
+  local from c0 c1 t0 hwm perf=
+  from=$(wc -l <"$T/server.log")
+  if [ -n "$PERF_OUT" ]; then
+    perf record -q -F 999 -g -o "$PERF_OUT.$label.$round.data" -p "$DPID" 2>/dev/null &
+    perf=$!
+    sleep 1
+  fi
+  c0=$(ticks "$DPID")
+  t0=$(now_ms)
+  api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
+  read -r end n gmed gmax first <<<"$(wait_done "$from")"
+  [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
+  c1=$(ticks "$DPID")
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
+  kill -TERM "$DPID"
+  wait "$DPID" || true
+  DPID=
+  rm -f "$STORE"/*
+  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)}')" \
+    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first"
+}
+
+echo "file: $BYTES bytes; $(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+: >"$T/results"
+for round in $(seq 1 "$RUNS"); do
+  # Alternate who goes first: a round's second client finds the machine as the first left it.
+  if [ $((round % 2)) = 1 ]; then order="curl $BINS"; else order="$BINS curl"; fi
+  for who in $order; do
+    case $who in
+      curl) run_curl ;;
+      *) run_daemon "${who%%=*}" "${who#*=}" ;;
+    esac | sed "s/^/round=$round /" | tee -a "$T/results"
+  done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$T/results" <<'PY'
+import re, statistics as st, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = dict(re.findall(r"(\w+)=\s*([\d.]+)", line))
+    rows.setdefault(line.split()[1], {})[int(r["round"])] = {k: float(v) for k, v in r.items()}
+c = rows["curl"]
+def fig(rs, f):
+    v = [x[f] for x in rs.values()]
+    return f"{st.median(v):7.2f} ({min(v):.2f}-{max(v):.2f})"
+print(f"--- medians (range) over {len(c)} rounds")
+for name, rs in rows.items():
+    print(f"{name:10} tput MiB/s {fig(rs, 'tput')}  cpu s {fig(rs, 'cpu')}  rss MiB {fig(rs, 'hwm')}"
+          f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}  gap max ms {fig(rs, 'gap_max')}"
+          f"  lead ms {fig(rs, 'lead_ms')}")
+for name, d in rows.items():
+    if name == "curl":
+        continue
+    tr = [d[k]["tput"] / c[k]["tput"] for k in c]
+    cr = [d[k]["cpu"] / max(c[k]["cpu"], 0.01) for k in c]
+    print(f"{name}/curl per round: throughput x{st.median(tr):.2f} ({min(tr):.2f}-{max(tr):.2f}), "
+          f"CPU x{st.median(cr):.2f} ({min(cr):.2f}-{max(cr):.2f})")
+PY
