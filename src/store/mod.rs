@@ -877,8 +877,8 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Counts and bytes per state: a few rows the triggers of migration 4 keep current, not a
-    /// count of the whole queue.
+    /// Counts and bytes per state: a few rows kept current by the writes themselves (triggers
+    /// on update and delete, [`count_inserted`] on insert), not a count of the whole queue.
     pub fn counts(&self) -> Result<QueueCounts> {
         let conn = self.reader();
         let mut stmt = conn
