@@ -58,7 +58,8 @@ find "$T/card" -type f >/dev/null   # warm the cache for all
 ms_of() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 
 # Starts `bin` (keeping the state dir when $2 is "keep"), waits for the scan's log line, and
-# prints "took_ms walk_ms write_ms queued VmHWM_kB".
+# prints "took_ms walk_ms write_ms queued VmHWM_kB cpu_ms" (cpu_ms: the daemon's user + system
+# CPU from its start to the log line, notify's watch of every directory included).
 daemon_scan() {
   local bin=$1
   if [ "${2:-}" != keep ]; then rm -rf "$T/state"; fi
@@ -70,6 +71,8 @@ daemon_scan() {
   for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log" && break; sleep 0.05; done
   local line
   line=$(grep -m1 "scanned the card" "$T/log")
+  local cpu
+  cpu=$(sed -E 's/.*\) //' /proc/$PID/stat | awk -v t="$(getconf CLK_TCK)" '{print ($12 + $13) * 1000 / t}')
   sleep 1
   local hwm
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
@@ -77,7 +80,7 @@ daemon_scan() {
   wait $PID || true
   PID=
   echo "$(sed -E 's/.*took_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*walk_ms=([0-9]+).*/\1/' <<<"$line") \
-$(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+).*/\1/' <<<"$line") $hwm"
+$(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+).*/\1/' <<<"$line") $hwm $cpu"
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
@@ -111,7 +114,7 @@ for label, name, binary in [("A", "scanA", a), ("B", "scanB", b)]:
     m = statistics.median(took)
     print(f"{label} initial scan + enqueue:   {fig(took)}: {m / statistics.median(find):.2f}x find, "
           f"{m / statistics.median(fstat):.2f}x find-with-stat; walk {fig(col(name, 1))}, "
-          f"write {fig(col(name, 2))}; {col(name, 3)[0]} queued; peak RSS "
+          f"write {fig(col(name, 2))}; CPU {fig(col(name, 5))}; {col(name, 3)[0]} queued; peak RSS "
           f"{max(col(name, 4)) / 1024:.1f} MiB  [{binary}]")
 re = col("rescanB", 0)
 print(f"B rescan, all known:        {fig(re)}: {statistics.median(re) / statistics.median(fstat):.2f}x "

@@ -383,6 +383,8 @@ impl Store {
                     i64::from(url.is_some()),
                 ])?;
             }
+            // Inserts do not count themselves (migration 6): the rebuilt queue is counted whole.
+            tx.execute_batch(RECOUNT)?;
             Ok(())
         })?;
         tracing::warn!(
@@ -605,6 +607,8 @@ impl Store {
             // one-by-one treatment below: revived if it had been dropped.
             let (new, known): (Vec<&FoundFile>, Vec<&FoundFile>) =
                 files.iter().partition(|f| !path_known(f));
+            // What the inserts added to the pending count (migration 6: once, at the end).
+            let (mut inserted, mut inserted_size) = (0i64, 0i64);
             for rows in new.chunks(INSERT_ROWS) {
                 let mut many = tx.prepare_cached(&insert_rows_sql(rows.len()))?;
                 for (i, f) in rows.iter().enumerate() {
@@ -615,7 +619,14 @@ impl Store {
                     many.raw_bind_parameter(at + 4, f.mtime_ns)?;
                     many.raw_bind_parameter(at + 5, now)?;
                 }
-                let n = many.raw_execute()?;
+                // `RETURNING size` yields the rows inserted, not those the insert ignored.
+                let mut returned = many.raw_query();
+                let mut n = 0;
+                while let Some(row) = returned.next()? {
+                    n += 1;
+                    inserted_size += row.get::<_, i64>(0)?;
+                }
+                inserted += n as i64;
                 added += n;
                 if n < rows.len() {
                     for f in rows {
@@ -639,6 +650,8 @@ impl Store {
                 ])?;
                 if n == 1 {
                     added += 1;
+                    inserted += 1;
+                    inserted_size += f.size as i64;
                     let id = tx.last_insert_rowid();
                     supersede.execute(params![f.path.as_str(), id, REASON_REPLACED])?;
                 } else {
@@ -651,6 +664,7 @@ impl Store {
                     ])?;
                 }
             }
+            count_inserted(tx, ItemState::Pending, inserted, inserted_size)?;
             Ok(added)
         })
     }
@@ -737,6 +751,7 @@ impl Store {
                         params![f.path.as_str(), f.kind.as_str(), f.size as i64, f.mtime_ns, now],
                     )?;
                     let id = tx.last_insert_rowid();
+                    count_inserted(tx, ItemState::Pending, 1, f.size as i64)?;
                     tx.execute(
                         "UPDATE items SET state = 'skipped', last_error = ?3
                          WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
@@ -862,8 +877,8 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Counts and bytes per state: a few rows the triggers of migration 4 keep current, not a
-    /// count of the whole queue.
+    /// Counts and bytes per state: a few rows kept current by the writes themselves (triggers
+    /// on update and delete, [`count_inserted`] on insert), not a count of the whole queue.
     pub fn counts(&self) -> Result<QueueCounts> {
         let conn = self.reader();
         let mut stmt = conn
@@ -1486,11 +1501,37 @@ const CHECKPOINT_PAGES: i64 = 256;
 /// 100,000 files made twenty of them at 1 MiB.
 const SCAN_CHECKPOINT_PAGES: i64 = 4096;
 
+/// Adds `n` rows of `state` and `size` bytes in all, just inserted with nothing sent, to
+/// `queue_counts`. Since migration 6 an insert into `items` does not count itself: every insert
+/// calls this in its transaction (updates and deletes are still counted by triggers).
+pub(crate) fn count_inserted(
+    tx: &Connection,
+    state: ItemState,
+    n: i64,
+    size: i64,
+) -> rusqlite::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO queue_counts (state, n, size, sent) VALUES (?1, ?2, ?3, 0)
+         ON CONFLICT (state) DO UPDATE SET n = n + excluded.n, size = size + excluded.size",
+    )?
+    .execute(params![state.as_str(), n, size])?;
+    Ok(())
+}
+
+/// `queue_counts` made again from a count of the queue (after a rebuild from the ledger).
+const RECOUNT: &str = "DELETE FROM queue_counts;
+    INSERT INTO queue_counts (state, n, size, sent)
+        SELECT state, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(bytes_sent), 0)
+        FROM items GROUP BY state;";
+
 /// Rows per `INSERT` statement when the scan queues new files.
 const INSERT_ROWS: usize = 64;
 
 /// `INSERT OR IGNORE` of `rows` new items, five parameters each (path, kind, size, mtime,
-/// queued at).
+/// queued at), returning the size of each row inserted (for [`count_inserted`]).
 fn insert_rows_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at) VALUES ",
@@ -1509,6 +1550,7 @@ fn insert_rows_sql(rows: usize) -> String {
             at + 5
         ));
     }
+    sql.push_str(" RETURNING size");
     sql
 }
 

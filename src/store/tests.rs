@@ -589,6 +589,7 @@ fn the_status_reads_answer_while_a_write_transaction_is_open_and_see_only_what_w
                  VALUES ('DCIM/B.JPG', 'photo', 20, 2, 0)",
                 [],
             )?;
+            count_inserted(tx, ItemState::Pending, 1, 20)?;
             let (back, answer) = std::sync::mpsc::channel();
             let reader = s.clone();
             std::thread::spawn(move || {
@@ -636,4 +637,121 @@ fn the_scans_insert_of_new_paths_counts_and_revives_like_one_by_one() {
     assert_eq!(s.item(first.id).unwrap().unwrap().state, ItemState::Pending);
     assert_eq!(s.counts().unwrap().pending, files.len() as u64);
     assert_eq!(s.upsert_with_hint(&files, |_| false).unwrap(), 0);
+}
+
+/// `queue_counts` against a fresh count of the queue, state by state (rows the writes left at
+/// zero aside).
+fn assert_counts_true(s: &Store, after: &str) {
+    let rows = |sql: &str| -> Vec<(String, i64, i64, i64)> {
+        let conn = s.conn();
+        let mut q = conn.prepare(sql).unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let kept = rows(
+        "SELECT state, n, size, sent FROM queue_counts
+         WHERE n != 0 OR size != 0 OR sent != 0 ORDER BY state",
+    );
+    let counted = rows(
+        "SELECT state, COUNT(*), SUM(size), SUM(bytes_sent) FROM items
+         GROUP BY state ORDER BY state",
+    );
+    assert_eq!(kept, counted, "after {after}");
+}
+
+#[test]
+fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    assert_counts_true(&s, "open");
+    // The scan's statements of many rows, one of which also holds rows the queue already has
+    // (ignored by the insert, so not counted), and a tail.
+    let files: Vec<FoundFile> = (0..INSERT_ROWS * 2 + 3)
+        .map(|i| found(&format!("DCIM/{i:04}.JPG"), 10 + i as u64, 1))
+        .collect();
+    s.upsert_with_hint(&files[..10], |_| false).unwrap();
+    assert_counts_true(&s, "a scan's first batch");
+    assert_eq!(
+        s.upsert_with_hint(&files, |_| false).unwrap(),
+        files.len() - 10
+    );
+    assert_counts_true(&s, "a batch holding known rows");
+    // One by one: a new version of a queued file (the old one superseded), a manual request
+    // for a new file and one for a queued file.
+    s.upsert_files(&[found("DCIM/0000.JPG", 999, 2)]).unwrap();
+    assert_counts_true(&s, "a new version");
+    s.enqueue_manual(&found("DCIM/M.JPG", 77, 3)).unwrap();
+    s.enqueue_manual(&found("DCIM/0001.JPG", 11, 1)).unwrap();
+    assert_counts_true(&s, "manual requests");
+    let ids: Vec<i64> = s.list(None, 500, 0).unwrap().iter().map(|i| i.id).collect();
+    // Through an upload and every way out of one.
+    started(&s, ids[1], "https://up.example/files/1");
+    s.set_progress(ids[1], 5, None).unwrap();
+    assert_counts_true(&s, "progress");
+    s.mark_done(ids[1]).unwrap();
+    started(&s, ids[2], "https://up.example/files/2");
+    s.mark_retry(ids[2], "503", 0).unwrap();
+    started(&s, ids[3], "https://up.example/files/3");
+    s.mark_failed(ids[3], "413").unwrap();
+    started(&s, ids[4], "https://up.example/files/4");
+    s.set_progress(ids[4], 3, None).unwrap();
+    s.mark_interrupted(ids[4]).unwrap();
+    s.mark_skipped(ids[5], REASON_DELETED).unwrap();
+    s.mark_skipped_many(&ids[6..9], REASON_REPLACED).unwrap();
+    s.skip_deleted(&found("DCIM/0009.JPG", 19, 1).path).unwrap();
+    s.cancel(ids[10]).unwrap();
+    s.retry(ids[3]).unwrap();
+    assert_counts_true(&s, "uploads' outcomes");
+    started(&s, ids[11], "https://up.example/files/11");
+    s.recover_stray_uploading(&[]).unwrap();
+    started(&s, ids[12], "https://other.example/files/12");
+    s.forget_urls_not_for("https://up.example/files/").unwrap();
+    assert_eq!(s.recover_interrupted().unwrap(), 1);
+    assert_counts_true(&s, "recoveries");
+    // A dropped version seen again by a scan that takes its path for new: revived.
+    s.upsert_with_hint(&[found("DCIM/0005.JPG", 15, 1)], |_| false)
+        .unwrap();
+    assert_counts_true(&s, "a revival");
+    // Freeing space: freed, and a done upload the server lost queued again.
+    for (id, n) in [(ids[13], 13), (ids[14], 14)] {
+        started(&s, id, &format!("https://up.example/files/{n}"));
+        s.set_progress(id, 4, None).unwrap();
+        s.mark_done(id).unwrap();
+    }
+    s.record_sent_chunk(
+        ids[15],
+        &SentChunk {
+            start: 0,
+            len: 4,
+            sha1: [0; 20],
+            checksum: true,
+            ino: 1,
+        },
+    )
+    .unwrap();
+    s.mark_freed(ids[13]).unwrap();
+    assert!(s.requeue_lost(ids[14]).unwrap());
+    assert_counts_true(&s, "freeing space");
+    s.purge_history(0).unwrap();
+    s.erase_account_data().unwrap();
+    assert_counts_true(&s, "unpairing");
+    let before = s.counts().unwrap();
+    drop(s);
+    // Rebuilt from the ledger, after a corruption and after a loss.
+    corrupt(dir.path());
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    assert!(s.counts().unwrap().done >= 1, "{before:?}");
+    assert_counts_true(&s, "a rebuild of a corrupt database");
+    s.upsert_with_hint(&files, |_| false).unwrap();
+    assert_counts_true(&s, "a scan after the rebuild");
+    drop(s);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("{DB_FILE}{ext}")));
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    assert_counts_true(&s, "a rebuild of a lost database");
 }
