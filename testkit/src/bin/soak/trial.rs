@@ -1270,7 +1270,8 @@ impl Trial<'_> {
             }
         }
         // Each (path, content) completed: the uploads (id, bytes) that hold it.
-        let mut seen: BTreeMap<(String, [u8; 32]), Vec<(String, u64)>> = BTreeMap::new();
+        type Holders = Vec<(String, u64)>;
+        let mut seen: BTreeMap<(String, [u8; 32]), Holders> = BTreeMap::new();
         let want: BTreeMap<&str, &str> = [
             ("user_id", USER_ID),
             ("device_type", "SJ10 Pro"),
