@@ -9,6 +9,8 @@
 #   benches/fleet.sh                          # 100 daemons, 60 s of 503 + Retry-After: 30
 #   DAEMONS=20 OUTAGE=30 RETRY_AFTER=0 benches/fleet.sh   # without Retry-After: the back-off
 #   ARRIVALS=60 benches/fleet.sh              # cameras arrive over the whole outage (default: a third)
+#   PROFILE=release benches/fleet.sh          # the release daemon (what ships; less CPU)
+#   LOG=fleet.csv benches/fleet.sh            # also every data request as CSV (per-second reading)
 #
 # Needs ~25 MiB of RAM per daemon (debug build). Exit status 1 when a file did not arrive
 # exactly once, or a camera asked sooner than the server said / later than its back-off allows.
@@ -19,10 +21,17 @@ OUTAGE=${OUTAGE:-60}
 RETRY_AFTER=${RETRY_AFTER:-30}
 SEED=${SEED:-1}
 ARRIVALS=${ARRIVALS:-$((OUTAGE / 3))}
+PROFILE=${PROFILE:-debug}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --quiet --bin cambackup -p cambackup
+if [ "$PROFILE" = release ]; then
+  cargo build --quiet --release --bin cambackup -p cambackup
+else
+  cargo build --quiet --bin cambackup -p cambackup
+fi
 cargo build --quiet --bin fleet -p testkit
 # Each daemon holds a few descriptors; the harness holds a connection per daemon too.
 ulimit -n 8192 2>/dev/null || true
-exec nice "$TARGET/debug/fleet" --daemons "$DAEMONS" --outage "$OUTAGE" \
-  --retry-after "$RETRY_AFTER" --arrivals "$ARRIVALS" --seed "$SEED" --daemon "$TARGET/debug/cambackup"
+LOG_ARGS=()
+if [ -n "${LOG:-}" ]; then LOG_ARGS=(--log "$LOG"); fi
+exec nice "$TARGET/debug/fleet" "${LOG_ARGS[@]}" --daemons "$DAEMONS" --outage "$OUTAGE" \
+  --retry-after "$RETRY_AFTER" --arrivals "$ARRIVALS" --seed "$SEED" --daemon "$TARGET/$PROFILE/cambackup"

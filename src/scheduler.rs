@@ -37,8 +37,9 @@ pub async fn run(app: Arc<App>) {
     let mut running: std::collections::HashMap<tokio::task::Id, i64> = Default::default();
     // An outcome could not be recorded: its item is still `uploading` in the store, and would
     // never be picked again. It goes back to pending (and resumes by HEAD) once the store can
-    // take the write.
-    let mut stray = false;
+    // take the write. True at the start too: the start-up recovery of items a crash left
+    // `uploading` (daemon.rs) fails on a full state disk, and nothing else would retry it.
+    let mut stray = true;
     loop {
         app.beat("scheduler");
         if stray {
@@ -49,7 +50,7 @@ pub async fn run(app: Arc<App>) {
                     if n > 0 {
                         tracing::info!(
                             items = n,
-                            "uploads whose outcome could not be recorded are queued again"
+                            "uploads left `uploading` (a crash, or an outcome the store could not take) are queued again"
                         );
                     }
                 }

@@ -259,6 +259,27 @@ async fn files_found_while_the_state_disk_is_full_are_queued_soon_after_it_frees
 }
 
 #[tokio::test]
+async fn an_upload_cut_by_a_crash_resumes_though_the_state_disk_was_full_at_the_restart() {
+    // Found by the soak (seed 16872186818318000927, docs/SOAK.md): the start-up recovery of an
+    // item left `uploading` by the crash could not be written on the full disk and was never
+    // tried again, so the file stayed `uploading` (and not on the server) until the next start.
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let (mut rig, rel) = uploading_a_big_video(cam).await;
+    rig.daemon.kill(Signal::Kill);
+    rig.daemon.wait_exit(Duration::from_secs(5)).await;
+    let filler = fs.fill();
+    rig.daemon.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::remove_file(filler).unwrap();
+    rig.expect_uploaded(&[rel.as_str()], T).await;
+    assert_eq!(rig.rx.creations(), 1, "resumed, not created again");
+}
+
+#[tokio::test]
 async fn an_unpairing_cut_short_by_a_power_cut_is_finished_at_the_next_start() {
     let cam = FakeCamera::new();
     cam.set_interface("wwan0", true, false);

@@ -4,7 +4,10 @@
 //! The cameras arrive at random instants in the first third of the outage (`--arrivals`).
 //! From the server's request log it shows:
 //! - the reconnection is spread: the busiest second after the recovery against the mean rate
-//!   of the following minute (all data requests, and first contacts per camera);
+//!   of the following minute (all data requests, and first contacts per camera); beside it,
+//!   the same figure for an ideal fleet, each camera's requests of that minute moved together
+//!   to an instant drawn uniformly in the minute (what independent cameras can do at best:
+//!   with 100 of them the busiest of 60 seconds is well above the mean by chance alone);
 //! - `Retry-After` is honoured: no camera asks again sooner than the server said (the daemon
 //!   schedules in whole seconds, so 1 s of rounding is allowed);
 //! - without `Retry-After` (`--retry-after 0`), no camera retries faster than its back-off:
@@ -13,8 +16,10 @@
 //!
 //! ```text
 //! fleet [--daemons N] [--outage SECS] [--retry-after SECS] [--arrivals SECS] [--seed S]
-//!       [--daemon PATH]
+//!       [--daemon PATH] [--log FILE]
 //! ```
+//! `--log FILE` writes every data request as CSV (seconds since the recovery, camera, file,
+//! method, status) to read the per-second counts from.
 //! `benches/fleet.sh` runs it; docs/SOAK.md has the figures.
 
 use std::collections::BTreeMap;
@@ -34,6 +39,8 @@ const TOKEN: &str = "fleet-token-03c9";
 const RETRY_MAX_SECS: u64 = 60;
 /// The daemon's first back-off ceiling (`upload::retry::DEFAULT_BASE`).
 const BASE_SECS: f64 = 2.0;
+/// Draws of the ideal fleet (see the module's doc).
+const IDEAL_DRAWS: usize = 2000;
 
 struct Args {
     daemons: usize,
@@ -43,6 +50,7 @@ struct Args {
     bin: PathBuf,
     /// Cameras arrive at random instants in the first this-many seconds of the outage.
     arrivals: Option<u64>,
+    log: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target/debug/cambackup")),
         arrivals: None,
+        log: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -68,10 +77,12 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = num(val("--seed")?, "--seed")?,
             "--arrivals" => a.arrivals = Some(num(val("--arrivals")?, "--arrivals")?),
             "--daemon" => a.bin = PathBuf::from(val("--daemon")?),
+            "--log" => a.log = Some(PathBuf::from(val("--log")?)),
             "--help" | "-h" => {
                 println!(
                     "usage: fleet [--daemons N] [--outage SECS] [--retry-after SECS (0: none)] \
-                     [--seed S] [--arrivals SECS (default: a third of the outage)] [--daemon PATH]"
+                     [--seed S] [--arrivals SECS (default: a third of the outage)] [--daemon PATH] \
+                     [--log FILE (every data request as CSV)]"
                 );
                 std::process::exit(0);
             }
@@ -274,6 +285,56 @@ async fn main() {
     let first_busiest = *first_buckets.iter().max().unwrap_or(&0);
     let first_mean = f64::from(first_total) / 60.0;
 
+    // The ideal for the same cameras and the same load: each camera's requests of the minute
+    // keep their spacing but start at an instant drawn uniformly in the minute (wrapping round,
+    // so the total stays). Many draws: the busiest second's ratio to the mean, by chance alone.
+    let mut blocks: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for r in &reqs {
+        let t = secs(r.at) - rec;
+        if (0.0..60.0).contains(&t) {
+            if let Some(c) = camera_of(r, &by_id) {
+                blocks.entry(c).or_default().push(t);
+            }
+        }
+    }
+    let mut ideal = Vec::new();
+    let mut ideal_first = Vec::new();
+    let mut draw_rng = fastrand::Rng::with_seed(args.seed ^ 0x1dea_1dea);
+    for _ in 0..IDEAL_DRAWS {
+        let mut b = [0u32; 60];
+        let mut f = [0u32; 60];
+        for ts in blocks.values() {
+            let start = draw_rng.f64() * 60.0;
+            f[start as usize] += 1;
+            for t in ts {
+                b[((start + t - ts[0]) % 60.0) as usize] += 1;
+            }
+        }
+        let n: u32 = b.iter().sum();
+        ideal.push(f64::from(*b.iter().max().unwrap_or(&0)) / (f64::from(n) / 60.0).max(1e-9));
+        ideal_first.push(
+            f64::from(*f.iter().max().unwrap_or(&0)) / (blocks.len() as f64 / 60.0).max(1e-9),
+        );
+    }
+    let spread = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            v.get(((v.len() - 1) as f64 * p) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let met = v.iter().filter(|x| **x <= 3.0).count() as f64 / v.len().max(1) as f64;
+        format!(
+            "median {:.2}x (10-90 %: {:.2}-{:.2}x), <= 3x in {:.0} % of {IDEAL_DRAWS} draws",
+            q(0.5),
+            q(0.1),
+            q(0.9),
+            met * 100.0
+        )
+    };
+    let ideal_line = spread(&mut ideal);
+    let ideal_first_line = spread(&mut ideal_first);
+
     // Per camera: the gaps after each 503.
     let mut per_cam: BTreeMap<usize, Vec<&RecordedRequest>> = BTreeMap::new();
     for r in &reqs {
@@ -284,6 +345,7 @@ async fn main() {
     let mut min_gap_after_503 = f64::MAX;
     let mut too_soon = 0;
     let mut gaps_503 = 0;
+    let mut gaps = Vec::new();
     let mut attempts_in_outage = Vec::new();
     for rs in per_cam.values() {
         let mut n_outage = 0;
@@ -294,6 +356,7 @@ async fn main() {
             n_outage += 1;
             let gap = secs(w[1].at) - secs(w[0].at);
             gaps_503 += 1;
+            gaps.push(gap);
             min_gap_after_503 = min_gap_after_503.min(gap);
             if args.retry_after > 0 && gap < args.retry_after as f64 - 1.0 {
                 too_soon += 1;
@@ -302,6 +365,12 @@ async fn main() {
         attempts_in_outage.push(n_outage);
     }
     attempts_in_outage.sort();
+    gaps.sort_by(f64::total_cmp);
+    let gap_at = |p: f64| {
+        gaps.get(((gaps.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     // Per file: the same, but only the item's own next request counts.
     let mut per_item: BTreeMap<String, Vec<&RecordedRequest>> = BTreeMap::new();
     for r in &reqs {
@@ -367,9 +436,13 @@ async fn main() {
         "| first contacts per camera after the recovery: busiest second | {first_busiest} = {:.2}x the mean {first_mean:.2}/s |",
         f64::from(first_busiest) / first_mean.max(f64::MIN_POSITIVE)
     );
+    println!("| ideal fleet (each camera's requests at a uniform instant of the minute): busiest second | {ideal_line} |");
+    println!("| ideal fleet: first contacts, busiest second | {ideal_first_line} |");
     println!(
-        "| retries after a 503 | {gaps_503}, shortest gap {:.2} s |",
-        if gaps_503 > 0 { min_gap_after_503 } else { 0.0 }
+        "| a camera's next request after a 503 | {gaps_503}, gap min / median / max {:.2} / {:.2} / {:.2} s |",
+        if gaps_503 > 0 { min_gap_after_503 } else { 0.0 },
+        gap_at(0.5),
+        gap_at(1.0)
     );
     if args.retry_after > 0 {
         println!(
@@ -416,7 +489,25 @@ async fn main() {
     for p in &problems {
         println!("PROBLEM: {p}");
     }
-    let ok = problems.is_empty() && item_too_soon == 0 && over_ceiling == 0;
+    if let Some(path) = &args.log {
+        let mut csv = String::from("secs_after_recovery,camera,file,method,status\n");
+        for r in &reqs {
+            csv.push_str(&format!(
+                "{:.3},{},{},{},{}\n",
+                secs(r.at) - rec,
+                camera_of(r, &by_id).map_or(String::new(), |c| c.to_string()),
+                path_of(r, &by_id).unwrap_or_default(),
+                r.method,
+                r.status.map_or(String::new(), |s| s.to_string())
+            ));
+        }
+        if let Err(e) = std::fs::write(path, csv) {
+            eprintln!("fleet: cannot write {}: {e}", path.display());
+        }
+    }
+    // A Retry-After holds the whole camera (not just the file it answered), so a camera asking
+    // again sooner fails the run too.
+    let ok = problems.is_empty() && item_too_soon == 0 && too_soon == 0 && over_ceiling == 0;
     for (_, mut d, _) in cams {
         d.stop().await;
     }

@@ -137,6 +137,7 @@ struct Totals {
     bytes: u64,
     lost: u64,
     duplicated: u64,
+    resent: u64,
     corrupt: u64,
     bad_metadata: u64,
     queue: u64,
@@ -165,6 +166,7 @@ impl Totals {
         self.bytes += o.bytes;
         self.lost += o.lost.len() as u64;
         self.duplicated += o.duplicated.len() as u64;
+        self.resent += o.resent.len() as u64;
         self.corrupt += o.corrupt.len() as u64;
         self.bad_metadata += o.bad_metadata.len() as u64;
         self.queue += o.queue.len() as u64;
@@ -239,6 +241,10 @@ impl Totals {
             ("file bytes", format!("{}", self.bytes)),
             ("lost", format!("{}", self.lost)),
             ("duplicated", format!("{}", self.duplicated)),
+            (
+                "sent again, forced (the first answered 404/410, or its URL erased by a credentials loss before its outcome was recorded)",
+                format!("{}", self.resent),
+            ),
             ("corrupt", format!("{}", self.corrupt)),
             ("bad metadata", format!("{}", self.bad_metadata)),
             ("queue disagrees with the server", format!("{}", self.queue)),
@@ -316,7 +322,8 @@ impl Totals {
 fn outcome_json(o: &Outcome) -> serde_json::Value {
     serde_json::json!({
         "seed": o.seed, "server": o.server, "faults": o.faults, "files": o.files,
-        "bytes": o.bytes, "lost": o.lost, "duplicated": o.duplicated, "corrupt": o.corrupt,
+        "bytes": o.bytes, "lost": o.lost, "duplicated": o.duplicated, "resent": o.resent,
+        "corrupt": o.corrupt,
         "bad_metadata": o.bad_metadata, "queue": o.queue, "died": o.died,
         "escaped": o.escaped, "recovery": o.recovery,
         "converged": o.converged, "extra_creations": o.extra_creations,

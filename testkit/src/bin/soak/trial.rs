@@ -58,6 +58,10 @@ pub struct Outcome {
     pub lost: Vec<String>,
     /// (path, content) pairs completed more than once.
     pub duplicated: Vec<String>,
+    /// A (path, content) completed again where the first completion was forced out of the
+    /// daemon's hands: the server answered 404/410 for it, or the account file was lost while
+    /// the daemon had not recorded it done (the loss erases upload URLs). Not a failure.
+    pub resent: Vec<String>,
     /// Completed uploads whose bytes are no version ever written to that path.
     pub corrupt: Vec<String>,
     /// Completed uploads without exactly the four metadata keys and values.
@@ -188,6 +192,9 @@ struct Trial<'e> {
     expect_running: bool,
     forgotten: BTreeMap<String, usize>,
     forgotten_ids: BTreeSet<String>,
+    /// Uploads complete on the server, just before a credentials loss, whose version the
+    /// daemon's queue did not show `done`.
+    unknown_at_loss: BTreeSet<String>,
     filler: Option<PathBuf>,
     card_out: bool,
     /// Card B (the swap's) is in the slot, card A aside.
@@ -280,6 +287,7 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         expect_running: true,
         forgotten: BTreeMap::new(),
         forgotten_ids: BTreeSet::new(),
+        unknown_at_loss: BTreeSet::new(),
         filler: None,
         card_out: false,
         swapped_in: false,
@@ -294,11 +302,16 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
     };
     t.go().await;
     if env.verbose && !t.out.failures().is_empty() {
+        // Every start of the daemon in the trial (the log file is appended to), without the
+        // HTTP client's connection chatter.
         let log = t.daemon.log();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains(" hyper_util::"))
+            .collect();
         eprintln!(
-            "--- daemon log, last 150 lines ---\n{}\n--- end of daemon log ---",
-            lines[lines.len().saturating_sub(150)..].join("\n")
+            "--- daemon log ---\n{}\n--- end of daemon log ---",
+            lines.join("\n")
         );
     }
     let mut out = std::mem::take(&mut t.out);
@@ -561,6 +574,16 @@ impl Trial<'_> {
         }
     }
 
+    /// The versions the daemon's queue shows `done`: (storage path, size).
+    async fn done_versions(&self) -> BTreeSet<(String, u64)> {
+        self.queue()
+            .await
+            .iter()
+            .filter(|i| i["state"] == "done")
+            .filter_map(|i| Some((i["storage_path"].as_str()?.to_owned(), i["size"].as_u64()?)))
+            .collect()
+    }
+
     async fn paired_now(&self) -> Option<bool> {
         match self.api("GET", "/v1/account", None).await {
             Some((200, v)) => v["paired"].as_bool(),
@@ -720,7 +743,19 @@ impl Trial<'_> {
     /// consent as it was; then paired again with the same user and token.
     async fn zero_credentials(&mut self) {
         let consent = self.consent_now().await;
+        let done_before = self.done_versions().await;
         self.stop_term().await;
+        // The daemon takes a damaged account file for an unpairing cut short and erases the
+        // upload URLs: an upload the server holds complete but the daemon had not recorded
+        // done (its last answer cut off by the stop, a kill or a full state disk at its end)
+        // is then sent again, as it must be. Which those are is known once it is up again.
+        let complete_at_loss: Vec<(String, String, u64)> = self
+            .server
+            .uploads()
+            .into_iter()
+            .filter(|u| u.complete())
+            .map(|u| (u.path().unwrap_or_default().to_owned(), u.id, u.length))
+            .collect();
         let creds = self.cam.state_dir().join("credentials.json");
         let len = fs::metadata(&creds).map_or(96, |m| m.len().max(1)) as usize;
         if let Err(e) = fs::write(&creds, vec![0u8; len]) {
@@ -733,6 +768,19 @@ impl Trial<'_> {
         self.needs_pair = true;
         if !self.expect_running {
             return;
+        }
+        let done_after = self.done_versions().await;
+        for (path, id, len) in complete_at_loss {
+            if !done_after.contains(&(path, len)) {
+                self.unknown_at_loss.insert(id);
+            }
+        }
+        // Strict the other way: what the daemon knew as done it still knows (else a file
+        // sent again would pass as forced above).
+        for (path, len) in done_before.difference(&done_after) {
+            self.out.recovery.push(format!(
+                "{path} ({len} bytes) done before the zeroed credentials, not after"
+            ));
         }
         match self.paired_now().await {
             Some(false) => {}
@@ -1221,7 +1269,9 @@ impl Trial<'_> {
                 ));
             }
         }
-        let mut seen: BTreeMap<(String, [u8; 32]), usize> = BTreeMap::new();
+        // Each (path, content) completed: the uploads (id, bytes) that hold it.
+        type Holders = Vec<(String, u64)>;
+        let mut seen: BTreeMap<(String, [u8; 32]), Holders> = BTreeMap::new();
         let want: BTreeMap<&str, &str> = [
             ("user_id", USER_ID),
             ("device_type", "SJ10 Pro"),
@@ -1231,7 +1281,9 @@ impl Trial<'_> {
         .collect();
         for (p, h, u) in &complete {
             let path = p.clone().unwrap_or_default();
-            *seen.entry((path.clone(), *h)).or_default() += 1;
+            seen.entry((path.clone(), *h))
+                .or_default()
+                .push((u.id.clone(), u.length));
             let known = self.versions.get(&path).is_some_and(|v| v.contains(h));
             let through_link = self
                 .links
@@ -1262,16 +1314,45 @@ impl Trial<'_> {
             }
             self.out.completed_bytes += u.length;
         }
-        for ((path, h), n) in seen {
-            if n > 1 {
-                self.out
-                    .duplicated
-                    .push(format!("{path} ({}) completed {n} times", hex8(&h)));
+        // A completion beyond the first is a duplicate, unless the daemon was made to lose the
+        // earlier one: the server denied it (404/410), or the account loss erased its URL
+        // before its outcome was recorded. One allowance per such upload.
+        let gone = self.server.gone_answers();
+        for ((path, h), ups) in seen {
+            if ups.len() < 2 {
+                continue;
+            }
+            let forced = ups
+                .iter()
+                .filter(|(id, _)| gone.contains_key(id) || self.unknown_at_loss.contains(id))
+                .count();
+            let named: Vec<String> = ups
+                .iter()
+                .map(|(id, len)| {
+                    let why = if gone.contains_key(id) {
+                        ", answered 404/410"
+                    } else if self.unknown_at_loss.contains(id) {
+                        ", not recorded done at a credentials loss"
+                    } else {
+                        ""
+                    };
+                    format!("{id} ({len} bytes{why})")
+                })
+                .collect();
+            let line = format!(
+                "{path} ({}) completed {} times: uploads {}",
+                hex8(&h),
+                ups.len(),
+                named.join(", ")
+            );
+            if ups.len() - 1 > forced {
+                self.out.duplicated.push(line);
+            } else {
+                self.out.resent.push(line);
             }
         }
         // Extra creations: beyond one per version written and one per forced restart.
         let creations = self.server.creations(&self.forgotten);
-        let gone = self.server.gone_answers();
         let uploads = self.server.uploads();
         for (path, n) in &creations {
             let versions = self.versions.get(path).map_or(0, Vec::len);
