@@ -4,6 +4,7 @@
 #
 #   sudo benches/slowlink.sh                       # 20 and 100 Mbit/s, 80 ms RTT, 256 MiB
 #   RATES="100" RTT_MS=80 SIZE_MIB=64 CLIENTS="auto" benches/slowlink.sh
+#   RATES="100 400" CLIENTS=auto CHECKSUM="on off" ROUNDS=3 benches/slowlink.sh   # goal 2 on a link
 #
 # Needs root (ip netns, tc). The camera is a network namespace of its own whose only link is a
 # veth named wlan0 (198.18.0.0/15 addresses), its egress capped by `tc tbf` at the link rate.
@@ -20,7 +21,11 @@
 # included, as it meters them). "wire" is those bytes per second as a share of the link rate; "idle" is the time
 # the link could have carried more, per PATCH: (time - bytes / rate) / PATCHes. Clients:
 # curl (one PATCH), fixed8 (chunk_sizing "fixed", 8 MiB: the daemon before issue 14), auto
-# (the default settings).
+# (the default settings). CHECKSUM="on off" runs each client against a receiver offering the
+# checksum extension and one started with --no-checksum (each behind its own socat and delay
+# line, over the same wlan0), alternating, ROUNDS times; "cpu" is the daemon's utime+stime from
+# its start to the last byte per GiB sent, "busy" its CPU, the receiver's and the delay line's as a share of the
+# upload's time (a process near 100 % would be CPU-bound, not link-bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "slowlink.sh needs root (ip netns, tc)" >&2; exit 2; }
@@ -28,6 +33,8 @@ RATES=${RATES:-"20 100"}
 RTT_MS=${RTT_MS:-80}
 SIZE_MIB=${SIZE_MIB:-256}
 CLIENTS=${CLIENTS:-"curl fixed8 auto"}
+CHECKSUM=${CHECKSUM:-"on"}
+ROUNDS=${ROUNDS:-1}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --workspace --bin cambackup --bin tus-receiver
 BIN=${CAMBACKUP_BIN:-$TARGET/release/cambackup}
@@ -56,17 +63,31 @@ ip -n "$NS" link set wlan0 up
 ip -n "$NS" link set lo up
 ip -n "$NS" route add default via "$NET.1"
 
-TMPDIR=/dev/shm "$RECV" --token "$TOKEN" --relative-location >"$T/recv.out" 2>"$T/recv.err" &
-PIDS+=($!)
-for _ in $(seq 1 100); do grep -q '^url ' "$T/recv.out" && break; sleep 0.05; done
-RPORT=$(awk '/^url /{print $2}' "$T/recv.out" | sed 's|.*:\([0-9]*\)/.*|\1|')
+declare -A URLS RPIDS LPIDS UPLOADS
+# A receiver ($1: on or off) behind socat (port $2) and a delay line of its own.
+start_receiver() {
+  local flags=(--token "$TOKEN" --relative-location)
+  [ "$1" = off ] && flags+=(--no-checksum)
+  TMPDIR=/dev/shm "$RECV" "${flags[@]}" >"$T/recv.$1.out" 2>"$T/recv.$1.err" &
+  PIDS+=($!)
+  RPIDS[$1]=$!
+  for _ in $(seq 1 100); do grep -q '^url ' "$T/recv.$1.out" && break; sleep 0.05; done
+  local rport
+  rport=$(awk '/^url /{print $2}' "$T/recv.$1.out" | sed 's|.*:\([0-9]*\)/.*|\1|')
+  socat "TCP-LISTEN:$2,bind=$NET.1,fork,reuseaddr" "TCP:127.0.0.1:$rport" &
+  PIDS+=($!)
+  ip netns exec "$NS" python3 benches/delayline.py 127.0.0.1:0 "$NET.1:$2" "$((RTT_MS / 2))" >"$T/delay.$1.out" &
+  PIDS+=($!)
+  LPIDS[$1]=$!
+  for _ in $(seq 1 100); do grep -q '^port ' "$T/delay.$1.out" && break; sleep 0.05; done
+  URLS[$1]=http://127.0.0.1:$(awk '/^port /{print $2}' "$T/delay.$1.out")/files/
+  UPLOADS[$1]=0
+}
 SPORT=$((20000 + $$ % 20000))
-socat "TCP-LISTEN:$SPORT,bind=$NET.1,fork,reuseaddr" "TCP:127.0.0.1:$RPORT" &
-PIDS+=($!)
-ip netns exec "$NS" python3 benches/delayline.py 127.0.0.1:0 "$NET.1:$SPORT" "$((RTT_MS / 2))" >"$T/delay.out" &
-PIDS+=($!)
-for _ in $(seq 1 100); do grep -q '^port ' "$T/delay.out" && break; sleep 0.05; done
-URL=http://127.0.0.1:$(awk '/^port /{print $2}' "$T/delay.out")/files/
+for ck in $CHECKSUM; do
+  start_receiver "$ck" "$SPORT"
+  SPORT=$((SPORT + 1))
+done
 
 # A charging, on-Wi-Fi, cool camera (the files testkit/src/camera.rs writes).
 mkdir -p "$T/card/DCIM/100MEDIA" "$T/proc/net" "$T/run"
@@ -94,14 +115,14 @@ api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/j
 # The receiver's timestamp (ns) of the n-th ($2) "$1" line, waiting up to 20 min.
 nth_line() {
   for _ in $(seq 1 24000); do
-    line=$({ grep "^$1 " "$T/recv.out" || true; } | sed -n "${2}p")
+    line=$({ grep "^$1 " "$T/recv.$CK.out" || true; } | sed -n "${2}p")
     [ -n "$line" ] && { echo "${line##* }"; return; }
     sleep 0.05
   done
   echo "receiver: no '$1' line number $2" >&2
   exit 1
 }
-UPLOADS=0
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run_curl() {
   local loc code
@@ -141,13 +162,15 @@ TOML
   CAMBACKUP_LOG=info,cambackup::upload::transfer=trace ip netns exec "$NS" \
     "$BIN" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
   local dpid=$!
+  echo 0 >"$T/cpu"
   PIDS+=("$dpid")
   for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
   sleep 2
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
-  nth_line complete "$UPLOADS" >/dev/null
+  nth_line complete "${UPLOADS[$CK]}" >/dev/null
+  ticks "$dpid" >"$T/cpu"
   kill -TERM "$dpid"
   wait "$dpid" || true
   grep -c 'chunk accepted' "$T/daemon.log" >"$T/patches" || true
@@ -157,10 +180,16 @@ TOML
 echo "file: $BYTES bytes; RTT ${RTT_MS} ms (delay line); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for rate in $RATES; do
   ip netns exec "$NS" tc qdisc replace dev wlan0 root tbf rate "${rate}mbit" burst 64kb latency 200ms
+  for round in $(seq 1 "$ROUNDS"); do
   for client in $CLIENTS; do
-    UPLOADS=$((UPLOADS + 1))
+  for CK in $CHECKSUM; do
+    URL=${URLS[$CK]}
+    UPLOADS[$CK]=$((${UPLOADS[$CK]} + 1))
     : >"$T/lens"
+    echo - >"$T/cpu"
     tx0=$(tx)
+    rc0=$(ticks "${RPIDS[$CK]}")
+    lc0=$(ticks "${LPIDS[$CK]}")
     case $client in
       curl) run_curl ;;
       fixed8) run_daemon 'chunk_sizing = "fixed"
@@ -168,23 +197,33 @@ chunk_size_mib = 8' ;;
       auto) run_daemon "" ;;
       *) echo "unknown client $client" >&2; exit 2 ;;
     esac
-    t1=$(nth_line complete "$UPLOADS")
+    t1=$(nth_line complete "${UPLOADS[$CK]}")
     tx1=$(tx)
-    t0=$(nth_line created "$UPLOADS")
-    python3 - "$client" "$rate" "$BYTES" "$t0" "$t1" "$tx0" "$tx1" "$(cat "$T/patches")" "$(cat "$T/lens")" <<'PY'
+    rc1=$(ticks "${RPIDS[$CK]}")
+    lc1=$(ticks "${LPIDS[$CK]}")
+    t0=$(nth_line created "${UPLOADS[$CK]}")
+    python3 - "$client" "$rate" "$BYTES" "$t0" "$t1" "$tx0" "$tx1" "$(cat "$T/patches")" "$(cat "$T/lens")" \
+      "$CK" "$round" "$(cat "$T/cpu")" "$((rc1 - rc0))" "$((lc1 - lc0))" <<'PY'
 import sys
 client, rate, size, t0, t1, tx0, tx1, n = sys.argv[1:9]
 lens = sys.argv[9].split()
+ck, rnd, cpu, rcpu, lcpu = sys.argv[10:15]
 secs = (int(t1) - int(t0)) / 1e9
 wire = int(tx1) - int(tx0)
 link = int(rate) * 1e6 / 8
 idle = secs - wire / link
 mib = [int(l) / 2**20 for l in lens]
 shape = f"chunks MiB {mib[0]:.0f},{mib[1]:.0f},..,{max(mib):.0f}" if len(mib) > 2 else ""
-print(f"{rate:>3} Mbit/s {client:7} time {secs:7.2f} s  wire {wire * 8 / secs / 1e6:6.2f} Mbit/s "
+dcpu = "" if cpu == "-" else (f"cpu {int(cpu) / 100 / (int(size) / 2**30):5.2f} s/GiB "
+                              f"busy {int(cpu) / 100 / secs * 100:3.0f} % ")
+print(f"{rate:>3} Mbit/s r{rnd} {client:7} ck={ck:3} time {secs:7.2f} s  "
+      f"{int(size) / secs / 2**20:6.2f} MiB/s  wire {wire * 8 / secs / 1e6:6.2f} Mbit/s "
       f"= {wire / secs / link * 100:5.1f} % of the link  goodput {int(size) / secs / link * 100:5.1f} %  "
-      f"PATCHes {n:>3}  idle per PATCH {idle / max(int(n), 1) * 1000:5.0f} ms  {shape}")
+      f"{dcpu}recv busy {int(rcpu) / 100 / secs * 100:3.0f} %  delay line busy {int(lcpu) / 100 / secs * 100:3.0f} %  "
+      f"PATCHes {n:>3}  idle per PATCH {idle / max(int(n), 1) * 1000:5.0f} ms  {shape}", flush=True)
 PY
+  done
+  done
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
