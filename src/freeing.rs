@@ -266,7 +266,9 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
                             tracing::warn!(id, path = %c.item.storage_path, "the server lost a completed upload: the file is queued again");
                             app.queued();
                         }
-                        Ok(false) => {}
+                        Ok(false) => {
+                            tracing::warn!(id, path = %c.item.storage_path, "the server lost a completed upload that was already sent again once: kept on the card, not sent a third time");
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, id, "cannot queue a lost upload again")
                         }
@@ -369,7 +371,10 @@ async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Op
     let size = c.item.size;
     Some(match answer {
         Err(_) => Server::Doubt(format!("no answer to HEAD within {HEAD_TIMEOUT:?}")),
-        Ok(Err(e)) if e.is_gone() => Server::Lost,
+        // 404/410: the server lost it. Not a past `Upload-Expires` on an answer (tus expires
+        // unfinished uploads; a server that dates a complete one is no reason to send it
+        // again): that is a doubt, and the file is kept.
+        Ok(Err(e)) if matches!(e.status(), Some(404 | 410)) => Server::Lost,
         Ok(Err(e)) => Server::Doubt(e.to_string()),
         Ok(Ok(st)) if st.offset == size && st.length == Some(size) => Server::Complete,
         Ok(Ok(st)) => Server::Incomplete {

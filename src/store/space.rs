@@ -182,9 +182,22 @@ impl Store {
 
     /// The server no longer has a done item's upload (404/410 on its HEAD): it is queued again,
     /// from the start, and nothing of the lost upload is kept. Returns whether it was.
+    ///
+    /// Once per version: a server that loses a file again after it was sent again (one whose
+    /// post-finish hook moves or ends completed uploads, say) would otherwise have the card
+    /// sent to it over and over; the file is then kept on the card and not sent a third time.
     pub fn requeue_lost(&self, id: i64) -> Result<bool> {
         self.durable(|conn| {
             let tx = conn.transaction()?;
+            let marker = format!("space.requeued.{id}");
+            let before: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM kv WHERE key = ?1)",
+                [&marker],
+                |r| r.get(0),
+            )?;
+            if before {
+                return Ok(false);
+            }
             let n = tx.execute(
                 "UPDATE items SET state = 'pending', done_url = NULL, completed_at = NULL,
                    bytes_sent = 0, attempts = 0, next_attempt_at = 0, upload_url = NULL,
@@ -194,6 +207,9 @@ impl Store {
                 [id],
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            if n == 1 {
+                tx.execute("INSERT INTO kv (key, value) VALUES (?1, '1')", [&marker])?;
+            }
             tx.commit()?;
             Ok(n == 1)
         })
@@ -334,6 +350,12 @@ mod tests {
         // The ledger says so too: a rebuilt database does not take it for done.
         let (known, _) = crate::store::ledger::replay(dir.path());
         assert!(known.values().all(|k| !k.done), "{known:?}");
+
+        // Sent again and lost again: kept, not sent a third time.
+        s.mark_uploading(id).unwrap();
+        s.mark_done(id).unwrap();
+        assert!(!s.requeue_lost(id).unwrap(), "a version is sent again once");
+        assert_eq!(s.item(id).unwrap().unwrap().state, ItemState::Done);
     }
 
     #[test]

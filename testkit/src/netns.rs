@@ -186,6 +186,7 @@ impl Lab {
         )
         .map_err(|e| e.to_string())?;
         lab.wait_for_dad();
+        lab.wait_for_quiet();
         Ok(lab)
     }
 
@@ -218,6 +219,32 @@ impl Lab {
                     "IPv6 DAD did not finish in {ns}: {out}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until neither link has carried a byte for 1.5 s. A link coming up still talks on
+    /// its own for a moment: the kernel joins its IPv6 multicast groups and repeats the MLDv2
+    /// reports (110 bytes each) at random within `mldv2_unsolicited_report_interval` (1 s),
+    /// twice, and the link-local address does duplicate address detection. Counting a leak from
+    /// before that is done would blame the daemon for the kernel's chatter (the CI run of
+    /// 2026-11-30 did: 110 bytes over wwan0, every request over wlan0).
+    pub fn wait_for_quiet(&self) {
+        let quiet_for = Duration::from_millis(1500);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let both = || (self.rx_bytes(Link::Wlan), self.rx_bytes(Link::Wwan));
+        let mut last = both();
+        let mut since = Instant::now();
+        while since.elapsed() < quiet_for {
+            assert!(
+                Instant::now() < deadline,
+                "the lab's links did not fall quiet within 15 s: {last:?} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            let now = both();
+            if now != last {
+                last = now;
+                since = Instant::now();
             }
         }
     }
