@@ -209,6 +209,8 @@ impl Transfer<'_, '_> {
         }
 
         let hashing = caps.sha1_checksum();
+        // Freeing space verifies by what was sent (only on cameras whose maker configured it).
+        let record_sent = ctx.config.media.frees_space();
         let mut creations = 0;
         let mut conflicts = 0;
         'session: loop {
@@ -289,9 +291,7 @@ impl Transfer<'_, '_> {
                     },
                     None => None,
                 };
-                // Freeing space verifies by what was sent: the body is hashed as it goes out
-                // where no checksum covers it (only on cameras whose maker configured it).
-                let record_sent = ctx.config.media.frees_space();
+                // Where no checksum covers the chunk, the body is hashed as it goes out.
                 let hashed = (record_sent && digest.is_none()).then(sent::SentHash::default);
                 let body =
                     sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
