@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, PassReport};
 use crate::config::Media;
 use crate::space::{self, Card, FileFacts, Hold, Keep, OnCard, ReadBack, Server, Verdict, World};
-use crate::store::{FreeCandidate, SentChunk};
+use crate::store::{FreeCandidate, Item, SentChunk, Store, StoreError};
 
 /// How often the card is looked at without a wake-up (uploads done, scans and settings wake
 /// the task sooner).
@@ -107,9 +107,16 @@ fn world(app: &App) -> World {
         media_available: app.media_available() && crate::scan::media_present(&media.root),
         paired: account.is_some(),
         clock_set: crate::clock::is_set(),
-        recording: app.recording() || app.config().conditions.recording_flag.exists(),
+        recording: app.recording() || recording_flag(app),
         now: crate::clock::now_unix(),
     }
+}
+
+/// The firmware's recording flag, read as the gate reads it; a flag that cannot be read counts
+/// as recording (a doubt keeps every file).
+fn recording_flag(app: &App) -> bool {
+    let r = crate::conditions::idle::read_recording_flag(&app.config().conditions.recording_flag);
+    r.value || r.problem.is_some()
 }
 
 /// What the card shows at the file's path now (never through a symbolic link).
@@ -189,6 +196,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     if !first.may_free() {
         return report;
     }
+    settle_notes(app).await;
     let g = match gather_off_thread(app, true).await {
         Ok(g) => g,
         Err(e) => {
@@ -232,33 +240,35 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
         let Some(verdict) = confirm(app, &stop, &mut world, &mut f, c).await else {
             break;
         };
-        match verdict {
-            Verdict::Free => match delete(app, &stop, c).await {
-                Ok(()) => match app.store().mark_freed(id) {
-                    Ok(at) => {
-                        app.freed(&c.item, at);
-                        report.freed_files += 1;
-                        report.freed_bytes += c.item.size;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, id, "deleted a backed-up file but cannot record it");
-                        report.failures.push(format!(
-                            "{}: deleted, not recorded: {e}",
-                            c.item.storage_path
-                        ));
-                    }
-                },
-                Err(why) => {
-                    tracing::warn!(id, path = %c.item.storage_path, reason = %why, "cannot free a file; it is kept");
-                    *report.kept.entry("delete_failed").or_default() += 1;
-                    if report.failures.len() < MAX_FAILURES {
-                        report
-                            .failures
-                            .push(format!("{}: {why}", c.item.storage_path));
+        match (verdict, f.on_card) {
+            (Verdict::Free, OnCard::Present { ino, .. }) => {
+                match delete(app, &stop, c, ino).await {
+                    Ok(()) => match app.store().mark_freed(id) {
+                        Ok(at) => {
+                            app.freed(&c.item, at);
+                            report.freed_files += 1;
+                            report.freed_bytes += c.item.size;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, id, "deleted a backed-up file but cannot record it");
+                            report.failures.push(format!(
+                                "{}: deleted, not recorded: {e}",
+                                c.item.storage_path
+                            ));
+                        }
+                    },
+                    Err(why) => {
+                        tracing::warn!(id, path = %c.item.storage_path, reason = %why, "cannot free a file; it is kept");
+                        *report.kept.entry("delete_failed").or_default() += 1;
+                        if report.failures.len() < MAX_FAILURES {
+                            report
+                                .failures
+                                .push(format!("{}: {why}", c.item.storage_path));
+                        }
                     }
                 }
-            },
-            Verdict::Keep(k) => {
+            }
+            (Verdict::Keep(k), _) => {
                 tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
                 if k == Keep::ServerLost {
                     match app.store().requeue_lost(id) {
@@ -431,33 +441,206 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
     ReadBack::Same { ino }
 }
 
-/// Deletes the file: the firmware's command (the path as its one argument, no shell) or
-/// unlink. Success is the command's exit 0 and the file gone.
-async fn delete(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Result<(), String> {
+/// Deletes the file the rules freed, `ino` being the inode they saw at the last look; first
+/// a durable note that it is about to go ([`Store::note_freeing`]), settled by the next pass if
+/// the camera dies before the deletion is recorded.
+async fn delete(
+    app: &Arc<App>,
+    stop: &CancellationToken,
+    c: &FreeCandidate,
+    ino: u64,
+) -> Result<(), String> {
     // The last look: consent, pairing and recording may have changed during the HEAD.
-    let flag = &app.config().conditions.recording_flag;
-    if stop.is_cancelled() || !app.may_free() || flag.exists() {
+    if stop.is_cancelled() || !app.may_free() || recording_flag(app) {
         return Err("freeing space was stopped (consent, pairing or recording)".into());
     }
-    let path = c.item.storage_path.on_disk(&app.config().media.root);
+    let id = c.item.id;
+    app.store()
+        .note_freeing(id, ino)
+        .map_err(|e| format!("cannot note the deletion first: {e}"))?;
+    let root = app.config().media.root.clone();
+    let path = c.item.storage_path.on_disk(&root);
     let command = app.config().media.delete_command.clone();
-    tokio::task::spawn_blocking(move || delete_file(&path, command.as_deref()))
-        .await
-        .map_err(|e| format!("the delete task failed: {e}"))?
+    let done =
+        tokio::task::spawn_blocking(move || delete_file(&root, &path, ino, command.as_deref()))
+            .await
+            .map_err(|e| format!("the delete task failed: {e}"))
+            .and_then(|r| r);
+    if done.is_err() {
+        if let Err(e) = app.store().forget_freeing(id) {
+            tracing::warn!(error = %e, id, "cannot drop the note of a deletion that did not happen");
+        }
+    }
+    done
 }
 
-fn delete_file(path: &Path, command: Option<&Path>) -> Result<(), String> {
+/// Deletes the file at `path`, and only while it is the inode `ino`: the directories down to
+/// it are opened one by one without following a link, and the name is checked and unlinked
+/// in its directory, so a file put in its place since the last look (or a link swapped into
+/// the path) is never deleted. With the firmware's command (the path as its one argument, no
+/// shell) the same check comes first; success is its exit 0 and the inode gone from the name.
+fn delete_file(root: &Path, path: &Path, ino: u64, command: Option<&Path>) -> Result<(), String> {
+    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+    let (dir, name) = at_dir::open_parent(root, path).map_err(at)?;
+    match at_dir::regular_ino(&dir, &name).map_err(at)? {
+        Some(i) if i == ino => {}
+        Some(_) => return Err(format!("{} is another file now", path.display())),
+        None => return Err(format!("{} is gone already", path.display())),
+    }
     let Some(cmd) = command else {
-        return std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()));
+        return at_dir::unlink(&dir, &name).map_err(|e| format!("unlink {}: {e}", path.display()));
     };
     run_delete_command(cmd, path)?;
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        _ => Err(format!(
+    match at_dir::regular_ino(&dir, &name) {
+        Ok(Some(i)) if i == ino => Err(format!(
             "{} exited 0 but {} is still there",
             cmd.display(),
             path.display()
         )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{} exited 0 but {}", cmd.display(), at(e))),
+    }
+}
+
+/// Settles the deletions noted before a crash or power cut and never recorded: a noted file
+/// gone from its path (or replaced by another inode) was deleted and is recorded as freed now;
+/// one still there was not, and its note is dropped. Runs only with the card present.
+async fn settle_notes(app: &Arc<App>) {
+    let notes = match app.store().freeing_notes() {
+        Ok(n) if n.is_empty() => return,
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the notes of earlier deletions");
+            return;
+        }
+    };
+    let app2 = app.clone();
+    let settled = tokio::task::spawn_blocking(move || {
+        settle(app2.store(), &app2.config().media.root, &notes)
+    })
+    .await;
+    match settled {
+        Ok(Ok(freed)) => {
+            for (item, at) in freed {
+                app.freed(&item, at);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot settle the notes of earlier deletions"),
+        Err(e) => tracing::warn!(error = %e, "the task settling earlier deletions failed"),
+    }
+}
+
+/// [`settle_notes`]' work, on a blocking thread: the items recorded as freed, and when.
+fn settle(
+    store: &Store,
+    root: &Path,
+    notes: &[(i64, u64)],
+) -> Result<Vec<(Item, i64)>, StoreError> {
+    let mut freed = Vec::new();
+    for &(id, ino) in notes {
+        let Some(item) = store.item(id)? else {
+            store.forget_freeing(id)?;
+            continue;
+        };
+        let disk = item.storage_path.on_disk(root);
+        let gone = match std::fs::symlink_metadata(&disk) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Ok(m) => m.ino() != ino,
+            // Unreadable now: decided at a later pass.
+            Err(_) => continue,
+        };
+        if gone {
+            let at = store.mark_freed(id)?;
+            tracing::warn!(id, path = %item.storage_path, "a file deleted to free space before a crash or power cut is recorded as freed now");
+            freed.push((item, at));
+        } else {
+            store.forget_freeing(id)?;
+        }
+    }
+    Ok(freed)
+}
+
+/// Directory-relative file operations (`openat`, `fstatat`, `unlinkat`), for a deletion that
+/// cannot be steered by a path changed under it.
+mod at_dir {
+    use std::ffi::{CStr, CString, OsStr};
+    use std::io;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::path::{Component, Path};
+
+    /// The directory holding `path` (under `root`, each directory opened without following a
+    /// link) and the file's name in it.
+    pub fn open_parent(root: &Path, path: &Path) -> io::Result<(OwnedFd, CString)> {
+        let rel = path
+            .strip_prefix(root)
+            .map_err(|_| io::Error::other("not under the media root"))?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => parts.push(n),
+                _ => return Err(io::Error::other("not a plain path under the media root")),
+            }
+        }
+        let name = parts
+            .pop()
+            .ok_or_else(|| io::Error::other("no file name"))?;
+        let mut dir = OwnedFd::from(std::fs::File::open(root)?);
+        for p in parts {
+            dir = open_dir_at(&dir, &c_name(p)?)?;
+        }
+        Ok((dir, c_name(name)?))
+    }
+
+    fn c_name(n: &OsStr) -> io::Result<CString> {
+        CString::new(n.as_bytes()).map_err(|_| io::Error::other("a NUL byte in a name"))
+    }
+
+    fn open_dir_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open descriptor.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by this call and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The inode of the regular file `name` in `dir` (not following a link); `None`: no such
+    /// name.
+    pub fn regular_ino(dir: &OwnedFd, name: &CStr) -> io::Result<Option<u64>> {
+        let mut st = std::mem::MaybeUninit::<libc::stat64>::uninit();
+        // SAFETY: `name` is NUL-terminated, `st` is writable memory of the right type.
+        let r = unsafe {
+            libc::fstatat64(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::NotFound => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: `fstatat64` returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(Some(st.st_ino))
+    }
+
+    pub fn unlink(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+        // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open descriptor.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -699,14 +882,106 @@ mod tests {
     #[test]
     fn a_failing_delete_command_keeps_the_file_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("A.JPG");
+        let root = dir.path();
+        let path = root.join("A.JPG");
         std::fs::write(&path, b"x").unwrap();
-        let err = delete_file(&path, Some(Path::new("/bin/false"))).unwrap_err();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let err = delete_file(root, &path, ino, Some(Path::new("/bin/false"))).unwrap_err();
         assert!(err.contains("/bin/false failed"), "{err}");
         assert!(path.exists());
-        let err = delete_file(&path, Some(Path::new("/bin/true"))).unwrap_err();
+        let err = delete_file(root, &path, ino, Some(Path::new("/bin/true"))).unwrap_err();
         assert!(err.contains("still there"), "{err}");
-        delete_file(&path, Some(Path::new("/bin/rm"))).unwrap();
+        delete_file(root, &path, ino, Some(Path::new("/bin/rm"))).unwrap();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_the_file_the_rules_saw_is_deleted_never_one_put_in_its_place_or_behind_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("card");
+        let sub = root.join("DCIM/100MEDIA");
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = sub.join("A.JPG");
+        std::fs::write(&path, b"seen").unwrap();
+        let seen = std::fs::metadata(&path).unwrap().ino();
+        // Another file took the name after the last look: kept, with and without a command.
+        let other = sub.join("B.tmp");
+        std::fs::write(&other, b"new").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let err = delete_file(&root, &path, seen, None).unwrap_err();
+        assert!(err.contains("another file"), "{err}");
+        let err = delete_file(&root, &path, seen, Some(Path::new("/bin/rm"))).unwrap_err();
+        assert!(err.contains("another file"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // A directory on the way swapped for a link to another one with the same name in it.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("A.JPG"), b"not on the card").unwrap();
+        let ino = std::fs::metadata(elsewhere.join("A.JPG")).unwrap().ino();
+        std::fs::rename(&sub, root.join("DCIM/moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
+        assert!(delete_file(&root, &path, ino, None).is_err());
+        assert!(elsewhere.join("A.JPG").exists());
+        // The file the rules saw goes.
+        std::fs::remove_file(&sub).unwrap();
+        std::fs::rename(root.join("DCIM/moved"), &sub).unwrap();
+        let now = std::fs::metadata(&path).unwrap().ino();
+        delete_file(&root, &path, now, None).unwrap();
+        assert!(!path.exists());
+        assert!(delete_file(&root, &path, now, None)
+            .unwrap_err()
+            .contains("gone already"));
+    }
+
+    #[test]
+    fn a_deletion_cut_before_its_record_is_recorded_at_the_next_pass_and_one_that_did_not_happen_is_forgotten(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("card");
+        std::fs::create_dir_all(root.join("DCIM")).unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let mut ids = Vec::new();
+        for name in ["DCIM/A.JPG", "DCIM/B.JPG", "DCIM/C.JPG"] {
+            std::fs::write(root.join(name), name).unwrap();
+            let m = std::fs::metadata(root.join(name)).unwrap();
+            let f = crate::store::FoundFile {
+                path: crate::media::StoragePath::from_stored(name.into()),
+                kind: crate::media::Kind::Photo,
+                size: m.len(),
+                mtime_ns: crate::media::mtime_ns(&m),
+            };
+            store.upsert_files(&[f]).unwrap();
+            let id = store.max_item_id().unwrap();
+            assert!(store.mark_uploading(id).unwrap());
+            store
+                .set_upload_url(
+                    id,
+                    "http://127.0.0.1:1/files/a",
+                    None,
+                    "http://127.0.0.1:1/files/",
+                )
+                .unwrap();
+            store.mark_done(id).unwrap();
+            store.note_freeing(id, m.ino()).unwrap();
+            ids.push(id);
+        }
+        // A was deleted and the power went before its record; B's name holds another file
+        // now (deleted, then the camera reused the name); C was never deleted.
+        std::fs::remove_file(root.join("DCIM/A.JPG")).unwrap();
+        std::fs::write(root.join("DCIM/B.new"), "another").unwrap();
+        std::fs::rename(root.join("DCIM/B.new"), root.join("DCIM/B.JPG")).unwrap();
+        let notes = store.freeing_notes().unwrap();
+        assert_eq!(notes.len(), 3);
+        let freed = settle(&store, &root, &notes).unwrap();
+        let freed: Vec<i64> = freed.iter().map(|(i, _)| i.id).collect();
+        assert_eq!(freed, ids[..2]);
+        let recorded: Vec<i64> = store.freed(10).unwrap().iter().map(|(i, _)| i.id).collect();
+        assert_eq!(recorded.len(), 2);
+        assert!(!recorded.contains(&ids[2]));
+        assert!(
+            store.freeing_notes().unwrap().is_empty(),
+            "every note settled"
+        );
+        assert!(root.join("DCIM/C.JPG").exists());
     }
 }

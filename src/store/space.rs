@@ -175,9 +175,54 @@ impl Store {
                 params![id, now],
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.execute("DELETE FROM kv WHERE key = ?1", [freeing_key(id)])?;
             tx.commit()
         })?;
         Ok(now)
+    }
+
+    /// Just before a backed-up file is deleted to free space: a durable note that it is about
+    /// to go, and which inode the rules freed. A power cut between the deletion and
+    /// [`Store::mark_freed`] would otherwise leave the file gone and its record missing; the
+    /// next pass settles each note ([`Store::freeing_notes`]).
+    pub fn note_freeing(&self, id: i64, ino: u64) -> Result<()> {
+        self.durable(|conn| {
+            conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![freeing_key(id), ino.to_string()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The deletions noted and not yet recorded or forgotten: item ids and the inodes noted.
+    pub fn freeing_notes(&self) -> Result<Vec<(i64, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, value FROM kv WHERE key LIKE 'space.freeing.%'")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut notes = Vec::new();
+        for row in rows {
+            let (key, value) = row.map_err(|e| self.err(e))?;
+            let id = key
+                .strip_prefix(FREEING_PREFIX)
+                .and_then(|k| k.parse().ok());
+            match (id, value.parse()) {
+                (Some(id), Ok(ino)) => notes.push((id, ino)),
+                // Never written by this code: dropped rather than kept forever.
+                _ => self.set_kv(&key, None)?,
+            }
+        }
+        Ok(notes)
+    }
+
+    /// A noted deletion that did not happen (it failed, or the file is still there).
+    pub fn forget_freeing(&self, id: i64) -> Result<()> {
+        self.set_kv(&freeing_key(id), None)
     }
 
     /// The server no longer has a done item's upload (404/410 on its HEAD): it is queued again,
@@ -237,6 +282,12 @@ impl Store {
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
     }
+}
+
+const FREEING_PREFIX: &str = "space.freeing.";
+
+fn freeing_key(id: i64) -> String {
+    format!("{FREEING_PREFIX}{id}")
 }
 
 #[cfg(test)]
