@@ -253,7 +253,10 @@ impl StoreError {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, migrating it forward. A corrupt file is
-    /// moved aside as `cambackup.db.corrupt-UNIXTIME` and replaced by a fresh one.
+    /// moved aside as `cambackup.db.corrupt-UNIXTIME` and replaced by one rebuilt from the
+    /// ledger; so is one a newer release wrote (firmware rolled back), as
+    /// `cambackup.db.newer-UNIXTIME`: its schema is one this release cannot read correctly,
+    /// and the newer release finds it there if the camera is updated again.
     pub fn open(dir: &Path) -> Result<Store> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let io = |source| StoreError::Io {
@@ -277,14 +280,15 @@ impl Store {
         let mut rebuilt = lost;
         let conn = match open_checked(&path) {
             Ok(c) => c,
-            Err(e) if is_corruption(&e) => {
+            Err(e) if is_corruption(&e) || is_newer(&e) => {
                 rebuilt = true;
-                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_unix()));
+                let what = if is_newer(&e) { "newer" } else { "corrupt" };
+                let aside = dir.join(format!("{DB_FILE}.{what}-{}", now_unix()));
                 tracing::error!(
                     database = %path.display(),
                     moved_to = %aside.display(),
                     error = %e,
-                    "database is corrupt: moved it aside and rebuilding it from the ledger; \
+                    "database is {what}: moved it aside and rebuilding it from the ledger; \
                      the next scan refills the rest of the queue"
                 );
                 std::fs::rename(&path, &aside).map_err(io)?;
@@ -1597,6 +1601,16 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > schema::MIGRATIONS.len() {
+        // rusqlite has no variant for an application's own error without its `functions`
+        // feature; this one carries any boxed error, and [`is_newer`] finds it by type.
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+            NewerSchema {
+                found: version,
+                known: schema::MIGRATIONS.len(),
+            },
+        )));
+    }
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -1627,6 +1641,18 @@ fn count_lines(path: &Path) -> usize {
         n += buf[..k].iter().filter(|b| **b == b'\n').count();
     }
     n
+}
+
+/// A database at a schema version past this release's migrations: written by a newer release.
+#[derive(Debug, thiserror::Error)]
+#[error("the database is at schema version {found}, newer than this release's {known}")]
+struct NewerSchema {
+    found: usize,
+    known: usize,
+}
+
+fn is_newer(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::ToSqlConversionFailure(b) if b.is::<NewerSchema>())
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {

@@ -376,6 +376,52 @@ fn a_corrupt_database_keeps_what_was_sent_what_is_unfinished_and_the_users_choic
 }
 
 #[test]
+fn a_database_a_newer_release_wrote_is_set_aside_and_rebuilt_not_misread_after_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("DONE.JPG", 10, 1), found("NEW.JPG", 20, 2)])
+            .unwrap();
+        let items = s.list(None, 10, 0).unwrap();
+        s.mark_uploading(items[0].id).unwrap();
+        s.set_upload_url(
+            items[0].id,
+            "https://up.example/files/1",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.mark_done(items[0].id).unwrap();
+    }
+    // The next release migrated it one step further; then the firmware was rolled back.
+    let newer = schema::MIGRATIONS.len() as i64 + 1;
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", newer)
+        .unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    // What was sent stays sent; the rest comes back with the next scan.
+    assert_eq!(s.upsert_files(&[found("DONE.JPG", 10, 1)]).unwrap(), 0);
+    assert_eq!(s.upsert_files(&[found("NEW.JPG", 20, 2)]).unwrap(), 1);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".newer-"))
+        .filter(|p| {
+            !p.to_string_lossy().ends_with("-wal") && !p.to_string_lossy().ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "kept for the newer release");
+    let kept: i64 = rusqlite::Connection::open(&aside[0])
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, newer);
+}
+
+#[test]
 fn a_corrupt_database_without_any_record_of_the_users_choice_means_consent_off() {
     let dir = tempfile::tempdir().unwrap();
     let defaults = Settings {
