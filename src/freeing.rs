@@ -268,6 +268,9 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
                     }
                 }
             }
+            (Verdict::Free, _) => {
+                tracing::error!(id, path = %c.item.storage_path, "the rules freed a file not seen on the card; it is kept");
+            }
             (Verdict::Keep(k), _) => {
                 tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
                 if k == Keep::ServerLost {
@@ -544,7 +547,13 @@ fn settle(
         };
         let disk = item.storage_path.on_disk(root);
         let gone = match std::fs::symlink_metadata(&disk) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            // Its directory gone too (a card pulled just now): decided at a later pass.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match disk.parent().map(std::fs::symlink_metadata) {
+                    Some(Ok(m)) if m.is_dir() => true,
+                    _ => continue,
+                }
+            }
             Ok(m) => m.ino() != ino,
             // Unreadable now: decided at a later pass.
             Err(_) => continue,
@@ -972,6 +981,11 @@ mod tests {
         std::fs::rename(root.join("DCIM/B.new"), root.join("DCIM/B.JPG")).unwrap();
         let notes = store.freeing_notes().unwrap();
         assert_eq!(notes.len(), 3);
+        // With the card pulled (its directories gone), nothing is decided.
+        std::fs::rename(root.join("DCIM"), dir.path().join("out")).unwrap();
+        assert!(settle(&store, &root, &notes).unwrap().is_empty());
+        assert_eq!(store.freeing_notes().unwrap().len(), 3);
+        std::fs::rename(dir.path().join("out"), root.join("DCIM")).unwrap();
         let freed = settle(&store, &root, &notes).unwrap();
         let freed: Vec<i64> = freed.iter().map(|(i, _)| i.id).collect();
         assert_eq!(freed, ids[..2]);
