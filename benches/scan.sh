@@ -83,7 +83,7 @@ daemon_scan() {
   t0=$(date -d "$(head -1 "$T/log" | cut -d' ' -f1)" +%s%N)
   t1=$(date -d "$(cut -d' ' -f1 <<<"$line")" +%s%N)
   start=$(( (t1 - t0) / 1000000 ))
-  watch=$( (grep -m1 "watching the card" "$T/log" || true) | sed -E 's/.*took_ms=([0-9]+).*/\1/')
+  watch=$( (grep -m1 "watching the card" "$T/log" || true) | (grep -o "took_ms=[0-9]*" || true) | cut -d= -f2)
   kill -TERM $PID
   wait $PID || true
   PID=
