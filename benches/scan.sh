@@ -58,8 +58,11 @@ find "$T/card" -type f >/dev/null   # warm the cache for all
 ms_of() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 
 # Starts `bin` (keeping the state dir when $2 is "keep"), waits for the scan's log line, and
-# prints "took_ms walk_ms write_ms queued VmHWM_kB cpu_ms" (cpu_ms: the daemon's user + system
-# CPU from its start to the log line, notify's watch of every directory included).
+# prints "took_ms walk_ms write_ms queued VmHWM_kB cpu_ms start_ms watch_ms" (cpu_ms: the
+# daemon's user + system CPU from its start to the log line, the watch of every directory
+# included; start_ms: from the daemon's first log line to the scan's, by their timestamps: what
+# the user waits for the queue to be complete, the inotify watches set up first included;
+# watch_ms: the watch setup's own log line, 0 for a build without it).
 daemon_scan() {
   local bin=$1
   if [ "${2:-}" != keep ]; then rm -rf "$T/state"; fi
@@ -76,11 +79,17 @@ daemon_scan() {
   sleep 1
   local hwm
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
+  local t0 t1 start watch
+  t0=$(date -d "$(head -1 "$T/log" | cut -d' ' -f1)" +%s%N)
+  t1=$(date -d "$(cut -d' ' -f1 <<<"$line")" +%s%N)
+  start=$(( (t1 - t0) / 1000000 ))
+  watch=$( (grep -m1 "watching the card" "$T/log" || true) | (grep -o "took_ms=[0-9]*" || true) | cut -d= -f2)
   kill -TERM $PID
   wait $PID || true
   PID=
   echo "$(sed -E 's/.*took_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*walk_ms=([0-9]+).*/\1/' <<<"$line") \
-$(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+).*/\1/' <<<"$line") $hwm $cpu"
+$(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+).*/\1/' <<<"$line") $hwm $cpu \
+$start ${watch:-0}"
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
@@ -116,7 +125,12 @@ for label, name, binary in [("A", "scanA", a), ("B", "scanB", b)]:
           f"{m / statistics.median(fstat):.2f}x find-with-stat; walk {fig(col(name, 1))}, "
           f"write {fig(col(name, 2))}; CPU {fig(col(name, 5))}; {col(name, 3)[0]} queued; peak RSS "
           f"{max(col(name, 4)) / 1024:.1f} MiB  [{binary}]")
+    start = col(name, 6)
+    print(f"{label} from start to queued:     {fig(start)}: "
+          f"{statistics.median(start) / statistics.median(fstat):.2f}x find-with-stat; of which the "
+          f"watch setup {fig(col(name, 7))}")
 re = col("rescanB", 0)
 print(f"B rescan, all known:        {fig(re)}: {statistics.median(re) / statistics.median(fstat):.2f}x "
-      f"find-with-stat; peak RSS {max(col('rescanB', 4)) / 1024:.1f} MiB")
+      f"find-with-stat; from start {fig(col('rescanB', 6))}; peak RSS "
+      f"{max(col('rescanB', 4)) / 1024:.1f} MiB")
 PY

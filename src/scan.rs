@@ -338,6 +338,10 @@ pub fn scan(
         }
     })?;
     let (known_versions, known_paths) = (&known_versions, &known_paths);
+    // What the walk saw matters only to judge the open items afterwards: with none (a first
+    // scan, or a card whose files are all sent) the walkers keep no sets, and with an empty
+    // queue they hash nothing.
+    let judging = !open.is_empty();
     let Some(top) = start(root, root) else {
         unreachable!("the root is in itself")
     };
@@ -356,7 +360,7 @@ pub fn scan(
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
                 queued += store.upsert_with_hint(&batch, |f| {
-                    known_paths.contains(&hash_of(f.path.as_str()))
+                    !known_paths.is_empty() && known_paths.contains(&hash_of(f.path.as_str()))
                 })?;
                 busy += t.elapsed();
             }
@@ -372,12 +376,16 @@ pub fn scan(
                         w.files += 1;
                         match found {
                             Seen::Settled(f) => {
-                                let path = hash_of(f.path.as_str());
-                                let version = version_of(path, f.size, f.mtime_ns);
-                                w.paths.insert(path);
-                                w.versions.insert(version);
-                                if known_versions.contains(&version) {
-                                    return;
+                                if judging || !known_versions.is_empty() {
+                                    let path = hash_of(f.path.as_str());
+                                    let version = version_of(path, f.size, f.mtime_ns);
+                                    if judging {
+                                        w.paths.insert(path);
+                                        w.versions.insert(version);
+                                    }
+                                    if known_versions.contains(&version) {
+                                        return;
+                                    }
                                 }
                                 batch.push(f);
                                 if batch.len() >= BATCH {
@@ -392,7 +400,8 @@ pub fn scan(
                                 // this very version (a manual request, one the settler
                                 // queued, or a file whose mtime is ahead of a clock that
                                 // started at 1970) is neither deleted nor replaced.
-                                if let Ok(sp) = StoragePath::under(root, &r.path) {
+                                let sp = judging.then(|| StoragePath::under(root, &r.path));
+                                if let Some(Ok(sp)) = sp {
                                     let path = hash_of(sp.as_str());
                                     w.paths.insert(path);
                                     w.versions.insert(version_of(path, r.size, r.mtime_ns));

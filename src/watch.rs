@@ -1,5 +1,6 @@
-//! The card watcher: inotify (through notify) on the whole media tree, a settler that holds
-//! each written file back until it is finished, and the card's comings and goings.
+//! The card watcher: inotify (through notify) on every directory of the media tree, a watch per
+//! directory added here (new ones as they appear), a settler that holds each written file back
+//! until it is finished, and the card's comings and goings.
 //!
 //! Invariants: a file is queued only when it has been closed and unchanged (size and mtime) for
 //! `settle_secs`, or unchanged for three times that when no close was seen (a writer that keeps
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -230,14 +231,23 @@ pub async fn run(app: Arc<App>) {
                 identity = id;
                 watcher = None;
                 if id.is_some() {
-                    // notify walks the whole card to add a watch per directory and blocks its
-                    // caller meanwhile: off the runtime thread, which also answers the API.
+                    // A watch per directory of the card: a walk that blocks its caller, so off
+                    // the runtime thread, which also answers the API. The scan starts after it,
+                    // so a file written meanwhile is seen by one or the other.
                     let (r, t) = (root.clone(), tx.clone());
+                    let started = Instant::now();
                     let added = tokio::task::spawn_blocking(move || watch(&r, t))
                         .await
                         .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
                     match added {
-                        Ok(w) => watcher = Some(w),
+                        Ok((w, dirs)) => {
+                            tracing::info!(
+                                dirs,
+                                took_ms = started.elapsed().as_millis() as u64,
+                                "watching the card"
+                            );
+                            watcher = Some(w);
+                        }
                         Err(e) => tracing::error!(root = %root.display(), error = %e,
                             "cannot watch the media root; relying on the periodic rescan"),
                     }
@@ -289,7 +299,7 @@ pub async fn run(app: Arc<App>) {
                             need_scan = true;
                         }
                         Signal::Event(ev) => {
-                            if handle(&app, &root, &mut settler, &mut rewalk, ev) {
+                            if handle(&app, &root, &mut settler, &mut rewalk, watcher.as_mut(), ev) {
                                 need_scan = true;
                             }
                         }
@@ -317,10 +327,16 @@ pub async fn run(app: Arc<App>) {
     drop(watcher);
 }
 
-/// Starts inotify on the whole tree, never through a symlink (notify follows them by default:
-/// a link to `/usr` would watch, and then queue, the system's files). New subdirectories are
-/// added by notify itself.
-fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWatcher> {
+/// Starts inotify on the whole tree: a watch on the root and on every directory below it,
+/// never through a symlink (a link to `/usr` would watch, and then queue, the system's files).
+/// Returns the watcher and how many directories it watches.
+///
+/// The watches are added here, one directory at a time, not by notify's recursive mode: that
+/// walks the tree with a `stat` of every file to find the directories (a card of 100,000
+/// files: ≈ 0.5 s before the first scan could start, docs/PERFORMANCE.md), where the directory
+/// entries' types say it for free. New directories get their watches from [`handle`], as
+/// notify's recursive mode would have added them.
+fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<(RecommendedWatcher, usize)> {
     let config = notify::Config::default().with_follow_symlinks(false);
     let handler = move |res: notify::Result<notify::Event>| {
         let sig = match res {
@@ -335,8 +351,74 @@ fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<RecommendedWat
         }
     };
     let mut w = RecommendedWatcher::new(handler, config)?;
-    w.watch(root, RecursiveMode::Recursive)?;
-    Ok(w)
+    w.watch(root, RecursiveMode::NonRecursive)?;
+    let dirs = 1 + watch_below(&mut w, root)?;
+    Ok((w, dirs))
+}
+
+/// Adds a watch on every directory below `dir` (whose own watch is in place), found from the
+/// directory entries' types: no `stat` per file, no symlink followed. Each directory is watched
+/// before it is read, so a subdirectory made meanwhile is either read here or reported by the
+/// watch (then [`handle`] adds it). Returns how many watches it added.
+///
+/// A directory that is gone by the time its watch would be added is skipped (there is nothing
+/// left to watch); any other failure (the inotify watch limit, a directory that cannot be
+/// read) is the caller's, as notify's recursive mode made it.
+fn watch_below(w: &mut RecommendedWatcher, dir: &Path) -> notify::Result<usize> {
+    let mut added = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // `file_type` is the entry's own (d_type; a stat without following a link only
+            // where the file system does not say).
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let sub = entry.path();
+            match w.watch(&sub, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    added += 1;
+                    stack.push(sub);
+                }
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// Whether a watch failed because its directory is gone (removed or renamed meanwhile).
+fn gone(e: &notify::Error) -> bool {
+    match &e.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Adds watches for a directory that appeared (made, or moved in) and every directory below
+/// it, as notify's recursive mode did. Returns true when a rescan is needed: the inotify
+/// watch limit was reached (as notify reported it), so the tree is no longer fully watched.
+fn watch_new_dir(watcher: Option<&mut RecommendedWatcher>, dir: &Path) -> bool {
+    let Some(w) = watcher else {
+        return false;
+    };
+    let added = match w.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => watch_below(w, dir),
+        Err(e) => Err(e),
+    };
+    match added {
+        Ok(_) => false,
+        Err(e) if gone(&e) => false,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a new directory on the card");
+            matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+        }
+    }
 }
 
 /// Feeds one event to the settler. Returns true when a rescan is needed (the root itself went
@@ -346,6 +428,7 @@ fn handle(
     root: &Path,
     settler: &mut Settler,
     rewalk: &mut Vec<(PathBuf, Instant)>,
+    mut watcher: Option<&mut RecommendedWatcher>,
     ev: notify::Event,
 ) -> bool {
     let now = Instant::now();
@@ -372,6 +455,17 @@ fn handle(
         // Never `is_dir()`: it follows a link, and walking a link to `/usr` would queue (and
         // read) files outside the card.
         let is_real_dir = || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        // A directory made or moved in gets its watches first, excluded ones too (events from
+        // those are noticed as activity), so that what is written into it from now on is seen.
+        let appeared = match ev.kind {
+            EventKind::Create(CreateKind::Folder) => true,
+            // Within the card a move also brings `Both` (old and new path): `To` suffices.
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => is_real_dir(),
+            _ => false,
+        };
+        if appeared && watch_new_dir(watcher.as_deref_mut(), path) {
+            rescan = true;
+        }
         match ev.kind {
             EventKind::Create(_)
             | EventKind::Modify(ModifyKind::Data(_))

@@ -274,3 +274,56 @@ async fn with_several_uploads_at_once_each_file_goes_up_exactly_once() {
     })
     .await;
 }
+
+/// The watch reaches every directory of the card: one that was there at the start (deep down),
+/// one made while the daemon runs, one moved in from elsewhere and one renamed on the card. A
+/// file written into each afterwards is queued from its events alone (`rescan_secs` is 600,
+/// and the writes come after the walks of new directories are over).
+#[tokio::test]
+async fn a_file_written_into_any_directory_of_the_card_is_queued_without_a_rescan() {
+    let cam = FakeCamera::new();
+    let first = "DCIM/100MEDIA/sub/deeper/FIRST.JPG";
+    cam.write_sample(first, 1000);
+    cam.age_media(first, Duration::from_secs(60));
+    // A tree outside the card, on the same file system, to move in later.
+    let staging = cam.root().join("staging");
+    std::fs::create_dir_all(staging.join("200MEDIA/a/b")).unwrap();
+    let rig = Rig::start(cam).await;
+    eventually(T, "the first scan", || async {
+        rig.paths("pending").await == [first]
+    })
+    .await;
+
+    let deep = "DCIM/100MEDIA/sub/deeper/DEEP.JPG";
+    rig.cam.write_sample(deep, 1000);
+    eventually(T, "a file deep in the card at the start", || async {
+        rig.paths("pending").await.contains(&deep.to_string())
+    })
+    .await;
+    std::fs::create_dir_all(rig.cam.media_path("DCIM/300MEDIA/x/y")).unwrap();
+    std::fs::rename(
+        staging.join("200MEDIA"),
+        rig.cam.media_path("DCIM/200MEDIA"),
+    )
+    .unwrap();
+    std::fs::rename(
+        rig.cam.media_path("DCIM/100MEDIA/sub"),
+        rig.cam.media_path("DCIM/100MEDIA/renamed"),
+    )
+    .unwrap();
+    // Past the second walk of a new directory (REWALK_NEW_DIR, 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = [
+        "DCIM/100MEDIA/renamed/deeper/RENAMED.JPG",
+        "DCIM/200MEDIA/a/b/MOVED_IN.JPG",
+        "DCIM/300MEDIA/x/y/MADE.JPG",
+    ];
+    for rel in later {
+        rig.cam.write_sample(rel, 1000);
+    }
+    eventually(T, "the files written into the new directories", || async {
+        let queued = rig.paths("pending").await;
+        later.iter().all(|rel| queued.contains(&rel.to_string()))
+    })
+    .await;
+}
