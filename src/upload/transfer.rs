@@ -108,6 +108,7 @@ pub async fn upload(
         last_persist: Instant::now(),
         changed: false,
         sending: false,
+        record_sent: ctx.config.media.frees_space(),
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -166,6 +167,9 @@ struct Transfer<'a, 'c> {
     changed: bool,
     /// A PATCH of this attempt started reading the file.
     sending: bool,
+    /// Freeing space verifies by what was sent (only on cameras whose maker configured it):
+    /// each accepted chunk's digest is recorded. Decided once per attempt.
+    record_sent: bool,
 }
 
 impl Transfer<'_, '_> {
@@ -209,8 +213,6 @@ impl Transfer<'_, '_> {
         }
 
         let hashing = caps.sha1_checksum();
-        // Freeing space verifies by what was sent (only on cameras whose maker configured it).
-        let record_sent = ctx.config.media.frees_space();
         let mut creations = 0;
         let mut conflicts = 0;
         'session: loop {
@@ -292,7 +294,7 @@ impl Transfer<'_, '_> {
                     None => None,
                 };
                 // Where no checksum covers the chunk, the body is hashed as it goes out.
-                let hashed = (record_sent && digest.is_none()).then(sent::SentHash::default);
+                let hashed = (self.record_sent && digest.is_none()).then(sent::SentHash::default);
                 let body =
                     sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
                 self.sending = true;
@@ -305,21 +307,7 @@ impl Transfer<'_, '_> {
                         pacer.acknowledged(len, started.elapsed());
                         self.expires_at = ack.expires_at.or(self.expires_at);
                         confirmed = true;
-                        self.accepted(base, len, digest.as_deref());
-                        if record_sent {
-                            sent::record(
-                                ctx.store,
-                                &sent::Accepted {
-                                    item: self.item.id,
-                                    start: base,
-                                    len,
-                                    acked: ack.offset,
-                                    checksum: digest.as_deref(),
-                                    hashed: hashed.as_ref(),
-                                    ino: self.identity.map(|i| i.ino),
-                                },
-                            );
-                        }
+                        self.accepted(base, len, ack.offset, digest.as_deref(), hashed.as_ref());
                     }
                     Err(e) if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
                         // Our offset and the server's disagree (a chunk we thought lost
@@ -456,10 +444,33 @@ impl Transfer<'_, '_> {
         }
     }
 
-    /// The server accepted `len` bytes at `offset`, sent with `digest` (the chunk's SHA-1 in
-    /// base64, when the server offers checksums). Every accepted chunk passes here once.
-    fn accepted(&mut self, offset: u64, len: u64, digest: Option<&str>) {
+    /// The server accepted `len` bytes at `offset` (its offset now `acked`), sent with `digest`
+    /// (the chunk's SHA-1 in base64, when the server offers checksums) or hashed as it went out
+    /// (`hashed`, when freeing space needs it and no checksum covered it). Every accepted chunk
+    /// passes here once: what was sent is recorded here, and the offset moves on.
+    fn accepted(
+        &mut self,
+        offset: u64,
+        len: u64,
+        acked: u64,
+        digest: Option<&str>,
+        hashed: Option<&sent::SentHash>,
+    ) {
         tracing::trace!(item = self.item.id, offset, len, digest, "chunk accepted");
+        if self.record_sent {
+            sent::record(
+                self.ctx.store,
+                &sent::Accepted {
+                    item: self.item.id,
+                    start: offset,
+                    len,
+                    acked,
+                    checksum: digest,
+                    hashed,
+                    ino: self.identity.map(|i| i.ino),
+                },
+            );
+        }
         self.offset = offset + len;
         (self.progress)(self.offset);
         if self.last_persist.elapsed() >= PERSIST_EVERY {
