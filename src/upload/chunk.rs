@@ -82,6 +82,11 @@ impl Pacer {
         self.rate = Some((len as f64 / secs) as u64);
     }
 
+    /// Whether a chunk of this attempt was acknowledged yet (until then `next_len` is a guess).
+    pub fn knows_rate(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// The next chunk's length under `rule`.
     pub fn next_len(&self, rule: &Rule) -> u64 {
         chunk_len(rule, self.rate)

@@ -10,7 +10,8 @@
 //!   hyper is writing (their buffers are reused), a hash one buffer of [`BLOCK`];
 //! - a file that ends before the chunk does is an error (`UnexpectedEof`), never a short body
 //!   or a checksum of fewer bytes;
-//! - a hash whose [`Digest`] handle is dropped stops within one block.
+//! - a hash whose [`Digest`] handle is dropped stops within one block; an open one keeps a
+//!   SHA-1 state per MiB hashed (about 100 bytes each), nothing of the data.
 //!
 //! Why not `tokio::fs`: `tokio::fs::File` sends every read to the blocking pool and back (a
 //! futex wake, a condvar wait and an eventfd wake per read) and copies each block once more into
@@ -166,26 +167,81 @@ impl Drop for Block {
     }
 }
 
+/// Where an open hash ([`Digest::open`]) keeps its state: every whole MiB from its start, so a
+/// chunk's length can be chosen after its hash started (automatically sized chunks are whole
+/// MiB). A multiple of [`BLOCK`], so every mark falls on a block's end.
+pub const MARK: u64 = 1024 * 1024;
+
 /// A SHA-1 being computed on a blocking thread; dropping it stops the thread.
 pub struct Digest {
-    task: JoinHandle<io::Result<String>>,
+    task: JoinHandle<io::Result<()>>,
     cancel: Arc<AtomicBool>,
+    /// The hash's state at the lengths it may be finished at, as the thread reaches them.
+    states: Arc<Mutex<Vec<(u64, sha1::Sha1)>>>,
+    /// How far the thread has hashed; closed when it ends.
+    at: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Digest {
-    /// Starts hashing the `len` bytes of `file` from `offset`.
+    /// Starts hashing the `len` bytes of `file` from `offset`; [`Digest::finish`] with `len`.
     pub fn start(file: File, offset: u64, len: u64) -> Digest {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let c = cancel.clone();
-        let task = tokio::task::spawn_blocking(move || sha1_of(&file, offset, len, &c));
-        Digest { task, cancel }
+        Digest::spawn(file, offset, len, false)
     }
 
-    /// The digest, base64 as `Upload-Checksum` wants it.
-    pub async fn finish(mut self) -> io::Result<String> {
-        match (&mut self.task).await {
-            Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!("the hashing thread failed: {e}"))),
+    /// Starts hashing up to `max` bytes of `file` from `offset`, for a chunk whose length is
+    /// chosen later: [`Digest::finish`] with `max` or any whole number of [`MARK`]s below it.
+    /// Keeps one SHA-1 state (about 100 bytes) per MiB hashed.
+    pub fn open(file: File, offset: u64, max: u64) -> Digest {
+        Digest::spawn(file, offset, max, true)
+    }
+
+    fn spawn(file: File, offset: u64, max: u64, marks: bool) -> Digest {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let states = Arc::new(Mutex::new(Vec::new()));
+        let (tx, at) = tokio::sync::watch::channel(0);
+        let (c, st) = (cancel.clone(), states.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let keep = |done: u64, h: &sha1::Sha1| {
+                if done == max || (marks && done.is_multiple_of(MARK)) {
+                    lock_states(&st).push((done, h.clone()));
+                    tx.send_replace(done);
+                }
+            };
+            sha1_walk(&file, offset, max, &c, keep)
+        });
+        Digest {
+            task,
+            cancel,
+            states,
+            at,
+        }
+    }
+
+    /// The digest of the first `len` bytes, base64 as `Upload-Checksum` wants it. `len` is the
+    /// length the hash was started with, or (an open hash) a whole number of [`MARK`]s below.
+    pub async fn finish(mut self, len: u64) -> io::Result<String> {
+        loop {
+            let state = lock_states(&self.states)
+                .iter()
+                .find(|(at, _)| *at == len)
+                .map(|(_, h)| h.clone());
+            if let Some(h) = state {
+                return Ok(base64::engine::general_purpose::STANDARD.encode(h.finalize()));
+            }
+            if self.at.changed().await.is_err() {
+                // The thread ended: with the state asked for (looked up once more), or with an
+                // error, or without ever passing `len` (a length it was not started for).
+                if lock_states(&self.states).iter().any(|(at, _)| *at == len) {
+                    continue;
+                }
+                return match (&mut self.task).await {
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(io::Error::other(format!("the hashing thread failed: {e}"))),
+                    Ok(Ok(())) => Err(io::Error::other(format!(
+                        "no hash of {len} bytes: not a length this hash keeps"
+                    ))),
+                };
+            }
         }
     }
 }
@@ -196,11 +252,27 @@ impl Drop for Digest {
     }
 }
 
-/// SHA-1 (base64) of `len` bytes of `file` at `offset`, one [`BLOCK`] buffer at a time.
-pub fn sha1_of(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Result<String> {
+fn lock_states(
+    s: &Mutex<Vec<(u64, sha1::Sha1)>>,
+) -> std::sync::MutexGuard<'_, Vec<(u64, sha1::Sha1)>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hashes `len` bytes of `file` at `offset` block by block, showing `seen` the hash after each
+/// block (and at the start of an empty range) with the bytes hashed so far.
+fn sha1_walk(
+    file: &File,
+    offset: u64,
+    len: u64,
+    cancel: &AtomicBool,
+    mut seen: impl FnMut(u64, &sha1::Sha1),
+) -> io::Result<()> {
     let mut hasher = sha1::Sha1::new();
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
+    if len == 0 {
+        seen(0, &hasher);
+    }
     while done < len {
         if cancel.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "hash abandoned"));
@@ -209,8 +281,9 @@ pub fn sha1_of(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::R
         file.read_exact_at(&mut buf[..want], offset + done)?;
         hasher.update(&buf[..want]);
         done += want as u64;
+        seen(done, &hasher);
     }
-    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -254,12 +327,37 @@ mod tests {
         let want = base64::engine::general_purpose::STANDARD
             .encode(sha1::Sha1::digest(&data[3..BLOCK + 9]));
         let got = Digest::start(f, 3, BLOCK as u64 + 6)
-            .finish()
+            .finish(BLOCK as u64 + 6)
             .await
             .unwrap();
         assert_eq!(got, want);
         let (_keep, f) = file_of(&data[..10]);
-        let e = Digest::start(f, 0, 11).finish().await.unwrap_err();
+        let e = Digest::start(f, 0, 11).finish(11).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn an_open_digest_finishes_at_any_whole_mib_or_its_maximum_and_nowhere_else() {
+        let m = MARK as usize;
+        let data: Vec<u8> = (0..3 * m + 50).map(|i| (i % 251) as u8).collect();
+        let (_keep, f) = file_of(&data);
+        let sum = |r: std::ops::Range<usize>| {
+            base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&data[r]))
+        };
+        let max = (3 * m + 40) as u64;
+        for len in [m, 2 * m, 3 * m + 40] {
+            let got = Digest::open(f.try_clone().unwrap(), 5, max)
+                .finish(len as u64)
+                .await
+                .unwrap();
+            assert_eq!(got, sum(5..5 + len), "{len} bytes");
+        }
+        let e = Digest::open(f.try_clone().unwrap(), 5, max)
+            .finish(m as u64 + 1)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a length"), "{e}");
+        let e = Digest::start(f, 5, max).finish(m as u64).await.unwrap_err();
+        assert!(e.to_string().contains("not a length"), "{e}");
     }
 }

@@ -28,7 +28,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_unix;
-use crate::config::Config;
+use crate::config::{ChunkSizing, Config};
 use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
@@ -108,6 +108,7 @@ pub async fn upload(
         last_persist: Instant::now(),
         changed: false,
         sending: false,
+        record_sent: ctx.config.media.frees_space(),
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -145,8 +146,11 @@ struct FileId {
 /// A chunk about to be sent: where, how long, and its SHA-1 if the server verifies them.
 struct Planned {
     offset: u64,
+    /// Its length; for an `open` chunk the most it may carry.
     len: u64,
     digest: Option<source::Digest>,
+    /// Its length is chosen when it is sent ([`Transfer::plan_open`]).
+    open: bool,
 }
 
 /// One attempt's state. `offset` is the last offset the server acknowledged (or reported).
@@ -166,6 +170,9 @@ struct Transfer<'a, 'c> {
     changed: bool,
     /// A PATCH of this attempt started reading the file.
     sending: bool,
+    /// Freeing space verifies by what was sent (only on cameras whose maker configured it):
+    /// each accepted chunk's digest is recorded. Decided once per attempt.
+    record_sent: bool,
 }
 
 impl Transfer<'_, '_> {
@@ -209,8 +216,6 @@ impl Transfer<'_, '_> {
         }
 
         let hashing = caps.sha1_checksum();
-        // Freeing space verifies by what was sent (only on cameras whose maker configured it).
-        let record_sent = ctx.config.media.frees_space();
         let mut creations = 0;
         let mut conflicts = 0;
         'session: loop {
@@ -275,24 +280,33 @@ impl Transfer<'_, '_> {
             let mut ahead: Option<Planned> = None;
             while self.offset < size {
                 let url = self.url.clone().expect("a session has an upload URL");
-                let this = match ahead.take() {
+                let mut this = match ahead.take() {
                     Some(p) if p.offset == self.offset => p,
                     _ => self.plan(self.offset, pacer.next_len(&rule), hashing)?,
                 };
+                if this.open {
+                    // Hashed ahead before any rate was known: its length is chosen now, from
+                    // the rate the first chunk measured (the hash kept a state at every MiB).
+                    this.len = self.chunk_len(this.offset, pacer.next_len(&rule));
+                }
                 let end = this.offset + this.len;
                 if hashing && end < size {
-                    ahead = Some(self.plan(end, pacer.next_len(&rule), true)?);
+                    ahead = Some(if rule.sizing == ChunkSizing::Auto && !pacer.knows_rate() {
+                        self.plan_open(end, rule.bound)?
+                    } else {
+                        self.plan(end, pacer.next_len(&rule), true)?
+                    });
                 }
                 let (base, len) = (this.offset, this.len);
                 let digest = match this.digest {
-                    Some(d) => match self.until_stop(d.finish()).await? {
+                    Some(d) => match self.until_stop(d.finish(len)).await? {
                         Ok(sum) => Some(sum),
                         Err(e) => return Err(self.read_failed(&e)),
                     },
                     None => None,
                 };
                 // Where no checksum covers the chunk, the body is hashed as it goes out.
-                let hashed = (record_sent && digest.is_none()).then(sent::SentHash::default);
+                let hashed = (self.record_sent && digest.is_none()).then(sent::SentHash::default);
                 let body =
                     sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
                 self.sending = true;
@@ -305,21 +319,7 @@ impl Transfer<'_, '_> {
                         pacer.acknowledged(len, started.elapsed());
                         self.expires_at = ack.expires_at.or(self.expires_at);
                         confirmed = true;
-                        self.accepted(base, len, digest.as_deref());
-                        if record_sent {
-                            sent::record(
-                                ctx.store,
-                                &sent::Accepted {
-                                    item: self.item.id,
-                                    start: base,
-                                    len,
-                                    acked: ack.offset,
-                                    checksum: digest.as_deref(),
-                                    hashed: hashed.as_ref(),
-                                    ino: self.identity.map(|i| i.ino),
-                                },
-                            );
-                        }
+                        self.accepted(base, len, ack.offset, digest.as_deref(), hashed.as_ref());
                     }
                     Err(e) if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
                         // Our offset and the server's disagree (a chunk we thought lost
@@ -456,10 +456,33 @@ impl Transfer<'_, '_> {
         }
     }
 
-    /// The server accepted `len` bytes at `offset`, sent with `digest` (the chunk's SHA-1 in
-    /// base64, when the server offers checksums). Every accepted chunk passes here once.
-    fn accepted(&mut self, offset: u64, len: u64, digest: Option<&str>) {
+    /// The server accepted `len` bytes at `offset` (its offset now `acked`), sent with `digest`
+    /// (the chunk's SHA-1 in base64, when the server offers checksums) or hashed as it went out
+    /// (`hashed`, when freeing space needs it and no checksum covered it). Every accepted chunk
+    /// passes here once: what was sent is recorded here, and the offset moves on.
+    fn accepted(
+        &mut self,
+        offset: u64,
+        len: u64,
+        acked: u64,
+        digest: Option<&str>,
+        hashed: Option<&sent::SentHash>,
+    ) {
         tracing::trace!(item = self.item.id, offset, len, digest, "chunk accepted");
+        if self.record_sent {
+            sent::record(
+                self.ctx.store,
+                &sent::Accepted {
+                    item: self.item.id,
+                    start: offset,
+                    len,
+                    acked,
+                    checksum: digest,
+                    hashed,
+                    ino: self.identity.map(|i| i.ino),
+                },
+            );
+        }
         self.offset = offset + len;
         (self.progress)(self.offset);
         if self.last_persist.elapsed() >= PERSIST_EVERY {
@@ -473,11 +496,7 @@ impl Transfer<'_, '_> {
     /// that changed while it was read never becomes a complete upload on the server (whose
     /// post-finish hooks may already act on it).
     fn plan(&mut self, offset: u64, want: u64, hash: bool) -> Result<Planned, Outcome> {
-        let size = self.item.size;
-        let mut len = want.max(1).min(size - offset);
-        if offset + len == size && len > 1 {
-            len -= 1;
-        }
+        let len = self.chunk_len(offset, want);
         let digest = if hash {
             Some(source::Digest::start(self.open_chunk()?, offset, len))
         } else {
@@ -487,7 +506,33 @@ impl Transfer<'_, '_> {
             offset,
             len,
             digest,
+            open: false,
         })
+    }
+
+    /// The chunk from `offset` whose length is chosen when it is sent (at most `bound`), its
+    /// SHA-1 started now: the chunk after an attempt's first, planned while the first is sent,
+    /// before its answer has measured the rate. Its length will be whole MiB or reach the last
+    /// byte's own PATCH, where the open hash keeps its states.
+    fn plan_open(&mut self, offset: u64, bound: u64) -> Result<Planned, Outcome> {
+        let max = self.chunk_len(offset, bound);
+        Ok(Planned {
+            offset,
+            len: max,
+            digest: Some(source::Digest::open(self.open_chunk()?, offset, max)),
+            open: true,
+        })
+    }
+
+    /// About `want` bytes from `offset`: never past the file, and never the last byte, which
+    /// goes in a PATCH of its own (see [`Transfer::plan`]).
+    fn chunk_len(&self, offset: u64, want: u64) -> u64 {
+        let size = self.item.size;
+        let mut len = want.max(1).min(size - offset);
+        if offset + len == size && len > 1 {
+            len -= 1;
+        }
+        len
     }
 
     /// The file opened without following a symlink and checked against the queued version.
@@ -840,6 +885,30 @@ mod tests {
         assert_eq!(h.attempt(id).await, Outcome::Done);
         let lens: Vec<u64> = patches(&h).iter().map(|p| p.1).collect();
         assert_eq!(lens, [2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 776, 1]);
+    }
+
+    #[tokio::test]
+    async fn with_checksums_the_second_chunk_is_sized_from_the_first_answer() {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        // The second chunk's hash starts while the first is sent, before the rate is known; its
+        // length is still chosen from the rate the first measured (the hash keeps a state per
+        // MiB). Any rate above 3.2 MiB/s (16 MiB in 5 s; loopback gives far more, even a debug
+        // build under emulation) makes it the rest of the file but its last byte.
+        let h = Harness::with_chunks(5, receiver(), "chunk_sizing = \"auto\"").await;
+        let data = content(20 * MIB + 777);
+        let id = h.add("DCIM/LONG.MP4", &data);
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.only_upload(), data);
+        let seen = patches(&h);
+        let m = MIB as u64;
+        let lens: Vec<u64> = seen.iter().map(|p| p.1).collect();
+        assert_eq!(lens, [4 * m, 16 * m + 776, 1], "{seen:?}");
+        for (offset, len, sum) in &seen {
+            let bytes = &data[*offset as usize..(offset + len) as usize];
+            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes));
+            assert_eq!(sum.as_deref(), Some(want.as_str()), "chunk at {offset}");
+        }
     }
 
     #[tokio::test]
