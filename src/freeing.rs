@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sha1::Digest as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, PassReport};
@@ -402,42 +401,34 @@ async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Op
 /// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
 /// read, which the rules compare with the file at the path at the last look.
 fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
-    use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = match std::fs::OpenOptions::new()
+    let failed = |e: std::io::Error| ReadBack::Failed(format!("{}: {e}", path.display()));
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
     {
         Ok(f) => f,
-        Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+        Err(e) => return failed(e),
     };
     let ino = match file.metadata() {
         Ok(m) => m.ino(),
-        Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+        Err(e) => return failed(e),
     };
-    let mut buf = vec![0u8; 64 * 1024];
+    let never = std::sync::atomic::AtomicBool::new(false);
     let mut at = 0u64;
     for c in chunks {
         if c.start != at {
             return ReadBack::Differs { at };
         }
-        let mut hasher = sha1::Sha1::new();
-        let mut left = c.len;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            match file.read(&mut buf[..want]) {
-                Ok(0) => return ReadBack::Differs { at: c.start },
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    left -= n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return ReadBack::Failed(format!("{}: {e}", path.display())),
+        match crate::upload::source::sha1_of(&file, c.start, c.len, &never) {
+            Ok(sha1) if sha1 == c.sha1 => {}
+            // Shorter than what was sent, or other bytes.
+            Ok(_) => return ReadBack::Differs { at: c.start },
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return ReadBack::Differs { at: c.start }
             }
-        }
-        if hasher.finalize()[..] != c.sha1[..] {
-            return ReadBack::Differs { at: c.start };
+            Err(e) => return failed(e),
         }
         at += c.len;
     }
@@ -844,6 +835,8 @@ pub async fn preview(app: &Arc<App>) -> Result<SpaceView, String> {
 
 #[cfg(test)]
 mod tests {
+    use sha1::Digest as _;
+
     use super::*;
 
     #[test]
@@ -871,6 +864,8 @@ mod tests {
         assert_eq!(read_back_file(&path, &good), ReadBack::Same { ino });
         let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
         assert_eq!(read_back_file(&path, &bad), ReadBack::Differs { at: 5 });
+        let longer = [chunk(0, b"hello"), chunk(5, b" world!")];
+        assert_eq!(read_back_file(&path, &longer), ReadBack::Differs { at: 5 });
         // The same bytes on another inode (a FAT remount) read back the same, and say which
         // inode was read.
         let copy = dir.path().join("A.new");

@@ -207,7 +207,7 @@ impl Digest {
                     tx.send_replace(done);
                 }
             };
-            sha1_walk(&file, offset, max, &c, keep)
+            sha1_walk(&file, offset, max, &c, keep).map(drop)
         });
         Digest {
             task,
@@ -258,15 +258,24 @@ fn lock_states(
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The SHA-1 of `len` bytes of `file` at `offset`, read block by block on the calling thread
+/// (freeing space reads a file back with it); a range past the file's end is an
+/// [`io::ErrorKind::UnexpectedEof`].
+pub fn sha1_of(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Result<[u8; 20]> {
+    Ok(sha1_walk(file, offset, len, cancel, |_, _| {})?
+        .finalize()
+        .into())
+}
+
 /// Hashes `len` bytes of `file` at `offset` block by block, showing `seen` the hash after each
-/// block (and at the start of an empty range) with the bytes hashed so far.
+/// block (and at the start of an empty range) with the bytes hashed so far; returns the hash.
 fn sha1_walk(
     file: &File,
     offset: u64,
     len: u64,
     cancel: &AtomicBool,
     mut seen: impl FnMut(u64, &sha1::Sha1),
-) -> io::Result<()> {
+) -> io::Result<sha1::Sha1> {
     let mut hasher = sha1::Sha1::new();
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
@@ -283,7 +292,7 @@ fn sha1_walk(
         done += want as u64;
         seen(done, &hasher);
     }
-    Ok(())
+    Ok(hasher)
 }
 
 #[cfg(test)]
