@@ -71,7 +71,8 @@ daemon_scan() {
   : >"$T/log" # before the start, so the wait below never reads the previous run's log
   CAMBACKUP_LOG=info "$bin" daemon --config "$T/c.toml" 2>"$T/log" &
   PID=$!
-  for _ in $(seq 1 600); do grep -q "scanned the card" "$T/log" && break; sleep 0.05; done
+  # Seldom: the times are the log's, and each look is a process beside the scan.
+  for _ in $(seq 1 150); do grep -q "scanned the card" "$T/log" && break; sleep 0.2; done
   local line
   line=$(grep -m1 "scanned the card" "$T/log")
   local cpu
