@@ -81,7 +81,7 @@ wait_done() {
   # server while the daemon uploads (and only then: curl's run waits for curl), which is what
   # this script once measured as the daemon's slowness.
   local looks=0
-  until tail -n "+$(($1 + 1))" "$T/server.log" | grep -q -e "\"upload-offset\":\"$BYTES\"" -e '"status":[45]'; do
+  until tail -n "+$(($1 + 1))" "$T/server.log" | grep -q -E -e "\"upload-offset\":\"$BYTES\"" -e '"method":"PATCH".*"status":[45]'; do
     looks=$((looks + 1))
     [ "$looks" -lt 1200 ] || { echo "server: no complete upload" >&2; exit 1; }
     # The figures come from the server's log, not from when this look sees the end.

@@ -6,8 +6,11 @@
 //! before deleting it: asks the server (`HEAD`: offset = length), reads the file back where
 //! the rules ask for it (verification by length, or an inode other than the one the bytes were
 //! sent from, as FAT and exFAT give after a remount), looks at the file once more, and asks the
-//! rules again with those answers. Then the firmware's `media.delete_command` (no shell) or unlink, and the
-//! record: the store's `freed_at`, the history, the event stream.
+//! rules again with those answers. Then a durable note that the file is about to go, the
+//! firmware's `media.delete_command` (no shell) or an unlink relative to the file's directory,
+//! only while its name holds the version judged (inode, size, mtime), and the record: the
+//! store's `freed_at`, the history, the event stream. Notes left by a crash are settled at the
+//! next pass by the file's size and mtime.
 //!
 //! Invariants: nothing is deleted unless the rules say [`Verdict::Free`] with the server's and
 //! the card's answers of that moment, and [`App::may_free`] holds right then (consent,
@@ -111,8 +114,9 @@ fn world(app: &App) -> World {
     }
 }
 
-/// The firmware's recording flag, read as the gate reads it; a flag that cannot be read counts
-/// as recording (a doubt keeps every file).
+/// The firmware's recording flag, by the gate's reader; unlike the gate (which uploads when the
+/// flag cannot be read), freeing counts an unreadable flag as recording: a doubt keeps every
+/// file, and a lasting permission error shows as a "recording" hold.
 fn recording_flag(app: &App) -> bool {
     let r = crate::conditions::idle::read_recording_flag(&app.config().conditions.recording_flag);
     r.value || r.problem.is_some()
@@ -188,6 +192,9 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
         at: crate::clock::now_unix(),
         ..PassReport::default()
     };
+    // Deletions a crash separated from their record, whatever the holds: settling records a
+    // fact and deletes nothing.
+    settle_notes(app).await;
     // The holds first, without a file: most passes end here (the card is not low).
     let first = space::decide(&world(app), &[]);
     report.card = first_card(&first, app);
@@ -195,7 +202,6 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     if !first.may_free() {
         return report;
     }
-    settle_notes(app).await;
     let g = match gather_off_thread(app, true).await {
         Ok(g) => g,
         Err(e) => {
@@ -240,8 +246,26 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             break;
         };
         match (verdict, f.on_card) {
-            (Verdict::Free, OnCard::Present { ino, .. }) => {
-                match delete(app, &stop, c, ino).await {
+            (
+                Verdict::Free,
+                OnCard::Present {
+                    ino,
+                    size,
+                    mtime_ns,
+                },
+            ) => {
+                match delete(
+                    app,
+                    &stop,
+                    c,
+                    Seen {
+                        ino,
+                        size,
+                        mtime_ns,
+                    },
+                )
+                .await
+                {
                     Ok(()) => match app.store().mark_freed(id) {
                         Ok(at) => {
                             app.freed(&c.item, at);
@@ -269,6 +293,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             }
             (Verdict::Free, _) => {
                 tracing::error!(id, path = %c.item.storage_path, "the rules freed a file not seen on the card; it is kept");
+                *report.kept.entry("delete_failed").or_default() += 1;
             }
             (Verdict::Keep(k), _) => {
                 tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
@@ -435,14 +460,31 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
     ReadBack::Same { ino }
 }
 
-/// Deletes the file the rules freed, `ino` being the inode they saw at the last look; first
-/// a durable note that it is about to go ([`Store::note_freeing`]), settled by the next pass if
-/// the camera dies before the deletion is recorded.
+/// What the last look saw at a file's name: the version the rules judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl Seen {
+    /// The same file, unchanged: a FAT or exFAT remount renumbers inodes, so this asks for the
+    /// same inode only where asked to (just before a deletion, in the same mount).
+    fn same_version(&self, other: &Seen) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns
+    }
+}
+
+/// Deletes the file the rules freed, `seen` being what they judged at the last look; first a
+/// durable note that it is about to go ([`Store::note_freeing`]), which the next pass settles
+/// if the camera dies before the deletion is recorded, or if the deletion failed with the file
+/// gone all the same (a command that deleted it and then failed).
 async fn delete(
     app: &Arc<App>,
     stop: &CancellationToken,
     c: &FreeCandidate,
-    ino: u64,
+    seen: Seen,
 ) -> Result<(), String> {
     // The last look: consent, pairing and recording may have changed during the HEAD.
     if stop.is_cancelled() || !app.may_free() || recording_flag(app) {
@@ -450,17 +492,25 @@ async fn delete(
     }
     let id = c.item.id;
     app.store()
-        .note_freeing(id, ino)
+        .note_freeing(id, seen.ino)
         .map_err(|e| format!("cannot note the deletion first: {e}"))?;
     let root = app.config().media.root.clone();
     let path = c.item.storage_path.on_disk(&root);
     let command = app.config().media.delete_command.clone();
-    let done =
-        tokio::task::spawn_blocking(move || delete_file(&root, &path, ino, command.as_deref()))
-            .await
-            .map_err(|e| format!("the delete task failed: {e}"))
-            .and_then(|r| r);
-    if done.is_err() {
+    let done = tokio::task::spawn_blocking(move || {
+        let done = delete_file(&root, &path, seen, command.as_deref());
+        // Whether the file the rules judged is still at its name after a failure: only then is
+        // the note dropped (otherwise the next pass records what happened).
+        let still_there = done.is_err()
+            && matches!(version_at(&root, &path), Ok(Some(now)) if now.same_version(&seen));
+        (done, still_there)
+    })
+    .await;
+    let (done, still_there) = match done {
+        Ok(d) => d,
+        Err(e) => (Err(format!("the delete task failed: {e}")), false),
+    };
+    if still_there {
         if let Err(e) = app.store().forget_freeing(id) {
             tracing::warn!(error = %e, id, "cannot drop the note of a deletion that did not happen");
         }
@@ -468,16 +518,18 @@ async fn delete(
     done
 }
 
-/// Deletes the file at `path`, and only while it is the inode `ino`: the directories down to
-/// it are opened one by one without following a link, and the name is checked and unlinked
-/// in its directory, so a file put in its place since the last look (or a link swapped into
-/// the path) is never deleted. With the firmware's command (the path as its one argument, no
-/// shell) the same check comes first; success is its exit 0 and the inode gone from the name.
-fn delete_file(root: &Path, path: &Path, ino: u64, command: Option<&Path>) -> Result<(), String> {
+/// Deletes the file at `path`, and only while it is the version the rules judged (`seen`:
+/// the same inode, size and mtime): the directories down to it are opened one by one without
+/// following a link, and the name is checked and unlinked in its directory, so a file put in
+/// its place or rewritten since the last look (or a link swapped into the path) is never
+/// deleted. With the firmware's command (the path as its one argument, no shell) the same check
+/// comes first, but the command resolves the path itself, milliseconds later; success is its
+/// exit 0 and that version gone from the name.
+fn delete_file(root: &Path, path: &Path, seen: Seen, command: Option<&Path>) -> Result<(), String> {
     let at = |e: std::io::Error| format!("{}: {e}", path.display());
     let (dir, name) = at_dir::open_parent(root, path).map_err(at)?;
-    match at_dir::regular_ino(&dir, &name).map_err(at)? {
-        Some(i) if i == ino => {}
+    match at_dir::regular_file(&dir, &name).map_err(at)? {
+        Some(now) if now == seen => {}
         Some(_) => return Err(format!("{} is another file now", path.display())),
         None => return Err(format!("{} is gone already", path.display())),
     }
@@ -485,8 +537,8 @@ fn delete_file(root: &Path, path: &Path, ino: u64, command: Option<&Path>) -> Re
         return at_dir::unlink(&dir, &name).map_err(|e| format!("unlink {}: {e}", path.display()));
     };
     run_delete_command(cmd, path)?;
-    match at_dir::regular_ino(&dir, &name) {
-        Ok(Some(i)) if i == ino => Err(format!(
+    match at_dir::regular_file(&dir, &name) {
+        Ok(Some(now)) if now == seen => Err(format!(
             "{} exited 0 but {} is still there",
             cmd.display(),
             path.display()
@@ -494,6 +546,14 @@ fn delete_file(root: &Path, path: &Path, ino: u64, command: Option<&Path>) -> Re
         Ok(_) => Ok(()),
         Err(e) => Err(format!("{} exited 0 but {}", cmd.display(), at(e))),
     }
+}
+
+/// The regular file at `path` under `root` (no link followed on the way), `None` when the name
+/// is free; an error when its directory cannot be opened (gone: a card pulled) or the name
+/// holds something else than a regular file.
+fn version_at(root: &Path, path: &Path) -> std::io::Result<Option<Seen>> {
+    let (dir, name) = at_dir::open_parent(root, path)?;
+    at_dir::regular_file(&dir, &name)
 }
 
 /// Settles the deletions noted before a crash or power cut and never recorded: a noted file
@@ -525,33 +585,36 @@ async fn settle_notes(app: &Arc<App>) {
 }
 
 /// [`settle_notes`]' work, on a blocking thread: the items recorded as freed, and when.
+///
+/// A noted file is judged by its version (size and mtime), not its inode: a FAT or exFAT
+/// remount (the reboot after a power cut) gives every file a new inode number, and a file
+/// still there must never be recorded as freed. Gone from its name, or another version there:
+/// deleted. Its directory gone (a card pulled) or unreadable: decided at a later pass.
 fn settle(
     store: &Store,
     root: &Path,
     notes: &[(i64, u64)],
 ) -> Result<Vec<(Item, i64)>, StoreError> {
     let mut freed = Vec::new();
-    for &(id, ino) in notes {
+    for &(id, _) in notes {
         let Some(item) = store.item(id)? else {
             store.forget_freeing(id)?;
             continue;
         };
         let disk = item.storage_path.on_disk(root);
-        let gone = match std::fs::symlink_metadata(&disk) {
-            // Its directory gone too (a card pulled just now): decided at a later pass.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match disk.parent().map(std::fs::symlink_metadata) {
-                    Some(Ok(m)) if m.is_dir() => true,
-                    _ => continue,
-                }
-            }
-            Ok(m) => m.ino() != ino,
-            // Unreadable now: decided at a later pass.
+        let judged = Seen {
+            ino: 0,
+            size: item.size,
+            mtime_ns: item.mtime_ns,
+        };
+        let gone = match version_at(root, &disk) {
+            Ok(None) => true,
+            Ok(Some(now)) => !now.same_version(&judged),
             Err(_) => continue,
         };
         if gone {
             let at = store.mark_freed(id)?;
-            tracing::warn!(id, path = %item.storage_path, "a file deleted to free space before a crash or power cut is recorded as freed now");
+            tracing::warn!(id, path = %item.storage_path, "a file deleted to free space before a crash, power cut or failed command is recorded as freed now");
             freed.push((item, at));
         } else {
             store.forget_freeing(id)?;
@@ -607,9 +670,9 @@ mod at_dir {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// The inode of the regular file `name` in `dir` (not following a link); `None`: no such
-    /// name.
-    pub fn regular_ino(dir: &OwnedFd, name: &CStr) -> io::Result<Option<u64>> {
+    /// The regular file `name` in `dir` (not following a link): inode, size, mtime; `None`:
+    /// no such name.
+    pub fn regular_file(dir: &OwnedFd, name: &CStr) -> io::Result<Option<super::Seen>> {
         let mut st = std::mem::MaybeUninit::<libc::stat64>::uninit();
         // SAFETY: `name` is NUL-terminated, `st` is writable memory of the right type.
         let r = unsafe {
@@ -632,7 +695,20 @@ mod at_dir {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::other("not a regular file"));
         }
-        Ok(Some(st.st_ino))
+        Ok(Some(super::Seen {
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            // As `media::mtime_ns` gives it for std's metadata.
+            mtime_ns: mtime_ns_of(&st),
+        }))
+    }
+
+    /// `time_t` and `long` are `i32` on 32-bit ARM, `i64` on 64-bit targets.
+    #[allow(clippy::useless_conversion)]
+    fn mtime_ns_of(st: &libc::stat64) -> i64 {
+        i64::from(st.st_mtime)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(st.st_mtime_nsec))
     }
 
     pub fn unlink(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
@@ -883,13 +959,23 @@ mod tests {
         ));
     }
 
+    /// What a last look at `path` sees.
+    fn seen_of(path: &Path) -> Seen {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        Seen {
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: crate::media::mtime_ns(&m),
+        }
+    }
+
     #[test]
     fn a_failing_delete_command_keeps_the_file_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let path = root.join("A.JPG");
         std::fs::write(&path, b"x").unwrap();
-        let ino = std::fs::metadata(&path).unwrap().ino();
+        let ino = seen_of(&path);
         let err = delete_file(root, &path, ino, Some(Path::new("/bin/false"))).unwrap_err();
         assert!(err.contains("/bin/false failed"), "{err}");
         assert!(path.exists());
@@ -907,7 +993,7 @@ mod tests {
         std::fs::create_dir_all(&sub).unwrap();
         let path = sub.join("A.JPG");
         std::fs::write(&path, b"seen").unwrap();
-        let seen = std::fs::metadata(&path).unwrap().ino();
+        let seen = seen_of(&path);
         // Another file took the name after the last look: kept, with and without a command.
         let other = sub.join("B.tmp");
         std::fs::write(&other, b"new").unwrap();
@@ -917,11 +1003,17 @@ mod tests {
         let err = delete_file(&root, &path, seen, Some(Path::new("/bin/rm"))).unwrap_err();
         assert!(err.contains("another file"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // The same inode rewritten in place after the last look: kept too.
+        let seen = seen_of(&path);
+        std::fs::write(&path, b"rewritten").unwrap();
+        assert_eq!(seen_of(&path).ino, seen.ino);
+        let err = delete_file(&root, &path, seen, None).unwrap_err();
+        assert!(err.contains("another file"), "{err}");
         // A directory on the way swapped for a link to another one with the same name in it.
         let elsewhere = dir.path().join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::fs::write(elsewhere.join("A.JPG"), b"not on the card").unwrap();
-        let ino = std::fs::metadata(elsewhere.join("A.JPG")).unwrap().ino();
+        let ino = seen_of(&elsewhere.join("A.JPG"));
         std::fs::rename(&sub, root.join("DCIM/moved")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
         assert!(delete_file(&root, &path, ino, None).is_err());
@@ -929,7 +1021,7 @@ mod tests {
         // The file the rules saw goes.
         std::fs::remove_file(&sub).unwrap();
         std::fs::rename(root.join("DCIM/moved"), &sub).unwrap();
-        let now = std::fs::metadata(&path).unwrap().ino();
+        let now = seen_of(&path);
         delete_file(&root, &path, now, None).unwrap();
         assert!(!path.exists());
         assert!(delete_file(&root, &path, now, None)
@@ -945,7 +1037,7 @@ mod tests {
         std::fs::create_dir_all(root.join("DCIM")).unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
         let mut ids = Vec::new();
-        for name in ["DCIM/A.JPG", "DCIM/B.JPG", "DCIM/C.JPG"] {
+        for name in ["DCIM/A.JPG", "DCIM/B.JPG", "DCIM/C.JPG", "DCIM/D.JPG"] {
             std::fs::write(root.join(name), name).unwrap();
             let m = std::fs::metadata(root.join(name)).unwrap();
             let f = crate::store::FoundFile {
@@ -970,27 +1062,41 @@ mod tests {
             ids.push(id);
         }
         // A was deleted and the power went before its record; B's name holds another file
-        // now (deleted, then the camera reused the name); C was never deleted.
+        // now (deleted, then the camera reused the name); C was never deleted; D was never
+        // deleted either, but the reboot's remount of a FAT card gave it another inode number.
         std::fs::remove_file(root.join("DCIM/A.JPG")).unwrap();
         std::fs::write(root.join("DCIM/B.new"), "another").unwrap();
         std::fs::rename(root.join("DCIM/B.new"), root.join("DCIM/B.JPG")).unwrap();
+        let d = root.join("DCIM/D.JPG");
+        let mtime = std::fs::metadata(&d).unwrap().modified().unwrap();
+        std::fs::copy(&d, root.join("DCIM/D.new")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("DCIM/D.new"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(root.join("DCIM/D.new"), &d).unwrap();
         let notes = store.freeing_notes().unwrap();
-        assert_eq!(notes.len(), 3);
+        assert_eq!(notes.len(), 4);
+        assert!(notes
+            .iter()
+            .any(|&(id, ino)| id == ids[3] && ino != seen_of(&d).ino));
         // With the card pulled (its directories gone), nothing is decided.
         std::fs::rename(root.join("DCIM"), dir.path().join("out")).unwrap();
         assert!(settle(&store, &root, &notes).unwrap().is_empty());
-        assert_eq!(store.freeing_notes().unwrap().len(), 3);
+        assert_eq!(store.freeing_notes().unwrap().len(), 4);
         std::fs::rename(dir.path().join("out"), root.join("DCIM")).unwrap();
         let freed = settle(&store, &root, &notes).unwrap();
         let freed: Vec<i64> = freed.iter().map(|(i, _)| i.id).collect();
         assert_eq!(freed, ids[..2]);
         let recorded: Vec<i64> = store.freed(10).unwrap().iter().map(|(i, _)| i.id).collect();
         assert_eq!(recorded.len(), 2);
-        assert!(!recorded.contains(&ids[2]));
+        assert!(!recorded.contains(&ids[2]) && !recorded.contains(&ids[3]));
         assert!(
             store.freeing_notes().unwrap().is_empty(),
             "every note settled"
         );
-        assert!(root.join("DCIM/C.JPG").exists());
+        assert!(root.join("DCIM/C.JPG").exists() && d.exists());
     }
 }

@@ -207,6 +207,12 @@ pub async fn run(app: Arc<App>) {
     let settle = Duration::from_secs(app.config().media.settle_secs);
     let rescan_every = Duration::from_secs(app.config().media.rescan_secs.max(1));
     let (tx, mut rx) = mpsc::channel::<Signal>(4096);
+    // Set by notify's thread when an event could not be passed on (the channel full, or the
+    // kernel's queue overflowed): never lost itself, unlike a `Signal::Lost` in a full channel.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The watches are ours to add (new directories from their events): after a loss, those of
+    // a directory made meanwhile may be missing, so the tree's watches are added again.
+    let mut rewatch = false;
     let mut settler = Settler::new(settle);
     let mut watcher: Option<RecommendedWatcher> = None;
     let mut identity = None;
@@ -234,9 +240,9 @@ pub async fn run(app: Arc<App>) {
                     // A watch per directory of the card: a walk that blocks its caller, so off
                     // the runtime thread, which also answers the API. The scan starts after it,
                     // so a file written meanwhile is seen by one or the other.
-                    let (r, t) = (root.clone(), tx.clone());
+                    let (r, t, l) = (root.clone(), tx.clone(), lost.clone());
                     let started = Instant::now();
-                    let added = tokio::task::spawn_blocking(move || watch(&r, t))
+                    let added = tokio::task::spawn_blocking(move || watch(&r, t, l))
                         .await
                         .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
                     match added {
@@ -256,6 +262,16 @@ pub async fn run(app: Arc<App>) {
                     settler.forget_under(&root);
                 }
                 app.set_media_available(id.is_some());
+            }
+        }
+        if rewatch {
+            rewatch = false;
+            if let Some(w) = watcher.take() {
+                watcher = rewatch_all(&root, w).await;
+                if watcher.is_none() {
+                    // Set up from scratch at the next look at the card.
+                    identity = None;
+                }
             }
         }
         if (need_scan || now >= next_rescan) && identity.is_some() {
@@ -295,8 +311,7 @@ pub async fn run(app: Arc<App>) {
                 while let Some(s) = sig {
                     match s {
                         Signal::Lost => {
-                            tracing::warn!("file events were lost (queue overflow): rescanning the card");
-                            need_scan = true;
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                         Signal::Event(ev) => {
                             if handle(&app, &root, &mut settler, &mut rewalk, watcher.as_mut(), ev) {
@@ -307,6 +322,11 @@ pub async fn run(app: Arc<App>) {
                     sig = rx.try_recv().ok();
                 }
             }
+        }
+        if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("file events were lost (queue overflow): rescanning the card");
+            need_scan = true;
+            rewatch = true;
         }
         let now = Instant::now();
         rewalk.retain(|(dir, at)| {
@@ -336,7 +356,11 @@ pub async fn run(app: Arc<App>) {
 /// files: ≈ 0.5 s before the first scan could start, docs/PERFORMANCE.md), where the directory
 /// entries' types say it for free. New directories get their watches from [`handle`], as
 /// notify's recursive mode would have added them.
-fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<(RecommendedWatcher, usize)> {
+fn watch(
+    root: &Path,
+    tx: mpsc::Sender<Signal>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) -> notify::Result<(RecommendedWatcher, usize)> {
     let config = notify::Config::default().with_follow_symlinks(false);
     let handler = move |res: notify::Result<notify::Event>| {
         let sig = match res {
@@ -344,10 +368,13 @@ fn watch(root: &Path, tx: mpsc::Sender<Signal>) -> notify::Result<(RecommendedWa
             Ok(ev) => Signal::Event(ev),
             Err(_) => Signal::Lost,
         };
+        if matches!(sig, Signal::Lost) {
+            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(sig) {
-            // Dropping an event is safe only because the next signal that gets through (or
-            // the periodic rescan) brings a full scan; mark it so.
-            let _ = tx.try_send(Signal::Lost);
+            // Dropping an event is safe only because the flag brings a full scan and the
+            // watches again once the loop has drained the channel.
+            lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     };
     let mut w = RecommendedWatcher::new(handler, config)?;
@@ -397,6 +424,29 @@ fn gone(e: &notify::Error) -> bool {
         notify::ErrorKind::PathNotFound => true,
         notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
         _ => false,
+    }
+}
+
+/// Adds the watches of the whole tree again (a no-op for a directory already watched), off the
+/// runtime thread: after lost events a new directory's may be missing. `None`: the watcher
+/// was lost with a failed task.
+async fn rewatch_all(root: &Path, mut w: RecommendedWatcher) -> Option<RecommendedWatcher> {
+    let r = root.to_path_buf();
+    let added = tokio::task::spawn_blocking(move || {
+        let added = watch_below(&mut w, &r);
+        (w, added)
+    })
+    .await;
+    match added {
+        Ok((w, Ok(_))) => Some(w),
+        Ok((w, Err(e))) => {
+            tracing::warn!(root = %root.display(), error = %e, "cannot watch every directory of the card again; relying on the periodic rescan");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the task watching the card again failed");
+            None
+        }
     }
 }
 
@@ -474,8 +524,8 @@ fn handle(
                 if is_media {
                     settler.touched(path, now);
                 } else if is_real_dir() && !app.filter().skip_dir(&sp) {
-                    // Files written before notify added its watch on the new directory would
-                    // be missed: walk it now, and again shortly (REWALK_NEW_DIR).
+                    // Files written before the new directory's watch was added (above) would be
+                    // missed: walk it now, and again shortly (REWALK_NEW_DIR).
                     walk_new_dir(app, root, path, settler, now);
                     rewalk.extend(REWALK_NEW_DIR.iter().map(|d| (path.clone(), now + *d)));
                 }

@@ -255,8 +255,10 @@ impl Store {
     /// Opens (creating if needed) the database in `dir`, migrating it forward. A corrupt file is
     /// moved aside as `cambackup.db.corrupt-UNIXTIME` and replaced by one rebuilt from the
     /// ledger; so is one a newer release wrote (firmware rolled back), as
-    /// `cambackup.db.newer-UNIXTIME`: its schema is one this release cannot read correctly,
-    /// and the newer release finds it there if the camera is updated again.
+    /// `cambackup.db.newer-UNIXTIME`: its schema is one this release cannot read correctly.
+    /// The copy is kept for inspection only (no release reads it back); like the corrupt one,
+    /// the rebuild keeps what the ledger holds (what was sent, what is unfinished, the user's
+    /// choices), not the history.
     pub fn open(dir: &Path) -> Result<Store> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let io = |source| StoreError::Io {

@@ -206,6 +206,7 @@ impl Store {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| self.err(e))?;
         let mut notes = Vec::new();
+        let mut bad = Vec::new();
         for row in rows {
             let (key, value) = row.map_err(|e| self.err(e))?;
             let id = key
@@ -214,8 +215,15 @@ impl Store {
             match (id, value.parse()) {
                 (Some(id), Ok(ino)) => notes.push((id, ino)),
                 // Never written by this code: dropped rather than kept forever.
-                _ => self.set_kv(&key, None)?,
+                _ => bad.push(key),
             }
+        }
+        // Through the same connection: the store's lock is held here, and taking it again
+        // (`set_kv`) would wait for itself.
+        drop(stmt);
+        for key in bad {
+            conn.execute("DELETE FROM kv WHERE key = ?1", [&key])
+                .map_err(|e| self.err(e))?;
         }
         Ok(notes)
     }
@@ -314,6 +322,21 @@ mod tests {
         )
         .unwrap();
         id
+    }
+
+    #[test]
+    fn freeing_notes_round_trip_and_a_note_this_release_cannot_read_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        s.note_freeing(id, 77).unwrap();
+        s.set_kv("space.freeing.x", Some("1")).unwrap();
+        s.set_kv("space.freeing.9", Some("not an inode")).unwrap();
+        assert_eq!(s.freeing_notes().unwrap(), vec![(id, 77)]);
+        assert_eq!(s.get_kv("space.freeing.x").unwrap(), None);
+        assert_eq!(s.get_kv("space.freeing.9").unwrap(), None);
+        s.forget_freeing(id).unwrap();
+        assert!(s.freeing_notes().unwrap().is_empty());
     }
 
     fn chunk(start: u64, len: u64, checksum: bool) -> SentChunk {
