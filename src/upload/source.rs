@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use base64::Engine as _;
@@ -180,6 +180,9 @@ pub struct Digest {
     states: Arc<Mutex<Vec<(u64, sha1::Sha1)>>>,
     /// How far the thread has hashed; closed when it ends.
     at: tokio::sync::watch::Receiver<u64>,
+    /// Where the thread stops: the start's length, or the chunk's once chosen
+    /// ([`Digest::stop_at`]).
+    limit: Arc<AtomicU64>,
 }
 
 impl Digest {
@@ -198,23 +201,39 @@ impl Digest {
     fn spawn(file: File, offset: u64, max: u64, marks: bool) -> Digest {
         let cancel = Arc::new(AtomicBool::new(false));
         let states = Arc::new(Mutex::new(Vec::new()));
+        let limit = Arc::new(AtomicU64::new(max));
         let (tx, at) = tokio::sync::watch::channel(0);
-        let (c, st) = (cancel.clone(), states.clone());
+        let (c, st, lim) = (cancel.clone(), states.clone(), limit.clone());
         let task = tokio::task::spawn_blocking(move || {
             let keep = |done: u64, h: &sha1::Sha1| {
                 if done == max || (marks && done.is_multiple_of(MARK)) {
                     lock_states(&st).push((done, h.clone()));
                     tx.send_replace(done);
                 }
+                if done >= lim.load(Ordering::Relaxed) && done < max {
+                    // Past the chunk's chosen length: the walk stops at its next block.
+                    c.store(true, Ordering::Relaxed);
+                }
             };
-            sha1_walk(&file, offset, max, &c, keep).map(drop)
+            match sha1_walk(&file, offset, max, &c, keep) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                r => r.map(drop),
+            }
         });
         Digest {
             task,
             cancel,
             states,
             at,
+            limit,
         }
+    }
+
+    /// The chunk's length is chosen (an open hash, [`Digest::open`]): the thread stops hashing
+    /// past it, rather than reading on to its maximum for nothing (up to `chunk_size_mib` of
+    /// card reads and SHA-1 once per attempt on a slow link).
+    pub fn stop_at(&self, len: u64) {
+        self.limit.store(len, Ordering::Relaxed);
     }
 
     /// The digest of the first `len` bytes, base64 as `Upload-Checksum` wants it. `len` is the
@@ -368,5 +387,25 @@ mod tests {
         assert!(e.to_string().contains("not a length"), "{e}");
         let e = Digest::start(f, 5, max).finish(m as u64).await.unwrap_err();
         assert!(e.to_string().contains("not a length"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_open_digest_told_its_length_stops_hashing_past_it() {
+        let m = MARK as usize;
+        let data: Vec<u8> = (0..64 * m).map(|i| (i % 251) as u8).collect();
+        let (_keep, f) = file_of(&data);
+        let d = Digest::open(f, 0, data.len() as u64);
+        d.stop_at(2 * MARK);
+        // Time enough to hash all 64 MiB had it not been told.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let furthest = lock_states(&d.states).iter().map(|(at, _)| *at).max();
+        assert_eq!(
+            furthest,
+            Some(2 * MARK),
+            "no state kept past the chosen length"
+        );
+        let want =
+            base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&data[..2 * m]));
+        assert_eq!(d.finish(2 * MARK).await.unwrap(), want);
     }
 }

@@ -288,6 +288,9 @@ impl Transfer<'_, '_> {
                     // Hashed ahead before any rate was known: its length is chosen now, from
                     // the rate the first chunk measured (the hash kept a state at every MiB).
                     this.len = self.chunk_len(this.offset, pacer.next_len(&rule));
+                    if let Some(d) = &this.digest {
+                        d.stop_at(this.len);
+                    }
                 }
                 let end = this.offset + this.len;
                 if hashing && end < size {
