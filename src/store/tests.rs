@@ -304,6 +304,14 @@ fn an_item_left_uploading_by_a_failed_write_goes_back_to_pending() {
     assert_eq!(s.recover_stray_uploading(&[]).unwrap(), 1);
 }
 
+/// The item uploaded whole to `url` (its creation recorded, then done).
+fn sent_whole(s: &Store, id: i64, url: &str) {
+    s.mark_uploading(id).unwrap();
+    s.set_upload_url(id, url, None, "https://up.example/files/")
+        .unwrap();
+    s.mark_done(id).unwrap();
+}
+
 /// Breaks the database file the way a bad flash block would.
 fn corrupt(dir: &Path) {
     let db = dir.join(DB_FILE);
@@ -327,15 +335,7 @@ fn a_corrupt_database_keeps_what_was_sent_what_is_unfinished_and_the_users_choic
         s.upsert_files(&[found("DONE.JPG", 10, 1), found("HALF.MP4", 100, 2)])
             .unwrap();
         let items = s.list(None, 10, 0).unwrap();
-        s.mark_uploading(items[0].id).unwrap();
-        s.set_upload_url(
-            items[0].id,
-            "https://up.example/files/1",
-            None,
-            "https://up.example/files/",
-        )
-        .unwrap();
-        s.mark_done(items[0].id).unwrap();
+        sent_whole(&s, items[0].id, "https://up.example/files/1");
         s.mark_uploading(items[1].id).unwrap();
         s.set_upload_url(
             items[1].id,
@@ -383,15 +383,7 @@ fn a_database_a_newer_release_wrote_is_set_aside_and_rebuilt_not_misread_after_a
         s.upsert_files(&[found("DONE.JPG", 10, 1), found("NEW.JPG", 20, 2)])
             .unwrap();
         let items = s.list(None, 10, 0).unwrap();
-        s.mark_uploading(items[0].id).unwrap();
-        s.set_upload_url(
-            items[0].id,
-            "https://up.example/files/1",
-            None,
-            "https://up.example/files/",
-        )
-        .unwrap();
-        s.mark_done(items[0].id).unwrap();
+        sent_whole(&s, items[0].id, "https://up.example/files/1");
     }
     // The next release migrated it one step further; then the firmware was rolled back.
     let newer = schema::MIGRATIONS.len() as i64 + 1;

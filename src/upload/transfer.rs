@@ -855,8 +855,6 @@ mod tests {
 
     #[tokio::test]
     async fn checksums_computed_ahead_match_every_chunk_and_chunks_keep_to_the_bound() {
-        use base64::Engine as _;
-        use sha1::Digest as _;
         // Auto sizing up to 3 MiB: never more than the bound (how chunks grow with the rate is
         // `upload::chunk`'s table test: a timed assertion here would be flaky under emulation).
         // Each chunk's SHA-1 is computed while the one before it is sent; the receiver verifies
@@ -871,11 +869,7 @@ mod tests {
         let m = MIB as u64;
         let lens: Vec<u64> = seen.iter().map(|p| p.1).collect();
         assert_eq!(lens, [3 * m, 3 * m, 3 * m, m + 776, 1], "{seen:?}");
-        for (offset, len, sum) in &seen {
-            let bytes = &data[*offset as usize..(offset + len) as usize];
-            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes));
-            assert_eq!(sum.as_deref(), Some(want.as_str()), "chunk at {offset}");
-        }
+        each_checksum_is_its_chunks(&seen, &data);
 
         // Fixed: every PATCH the maker's size, from the first.
         let h = Harness::with_chunks(
@@ -890,10 +884,19 @@ mod tests {
         assert_eq!(lens, [2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 776, 1]);
     }
 
-    #[tokio::test]
-    async fn with_checksums_the_second_chunk_is_sized_from_the_first_answer() {
+    /// Every PATCH's `Upload-Checksum` is the SHA-1 of the bytes it carried.
+    fn each_checksum_is_its_chunks(seen: &[(u64, u64, Option<String>)], data: &[u8]) {
         use base64::Engine as _;
         use sha1::Digest as _;
+        for (offset, len, sum) in seen {
+            let bytes = &data[*offset as usize..(offset + len) as usize];
+            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes));
+            assert_eq!(sum.as_deref(), Some(want.as_str()), "chunk at {offset}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_checksums_the_second_chunk_is_sized_from_the_first_answer() {
         // The second chunk's hash starts while the first is sent, before the rate is known; its
         // length is still chosen from the rate the first measured (the hash keeps a state per
         // MiB). Any rate above 3.2 MiB/s (16 MiB in 5 s; loopback gives far more, even a debug
@@ -907,11 +910,7 @@ mod tests {
         let m = MIB as u64;
         let lens: Vec<u64> = seen.iter().map(|p| p.1).collect();
         assert_eq!(lens, [4 * m, 16 * m + 776, 1], "{seen:?}");
-        for (offset, len, sum) in &seen {
-            let bytes = &data[*offset as usize..(offset + len) as usize];
-            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes));
-            assert_eq!(sum.as_deref(), Some(want.as_str()), "chunk at {offset}");
-        }
+        each_checksum_is_its_chunks(&seen, &data);
     }
 
     #[tokio::test]
