@@ -540,11 +540,21 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
             )
         })?;
     }
-    if raw.control.socket.as_os_str().is_empty() {
-        return Err(invalid("control.socket", "must not be empty".into()));
-    }
-    if raw.state.dir.as_os_str().is_empty() {
-        return Err(invalid("state.dir", "must not be empty".into()));
+    // Relative paths would resolve against the working directory, which is `/` under systemd:
+    // refused like a relative `media.root`, so the mistake shows at `check-config`.
+    for (key, path) in [
+        ("control.socket", &raw.control.socket),
+        ("state.dir", &raw.state.dir),
+    ] {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(key, "must not be empty".into()));
+        }
+        if !path.is_absolute() {
+            return Err(invalid(
+                key,
+                format!("`{}` must be an absolute path", path.display()),
+            ));
+        }
     }
     if raw.defaults.data_types.is_empty() {
         // An empty list is allowed: the user may choose to back up nothing automatically.

@@ -68,6 +68,14 @@ pub fn run(config: Config) -> i32 {
 
 async fn main(config: Config) -> i32 {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.file.display(), "starting");
+    // Before anything in the directory is read or written: a second daemon changes nothing.
+    let _lock = match crate::store::DirLock::acquire(&config.state.dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     let store = match Store::open(&config.state.dir) {
         Ok(s) => s,
         Err(e) => {

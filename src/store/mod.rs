@@ -14,9 +14,11 @@
 //!   default. The daemon keeps running, and the next scan refills the rest of the queue.
 
 pub mod ledger;
+mod lock;
 mod schema;
 mod space;
 
+pub use lock::DirLock;
 pub use space::{FreeCandidate, SentChunk, SentSummary};
 
 use std::path::{Path, PathBuf};

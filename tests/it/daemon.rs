@@ -163,6 +163,79 @@ async fn a_bad_config_exits_2_naming_the_key_the_file_and_the_line() {
 }
 
 #[tokio::test]
+async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 2000);
+    let rig = Rig::start(cam).await;
+    // The second one has a socket of its own: only the state directory is shared.
+    let other_socket = rig.cam.root().join("run/second.sock");
+    let text = std::fs::read_to_string(rig.cam.config_path()).unwrap();
+    let sock = rig.cam.socket_path().display().to_string();
+    assert!(text.contains(&sock));
+    let second = rig.cam.root().join("second.toml");
+    std::fs::write(
+        &second,
+        text.replace(&sock, &other_socket.display().to_string()),
+    )
+    .unwrap();
+    let mut child = command(&bin())
+        .args(["daemon", "--config"])
+        .arg(&second)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second daemon on the same state.dir kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("another cambackup daemon"), "{err}");
+    assert!(
+        err.contains(&rig.cam.state_dir().display().to_string()),
+        "the message names the directory: {err}"
+    );
+    assert!(!other_socket.exists(), "it opened a socket: {err}");
+    // The first one goes on as before.
+    rig.go().await;
+    rig.expect_uploaded(&[a.as_str()], T).await;
+}
+
+#[tokio::test]
+async fn a_relative_state_dir_or_control_socket_is_refused_naming_the_key() {
+    // Under systemd the working directory is `/`: a relative path lands there, not in the
+    // directory the maker meant. Refused like a relative `media.root`.
+    for (section, key, value) in [
+        ("state", "state.dir", "\"var/lib/cambackup\""),
+        ("control", "control.socket", "\"run/control.sock\""),
+    ] {
+        let cam = FakeCamera::new();
+        cam.with(section, key.split_once('.').unwrap().1, value);
+        let config = cam.write_config("http://127.0.0.1:9/files/");
+        for cmd in ["check-config", "daemon"] {
+            let out = command(&bin())
+                .args([cmd, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {key}: {err}");
+            assert!(err.contains(key), "{cmd}: {err}");
+            assert!(err.contains("absolute"), "{cmd}: {err}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_cli_names_the_socket_when_the_daemon_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nobody-home.sock");
