@@ -125,6 +125,10 @@ async fn main(config: Config) -> i32 {
     tasks.spawn(crate::freeing::run(app.clone()));
     {
         let app = app.clone();
+        tasks.spawn(async move { app.keep_saved().await });
+    }
+    {
+        let app = app.clone();
         tasks.spawn(async move {
             if let Err(e) = crate::control::server::serve(listener, app.clone()).await {
                 tracing::error!(error = %e, "the control server stopped");

@@ -287,6 +287,38 @@ impl Settings {
     pub fn wants(&self, kind: Kind) -> bool {
         self.data_types.contains(&kind)
     }
+
+    /// Whether `new` only withdraws: it allows nothing these settings did not (less or the
+    /// same, field by field). A withdrawal takes effect even when it cannot be saved (a full
+    /// state disk); anything that allows more is a grant, and a grant that cannot be saved is
+    /// refused. A change that both narrows and widens is a grant.
+    pub fn only_withdraws(&self, new: &Settings) -> bool {
+        // 0 means "no limit": the widest.
+        let limit = |v: u64| if v == 0 { u64::MAX } else { v };
+        (self.auto_upload || !new.auto_upload)
+            && network_rank(new.network) <= network_rank(self.network)
+            && (new.require_charging || !self.require_charging)
+            && (new.require_idle || !self.require_idle)
+            && new.data_types.iter().all(|k| self.data_types.contains(k))
+            && limit(new.max_rate_kib_per_sec) <= limit(self.max_rate_kib_per_sec)
+            && (0..24 * 60).all(|m| !in_hours(&new.schedule, m) || in_hours(&self.schedule, m))
+            && limit(new.cellular_daily_mib) <= limit(self.cellular_daily_mib)
+            && (new.free_space == FreeSpace::Off || self.free_space == FreeSpace::WhenLow)
+    }
+}
+
+/// How many networks a preference allows: Wi-Fi only < anything unmetered < any.
+fn network_rank(n: NetworkPref) -> u8 {
+    match n {
+        NetworkPref::Wifi => 0,
+        NetworkPref::Unmetered => 1,
+        NetworkPref::Any => 2,
+    }
+}
+
+/// Whether the schedule allows `minute` (an empty schedule allows any time).
+fn in_hours(schedule: &[Window], minute: u16) -> bool {
+    schedule.is_empty() || schedule.iter().any(|w| w.contains(minute))
 }
 
 #[cfg(test)]
@@ -364,6 +396,66 @@ mod tests {
             FreeSpace::Off,
             "freeing space is never on by default"
         );
+    }
+
+    #[test]
+    fn a_change_that_allows_nothing_more_is_a_withdrawal_and_any_widening_is_a_grant() {
+        let base = Settings {
+            auto_upload: true,
+            network: NetworkPref::Unmetered,
+            require_charging: false,
+            require_idle: false,
+            data_types: vec![Kind::Photo, Kind::Video],
+            max_rate_kib_per_sec: 500,
+            schedule: vec![Window::parse("01:00-07:00").unwrap()],
+            cellular_daily_mib: 10,
+            free_space: FreeSpace::WhenLow,
+        };
+        let rows: &[(&str, &str, bool)] = &[
+            ("nothing changes", "{}", true),
+            ("consent off", r#"{"auto_upload": false}"#, true),
+            ("narrower network", r#"{"network": "wifi"}"#, true),
+            ("wider network", r#"{"network": "any"}"#, false),
+            ("needs charging", r#"{"require_charging": true}"#, true),
+            ("needs idle", r#"{"require_idle": true}"#, true),
+            ("fewer kinds", r#"{"data_types": ["photo"]}"#, true),
+            ("slower", r#"{"max_rate_kib_per_sec": 100}"#, true),
+            ("faster", r#"{"max_rate_kib_per_sec": 600}"#, false),
+            ("rate cap lifted", r#"{"max_rate_kib_per_sec": 0}"#, false),
+            ("shorter hours", r#"{"schedule": ["02:00-06:00"]}"#, true),
+            ("other hours", r#"{"schedule": ["06:00-08:00"]}"#, false),
+            ("any time", r#"{"schedule": []}"#, false),
+            ("smaller budget", r#"{"cellular_daily_mib": 1}"#, true),
+            ("budget lifted", r#"{"cellular_daily_mib": 0}"#, false),
+            ("freeing off", r#"{"free_space": "off"}"#, true),
+            (
+                "off and wider at once",
+                r#"{"auto_upload": false, "network": "any"}"#,
+                false,
+            ),
+        ];
+        for (what, patch, withdraws) in rows {
+            let p: SettingsPatch = serde_json::from_str(patch).unwrap();
+            assert_eq!(
+                base.only_withdraws(&base.apply(&p)),
+                *withdraws,
+                "{what}: {patch}"
+            );
+        }
+        let off = Settings {
+            auto_upload: false,
+            free_space: FreeSpace::Off,
+            cellular_daily_mib: 0,
+            ..base.clone()
+        };
+        for (patch, withdraws) in [
+            (r#"{"auto_upload": true}"#, false),
+            (r#"{"free_space": "when_low"}"#, false),
+            (r#"{"cellular_daily_mib": 5}"#, true),
+        ] {
+            let p: SettingsPatch = serde_json::from_str(patch).unwrap();
+            assert_eq!(off.only_withdraws(&off.apply(&p)), withdraws, "{patch}");
+        }
     }
 
     #[test]

@@ -97,6 +97,12 @@ impl App {
                 ));
             }
         }
+        // The last account's data goes before the next account comes (a full disk may have
+        // kept an unpairing from finishing).
+        if self.live().unpair_unfinished {
+            self.finish_unpairing()
+                .map_err(|e| AppError::no_room("pairing", &e))?;
+        }
         let account = Account {
             user_id: req.user_id.into_string(),
             token: req.token,
@@ -133,7 +139,9 @@ impl App {
     }
 
     /// `DELETE /v1/account`: stops uploads, ends the unfinished server uploads, and erases the
-    /// token, the user ID, the upload URLs and the history.
+    /// token, the user ID, the upload URLs and the history. A withdrawal: once the account
+    /// file is erased (which needs no free space) it is done; what a full disk keeps the
+    /// database from erasing is erased as soon as there is room (and at the next start).
     pub async fn unpair(&self) -> Result<Unpaired, AppError> {
         let account = {
             let mut live = self.live();
@@ -151,7 +159,6 @@ impl App {
         // during the terminations must not leave the device paired after a restart. The token
         // stays in memory just long enough to end the server uploads.
         credentials::erase(&self.config.state.dir).map_err(AppError::internal)?;
-        self.store.set_kv(AccountStatus::KEY, None)?;
         let mut report = Unpaired {
             terminated: 0,
             not_terminated: 0,
@@ -163,7 +170,12 @@ impl App {
                 _ => report.not_terminated += 1,
             }
         }
-        self.store.erase_account_data()?;
+        self.live().unpair_unfinished = true;
+        if let Err(e) = self.finish_unpairing() {
+            tracing::error!(error = %e, "unpaired, but the account's data cannot be erased yet: trying again");
+            self.store_failed(&e);
+            self.resave.notify_one();
+        }
         tracing::info!(
             terminated = report.terminated,
             not_terminated = report.not_terminated,
@@ -171,6 +183,17 @@ impl App {
         );
         self.reevaluate();
         Ok(report)
+    }
+
+    /// Erases what an unpairing leaves in the database (manual requests, upload URLs,
+    /// history, the account's status).
+    pub(super) fn finish_unpairing(&self) -> Result<(), crate::store::StoreError> {
+        self.store.set_kv(AccountStatus::KEY, None)?;
+        self.store.erase_account_data()?;
+        if std::mem::take(&mut self.live().unpair_unfinished) {
+            tracing::info!("the unpairing is finished");
+        }
+        Ok(())
     }
 
     pub(super) async fn terminate(&self, url: &str, token: &Secret) -> bool {

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     BadRequest,
     NotFound,
     Conflict,
+    /// The state directory has no room to save a grant (507).
+    InsufficientStorage,
     Internal,
 }
 
@@ -35,6 +37,20 @@ impl AppError {
             kind: ErrorKind::Conflict,
             code,
             message: message.into(),
+        }
+    }
+    /// A grant (consent on, resume, a wider setting, pairing) that cannot be saved for lack
+    /// of space is refused, naming what to do; a withdrawal never is.
+    pub(super) fn no_room(what: &str, e: &store::StoreError) -> AppError {
+        if !e.is_disk_full() {
+            return AppError::internal(e);
+        }
+        AppError {
+            kind: ErrorKind::InsufficientStorage,
+            code: "state_dir_full",
+            message: format!(
+                "{what} cannot be saved: the camera's state storage is full ({e}); free some                  space and try again (switching things off still works)"
+            ),
         }
     }
     pub(super) fn internal(e: impl std::fmt::Display) -> AppError {

@@ -64,6 +64,12 @@ struct Live {
     server_not_before: i64,
     /// The last write to the state directory failed because it is full.
     state_dir_full: Option<String>,
+    /// The user's choices in force are not saved the normal way yet (a withdrawal on a full
+    /// disk; why): saved again every [`RESAVE_EVERY`] until they are.
+    choices_unsaved: Option<String>,
+    /// An unpairing erased the account file, but not yet the rest of the account's data (a
+    /// full disk): finished by the same retry.
+    unpair_unfinished: bool,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
     /// Bytes sent over cellular today (local day), as last counted.
@@ -93,7 +99,14 @@ pub struct App {
     /// Wakes the freeing task: the card may have run low (uploads done, a scan, settings).
     free_kick: Notify,
     freeing: Mutex<space::Freeing>,
+    /// One change of the user's choices at a time: each saves the whole of them.
+    choices: Mutex<()>,
+    /// Wakes [`App::keep_saved`]: something waits to be saved again.
+    resave: Notify,
 }
+
+/// How often choices a full disk had no room for are tried again.
+const RESAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where the server's last Retry-After (as a unix second) is kept across restarts.
 const SERVER_NOT_BEFORE_KEY: &str = "server.not_before";
@@ -104,9 +117,13 @@ const METERED_KEY: &str = "network.metered";
 impl App {
     /// Builds the state from the config, the opened store and the credentials file.
     pub fn new(config: Config, store: Store, client: tus::Client) -> Result<App, AppError> {
-        if let Err(e) = store.ensure_choices_saved(&config.defaults) {
-            tracing::error!(error = %e, "cannot write the user's choices file");
-        }
+        let choices_unsaved = match store.ensure_choices_saved(&config.defaults) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the user's choices file");
+                Some(e.to_string())
+            }
+        };
         let settings = store.settings(&config.defaults)?;
         client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
@@ -139,9 +156,15 @@ impl App {
         // file goes first, the rest after). Finish it, so the old account's manual requests
         // and server uploads never carry on under the next one. An account file that is only
         // unreadable for now (an I/O error) is not a finished unpairing: nothing is erased.
+        let mut unpair_unfinished = false;
         if gone && store.get_kv(PAIRED_KEY)?.is_some() {
             tracing::warn!("finishing an unpairing that was interrupted");
-            store.erase_account_data()?;
+            // A full disk must not keep the daemon from starting: the account file is gone,
+            // so nothing goes up under it; the rest is erased as soon as there is room.
+            if let Err(e) = store.erase_account_data() {
+                tracing::error!(error = %e, "cannot finish the unpairing yet: trying again");
+                unpair_unfinished = true;
+            }
         }
         let server_not_before = store
             .get_kv(SERVER_NOT_BEFORE_KEY)?
@@ -199,6 +222,8 @@ impl App {
                 in_flight: BTreeMap::new(),
                 last_state: None,
                 state_dir_full: None,
+                choices_unsaved,
+                unpair_unfinished,
                 unreadable_on_card: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
@@ -207,6 +232,8 @@ impl App {
             heartbeats: Mutex::new(BTreeMap::new()),
             free_kick: Notify::new(),
             freeing: Mutex::new(space::Freeing::default()),
+            choices: Mutex::new(()),
+            resave: Notify::new(),
         })
     }
 
@@ -314,11 +341,34 @@ impl App {
 
     // ----- the user's changes -----
 
-    /// `PATCH /v1/settings`: persisted, then enforced (consent off stops automatic uploads).
+    /// `PATCH /v1/settings`. A grant (anything that allows more) is saved, then enforced, and
+    /// refused when it cannot be saved. A withdrawal (consent off, freeing off, anything
+    /// narrower) is enforced first and answered whatever the disk says: saved if it can be,
+    /// else kept in force, shown as `state_dir_full`, and saved as soon as there is room
+    /// (`Store::save_withdrawal` makes sure the next start allows no more meanwhile).
     pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, AppError> {
-        let new = self.settings().apply(patch);
-        self.store.save_settings(&new)?;
-        let old = std::mem::replace(&mut self.live().settings, new.clone());
+        let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.settings();
+        let new = old.apply(patch);
+        if old.only_withdraws(&new) {
+            self.live().settings = new.clone();
+            self.settings_changed(&old, &new);
+            self.save_withdrawal();
+        } else {
+            let c = self.choices_with(|c| c.settings = new.clone());
+            self.store
+                .save_choices(&c)
+                .map_err(|e| AppError::no_room("the change of settings", &e))?;
+            self.live().settings = new.clone();
+            self.choices_saved();
+            self.settings_changed(&old, &new);
+        }
+        Ok(new)
+    }
+
+    /// Enforces a change of settings already in force: stops what may no longer run, wakes
+    /// what may.
+    fn settings_changed(&self, old: &Settings, new: &Settings) {
         self.client.set_max_rate(new.max_rate_bytes_per_sec());
         if old.max_rate_kib_per_sec != new.max_rate_kib_per_sec {
             tracing::info!(
@@ -343,20 +393,105 @@ impl App {
         self.reevaluate();
         // The gate's verdict depends on the settings: have the conditions loop decide anew.
         self.recheck.notify_one();
-        Ok(new)
     }
 
-    /// `POST /v1/pause` / `POST /v1/resume`, kept across restarts.
+    /// `POST /v1/pause` (a withdrawal: in force at once, saved as soon as there is room) /
+    /// `POST /v1/resume` (a grant: refused if it cannot be saved). Kept across restarts.
     pub fn set_paused(&self, paused: bool) -> Result<(), AppError> {
-        self.store.set_paused(paused)?;
-        self.live().paused = paused;
+        let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        if paused {
+            self.live().paused = true;
+        } else {
+            let c = self.choices_with(|c| c.paused = false);
+            self.store
+                .save_choices(&c)
+                .map_err(|e| AppError::no_room("resuming uploads", &e))?;
+            self.live().paused = false;
+            self.choices_saved();
+        }
         tracing::info!(
             paused,
             "the user {} uploads",
             if paused { "paused" } else { "resumed" }
         );
         self.reevaluate();
+        if paused {
+            self.save_withdrawal();
+        } else {
+            self.kick.notify_one();
+        }
         Ok(())
+    }
+
+    /// The user's choices in force, with `change` made.
+    fn choices_with(&self, change: impl FnOnce(&mut store::ledger::Choices)) -> store::ledger::Choices {
+        let live = self.live();
+        let mut c = store::ledger::Choices {
+            settings: live.settings.clone(),
+            paused: live.paused,
+        };
+        change(&mut c);
+        c
+    }
+
+    /// Saves the choices in force after a withdrawal; what the disk had no room for is
+    /// shown in `attention` and saved by [`App::keep_saved`].
+    fn save_withdrawal(&self) {
+        let c = self.choices_with(|_| {});
+        match self.store.save_withdrawal(&c) {
+            Ok(()) => self.choices_saved(),
+            Err(e) => {
+                self.store_failed(&e);
+                self.live().choices_unsaved = Some(e.to_string());
+                self.resave.notify_one();
+            }
+        }
+    }
+
+    /// The choices in force are saved.
+    fn choices_saved(&self) {
+        if self.live().choices_unsaved.take().is_some() {
+            tracing::info!("the user's choices are saved");
+        }
+    }
+
+    /// Saves what a full disk had no room for (the user's choices, the rest of an unpairing)
+    /// every [`RESAVE_EVERY`] until it is saved; idle otherwise. Runs until shutdown.
+    pub async fn keep_saved(&self) {
+        loop {
+            let pending = {
+                let live = self.live();
+                live.choices_unsaved.is_some() || live.unpair_unfinished
+            };
+            let wait = async {
+                if pending {
+                    tokio::time::sleep(RESAVE_EVERY).await;
+                } else {
+                    self.resave.notified().await;
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = wait => {}
+            }
+            self.save_again();
+        }
+    }
+
+    fn save_again(&self) {
+        if self.live().choices_unsaved.is_some() {
+            let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+            let c = self.choices_with(|_| {});
+            match self.store.save_choices(&c) {
+                Ok(()) => self.choices_saved(),
+                Err(e) => self.live().choices_unsaved = Some(e.to_string()),
+            }
+        }
+        if self.live().unpair_unfinished {
+            if let Err(e) = self.finish_unpairing() {
+                tracing::debug!(error = %e, "the unpairing is not finished yet");
+            }
+        }
     }
 
     /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides

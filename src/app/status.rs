@@ -313,6 +313,16 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
             ATTENTION_CODES[3],
             format!("The camera's storage for the upload queue is full ({e}): free some space; queued uploads continue by themselves."),
         );
+    } else if let Some(e) = &live.choices_unsaved {
+        add(
+            ATTENTION_CODES[3],
+            format!("The camera's storage is full ({e}): your last change is in force but not saved yet; free some space and it is saved by itself."),
+        );
+    } else if live.unpair_unfinished {
+        add(
+            ATTENTION_CODES[3],
+            "The camera's storage is full: the device is unpaired, but the old account's history is erased only once there is room; free some space.".into(),
+        );
     }
     if queue.failed > 0 {
         add(

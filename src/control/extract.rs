@@ -62,6 +62,7 @@ impl From<AppError> for ApiError {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Internal => {
                 // The daemon failed, not the request: worth a line in the journal.
                 tracing::error!(code = e.code, error = %e.message, "control request failed");

@@ -12,7 +12,10 @@
 //!   (freeing space found a 404: it is sent again). A torn last line (power cut mid-append) is
 //!   skipped on reading.
 //! - the choices file holds the user's settings and pause, replaced atomically (temp file,
-//!   fsync, rename) on every change.
+//!   fsync, rename) on every change. A withdrawal the full disk has no room for is written
+//!   over the file in place, or else the file is emptied: an empty or damaged file means "no
+//!   record", which allows nothing (consent off, paused, freeing off), never the database's
+//!   older copy.
 //!
 //! Invariants: a line is appended only after the database committed the same fact, and
 //! synced before the caller goes on; reading never fails on a damaged line; the ledger is
@@ -168,32 +171,87 @@ pub struct Choices {
     pub paused: bool,
 }
 
-/// Reads the choices file; `None` when it is missing or damaged (logged).
-pub fn load_choices(dir: &Path) -> Option<Choices> {
+/// What the choices file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChoicesFile {
+    /// No file (a first start, or a daemon from before the file).
+    Missing,
+    /// An empty or damaged file: no record of the user's last choice. An empty one is what a
+    /// withdrawal leaves when the disk had no room for it ([`clear_choices`]).
+    NoRecord,
+    Found(Choices),
+}
+
+/// Reads the choices file.
+pub fn load_choices(dir: &Path) -> ChoicesFile {
     let path = dir.join(CHOICES_FILE);
-    let text = std::fs::read(&path).ok()?;
-    match serde_json::from_slice(&text) {
-        Ok(c) => Some(c),
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ChoicesFile::Missing,
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "the user's choices file is damaged; using the database's copy");
-            None
+            tracing::error!(file = %path.display(), error = %e, "cannot read the user's choices file");
+            return ChoicesFile::NoRecord;
+        }
+    };
+    match serde_json::from_slice(&text) {
+        Ok(c) => ChoicesFile::Found(c),
+        Err(_) if text.is_empty() => ChoicesFile::NoRecord,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "the user's choices file is damaged: nothing the user allowed is assumed");
+            ChoicesFile::NoRecord
         }
     }
 }
 
-/// Writes the choices file atomically (temp file, fsync, rename, directory fsync).
+/// Writes the choices file atomically (temp file, fsync, rename, directory fsync). On failure
+/// the file is as it was, and the temp file is gone (it may hold the blocks a full disk lacks).
 pub fn save_choices(dir: &Path, c: &Choices) -> std::io::Result<()> {
     let path = dir.join(CHOICES_FILE);
     let tmp: PathBuf = dir.join(format!("{CHOICES_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(c).expect("plain data serializes"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Writes a withdrawal over the choices file where it stands, for when the disk has no room
+/// for a new file: the blocks the file already holds take the new text (a few hundred bytes,
+/// the old text's length give or take a few). Not atomic: a power cut in the middle leaves a
+/// damaged file, which reads as [`ChoicesFile::NoRecord`] (nothing allowed), never as a grant.
+pub fn overwrite_choices(dir: &Path, c: &Choices) -> std::io::Result<()> {
+    let text = serde_json::to_vec(c).expect("plain data serializes");
     let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(CHOICES_FILE))?;
+    f.write_all(&text)?;
+    f.set_len(text.len() as u64)?;
+    f.sync_all()
+}
+
+/// Empties the choices file (creating it empty if there is none): "no record of the user's
+/// choice", which the next start reads as nothing allowed. Truncating frees blocks and
+/// needs none, so this works on a full disk.
+pub fn clear_choices(dir: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&serde_json::to_vec(c).expect("plain data serializes"))?;
+        .open(dir.join(CHOICES_FILE))?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
     sync_dir(dir);
     Ok(())
 }

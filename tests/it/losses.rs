@@ -206,8 +206,14 @@ impl SmallFs {
 
     /// Fills the file system: a file grown until the kernel says ENOSPC.
     fn fill(&self) -> std::path::PathBuf {
+        self.fill_as("filler")
+    }
+
+    /// Fills it again after the daemon made room (it folds its WAL back when the disk is
+    /// full), with a second file.
+    fn fill_as(&self, name: &str) -> std::path::PathBuf {
         use std::io::Write;
-        let filler = self.0.join("filler");
+        let filler = self.0.join(name);
         let mut f = std::fs::File::create(&filler).unwrap();
         let block = vec![0u8; 4096];
         while f.write_all(&block).is_ok() {}
@@ -347,4 +353,144 @@ async fn a_manual_request_for_a_link_is_refused_like_the_scan_ignores_it() {
             .contains("symbolic link"),
         "{body}"
     );
+}
+
+/// Whether `attention` lists `code`.
+fn attention_has(status: &serde_json::Value, code: &str) -> bool {
+    status["attention"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["code"] == code))
+}
+
+/// Fills the state disk, has the daemon find it full (it then folds its WAL back, making a
+/// little room: a change that withdraws nothing new is enough), and fills that room too.
+async fn full_for_good(rig: &Rig, fs: &SmallFs) -> Vec<std::path::PathBuf> {
+    let first = fs.fill();
+    let (code, answer) = rig
+        .daemon
+        .api("PATCH", "/v1/settings", Some(json!({"free_space": "off"})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    vec![first, fs.fill_as("filler-2")]
+}
+
+#[tokio::test]
+async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across_a_restart() {
+    // Issue 22 item 1: each of these answered 500 (`choices.json: No space left on device`)
+    // and changed nothing, while the upload went on.
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let (mut rig, rel) = uploading_a_big_video(cam).await;
+    let fillers = full_for_good(&rig, &fs).await;
+    let t0 = std::time::Instant::now();
+    rig.consent(false).await;
+    let stopped = crate::common::assert_stops_within_2s(&rig, t0).await;
+    let s = rig.status().await;
+    assert!(attention_has(&s, "state_dir_full"), "{s:#}");
+    for (method, path, body) in [
+        ("POST", "/v1/pause", None),
+        ("PATCH", "/v1/settings", Some(json!({"free_space": "off"}))),
+        ("PATCH", "/v1/settings", Some(json!({"network": "wifi"}))),
+    ] {
+        let (code, answer) = rig.daemon.api(method, path, body.clone()).await;
+        assert_eq!(code, 200, "{method} {path} {body:?}: {answer}");
+    }
+    // A grant may be refused for lack of space, and says why. (Each failed write above had
+    // the daemon fold its WAL back: what that freed is filled first.)
+    let mut fillers = fillers;
+    fillers.push(fs.fill_as("filler-3"));
+    let (code, answer) = rig
+        .daemon
+        .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
+    assert_eq!(code, 507, "{answer}");
+
+    // The disk is still full at the restart: the withdrawals hold.
+    rig.daemon.restart().await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "{settings}");
+    assert_eq!(settings["free_space"], "off", "{settings}");
+    assert_eq!(rig.status().await["state"], "paused");
+    let before = rig.rx.requests().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rig.rx.requests().len(),
+        before,
+        "the server was contacted:{}",
+        rig.rx.request_summary()
+    );
+
+    // Room again: the choices are saved by themselves, and granting works.
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    eventually(T, "the choices saved and attention clear", || async {
+        !attention_has(&rig.status().await, "state_dir_full")
+    })
+    .await;
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["paused"], true, "{saved}");
+    assert_eq!(saved["settings"]["auto_upload"], false, "{saved}");
+    let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
+    assert_eq!(code, 200, "{answer}");
+    rig.consent(true).await;
+    crate::common::assert_resumes(&rig, &rel, &stopped).await;
+}
+
+#[tokio::test]
+async fn unpairing_on_a_full_state_disk_answers_200_and_the_rest_is_erased_once_there_is_room() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let done = cam.photo("DONE.JPG", 3000);
+    let mut rig = Rig::start_with(cam, crate::common::slow_receiver().await).await;
+    rig.go().await;
+    rig.expect_uploaded(&[done.as_str()], T).await;
+    rig.cam.photo("VID_0100.MP4", BIG);
+    eventually(T, "2 MiB of the video on the server", || async {
+        server_offset(&rig.rx) >= 2 << 20
+    })
+    .await;
+    let fillers = full_for_good(&rig, &fs).await;
+    let (code, answer) = rig.daemon.api("DELETE", "/v1/account", None).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(rig.status().await["state"], "unpaired");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let patches = rig.rx.requests_with_method("PATCH").len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.rx.requests_with_method("PATCH").len(),
+        patches,
+        "uploads went on after unpairing:{}",
+        rig.rx.request_summary()
+    );
+    // A restart with the disk still full: the daemon starts, unpaired.
+    rig.daemon.restart().await;
+    let s = rig.status().await;
+    assert_eq!(s["state"], "unpaired", "{s:#}");
+    assert!(attention_has(&s, "state_dir_full"), "{s:#}");
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    eventually(T, "the old account's history erased", || async {
+        let (code, h) = rig.daemon.api("GET", "/v1/history", None).await;
+        code == 200 && h["entries"].as_array().is_some_and(|a| a.is_empty())
+    })
+    .await;
+    eventually(T, "attention clear", || async {
+        !attention_has(&rig.status().await, "state_dir_full")
+    })
+    .await;
 }
