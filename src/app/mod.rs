@@ -424,7 +424,10 @@ impl App {
     }
 
     /// The user's choices in force, with `change` made.
-    fn choices_with(&self, change: impl FnOnce(&mut store::ledger::Choices)) -> store::ledger::Choices {
+    fn choices_with(
+        &self,
+        change: impl FnOnce(&mut store::ledger::Choices),
+    ) -> store::ledger::Choices {
         let live = self.live();
         let mut c = store::ledger::Choices {
             settings: live.settings.clone(),

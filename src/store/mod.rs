@@ -1393,8 +1393,12 @@ impl Store {
                 tracing::warn!(error = %e, "no room for the user's choices file: the withdrawal was written over it in place");
             }
             Err(_) => match ledger::clear_choices(&self.dir) {
-                Ok(()) => tracing::warn!(error = %e, "no room for the user's choices file: emptied it, so that the next start allows nothing until it is saved"),
-                Err(e2) => tracing::error!(error = %e, clear_error = %e2, "cannot record the withdrawal at all: it holds until the daemon stops"),
+                Ok(()) => {
+                    tracing::warn!(error = %e, "no room for the user's choices file: emptied it, so that the next start allows nothing until it is saved")
+                }
+                Err(e2) => {
+                    tracing::error!(error = %e, clear_error = %e2, "cannot record the withdrawal at all: it holds until the daemon stops")
+                }
             },
         }
         Err(e)

@@ -793,3 +793,72 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     assert!(s.was_rebuilt());
     assert_counts_true(&s, "a rebuild of a lost database");
 }
+
+#[test]
+fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = Settings::default();
+    let granted = ledger::Choices {
+        settings: Settings {
+            auto_upload: true,
+            network: crate::settings::NetworkPref::Any,
+            free_space: crate::settings::FreeSpace::WhenLow,
+            ..Settings::default()
+        },
+        paused: false,
+    };
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.save_choices(&granted).unwrap();
+    }
+    // What a withdrawal leaves when not even an overwrite in place fits: an empty file. The
+    // database still holds the grant.
+    ledger::clear_choices(dir.path()).unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let c = s.choices(&defaults).unwrap();
+    assert!(
+        !c.settings.auto_upload,
+        "the database's copy turned consent on"
+    );
+    assert!(c.paused);
+    assert_eq!(c.settings.free_space, crate::settings::FreeSpace::Off);
+    assert_eq!(c.settings.network, crate::settings::NetworkPref::Wifi);
+    // A damaged file, or a lost one where there was one, reads the same.
+    std::fs::write(
+        dir.path().join(ledger::CHOICES_FILE),
+        b"{\"settings\":{\"auto_up",
+    )
+    .unwrap();
+    assert!(!s.settings(&defaults).unwrap().auto_upload);
+    std::fs::remove_file(dir.path().join(ledger::CHOICES_FILE)).unwrap();
+    assert!(!s.settings(&defaults).unwrap().auto_upload);
+    assert!(s.paused().unwrap());
+    // Saved again once there is room: the record is the withdrawal, not the old grant.
+    s.ensure_choices_saved(&defaults).unwrap();
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert!(!s.settings(&defaults).unwrap().auto_upload);
+}
+
+#[test]
+fn a_withdrawal_is_written_over_the_choices_file_in_place_when_a_new_file_cannot_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.save_choices(&ledger::Choices {
+        settings: Settings {
+            auto_upload: true,
+            ..Settings::default()
+        },
+        paused: false,
+    })
+    .unwrap();
+    let off = ledger::Choices {
+        settings: Settings::default(),
+        paused: true,
+    };
+    ledger::overwrite_choices(dir.path(), &off).unwrap();
+    assert_eq!(
+        ledger::load_choices(dir.path()),
+        ledger::ChoicesFile::Found(off)
+    );
+}

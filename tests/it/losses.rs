@@ -435,10 +435,9 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
         !attention_has(&rig.status().await, "state_dir_full")
     })
     .await;
-    let saved: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap(),
-    )
-    .unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
     assert_eq!(saved["paused"], true, "{saved}");
     assert_eq!(saved["settings"]["auto_upload"], false, "{saved}");
     let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
