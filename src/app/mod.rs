@@ -70,6 +70,8 @@ struct Live {
     /// An unpairing erased the account file, but not yet the rest of the account's data (a
     /// full disk): finished by the same retry.
     unpair_unfinished: bool,
+    /// The app's "the Wi-Fi is metered" is in force but not saved yet (a full disk).
+    metered_unsaved: bool,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
     /// Bytes sent over cellular today (local day), as last counted.
@@ -224,6 +226,7 @@ impl App {
                 state_dir_full: None,
                 choices_unsaved,
                 unpair_unfinished,
+                metered_unsaved: false,
                 unreadable_on_card: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
@@ -451,9 +454,10 @@ impl App {
         }
     }
 
-    /// The choices in force are saved.
+    /// The choices in force are saved (the app's "metered" too, once it is).
     fn choices_saved(&self) {
-        if self.live().choices_unsaved.take().is_some() {
+        let mut live = self.live();
+        if !live.metered_unsaved && live.choices_unsaved.take().is_some() {
             tracing::info!("the user's choices are saved");
         }
     }
@@ -464,7 +468,7 @@ impl App {
         loop {
             let pending = {
                 let live = self.live();
-                live.choices_unsaved.is_some() || live.unpair_unfinished
+                live.choices_unsaved.is_some() || live.unpair_unfinished || live.metered_unsaved
             };
             let wait = async {
                 if pending {
@@ -482,6 +486,15 @@ impl App {
     }
 
     fn save_again(&self) {
+        if self.live().metered_unsaved {
+            let v = self
+                .activity
+                .metered_override()
+                .map(|m| if m { "true" } else { "false" });
+            if self.store.set_kv(METERED_KEY, v).is_ok() {
+                self.live().metered_unsaved = false;
+            }
+        }
         if self.live().choices_unsaved.is_some() {
             let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
             let c = self.choices_with(|_| {});
@@ -500,11 +513,29 @@ impl App {
     /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides
     /// from the firmware's flag and the network's signs). Persisted, then enforced: a metered
     /// Wi-Fi under `wifi`/`unmetered` stops the upload in flight at the next conditions read,
-    /// which this triggers at once.
+    /// which this triggers at once. "Metered" narrows what may be sent, so like the user's
+    /// withdrawals it holds on a full state disk (saved again until it is); "not metered" or
+    /// "you decide" is refused when it cannot be saved.
     pub fn set_metered(&self, metered: Option<bool>) -> Result<Option<bool>, AppError> {
         let v = metered.map(|m| if m { "true" } else { "false" });
-        self.store.set_kv(METERED_KEY, v)?;
-        self.activity.set_metered_override(metered);
+        if metered == Some(true) {
+            self.activity.set_metered_override(metered);
+            if let Err(e) = self.store.set_kv(METERED_KEY, v) {
+                tracing::error!(error = %e, "cannot save that the Wi-Fi is metered: in force, saved again until it is");
+                self.store_failed(&e);
+                let mut live = self.live();
+                live.metered_unsaved = true;
+                live.choices_unsaved = Some(e.to_string());
+                drop(live);
+                self.resave.notify_one();
+            }
+        } else {
+            self.store
+                .set_kv(METERED_KEY, v)
+                .map_err(|e| AppError::no_room("the Wi-Fi's metering", &e))?;
+            self.live().metered_unsaved = false;
+            self.activity.set_metered_override(metered);
+        }
         tracing::info!(?metered, "the app set whether the Wi-Fi is metered");
         self.recheck.notify_one();
         Ok(metered)

@@ -395,6 +395,7 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
         ("POST", "/v1/pause", None),
         ("PATCH", "/v1/settings", Some(json!({"free_space": "off"}))),
         ("PATCH", "/v1/settings", Some(json!({"network": "wifi"}))),
+        ("PUT", "/v1/network", Some(json!({"metered": true}))),
     ] {
         let (code, answer) = rig.daemon.api(method, path, body.clone()).await;
         assert_eq!(code, 200, "{method} {path} {body:?}: {answer}");
@@ -410,6 +411,11 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
     assert_eq!(code, 507, "{answer}");
     assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
     let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
+    assert_eq!(code, 507, "{answer}");
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": null})))
+        .await;
     assert_eq!(code, 507, "{answer}");
 
     // The disk is still full at the restart: the withdrawals hold.
@@ -440,8 +446,13 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
             .unwrap();
     assert_eq!(saved["paused"], true, "{saved}");
     assert_eq!(saved["settings"]["auto_upload"], false, "{saved}");
-    let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
-    assert_eq!(code, 200, "{answer}");
+    for (method, path, body) in [
+        ("POST", "/v1/resume", None),
+        ("PUT", "/v1/network", Some(json!({"metered": null}))),
+    ] {
+        let (code, answer) = rig.daemon.api(method, path, body.clone()).await;
+        assert_eq!(code, 200, "{method} {path} {body:?}: {answer}");
+    }
     rig.consent(true).await;
     crate::common::assert_resumes(&rig, &rel, &stopped).await;
 }
