@@ -1409,6 +1409,11 @@ impl Store {
     /// record" left by a withdrawal on a full disk).
     pub fn ensure_choices_saved(&self, defaults: &Settings) -> Result<()> {
         if let ledger::ChoicesFile::Found(_) = ledger::load_choices(&self.dir) {
+            // A file an earlier release wrote: from now on, its loss is not taken for "a
+            // daemon from before the file" (best effort, like the copy).
+            if self.get_kv(CHOICES_FILE_KEY)?.is_none() {
+                let _ = self.set_kv(CHOICES_FILE_KEY, Some("1"));
+            }
             return Ok(());
         }
         let c = self.choices(defaults)?;
