@@ -3,7 +3,9 @@
 //! Invariant: every change the user makes (consent, settings, pause, pairing, cancel) goes
 //! through one of these methods, which persists it first and then calls [`App::enforce`], so an
 //! upload that may no longer run is stopped at once (the transfer honours its stop token within
-//! a second). The control API is a thin layer over this type; it holds no state of its own.
+//! a second). A withdrawal (consent off, pause, anything narrower, unpairing) is
+//! enforced even when the state disk is full, and saved as soon as it has room
+//! ([`App::keep_saved`]); a grant that cannot be saved is refused. The control API is a thin layer over this type; it holds no state of its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
