@@ -92,7 +92,10 @@ mod tests {
         // flock locks belong to the open file description: a second open in this very
         // process conflicts just as another process's would.
         match DirLock::acquire(&state) {
-            Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            // The pid is read from /proc/locks, best effort (emulators may not show it).
+            Err(LockError::Held { pid, .. }) => {
+                assert!(pid.is_none() || pid == Some(std::process::id()), "{pid:?}")
+            }
             other => panic!("not refused: {other:?}"),
         }
         drop(first);
