@@ -59,6 +59,15 @@ impl DirLock {
                 pid,
             });
         }
+        // A file system without locks (some network or FUSE ones) must not keep the camera
+        // from backing up: run unguarded, and say so.
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)
+        ) {
+            tracing::warn!(dir = %dir.display(), error = %e, "state.dir cannot be locked here: nothing stops a second daemon on it");
+            return Ok(DirLock { _dir: f });
+        }
         Err(io(e))
     }
 }
