@@ -549,9 +549,12 @@ fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
             list()
                 .iter()
                 .map(|k| {
-                    let kind = k.as_str().and_then(crate::media::Kind::parse).ok_or_else(|| {
-                        format!("`data_types` is a comma list of photo, video, not `{value}`")
-                    })?;
+                    let kind = k
+                        .as_str()
+                        .and_then(crate::media::Kind::parse)
+                        .ok_or_else(|| {
+                            format!("`data_types` is a comma list of photo, video, not `{value}`")
+                        })?;
                     Ok(Value::String(kind.as_str().into()))
                 })
                 .collect::<Result<_, String>>()?,
@@ -802,10 +805,7 @@ mod tests {
             .unwrap_err()
             .contains("`colour`"));
         // Issue 22 item 10: a setting without a word of its own here is read by its type.
-        assert_eq!(
-            parse_setting("cellular_daily_mib", "5").unwrap(),
-            json!(5)
-        );
+        assert_eq!(parse_setting("cellular_daily_mib", "5").unwrap(), json!(5));
         assert!(parse_setting("cellular_daily_mib", "lots")
             .unwrap_err()
             .contains("`cellular_daily_mib`"));

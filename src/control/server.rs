@@ -173,6 +173,9 @@ pub async fn serve_with(
     // just closed.
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tasks = TaskTracker::new();
+    // When each refused uid was last logged at warn level: a peer that reconnects in a loop
+    // gets one line a minute, not one per connection.
+    let mut warned: std::collections::HashMap<u32, std::time::Instant> = Default::default();
 
     loop {
         let stream = tokio::select! {
@@ -200,17 +203,34 @@ pub async fn serve_with(
             }
         };
         if !policy.allows(&peer) {
-            tracing::warn!(
-                uid = peer.uid,
-                gid = peer.gid,
-                pid = peer.pid,
-                "refusing a control connection from a peer that is not allowed"
-            );
+            let now = std::time::Instant::now();
+            let last = warned.get(&peer.uid).copied();
+            if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY) {
+                if warned.len() >= 64 {
+                    warned.clear();
+                }
+                warned.insert(peer.uid, now);
+                tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    "refusing control connections from a peer that is not allowed (logged once a minute per uid)"
+                );
+            } else {
+                tracing::debug!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "refusing a control connection"
+                );
+            }
             turn_away(stream, Refusal::Forbidden(peer.uid));
             continue;
         }
         let Some(uid_slot) = per_uid.take(peer.uid) else {
-            tracing::debug!(uid = peer.uid, "a control peer holds its share of connections");
+            tracing::debug!(
+                uid = peer.uid,
+                "a control peer holds its share of connections"
+            );
             turn_away(stream, Refusal::Busy);
             continue;
         };
@@ -269,6 +289,9 @@ async fn serve_connection(
     }
 }
 
+/// How often a refused uid is logged at warn level.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Refusals being answered at once, beyond the connection slots.
 const MAX_REFUSALS: usize = 16;
 
@@ -297,11 +320,7 @@ async fn refuse(mut stream: UnixStream, why: Refusal, _permit: OwnedSemaphorePer
             ),
             "retry-after: 1\r\n",
         ),
-        Refusal::Forbidden(uid) => (
-            "403 Forbidden",
-            routes::forbidden(uid),
-            "",
-        ),
+        Refusal::Forbidden(uid) => ("403 Forbidden", routes::forbidden(uid), ""),
     };
     let body = error.body().to_string();
     let answer = format!(

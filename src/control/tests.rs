@@ -790,7 +790,9 @@ async fn slow_headers_and_idle_connections_are_closed() {
 /// Runs `f` on a fresh thread whose own credentials are nobody's (65534). The raw syscalls
 /// change only that thread (glibc's wrappers would change the whole test process), and the
 /// thread ends with `f`. Needs root.
-fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+fn as_nobody<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         // SAFETY: plain syscalls on this thread's credentials.
         unsafe {
@@ -898,7 +900,9 @@ async fn refused_peers_are_closed_at_once_and_never_lock_the_app_out() {
         // Answered 403, or (past the refusals answered at once) just closed.
         assert!(a.is_empty() || a.starts_with("HTTP/1.1 403 "), "{a}");
     }
-    assert!(answers.iter().any(|a| a.as_ref().unwrap().starts_with("HTTP/1.1 403 ")));
+    assert!(answers
+        .iter()
+        .any(|a| a.as_ref().unwrap().starts_with("HTTP/1.1 403 ")));
     h.stop().await;
 }
 
@@ -1029,9 +1033,13 @@ async fn every_setting_is_settable_from_the_cli() {
             Value::String(w) => (w.clone(), json!(w)),
             other => panic!("{name}: a setting of an unexpected type: {other}"),
         };
-        let cli = Cli::try_parse_from(["cambackup", "--socket", &sock, "settings", name, &arg])
-            .unwrap();
-        assert_eq!(run_client(&cli).await, 0, "cambackup settings {name} {arg:?}");
+        let cli =
+            Cli::try_parse_from(["cambackup", "--socket", &sock, "settings", name, &arg]).unwrap();
+        assert_eq!(
+            run_client(&cli).await,
+            0,
+            "cambackup settings {name} {arg:?}"
+        );
         let now = serde_json::to_value(h.app.settings()).unwrap();
         assert_eq!(now[name], want, "{name} after `settings {name} {arg:?}`");
         let cli = Cli::try_parse_from(["cambackup", "--socket", &sock, "settings", name]).unwrap();

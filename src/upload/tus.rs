@@ -1230,7 +1230,13 @@ pub(crate) mod tests {
         let md = UploadMetadata::new("u", "T", "S", &path);
         let e = c.create(&srv.url(), 5, &md, &token()).await.unwrap_err();
         assert!(
-            matches!(&e, TusError::BadHeader { header: "location", .. }),
+            matches!(
+                &e,
+                TusError::BadHeader {
+                    header: "location",
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("https only"), "{e}");
@@ -1245,7 +1251,11 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(&e, TusError::ForeignUrl { .. }), "{e}");
         assert!(c.terminate(&steer, &token()).await.is_err());
-        assert_eq!(on_camera.request_summary(), "", "the camera's service was reached");
+        assert_eq!(
+            on_camera.request_summary(),
+            "",
+            "the camera's service was reached"
+        );
         assert_eq!(srv.requests_with_method("POST").len(), 1);
     }
 
