@@ -440,22 +440,45 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
     print_as(&json, &v, |v| render::queue(&view::<Vec<_>>(&v["items"])))
 }
 
-/// The settings a user may change, in the order they are shown.
-const SETTINGS: [&str; 9] = [
-    "auto_upload",
-    "network",
-    "require_charging",
-    "require_idle",
-    "data_types",
-    "max_rate_kib_per_sec",
-    "schedule",
-    "cellular_daily_mib",
-    "free_space",
-];
+/// The settings a user may change, in the order they are shown: the fields of
+/// [`crate::settings::Settings`] itself, so a setting the API takes is never missing here.
+pub(crate) fn setting_names() -> &'static [&'static str] {
+    struct_fields::<crate::settings::Settings>()
+}
+
+/// The field names of a struct, in declaration order, from its derived `Deserialize`: the
+/// derive hands them to `deserialize_struct`, where this deserializer takes them and stops.
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Fields(&'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for &mut Fields {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("only the field names were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut f = Fields(&[]);
+    let _ = T::deserialize(&mut f);
+    f.0
+}
 
 async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Result<(), Fail> {
     if let Some(k) = key {
-        if !SETTINGS.contains(&k) {
+        if !setting_names().contains(&k) {
             return Err(unknown_setting(k));
         }
     }
@@ -474,7 +497,7 @@ async fn settings(client: &Client, key: Option<&str>, value: Option<&str>) -> Re
         }
         _ => get(client, "/v1/settings").await?,
     };
-    for k in SETTINGS {
+    for &k in setting_names() {
         if key.is_none_or(|want| want == k) {
             outln!("{k}={}", render::setting_value(&v[k]));
         }
@@ -493,67 +516,94 @@ fn item_state(s: &str) -> Result<crate::store::ItemState, String> {
 fn unknown_setting(key: &str) -> Fail {
     Fail::usage(format!(
         "unknown setting `{key}` (settings: {})",
-        SETTINGS.join(", ")
+        setting_names().join(", ")
     ))
 }
 
-/// A setting's value from the command line, by the setting's type.
+/// A setting's value from the command line, by the setting's type: the words of a few settings
+/// get their own message, every other setting is read by the type of its value (a bool, a whole
+/// number, a comma list, a word), and every value is then checked as the API checks it.
 fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
+    if !setting_names().contains(&key) {
+        return Err(unknown_setting(key).message);
+    }
     let v = value.trim();
-    match key {
-        "auto_upload" | "require_charging" | "require_idle" => {
-            match v.to_ascii_lowercase().as_str() {
-                "true" | "on" | "yes" | "1" => Ok(Value::Bool(true)),
-                "false" | "off" | "no" | "0" => Ok(Value::Bool(false)),
-                _ => Err(format!("`{key}` is true or false, not `{value}`")),
-            }
-        }
-        "network" => match crate::settings::NetworkPref::parse(v) {
-            Some(n) => Ok(Value::String(n.as_str().into())),
-            None => Err(format!(
-                "`network` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular too), \
-                 not `{value}`"
-            )),
-        },
-        "data_types" => {
-            let mut kinds = Vec::new();
-            for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match crate::media::Kind::parse(part) {
-                    Some(k) => kinds.push(Value::String(k.as_str().into())),
-                    None => {
-                        return Err(format!(
-                            "`data_types` is a comma list of photo, video, not `{value}`"
-                        ))
-                    }
-                }
-            }
-            Ok(Value::Array(kinds))
-        }
-        "max_rate_kib_per_sec" => v.parse::<u64>().map(Value::from).map_err(|_| {
-            format!(
-                "`max_rate_kib_per_sec` is a whole number of KiB/s (0: no limit), not `{value}`"
-            )
-        }),
-        "schedule" => v
-            .split(',')
+    let list = || {
+        v.split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|w| {
-                crate::settings::Window::parse(w)
-                    .map(|w| Value::String(w.to_string()))
-                    .map_err(|e| format!("`schedule`: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
-        "free_space" => match crate::settings::FreeSpace::parse(v) {
-            Some(f) => Ok(Value::String(f.as_str().into())),
-            None => Err(format!(
-                "`free_space` is off or when_low (delete backed-up files when the card runs \
-                 low), not `{value}`"
-            )),
+            .map(|p| Value::String(p.into()))
+            .collect::<Vec<_>>()
+    };
+    let parsed = match key {
+        "network" => match crate::settings::NetworkPref::parse(v) {
+            Some(n) => Value::String(n.as_str().into()),
+            None => {
+                return Err(format!(
+                    "`network` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular \
+                     too), not `{value}`"
+                ))
+            }
         },
-        other => Err(unknown_setting(other).message),
-    }
+        "data_types" => Value::Array(
+            list()
+                .iter()
+                .map(|k| {
+                    let kind = k
+                        .as_str()
+                        .and_then(crate::media::Kind::parse)
+                        .ok_or_else(|| {
+                            format!("`data_types` is a comma list of photo, video, not `{value}`")
+                        })?;
+                    Ok(Value::String(kind.as_str().into()))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        "schedule" => Value::Array(
+            list()
+                .iter()
+                .map(|w| {
+                    crate::settings::Window::parse(w.as_str().unwrap_or_default())
+                        .map(|w| Value::String(w.to_string()))
+                        .map_err(|e| format!("`schedule`: {e}"))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        "free_space" => match crate::settings::FreeSpace::parse(v) {
+            Some(f) => Value::String(f.as_str().into()),
+            None => {
+                return Err(format!(
+                    "`free_space` is off or when_low (delete backed-up files when the card \
+                     runs low), not `{value}`"
+                ))
+            }
+        },
+        _ => {
+            let default = serde_json::to_value(crate::settings::Settings::default())
+                .ok()
+                .and_then(|d| d.get(key).cloned())
+                .unwrap_or(Value::Null);
+            match default {
+                Value::Bool(_) => match v.to_ascii_lowercase().as_str() {
+                    "true" | "on" | "yes" | "1" => Value::Bool(true),
+                    "false" | "off" | "no" | "0" => Value::Bool(false),
+                    _ => return Err(format!("`{key}` is true or false, not `{value}`")),
+                },
+                Value::Number(_) => v.parse::<u64>().map(Value::from).map_err(|_| {
+                    format!("`{key}` is a whole number (0: no limit), not `{value}`")
+                })?,
+                Value::Array(_) => Value::Array(list()),
+                _ => Value::String(v.into()),
+            }
+        }
+    };
+    // As the API checks it, so a mistake is reported here, naming the setting.
+    let mut one = serde_json::Map::new();
+    one.insert(key.into(), parsed.clone());
+    let patch: crate::settings::SettingsPatch = serde_json::from_value(Value::Object(one))
+        .map_err(|e| format!("`{key}`: {e}, not `{value}`"))?;
+    patch.validate().map_err(|e| e.to_string())?;
+    Ok(parsed)
 }
 
 async fn pair(
@@ -754,6 +804,40 @@ mod tests {
         assert!(parse_setting("colour", "red")
             .unwrap_err()
             .contains("`colour`"));
+        // Issue 22 item 10: a setting without a word of its own here is read by its type.
+        assert_eq!(parse_setting("cellular_daily_mib", "5").unwrap(), json!(5));
+        assert!(parse_setting("cellular_daily_mib", "lots")
+            .unwrap_err()
+            .contains("`cellular_daily_mib`"));
+        // Checked as the API checks it.
+        let over = format!("{}", crate::settings::MAX_CELLULAR_DAILY_MIB + 1);
+        assert!(parse_setting("cellular_daily_mib", &over)
+            .unwrap_err()
+            .contains("`cellular_daily_mib`"));
+    }
+
+    /// The CLI's settings are the settings type's fields, the same as the API's patch takes,
+    /// and `settings --help` describes each.
+    #[test]
+    fn the_cli_knows_every_setting_the_api_takes() {
+        use clap::CommandFactory;
+        let names = setting_names();
+        assert!(names.len() >= 9, "{names:?}");
+        assert_eq!(names[0], "auto_upload", "the consent is shown first");
+        assert_eq!(
+            names,
+            struct_fields::<crate::settings::SettingsPatch>(),
+            "PATCH /v1/settings and `settings` differ"
+        );
+        let cmd = Cli::command();
+        let help = cmd
+            .find_subcommand("settings")
+            .and_then(|c| c.get_long_about())
+            .unwrap()
+            .to_string();
+        for n in names {
+            assert!(help.contains(n), "`settings --help` does not describe {n}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Code map:
 //! - [`server`] owns the socket: safe creation (stale files replaced, live daemons and
-//!   non-sockets refused), mode 0660, the accept loop with its connection limit and timeouts,
-//!   graceful shutdown, removal of the socket file.
+//!   non-sockets refused), mode 0660, the accept loop with its connection limits (overall and
+//!   per uid) and timeouts, graceful shutdown, removal of the socket file. A refused peer is
+//!   answered and closed at once, outside the connection slots: it never takes one.
 //! - [`peercred`] decides from a peer's SO_PEERCRED credentials whether it may talk to us.
 //! - [`routes`] is the route table and one small handler per endpoint, each a thin call into
 //!   [`crate::app::App`].
@@ -59,6 +60,9 @@ pub enum ControlError {
 pub struct Limits {
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Connections one peer uid may hold at once, so that no single user (a runaway script,
+    /// an app with a leak) can take every slot from the others; more are answered 503.
+    pub max_connections_per_uid: usize,
     /// A client must send a request's whole header within this time; it also bounds how long an
     /// idle keep-alive connection is kept (hyper restarts it when it waits for the next request).
     pub header_read_timeout: Duration,
@@ -76,6 +80,8 @@ impl Default for Limits {
             // A camera has one app and one firmware; a few dozen covers several event
             // subscribers plus CLI calls with room to spare.
             max_connections: 32,
+            // Half: whoever holds its share, the others still have as many.
+            max_connections_per_uid: 16,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,

@@ -90,18 +90,16 @@ pub fn router(app: Arc<App>, limits: Arc<Limits>) -> Router {
         .with_state(Ctx { app, limits })
 }
 
-/// A router that answers every request 403: served to peers the credential check refused.
-pub fn forbidden_router(uid: u32) -> Router {
-    Router::new().fallback(move || async move {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "uid {uid} may not use the cambackup control socket (allowed: the daemon's \
-                 user, control.allowed_uids, and primary groups in control.allowed_gids)"
-            ),
-        )
-    })
+/// The 403 answered to a peer the credential check refused.
+pub fn forbidden(uid: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "uid {uid} may not use the cambackup control socket (allowed: the daemon's \
+             user, control.allowed_uids, and primary groups in control.allowed_gids)"
+        ),
+    )
 }
 
 /// A body whose declared length is over the cap gets 413 on any route, before anything reads

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -167,7 +167,15 @@ pub async fn serve_with(
     let policy = Policy::from_config(&app.config().control);
     let api = routes::router(app, limits.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_uid = UidSlots::new(limits.max_connections_per_uid);
+    // Refusals are answered outside the slots, so whoever is refused never takes a slot from
+    // those who are not; their number is capped too, and past it a refused connection is
+    // just closed.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tasks = TaskTracker::new();
+    // When each refused uid was last logged at warn level: a peer that reconnects in a loop
+    // gets one line a minute, not one per connection.
+    let mut warned: std::collections::HashMap<u32, std::time::Instant> = Default::default();
 
     loop {
         let stream = tokio::select! {
@@ -182,34 +190,60 @@ pub async fn serve_with(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Answer rather than leave the client hanging in the backlog; the write is bounded
-            // so these tasks cannot pile up.
-            tasks.spawn(refuse_busy(stream));
-            continue;
-        };
-        let service = match Peer::of(&stream) {
-            Ok(peer) if policy.allows(&peer) => api.clone(),
-            Ok(peer) => {
-                tracing::warn!(
-                    uid = peer.uid,
-                    gid = peer.gid,
-                    pid = peer.pid,
-                    "refusing a control connection from a peer that is not allowed"
-                );
-                routes::forbidden_router(peer.uid)
-            }
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read a control peer's credentials; closing");
                 continue;
             }
         };
+        let turn_away = |stream: UnixStream, why: Refusal| {
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tasks.spawn(refuse(stream, why, permit));
+            }
+        };
+        if !policy.allows(&peer) {
+            let now = std::time::Instant::now();
+            let last = warned.get(&peer.uid).copied();
+            if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY) {
+                if warned.len() >= 64 {
+                    warned.clear();
+                }
+                warned.insert(peer.uid, now);
+                tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    "refusing control connections from a peer that is not allowed (logged once a minute per uid)"
+                );
+            } else {
+                tracing::debug!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "refusing a control connection"
+                );
+            }
+            turn_away(stream, Refusal::Forbidden(peer.uid));
+            continue;
+        }
+        let Some(uid_slot) = per_uid.take(peer.uid) else {
+            tracing::debug!(
+                uid = peer.uid,
+                "a control peer holds its share of connections"
+            );
+            turn_away(stream, Refusal::Busy);
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            turn_away(stream, Refusal::Busy);
+            continue;
+        };
         tasks.spawn(serve_connection(
             stream,
-            service,
+            api.clone(),
             limits.clone(),
             shutdown.clone(),
-            permit,
+            (permit, uid_slot),
         ));
     }
 
@@ -231,7 +265,7 @@ async fn serve_connection(
     service: axum::Router,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, UidSlot),
 ) {
     let mut builder = http1::Builder::new();
     builder
@@ -255,23 +289,100 @@ async fn serve_connection(
     }
 }
 
-/// Over the connection limit: a 503 and close.
-async fn refuse_busy(mut stream: UnixStream) {
-    let body = ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "the control socket is serving too many connections; try again shortly",
-    )
-    .body()
-    .to_string();
+/// How often a refused uid is logged at warn level.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Refusals being answered at once, beyond the connection slots.
+const MAX_REFUSALS: usize = 16;
+
+/// How long a refused connection is kept at most: to write the answer and read what the client
+/// sent (closing on unread bytes would reset the connection before the client reads the answer).
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why a connection is refused without being served.
+enum Refusal {
+    /// Over a connection limit: 503, try again.
+    Busy,
+    /// The peer (this uid) may not use the socket: 403.
+    Forbidden(u32),
+}
+
+/// Answers a refused connection and closes it, within [`REFUSAL_TIME`]. The request itself is
+/// never parsed: the answer does not depend on it.
+async fn refuse(mut stream: UnixStream, why: Refusal, _permit: OwnedSemaphorePermit) {
+    let (status, error, retry) = match why {
+        Refusal::Busy => (
+            "503 Service Unavailable",
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the control socket is serving too many connections; try again shortly",
+            ),
+            "retry-after: 1\r\n",
+        ),
+        Refusal::Forbidden(uid) => ("403 Forbidden", routes::forbidden(uid), ""),
+    };
+    let body = error.body().to_string();
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
         body.len()
     );
-    let write = async {
+    let answer_and_drain = async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Whatever the client sent, up to EOF (it closes on `connection: close`) or the time.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, answer_and_drain).await;
+}
+
+/// The connections each peer uid holds, capped per uid.
+#[derive(Clone)]
+struct UidSlots {
+    max: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+impl UidSlots {
+    fn new(max: usize) -> UidSlots {
+        UidSlots {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    /// One more connection for `uid`, or `None` when it holds its share.
+    fn take(&self, uid: u32) -> Option<UidSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(uid).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            uid,
+            slots: self.clone(),
+        })
+    }
+}
+
+/// One connection of a uid's share; given back when dropped.
+struct UidSlot {
+    uid: u32,
+    slots: UidSlots,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
 }

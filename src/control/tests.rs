@@ -31,6 +31,11 @@ impl Harness {
     }
 
     async fn start_with(limits: Limits) -> Harness {
+        Harness::start_allowing(limits, &[]).await
+    }
+
+    /// With `control.allowed_uids` set to `uids`.
+    async fn start_allowing(limits: Limits, uids: &[u32]) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("card");
         std::fs::create_dir_all(root.join("DCIM/100MEDIA")).unwrap();
@@ -49,7 +54,7 @@ endpoint = "http://127.0.0.1:9/files/"
 eu = "http://127.0.0.1:9/eu/"
 [control]
 socket = "{socket}"
-allowed_uids = []
+allowed_uids = {uids:?}
 [state]
 dir = "{state}"
 "#,
@@ -782,16 +787,33 @@ async fn slow_headers_and_idle_connections_are_closed() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn a_peer_that_is_not_allowed_gets_403() {
-    // Needs root to become another user; the credential decision itself is covered by the
-    // pure tests in `peercred`.
-    if super::peercred::effective_uid() != 0 {
+/// Runs `f` on a fresh thread whose own credentials are nobody's (65534). The raw syscalls
+/// change only that thread (glibc's wrappers would change the whole test process), and the
+/// thread ends with `f`. Needs root.
+fn as_nobody<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on this thread's credentials.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        f()
+    })
+}
+
+/// Whether the test may connect as another uid (it runs as root); says so when it may not.
+fn can_become_nobody() -> bool {
+    let root = super::peercred::effective_uid() == 0;
+    if !root {
         eprintln!("skipped: needs root to connect as another uid");
-        return;
     }
-    let h = Harness::start().await;
-    // Open the file-system fence on purpose: the credential check must hold on its own.
+    root
+}
+
+/// Opens the file-system fence on purpose: the credential check must hold on its own.
+fn open_the_socket_to_everyone(h: &Harness) {
     std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(
         h.socket.parent().unwrap(),
@@ -799,34 +821,125 @@ async fn a_peer_that_is_not_allowed_gets_403() {
     )
     .unwrap();
     std::fs::set_permissions(&h.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let socket = h.socket.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        // A fresh thread whose own credentials become nobody's. The raw syscalls change only
-        // this thread (glibc's wrappers would change the whole test process), and the thread
-        // ends with the closure.
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            // SAFETY: plain syscalls on this thread's credentials.
-            unsafe {
-                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
-                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
-            }
-            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .join()
+}
+
+/// One request over a fresh connection, as nobody; the raw answer.
+async fn request_as_nobody(socket: &Path) -> String {
+    let socket = socket.to_path_buf();
+    let thread = as_nobody(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
         .unwrap()
-    })
-    .await
-    .unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_allowed_gets_403() {
+    // The credential decision itself is covered by the pure tests in `peercred`.
+    if !can_become_nobody() {
+        return;
+    }
+    let h = Harness::start().await;
+    open_the_socket_to_everyone(&h);
+    let answer = request_as_nobody(&h.socket).await;
     assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
     assert!(answer.contains("\"code\":\"forbidden\""), "{answer}");
     assert!(answer.contains("uid 65534"), "{answer}");
     h.get("/v1/status").await;
+    h.stop().await;
+}
+
+/// Issue 22 item 6: a local user who is not allowed opens more connections than the daemon
+/// serves at once and keeps them open. Each is answered 403 and closed at once, and the app
+/// is served meanwhile.
+#[tokio::test]
+async fn refused_peers_are_closed_at_once_and_never_lock_the_app_out() {
+    if !can_become_nobody() {
+        return;
+    }
+    let h = Harness::start().await;
+    open_the_socket_to_everyone(&h);
+    let socket = h.socket.clone();
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
+    let stranger = as_nobody(move || {
+        use std::io::Read;
+        let held: Vec<_> = (0..Limits::default().max_connections + 8)
+            .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+            .collect();
+        opened_tx.send(()).unwrap();
+        served_rx.blocking_recv().unwrap();
+        // Each connection must be closed by the daemon by now: reading reaches the end.
+        held.into_iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out)
+                    .map(|_| String::from_utf8_lossy(&out).into_owned())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+    });
+    opened_rx.await.unwrap();
+    // Connected after all of the stranger's, so accepted after them.
+    let (status, body) = h.call(Method::GET, "/v1/status", None).await;
+    assert_eq!(status, StatusCode::OK, "the app was locked out: {body}");
+    served_tx.send(()).unwrap();
+    let answers = tokio::task::spawn_blocking(move || stranger.join().unwrap())
+        .await
+        .unwrap();
+    for a in &answers {
+        let a = a.as_ref().expect("a refused connection was kept open");
+        // Answered 403, or (past the refusals answered at once) just closed.
+        assert!(a.is_empty() || a.starts_with("HTTP/1.1 403 "), "{a}");
+    }
+    assert!(answers
+        .iter()
+        .any(|a| a.as_ref().unwrap().starts_with("HTTP/1.1 403 ")));
+    h.stop().await;
+}
+
+/// Issue 22 item 6: one allowed user holding every connection it can does not lock another
+/// allowed user out: each uid has its share.
+#[tokio::test]
+async fn one_peer_cannot_hold_every_connection() {
+    if !can_become_nobody() {
+        return;
+    }
+    let h = Harness::start_allowing(Limits::default(), &[65534]).await;
+    open_the_socket_to_everyone(&h);
+    // This process (the daemon's own user) opens as many connections as the daemon serves.
+    let mut held = Vec::new();
+    for _ in 0..Limits::default().max_connections {
+        held.push(tokio::net::UnixStream::connect(&h.socket).await.unwrap());
+    }
+    let answer = request_as_nobody(&h.socket).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // Over its share, the greedy user was told to wait (at once); its share is still open.
+    let reads = held.iter_mut().map(|s| async move {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let answers = futures_util::future::join_all(reads).await;
+    let busy = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503 ") && a.contains("too_many_connections"))
+        .count();
+    let limits = Limits::default();
+    assert_eq!(
+        busy,
+        limits.max_connections - limits.max_connections_per_uid,
+        "{answers:?}"
+    );
+    drop(held);
     h.stop().await;
 }
 
@@ -893,6 +1006,46 @@ async fn a_replaced_socket_is_not_removed_by_the_old_listener() {
         "the newer socket must survive the old listener's drop"
     );
     drop(other);
+}
+
+/// Issue 22 item 10: every setting the API takes is set with `cambackup settings KEY VALUE`,
+/// and the daemon then holds the new value. The settings are walked from the settings type,
+/// each given a value other than its default where its type allows (a bool flipped, a number,
+/// an empty list; a word is set to itself).
+#[tokio::test]
+async fn every_setting_is_settable_from_the_cli() {
+    use crate::cli::{run_client, Cli};
+    use clap::Parser;
+    let h = Harness::start().await;
+    let sock = h.socket.display().to_string();
+    let names = crate::cli::setting_names();
+    let before = serde_json::to_value(h.app.settings()).unwrap();
+    assert_eq!(
+        before.as_object().unwrap().len(),
+        names.len(),
+        "the API's settings and the CLI's differ"
+    );
+    for &name in names {
+        let (arg, want) = match &before[name] {
+            Value::Bool(b) => ((!b).to_string(), json!(!b)),
+            Value::Number(_) => ("5".to_string(), json!(5)),
+            Value::Array(_) => (String::new(), json!([])),
+            Value::String(w) => (w.clone(), json!(w)),
+            other => panic!("{name}: a setting of an unexpected type: {other}"),
+        };
+        let cli =
+            Cli::try_parse_from(["cambackup", "--socket", &sock, "settings", name, &arg]).unwrap();
+        assert_eq!(
+            run_client(&cli).await,
+            0,
+            "cambackup settings {name} {arg:?}"
+        );
+        let now = serde_json::to_value(h.app.settings()).unwrap();
+        assert_eq!(now[name], want, "{name} after `settings {name} {arg:?}`");
+        let cli = Cli::try_parse_from(["cambackup", "--socket", &sock, "settings", name]).unwrap();
+        assert_eq!(run_client(&cli).await, 0, "cambackup settings {name}");
+    }
+    h.stop().await;
 }
 
 /// The CLI, end to end against the served API (in-process, via `run_client`).

@@ -33,7 +33,7 @@ use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::tus::{Client, TusError, UploadState};
-use crate::upload::{chunk, sent, source};
+use crate::upload::{chunk, sent, source, tus};
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
@@ -195,6 +195,12 @@ impl Transfer<'_, '_> {
                 "the endpoint changed since this upload was created; starting anew"
             );
             self.forget_url("it was created at another endpoint")?;
+        }
+        // An upload URL away from the endpoint's origin (stored before that rule, or written
+        // by hand) is never asked: the token would go with the question. A new upload starts.
+        if let Some(why) = self.url.as_deref().and_then(|u| foreign_url(endpoint, u)) {
+            tracing::warn!(item = self.item.id, why, "refusing a stored upload URL");
+            self.forget_url(&format!("its URL is refused: {why}"))?;
         }
         // Before anything goes out: is the file still the version that was queued?
         self.check_file(&std::fs::symlink_metadata(&self.path))?;
@@ -621,6 +627,15 @@ impl Transfer<'_, '_> {
     /// INTERFACE.md section 6: what each answer means for the item.
     fn outcome_for(&self, e: &TusError) -> Outcome {
         outcome_for(e, &self.item.storage_path.to_string(), self.item.size)
+    }
+}
+
+/// Why `url` may not receive the token as an upload URL of `endpoint`, if it may not.
+fn foreign_url(endpoint: &str, url: &str) -> Option<String> {
+    let endpoint = reqwest::Url::parse(endpoint).ok()?;
+    match reqwest::Url::parse(url) {
+        Ok(u) => tus::check_upload_url(&endpoint, &u).err(),
+        Err(e) => Some(format!("not a URL: {e}")),
     }
 }
 
@@ -1234,6 +1249,28 @@ mod tests {
             .unwrap();
         assert_eq!(h.store.forget_urls_not_for(&h.srv.url()).unwrap(), 1);
         assert_eq!(h.item(id).upload_url, None);
+    }
+
+    /// Issue 22 item 7: an upload URL recorded for the current endpoint but at another origin
+    /// (a release before the origin rule took it from a `Location`) is never asked: the
+    /// token would go with the question.
+    #[tokio::test]
+    async fn a_stored_upload_url_at_another_origin_is_never_asked() {
+        let h = Harness::new(5).await;
+        let elsewhere = receiver().start().await;
+        let data = content(1000);
+        let id = h.add("A.JPG", &data);
+        h.store
+            .set_upload_url(id, &format!("{}abc", elsewhere.url()), None, &h.srv.url())
+            .unwrap();
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.only_upload(), data);
+        assert_eq!(h.count("POST"), 1, "a new upload at the endpoint");
+        assert_eq!(
+            elsewhere.request_summary(),
+            "",
+            "the other origin got a request"
+        );
     }
 
     #[tokio::test]

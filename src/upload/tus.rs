@@ -4,6 +4,9 @@
 //! - every request carries `Tus-Resumable: 1.0.0`, `Authorization: Bearer` and
 //!   `User-Agent: cambackup/VERSION`, and nothing else that identifies the device (no cookie
 //!   store, no referer, no redirects that could carry the token elsewhere);
+//! - the token (and the file) go only to the origin (scheme, host, port) of a configured
+//!   endpoint: an upload URL the server hands out elsewhere is refused ([`check_upload_url`]),
+//!   and [`Client`] refuses any request to another origin before it connects;
 //! - TLS is always verified: the system's roots plus `cloud.ca_file`;
 //! - in the daemon, every connection is bound to the interface the gate approved
 //!   ([`Client::rebind`], [`super::bind`]); with none approved no connection is made at all;
@@ -135,6 +138,10 @@ pub enum TusError {
     /// The endpoint does not offer tus 1.0.0.
     #[error("{endpoint} does not speak tus {TUS_VERSION} (it offers {offered})")]
     UnsupportedVersion { endpoint: String, offered: String },
+    /// A request to a URL outside every configured endpoint's origin: refused before any
+    /// connection, since it would carry the token there.
+    #[error("{url}: not sent, {why}")]
+    ForeignUrl { url: String, why: String },
 }
 
 /// Formats an error with its sources: reqwest's top-level message alone ("error sending
@@ -180,7 +187,10 @@ impl TusError {
             | TusError::BadHeader { .. }
             | TusError::WrongOffset { .. }
             | TusError::Expired { .. } => true,
-            TusError::Setup(_) | TusError::BadToken | TusError::UnsupportedVersion { .. } => false,
+            TusError::Setup(_)
+            | TusError::BadToken
+            | TusError::UnsupportedVersion { .. }
+            | TusError::ForeignUrl { .. } => false,
         }
     }
 
@@ -273,6 +283,8 @@ pub struct Client {
     loopback: reqwest::Client,
     /// Every configured endpoint is loopback (then no interface binding is needed at all).
     all_loopback: bool,
+    /// The origins of the configured endpoints: the only places the token is sent to.
+    origins: Arc<Vec<url::Origin>>,
     /// What the HTTP client is built from, to build it again for another binding.
     cloud: Arc<config::Cloud>,
     /// No progress this long aborts a request.
@@ -298,9 +310,12 @@ impl Client {
     /// daemon calls [`Client::rebind`] before any upload, and at once with `None`.
     pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
         let http = build(cloud, &Binding::Unbound)?;
-        let all_loopback = std::iter::once(&cloud.endpoint)
+        let endpoints: Vec<Url> = std::iter::once(&cloud.endpoint)
             .chain(cloud.regions.values())
-            .all(|e| Url::parse(e).is_ok_and(|u| config::is_loopback(&u)));
+            .filter_map(|e| Url::parse(e).ok())
+            .collect();
+        let all_loopback = endpoints.iter().all(config::is_loopback);
+        let origins = endpoints.iter().map(Url::origin).collect();
         Ok(Client {
             http: Arc::new(Mutex::new(Bound {
                 http: Some(http.clone()),
@@ -308,6 +323,7 @@ impl Client {
             })),
             loopback: http,
             all_loopback,
+            origins: Arc::new(origins),
             cloud: Arc::new(cloud.clone()),
             stall: Duration::from_secs(cloud.stall_secs.max(1)),
             caps: Arc::default(),
@@ -391,13 +407,28 @@ impl Client {
         self.stall
     }
 
-    /// A request with the headers every tus request carries, and nothing else.
+    /// A request with the headers every tus request carries, and nothing else. Refused before
+    /// any connection when `url` is not at a configured endpoint's origin: an upload URL
+    /// stored by an older release, or handed to the freeing or unpairing code, must not carry
+    /// the token anywhere the maker did not configure.
     fn request(
         &self,
         method: Method,
         url: &str,
         token: &Secret,
     ) -> Result<reqwest::RequestBuilder, TusError> {
+        let foreign = |why: String| TusError::ForeignUrl {
+            url: url.into(),
+            why,
+        };
+        let parsed = Url::parse(url).map_err(|e| foreign(format!("not a URL: {e}")))?;
+        if !self.origins.contains(&parsed.origin()) {
+            return Err(foreign(
+                "it is not at the origin (scheme, host, port) of cloud.endpoint or a \
+                 cloud.regions endpoint, the only places the account's token goes"
+                    .into(),
+            ));
+        }
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| TusError::BadToken)?;
         auth.set_sensitive(true);
@@ -878,7 +909,7 @@ fn parse_capabilities(h: &HeaderMap, endpoint: &str) -> Result<Capabilities, Tus
 }
 
 /// Resolves a `Location` (absolute, or relative to the endpoint as tus allows) and holds it to
-/// the endpoint rule: the server must not steer the token and data to plain http elsewhere.
+/// [`check_upload_url`]: the server must not steer the token and data anywhere else.
 fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> {
     let bad = |why: String| TusError::BadHeader {
         method: "POST",
@@ -892,7 +923,77 @@ fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> 
         .join(location)
         .map_err(|e| bad(format!("not a URL: {e}")))?;
     config::check_endpoint(url.as_str()).map_err(bad)?;
+    check_upload_url(&base, &url).map_err(bad)?;
     Ok(url.into())
+}
+
+/// Whether `url`, an upload URL the server at `endpoint` handed out, may receive the token and
+/// the file: only at the endpoint's own origin (scheme, host and port). The maker lists the
+/// hosts that get the token, as `cloud.endpoint` and `cloud.regions`; a server (or a proxy in
+/// front of it) cannot add one. The specific reasons come first, for the message: plain http
+/// from an https endpoint, and a loopback, link-local or private address (a service on the
+/// camera or its LAN) when the endpoint is not one.
+pub fn check_upload_url(endpoint: &Url, url: &Url) -> Result<(), String> {
+    if endpoint.scheme() == "https" && url.scheme() != "https" {
+        return Err(format!(
+            "the endpoint is https, the upload URL `{}`; the token and the file go over https only",
+            url.scheme()
+        ));
+    }
+    if let Some(kind) = local_host(url).filter(|_| local_host(endpoint).is_none()) {
+        return Err(format!(
+            "the upload URL's host is {kind}, and the endpoint's is not; the token and the \
+             file never go there"
+        ));
+    }
+    if url.origin() != endpoint.origin() {
+        return Err(format!(
+            "the upload URL is not at the endpoint's origin {}; the token goes only there",
+            endpoint.origin().ascii_serialization()
+        ));
+    }
+    Ok(())
+}
+
+/// What kind of local address a URL's host is, if it is one: the device itself (loopback or
+/// `localhost`), a link-local address, or a private, shared (CGNAT) or unspecified one.
+fn local_host(url: &Url) -> Option<&'static str> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    fn v4(ip: Ipv4Addr) -> Option<&'static str> {
+        let [a, b, ..] = ip.octets();
+        if ip.is_loopback() {
+            Some("a loopback address")
+        } else if ip.is_link_local() {
+            Some("a link-local address")
+        } else if ip.is_private() || ip.is_unspecified() || (a == 100 && (64..128).contains(&b)) {
+            Some("a private address")
+        } else {
+            None
+        }
+    }
+    fn v6(ip: Ipv6Addr) -> Option<&'static str> {
+        if let Some(m) = ip.to_ipv4_mapped() {
+            return v4(m);
+        }
+        let first = ip.segments()[0];
+        if ip.is_loopback() {
+            Some("a loopback address")
+        } else if first & 0xffc0 == 0xfe80 {
+            Some("a link-local address")
+        } else if first & 0xfe00 == 0xfc00 || ip.is_unspecified() {
+            Some("a private address")
+        } else {
+            None
+        }
+    }
+    match url.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            (d == "localhost" || d.ends_with(".localhost")).then_some("the device itself")
+        }
+        url::Host::Ipv4(ip) => v4(ip),
+        url::Host::Ipv6(ip) => v6(ip),
+    }
 }
 
 #[cfg(test)]
@@ -924,6 +1025,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// A client whose `cloud.endpoint` is `endpoint` (the token goes only to its origin).
+    fn client_for(endpoint: &str) -> Client {
+        Client::new(&config::Cloud {
+            endpoint: endpoint.into(),
+            ..cloud(5)
+        })
+        .unwrap()
+    }
+
     fn token() -> Secret {
         Secret::new("tok-1")
     }
@@ -942,15 +1052,56 @@ pub(crate) mod tests {
             ("/files/abc", Some("https://up.example.com/files/abc")),
             ("abc", Some("https://up.example.com/files/abc")),
             (
-                "https://cdn.example.com/u/1",
-                Some("https://cdn.example.com/u/1"),
+                "https://up.example.com:443/u/1",
+                Some("https://up.example.com/u/1"),
             ),
+            // The token goes only to the endpoint's origin: another host, port or scheme is
+            // refused, however it is spelled.
+            ("https://cdn.example.com/u/1", None),
+            ("https://up.example.com:8443/u/1", None),
+            ("//cdn.example.com/u/1", None),
+            ("http://up.example.com/u/1", None),
             ("http://evil.example.com/u/1", None),
             ("ftp://up.example.com/x", None),
+            // A plain http service on the camera or its LAN: never from an https endpoint.
+            ("http://127.0.0.1:8080/files/x", None),
+            ("http://localhost:8080/files/x", None),
+            ("https://127.0.0.1/files/x", None),
+            ("https://[::1]/files/x", None),
+            ("https://169.254.1.1/files/x", None),
+            ("https://[fe80::1]/files/x", None),
+            ("https://192.168.1.1/files/x", None),
+            ("https://10.0.0.1/files/x", None),
+            ("https://100.64.0.1/files/x", None),
+            ("https://[fd00::1]/files/x", None),
+            ("https://[::ffff:192.168.1.1]/files/x", None),
         ];
         for (loc, want) in cases {
             assert_eq!(resolve_location(ep, loc).ok().as_deref(), *want, "{loc}");
         }
+        // A loopback or LAN endpoint (a test rig, a NAS) keeps its own origin.
+        let local = "http://127.0.0.1:1080/files/";
+        assert_eq!(
+            resolve_location(local, "/files/x").ok().as_deref(),
+            Some("http://127.0.0.1:1080/files/x")
+        );
+        assert!(resolve_location(local, "http://127.0.0.1:9999/files/x").is_err());
+        let lan = "https://192.168.1.20/files/";
+        assert!(resolve_location(lan, "https://192.168.1.20/files/x").is_ok());
+        assert!(resolve_location(lan, "https://192.168.1.21/files/x").is_err());
+    }
+
+    #[test]
+    fn a_refused_location_says_why() {
+        let ep = "https://up.example.com/files/";
+        let why = |loc: &str| resolve_location(ep, loc).unwrap_err().to_string();
+        assert!(why("http://127.0.0.1:8080/x").contains("https only"));
+        assert!(why("https://127.0.0.1/x").contains("loopback"));
+        assert!(why("https://192.168.1.1/x").contains("private"));
+        assert!(why("https://[fe80::1]/x").contains("link-local"));
+        let other = why("https://cdn.example.com/x");
+        assert!(other.contains("https://up.example.com"), "{other}");
+        assert!(other.contains("`location`"), "{other}");
     }
 
     #[test]
@@ -983,7 +1134,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn discovery_is_cached_per_endpoint_and_parsed() {
         let srv = receiver().start().await;
-        let c = Client::new(&cloud(5)).unwrap();
+        let c = client_for(&srv.url());
         let caps = c.options(&srv.url(), &token()).await.unwrap();
         assert_eq!(caps.versions, vec!["1.0.0"]);
         assert!(caps.has("creation") && caps.termination() && caps.sha1_checksum());
@@ -995,7 +1146,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn create_head_patch_terminate_round_trip() {
         let srv = receiver().start().await;
-        let c = Client::new(&cloud(5)).unwrap();
+        let c = client_for(&srv.url());
         let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
         let md = UploadMetadata::new("u", "T", "S", &path);
         let created = c.create(&srv.url(), 5, &md, &token()).await.unwrap();
@@ -1032,7 +1183,7 @@ pub(crate) mod tests {
             .without_checksum()
             .start()
             .await;
-        let c = Client::new(&cloud(5)).unwrap();
+        let c = client_for(&srv.url());
         let url = format!("{}1", srv.url());
         assert!(!c.terminate(&url, &token()).await.unwrap());
         assert_eq!(srv.requests_with_method("DELETE").len(), 0);
@@ -1042,11 +1193,93 @@ pub(crate) mod tests {
     async fn a_missing_location_is_an_error_that_says_so() {
         let srv = receiver().start().await;
         srv.inject(Fault::answer(201, &[], "").on("POST"));
-        let c = Client::new(&cloud(5)).unwrap();
+        let c = client_for(&srv.url());
         let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
         let md = UploadMetadata::new("u", "T", "S", &path);
         let e = c.create(&srv.url(), 1, &md, &token()).await.unwrap_err();
         assert!(e.to_string().contains("lacks the `location` header"), "{e}");
+    }
+
+    /// Issue 22 item 7: an https endpoint answers a creation with a `Location` on a plain http
+    /// service of the camera itself. Nothing reaches that service, least of all the token:
+    /// neither the creation's answer nor a later request with that URL.
+    #[tokio::test]
+    async fn an_https_endpoint_cannot_steer_the_token_to_plain_http_on_the_camera() {
+        let on_camera = receiver().start().await;
+        let ca = testkit::tls::TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let srv = receiver()
+            .listener(listener)
+            .tls(ca.server_config(&["localhost"]))
+            .base_url(format!("https://localhost:{port}"))
+            .start()
+            .await;
+        let steer = format!("{}x", on_camera.url());
+        srv.inject(
+            Fault::answer(201, &[("location", &steer), ("upload-offset", "0")], "").on("POST"),
+        );
+        let c = Client::new(&config::Cloud {
+            endpoint: srv.url(),
+            ca_file: Some(ca.write_pem(dir.path())),
+            ..cloud(5)
+        })
+        .unwrap();
+        let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
+        let md = UploadMetadata::new("u", "T", "S", &path);
+        let e = c.create(&srv.url(), 5, &md, &token()).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                TusError::BadHeader {
+                    header: "location",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("https only"), "{e}");
+        // An upload URL from elsewhere (stored by an older release, say) is refused before any
+        // connection, whatever asks.
+        let e = c.head(&steer, &token()).await.unwrap_err();
+        assert!(matches!(&e, TusError::ForeignUrl { .. }), "{e}");
+        assert!(!e.is_transient());
+        let e = c
+            .patch(&steer, &token(), 0, body(b"hello"), 5, None, &|_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, TusError::ForeignUrl { .. }), "{e}");
+        assert!(c.terminate(&steer, &token()).await.is_err());
+        assert_eq!(
+            on_camera.request_summary(),
+            "",
+            "the camera's service was reached"
+        );
+        assert_eq!(srv.requests_with_method("POST").len(), 1);
+    }
+
+    /// An HTTP redirect is never followed: the token would go with it to another origin.
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let other = receiver().start().await;
+        let srv = receiver().start().await;
+        let elsewhere = format!("{}x", other.url());
+        for status in [301, 302, 307, 308] {
+            srv.inject(Fault::answer(status, &[("location", &elsewhere)], "").on("POST"));
+            srv.inject(Fault::answer(status, &[("location", &elsewhere)], "").on("HEAD"));
+        }
+        let c = client_for(&srv.url());
+        let path = crate::media::StoragePath::from_relative(std::path::Path::new("A.JPG")).unwrap();
+        let md = UploadMetadata::new("u", "T", "S", &path);
+        let upload = format!("{}1", srv.url());
+        for status in [301, 302, 307, 308] {
+            let e = c.create(&srv.url(), 5, &md, &token()).await.unwrap_err();
+            assert_eq!(e.status(), Some(status), "{e}");
+            let e = c.head(&upload, &token()).await.unwrap_err();
+            assert_eq!(e.status(), Some(status), "{e}");
+        }
+        assert_eq!(other.request_summary(), "", "a redirect was followed");
     }
 
     /// Accepts connections on `[::]:0` (dual-stack), answers 204 and sends each peer address.
@@ -1116,8 +1349,11 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn with_no_approved_interface_nothing_is_sent_but_loopback_still_is() {
+        let (port, mut peers) = peer_server().await;
         let c = Client::new(&config::Cloud {
             endpoint: "https://upload.example.com/files/".into(),
+            // A loopback endpoint beside it (a test rig): its origin may get the token.
+            regions: [("lab".to_string(), format!("http://127.0.0.1:{port}/"))].into(),
             ..cloud(5)
         })
         .unwrap();
@@ -1129,7 +1365,6 @@ pub(crate) mod tests {
         assert!(matches!(e, TusError::NoUplink), "{e}");
         assert!(e.is_transient());
         // A loopback URL never leaves the device: it is not held back by the binding.
-        let (port, mut peers) = peer_server().await;
         let _ = c
             .head(&format!("http://127.0.0.1:{port}/x"), &token())
             .await;
