@@ -178,6 +178,9 @@ impl App {
             Some("false") => Some(false),
             _ => None,
         });
+        // Looked at now, not assumed: a camera started without its card shows it from the
+        // first answer (the watcher looks again every few seconds).
+        let media_available = crate::scan::CardRoot::of(&config.media).present();
         Ok(App {
             config: Arc::new(config),
             store,
@@ -191,7 +194,7 @@ impl App {
                 snapshot: None,
                 verdict: Verdict::default(),
                 auto_open: false,
-                media_available: true,
+                media_available,
                 settings,
                 paused,
                 account,
@@ -530,7 +533,11 @@ impl App {
         if report.queued + report.dropped > 0 {
             self.store_ok();
         }
-        self.live().unreadable_on_card = report.unreadable;
+        // A walk the card left (or was not there for) counts nothing as unreadable: the card's
+        // absence is `media_unavailable`, not entries that could not be read.
+        if !report.card_gone {
+            self.live().unreadable_on_card = report.unreadable;
+        }
         if report.queued > 0 {
             self.queued();
         }
@@ -584,6 +591,11 @@ impl App {
     pub fn set_media_available(&self, available: bool) {
         let changed = {
             let mut live = self.live();
+            if !available {
+                // What the last scan could not read was on the card that left; the next scan
+                // of a card put back counts again.
+                live.unreadable_on_card = 0;
+            }
             std::mem::replace(&mut live.media_available, available) != available
         };
         if changed {
