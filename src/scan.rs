@@ -669,6 +669,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_missing_card_is_neither_unreadable_entries_nor_deletions() {
+        // What a scan started just as the card was pulled finds: no root. Its absence is the
+        // watcher's `media_unavailable`, not an entry the card could not give.
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = &card.path().join("card");
+        old(&r.join("DCIM/a.jpg"), b"a");
+        let store = Store::open(state.path()).unwrap();
+        scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        std::fs::rename(r, card.path().join("away")).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!((rep.unreadable, rep.dropped), (0, 0), "{rep:?}");
+        assert!(rep.card_gone);
+        assert_eq!(paths(&store, ItemState::Pending), ["DCIM/a.jpg"]);
+    }
+
+    #[test]
+    fn with_mount_required_only_a_mounted_card_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = &dir.path().join("sdcard");
+        let card = |mount_required| CardRoot {
+            root,
+            mount_required,
+        };
+        assert!(!card(false).present() && !card(true).present(), "no root at all");
+        std::fs::create_dir(root).unwrap();
+        assert!(!card(false).present(), "an empty directory is a removed card");
+        std::fs::write(root.join("IMG_0001.JPG"), b"x").unwrap();
+        assert!(card(false).present());
+        assert!(
+            !card(true).present(),
+            "a file in a mount point with nothing mounted is not a card"
+        );
+        // A mounted file system on the root (needs root): a card, even an empty one.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(root)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("SKIPPED the mounted half: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        let present = (card(true).present(), card(false).present());
+        let _ = std::process::Command::new("umount").arg(root).status();
+        assert_eq!(present, (true, false), "an empty card, mounted");
+        assert!(!card(true).present(), "unmounted again");
+    }
+
     fn set_mtime(path: &Path, t: SystemTime) {
         let f = std::fs::File::options().write(true).open(path).unwrap();
         f.set_modified(t).unwrap();
