@@ -392,6 +392,14 @@ impl App {
                 "`paths` is empty: name at least one file",
             ));
         }
+        // A path under a mount point with no card behind it names the camera's own flash, not
+        // a file on the card: nothing is queued from there.
+        if !crate::scan::CardRoot::of(&self.config.media).present() {
+            return Err(AppError::conflict(
+                "media_unavailable",
+                "the memory card is missing or unreadable: insert it, then ask again",
+            ));
+        }
         let root = &self.config.media.root;
         let mut found = Vec::with_capacity(paths.len());
         for p in paths {

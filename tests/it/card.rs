@@ -345,6 +345,20 @@ fn assert_no_card(s: &serde_json::Value) {
     assert_eq!(attention(s), ["media_unavailable"], "{s:#}");
 }
 
+/// A manual upload while the card is not there: refused, naming why, and nothing queued.
+async fn assert_manual_upload_refused(rig: &Rig, rel: &str) {
+    let (code, body) = rig
+        .daemon
+        .api("POST", "/v1/uploads", Some(json!({ "paths": [rel] })))
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("media_unavailable")),
+        "{body}"
+    );
+    assert!(rig.items(None).await.is_empty());
+}
+
 /// Longer than the watcher's look at the card (every 5 s), so a test sees what it concluded.
 const A_LOOK: Duration = Duration::from_secs(6);
 
@@ -360,6 +374,7 @@ async fn a_camera_started_without_its_card_says_so_from_the_start_and_finds_it_l
     assert_no_card(&rig.status().await);
     tokio::time::sleep(A_LOOK).await;
     assert_no_card(&rig.status().await);
+    assert_manual_upload_refused(&rig, &a).await;
 
     rig.cam.set_card_present(true);
     rig.expect_uploaded(&[a.as_str()], T).await;
@@ -416,6 +431,7 @@ async fn with_mount_required_an_empty_mount_point_is_no_card_until_one_is_mounte
     tokio::time::sleep(A_LOOK).await;
     assert_no_card(&rig.status().await);
     assert!(rig.items(None).await.is_empty(), "nothing queued from the mount point");
+    assert_manual_upload_refused(&rig, &stray).await;
 
     let Some(card) = Mounted::tmpfs(&rig.cam.media_root()) else {
         eprintln!("SKIPPED the mounted half: cannot mount a tmpfs for the card (needs root)");
