@@ -616,7 +616,13 @@ mod tests {
         std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
         std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(CardRoot::at(card.path()), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.queued, 0);
         assert_eq!(rep.recent.len(), 1);
         assert_eq!(rep.recent[0].size, 13);
@@ -694,9 +700,15 @@ mod tests {
             root,
             mount_required,
         };
-        assert!(!card(false).present() && !card(true).present(), "no root at all");
+        assert!(
+            !card(false).present() && !card(true).present(),
+            "no root at all"
+        );
         std::fs::create_dir(root).unwrap();
-        assert!(!card(false).present(), "an empty directory is a removed card");
+        assert!(
+            !card(false).present(),
+            "an empty directory is a removed card"
+        );
         std::fs::write(root.join("IMG_0001.JPG"), b"x").unwrap();
         assert!(card(false).present());
         assert!(
@@ -734,7 +746,13 @@ mod tests {
         old(&f, b"shot before the clock was set");
         set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(CardRoot::at(card.path()), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
         // The settler queues it (unchanged for three settle times).
         let r = &rep.recent[0];
@@ -747,7 +765,13 @@ mod tests {
             }])
             .unwrap();
         // The next full scan still sees it as "recent": it must not drop the queued item.
-        let rep = scan(CardRoot::at(card.path()), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
     }
@@ -758,7 +782,8 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let r = card.path();
         let store = Store::open(state.path()).unwrap();
-        let scan_now = || scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let scan_now =
+            || scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
         let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
             .unwrap()
@@ -818,7 +843,13 @@ mod tests {
             b"22",
         );
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(CardRoot::at(card.path()), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!((rep.queued, rep.unreadable), (2, 0));
         let queued = paths(&store, ItemState::Pending);
         assert_eq!(
@@ -848,7 +879,13 @@ mod tests {
             }
         }
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(CardRoot::at(card.path()), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.queued, 5000);
         assert_eq!(
             store

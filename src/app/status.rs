@@ -18,8 +18,8 @@ use crate::gate::Block;
 use crate::settings::Settings;
 use crate::store::QueueCounts;
 use crate::uplink::{self, UplinkStatus};
-use crate::words::count;
 use crate::upload::metadata::UploadMetadata;
+use crate::words::count;
 
 /// Something only the user can fix, as `status.attention` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -337,7 +337,11 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
                 "{} on the card could not be read (permissions or card errors): {} not backed \
                  up; check the card.",
                 count(live.unreadable_on_card, "entry", "entries"),
-                if live.unreadable_on_card == 1 { "it is" } else { "they are" }
+                if live.unreadable_on_card == 1 {
+                    "it is"
+                } else {
+                    "they are"
+                }
             ),
         );
     }

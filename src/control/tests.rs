@@ -1110,8 +1110,12 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
     }
     // One of each: the messages say so in the singular.
     let message = |s: &Value, code: &str| {
-        s["attention"].as_array().unwrap().iter().find(|a| a["code"] == code).unwrap()
-            ["message"]
+        s["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["code"] == code)
+            .unwrap()["message"]
             .as_str()
             .unwrap()
             .to_string()

@@ -430,7 +430,10 @@ async fn with_mount_required_an_empty_mount_point_is_no_card_until_one_is_mounte
     assert_no_card(&rig.status().await);
     tokio::time::sleep(A_LOOK).await;
     assert_no_card(&rig.status().await);
-    assert!(rig.items(None).await.is_empty(), "nothing queued from the mount point");
+    assert!(
+        rig.items(None).await.is_empty(),
+        "nothing queued from the mount point"
+    );
     assert_manual_upload_refused(&rig, &stray).await;
 
     let Some(card) = Mounted::tmpfs(&rig.cam.media_root()) else {
