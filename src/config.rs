@@ -44,6 +44,10 @@ pub struct Device {
 #[serde(default)]
 pub struct Media {
     pub root: PathBuf,
+    /// The card is there only when `root` is a mount point (another device than its parent):
+    /// an empty mount point with no card behind it then reads as "card missing", not as an
+    /// empty card. Off by default, for roots that are not mount points (tests, a bind mount).
+    pub mount_required: bool,
     pub photo_extensions: Vec<String>,
     pub video_extensions: Vec<String>,
     pub exclude: Vec<String>,
@@ -73,6 +77,7 @@ impl Default for Media {
             .expect("the default globs compile");
         Media {
             root: PathBuf::new(),
+            mount_required: false,
             photo_extensions,
             video_extensions,
             exclude,
@@ -446,6 +451,16 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
     if !media.root.is_absolute() {
         return Err(invalid("media.root", "must be an absolute path".into()));
     }
+    if media.mount_required && media.root.parent().is_none() {
+        return Err(invalid(
+            "media.mount_required",
+            format!(
+                "`{}` has no parent directory to tell a mounted card from: mount the card \
+                 elsewhere, or set `media.mount_required = false`",
+                media.root.display()
+            ),
+        ));
+    }
     for (key, list) in [
         ("media.photo_extensions", &media.photo_extensions),
         ("media.video_extensions", &media.video_extensions),
@@ -660,6 +675,7 @@ impl fmt::Display for Config {
         writeln!(f, "serial = {:?}", self.device.serial)?;
         writeln!(f, "\n[media]")?;
         writeln!(f, "root = {:?}", self.media.root.display().to_string())?;
+        writeln!(f, "mount_required = {}", self.media.mount_required)?;
         writeln!(f, "photo_extensions = {:?}", self.media.photo_extensions)?;
         writeln!(f, "video_extensions = {:?}", self.media.video_extensions)?;
         writeln!(f, "exclude = {:?}", self.media.exclude)?;
@@ -849,6 +865,19 @@ endpoint = "https://upload.example.com/files/"
             let err = parse_str(&text).unwrap_err();
             assert_eq!(err.key(), Some(key), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn mount_required_is_off_by_default_and_needs_a_root_with_a_parent() {
+        assert!(!parse_str(MINIMAL).unwrap().media.mount_required);
+        let on = MINIMAL.replace("root = ", "mount_required = true\nroot = ");
+        assert!(parse_str(&on).unwrap().media.mount_required);
+        let slash = on.replace("\"/mnt/sdcard\"", "\"/\"");
+        let err = parse_str(&slash).unwrap_err();
+        assert_eq!(err.key(), Some("media.mount_required"), "{err}");
+        let wrong = MINIMAL.replace("root = ", "mount_required = \"yes\"\nroot = ");
+        let err = parse_str(&wrong).unwrap_err();
+        assert_eq!(err.key(), Some("media.mount_required"), "{err}");
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn world(app: &App) -> World {
         consent: app.settings().free_space,
         policy: policy(media),
         card: card_space(&media.root).ok(),
-        media_available: app.media_available() && crate::scan::media_present(&media.root),
+        media_available: app.media_available() && crate::scan::CardRoot::of(media).present(),
         paired: account.is_some(),
         clock_set: crate::clock::is_set(),
         recording: app.recording() || recording_flag(app),

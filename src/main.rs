@@ -24,6 +24,7 @@ mod store;
 mod uplink;
 mod upload;
 mod watch;
+mod words;
 
 #[cfg(test)]
 mod layering;

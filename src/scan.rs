@@ -3,7 +3,8 @@
 //!
 //! Invariants: symlinks are never followed (so nothing outside the root is ever read); a file
 //! modified within `settle_secs` is never queued by the scan; items are only marked deleted when
-//! the media is present (an empty or missing root means "card out", not "files deleted"); the
+//! the same card was present before and after the walk ([`CardRoot`]: an empty or missing
+//! root, or an empty mount point, means "card out", not "files deleted"); the
 //! database sees a handful of transactions (batches of [`BATCH`]), not one per file.
 
 use std::collections::HashSet;
@@ -48,15 +49,64 @@ pub struct Report {
     pub recent: Vec<Recent>,
     /// Entries that could not be read (permissions, I/O errors), with the reason.
     pub unreadable: u64,
+    /// The card was missing before or after the walk, or another card was there after it: what
+    /// the walk found is queued, but nothing it missed counts as deleted or unreadable.
+    pub card_gone: bool,
     /// Time spent walking the card, and writing the database (the two overlap).
     pub walk: Duration,
     pub write: Duration,
 }
 
-/// Whether the card is there: the root is a directory with something in it. An empty mount
-/// point is what a removed card leaves behind.
-pub fn media_present(root: &Path) -> bool {
-    std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some())
+/// The card's root and the rule that tells whether the card is in it: the one place every
+/// "is the card there" question is answered (the watcher, the scan, the scheduler, freeing).
+#[derive(Debug, Clone, Copy)]
+pub struct CardRoot<'a> {
+    /// `media.root`.
+    pub root: &'a Path,
+    /// `media.mount_required`: the root must be a mount point (another device than its parent).
+    pub mount_required: bool,
+}
+
+impl<'a> CardRoot<'a> {
+    /// The card as the maker's config describes it.
+    pub fn of(media: &'a crate::config::Media) -> CardRoot<'a> {
+        CardRoot {
+            root: &media.root,
+            mount_required: media.mount_required,
+        }
+    }
+
+    /// Whether the card is there. Without `mount_required`: the root is a readable directory
+    /// with something in it, since an empty directory is all a removed card leaves behind (so a
+    /// freshly formatted, empty card reads as absent until something is written to it). With
+    /// it: the root is a readable mount point, empty or not; an empty directory on the
+    /// parent's file system (no card behind the mount point, as at a boot without one) is not
+    /// a card, nor is anything written into it.
+    pub fn present(&self) -> bool {
+        self.identity().is_some()
+    }
+
+    /// The root's device and inode while the card is there, `None` while it is not: the same
+    /// answer before and after a walk means the walk saw one card throughout.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.root).ok()?;
+        if !meta.is_dir() {
+            return None;
+        }
+        let mut entries = std::fs::read_dir(self.root).ok()?;
+        if self.mount_required {
+            // Lexically, not `..`: a root reached through a symbolic link is judged against the
+            // directory the maker named it in. `/` has no parent (the config refuses it).
+            let parent = std::fs::metadata(self.root.parent()?).ok()?;
+            if parent.dev() == meta.dev() {
+                return None;
+            }
+        } else if entries.next().is_none() {
+            return None;
+        }
+        Some((meta.dev(), meta.ino()))
+    }
 }
 
 /// Walks `dir` (the root or a subdirectory of it) and returns settled media files and recent
@@ -307,14 +357,15 @@ fn version_of(path: u64, size: u64, mtime_ns: i64) -> u64 {
 /// directories) and hand batches to a writer thread, so the scan takes about as long as the
 /// slowest of them, not the sum.
 pub fn scan(
-    root: &Path,
+    card: CardRoot,
     filter: &MediaFilter,
     store: &Store,
     settle: Duration,
 ) -> Result<Report, StoreError> {
+    let root = card.root;
     let now = SystemTime::now();
     let mut report = Report::default();
-    let present = media_present(root);
+    let before = card.identity();
     // What the queue already holds, as hashes: a known file costs no database write, and a
     // new path needs no look for an older version to replace. The open items among them are
     // the ones the walk judges; items queued while it runs (a manual upload, the settler)
@@ -452,8 +503,13 @@ pub fn scan(
         }
     }
 
-    if present {
+    // A card pulled (or swapped) during the walk makes what the walk missed neither deleted
+    // nor unreadable: the walk is judged only when one card was there before and after it.
+    if before.is_some() && card.identity() == before {
         report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
+    } else {
+        report.card_gone = true;
+        report.unreadable = 0;
     }
     drop(wide);
     Ok(report)
@@ -494,6 +550,16 @@ mod tests {
         config::Media::default().filter
     }
 
+    impl CardRoot<'_> {
+        /// A card at `root` without `mount_required`.
+        fn at(root: &Path) -> CardRoot<'_> {
+            CardRoot {
+                root,
+                mount_required: false,
+            }
+        }
+    }
+
     fn old(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
@@ -528,7 +594,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
         std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         assert_eq!(rep.queued, 3);
         assert_eq!(
             paths(&store, ItemState::Pending),
@@ -539,7 +605,7 @@ mod tests {
             ]
         );
         // A second scan finds nothing new.
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         assert_eq!((rep.queued, rep.dropped), (0, 0));
     }
 
@@ -550,7 +616,13 @@ mod tests {
         std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
         std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.queued, 0);
         assert_eq!(rep.recent.len(), 1);
         assert_eq!(rep.recent[0].size, 13);
@@ -565,12 +637,12 @@ mod tests {
         old(&r.join("DCIM/b.jpg"), b"b");
         old(&r.join("DCIM/c.jpg"), b"c");
         let store = Store::open(state.path()).unwrap();
-        scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
 
         // Card out: the root is an empty mount point. Nothing is dropped.
         let aside = tempfile::tempdir().unwrap();
         std::fs::rename(r.join("DCIM"), aside.path().join("DCIM")).unwrap();
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending).len(), 3);
 
@@ -578,7 +650,7 @@ mod tests {
         std::fs::rename(aside.path().join("DCIM"), r.join("DCIM")).unwrap();
         std::fs::remove_file(r.join("DCIM/a.jpg")).unwrap();
         old(&r.join("DCIM/b.jpg"), b"b, version two");
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         assert_eq!(
             (rep.queued, rep.dropped),
             (1, 1),
@@ -603,6 +675,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_missing_card_is_neither_unreadable_entries_nor_deletions() {
+        // What a scan started just as the card was pulled finds: no root. Its absence is the
+        // watcher's `media_unavailable`, not an entry the card could not give.
+        let card = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = &card.path().join("card");
+        old(&r.join("DCIM/a.jpg"), b"a");
+        let store = Store::open(state.path()).unwrap();
+        scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        std::fs::rename(r, card.path().join("away")).unwrap();
+        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        assert_eq!((rep.unreadable, rep.dropped), (0, 0), "{rep:?}");
+        assert!(rep.card_gone);
+        assert_eq!(paths(&store, ItemState::Pending), ["DCIM/a.jpg"]);
+    }
+
+    #[test]
+    fn with_mount_required_only_a_mounted_card_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = &dir.path().join("sdcard");
+        let card = |mount_required| CardRoot {
+            root,
+            mount_required,
+        };
+        assert!(
+            !card(false).present() && !card(true).present(),
+            "no root at all"
+        );
+        std::fs::create_dir(root).unwrap();
+        assert!(
+            !card(false).present(),
+            "an empty directory is a removed card"
+        );
+        std::fs::write(root.join("IMG_0001.JPG"), b"x").unwrap();
+        assert!(card(false).present());
+        assert!(
+            !card(true).present(),
+            "a file in a mount point with nothing mounted is not a card"
+        );
+        // A mounted file system on the root (needs root): a card, even an empty one.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(root)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("SKIPPED the mounted half: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        let present = (card(true).present(), card(false).present());
+        let _ = std::process::Command::new("umount").arg(root).status();
+        assert_eq!(present, (true, false), "an empty card, mounted");
+        assert!(!card(true).present(), "unmounted again");
+    }
+
     fn set_mtime(path: &Path, t: SystemTime) {
         let f = std::fs::File::options().write(true).open(path).unwrap();
         f.set_modified(t).unwrap();
@@ -618,7 +746,13 @@ mod tests {
         old(&f, b"shot before the clock was set");
         set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
         // The settler queues it (unchanged for three settle times).
         let r = &rep.recent[0];
@@ -631,7 +765,13 @@ mod tests {
             }])
             .unwrap();
         // The next full scan still sees it as "recent": it must not drop the queued item.
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
     }
@@ -642,7 +782,8 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let r = card.path();
         let store = Store::open(state.path()).unwrap();
-        let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let scan_now =
+            || scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
         let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
             .unwrap()
@@ -702,7 +843,13 @@ mod tests {
             b"22",
         );
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!((rep.queued, rep.unreadable), (2, 0));
         let queued = paths(&store, ItemState::Pending);
         assert_eq!(
@@ -732,7 +879,13 @@ mod tests {
             }
         }
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(card.path()),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(rep.queued, 5000);
         assert_eq!(
             store

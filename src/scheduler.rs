@@ -166,7 +166,7 @@ async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToke
 /// dropping a photo from the backup for a transient I/O error would lose it silently.
 fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::StoreError> {
     let root = &app.config().media.root;
-    if !scan::media_present(root) {
+    if !scan::CardRoot::of(&app.config().media).present() {
         return app.store().mark_interrupted(item.id);
     }
     match std::fs::symlink_metadata(item.storage_path.on_disk(root)) {

@@ -190,13 +190,12 @@ fn root_stat(root: &Path) -> Option<(u64, u64)> {
 
 /// The card's identity: `current` while the root's device and inode are unchanged (a stat,
 /// nothing more: listing the watched root every few seconds would wake inotify and the daemon
-/// for nothing); otherwise the new root's identity if it holds something (an empty mount point
-/// is a removed card), else `None`.
-fn root_identity(root: &Path, current: Option<(u64, u64)>) -> Option<(u64, u64)> {
-    let stat = root_stat(root);
+/// for nothing); otherwise the root's identity if the card is there ([`scan::CardRoot`]),
+/// else `None`.
+fn root_identity(card: scan::CardRoot, current: Option<(u64, u64)>) -> Option<(u64, u64)> {
     match current {
-        Some(cur) if stat == Some(cur) => Some(cur),
-        _ => stat.filter(|_| scan::media_present(root)),
+        Some(cur) if root_stat(card.root) == Some(cur) => Some(cur),
+        _ => card.identity(),
     }
 }
 
@@ -232,7 +231,7 @@ pub async fn run(app: Arc<App>) {
         let now = Instant::now();
         if now >= next_presence {
             next_presence = now + PRESENCE_EVERY;
-            let id = root_identity(&root, identity);
+            let id = root_identity(scan::CardRoot::of(&app.config().media), identity);
             if id != identity {
                 identity = id;
                 watcher = None;
@@ -261,8 +260,10 @@ pub async fn run(app: Arc<App>) {
                 } else {
                     settler.forget_under(&root);
                 }
-                app.set_media_available(id.is_some());
             }
+            // Said at every look, not only on a change: a camera that starts without its card
+            // has no change to report, and must not show the card as there.
+            app.set_media_available(id.is_some());
         }
         if rewatch {
             rewatch = false;
@@ -577,7 +578,7 @@ fn walk_new_dir(app: &App, root: &Path, dir: &Path, settler: &mut Settler, now: 
 /// A media file was deleted: drop its queued (not yet uploaded) items, unless the card itself
 /// is going away (then the files are not deleted, just out of reach).
 fn forget_deleted(app: &App, sp: &StoragePath) {
-    if !scan::media_present(&app.config().media.root) {
+    if !scan::CardRoot::of(&app.config().media).present() {
         return;
     }
     app.drop_deleted(sp);
@@ -644,7 +645,7 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
     let res = tokio::task::spawn_blocking(move || {
         let c = &a.config().media;
         scan::scan(
-            &c.root,
+            scan::CardRoot::of(c),
             a.filter(),
             a.store(),
             Duration::from_secs(c.settle_secs),

@@ -205,6 +205,9 @@ impl App {
             Some("false") => Some(false),
             _ => None,
         });
+        // Looked at now, not assumed: a camera started without its card shows it from the
+        // first answer (the watcher looks again every few seconds).
+        let media_available = crate::scan::CardRoot::of(&config.media).present();
         Ok(App {
             config: Arc::new(config),
             store,
@@ -218,7 +221,7 @@ impl App {
                 snapshot: None,
                 verdict: Verdict::default(),
                 auto_open: false,
-                media_available: true,
+                media_available,
                 settings,
                 paused,
                 account,
@@ -560,6 +563,14 @@ impl App {
                 "`paths` is empty: name at least one file",
             ));
         }
+        // A path under a mount point with no card behind it names the camera's own flash, not
+        // a file on the card: nothing is queued from there.
+        if !crate::scan::CardRoot::of(&self.config.media).present() {
+            return Err(AppError::conflict(
+                "media_unavailable",
+                "the memory card is missing or unreadable: insert it, then ask again",
+            ));
+        }
         let root = &self.config.media.root;
         let mut found = Vec::with_capacity(paths.len());
         for p in paths {
@@ -701,7 +712,11 @@ impl App {
         if report.queued + report.dropped > 0 {
             self.store_ok();
         }
-        self.live().unreadable_on_card = report.unreadable;
+        // A walk the card left (or was not there for) counts nothing as unreadable: the card's
+        // absence is `media_unavailable`, not entries that could not be read.
+        if !report.card_gone {
+            self.live().unreadable_on_card = report.unreadable;
+        }
         if report.queued > 0 {
             self.queued();
         }
@@ -755,6 +770,11 @@ impl App {
     pub fn set_media_available(&self, available: bool) {
         let changed = {
             let mut live = self.live();
+            if !available {
+                // What the last scan could not read was on the card that left; the next scan
+                // of a card put back counts again.
+                live.unreadable_on_card = 0;
+            }
             std::mem::replace(&mut live.media_available, available) != available
         };
         if changed {

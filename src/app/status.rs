@@ -19,6 +19,7 @@ use crate::settings::Settings;
 use crate::store::QueueCounts;
 use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
+use crate::words::count;
 
 /// Something only the user can fix, as `status.attention` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -234,20 +235,23 @@ impl App {
 fn unverified_attention(p: &super::PassReport, media: &crate::config::Media) -> Attention {
     let why = if p.kept.get("no_checksum").is_some_and(|n| *n > 0) {
         format!(
-            "the server does not confirm checksums and this camera requires them              (media.free_space_verify = \"{}\")",
+            "the server does not confirm checksums and this camera requires them \
+             (media.free_space_verify = \"{}\")",
             media.free_space_verify.as_str()
         )
     } else {
-        "no complete record of the bytes sent exists for them (uploaded before freeing space          was set up, or interrupted by a restart)"
+        "no complete record of the bytes sent exists for them (uploaded before freeing space \
+         was set up, or interrupted by a restart)"
             .to_string()
     };
+    let files = count(p.kept_unverified, "backed-up file", "backed-up files");
+    let are = if p.kept_unverified == 1 { "is" } else { "are" };
     Attention {
         code: ATTENTION_CODES[7],
         message: format!(
-            "The card is low on space and freeing space is on, but {} backed-up file(s) are \
-             kept because their upload cannot be verified: {why}. Free space by hand, or see \
-             `cambackup space --dry-run`.",
-            p.kept_unverified
+            "The card is low on space and freeing space is on, but {files} {are} kept because \
+             their upload cannot be verified: {why}. Free space by hand, or see \
+             `cambackup space --dry-run`."
         ),
     }
 }
@@ -327,13 +331,28 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
     if queue.failed > 0 {
         add(
             ATTENTION_CODES[4],
-            format!("{} file(s) could not be uploaded and wait for you: see the queue's failed items and retry them.", queue.failed),
+            format!(
+                "{} could not be uploaded and {} for you: see the queue's failed items and \
+                 retry them.",
+                count(queue.failed, "file", "files"),
+                if queue.failed == 1 { "waits" } else { "wait" }
+            ),
         );
     }
-    if live.unreadable_on_card > 0 {
+    // Only while the card is there: a card pulled mid-scan is `media_unavailable` alone.
+    if live.unreadable_on_card > 0 && live.media_available {
         add(
             ATTENTION_CODES[5],
-            format!("{} entries on the card could not be read (permissions or card errors): they are not backed up; check the card.", live.unreadable_on_card),
+            format!(
+                "{} on the card could not be read (permissions or card errors): {} not backed \
+                 up; check the card.",
+                count(live.unreadable_on_card, "entry", "entries"),
+                if live.unreadable_on_card == 1 {
+                    "it is"
+                } else {
+                    "they are"
+                }
+            ),
         );
     }
     out

@@ -327,9 +327,13 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
         Command::Unpair => {
             let v = call(client, Method::DELETE, "/v1/account", None).await?;
             outln!(
-                "unpaired: token, user ID and history erased; {} unfinished server upload(s) \
-                 ended, {} could not be ended",
-                v["terminated"],
+                "unpaired: token, user ID and history erased; {} ended, {} could not be \
+                 ended",
+                crate::words::count(
+                    v["terminated"].as_u64().unwrap_or(0),
+                    "unfinished server upload",
+                    "unfinished server uploads"
+                ),
                 v["not_terminated"]
             );
             Ok(())

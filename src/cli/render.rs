@@ -201,9 +201,9 @@ pub fn status(s: &StatusView) -> String {
     if let Some(c) = &s.card {
         let _ = writeln!(
             out,
-            "card:        {} of {} files backed up ({} of {})",
+            "card:        {} of {} backed up ({} of {})",
             c.files_backed_up,
-            c.files_total,
+            crate::words::count(c.files_total, "file", "files"),
             bytes(c.bytes_backed_up),
             bytes(c.bytes_total)
         );
@@ -391,8 +391,8 @@ pub fn privacy(p: &PrivacyView) -> String {
     let _ = writeln!(out, "Your settings:  {}", settings_inline(&p.settings));
     let _ = writeln!(
         out,
-        "History:        kept {} days on this device; `cambackup unpair` erases it",
-        p.history_days
+        "History:        kept {} on this device; `cambackup unpair` erases it",
+        crate::words::count(p.history_days.into(), "day", "days")
     );
     out
 }
@@ -528,8 +528,8 @@ pub fn space(v: &Value, files: bool) -> String {
     if holds.is_empty() {
         let _ = writeln!(
             out,
-            "Now:        would free {} file(s), {} (need {})",
-            would.len(),
+            "Now:        would free {}, {} (need {})",
+            crate::words::count(would.len() as u64, "file", "files"),
             bytes(would_bytes),
             bytes(n(v, "need_bytes"))
         );
@@ -543,9 +543,9 @@ pub fn space(v: &Value, files: bool) -> String {
     if let Some(p) = v.get("last_pass").filter(|p| !p.is_null()) {
         let _ = writeln!(
             out,
-            "Last pass:  {}: freed {} file(s), {}",
+            "Last pass:  {}: freed {}, {}",
             local_time(p["at"].as_i64().unwrap_or(0)),
-            n(p, "freed_files"),
+            crate::words::count(n(p, "freed_files"), "file", "files"),
             bytes(n(p, "freed_bytes"))
         );
         for f in p["failures"].as_array().into_iter().flatten() {

@@ -1248,7 +1248,6 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
         .unwrap();
     h.app
         .set_account_status(AccountStatus::Unauthorized("401".into()));
-    h.app.set_media_available(false);
     h.app.scanned(&crate::scan::Report {
         unreadable: 2,
         ..Default::default()
@@ -1259,14 +1258,39 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
     h.app.store().mark_failed(id, "413: too large").unwrap();
     let (_, s) = h.call(Method::GET, "/v1/status", None).await;
     let got = codes(&s);
-    for want in [
-        "unauthorized",
-        "media_unavailable",
-        "unreadable_files",
-        "items_failed",
-    ] {
+    for want in ["unauthorized", "unreadable_files", "items_failed"] {
         assert!(got.iter().any(|c| c == want), "{want} missing: {s:#}");
     }
+    // One of each: the messages say so in the singular.
+    let message = |s: &Value, code: &str| {
+        s["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["code"] == code)
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(message(&s, "items_failed").starts_with("1 file could not be uploaded and waits "));
+    assert!(message(&s, "unreadable_files").starts_with("2 entries on the card "));
+    h.app.scanned(&crate::scan::Report {
+        unreadable: 1,
+        ..Default::default()
+    });
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    assert!(
+        message(&s, "unreadable_files").starts_with("1 entry on the card could not be read "),
+        "{s:#}"
+    );
+
+    // The card pulled: its absence is the one thing to say, not entries it could not read.
+    h.app.set_media_available(false);
+    let (_, s) = h.call(Method::GET, "/v1/status", None).await;
+    let got = codes(&s);
+    assert!(got.iter().any(|c| c == "media_unavailable"), "{s:#}");
+    assert!(!got.iter().any(|c| c == "unreadable_files"), "{s:#}");
 
     h.app
         .set_account_status(AccountStatus::SubscriptionInactive("402".into()));
@@ -1307,6 +1331,22 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
         "{s:#}"
     );
     assert!(s["attention"].to_string().contains("checksums"), "{s:#}");
+    assert!(message(&s, "free_space_unverified").contains(" 3 backed-up files are kept "));
+    // The other cause, for one file; neither message has a run of spaces in it (a string
+    // continuation without its `\` keeps the next line's indentation).
+    let one = crate::app::PassReport {
+        need_bytes: 10,
+        kept_unverified: 1,
+        ..Default::default()
+    };
+    h.app.set_last_pass(one);
+    let (_, s2) = h.call(Method::GET, "/v1/status", None).await;
+    let m = message(&s2, "free_space_unverified");
+    assert!(m.contains(" 1 backed-up file is kept "), "{m}");
+    assert!(m.contains("before freeing space was set up"), "{m}");
+    for m in [m, message(&s, "free_space_unverified")] {
+        assert!(!m.contains("  "), "a run of spaces: {m}");
+    }
     h.app.set_last_pass(crate::app::PassReport::default());
     let (_, s) = h.call(Method::GET, "/v1/status", None).await;
     assert!(codes(&s).is_empty(), "{s:#}");

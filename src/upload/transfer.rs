@@ -34,6 +34,7 @@ use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::tus::{Client, TusError, UploadState};
 use crate::upload::{chunk, sent, source, tus};
+use crate::words::count;
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
@@ -211,9 +212,10 @@ impl Transfer<'_, '_> {
             .map_err(|e| self.outcome_for(&e))?;
         if let Some(max) = caps.max_size.filter(|m| size > *m) {
             return Err(Outcome::Failed(format!(
-                "server refuses files this large: {} is {size} bytes, the server accepts at \
-                 most {max} (Tus-Max-Size)",
-                self.item.storage_path
+                "server refuses files this large: {} is {}, the server accepts at most {max} \
+                 (Tus-Max-Size)",
+                self.item.storage_path,
+                count(size, "byte", "bytes")
             )));
         }
         // An upload the server has let expire cannot be resumed; do not even ask.
@@ -271,7 +273,8 @@ impl Transfer<'_, '_> {
                     };
                     if let Some(len) = st.length.filter(|l| *l != size) {
                         self.forget_url(&format!(
-                            "the server's upload is {len} bytes long, the file {size}"
+                            "the server's upload is {} long, the file {size}",
+                            count(len, "byte", "bytes")
                         ))?;
                         continue 'session;
                     }
@@ -404,8 +407,10 @@ impl Transfer<'_, '_> {
     fn accept_server_offset(&mut self, offset: u64) -> Result<(), Outcome> {
         if offset > self.item.size {
             return Err(Outcome::Failed(format!(
-                "the server reports {offset} bytes of {}, which has only {}",
-                self.item.storage_path, self.item.size
+                "the server reports {} of {}, which has only {}",
+                count(offset, "byte", "bytes"),
+                self.item.storage_path,
+                self.item.size
             )));
         }
         self.offset = offset;
@@ -445,10 +450,10 @@ impl Transfer<'_, '_> {
         if changed {
             self.changed = true;
             return Err(Outcome::FileUnreadable(format!(
-                "{}: changed since queued (queued {} bytes, now {} bytes)",
+                "{}: changed since queued (queued {}, now {})",
                 self.path.display(),
-                self.item.size,
-                meta.len()
+                count(self.item.size, "byte", "bytes"),
+                count(meta.len(), "byte", "bytes")
             )));
         }
         self.identity = Some(id);
@@ -650,7 +655,8 @@ fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
             Outcome::SubscriptionInactive(msg)
         }
         (_, Some(413)) => Outcome::Failed(format!(
-            "server refuses files this large: {path} is {size} bytes ({msg})"
+            "server refuses files this large: {path} is {} ({msg})",
+            count(size, "byte", "bytes")
         )),
         _ if e.is_transient() => Outcome::Retry {
             error: msg,

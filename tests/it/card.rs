@@ -327,3 +327,176 @@ async fn a_file_written_into_any_directory_of_the_card_is_queued_without_a_resca
     })
     .await;
 }
+
+/// The codes of `status.attention`.
+fn attention(s: &serde_json::Value) -> Vec<String> {
+    s["attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What a user sees of a camera without its card: the state and the one thing to fix.
+fn assert_no_card(s: &serde_json::Value) {
+    assert_eq!(s["state"], "media_unavailable", "{s:#}");
+    assert_eq!(s["media_available"], false, "{s:#}");
+    assert_eq!(attention(s), ["media_unavailable"], "{s:#}");
+}
+
+/// A manual upload while the card is not there: refused, naming why, and nothing queued.
+async fn assert_manual_upload_refused(rig: &Rig, rel: &str) {
+    let (code, body) = rig
+        .daemon
+        .api("POST", "/v1/uploads", Some(json!({ "paths": [rel] })))
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("media_unavailable")),
+        "{body}"
+    );
+    assert!(rig.items(None).await.is_empty());
+}
+
+/// Longer than the watcher's look at the card (every 5 s), so a test sees what it concluded.
+const A_LOOK: Duration = Duration::from_secs(6);
+
+/// Issue 22, item 8: a camera booted without its card said "idle: nothing to upload" for as
+/// long as it ran without one.
+#[tokio::test]
+async fn a_camera_started_without_its_card_says_so_from_the_start_and_finds_it_later() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 3000);
+    cam.set_card_present(false);
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    assert_no_card(&rig.status().await);
+    tokio::time::sleep(A_LOOK).await;
+    assert_no_card(&rig.status().await);
+    assert_manual_upload_refused(&rig, &a).await;
+
+    rig.cam.set_card_present(true);
+    rig.expect_uploaded(&[a.as_str()], T).await;
+    let s = rig.status().await;
+    assert_eq!(s["media_available"], true, "{s:#}");
+    assert!(attention(&s).is_empty(), "{s:#}");
+}
+
+/// A tmpfs mounted over a directory for the test's life, as the camera mounts its card (root
+/// only).
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn tmpfs(dir: &std::path::Path) -> Option<Mounted> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mounted(dir.to_path_buf()))
+    }
+
+    fn unmount(self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "umount {}", self.0.display());
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 22, item 8, with `media.mount_required`: the mount point with no card behind it, even
+/// with files written into it, is no card; a card mounted on it is seen and scanned, and its
+/// files are not "deleted" when it is unmounted.
+#[tokio::test]
+async fn with_mount_required_an_empty_mount_point_is_no_card_until_one_is_mounted() {
+    let cam = FakeCamera::new();
+    cam.with("media", "mount_required", "true");
+    // On the camera's own flash, under the mount point: not a card's file.
+    let stray = cam.photo("STRAY.JPG", 2000);
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    assert_no_card(&rig.status().await);
+    tokio::time::sleep(A_LOOK).await;
+    assert_no_card(&rig.status().await);
+    assert!(
+        rig.items(None).await.is_empty(),
+        "nothing queued from the mount point"
+    );
+    assert_manual_upload_refused(&rig, &stray).await;
+
+    let Some(card) = Mounted::tmpfs(&rig.cam.media_root()) else {
+        eprintln!("SKIPPED the mounted half: cannot mount a tmpfs for the card (needs root)");
+        return;
+    };
+    let b = rig.cam.photo("B.JPG", 3000);
+    let c = rig.cam.photo("C.JPG", 3000);
+    rig.expect_uploaded(&[b.as_str(), c.as_str()], T).await;
+    let s = rig.status().await;
+    assert_eq!(s["media_available"], true, "{s:#}");
+    assert!(attention(&s).is_empty(), "{s:#}");
+    let sent: Vec<String> = rig
+        .rx
+        .completed_uploads()
+        .iter()
+        .map(|u| u.metadata["storage_path"].clone())
+        .collect();
+    assert!(!sent.contains(&stray), "{sent:?}");
+
+    // A file the card holds, queued but not sent: the card unmounted does not make it deleted.
+    rig.consent(false).await;
+    let d = rig.cam.photo("D.JPG", 3000);
+    eventually(T, "D queued", || async {
+        rig.paths("pending").await == [d.clone()]
+    })
+    .await;
+    card.unmount();
+    eventually(T, "the card missing again", || async {
+        rig.status().await["media_available"] == false
+    })
+    .await;
+    tokio::time::sleep(A_LOOK).await;
+    assert_no_card(&rig.status().await);
+    assert_eq!(rig.paths("pending").await, [d], "no false deletion");
+}
+
+/// Issue 22, item 9: the card pulled also raised `unreadable_files` ("1 entries on the card
+/// could not be read"): its absence is the one thing to tell the user.
+#[tokio::test]
+async fn pulling_the_card_raises_media_unavailable_alone() {
+    let cam = FakeCamera::new();
+    let a = cam.photo("A.JPG", 3000);
+    let rig = Rig::start(cam).await;
+    rig.pair().await;
+    eventually(T, "A queued", || async {
+        rig.paths("pending").await == [a.clone()]
+    })
+    .await;
+
+    rig.cam.set_card_present(false);
+    eventually(T, "media unavailable", || async {
+        rig.status().await["media_available"] == false
+    })
+    .await;
+    // Long enough for the scan the removal's events ask for to finish and be reported.
+    tokio::time::sleep(A_LOOK).await;
+    assert_no_card(&rig.status().await);
+
+    rig.cam.set_card_present(true);
+    eventually(T, "the card back, nothing to fix", || async {
+        let s = rig.status().await;
+        s["media_available"] == true && attention(&s).is_empty()
+    })
+    .await;
+}
