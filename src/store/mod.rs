@@ -271,6 +271,10 @@ impl Store {
             .create(dir)
             .map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        // Before anything reads or appends to it: a torn last line would swallow the next one.
+        if let Err(e) = ledger::mend(dir) {
+            tracing::error!(error = %e, "cannot mend the ledger's torn last line");
+        }
         let path = dir.join(DB_FILE);
         // A database that is gone or empty (a power cut before its first checkpoint, an fsck)
         // while the ledger holds facts is a lost one, not a first start: rebuild it from them.

@@ -793,3 +793,60 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     assert!(s.was_rebuilt());
     assert_counts_true(&s, "a rebuild of a lost database");
 }
+
+/// Issue 22, item 2: a power cut (or a full disk) in the middle of an append leaves a line
+/// without its newline. The user's cancel appended next must not be glued onto it and lost:
+/// after the database is lost and rebuilt, the cancelled file is still cancelled.
+#[test]
+fn a_torn_ledger_line_does_not_swallow_the_next_fact() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        started(&s, id, "https://up.example/files/1");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ledger::LEDGER_FILE))
+            .unwrap()
+            .write_all(br#"{"p":"B.MP4","s":20,"m":"#)
+            .unwrap();
+        s.cancel(id).unwrap();
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("{DB_FILE}{ext}")));
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    assert_eq!(
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap(),
+        0,
+        "the cancelled file is not queued again"
+    );
+    assert_eq!(s.counts().unwrap().cancelled, 1);
+    assert_eq!(s.counts().unwrap().pending, 0);
+}
+
+/// The same tear found at start is cut off there, before anything reads or appends.
+#[test]
+fn a_torn_ledger_line_is_cut_off_at_start() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        started(&s, id, "https://up.example/files/1");
+    }
+    let path = dir.path().join(ledger::LEDGER_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(br#"{"p":"B.MP4","s":2"#)
+        .unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
+}
