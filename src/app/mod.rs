@@ -598,8 +598,9 @@ impl App {
     }
 
     /// The data plan's count: takes the bytes the uploads sent over cellular since the last
-    /// call, adds them to today's count in the store (a new local day starts from zero), and
-    /// returns today's total. Called by the conditions loop at each reading. Bytes the store
+    /// call, adds them to today's count in the store (a new local day starts from zero; a
+    /// clock or time-zone change back to an earlier date keeps what was sent, see
+    /// [`crate::store::Store::add_cellular_use`]), and returns what counts against today. Called by the conditions loop at each reading. Bytes the store
     /// could not take (a full state disk) count until the next reading only.
     pub fn count_cellular_use(&self) -> u64 {
         let sent = self.client.throttle().take_counted();

@@ -104,7 +104,11 @@ pub fn append(dir: &Path, entry: &Entry) -> std::io::Result<()> {
 /// Mends a torn end of the ledger at start ([`mend_tail`]); a missing ledger is not an error.
 pub fn mend(dir: &Path) -> std::io::Result<()> {
     let path = dir.join(LEDGER_FILE);
-    match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
         Ok(f) => mend_tail(&f, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
