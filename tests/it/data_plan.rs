@@ -219,3 +219,32 @@ async fn a_clock_stepped_back_does_not_renew_the_budget() {
     let today = rig.status().await["cellular_bytes_today"].as_u64().unwrap();
     assert!((MIB..=MIB + SLACK).contains(&today), "{today}");
 }
+
+/// A camera without an RTC battery restarts at 1970 and NTP sets its clock later. The day of
+/// 1970 names no day of the user's plan: the count waits for the clock, and today's bytes
+/// still count once it is set (counted at 1970, they were moved there and today was fresh).
+#[tokio::test]
+async fn a_restart_at_1970_does_not_renew_the_budget() {
+    let cam = cellular_rig_camera();
+    let clock = TestClock::new(cam.root());
+    clock.set_to(DAY0 + HOUR);
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    let mut rig = Rig::start_with_clock(cam, rx, &clock).await;
+    rig.pair().await;
+    let (sent, counted) = use_up_one_mib(&rig).await;
+
+    rig.daemon.stop().await;
+    clock.set_to(HOUR);
+    rig.daemon.restart().await;
+    eventually(Duration::from_secs(10), "clock_not_set", || async {
+        rig.status().await["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["code"] == "clock_not_set")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    clock.set_to(DAY0 + 2 * HOUR);
+    still_used_up(&rig, sent, counted, "after a restart at 1970 and NTP").await;
+}
