@@ -56,10 +56,15 @@ pub struct Local {
     pub minute: u16,
 }
 
-/// `unix` in local time; `None` if the C library cannot say.
+/// `unix` in local time; `None` if the C library cannot say. Follows a change of the time
+/// zone while the daemon runs (the firmware replacing `/etc/localtime`).
 pub fn local(unix: i64) -> Option<Local> {
-    // SAFETY: localtime_r only writes the `tm` we own; it reads TZ or /etc/localtime itself.
+    // SAFETY: tzset and localtime_r take the C library's time-zone lock; localtime_r only
+    // writes the `tm` we own. Why tzset: localtime_r reads the zone once per process (glibc),
+    // so a camera whose zone the user changed kept the old one for its schedule and data day
+    // until a restart. tzset reads `/etc/localtime` again when it changed (a stat, each call).
     let tm = unsafe {
+        tzset();
         let t: libc::time_t = unix as libc::time_t;
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&t, &mut tm).is_null() {
@@ -72,6 +77,11 @@ pub fn local(unix: i64) -> Option<Local> {
         day: local_secs.div_euclid(86_400),
         minute: (tm.tm_hour * 60 + tm.tm_min) as u16,
     })
+}
+
+extern "C" {
+    /// POSIX `tzset(3)`, which the `libc` crate declares for Windows only.
+    fn tzset();
 }
 
 /// The local time now ([`now_unix`]).

@@ -789,14 +789,22 @@ impl App {
     }
 
     /// The data plan's count: takes the bytes the uploads sent over cellular since the last
-    /// call, adds them to today's count in the store (a new local day starts from zero), and
-    /// returns today's total. Called by the conditions loop at each reading. Bytes the store
-    /// could not take (a full state disk) count until the next reading only.
+    /// call, adds them to today's count in the store (a new local day starts from zero; a
+    /// clock or time-zone change back to an earlier date keeps what was sent, see
+    /// [`crate::store::Store::add_cellular_use`]), and returns what counts against today.
+    /// Called by the conditions loop at each reading. Bytes the store could not take (a full
+    /// state disk) count until the next reading only.
     pub fn count_cellular_use(&self) -> u64 {
-        let sent = self.client.throttle().take_counted();
+        // A clock not yet set (a camera without an RTC battery boots at 1970) names no day:
+        // counted there, today's bytes would be moved to 1970, and the day the clock is set
+        // to would find a fresh budget. The bytes stay in the throttle until it is set.
+        if !crate::clock::is_set() {
+            return self.live().cellular_bytes_today;
+        }
         let Some(local) = crate::clock::local_now() else {
             return self.live().cellular_bytes_today;
         };
+        let sent = self.client.throttle().take_counted();
         match self.store.add_cellular_use(local.day, sent) {
             Ok(total) => {
                 self.live().cellular_bytes_today = total;

@@ -9,8 +9,9 @@
 //! - the ledger gets one line when a tus upload is created (its URL and endpoint: a rebuilt
 //!   queue resumes it by asking the server, `HEAD`) and one when an upload is done (a rebuilt
 //!   queue knows it was sent), and one when a done upload turns out lost on the server
-//!   (freeing space found a 404: it is sent again). A torn last line (power cut mid-append) is
-//!   skipped on reading.
+//!   (freeing space found a 404: it is sent again). A torn last line (power cut or full disk
+//!   mid-append) is skipped on reading, and mended (cut back to the last whole line) at start
+//!   and before the next append, so that line is not glued to it and lost too.
 //! - the choices file holds the user's settings and pause, replaced atomically (temp file,
 //!   fsync, rename) on every change. A withdrawal the full disk has no room for is written
 //!   over the file in place, or else the file is emptied: an empty or damaged file means "no
@@ -79,25 +80,93 @@ pub struct Known {
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
+        .read(true)
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
 }
 
-/// Appends one line and syncs it (and the directory, when the file is new).
+/// Appends one line and syncs it (and the directory, when the file is new). A torn last line
+/// is mended first ([`mend_tail`]): glued to it, this line would be lost with it.
 pub fn append(dir: &Path, entry: &Entry) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(entry).expect("plain data serializes");
     line.push(b'\n');
     let path = dir.join(LEDGER_FILE);
     let new = !path.exists();
     let mut f = open_append(&path)?;
+    mend_tail(&f, &path)?;
     f.write_all(&line)?;
     f.sync_data()?;
     if new {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// Mends a torn end of the ledger at start ([`mend_tail`]); a missing ledger is not an error.
+pub fn mend(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(LEDGER_FILE);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => mend_tail(&f, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the file end with a whole line, so the next append starts a line of its own.
+///
+/// Why: a power cut or a full disk in the middle of an append leaves a last line without its
+/// newline. The reader skips it, but the next line appended after it would be glued onto it,
+/// and skipped with it: that fact (a cancel, say) would be lost at the next rebuild. A tail
+/// that is a whole entry but for its newline (the cut fell just before it) gets the newline;
+/// any other tail is cut back to the last newline. Costs one `pread` of one byte when the
+/// file is whole, which is every time but after a crash.
+fn mend_tail(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 {
+        return Ok(());
+    }
+    f.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Back to the last newline, a block at a time (a torn line is one entry, ~100 bytes).
+    let mut end = len;
+    let mut cut = 0;
+    let mut block = vec![0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let buf = &mut block[..(end - start) as usize];
+        f.read_exact_at(buf, start)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            cut = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    let mut tail = vec![0u8; (len - cut) as usize];
+    f.read_exact_at(&mut tail, cut)?;
+    if serde_json::from_slice::<Entry>(&tail).is_ok() {
+        // O_APPEND: the write lands at the end whatever the offset.
+        let mut w = f;
+        w.write_all(b"\n")?;
+        tracing::warn!(file = %path.display(), "the ledger's last line had lost its newline: completed it");
+    } else {
+        f.set_len(cut)?;
+        tracing::warn!(
+            file = %path.display(),
+            bytes = len - cut,
+            "the ledger ended in a torn line (a power cut or a full disk mid-append): cut it off"
+        );
+    }
+    f.sync_data()
 }
 
 /// Replays the ledger: the last word on each file version. Damaged lines are skipped.
@@ -306,5 +375,38 @@ mod tests {
         let b = &known[&("B.JPG".to_string(), 10, 1)];
         assert!(!b.done);
         assert_eq!(b.upload.as_ref().unwrap().0, "https://up.example/files/2");
+    }
+
+    #[test]
+    fn a_whole_entry_that_lost_only_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let mut done = serde_json::to_vec(&entry("A.JPG", None, true)).unwrap();
+        std::fs::write(&path, &done).unwrap();
+        append(dir.path(), &entry("B.JPG", None, true)).unwrap();
+        let (known, lines) = replay(dir.path());
+        assert_eq!(lines, 2);
+        assert!(known[&("A.JPG".to_string(), 10, 1)].done);
+        assert!(known[&("B.JPG".to_string(), 10, 1)].done);
+        done.push(b'\n');
+        assert!(std::fs::read(&path).unwrap().starts_with(&done));
+    }
+
+    #[test]
+    fn a_torn_line_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), &entry("A.JPG", None, true)).unwrap();
+        let mut f = open_append(&dir.path().join(LEDGER_FILE)).unwrap();
+        // A tear longer than one block of the backward search.
+        f.write_all(&[b'x'; 9000]).unwrap();
+        append(dir.path(), &entry("B.JPG", None, true)).unwrap();
+        let (known, lines) = replay(dir.path());
+        assert_eq!(lines, 2);
+        assert!(known[&("B.JPG".to_string(), 10, 1)].done);
+        // A ledger that is nothing but a tear.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(LEDGER_FILE), b"{\"p\":").unwrap();
+        append(other.path(), &entry("C.JPG", None, true)).unwrap();
+        assert_eq!(replay(other.path()).1, 1);
     }
 }

@@ -273,6 +273,10 @@ impl Store {
             .create(dir)
             .map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        // Before anything reads or appends to it: a torn last line would swallow the next one.
+        if let Err(e) = ledger::mend(dir) {
+            tracing::error!(error = %e, "cannot mend the ledger's torn last line");
+        }
         let path = dir.join(DB_FILE);
         // A database that is gone or empty (a power cut before its first checkpoint, an fsck)
         // while the ledger holds facts is a lost one, not a first start: rebuild it from them.
@@ -1433,33 +1437,52 @@ impl Store {
     }
 
     /// Adds `bytes` sent over cellular on local day `day` (days since 1970 in local time) and
-    /// returns that day's total. A new day starts from zero. Kept in the database, so the
-    /// count survives restarts.
+    /// returns what counts against today's budget. Kept per day in the database, so the count
+    /// survives restarts, and a day returned to (a time-zone change west and back) finds its
+    /// count.
+    ///
+    /// No clock or time-zone change gives a fresh budget for bytes already sent: a day later
+    /// than `day` that already has a count can only have been reached before now (the clock or
+    /// the time zone moved back), so its bytes count today too (the answer is the largest count
+    /// from `day` on), and what is sent now is added to each of those later days as well, so
+    /// going forward to them again finds it. A count more than [`CELLULAR_DAYS_AHEAD`] days
+    /// ahead is more than a time-zone change explains: a clock that was days or years ahead
+    /// and was set right. Its bytes were sent before now, so they are added to today's count,
+    /// and the row goes, so that it does not hold back the days until the clock reaches it.
     pub fn add_cellular_use(&self, day: i64, bytes: u64) -> Result<u64> {
         self.tx(|tx| {
-            let get = |key: &str| -> rusqlite::Result<Option<i64>> {
-                tx.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()
-                .map(|v| v.and_then(|v| v.parse().ok()))
-            };
-            let used = if get(CELLULAR_DAY_KEY)? == Some(day) {
-                get(CELLULAR_BYTES_KEY)?.unwrap_or(0).max(0) as u64
-            } else {
-                0
-            };
-            let total = used.saturating_add(bytes);
-            if bytes > 0 || get(CELLULAR_DAY_KEY)? != Some(day) {
-                for (key, value) in [(CELLULAR_DAY_KEY, day), (CELLULAR_BYTES_KEY, total as i64)] {
-                    tx.execute(
-                        "INSERT INTO kv (key, value) VALUES (?1, ?2)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        params![key, value.to_string()],
-                    )?;
-                }
+            let ahead: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(bytes), 0) FROM cellular_use WHERE day > ?1",
+                [day + CELLULAR_DAYS_AHEAD],
+                |r| r.get(0),
+            )?;
+            let add = bytes.min(i64::MAX as u64) as i64;
+            if ahead > 0 || add > 0 {
+                tx.execute(
+                    "INSERT INTO cellular_use (day, bytes) VALUES (?1, ?2)
+                     ON CONFLICT (day) DO UPDATE SET bytes = bytes + excluded.bytes",
+                    params![day, ahead],
+                )?;
+                tx.execute(
+                    "DELETE FROM cellular_use WHERE day > ?1",
+                    [day + CELLULAR_DAYS_AHEAD],
+                )?;
+                tx.execute(
+                    "UPDATE cellular_use SET bytes = bytes + ?2 WHERE day >= ?1",
+                    params![day, add],
+                )?;
+                tx.execute(
+                    "DELETE FROM cellular_use WHERE day NOT IN
+                       (SELECT day FROM cellular_use ORDER BY day DESC LIMIT ?1)",
+                    [CELLULAR_DAYS_KEPT],
+                )?;
             }
-            Ok(total)
+            let used: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(bytes), 0) FROM cellular_use WHERE day >= ?1",
+                [day],
+                |r| r.get(0),
+            )?;
+            Ok(used.max(0) as u64)
         })
     }
 
@@ -1493,9 +1516,14 @@ fn no_record_of(base: ledger::Choices) -> ledger::Choices {
     }
 }
 
-/// The local day the cellular count is for, and the count (bytes), in the kv table.
-const CELLULAR_DAY_KEY: &str = "cellular.day";
-const CELLULAR_BYTES_KEY: &str = "cellular.bytes";
+/// How many days ahead of today a cellular count may lie and still be a day the device will
+/// reach again: the time zones span 26 hours (UTC-12 to UTC+14), so a change of zone moves
+/// the local date by at most two days.
+pub const CELLULAR_DAYS_AHEAD: i64 = 2;
+
+/// How many days' cellular counts are kept (the latest ones): more than a week, and more than
+/// the days a wrongly set clock may have added, so that setting it right finds today's count.
+const CELLULAR_DAYS_KEPT: i64 = 32;
 
 /// A fact the ledger records about an item.
 enum Fact<'a> {

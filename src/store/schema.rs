@@ -106,4 +106,17 @@ pub const MIGRATIONS: &[&str] = &[
     // to the counts in the same transaction instead (`count_inserted` in store/mod.rs; the
     // scan once per statement of 64 rows). Updates and deletes keep their triggers.
     "DROP TRIGGER queue_counts_insert;",
+    // 7: the cellular count per local day (`Store::add_cellular_use`), instead of one
+    // (day, bytes) pair in `kv` that any other day zeroed: a time-zone change west and back, or
+    // a clock stepped back, gave a day its budget twice. The pair in use is carried over.
+    r#"
+    CREATE TABLE cellular_use (
+        day   INTEGER PRIMARY KEY,
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO cellular_use (day, bytes)
+        SELECT CAST(d.value AS INTEGER), CAST(b.value AS INTEGER)
+        FROM kv d JOIN kv b ON d.key = 'cellular.day' AND b.key = 'cellular.bytes';
+    DELETE FROM kv WHERE key IN ('cellular.day', 'cellular.bytes');
+    "#,
 ];

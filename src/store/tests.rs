@@ -862,3 +862,124 @@ fn a_withdrawal_is_written_over_the_choices_file_in_place_when_a_new_file_cannot
         ledger::ChoicesFile::Found(off)
     );
 }
+
+/// Issue 22, item 2: a power cut (or a full disk) in the middle of an append leaves a line
+/// without its newline. The user's cancel appended next must not be glued onto it and lost:
+/// after the database is lost and rebuilt, the cancelled file is still cancelled.
+#[test]
+fn a_torn_ledger_line_does_not_swallow_the_next_fact() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        started(&s, id, "https://up.example/files/1");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ledger::LEDGER_FILE))
+            .unwrap()
+            .write_all(br#"{"p":"B.MP4","s":20,"m":"#)
+            .unwrap();
+        s.cancel(id).unwrap();
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("{DB_FILE}{ext}")));
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.was_rebuilt());
+    assert_eq!(
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap(),
+        0,
+        "the cancelled file is not queued again"
+    );
+    assert_eq!(s.counts().unwrap().cancelled, 1);
+    assert_eq!(s.counts().unwrap().pending, 0);
+}
+
+/// The same tear found at start is cut off there, before anything reads or appends.
+#[test]
+fn a_torn_ledger_line_is_cut_off_at_start() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.upsert_files(&[found("A.MP4", 100, 1)]).unwrap();
+        let id = s.list(None, 1, 0).unwrap()[0].id;
+        started(&s, id, "https://up.example/files/1");
+    }
+    let path = dir.path().join(ledger::LEDGER_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(br#"{"p":"B.MP4","s":2"#)
+        .unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
+}
+
+/// Issue 22, item 3: a day's cellular count is kept per day, and no clock or time-zone change
+/// gives a fresh budget for bytes already sent.
+#[test]
+fn the_cellular_count_is_never_forgotten_when_the_day_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let d = 20_000;
+    assert_eq!(s.add_cellular_use(d - 1, 100).unwrap(), 100, "yesterday");
+    assert_eq!(s.add_cellular_use(d, 1000).unwrap(), 1000);
+    // A time-zone change west: back into yesterday, whose own count was smaller. Today's
+    // bytes were sent before now: they still count.
+    assert_eq!(s.add_cellular_use(d - 1, 0).unwrap(), 1000);
+    assert_eq!(s.add_cellular_use(d - 1, 50).unwrap(), 1050);
+    // And back east: today has counted what was sent meanwhile too.
+    assert_eq!(s.add_cellular_use(d, 0).unwrap(), 1050);
+    assert_eq!(s.add_cellular_use(d, 10).unwrap(), 1060);
+    // A clock stepped back by two days into a day never counted.
+    assert_eq!(s.add_cellular_use(d - 2, 0).unwrap(), 1060);
+    // The next day starts afresh, and the count survives a restart.
+    assert_eq!(s.add_cellular_use(d + 1, 5).unwrap(), 5);
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.add_cellular_use(d + 1, 0).unwrap(), 5);
+    assert_eq!(s.add_cellular_use(d, 0).unwrap(), 1060);
+
+    // A clock a year ahead, then set right: what went out meanwhile counts today, and the
+    // days after today are not held back by the year-ahead count.
+    assert_eq!(s.add_cellular_use(d + 366, 700).unwrap(), 700);
+    assert_eq!(s.add_cellular_use(d + 1, 0).unwrap(), 705);
+    assert_eq!(s.add_cellular_use(d + 2, 0).unwrap(), 0);
+
+    // At least the last week is kept.
+    let t = d + 100;
+    for day in t..t + 40 {
+        s.add_cellular_use(day, 1).unwrap();
+    }
+    let (rows, first): (i64, i64) = s
+        .conn()
+        .query_row("SELECT COUNT(*), MIN(day) FROM cellular_use", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, first), (32, t + 8));
+}
+
+#[test]
+fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.conn()
+            .execute_batch(
+                "DROP TABLE cellular_use;
+                 INSERT INTO kv (key, value) VALUES ('cellular.day', '20000'),
+                   ('cellular.bytes', '1234');
+                 PRAGMA user_version = 6;",
+            )
+            .unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 1234);
+    assert_eq!(s.add_cellular_use(19_999, 0).unwrap(), 1234);
+}

@@ -421,6 +421,13 @@ impl Daemon {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Sets (or replaces) an environment variable for the next start: a daemon restarted
+    /// under another `TZ` is a camera whose time zone was changed.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Stops the daemon if it runs (SIGTERM), starts it again with the same config and waits
     /// until it is healthy.
     pub async fn restart(&mut self) {

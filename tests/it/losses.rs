@@ -509,3 +509,51 @@ async fn unpairing_on_a_full_state_disk_answers_200_and_the_rest_is_erased_once_
     })
     .await;
 }
+
+/// Issue 22, item 2: a power cut (or a full disk) in the middle of an append left the ledger's
+/// last line without its newline; the user's cancel, appended next, was glued onto it and lost
+/// with it, so after the database was lost the rebuilt queue resumed the cancelled upload.
+#[tokio::test]
+async fn a_cancel_after_a_torn_ledger_line_holds_when_the_database_is_lost() {
+    let (mut rig, rel) = uploading_a_big_video(FakeCamera::new()).await;
+    let ledger = rig.cam.state_dir().join("ledger.jsonl");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&ledger)
+            .unwrap();
+        f.write_all(br#"{"p":"DCIM/100MEDIA/IMG_9999.JPG","s":4096,"m":17"#)
+            .unwrap();
+    }
+    let id = rig.items(Some("uploading")).await[0]["id"]
+        .as_i64()
+        .unwrap();
+    let (code, body) = rig
+        .daemon
+        .api("DELETE", &format!("/v1/queue/{id}"), None)
+        .await;
+    assert!((200..300).contains(&code), "{code} {body}");
+    eventually(T, "cancelled", || async {
+        rig.paths("cancelled").await == [rel.clone()]
+    })
+    .await;
+    rig.daemon.stop().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(rig.cam.state_dir().join(format!("cambackup.db{ext}")));
+    }
+    let (requests, creations) = (rig.rx.requests().len(), rig.rx.creations());
+    rig.daemon.restart().await;
+    eventually(T, "still cancelled after the rebuild", || async {
+        rig.paths("cancelled").await == [rel.clone()]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        (rig.rx.requests().len(), rig.rx.creations()),
+        (requests, creations),
+        "the cancelled file went to the server again:{}",
+        rig.rx.request_summary()
+    );
+    assert!(rig.rx.completed(&rel).is_none());
+}
