@@ -395,6 +395,7 @@ async fn confirm(
         let abandon = Arc::new(AtomicBool::new(false));
         let flag = abandon.clone();
         let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, &flag));
+        let started = std::time::Instant::now();
         f.read_back = tokio::select! {
             _ = stop.cancelled() => {
                 abandon.store(true, Ordering::Relaxed);
@@ -402,6 +403,13 @@ async fn confirm(
             }
             r = job => r.unwrap_or_else(|e| ReadBack::Failed(e.to_string())),
         };
+        // What the read-back costs (benches/readback.sh reads this line).
+        tracing::debug!(
+            id = c.item.id,
+            bytes = c.item.size,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "read back from the card"
+        );
     }
     f.on_card = on_card(&root, &disk);
     *world = World {
