@@ -10,8 +10,9 @@
 #   FILES=2 SIZE_MIB=128 RUNS=1 CARDS=tmpfs sudo -E benches/readback.sh
 #
 # CARDS: "tmpfs" (the card in RAM: the hashing alone) and "ext4" (a loop-mounted ext4 image on
-# the machine's disk, each file's pages dropped from the cache first with posix_fadvise: a read
-# from storage, as from a card). Needs root (mounts). docs/PERFORMANCE.md records a run.
+# the machine's disk, each file's and the image's pages dropped from the cache first with
+# posix_fadvise, and the loop device's buffers flushed: a read from storage, as from a card).
+# Needs root (mounts). docs/PERFORMANCE.md records a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-4}
@@ -81,7 +82,7 @@ run() {
   for _ in $(seq 1 100); do grep -q '^url ' "$T/recv.out" && break; sleep 0.05; done
   local url
   url=$(awk '/^url /{print $2}' "$T/recv.out")
-  rm -rf "$T/state"
+  rm -rf "$T/state" "$T/run/ctl.sock"
   mkdir -m 700 "$T/state"
   cat >"$T/c.toml" <<TOML
 [device]
@@ -108,7 +109,8 @@ dir = "$T/state"
 TOML
   CAMBACKUP_LOG=info,cambackup::freeing=debug "$BIN" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
   DPID=$!
-  for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
+  for _ in $(seq 1 600); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
+  api http://localhost/v1/health >/dev/null || { cat "$T/daemon.log" >&2; exit 1; }
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   sleep 2
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
@@ -119,14 +121,18 @@ TOML
   [ "$(grep -c '^complete ' "$T/recv.out" || true)" -ge "$FILES" ] || { echo "uploads incomplete" >&2; exit 1; }
   sleep 1
   # From the card, not from the cache the upload left (ext4); tmpfs has no other copy.
+  # The loop device reads through the image file, whose pages the host caches too.
   if [ "$card" = ext4 ]; then
-    python3 - "$T/card/DCIM/100MEDIA" <<'PY'
+    sync
+    python3 - "$T/card/DCIM/100MEDIA" "$T/card.img" <<'PY'
 import os, sys
-for n in os.listdir(sys.argv[1]):
-    fd = os.open(os.path.join(sys.argv[1], n), os.O_RDONLY)
+paths = [os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1])] + [sys.argv[2]]
+for p in paths:
+    fd = os.open(p, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
 PY
+    blockdev --flushbufs "$(findmnt -n -o SOURCE "$T/card")"
   fi
   local c0 c1
   c0=$(ticks "$DPID")
