@@ -1024,6 +1024,60 @@ mod tests {
     }
 
     #[test]
+    fn a_command_that_deleted_the_file_then_failed_or_was_stopped_has_freed_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let cmd = root.join("delete.sh");
+        std::fs::write(
+            &cmd,
+            "#!/bin/sh\nrm -- \"$1\"\necho 'index not updated' >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&cmd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = root.join("A.JPG");
+        std::fs::write(&path, b"x").unwrap();
+        delete_file(
+            root,
+            &path,
+            seen_of(&path),
+            Some(&cmd),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert!(!path.exists());
+        // Deleted, then hung until freeing was stopped: freed all the same.
+        std::fs::write(&cmd, "#!/bin/sh\nrm -- \"$1\"\nexec sleep 600\n").unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let stop = CancellationToken::new();
+        let (p, s) = (path.clone(), stop.clone());
+        let t = std::thread::spawn(move || {
+            while p.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.cancel();
+        });
+        delete_file(root, &path, seen_of(&path), Some(&cmd), &stop).unwrap();
+        t.join().unwrap();
+        // Refused and still there: kept, and the command's words say why.
+        std::fs::write(&cmd, "#!/bin/sh\necho 'file locked' >&2\nexit 3\n").unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let err = delete_file(
+            root,
+            &path,
+            seen_of(&path),
+            Some(&cmd),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with("failed (exit status: 3): file locked"),
+            "{err}"
+        );
+        assert!(path.exists());
+    }
+
+    #[test]
     fn only_the_file_the_rules_saw_is_deleted_never_one_put_in_its_place_or_behind_a_link() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("card");
