@@ -3,10 +3,10 @@
 //!
 //! A pass gathers the facts (the card's space by statvfs, the store's done items and what was
 //! sent of them, each file's metadata), asks the rules, and for each file they name, just
-//! before deleting it: asks the server (`HEAD`: offset = length), reads the file back where
-//! the rules ask for it (verification by length, or an inode other than the one the bytes were
-//! sent from, as FAT and exFAT give after a remount), looks at the file once more, and asks the
-//! rules again with those answers. Then a durable note that the file is about to go, the
+//! before deleting it: asks the server (`HEAD`: offset = length), reads the file back and
+//! hashes it chunk by chunk against what was sent (always: an edit in place keeps the inode,
+//! size and mtime, so only the bytes tell), looks at the file once more, and asks the rules
+//! again with those answers. Then a durable note that the file is about to go, the
 //! firmware's `media.delete_command` (no shell) or an unlink relative to the file's directory,
 //! only while its name holds the version judged (inode, size, mtime), and the record: the
 //! store's `freed_at`, the history, the event stream. Notes left by a crash are settled at the
@@ -21,14 +21,18 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+mod command;
+
 use crate::app::{App, PassReport};
 use crate::config::Media;
+use crate::credentials::Account;
 use crate::space::{self, Card, FileFacts, Hold, Keep, OnCard, ReadBack, Server, Verdict, World};
 use crate::store::{FreeCandidate, Item, SentChunk, Store, StoreError};
 
@@ -85,6 +89,9 @@ pub fn card_space(root: &Path) -> std::io::Result<Card> {
 /// The facts of one moment: the world, and the candidates with their files' metadata.
 struct Gathered {
     world: World,
+    /// The account the candidates were gathered under: the pass asks the server with its
+    /// token only (an account change stops the pass).
+    account: Option<Account>,
     files: Vec<FileFacts>,
     candidates: HashMap<i64, FreeCandidate>,
 }
@@ -143,9 +150,10 @@ fn gather(app: &App, with_files: bool) -> Result<Gathered, String> {
     let world = world(app);
     let mut files = Vec::new();
     let mut candidates = HashMap::new();
+    let account = app.account_for_upload();
     if with_files {
         let root = &app.config().media.root;
-        let region = app.account_for_upload().and_then(|a| a.region);
+        let region = account.as_ref().and_then(|a| a.region.clone());
         let endpoint = app
             .config()
             .cloud
@@ -172,6 +180,7 @@ fn gather(app: &App, with_files: bool) -> Result<Gathered, String> {
     }
     Ok(Gathered {
         world,
+        account,
         files,
         candidates,
     })
@@ -212,6 +221,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     };
     let Gathered {
         mut world,
+        account,
         mut files,
         candidates,
     } = g;
@@ -235,14 +245,15 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
         let Some(&(id, _)) = d
             .files
             .iter()
-            .find(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm { .. }))
+            .find(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm))
         else {
             break;
         };
         let at = files.iter().position(|f| f.id == id).expect("decided on");
         let mut f = files.swap_remove(at);
         let c = &candidates[&id];
-        let Some(verdict) = confirm(app, &stop, &mut world, &mut f, c).await else {
+        let Some(verdict) = confirm(app, &stop, account.as_ref(), &mut world, &mut f, c).await
+        else {
             break;
         };
         match (verdict, f.on_card) {
@@ -356,16 +367,19 @@ fn count_kept(report: &mut PassReport, d: &space::Decision) {
 async fn confirm(
     app: &Arc<App>,
     stop: &CancellationToken,
+    account: Option<&Account>,
     world: &mut World,
     f: &mut FileFacts,
     c: &FreeCandidate,
 ) -> Option<Verdict> {
-    f.server = head(app, stop, c).await?;
+    f.server = head(app, stop, account, c).await?;
     let root = app.config().media.root.clone();
     let disk = c.item.storage_path.on_disk(&root);
+    // Read back whenever the server's answer leaves the file to be freed: in every mode, since
+    // nothing but its bytes tells a file edited in place from the one uploaded.
     let read_back = matches!(
         space::decide(world, std::slice::from_ref(f)).files.first(),
-        Some((_, Verdict::Confirm { read_back: true }))
+        Some((_, Verdict::Confirm))
     );
     if read_back {
         let chunks = match app.store().sent_chunks(c.item.id) {
@@ -377,11 +391,25 @@ async fn confirm(
             }
         };
         let path = disk.clone();
-        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks));
+        // A stop also ends the reading itself: a large video is seconds of card reads.
+        let abandon = Arc::new(AtomicBool::new(false));
+        let flag = abandon.clone();
+        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, &flag));
+        let started = std::time::Instant::now();
         f.read_back = tokio::select! {
-            _ = stop.cancelled() => return None,
+            _ = stop.cancelled() => {
+                abandon.store(true, Ordering::Relaxed);
+                return None;
+            }
             r = job => r.unwrap_or_else(|e| ReadBack::Failed(e.to_string())),
         };
+        // What the read-back costs (benches/readback.sh reads this line).
+        tracing::debug!(
+            id = c.item.id,
+            bytes = c.item.size,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "read back from the card"
+        );
     }
     f.on_card = on_card(&root, &disk);
     *world = World {
@@ -395,13 +423,24 @@ async fn confirm(
         .map(|(_, v)| v)
 }
 
-/// `HEAD` on the completed upload, now. `None`: stopped.
-async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Option<Server> {
-    let Some(account) = app.account_for_upload() else {
+/// `HEAD` on the completed upload, now, with the token of the account the pass gathered it
+/// under. `None`: stopped.
+async fn head(
+    app: &Arc<App>,
+    stop: &CancellationToken,
+    account: Option<&Account>,
+    c: &FreeCandidate,
+) -> Option<Server> {
+    if stop.is_cancelled() {
+        return None;
+    }
+    let Some(account) = account else {
         return Some(Server::Doubt("not paired".into()));
     };
     let ask = app.client().head(&c.done_url, &account.token);
     let answer = tokio::select! {
+        // A stop comes first: a HEAD is not even begun after it.
+        biased;
         _ = stop.cancelled() => return None,
         r = tokio::time::timeout(HEAD_TIMEOUT, ask) => r,
     };
@@ -425,7 +464,7 @@ async fn head(app: &Arc<App>, stop: &CancellationToken, c: &FreeCandidate) -> Op
 /// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
 /// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
 /// read, which the rules compare with the file at the path at the last look.
-fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
+fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &AtomicBool) -> ReadBack {
     use std::os::unix::fs::OpenOptionsExt as _;
     let failed = |e: std::io::Error| ReadBack::Failed(format!("{}: {e}", path.display()));
     let file = match std::fs::OpenOptions::new()
@@ -440,13 +479,12 @@ fn read_back_file(path: &Path, chunks: &[SentChunk]) -> ReadBack {
         Ok(m) => m.ino(),
         Err(e) => return failed(e),
     };
-    let never = std::sync::atomic::AtomicBool::new(false);
     let mut at = 0u64;
     for c in chunks {
         if c.start != at {
             return ReadBack::Differs { at };
         }
-        match crate::upload::source::sha1_of(&file, c.start, c.len, &never) {
+        match crate::upload::source::sha1_of(&file, c.start, c.len, abandon) {
             Ok(sha1) if sha1 == c.sha1 => {}
             // Shorter than what was sent, or other bytes.
             Ok(_) => return ReadBack::Differs { at: c.start },
@@ -497,8 +535,9 @@ async fn delete(
     let root = app.config().media.root.clone();
     let path = c.item.storage_path.on_disk(&root);
     let command = app.config().media.delete_command.clone();
+    let stop = stop.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let done = delete_file(&root, &path, seen, command.as_deref());
+        let done = delete_file(&root, &path, seen, command.as_deref(), &stop);
         // Whether the file the rules judged is still at its name after a failure: only then is
         // the note dropped (otherwise the next pass records what happened).
         let still_there = done.is_err()
@@ -524,8 +563,16 @@ async fn delete(
 /// its place or rewritten since the last look (or a link swapped into the path) is never
 /// deleted. With the firmware's command (the path as its one argument, no shell) the same check
 /// comes first, but the command resolves the path itself, milliseconds later; success is its
-/// exit 0 and that version gone from the name.
-fn delete_file(root: &Path, path: &Path, seen: Seen, command: Option<&Path>) -> Result<(), String> {
+/// exit 0 and that version gone from the name. The command is killed after [`DELETE_TIMEOUT`]
+/// or when `stop` is cancelled; one that failed, timed out or was stopped after the file went
+/// has deleted it all the same, and that is what is recorded.
+fn delete_file(
+    root: &Path,
+    path: &Path,
+    seen: Seen,
+    command: Option<&Path>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
     let at = |e: std::io::Error| format!("{}: {e}", path.display());
     let (dir, name) = at_dir::open_parent(root, path).map_err(at)?;
     match at_dir::regular_file(&dir, &name).map_err(at)? {
@@ -536,7 +583,21 @@ fn delete_file(root: &Path, path: &Path, seen: Seen, command: Option<&Path>) -> 
     let Some(cmd) = command else {
         return at_dir::unlink(&dir, &name).map_err(|e| format!("unlink {}: {e}", path.display()));
     };
-    run_delete_command(cmd, path)?;
+    if let Err(f) = command::run(cmd, path, DELETE_TIMEOUT, stop) {
+        let why = f.describe(cmd);
+        let gone = || {
+            tracing::warn!(path = %path.display(), reason = %why, "the delete command did not succeed, but the file is gone: recorded as freed");
+            Ok(())
+        };
+        return match at_dir::regular_file(&dir, &name) {
+            // Gone from its name (or another file took it since): deleted.
+            Ok(None) => gone(),
+            Ok(Some(now)) if now.ino != seen.ino => gone(),
+            Ok(Some(_)) => Err(why),
+            // Not to be told now (the card pulled): the note of the deletion settles it later.
+            Err(e) => Err(format!("{why}; then {}", at(e))),
+        };
+    }
     match at_dir::regular_file(&dir, &name) {
         Ok(Some(now)) if now == seen => Err(format!(
             "{} exited 0 but {} is still there",
@@ -720,55 +781,6 @@ mod at_dir {
     }
 }
 
-/// Runs the maker's delete command with the path as its one argument; kills it after
-/// [`DELETE_TIMEOUT`].
-fn run_delete_command(cmd: &Path, path: &Path) -> Result<(), String> {
-    use std::io::Read as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(cmd)
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", cmd.display()))?;
-    let deadline = std::time::Instant::now() + DELETE_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{} did not finish within {DELETE_TIMEOUT:?}",
-                    cmd.display()
-                ));
-            }
-            Err(e) => return Err(format!("waiting for {}: {e}", cmd.display())),
-        }
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(4096).read_to_string(&mut stderr);
-    }
-    let said = stderr.trim();
-    Err(format!(
-        "{} failed ({status}){}",
-        cmd.display(),
-        if said.is_empty() {
-            String::new()
-        } else {
-            format!(": {said}")
-        }
-    ))
-}
-
 // ----- GET /v1/space -----
 
 /// `GET /v1/space` (and `cambackup space`): the card, the rules in force, what a pass would
@@ -886,12 +898,10 @@ pub async fn preview(app: &Arc<App>) -> Result<SpaceView, String> {
     };
     for (id, v) in d.files {
         match v {
-            Verdict::Free | Verdict::Confirm { .. } if view.would_free.len() < MAX_LISTED => {
+            Verdict::Free | Verdict::Confirm if view.would_free.len() < MAX_LISTED => {
                 let mut f = file_view(id);
-                f.confirm.push("head");
-                if matches!(v, Verdict::Confirm { read_back: true }) {
-                    f.confirm.push("read_back");
-                }
+                // Asked of every file just before its deletion.
+                f.confirm = vec!["head", "read_back"];
                 view.would_free.push(f);
             }
             Verdict::NotNeeded => view.not_needed += 1,
@@ -929,6 +939,7 @@ mod tests {
         let path = dir.path().join("A.JPG");
         std::fs::write(&path, b"hello world").unwrap();
         let ino = std::fs::metadata(&path).unwrap().ino();
+        let never = AtomicBool::new(false);
         let chunk = |start: u64, bytes: &[u8]| SentChunk {
             start,
             len: bytes.len() as u64,
@@ -937,11 +948,17 @@ mod tests {
             ino,
         };
         let good = [chunk(0, b"hello"), chunk(5, b" world")];
-        assert_eq!(read_back_file(&path, &good), ReadBack::Same { ino });
+        assert_eq!(read_back_file(&path, &good, &never), ReadBack::Same { ino });
         let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
-        assert_eq!(read_back_file(&path, &bad), ReadBack::Differs { at: 5 });
+        assert_eq!(
+            read_back_file(&path, &bad, &never),
+            ReadBack::Differs { at: 5 }
+        );
         let longer = [chunk(0, b"hello"), chunk(5, b" world!")];
-        assert_eq!(read_back_file(&path, &longer), ReadBack::Differs { at: 5 });
+        assert_eq!(
+            read_back_file(&path, &longer, &never),
+            ReadBack::Differs { at: 5 }
+        );
         // The same bytes on another inode (a FAT remount) read back the same, and say which
         // inode was read.
         let copy = dir.path().join("A.new");
@@ -950,11 +967,11 @@ mod tests {
         let new_ino = std::fs::metadata(&path).unwrap().ino();
         assert_ne!(new_ino, ino);
         assert_eq!(
-            read_back_file(&path, &good),
+            read_back_file(&path, &good, &never),
             ReadBack::Same { ino: new_ino }
         );
         assert!(matches!(
-            read_back_file(&dir.path().join("gone"), &good),
+            read_back_file(&dir.path().join("gone"), &good, &never),
             ReadBack::Failed(_)
         ));
     }
@@ -976,13 +993,88 @@ mod tests {
         let path = root.join("A.JPG");
         std::fs::write(&path, b"x").unwrap();
         let ino = seen_of(&path);
-        let err = delete_file(root, &path, ino, Some(Path::new("/bin/false"))).unwrap_err();
+        let err = delete_file(
+            root,
+            &path,
+            ino,
+            Some(Path::new("/bin/false")),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
         assert!(err.contains("/bin/false failed"), "{err}");
         assert!(path.exists());
-        let err = delete_file(root, &path, ino, Some(Path::new("/bin/true"))).unwrap_err();
+        let err = delete_file(
+            root,
+            &path,
+            ino,
+            Some(Path::new("/bin/true")),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
         assert!(err.contains("still there"), "{err}");
-        delete_file(root, &path, ino, Some(Path::new("/bin/rm"))).unwrap();
+        delete_file(
+            root,
+            &path,
+            ino,
+            Some(Path::new("/bin/rm")),
+            &CancellationToken::new(),
+        )
+        .unwrap();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_command_that_deleted_the_file_then_failed_or_was_stopped_has_freed_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let cmd = root.join("delete.sh");
+        std::fs::write(
+            &cmd,
+            "#!/bin/sh\nrm -- \"$1\"\necho 'index not updated' >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&cmd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = root.join("A.JPG");
+        std::fs::write(&path, b"x").unwrap();
+        delete_file(
+            root,
+            &path,
+            seen_of(&path),
+            Some(&cmd),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert!(!path.exists());
+        // Deleted, then hung until freeing was stopped: freed all the same.
+        std::fs::write(&cmd, "#!/bin/sh\nrm -- \"$1\"\nexec sleep 600\n").unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let stop = CancellationToken::new();
+        let (p, s) = (path.clone(), stop.clone());
+        let t = std::thread::spawn(move || {
+            while p.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.cancel();
+        });
+        delete_file(root, &path, seen_of(&path), Some(&cmd), &stop).unwrap();
+        t.join().unwrap();
+        // Refused and still there: kept, and the command's words say why.
+        std::fs::write(&cmd, "#!/bin/sh\necho 'file locked' >&2\nexit 3\n").unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let err = delete_file(
+            root,
+            &path,
+            seen_of(&path),
+            Some(&cmd),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with("failed (exit status: 3): file locked"),
+            "{err}"
+        );
+        assert!(path.exists());
     }
 
     #[test]
@@ -998,16 +1090,23 @@ mod tests {
         let other = sub.join("B.tmp");
         std::fs::write(&other, b"new").unwrap();
         std::fs::rename(&other, &path).unwrap();
-        let err = delete_file(&root, &path, seen, None).unwrap_err();
+        let err = delete_file(&root, &path, seen, None, &CancellationToken::new()).unwrap_err();
         assert!(err.contains("another file"), "{err}");
-        let err = delete_file(&root, &path, seen, Some(Path::new("/bin/rm"))).unwrap_err();
+        let err = delete_file(
+            &root,
+            &path,
+            seen,
+            Some(Path::new("/bin/rm")),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
         assert!(err.contains("another file"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         // The same inode rewritten in place after the last look: kept too.
         let seen = seen_of(&path);
         std::fs::write(&path, b"rewritten").unwrap();
         assert_eq!(seen_of(&path).ino, seen.ino);
-        let err = delete_file(&root, &path, seen, None).unwrap_err();
+        let err = delete_file(&root, &path, seen, None, &CancellationToken::new()).unwrap_err();
         assert!(err.contains("another file"), "{err}");
         // A directory on the way swapped for a link to another one with the same name in it.
         let elsewhere = dir.path().join("elsewhere");
@@ -1016,17 +1115,19 @@ mod tests {
         let ino = seen_of(&elsewhere.join("A.JPG"));
         std::fs::rename(&sub, root.join("DCIM/moved")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
-        assert!(delete_file(&root, &path, ino, None).is_err());
+        assert!(delete_file(&root, &path, ino, None, &CancellationToken::new()).is_err());
         assert!(elsewhere.join("A.JPG").exists());
         // The file the rules saw goes.
         std::fs::remove_file(&sub).unwrap();
         std::fs::rename(root.join("DCIM/moved"), &sub).unwrap();
         let now = seen_of(&path);
-        delete_file(&root, &path, now, None).unwrap();
+        delete_file(&root, &path, now, None, &CancellationToken::new()).unwrap();
         assert!(!path.exists());
-        assert!(delete_file(&root, &path, now, None)
-            .unwrap_err()
-            .contains("gone already"));
+        assert!(
+            delete_file(&root, &path, now, None, &CancellationToken::new())
+                .unwrap_err()
+                .contains("gone already")
+        );
     }
 
     #[test]

@@ -8,15 +8,17 @@
 //! the server's and the card's answers filled in just before each deletion.
 //!
 //! Invariants: a file is [`Verdict::Free`] only when every rule holds, with the server's
-//! answer and, where one is needed (under `length`, or when the file's inode is not the one its
-//! bytes were sent from), the read-back known; anything unknown keeps it. Nothing here does
-//! I/O.
+//! answer and the read-back known; anything unknown keeps it. Nothing here does I/O.
 //!
-//! The inode alone never keeps a file: on FAT and exFAT cards Linux numbers inodes anew at each
-//! mount and whenever it drops one from its cache, so a camera that was switched off would
-//! otherwise never free anything. A file whose size and modification time are the uploaded
-//! version's but whose inode is another is read back instead, and freed only if every chunk
-//! hashes like what was sent (the bytes the server verified, whatever the inode).
+//! Every file is read back from the card just before its deletion, in every verification mode,
+//! and freed only if every chunk hashes like what was sent (the bytes the server verified, or,
+//! under `length`, the bytes as they went out). Size, modification time and inode never vouch
+//! for the bytes: an edit in place (`exiftool -overwrite_original_in_place -P`) keeps all
+//! three. Nor does the inode alone keep a file: on FAT and exFAT cards Linux numbers inodes
+//! anew at each mount and whenever it drops one from its cache, so a camera that was switched
+//! off would otherwise never free anything; it only names the reason when the bytes differ
+//! (another inode: another file put in its place, [`Keep::Changed`]; the same inode:
+//! [`Keep::ReadBackDiffers`]).
 
 use serde::Serialize;
 
@@ -174,7 +176,8 @@ pub enum Keep {
     ServerLost,
     /// The server's answer left a doubt.
     ServerDoubt { detail: String },
-    /// Read back from the card, the file differs from what was sent.
+    /// Read back from the card, the file (same inode, size and mtime) differs from what was
+    /// sent: edited in place with its date kept, or the card reads back other bytes.
     ReadBackDiffers { at: u64 },
     /// The file could not be read back.
     ReadBackFailed { detail: String },
@@ -215,12 +218,9 @@ impl Keep {
 pub enum Verdict {
     /// Every rule holds: delete it.
     Free,
-    /// Every rule that can be told now holds, and the space is needed: ask the server (and,
-    /// with `read_back`, read the file back: under `length` without checksums, or when its
-    /// inode is not the one its bytes were sent from) just before deleting it.
-    Confirm {
-        read_back: bool,
-    },
+    /// Every rule that can be told now holds, and the space is needed: ask the server and read
+    /// the file back just before deleting it.
+    Confirm,
     /// It could be freed, but older files free enough.
     NotNeeded,
     /// Gone from the card already: nothing to free.
@@ -298,11 +298,11 @@ pub fn decide(w: &World, files: &[FileFacts]) -> Decision {
         .into_iter()
         .map(|f| {
             let v = match judge(w, f) {
-                v @ (Verdict::Free | Verdict::Confirm { .. }) if counted < need => {
+                v @ (Verdict::Free | Verdict::Confirm) if counted < need => {
                     counted = counted.saturating_add(f.size);
                     v
                 }
-                Verdict::Free | Verdict::Confirm { .. } => Verdict::NotNeeded,
+                Verdict::Free | Verdict::Confirm => Verdict::NotNeeded,
                 v => v,
             };
             (f.id, v)
@@ -337,25 +337,20 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     if size != f.size || mtime_ns != f.mtime_ns {
         return Verdict::Keep(Keep::Changed);
     }
-    // Not the inode the bytes were sent from (or they were sent from several): on FAT and
-    // exFAT a remount or a dropped cache entry does that, so the read-back decides instead.
-    let inode_differs = f.sent.chunks > 0 && f.sent.ino != Some(ino);
     if !f.endpoint_ok {
         return Verdict::Keep(Keep::OtherEndpoint);
     }
-    let read_back = if f.sent.chunks == 0 {
+    if f.sent.chunks == 0 {
         return Verdict::Keep(Keep::NoSentRecord);
-    } else if !f.sent.covers(f.size) {
+    }
+    if !f.sent.covers(f.size) {
         return Verdict::Keep(Keep::SentIncomplete);
-    } else if f.sent.all_checksummed {
-        inode_differs
-    } else if w.policy.verify == FreeSpaceVerify::Length {
-        true
-    } else {
+    }
+    if !f.sent.all_checksummed && w.policy.verify != FreeSpaceVerify::Length {
         return Verdict::Keep(Keep::NoChecksum);
-    };
+    }
     match &f.server {
-        Server::NotAsked => return Verdict::Confirm { read_back },
+        Server::NotAsked => return Verdict::Confirm,
         Server::Complete => {}
         Server::Incomplete { offset, length } => {
             return Verdict::Keep(Keep::ServerIncomplete {
@@ -366,17 +361,19 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
         Server::Lost => return Verdict::Keep(Keep::ServerLost),
         Server::Doubt(d) => return Verdict::Keep(Keep::ServerDoubt { detail: d.clone() }),
     }
-    if !read_back {
-        return Verdict::Free;
-    }
+    // Not the inode the bytes were sent from (or they were sent from several): on FAT and
+    // exFAT a remount or a dropped cache entry does that. It only names the reason when the
+    // bytes differ; the read-back decides in every case.
+    let inode_differs = f.sent.ino != Some(ino);
     match &f.read_back {
-        ReadBack::NotDone => Verdict::Confirm { read_back },
+        ReadBack::NotDone => Verdict::Confirm,
         // The bytes read back are those of the file at the path now.
         ReadBack::Same { ino: read } if *read == ino => Verdict::Free,
         // Another file was put at the path after the read-back.
         ReadBack::Same { .. } => Verdict::Keep(Keep::Changed),
         // Another inode and other bytes: another file in its place.
         ReadBack::Differs { .. } if inode_differs => Verdict::Keep(Keep::Changed),
+        // The same inode, size and mtime, and other bytes: edited in place, or bit rot.
         ReadBack::Differs { at } => Verdict::Keep(Keep::ReadBackDiffers { at: *at }),
         ReadBack::Failed(d) => Verdict::Keep(Keep::ReadBackFailed { detail: d.clone() }),
     }
@@ -412,8 +409,8 @@ mod tests {
         }
     }
 
-    /// A 4 MiB file uploaded 30 days ago with every chunk checksummed, unchanged, and the
-    /// server's HEAD confirming it.
+    /// A 4 MiB file uploaded 30 days ago with every chunk checksummed, unchanged, the
+    /// server's HEAD confirming it, and read back the same from the card.
     fn file(id: i64) -> FileFacts {
         let mtime_ns = (NOW - 30 * DAY + id) * 1_000_000_000;
         FileFacts {
@@ -434,8 +431,14 @@ mod tests {
                 ino: 100 + id as u64,
             },
             server: Server::Complete,
-            read_back: ReadBack::NotDone,
+            read_back: ReadBack::Same {
+                ino: 100 + id as u64,
+            },
         }
+    }
+
+    fn not_read_back(f: &mut FileFacts) {
+        f.read_back = ReadBack::NotDone;
     }
 
     fn present(f: &mut FileFacts, size: u64, mtime_ns: i64, ino: u64) {
@@ -476,9 +479,26 @@ mod tests {
             Row {
                 name: "the server not asked yet: confirm first",
                 world: same,
-                file: |f| f.server = Server::NotAsked,
+                file: |f| {
+                    f.server = Server::NotAsked;
+                    not_read_back(f);
+                },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: false },
+                verdict: Verdict::Confirm,
+            },
+            Row {
+                name: "the same inode, size and mtime, not read back yet: read it back first",
+                world: same,
+                file: not_read_back,
+                holds: &[],
+                verdict: Verdict::Confirm,
+            },
+            Row {
+                name: "edited in place (same inode, size and mtime), other bytes: kept",
+                world: same,
+                file: |f| f.read_back = ReadBack::Differs { at: MIB },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::ReadBackDiffers { at: MIB }),
             },
             Row {
                 name: "the user's consent off holds everything",
@@ -572,9 +592,12 @@ mod tests {
             Row {
                 name: "another inode (a FAT remount) under checksum: read it back first",
                 world: same,
-                file: |f| present(f, 4 * MIB, f.mtime_ns, 999),
+                file: |f| {
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    not_read_back(f);
+                },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: true },
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "another inode, the server not asked yet: both confirmations",
@@ -582,9 +605,10 @@ mod tests {
                 file: |f| {
                     present(f, 4 * MIB, f.mtime_ns, 999);
                     f.server = Server::NotAsked;
+                    not_read_back(f);
                 },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: true },
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "another inode, read back the same: the bytes the server verified",
@@ -634,9 +658,10 @@ mod tests {
                 file: |f| {
                     no_checksum(f);
                     present(f, 4 * MIB, f.mtime_ns, 999);
+                    not_read_back(f);
                 },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: true },
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "another inode and another mtime: changed, no read-back",
@@ -658,9 +683,12 @@ mod tests {
             Row {
                 name: "chunks read from two inodes (a remount mid-upload): read it back",
                 world: same,
-                file: |f| f.sent.ino = None,
+                file: |f| {
+                    f.sent.ino = None;
+                    not_read_back(f);
+                },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: true },
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "not a regular file",
@@ -707,9 +735,12 @@ mod tests {
             Row {
                 name: "no checksum under length: read it back first",
                 world: length,
-                file: no_checksum,
+                file: |f| {
+                    no_checksum(f);
+                    not_read_back(f);
+                },
                 holds: &[],
-                verdict: Verdict::Confirm { read_back: true },
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "no checksum under length, read back the same",
@@ -744,11 +775,11 @@ mod tests {
                 }),
             },
             Row {
-                name: "checksummed needs no read-back under length either",
+                name: "checksummed under length is read back too",
                 world: length,
-                file: same,
+                file: not_read_back,
                 holds: &[],
-                verdict: Verdict::Free,
+                verdict: Verdict::Confirm,
             },
             Row {
                 name: "the server's upload is short",

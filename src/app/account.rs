@@ -82,7 +82,8 @@ impl App {
 
     /// `PUT /v1/account`: pairs (or re-pairs) and clears an earlier unauthorized state. The
     /// user ID and token were checked at the edge ([`credentials::Pairing`]); the region is
-    /// checked here, against the config.
+    /// checked here, against the config. Stops a freeing pass as unpairing does: it gathered
+    /// the completed uploads under the account it started with.
     pub fn pair(&self, req: credentials::Pairing) -> Result<AccountView, AppError> {
         let regions = &self.config.cloud.regions;
         if let Some(r) = &req.region {
@@ -108,6 +109,8 @@ impl App {
             token: req.token,
             region: req.region.clone(),
         };
+        // Until the old account's upload URLs are forgotten below, and the new token is in.
+        let _hold = self.hold_freeing("the user paired");
         credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;
         self.store.set_kv(AccountStatus::KEY, None)?;
         self.store.set_kv(PAIRED_KEY, Some("1"))?;
@@ -143,6 +146,9 @@ impl App {
     /// file is erased (which needs no free space) it is done; what a full disk keeps the
     /// database from erasing is erased as soon as there is room (and at the next start).
     pub async fn unpair(&self) -> Result<Unpaired, AppError> {
+        // Until the account's data is erased: a pass starting meanwhile would find nothing to
+        // free with anyway, and a pairing that follows at once must not meet a pass either.
+        let _hold = self.hold_freeing("the user unpaired");
         let account = {
             let mut live = self.live();
             let a = live.account.take();
@@ -152,8 +158,6 @@ impl App {
             }
             a
         };
-        // After the account is gone: a pass starting now finds nothing to free with.
-        self.stop_freeing("the user unpaired");
         self.reevaluate();
         // The token file goes first, before the slow network work below: a crash or a SIGTERM
         // during the terminations must not leave the device paired after a restart. The token

@@ -4,7 +4,10 @@
 //!
 //! Invariant: withdrawing consent (`free_space` off) or unpairing cancels the pass in flight
 //! (its `HEAD` is dropped) and [`App::may_free`] turns false before the method returns, and
-//! the task asks it again just before every deletion.
+//! the task asks it again just before every deletion. An account change (pairing, unpairing)
+//! holds freeing from its first step to its last ([`App::hold_freeing`]): the pass in flight
+//! is cancelled, and none starts meanwhile, so no pass mixes one account's completed uploads
+//! with another's token.
 
 use std::collections::BTreeMap;
 
@@ -49,7 +52,24 @@ impl PassReport {
 pub(super) struct Freeing {
     /// Cancelled to stop the pass in flight.
     stop: Option<CancellationToken>,
+    /// Account changes in progress: while any is, a pass stops as soon as it starts.
+    held: u32,
     last: Option<PassReport>,
+}
+
+/// Freeing held while an account changes; released (and the task woken) when dropped, on every
+/// path out of the change, errors included.
+pub(super) struct FreeingHold<'a> {
+    app: &'a App,
+}
+
+impl Drop for FreeingHold<'_> {
+    fn drop(&mut self) {
+        let mut f = self.app.freeing();
+        f.held = f.held.saturating_sub(1);
+        drop(f);
+        self.app.kick_freeing();
+    }
 }
 
 impl App {
@@ -66,11 +86,25 @@ impl App {
         }
     }
 
-    /// A fresh stop token for one pass: cancelled by shutdown, unpairing and consent off.
+    /// A fresh stop token for one pass: cancelled by shutdown, pairing, unpairing and consent
+    /// off; cancelled already while an account change is in progress.
     pub fn freeing_token(&self) -> CancellationToken {
         let token = self.shutdown.child_token();
-        self.freeing().stop = Some(token.clone());
+        let mut f = self.freeing();
+        if f.held > 0 {
+            token.cancel();
+        }
+        f.stop = Some(token.clone());
         token
+    }
+
+    /// Stops the pass in flight and holds freeing until the returned guard is dropped: for
+    /// the whole of an account change, whose steps (the token, the upload URLs, the history)
+    /// a pass must never see half done.
+    pub(super) fn hold_freeing(&self, why: &str) -> FreeingHold<'_> {
+        self.freeing().held += 1;
+        self.stop_freeing(why);
+        FreeingHold { app: self }
     }
 
     /// Stops the pass in flight, if any.

@@ -354,7 +354,11 @@ async fn a_file_on_a_new_inode_with_the_same_bytes_is_freed_after_a_read_back() 
         json!(["head", "read_back"]),
         "another inode is confirmed by reading it back: {v:#}"
     );
-    assert_eq!(v["would_free"][1]["confirm"], json!(["head"]), "{v:#}");
+    assert_eq!(
+        v["would_free"][1]["confirm"],
+        json!(["head", "read_back"]),
+        "so is the same inode: {v:#}"
+    );
 
     let pass = free_and_wait_for_a_pass(&rig).await;
     assert_eq!(pass["freed_files"], 2, "{pass:#}");
@@ -366,6 +370,47 @@ async fn a_file_on_a_new_inode_with_the_same_bytes_is_freed_after_a_read_back() 
     );
     assert_eq!(freed_in_history(&rig).await, rels[..2].to_vec());
     nothing_requeued(&rig).await;
+}
+
+#[tokio::test]
+async fn a_file_edited_in_place_keeping_inode_size_and_mtime_is_kept_under_checksum() {
+    // What `exiftool -overwrite_original_in_place -P` does: new bytes written into the same
+    // inode, the size unchanged, the modification time put back. The edit was never uploaded.
+    let Some((cam, _card, rels)) = camera(old(), "checksum") else {
+        return;
+    };
+    let rx = receiver(Receiver::builder()).await;
+    let rig = uploaded(cam, rx, &rels).await;
+    let path = rig.cam.media_path(&rels[0]);
+    let before = std::fs::metadata(&path).unwrap();
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(2 * KIB)).unwrap();
+        f.write_all(b"Copyright: the user's edit").unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+    }
+    let after = std::fs::metadata(&path).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(after.ino(), before.ino());
+    }
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert!(
+        !rig.rx.file_matches(&rels[0], &path),
+        "the edit is not on the server"
+    );
+
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    assert_eq!(pass["kept"]["read_back_differs"], 1, "{pass:#}");
+    assert_eq!(pass["freed_files"], 2, "{pass:#}");
+    assert_eq!(
+        on_card(&rig.cam, &rels),
+        [true, false, false, true, true, true],
+        "the edited file stays; the next two oldest go instead"
+    );
+    assert_eq!(freed_in_history(&rig).await, rels[1..3].to_vec());
 }
 
 #[tokio::test]
@@ -557,19 +602,182 @@ async fn a_failing_delete_command_keeps_the_file_says_why_and_the_next_one_goes(
 
 /// A delete command like a firmware's: refuses IMG_0001, deletes the rest; logs each call.
 fn write_delete_command(dir: &Path) -> PathBuf {
+    write_delete_script(
+        dir,
+        "echo 'the firmware refuses: file locked' >&2; exit 3",
+        "",
+    )
+}
+
+/// A delete command that logs each call to `deleted.log`, runs `on_first` (shell) for
+/// IMG_0001, and `before_rm` then `rm` for the others.
+fn write_delete_script(dir: &Path, on_first: &str, before_rm: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("camera-delete");
     let log = dir.join("deleted.log");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\ncase \"$1\" in *IMG_0001*) echo 'the firmware refuses: file locked' >&2; exit 3;; esac\nexec rm -- \"$1\"\n",
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\ncase \"$1\" in *IMG_0001*) {on_first};; esac\n{before_rm}\nexec rm -- \"$1\"\n",
             log.display()
         ),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// The camera of [`camera`], with the maker's delete command `script` (written in its root by
+/// `write`); uploads the six photos.
+async fn with_delete_command(write: impl FnOnce(&Path) -> PathBuf) -> Option<(Rig, TmpCard)> {
+    let cam = FakeCamera::new();
+    let script = write(cam.root());
+    let card = TmpCard::mount(&cam)?;
+    let rels = names();
+    for (rel, age) in rels.iter().zip(old()) {
+        cam.write_sample(rel, 512 * KIB);
+        cam.age_media(rel, age);
+    }
+    cam.with("media", "free_space_below_percent", "40")
+        .with("media", "keep_days", "7")
+        .with(
+            "media",
+            "delete_command",
+            &format!("{:?}", script.to_string_lossy()),
+        );
+    let rx = receiver(Receiver::builder()).await;
+    Some((uploaded(cam, rx, &rels).await, card))
+}
+
+#[tokio::test]
+async fn a_delete_command_that_writes_much_to_both_pipes_and_exits_0_frees_the_file() {
+    // 256 KiB to stderr and to stdout, four times what a pipe holds, then the deletion.
+    let noisy = "head -c 262144 /dev/zero | tr '\\0' e >&2; head -c 262144 /dev/zero";
+    let Some((rig, _card)) =
+        with_delete_command(|dir| write_delete_script(dir, noisy, noisy)).await
+    else {
+        return;
+    };
+    let rels = names();
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    assert_eq!(pass["freed_files"], 2, "{pass:#}");
+    assert!(pass["kept"]["delete_failed"].is_null(), "{pass:#}");
+    assert_eq!(
+        on_card(&rig.cam, &rels),
+        [false, false, true, true, true, true]
+    );
+    assert_eq!(freed_in_history(&rig).await, rels[..2].to_vec());
+}
+
+#[tokio::test]
+async fn a_failing_delete_command_whose_child_keeps_stderr_open_does_not_hang_freeing() {
+    // The refusal leaves a background child holding stderr (and says where it is).
+    let Some((rig, _card)) = with_delete_command(|dir| {
+        let pid = dir.join("child.pid");
+        write_delete_script(
+            dir,
+            &format!(
+                "sleep 600 & echo $! > '{}'; echo 'the firmware refuses: file locked' >&2; exit 3",
+                pid.display()
+            ),
+            "",
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let rels = names();
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    assert_eq!(pass["kept"]["delete_failed"], 1, "{pass:#}");
+    assert!(
+        pass["failures"]
+            .to_string()
+            .contains("the firmware refuses: file locked"),
+        "{pass:#}"
+    );
+    assert_eq!(
+        on_card(&rig.cam, &rels),
+        [true, false, false, true, true, true],
+        "the refused file stays, the next two go"
+    );
+    let pid = std::fs::read_to_string(rig.cam.root().join("child.pid")).unwrap();
+    gone_soon(pid.trim()).await;
+}
+
+/// Waits (at most a few seconds) for the process `pid` to be gone (a zombie counts as gone).
+async fn gone_soon(pid: &str) {
+    eventually(
+        Duration::from_secs(5),
+        "the command's child killed",
+        || async {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                Ok(s) => s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z'),
+            }
+        },
+    )
+    .await;
+}
+
+/// A delete command that hangs on IMG_0001 (with a child) is killed, group and all, when
+/// freeing is stopped by `stop`; nothing more is deleted.
+async fn a_hanging_delete_command_is_killed_by(stop: impl AsyncFnOnce(&Rig)) {
+    let Some((rig, _card)) = with_delete_command(|dir| {
+        let pid = dir.join("child.pid");
+        write_delete_script(
+            dir,
+            &format!("sleep 600 & echo $! > '{}'; wait; exit 3", pid.display()),
+            "",
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let rels = names();
+    let pid_file = rig.cam.root().join("child.pid");
+    set_free_space(&rig, "when_low").await;
+    eventually(T, "the delete command runs", || async {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let before = rig.status().await["space"]["last_pass"].clone();
+    stop(&rig).await;
+    // The pass ends within 2 s: its report comes, and it says why.
+    eventually(Duration::from_secs(2), "the pass's end", || async {
+        rig.status().await["space"]["last_pass"] != before
+    })
+    .await;
+    gone_soon(pid.trim()).await;
+    let pass = rig.status().await["space"]["last_pass"].clone();
+    assert!(pass["failures"].to_string().contains("stopped"), "{pass:#}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        on_card(&rig.cam, &rels),
+        [true; 6],
+        "nothing deleted after the stop"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_delete_command_is_killed_when_free_space_goes_off() {
+    a_hanging_delete_command_is_killed_by(async |rig: &Rig| set_free_space(rig, "off").await).await;
+}
+
+#[tokio::test]
+async fn a_hanging_delete_command_is_killed_on_unpairing() {
+    a_hanging_delete_command_is_killed_by(async |rig: &Rig| {
+        let (code, body) = rig.daemon.api("DELETE", "/v1/account", None).await;
+        assert_eq!(code, 200, "{body}");
+    })
+    .await;
 }
 
 /// Freeing is stopped mid-pass by `stop`: the HEAD in flight is dropped, nothing is deleted,
@@ -605,6 +813,22 @@ async fn stopped_during_a_pass(stop: impl AsyncFnOnce(&Rig)) {
 async fn unpairing_during_freeing_stops_it_at_once() {
     stopped_during_a_pass(async |rig: &Rig| {
         let (code, body) = rig.daemon.api("DELETE", "/v1/account", None).await;
+        assert_eq!(code, 200, "{body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pairing_another_account_during_freeing_stops_it_at_once() {
+    stopped_during_a_pass(async |rig: &Rig| {
+        let (code, body) = rig
+            .daemon
+            .api(
+                "PUT",
+                "/v1/account",
+                Some(json!({"user_id": "user-77", "token": "another-token"})),
+            )
+            .await;
         assert_eq!(code, 200, "{body}");
     })
     .await;
