@@ -920,9 +920,10 @@ mod tests {
     async fn with_checksums_the_second_chunk_is_sized_from_the_first_answer() {
         // The second chunk's hash starts while the first is sent, before the rate is known; its
         // length is still chosen from the rate the first measured (the hash keeps a state per
-        // MiB). Any rate above 3.2 MiB/s (16 MiB in 5 s; loopback gives far more, even a debug
-        // build under emulation) makes it the rest of the file but its last byte.
-        let h = Harness::with_chunks(5, receiver(), "chunk_sizing = \"auto\"").await;
+        // MiB). Any rate above 3.2 MiB/s (16 MiB in 5 s, the longest a PATCH is sized to last
+        // with a 30 s stall limit; loopback gives far more, even a debug build under emulation
+        // on a loaded machine) makes it the rest of the file but its last byte.
+        let h = Harness::with_chunks(30, receiver(), "chunk_sizing = \"auto\"").await;
         let data = content(20 * MIB + 777);
         let id = h.add("DCIM/LONG.MP4", &data);
         assert_eq!(h.attempt(id).await, Outcome::Done);
