@@ -7,6 +7,7 @@ mod app;
 mod cli;
 mod clock;
 mod conditions;
+mod card;
 mod config;
 mod control;
 mod credentials;

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::card::{stamp_is_trusted, Fingerprint};
 use crate::media::{mtime_ns, MediaFilter, StoragePath};
-use crate::store::{self, FoundFile, Store, StoreError};
+use crate::store::{self, Checked, FoundFile, Store, StoreError};
 
 /// Files per database transaction.
 pub const BATCH: usize = 2000;
@@ -258,6 +259,8 @@ struct Walked {
     recent: Vec<Recent>,
     versions: Hashes,
     paths: Hashes,
+    /// Files whose identity needs their content (store/identity.rs), fingerprinted.
+    checks: Vec<Checked>,
 }
 
 fn hash_of(parts: impl Hash) -> u64 {
@@ -296,6 +299,8 @@ struct OpenItem {
     id: i64,
     version: u64,
     path: u64,
+    /// From another card than the one in the slot (both known): if not seen, it waits for it.
+    away: bool,
 }
 
 /// A file's identity as the sets hold it: its path's hash and its size and mtime, hashed.
@@ -303,14 +308,32 @@ fn version_of(path: u64, size: u64, mtime_ns: i64) -> u64 {
     hash_of((path, size, mtime_ns))
 }
 
+/// Whether a known version seen on `card` must be checked by content before it is taken for
+/// the one the queue holds: the item knows its content, and either it came from another card
+/// (a reformatted one, or a second one reusing its names) or, where a card is unknown, its
+/// stamp says nothing (the 1980 floor of a camera without a clock). A card that keeps its
+/// serial and real stamps costs no read.
+fn needs_content(item_card: Option<&str>, card: Option<&str>, mtime_ns: i64) -> bool {
+    match (item_card, card) {
+        (Some(a), Some(b)) => a != b,
+        _ => !stamp_is_trusted(mtime_ns),
+    }
+}
+
 /// The full scan. Walking and writing overlap: [`walkers`] threads walk the card (sharing its
 /// directories) and hand batches to a writer thread, so the scan takes about as long as the
-/// slowest of them, not the sum.
+/// slowest of them, not the sum. `card`: the serial of the card in the slot, if known.
+///
+/// A file whose (path, size, mtime) the queue knows is taken as known without a read, unless
+/// [`needs_content`] says otherwise; one at a path and size whose sent version has a
+/// fingerprint, under another mtime (a time zone, another reader), is read too: in both cases
+/// the store settles it by content ([`Store::settle_contents`]).
 pub fn scan(
     root: &Path,
     filter: &MediaFilter,
     store: &Store,
     settle: Duration,
+    card: Option<&str>,
 ) -> Result<Report, StoreError> {
     let now = SystemTime::now();
     let mut report = Report::default();
@@ -321,6 +344,9 @@ pub fn scan(
     // were not seen by this snapshot and are left alone.
     let mut known_versions = Hashes::default();
     let mut known_paths = Hashes::default();
+    // Versions to check by content, and (path, size) of sent versions with a fingerprint.
+    let mut verify = Hashes::default();
+    let mut sent_sizes = Hashes::default();
     let mut open = Vec::new();
     store.for_each_identity(|it| {
         let path = hash_of(it.path);
@@ -328,16 +354,24 @@ pub fn scan(
         if !it.revivable {
             known_versions.insert(version);
         }
+        if it.fingerprinted && needs_content(it.card, card, it.mtime_ns) {
+            verify.insert(version);
+        }
+        if it.done && it.fingerprinted {
+            sent_sizes.insert(hash_of((path, it.size)));
+        }
         known_paths.insert(path);
         if it.open {
             open.push(OpenItem {
                 id: it.id,
                 version,
                 path,
+                away: store::other_card(it.card, card),
             });
         }
     })?;
     let (known_versions, known_paths) = (&known_versions, &known_paths);
+    let (verify, sent_sizes) = (&verify, &sent_sizes);
     // What the walk saw matters only to judge the open items afterwards: with none (a first
     // scan, or a card whose files are all sent) the walkers keep no sets, and with an empty
     // queue they hash nothing.
@@ -351,7 +385,7 @@ pub fn scan(
     let wide = store.wide_checkpoints();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
     let walk_started = std::time::Instant::now();
-    let (walked, written) = std::thread::scope(|s| {
+    let (mut walked, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
             let mut busy = Duration::ZERO;
@@ -359,7 +393,7 @@ pub fn scan(
                 let t = std::time::Instant::now();
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-                queued += store.upsert_with_hint(&batch, |f| {
+                queued += store.upsert_with_hint(&batch, card, |f| {
                     !known_paths.is_empty() && known_paths.contains(&hash_of(f.path.as_str()))
                 })?;
                 busy += t.elapsed();
@@ -383,7 +417,28 @@ pub fn scan(
                                         w.paths.insert(path);
                                         w.versions.insert(version);
                                     }
-                                    if known_versions.contains(&version) {
+                                    let known = known_versions.contains(&version);
+                                    let check = verify.contains(&version)
+                                        || (!known && sent_sizes.contains(&hash_of((path, f.size))));
+                                    if check {
+                                        match Fingerprint::of_path(&f.path.on_disk(root), f.size) {
+                                            Ok(Some(fingerprint)) => {
+                                                w.checks.push(Checked {
+                                                    file: f,
+                                                    fingerprint,
+                                                    written: false,
+                                                });
+                                                return;
+                                            }
+                                            // Changed meanwhile: the watcher or the next
+                                            // scan sees its final form.
+                                            Ok(None) => return,
+                                            Err(e) => {
+                                                tracing::warn!(path = %f.path, error = %e, "cannot read a file to check its content");
+                                            }
+                                        }
+                                    }
+                                    if known {
                                         return;
                                     }
                                 }
@@ -435,9 +490,10 @@ pub fn scan(
     let (queued, write) = written?;
     report.queued = queued;
     report.write = write;
+    let checks: Vec<Checked> = walked.iter_mut().flat_map(|w| std::mem::take(&mut w.checks)).collect();
+    report.queued += store.settle_contents(&checks, card)?;
     // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
     // walkers' sets merged into the largest.
-    let mut walked = walked;
     walked.sort_unstable_by_key(|w| std::cmp::Reverse(w.versions.len()));
     let mut seen = Walked::default();
     for (i, w) in walked.into_iter().enumerate() {
@@ -470,18 +526,22 @@ fn reconcile(
 ) -> Result<usize, StoreError> {
     let mut deleted = Vec::new();
     let mut replaced = Vec::new();
+    let mut waiting = Vec::new();
     for it in open {
         if versions.contains(&it.version) {
             continue;
         }
-        if paths.contains(&it.path) {
+        if it.away {
+            waiting.push(it.id);
+        } else if paths.contains(&it.path) {
             replaced.push(it.id);
         } else {
             deleted.push(it.id);
         }
     }
     Ok(store.mark_skipped_many(&deleted, store::REASON_DELETED)?
-        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?)
+        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?
+        + store.mark_skipped_many(&waiting, store::REASON_WAITING_FOR_CARD)?)
 }
 
 #[cfg(test)]
@@ -528,7 +588,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
         std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.queued, 3);
         assert_eq!(
             paths(&store, ItemState::Pending),
@@ -539,7 +599,7 @@ mod tests {
             ]
         );
         // A second scan finds nothing new.
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!((rep.queued, rep.dropped), (0, 0));
     }
 
@@ -550,7 +610,7 @@ mod tests {
         std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
         std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.queued, 0);
         assert_eq!(rep.recent.len(), 1);
         assert_eq!(rep.recent[0].size, 13);
@@ -565,12 +625,12 @@ mod tests {
         old(&r.join("DCIM/b.jpg"), b"b");
         old(&r.join("DCIM/c.jpg"), b"c");
         let store = Store::open(state.path()).unwrap();
-        scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
 
         // Card out: the root is an empty mount point. Nothing is dropped.
         let aside = tempfile::tempdir().unwrap();
         std::fs::rename(r.join("DCIM"), aside.path().join("DCIM")).unwrap();
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending).len(), 3);
 
@@ -578,7 +638,7 @@ mod tests {
         std::fs::rename(aside.path().join("DCIM"), r.join("DCIM")).unwrap();
         std::fs::remove_file(r.join("DCIM/a.jpg")).unwrap();
         old(&r.join("DCIM/b.jpg"), b"b, version two");
-        let rep = scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(
             (rep.queued, rep.dropped),
             (1, 1),
@@ -618,7 +678,7 @@ mod tests {
         old(&f, b"shot before the clock was set");
         set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
         // The settler queues it (unchanged for three settle times).
         let r = &rep.recent[0];
@@ -631,7 +691,7 @@ mod tests {
             }])
             .unwrap();
         // The next full scan still sees it as "recent": it must not drop the queued item.
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
     }
@@ -642,7 +702,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let r = card.path();
         let store = Store::open(state.path()).unwrap();
-        let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10)).unwrap();
+        let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10), None).unwrap();
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
         let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
             .unwrap()
@@ -702,7 +762,7 @@ mod tests {
             b"22",
         );
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!((rep.queued, rep.unreadable), (2, 0));
         let queued = paths(&store, ItemState::Pending);
         assert_eq!(
@@ -732,7 +792,7 @@ mod tests {
             }
         }
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
         assert_eq!(rep.queued, 5000);
         assert_eq!(
             store

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::card::Card;
 use crate::conditions::{Activity, Snapshot};
 use crate::config::Config;
 use crate::credentials::{self, Account};
@@ -20,7 +21,9 @@ use crate::events::{DaemonState, Event, Events};
 use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
-use crate::store::{self, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
+use crate::store::{
+    self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store,
+};
 use crate::upload::tus;
 
 mod account;
@@ -54,6 +57,8 @@ struct Live {
     /// The auto gate after hold-down (see `set_conditions`).
     auto_open: bool,
     media_available: bool,
+    /// The card in the slot, as last read when it appeared.
+    card: Card,
     settings: Settings,
     paused: bool,
     account: Option<Account>,
@@ -192,6 +197,7 @@ impl App {
                 verdict: Verdict::default(),
                 auto_open: false,
                 media_available: true,
+                card: Card::default(),
                 settings,
                 paused,
                 account,
@@ -415,7 +421,8 @@ impl App {
         }
         let mut out = Vec::with_capacity(found.len());
         for f in found {
-            let (id, outcome) = match self.store.enqueue_manual(&f)? {
+            let card = self.card().serial;
+            let (id, outcome) = match self.store.enqueue_manual(&f, card.as_deref())? {
                 ManualOutcome::Queued(id) => (id, "queued"),
                 ManualOutcome::AlreadyUploaded(id) => (id, "already_uploaded"),
             };
@@ -471,7 +478,8 @@ impl App {
         if files.is_empty() {
             return Ok(0);
         }
-        match self.store.upsert_files(files) {
+        let card = self.card().serial;
+        match self.store.upsert_with_hint(files, card.as_deref(), |_| true) {
             Ok(n) => {
                 self.store_ok();
                 if n > 0 {
@@ -483,6 +491,42 @@ impl App {
                 self.store_failed(&e);
                 Err(e)
             }
+        }
+    }
+
+    /// Queues files the watcher saw written, settled by their content (store/identity.rs):
+    /// an edit in place that kept name, size and stamp is a new version.
+    pub fn enqueue_checked(&self, files: &[Checked]) -> Result<usize, store::StoreError> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let card = self.card().serial;
+        match self.store.settle_contents(files, card.as_deref()) {
+            Ok(n) => {
+                self.store_ok();
+                if n > 0 {
+                    self.queued();
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The card in the slot (its serial, label, read-only), as the watcher last read it.
+    pub fn card(&self) -> Card {
+        self.live().card.clone()
+    }
+
+    /// The watcher read the card that appeared.
+    pub fn set_card(&self, card: Card) {
+        let mut live = self.live();
+        if live.card != card {
+            tracing::info!(serial = ?card.serial, label = ?card.label, read_only = card.read_only, "the card in the slot");
+            live.card = card;
         }
     }
 
