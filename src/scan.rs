@@ -782,6 +782,141 @@ mod tests {
         }
     }
 
+    /// Sends every pending item as the uploader does: its fingerprint noted, then done.
+    fn send_all(store: &Store, root: &Path) -> usize {
+        let items = store.list(Some(ItemState::Pending), 1000, 0).unwrap();
+        for it in &items {
+            assert!(store.mark_uploading(it.id).unwrap());
+            let fp = Fingerprint::of_path(&it.storage_path.on_disk(root), it.size)
+                .unwrap()
+                .unwrap();
+            store.set_fingerprint(it.id, &fp).unwrap();
+            store.mark_done(it.id).unwrap();
+        }
+        items.len()
+    }
+
+    /// The 1980 floor of FAT and exFAT, where a camera without a clock stamps its files.
+    fn floor() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(315_532_800)
+    }
+
+    fn write_at(path: &Path, bytes: &[u8], t: SystemTime) {
+        old(path, bytes);
+        set_mtime(path, t);
+    }
+
+    #[test]
+    fn the_same_bytes_under_another_stamp_are_not_queued_again() {
+        // A FAT card mounted with another time zone, or read on another device: every mtime
+        // moves by hours, the bytes do not.
+        for card in [Some("1234-ABCD"), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let r = dir.path();
+            let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+            old(&r.join("DCIM/A.JPG"), b"small photo");
+            old(&r.join("DCIM/B.MP4"), &big);
+            let store = Store::open(state.path()).unwrap();
+            let scan_now = || scan(r, &filter(), &store, Duration::from_secs(10), card).unwrap();
+            assert_eq!(scan_now().queued, 2);
+            assert_eq!(send_all(&store, r), 2);
+            for f in ["DCIM/A.JPG", "DCIM/B.MP4"] {
+                let m = std::fs::metadata(r.join(f)).unwrap().modified().unwrap();
+                set_mtime(&r.join(f), m + Duration::from_secs(3 * 3600));
+            }
+            let rep = scan_now();
+            assert_eq!((rep.queued, rep.dropped), (0, 0), "card {card:?}");
+            assert!(paths(&store, ItemState::Pending).is_empty());
+            // The done items follow the bytes: the next scan knows them without a read.
+            let rep = scan_now();
+            assert_eq!((rep.queued, rep.dropped), (0, 0));
+            assert_eq!(store.counts().unwrap().done, 2);
+        }
+    }
+
+    #[test]
+    fn a_reformatted_card_reusing_names_sizes_and_floor_stamps_has_all_its_files_queued() {
+        // With the serials read (the reformat gave the card a new one), and without.
+        for (first, second) in [(Some("1111-1111"), Some("2222-2222")), (None, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let r = dir.path();
+            let names = ["DCIM/100MEDIA/DSC00001.JPG", "DCIM/100MEDIA/DSC00002.JPG"];
+            let big = |b: u8| vec![b; 2_000_000];
+            for n in names {
+                write_at(&r.join(n), &big(1), floor());
+            }
+            let store = Store::open(state.path()).unwrap();
+            scan(r, &filter(), &store, Duration::from_secs(10), first).unwrap();
+            assert_eq!(send_all(&store, r), 2);
+            // Reformatted, the same shots again: same names, sizes and stamps, other bytes.
+            std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+            for n in names {
+                write_at(&r.join(n), &big(2), floor());
+            }
+            let rep = scan(r, &filter(), &store, Duration::from_secs(10), second).unwrap();
+            assert_eq!(rep.queued, 2, "every new file queued ({first:?} then {second:?})");
+            assert_eq!(paths(&store, ItemState::Pending), names);
+            assert_eq!(send_all(&store, r), 2);
+            // The history keeps both uploads of each name.
+            assert_eq!(store.history(10).unwrap().len(), 4);
+            // And nothing more on the next scans.
+            let rep = scan(r, &filter(), &store, Duration::from_secs(10), second).unwrap();
+            assert_eq!(rep.queued, 0);
+            // The first card's bytes put back: sent before, not queued again.
+            std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+            for n in names {
+                write_at(&r.join(n), &big(1), floor());
+            }
+            let rep = scan(r, &filter(), &store, Duration::from_secs(10), first).unwrap();
+            assert_eq!((rep.queued, rep.dropped), (0, 0));
+            assert!(paths(&store, ItemState::Pending).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_item_of_a_card_that_is_out_waits_for_it_and_goes_up_when_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let store = Store::open(state.path()).unwrap();
+        let scan_on = |card| scan(r, &filter(), &store, Duration::from_secs(10), Some(card));
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+        old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+        scan_on("AAAA-AAAA").unwrap();
+        let stamps = ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+            .map(|n| std::fs::metadata(r.join(n)).unwrap().modified().unwrap());
+        // Card B: reuses the first name, lacks the second.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card B's first photo");
+        scan_on("BBBB-BBBB").unwrap();
+        let skipped = store.list(Some(ItemState::Skipped), 10, 0).unwrap();
+        let reasons: Vec<_> = skipped.iter().map(|i| i.last_error.as_deref()).collect();
+        assert_eq!(
+            reasons,
+            [Some(store::REASON_WAITING_FOR_CARD); 2],
+            "neither replaced nor deleted"
+        );
+        assert_eq!(
+            store.waiting_for_card().unwrap(),
+            [(Some("AAAA-AAAA".to_string()), 2, 29)]
+        );
+        assert_eq!(paths(&store, ItemState::Pending), ["DCIM/GOPR0001.JPG"]);
+        // Card A back (its files with their stamps): both wait no more; card B's file waits
+        // for card B.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+        old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+        for (n, t) in ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"].iter().zip(stamps) {
+            set_mtime(&r.join(n), t);
+        }
+        let rep = scan_on("AAAA-AAAA").unwrap();
+        assert_eq!(rep.queued, 2);
+        let waiting = store.waiting_for_card().unwrap();
+        assert_eq!(waiting, [(Some("BBBB-BBBB".to_string()), 1, 20)]);
+    }
+
     #[test]
     fn a_scan_of_many_files_in_many_directories_queues_each_once() {
         let card = tempfile::tempdir().unwrap();

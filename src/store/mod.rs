@@ -1615,11 +1615,14 @@ const REVIVE: &str = "UPDATE items SET state = 'pending', last_error = NULL, nex
 
 /// A new version at a path (`?1`, item `?2`, found on card `?3`) sets the older open items
 /// there aside: replaced, unless they came from another card (both known), which they wait for.
+/// One that waited for this very card is replaced too: its card is back with another version.
 const SUPERSEDE: &str = "UPDATE items SET state = 'skipped',
        last_error = CASE WHEN card IS NOT NULL AND ?3 IS NOT NULL AND card != ?3
                          THEN 'waiting_for_card'
                          ELSE 'replaced by a newer version of the file' END
-     WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')";
+     WHERE storage_path = ?1 AND id < ?2
+       AND (state IN ('pending', 'failed')
+            OR (state = 'skipped' AND last_error = 'waiting_for_card' AND card = ?3))";
 
 /// Rows per `INSERT` statement when the scan queues new files.
 const INSERT_ROWS: usize = 64;
