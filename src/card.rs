@@ -142,6 +142,7 @@ impl Card {
         };
         let (serial, label) = read_volume(&m.source)
             .or_else(|| by_uuid(&m.source).map(|s| (s, None)))
+            .or_else(|| fuse_image(&m.point).and_then(|i| read_volume(&i)))
             .map_or((None, None), |(s, l)| (Some(s), l));
         Card {
             serial,
@@ -159,6 +160,8 @@ impl Card {
 /// The mount holding a path, from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mount {
+    /// Where.
+    point: PathBuf,
     /// What was mounted: a block device, or (FUSE) the image or device its helper was given.
     source: PathBuf,
     read_only: bool,
@@ -192,6 +195,7 @@ fn parse_mountinfo(text: &str, root: &Path) -> Option<Mount> {
         let read_only = opts.split(',').any(|o| o == "ro")
             || r.get(2).is_some_and(|s| s.split(',').any(|o| o == "ro"));
         let m = Mount {
+            point: point.clone(),
             source: PathBuf::from(unescape_mountinfo(source)),
             read_only,
         };
@@ -254,6 +258,38 @@ pub fn parse_boot_sector(b: &[u8; 512]) -> Option<(String, Option<String>)> {
     }
     if &b[0x36..0x3B] == b"FAT12" || &b[0x36..0x3B] == b"FAT16" {
         return (b[0x26] == 0x29).then(|| (serial(0x27), label(0x2B)));
+    }
+    None
+}
+
+/// The image or device a FUSE driver serves at `point`, where its mount does not name it
+/// (fusefat's source is `fusefat`): the argument of the process whose command line names the
+/// mount point that is a regular file or a block device. Paths are relative to its working
+/// directory as it was started.
+fn fuse_image(point: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    for proc in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = proc.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(dir.join("cwd")) else {
+            continue;
+        };
+        let args: Vec<PathBuf> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| cwd.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a)))
+            .collect();
+        if !args.iter().any(|a| a.canonicalize().ok().as_deref() == Some(point)) {
+            continue;
+        }
+        let image = args.iter().skip(1).find(|a| {
+            std::fs::metadata(a).is_ok_and(|m| m.is_file() || m.file_type().is_block_device())
+        });
+        if let Some(i) = image {
+            return Some(i.clone());
+        }
     }
     None
 }

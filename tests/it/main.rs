@@ -15,6 +15,7 @@ mod data_plan;
 mod fairness;
 mod faults;
 mod glance;
+mod identity;
 mod interop;
 mod large;
 mod losses;
