@@ -204,6 +204,17 @@ impl Card {
         self.mount_with(dir, MountOptions::default());
     }
 
+    /// Puts the card in `cam`'s slot: mounts it read-write on the camera's media root, which
+    /// is emptied first, so a pulled card leaves an empty mount point as on a camera (the
+    /// daemon reads an empty root as "card out", not as "every file deleted").
+    pub fn insert(&mut self, cam: &crate::camera::FakeCamera) {
+        let slot = cam.media_root();
+        if !is_mount_point(&slot) {
+            let _ = fs::remove_dir_all(&slot);
+        }
+        self.mount(&slot);
+    }
+
     /// Mounts the card read-only at `dir`: a write-protected card.
     pub fn mount_read_only(&mut self, dir: &Path) {
         self.mount_with(

@@ -7,6 +7,7 @@ mod common;
 
 mod bandwidth;
 mod card;
+mod card_fs;
 mod clock;
 mod conditions;
 mod consent;
