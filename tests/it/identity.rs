@@ -32,7 +32,7 @@ fn filesystems() -> Vec<Fs> {
 fn camera_with_card(fs: Fs) -> (FakeCamera, Card) {
     let cam = FakeCamera::new();
     let mut card = Card::new(fs, 40);
-    card.mount(&cam.media_root());
+    card.insert(&cam);
     (cam, card)
 }
 
@@ -42,13 +42,23 @@ fn floor() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(315_532_800)
 }
 
+/// Sets both stamps: FUSE 2 drops a `utimens` that sets the mtime alone.
 fn set_mtime(path: &std::path::Path, t: SystemTime) {
     std::fs::File::options()
         .write(true)
         .open(path)
         .unwrap()
-        .set_modified(t)
+        .set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
         .unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().modified().unwrap(), t);
+}
+
+/// Waits until the daemon has seen the card out.
+async fn card_out(rig: &Rig) {
+    eventually(T, "the card seen out", || async {
+        rig.status().await["media_available"] == false
+    })
+    .await;
 }
 
 /// `n` bytes that differ with `seed`.
@@ -86,6 +96,7 @@ async fn the_same_bytes_after_a_remount_under_another_time_zone_are_not_sent_aga
         // Pulled, and read back on a device five hours ahead (fusefat reads FAT's local stamps
         // in the driver's zone; exFAT keeps its offset; both number inodes anew).
         card.pull();
+        card_out(&rig).await;
         card.mount_with(
             &rig.cam.media_root(),
             MountOptions {
@@ -139,7 +150,10 @@ async fn a_reformatted_cards_new_files_with_reused_names_sizes_and_floor_stamps_
         rig.expect_uploaded(&refs, T).await;
         // The camera formats the card (a new serial) and shoots again from DSC00001, with the
         // same sizes and, still without a clock, the same stamps.
+        card.pull();
+        card_out(&rig).await;
         card.reformat();
+        card.put_back();
         let again = write_all(&rig.cam, 2);
         assert_eq!(again, rels);
         eventually(T, "every new photo sent", || async {
