@@ -78,6 +78,9 @@ struct Live {
     clock_set: bool,
 }
 
+/// The key/value prefix of a card's label, by serial.
+const CARD_LABEL_KEY: &str = "card.label.";
+
 /// The daemon's shared state. One per daemon, behind an `Arc`.
 pub struct App {
     config: Arc<Config>,
@@ -521,13 +524,32 @@ impl App {
         self.live().card.clone()
     }
 
-    /// The watcher read the card that appeared.
+    /// The watcher read the card that appeared. Its label is kept by serial, so that while it
+    /// is out the files waiting for it name it as the user knows it.
     pub fn set_card(&self, card: Card) {
+        if let (Some(serial), Some(label)) = (&card.serial, &card.label) {
+            let key = format!("{CARD_LABEL_KEY}{serial}");
+            if let Err(e) = self.store.set_kv(&key, Some(label)) {
+                tracing::warn!(error = %e, "cannot remember the card's label");
+            }
+        }
         let mut live = self.live();
         if live.card != card {
             tracing::info!(serial = ?card.serial, label = ?card.label, read_only = card.read_only, "the card in the slot");
             live.card = card;
         }
+    }
+
+    /// How the card with `serial` is named to the user: its label when last seen, else its
+    /// serial.
+    pub fn card_name(&self, serial: Option<&str>) -> Option<String> {
+        let serial = serial?;
+        let label = self
+            .store
+            .get_kv(&format!("{CARD_LABEL_KEY}{serial}"))
+            .ok()
+            .flatten();
+        Some(label.unwrap_or_else(|| serial.to_string()))
     }
 
     /// A media file was deleted from the card (which is present): its queued items go.
