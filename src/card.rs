@@ -157,6 +157,23 @@ impl Card {
     }
 }
 
+/// Whether the file system holding `root` is mounted read-only (statvfs's `ST_RDONLY`): a card
+/// whose write-protect switch is on, or one the driver turned read-only after an error. A
+/// card that cannot be examined is not called read-only (other rules keep its files then).
+pub fn mounted_read_only(root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed plain C struct, filled in by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct the call fills in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_flag & libc::ST_RDONLY != 0
+}
+
 /// The mount holding a path, from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mount {
@@ -232,7 +249,37 @@ fn read_volume(source: &Path) -> Option<(String, Option<String>)> {
     let f = std::fs::File::open(source).ok()?;
     let mut boot = [0u8; 512];
     f.read_exact_at(&mut boot, 0).ok()?;
-    parse_boot_sector(&boot)
+    let (serial, label) = parse_boot_sector(&boot)?;
+    let label = label.or_else(|| exfat_label(&f, &boot));
+    Some((serial, label))
+}
+
+/// exFAT keeps its label in the root directory (an entry of type 0x83, up to 11 UTF-16
+/// characters), not in the boot sector: the first cluster of the root directory is read.
+fn exfat_label(f: &std::fs::File, boot: &[u8; 512]) -> Option<String> {
+    if &boot[3..11] != b"EXFAT   " {
+        return None;
+    }
+    let u32_at = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            boot[at..at + 4].try_into().expect("4 bytes"),
+        ))
+    };
+    let (heap, root) = (u32_at(88), u32_at(96));
+    let (bps, spc) = (u32::from(boot[108]), u32::from(boot[109]));
+    if root < 2 || bps > 12 || bps + spc > 25 {
+        return None;
+    }
+    let at = (heap + ((root - 2) << spc)) << bps;
+    let mut dir = vec![0u8; 1usize << (bps + spc)];
+    f.read_exact_at(&mut dir, at).ok()?;
+    let entry = dir.chunks(32).find(|e| e[0] == 0x83)?;
+    let n = usize::from(entry[1]).min(11);
+    let units: Vec<u16> = entry[2..2 + 2 * n]
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    Some(String::from_utf16_lossy(&units)).filter(|l| !l.is_empty())
 }
 
 /// The serial (`XXXX-XXXX`) and label of a FAT or exFAT boot sector.
@@ -372,6 +419,30 @@ mod tests {
         exfat[100..104].copy_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
         assert_eq!(parse_boot_sector(&exfat), Some(("DEAD-BEEF".into(), None)));
         assert_eq!(parse_boot_sector(&[0u8; 512]), None, "not a card's file system");
+    }
+
+    #[test]
+    fn serial_and_label_of_images_made_by_the_real_mkfs() {
+        let d = tempfile::tempdir().unwrap();
+        for (tool, args, want) in [
+            ("mkfs.vfat", &["-F", "32", "-n", "TRIP_A", "-i", "1234ABCD"][..], "1234-ABCD"),
+            ("mkfs.exfat", &["-L", "TRIP_B"][..], ""),
+        ] {
+            let img = d.path().join(tool);
+            std::fs::File::create(&img).unwrap().set_len(40 << 20).unwrap();
+            let Ok(out) = std::process::Command::new(tool).args(args).arg(&img).output() else {
+                eprintln!("SKIPPED: {tool} is not installed (apt-get install dosfstools exfatprogs)");
+                continue;
+            };
+            assert!(out.status.success(), "{tool}: {out:?}");
+            let (serial, label) = read_volume(&img).unwrap();
+            assert_eq!(serial.len(), 9, "{serial}");
+            if !want.is_empty() {
+                assert_eq!(serial, want);
+            }
+            let label = label.unwrap();
+            assert!(label.starts_with("TRIP_"), "{tool}: {label}");
+        }
     }
 
     #[test]

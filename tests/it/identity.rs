@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use testkit::camera::FakeCamera;
 use testkit::card::{self, Card, Fs, MountOptions};
 
+use serde_json::json;
+
 use crate::common::{eventually, Rig};
 
 const T: Duration = Duration::from_secs(30);
@@ -204,5 +206,143 @@ async fn an_edit_in_place_that_keeps_size_and_stamp_is_sent_as_a_new_version() {
         );
         drop(rig);
         drop(card);
+    }
+}
+
+#[tokio::test]
+async fn a_manual_upload_naming_a_file_in_another_case_reaches_it_never_a_second_item() {
+    for fs in filesystems() {
+        let (cam, card) = camera_with_card(fs);
+        let rel = cam.photo("IMG_0001.JPG", 5_000);
+        let rig = Rig::start(cam).await;
+        // Paired, consent off: the scan queues the photo, nothing goes up by itself.
+        rig.pair().await;
+        eventually(T, "the photo queued by the scan", || async {
+            rig.items(None).await.len() == 1
+        })
+        .await;
+        let (code, body) = rig
+            .daemon
+            .api(
+                "POST",
+                "/v1/uploads",
+                Some(json!({"paths": ["dcim/100media/img_0001.jpg"]})),
+            )
+            .await;
+        assert_eq!(code, 202, "{}: {body}", fs.name());
+        assert_eq!(body["accepted"][0]["path"], rel.as_str(), "{body}");
+        rig.expect_uploaded(&[&rel], T).await;
+        let items = rig.items(None).await;
+        assert_eq!(items.len(), 1, "{}: one item: {items:#?}", fs.name());
+        assert_eq!(items[0]["storage_path"], rel.as_str());
+        assert_eq!(rig.rx.creations(), 1);
+        drop(rig);
+        drop(card);
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_card_is_backed_up_and_never_freed() {
+    for fs in filesystems() {
+        let cam = FakeCamera::new();
+        let mut card = Card::new(fs, 40);
+        card.insert(&cam);
+        let rels: Vec<String> = (1..=4)
+            .map(|i| {
+                let rel = cam.photo(&format!("IMG_000{i}.JPG"), 6 * 1024 * 1024);
+                cam.age_media(&rel, Duration::from_secs(86_400 * 30));
+                rel
+            })
+            .collect();
+        // The write-protect switch on.
+        card.pull();
+        card.mount_read_only(&cam.media_root());
+        cam.with("media", "free_space_below_percent", "90")
+            .with("media", "keep_days", "7")
+            .with("media", "free_space_verify", "\"checksum\"");
+        let rig = Rig::start(cam).await;
+        rig.go().await;
+        let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+        rig.expect_uploaded(&refs, T).await;
+        let (code, body) = rig
+            .daemon
+            .api(
+                "PATCH",
+                "/v1/settings",
+                Some(json!({"free_space": "when_low"})),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        eventually(T, "a pass held by the read-only card", || async {
+            let pass = rig.status().await["space"]["last_pass"].clone();
+            pass["held_by"].to_string().contains("card_read_only")
+        })
+        .await;
+        let (code, space) = rig.daemon.api("GET", "/v1/space", None).await;
+        assert_eq!(code, 200, "{space}");
+        assert!(
+            space["held_by"].to_string().contains("card_read_only"),
+            "{}: {space:#}",
+            fs.name()
+        );
+        for rel in &rels {
+            assert!(rig.cam.media_path(rel).exists(), "{rel} still on the card");
+        }
+        assert_eq!(rig.status().await["card"]["read_only"], true);
+        drop(rig);
+        drop(card);
+    }
+}
+
+#[tokio::test]
+async fn a_photo_of_the_card_that_is_out_waits_for_its_card_and_goes_up_when_it_is_back() {
+    for fs in filesystems() {
+        let cam = FakeCamera::new();
+        let mut first = Card::with_label(fs, 40, "TRIP_A");
+        first.insert(&cam);
+        let rel = cam.photo("GOPR0001.JPG", 3_000);
+        let rig = Rig::start(cam).await;
+        // Consent off: nothing goes up yet.
+        rig.pair().await;
+        eventually(T, "card A's photo queued", || async {
+            rig.paths("pending").await == [rel.clone()]
+        })
+        .await;
+        first.pull();
+        card_out(&rig).await;
+        let mut second = Card::with_label(fs, 40, "TRIP_B");
+        second.insert(&rig.cam);
+        rig.cam.photo("GOPR0001.JPG", 4_000);
+        eventually(T, "card A's photo waiting for its card", || async {
+            rig.items(Some("skipped"))
+                .await
+                .iter()
+                .any(|i| i["reason"] == "waiting_for_card")
+        })
+        .await;
+        let waiting = rig.items(Some("skipped")).await;
+        assert_eq!(waiting.len(), 1, "{waiting:#?}");
+        assert_eq!(waiting[0]["card"], first.volume_serial().as_str());
+        assert_ne!(
+            waiting[0]["last_error"], "replaced by a newer version of the file",
+            "{}",
+            fs.name()
+        );
+        let status = rig.status().await;
+        assert_eq!(status["queue"]["waiting_for_card"], 1, "{status:#}");
+        assert_eq!(status["card"]["waiting_for"][0]["card"], "TRIP_A", "{status:#}");
+        assert_eq!(status["card"]["files_backed_up"], 0);
+        assert_eq!(status["card"]["files_total"], 2, "card B's and card A's");
+        // Card A back, consent on: its photo goes up, then card B's when it is back too.
+        second.pull();
+        card_out(&rig).await;
+        first.put_back();
+        rig.consent(true).await;
+        rig.rx.wait_for_completed(1, T).await;
+        assert!(rig.rx.file_matches(&rel, &rig.cam.media_path(&rel)));
+        assert_eq!(rig.rx.completed_uploads()[0].length, 3_000);
+        drop(rig);
+        drop(first);
+        drop(second);
     }
 }
