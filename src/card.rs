@@ -77,7 +77,7 @@ impl Fingerprint {
     }
 
     /// Lower-case hex, as the ledger and the logs show it.
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -289,7 +289,9 @@ pub fn parse_boot_sector(b: &[u8; 512]) -> Option<(String, Option<String>)> {
         format!("{:04X}-{:04X}", v >> 16, v & 0xFFFF)
     };
     let label = |at: usize| {
-        let l = String::from_utf8_lossy(&b[at..at + 11]).trim_end().to_string();
+        let l = String::from_utf8_lossy(&b[at..at + 11])
+            .trim_end()
+            .to_string();
         (!l.is_empty() && l != "NO NAME").then_some(l)
     };
     if &b[3..11] == b"EXFAT   " {
@@ -328,7 +330,10 @@ fn fuse_image(point: &Path) -> Option<PathBuf> {
             .filter(|a| !a.is_empty())
             .map(|a| cwd.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a)))
             .collect();
-        if !args.iter().any(|a| a.canonicalize().ok().as_deref() == Some(point)) {
+        if !args
+            .iter()
+            .any(|a| a.canonicalize().ok().as_deref() == Some(point))
+        {
             continue;
         }
         let image = args.iter().skip(1).find(|a| {
@@ -367,12 +372,20 @@ mod tests {
         write(&p, &big);
         let fp = |p: &Path, n| Fingerprint::of_path(p, n).unwrap().unwrap();
         let a = fp(&p, big.len() as u64);
-        assert_eq!(a, fp(&p, big.len() as u64), "the same bytes, the same fingerprint");
+        assert_eq!(
+            a,
+            fp(&p, big.len() as u64),
+            "the same bytes, the same fingerprint"
+        );
         for at in sample_offsets(big.len() as u64) {
             let mut other = big.clone();
             other[(at + SAMPLE / 2) as usize] ^= 1;
             write(&p, &other);
-            assert_ne!(a, fp(&p, big.len() as u64), "a byte changed in the sample at {at}");
+            assert_ne!(
+                a,
+                fp(&p, big.len() as u64),
+                "a byte changed in the sample at {at}"
+            );
         }
         // The last byte is always in a sample.
         let mut other = big.clone();
@@ -418,20 +431,37 @@ mod tests {
         exfat[3..11].copy_from_slice(b"EXFAT   ");
         exfat[100..104].copy_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
         assert_eq!(parse_boot_sector(&exfat), Some(("DEAD-BEEF".into(), None)));
-        assert_eq!(parse_boot_sector(&[0u8; 512]), None, "not a card's file system");
+        assert_eq!(
+            parse_boot_sector(&[0u8; 512]),
+            None,
+            "not a card's file system"
+        );
     }
 
     #[test]
     fn serial_and_label_of_images_made_by_the_real_mkfs() {
         let d = tempfile::tempdir().unwrap();
         for (tool, args, want) in [
-            ("mkfs.vfat", &["-F", "32", "-n", "TRIP_A", "-i", "1234ABCD"][..], "1234-ABCD"),
+            (
+                "mkfs.vfat",
+                &["-F", "32", "-n", "TRIP_A", "-i", "1234ABCD"][..],
+                "1234-ABCD",
+            ),
             ("mkfs.exfat", &["-L", "TRIP_B"][..], ""),
         ] {
             let img = d.path().join(tool);
-            std::fs::File::create(&img).unwrap().set_len(40 << 20).unwrap();
-            let Ok(out) = std::process::Command::new(tool).args(args).arg(&img).output() else {
-                eprintln!("SKIPPED: {tool} is not installed (apt-get install dosfstools exfatprogs)");
+            std::fs::File::create(&img)
+                .unwrap()
+                .set_len(40 << 20)
+                .unwrap();
+            let Ok(out) = std::process::Command::new(tool)
+                .args(args)
+                .arg(&img)
+                .output()
+            else {
+                eprintln!(
+                    "SKIPPED: {tool} is not installed (apt-get install dosfstools exfatprogs)"
+                );
                 continue;
             };
             assert!(out.status.success(), "{tool}: {out:?}");
@@ -457,7 +487,10 @@ mod tests {
         assert_eq!(m.source, Path::new("/dev/mmcblk0p1"));
         assert!(m.read_only);
         let m = parse_mountinfo(info, Path::new("/media/card two")).unwrap();
-        assert_eq!((m.source.as_path(), m.read_only), (Path::new("/dev/sdb1"), false));
+        assert_eq!(
+            (m.source.as_path(), m.read_only),
+            (Path::new("/dev/sdb1"), false)
+        );
         let m = parse_mountinfo(info, Path::new("/home")).unwrap();
         assert_eq!(m.source, Path::new("/dev/sda1"));
     }

@@ -465,7 +465,11 @@ mod tests {
         let sp = StoragePath::from_user(&root, "dcim/100media/img_0001.jpg").unwrap();
         assert_eq!(sp.as_str(), "DCIM/100MEDIA/img_0001.jpg");
         let sp = StoragePath::from_user(&root, "DCIM/100MEDIA/Img_0001.jpg").unwrap();
-        assert_eq!(sp.as_str(), "DCIM/100MEDIA/Img_0001.jpg", "two candidates: kept as given");
+        assert_eq!(
+            sp.as_str(),
+            "DCIM/100MEDIA/Img_0001.jpg",
+            "two candidates: kept as given"
+        );
     }
 
     #[test]

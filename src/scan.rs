@@ -490,7 +490,10 @@ pub fn scan(
     let (queued, write) = written?;
     report.queued = queued;
     report.write = write;
-    let checks: Vec<Checked> = walked.iter_mut().flat_map(|w| std::mem::take(&mut w.checks)).collect();
+    let checks: Vec<Checked> = walked
+        .iter_mut()
+        .flat_map(|w| std::mem::take(&mut w.checks))
+        .collect();
     report.queued += store.settle_contents(&checks, card)?;
     // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
     // walkers' sets merged into the largest.
@@ -610,7 +613,14 @@ mod tests {
         std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
         std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
+        let rep = scan(
+            card.path(),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.queued, 0);
         assert_eq!(rep.recent.len(), 1);
         assert_eq!(rep.recent[0].size, 13);
@@ -678,7 +688,14 @@ mod tests {
         old(&f, b"shot before the clock was set");
         set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
+        let rep = scan(
+            card.path(),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
         // The settler queues it (unchanged for three settle times).
         let r = &rep.recent[0];
@@ -691,7 +708,14 @@ mod tests {
             }])
             .unwrap();
         // The next full scan still sees it as "recent": it must not drop the queued item.
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
+        let rep = scan(
+            card.path(),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
     }
@@ -762,7 +786,14 @@ mod tests {
             b"22",
         );
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
+        let rep = scan(
+            card.path(),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!((rep.queued, rep.unreadable), (2, 0));
         let queued = paths(&store, ItemState::Pending);
         assert_eq!(
@@ -856,7 +887,10 @@ mod tests {
                 write_at(&r.join(n), &big(2), floor());
             }
             let rep = scan(r, &filter(), &store, Duration::from_secs(10), second).unwrap();
-            assert_eq!(rep.queued, 2, "every new file queued ({first:?} then {second:?})");
+            assert_eq!(
+                rep.queued, 2,
+                "every new file queued ({first:?} then {second:?})"
+            );
             assert_eq!(paths(&store, ItemState::Pending), names);
             assert_eq!(send_all(&store, r), 2);
             // The history keeps both uploads of each name.
@@ -908,7 +942,10 @@ mod tests {
         std::fs::remove_dir_all(r.join("DCIM")).unwrap();
         old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
         old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
-        for (n, t) in ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"].iter().zip(stamps) {
+        for (n, t) in ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+            .iter()
+            .zip(stamps)
+        {
             set_mtime(&r.join(n), t);
         }
         let rep = scan_on("AAAA-AAAA").unwrap();
@@ -927,7 +964,14 @@ mod tests {
             }
         }
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(card.path(), &filter(), &store, Duration::from_secs(10), None).unwrap();
+        let rep = scan(
+            card.path(),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.queued, 5000);
         assert_eq!(
             store

@@ -143,11 +143,7 @@ impl Settler {
     /// Checks every watched file and returns those that have settled, with their final size
     /// and mtime. A file whose size or mtime moved starts its wait again; a vanished one is
     /// dropped.
-    pub fn due(
-        &mut self,
-        now: Instant,
-        mut stat: impl FnMut(&Path) -> Stat,
-    ) -> Vec<Settled> {
+    pub fn due(&mut self, now: Instant, mut stat: impl FnMut(&Path) -> Stat) -> Vec<Settled> {
         let mut ready = Vec::new();
         let settle = self.settle;
         self.files.retain(|path, e| {
@@ -289,6 +285,7 @@ pub async fn run(app: Arc<App>) {
                     need_scan = true;
                 } else {
                     settler.forget_under(&root);
+                    app.set_card(crate::card::Card::default());
                 }
                 app.set_media_available(id.is_some());
             }

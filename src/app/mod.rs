@@ -21,9 +21,7 @@ use crate::events::{DaemonState, Event, Events};
 use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
-use crate::store::{
-    self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store,
-};
+use crate::store::{self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
 use crate::upload::tus;
 
 mod account;
@@ -482,7 +480,10 @@ impl App {
             return Ok(0);
         }
         let card = self.card().serial;
-        match self.store.upsert_with_hint(files, card.as_deref(), |_| true) {
+        match self
+            .store
+            .upsert_with_hint(files, card.as_deref(), |_| true)
+        {
             Ok(n) => {
                 self.store_ok();
                 if n > 0 {

@@ -29,6 +29,9 @@ pub struct Checked {
     pub written: bool,
 }
 
+/// A row as [`Store::settle_contents`] reads it: id, state, fingerprint, card.
+type Row = (i64, String, Option<Vec<u8>>, Option<String>);
+
 /// What the bytes on the card are to the row holding their (path, size, mtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentVerdict {
@@ -103,7 +106,7 @@ impl Store {
             for c in files {
                 let f = &c.file;
                 let fp = c.fingerprint.as_bytes();
-                let row: Option<(i64, String, Option<Vec<u8>>, Option<String>)> = tx
+                let row: Option<Row> = tx
                     .prepare_cached(
                         "SELECT id, state, fingerprint, card FROM items
                          WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
@@ -282,10 +285,106 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::{Kind, StoragePath};
     use ContentVerdict::*;
 
     fn fp(b: u8) -> Fingerprint {
         Fingerprint::from_bytes(&[b; 16]).unwrap()
+    }
+
+    fn found(size: u64, mtime_ns: i64) -> FoundFile {
+        FoundFile {
+            path: StoragePath::from_relative(std::path::Path::new("DCIM/DSC00001.JPG")).unwrap(),
+            kind: Kind::Photo,
+            size,
+            mtime_ns,
+        }
+    }
+
+    /// One photo sent with fingerprint `a` from card `C1`: queued, uploaded, done.
+    fn sent(s: &Store, a: Fingerprint) -> i64 {
+        let c = Checked {
+            file: found(10, 1),
+            fingerprint: a,
+            written: true,
+        };
+        assert_eq!(s.settle_contents(&[c], Some("C1")).unwrap(), 1);
+        let id = s.list(None, 10, 0).unwrap()[0].id;
+        assert!(s.mark_uploading(id).unwrap());
+        s.set_upload_url(
+            id,
+            "https://up.example/files/1",
+            None,
+            "https://up.example/files/",
+        )
+        .unwrap();
+        s.mark_done(id).unwrap();
+        id
+    }
+
+    #[test]
+    fn a_version_rewritten_in_place_is_sent_again_and_never_freed_in_the_old_ones_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = sent(&s, fp(1));
+        assert_eq!(
+            s.free_candidates().unwrap().len(),
+            1,
+            "the sent version may be freed"
+        );
+        let edited = Checked {
+            file: found(10, 1),
+            fingerprint: fp(2),
+            written: true,
+        };
+        assert_eq!(s.settle_contents(&[edited], Some("C1")).unwrap(), 1);
+        let it = s.item(id).unwrap().unwrap();
+        assert_eq!(
+            (it.state, it.fingerprint),
+            (ItemState::Pending, Some(fp(2)))
+        );
+        assert!(
+            s.free_candidates().unwrap().is_empty(),
+            "nothing to free in its place"
+        );
+        assert_eq!(
+            s.history(10).unwrap().len(),
+            1,
+            "the old upload stays in the history"
+        );
+        // A database rebuilt from the ledger does not take the new version for done.
+        drop(s);
+        std::fs::write(dir.path().join(crate::store::DB_FILE), b"not a database").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.was_rebuilt());
+        assert_eq!(s.counts().unwrap().done, 0);
+    }
+
+    #[test]
+    fn a_rebuilt_database_keeps_what_was_sent_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        sent(&s, fp(1));
+        drop(s);
+        std::fs::write(dir.path().join(crate::store::DB_FILE), b"not a database").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.was_rebuilt());
+        let it = &s.list(None, 10, 0).unwrap()[0];
+        assert_eq!((it.state, it.fingerprint), (ItemState::Done, Some(fp(1))));
+        // Other bytes under its name, size and stamp (a reformatted card): a new version.
+        let other = Checked {
+            file: found(10, 1),
+            fingerprint: fp(2),
+            written: false,
+        };
+        assert_eq!(s.settle_contents(&[other], None).unwrap(), 1);
+        // The first bytes again under another stamp: sent before, not queued.
+        let again = Checked {
+            file: found(10, 7_200_000_000_000),
+            fingerprint: fp(1),
+            written: false,
+        };
+        assert_eq!(s.settle_contents(&[again], None).unwrap(), 0);
     }
 
     #[test]
@@ -295,18 +394,78 @@ mod tests {
         type Row = (bool, Option<Fingerprint>, Option<&'static str>);
         type Seen = (Fingerprint, bool, bool, Option<&'static str>);
         let table: &[(&str, Row, Seen, ContentVerdict)] = &[
-            ("same bytes after a remount", (false, Some(a), Some("C1")), (a, false, true, Some("C1")), Same),
-            ("same bytes on a card read elsewhere", (false, Some(a), None), (a, false, true, Some("C2")), Same),
-            ("a reformatted card reusing name, size and stamp", (false, Some(a), Some("C1")), (b, false, false, Some("C2")), New),
-            ("the same without a readable serial", (false, Some(a), None), (b, false, false, None), New),
-            ("an edit in place the watcher saw", (false, Some(a), Some("C1")), (b, true, false, Some("C1")), New),
-            ("an edit in place of a row without a fingerprint, seen written", (false, None, None), (b, true, false, None), New),
-            ("no fingerprint, not seen written: metadata decides", (false, None, None), (b, false, false, None), Same),
-            ("a card put back after another reused its names", (false, Some(b), Some("C2")), (a, false, true, Some("C1")), SentBefore),
-            ("an open item of the card that is out", (true, Some(b), Some("C2")), (a, false, true, Some("C1")), WaitsForItsCard),
-            ("an open item of the card that is out, this card's file new", (true, Some(b), Some("C2")), (a, false, false, Some("C1")), WaitsForItsCard),
-            ("an open item rewritten on its own card", (true, Some(b), Some("C1")), (a, true, false, Some("C1")), New),
-            ("an open item whose card is unknown", (true, Some(b), None), (a, false, false, Some("C1")), New),
+            (
+                "same bytes after a remount",
+                (false, Some(a), Some("C1")),
+                (a, false, true, Some("C1")),
+                Same,
+            ),
+            (
+                "same bytes on a card read elsewhere",
+                (false, Some(a), None),
+                (a, false, true, Some("C2")),
+                Same,
+            ),
+            (
+                "a reformatted card reusing name, size and stamp",
+                (false, Some(a), Some("C1")),
+                (b, false, false, Some("C2")),
+                New,
+            ),
+            (
+                "the same without a readable serial",
+                (false, Some(a), None),
+                (b, false, false, None),
+                New,
+            ),
+            (
+                "an edit in place the watcher saw",
+                (false, Some(a), Some("C1")),
+                (b, true, false, Some("C1")),
+                New,
+            ),
+            (
+                "an edit in place of a row without a fingerprint, seen written",
+                (false, None, None),
+                (b, true, false, None),
+                New,
+            ),
+            (
+                "no fingerprint, not seen written: metadata decides",
+                (false, None, None),
+                (b, false, false, None),
+                Same,
+            ),
+            (
+                "a card put back after another reused its names",
+                (false, Some(b), Some("C2")),
+                (a, false, true, Some("C1")),
+                SentBefore,
+            ),
+            (
+                "an open item of the card that is out",
+                (true, Some(b), Some("C2")),
+                (a, false, true, Some("C1")),
+                WaitsForItsCard,
+            ),
+            (
+                "an open item of the card that is out, this card's file new",
+                (true, Some(b), Some("C2")),
+                (a, false, false, Some("C1")),
+                WaitsForItsCard,
+            ),
+            (
+                "an open item rewritten on its own card",
+                (true, Some(b), Some("C1")),
+                (a, true, false, Some("C1")),
+                New,
+            ),
+            (
+                "an open item whose card is unknown",
+                (true, Some(b), None),
+                (a, false, false, Some("C1")),
+                New,
+            ),
         ];
         for (name, (open, rf, rc), (sf, written, sent_before, card), want) in table {
             let got = judge(

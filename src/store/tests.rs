@@ -660,7 +660,10 @@ fn the_scans_insert_of_new_paths_counts_and_revives_like_one_by_one() {
     let files: Vec<FoundFile> = (0..INSERT_ROWS * 2 + 3)
         .map(|i| found(&format!("DCIM/{i:04}.JPG"), i as u64, 1))
         .collect();
-    assert_eq!(s.upsert_with_hint(&files, None, |_| false).unwrap(), files.len());
+    assert_eq!(
+        s.upsert_with_hint(&files, None, |_| false).unwrap(),
+        files.len()
+    );
     assert_eq!(s.counts().unwrap().pending, files.len() as u64);
     // Dropped as deleted, then seen again by a scan that (wrongly) thinks the path is new:
     // the insert ignores the row, and the one-by-one path revives it.
@@ -721,7 +724,8 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     s.upsert_files(&[found("DCIM/0000.JPG", 999, 2)]).unwrap();
     assert_counts_true(&s, "a new version");
     s.enqueue_manual(&found("DCIM/M.JPG", 77, 3), None).unwrap();
-    s.enqueue_manual(&found("DCIM/0001.JPG", 11, 1), None).unwrap();
+    s.enqueue_manual(&found("DCIM/0001.JPG", 11, 1), None)
+        .unwrap();
     assert_counts_true(&s, "manual requests");
     let ids: Vec<i64> = s.list(None, 500, 0).unwrap().iter().map(|i| i.id).collect();
     // Through an upload and every way out of one.

@@ -429,10 +429,9 @@ impl Transfer<'_, '_> {
             return;
         }
         let (path, size) = (self.path.clone(), self.item.size);
-        let fp = tokio::task::spawn_blocking(move || {
-            crate::card::Fingerprint::of_path(&path, size)
-        })
-        .await;
+        let fp =
+            tokio::task::spawn_blocking(move || crate::card::Fingerprint::of_path(&path, size))
+                .await;
         match fp {
             Ok(Ok(Some(fp))) => {
                 if let Err(e) = self.ctx.store.set_fingerprint(self.item.id, &fp) {

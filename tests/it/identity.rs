@@ -93,7 +93,12 @@ async fn the_same_bytes_after_a_remount_under_another_time_zone_are_not_sent_aga
         rig.expect_uploaded(&refs, T).await;
         let before: Vec<_> = rels
             .iter()
-            .map(|r| std::fs::metadata(rig.cam.media_path(r)).unwrap().modified().unwrap())
+            .map(|r| {
+                std::fs::metadata(rig.cam.media_path(r))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            })
             .collect();
         // Pulled, and read back on a device five hours ahead (fusefat reads FAT's local stamps
         // in the driver's zone; exFAT keeps its offset; both number inodes anew).
@@ -108,7 +113,12 @@ async fn the_same_bytes_after_a_remount_under_another_time_zone_are_not_sent_aga
         );
         let after: Vec<_> = rels
             .iter()
-            .map(|r| std::fs::metadata(rig.cam.media_path(r)).unwrap().modified().unwrap())
+            .map(|r| {
+                std::fs::metadata(rig.cam.media_path(r))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            })
             .collect();
         if fs == Fs::Fat32 {
             assert_ne!(before, after, "fusefat moves FAT's stamps with the zone");
@@ -324,13 +334,17 @@ async fn a_photo_of_the_card_that_is_out_waits_for_its_card_and_goes_up_when_it_
         assert_eq!(waiting.len(), 1, "{waiting:#?}");
         assert_eq!(waiting[0]["card"], first.volume_serial().as_str());
         assert_ne!(
-            waiting[0]["last_error"], "replaced by a newer version of the file",
+            waiting[0]["last_error"],
+            "replaced by a newer version of the file",
             "{}",
             fs.name()
         );
         let status = rig.status().await;
         assert_eq!(status["queue"]["waiting_for_card"], 1, "{status:#}");
-        assert_eq!(status["card"]["waiting_for"][0]["card"], "TRIP_A", "{status:#}");
+        assert_eq!(
+            status["card"]["waiting_for"][0]["card"], "TRIP_A",
+            "{status:#}"
+        );
         assert_eq!(status["card"]["files_backed_up"], 0);
         assert_eq!(status["card"]["files_total"], 2, "card B's and card A's");
         // Card A back, consent on: its photo goes up, then card B's when it is back too.

@@ -7,7 +7,9 @@ mod card;
 use std::time::Instant;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: fingerprint-bench DIR");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: fingerprint-bench DIR");
     let mut files = Vec::new();
     let mut stack = vec![std::path::PathBuf::from(dir)];
     while let Some(d) = stack.pop() {
@@ -25,17 +27,33 @@ fn main() {
     let started = Instant::now();
     for (p, len) in &files {
         let t = Instant::now();
-        card::Fingerprint::of_path(p, *len).expect("fingerprint").expect("same size");
+        card::Fingerprint::of_path(p, *len)
+            .expect("fingerprint")
+            .expect("same size");
         per_file.push((*len, t.elapsed().as_secs_f64() * 1e3));
     }
     let total = started.elapsed().as_secs_f64();
     let bytes: u64 = files.iter().map(|f| f.1).sum();
     let read: u64 = files
         .iter()
-        .map(|f| f.1.min(if f.1 <= card::WHOLE_UP_TO { f.1 } else { card::SAMPLE * card::SAMPLES }))
+        .map(|f| {
+            f.1.min(if f.1 <= card::WHOLE_UP_TO {
+                f.1
+            } else {
+                card::SAMPLE * card::SAMPLES
+            })
+        })
         .sum();
-    let mut small: Vec<f64> = per_file.iter().filter(|f| f.0 <= card::WHOLE_UP_TO).map(|f| f.1).collect();
-    let mut large: Vec<f64> = per_file.iter().filter(|f| f.0 > card::WHOLE_UP_TO).map(|f| f.1).collect();
+    let mut small: Vec<f64> = per_file
+        .iter()
+        .filter(|f| f.0 <= card::WHOLE_UP_TO)
+        .map(|f| f.1)
+        .collect();
+    let mut large: Vec<f64> = per_file
+        .iter()
+        .filter(|f| f.0 > card::WHOLE_UP_TO)
+        .map(|f| f.1)
+        .collect();
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(0.0)
