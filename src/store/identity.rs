@@ -29,8 +29,9 @@ pub struct Checked {
     pub written: bool,
 }
 
-/// A row as [`Store::settle_contents`] reads it: id, state, fingerprint, card.
-type Row = (i64, String, Option<Vec<u8>>, Option<String>);
+/// A row as [`Store::settle_contents`] reads it: id, state, fingerprint, card, and whether it
+/// waits for its card.
+type Row = (i64, String, Option<Vec<u8>>, Option<String>, bool);
 
 /// What the bytes on the card are to the row holding their (path, size, mtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +109,19 @@ impl Store {
                 let fp = c.fingerprint.as_bytes();
                 let row: Option<Row> = tx
                     .prepare_cached(
-                        "SELECT id, state, fingerprint, card FROM items
-                         WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
+                        "SELECT id, state, fingerprint, card,
+                           COALESCE(state = 'skipped' AND last_error = ?4, 0)
+                         FROM items WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
                     )?
-                    .query_row(params![f.path.as_str(), f.size as i64, f.mtime_ns], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
+                    .query_row(
+                        params![
+                            f.path.as_str(),
+                            f.size as i64,
+                            f.mtime_ns,
+                            super::REASON_WAITING_FOR_CARD
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )
                     .optional()?;
                 let sent_before: bool = tx
                     .prepare_cached(
@@ -121,7 +129,7 @@ impl Store {
                          WHERE storage_path = ?1 AND fingerprint = ?2)",
                     )?
                     .query_row(params![f.path.as_str(), fp], |r| r.get(0))?;
-                let Some((id, state, row_fp, row_card)) = row else {
+                let Some((id, state, row_fp, row_card, waiting)) = row else {
                     if sent_before {
                         // The same bytes under another mtime (a time zone, another reader):
                         // the done row follows them, so the next scan knows them at once.
@@ -154,9 +162,11 @@ impl Store {
                     continue;
                 };
                 let state = ItemState::parse(&state).unwrap_or(ItemState::Pending);
+                // One waiting for its card is still to be sent: its bytes are not these.
+                let open = state.is_open() || waiting;
                 let verdict = judge(
                     &RowFacts {
-                        open: state.is_open(),
+                        open,
                         fingerprint: row_fp.as_deref().and_then(Fingerprint::from_bytes),
                         card: row_card.as_deref(),
                     },
@@ -185,7 +195,7 @@ impl Store {
                             card
                         ])?;
                     }
-                    ContentVerdict::SentBefore if state.is_open() => {
+                    ContentVerdict::SentBefore if open => {
                         tx.execute(
                             "UPDATE items SET state = 'skipped', last_error = ?2
                              WHERE id = ?1 AND state IN ('pending', 'failed')",
@@ -211,9 +221,15 @@ impl Store {
                         tracing::info!(path = %f.path, card = ?row_card,
                             "another card's file reuses this name, size and stamp: it waits for its card");
                     }
-                    ContentVerdict::New if state.is_open() => {
+                    ContentVerdict::New if open => {
+                        // Still to be sent: it sends these bytes (one that waited for its card,
+                        // which is this one or unknown, waits no more).
+                        added += usize::from(waiting);
                         tx.execute(
-                            "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card)
+                            "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
+                               state = CASE WHEN state = 'skipped' THEN 'pending' ELSE state END,
+                               last_error = CASE WHEN state = 'skipped' THEN NULL ELSE last_error END,
+                               next_attempt_at = CASE WHEN state = 'skipped' THEN 0 ELSE next_attempt_at END
                              WHERE id = ?1",
                             params![id, fp, card],
                         )?;
@@ -358,6 +374,42 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert!(s.was_rebuilt());
         assert_eq!(s.counts().unwrap().done, 0);
+    }
+
+    #[test]
+    fn an_item_waiting_for_its_card_keeps_waiting_when_another_reuses_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = Checked {
+            file: found(10, 1),
+            fingerprint: fp(1),
+            written: true,
+        };
+        s.settle_contents(std::slice::from_ref(&a), Some("A"))
+            .unwrap();
+        let id = s.list(None, 10, 0).unwrap()[0].id;
+        s.mark_skipped_many(&[id], crate::store::REASON_WAITING_FOR_CARD)
+            .unwrap();
+        // Card C: the same name, size and floor stamp, other bytes.
+        let c = Checked {
+            file: found(10, 1),
+            fingerprint: fp(3),
+            written: false,
+        };
+        assert_eq!(s.settle_contents(&[c], Some("C")).unwrap(), 0);
+        let it = s.item(id).unwrap().unwrap();
+        assert_eq!(it.fingerprint, Some(fp(1)), "card A's bytes, still");
+        assert_eq!(
+            it.last_error.as_deref(),
+            Some(crate::store::REASON_WAITING_FOR_CARD)
+        );
+        // Card A back: it waits no more.
+        let back = Checked {
+            written: false,
+            ..a
+        };
+        assert_eq!(s.settle_contents(&[back], Some("A")).unwrap(), 1);
+        assert_eq!(s.item(id).unwrap().unwrap().state, ItemState::Pending);
     }
 
     #[test]
