@@ -199,18 +199,44 @@ enum Signal {
     Lost,
 }
 
-/// The root's device and inode: a card mounted over (or unmounted from) the mount point, or a
-/// root directory replaced, changes them.
-fn root_stat(root: &Path) -> Option<(u64, u64)> {
+/// The root's device, inode and mount: a card mounted over (or unmounted from) the mount
+/// point, or a root directory replaced, changes them. The mount's unique ID (statx's
+/// `STATX_MNT_ID_UNIQUE`, Linux 6.8 and later; 0 where the kernel has none) is what tells a card
+/// pulled and put back (or swapped) between two looks: a FUSE card mounted again gets the same
+/// anonymous device number and root inode, so the device and inode alone would miss it, and
+/// the watches of the old mount would be dead.
+type RootId = (u64, u64, u64);
+
+fn root_stat(root: &Path) -> Option<RootId> {
+    use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+    let m = std::fs::metadata(root).ok()?;
+    let mount = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .ok()
+        .and_then(|path| {
+            // SAFETY: a zeroed plain C struct, filled in by the call.
+            let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+            // SAFETY: a NUL-terminated path and a struct the call fills in.
+            let rc = unsafe {
+                libc::statx(
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    0,
+                    libc::STATX_MNT_ID_UNIQUE,
+                    &mut stx,
+                )
+            };
+            (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id)
+        })
+        .unwrap_or(0);
+    Some((m.dev(), m.ino(), mount))
 }
 
-/// The card's identity: `current` while the root's device and inode are unchanged (a stat,
-/// nothing more: listing the watched root every few seconds would wake inotify and the daemon
-/// for nothing); otherwise the new root's identity if it holds something (an empty mount point
-/// is a removed card), else `None`.
-fn root_identity(root: &Path, current: Option<(u64, u64)>) -> Option<(u64, u64)> {
+/// The card's identity: `current` while the root's device, inode and mount are unchanged (a
+/// stat, nothing more: listing the watched root every few seconds would wake inotify and the
+/// daemon for nothing); otherwise the new root's identity if it holds something (an empty mount
+/// point is a removed card), else `None`.
+fn root_identity(root: &Path, current: Option<RootId>) -> Option<RootId> {
     let stat = root_stat(root);
     match current {
         Some(cur) if stat == Some(cur) => Some(cur),

@@ -360,3 +360,26 @@ async fn a_photo_of_the_card_that_is_out_waits_for_its_card_and_goes_up_when_it_
         drop(second);
     }
 }
+
+#[tokio::test]
+async fn a_card_pulled_and_put_back_at_once_is_watched_again_and_sends_nothing_twice() {
+    for fs in filesystems() {
+        let (cam, mut card) = camera_with_card(fs);
+        let rel = cam.photo("DSC00001.JPG", 200_000);
+        let rig = Rig::start(cam).await;
+        rig.go().await;
+        rig.expect_uploaded(&[&rel], T).await;
+        // Out and in again faster than the daemon looks at the slot (every 5 s): the same
+        // device number and root inode, a new mount, and the old mount's watches gone.
+        card.pull();
+        card.put_back();
+        // A photo taken now is seen (by the scan of the new mount, the old mount's watches
+        // being dead), and the first one is not sent again.
+        let new = rig.cam.photo("DSC00002.JPG", 300_000);
+        rig.rx.wait_for_completed(2, T).await;
+        assert!(rig.rx.file_matches(&new, &rig.cam.media_path(&new)));
+        assert_eq!(rig.rx.creations(), 2, "{}", fs.name());
+        drop(rig);
+        drop(card);
+    }
+}
