@@ -117,6 +117,7 @@ fn world(app: &App) -> World {
         paired: account.is_some(),
         clock_set: crate::clock::is_set(),
         recording: app.recording() || recording_flag(app),
+        card_read_only: crate::card::mounted_read_only(&media.root),
         now: crate::clock::now_unix(),
     }
 }

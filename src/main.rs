@@ -4,6 +4,7 @@
 // A binary crate, not a library: every module is private to it, so the compiler reports any
 // item nothing uses (ripgrep's layout).
 mod app;
+mod card;
 mod cli;
 mod clock;
 mod conditions;

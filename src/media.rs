@@ -209,6 +209,9 @@ impl StoragePath {
         if !lexical.starts_with(root) {
             return Err(PathError::Outside(input.into()));
         }
+        // FAT and exFAT names are case-insensitive: `dcim/100media/img_0001.jpg` is the file
+        // `DCIM/100MEDIA/IMG_0001.JPG`, and must be named as the card names it, never twice.
+        let lexical = with_names_on_disk(root, &lexical);
         let real_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let real = match lexical.canonicalize() {
             Ok(r) => r,
@@ -241,6 +244,36 @@ impl fmt::Display for StoragePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `path` (inside `root`) with each name below the root spelt as its directory spells it: a
+/// name that is not there as given but is there in another case (one entry only, compared
+/// case-insensitively as FAT and exFAT do) takes that entry's spelling. A name found as given,
+/// or not at all, or more than once (a case-sensitive file system), is kept.
+fn with_names_on_disk(root: &Path, path: &Path) -> PathBuf {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return path.to_path_buf();
+    };
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        let name = c.as_os_str();
+        let listed: Vec<std::ffi::OsString> = std::fs::read_dir(&at)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if listed.iter().any(|n| n == name) {
+            at.push(name);
+            continue;
+        }
+        let folded = name.to_string_lossy().to_lowercase();
+        let mut same = listed
+            .iter()
+            .filter(|n| n.to_string_lossy().to_lowercase() == folded);
+        match (same.next(), same.next()) {
+            (Some(one), None) => at.push(one),
+            _ => at.push(name),
+        }
+    }
+    at
 }
 
 /// Resolves `.` and `..` without touching the disk; `None` if `..` climbs above `/`.
@@ -417,6 +450,26 @@ mod tests {
         // An escape escape_name never writes stays text: no `/` or NUL can be smuggled in.
         let sp = StoragePath::from_stored("DCIM/a\\x2Fb\\x00.JPG".into());
         assert_eq!(sp.on_disk(root), root.join("DCIM/a\\x2Fb\\x00.JPG"));
+    }
+
+    #[test]
+    fn a_user_path_in_another_case_names_the_file_as_the_card_spells_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("DCIM/100MEDIA")).unwrap();
+        std::fs::write(root.join("DCIM/100MEDIA/IMG_0001.JPG"), b"x").unwrap();
+        let sp = StoragePath::from_user(&root, "dcim/100media/img_0001.jpg").unwrap();
+        assert_eq!(sp.as_str(), "DCIM/100MEDIA/IMG_0001.JPG");
+        // Where both spellings exist (a case-sensitive file system), each is itself.
+        std::fs::write(root.join("DCIM/100MEDIA/img_0001.jpg"), b"y").unwrap();
+        let sp = StoragePath::from_user(&root, "dcim/100media/img_0001.jpg").unwrap();
+        assert_eq!(sp.as_str(), "DCIM/100MEDIA/img_0001.jpg");
+        let sp = StoragePath::from_user(&root, "DCIM/100MEDIA/Img_0001.jpg").unwrap();
+        assert_eq!(
+            sp.as_str(),
+            "DCIM/100MEDIA/Img_0001.jpg",
+            "two candidates: kept as given"
+        );
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::card::{stamp_is_trusted, Fingerprint};
 use crate::media::{mtime_ns, MediaFilter, StoragePath};
-use crate::store::{self, FoundFile, Store, StoreError};
+use crate::store::{self, Checked, FoundFile, Store, StoreError};
 
 /// Files per database transaction.
 pub const BATCH: usize = 2000;
@@ -88,7 +89,7 @@ impl<'a> CardRoot<'a> {
 
     /// The root's device and inode while the card is there, `None` while it is not: the same
     /// answer before and after a walk means the walk saw one card throughout.
-    pub fn identity(&self) -> Option<(u64, u64)> {
+    pub fn identity(&self) -> Option<CardId> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(self.root).ok()?;
         if !meta.is_dir() {
@@ -105,7 +106,39 @@ impl<'a> CardRoot<'a> {
         } else if entries.next().is_none() {
             return None;
         }
-        Some((meta.dev(), meta.ino()))
+        Some((meta.dev(), meta.ino(), mount_id(self.root)))
+    }
+}
+
+/// The card as its root shows it: device, inode and mount ID ([`mount_id`]).
+pub type CardId = (u64, u64, u64);
+
+/// The unique ID of the mount `path` is on (statx's `STATX_MNT_ID_UNIQUE`, Linux 6.8 and
+/// later; 0 where the kernel has none). It tells a card pulled and put back (or swapped)
+/// between two looks: a FUSE card mounted again gets the same anonymous device number and root
+/// inode, so the device and inode alone would miss it, and the watches of the old mount would
+/// be dead.
+pub fn mount_id(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: a zeroed plain C struct, filled in by the call.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct the call fills in.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            libc::STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0 {
+        stx.stx_mnt_id
+    } else {
+        0
     }
 }
 
@@ -308,6 +341,8 @@ struct Walked {
     recent: Vec<Recent>,
     versions: Hashes,
     paths: Hashes,
+    /// Files whose identity needs their content (store/identity.rs), fingerprinted.
+    checks: Vec<Checked>,
 }
 
 fn hash_of(parts: impl Hash) -> u64 {
@@ -346,6 +381,8 @@ struct OpenItem {
     id: i64,
     version: u64,
     path: u64,
+    /// From another card than the one in the slot (both known): if not seen, it waits for it.
+    away: bool,
 }
 
 /// A file's identity as the sets hold it: its path's hash and its size and mtime, hashed.
@@ -353,14 +390,32 @@ fn version_of(path: u64, size: u64, mtime_ns: i64) -> u64 {
     hash_of((path, size, mtime_ns))
 }
 
+/// Whether a known version seen on `card` must be checked by content before it is taken for
+/// the one the queue holds: the item knows its content, and either it came from another card
+/// (a reformatted one, or a second one reusing its names) or, where a card is unknown, its
+/// stamp says nothing (the 1980 floor of a camera without a clock). A card that keeps its
+/// serial and real stamps costs no read.
+fn needs_content(item_card: Option<&str>, card: Option<&str>, mtime_ns: i64) -> bool {
+    match (item_card, card) {
+        (Some(a), Some(b)) => a != b,
+        _ => !stamp_is_trusted(mtime_ns),
+    }
+}
+
 /// The full scan. Walking and writing overlap: [`walkers`] threads walk the card (sharing its
 /// directories) and hand batches to a writer thread, so the scan takes about as long as the
-/// slowest of them, not the sum.
+/// slowest of them, not the sum. `serial`: the serial of the card in the slot, if known.
+///
+/// A file whose (path, size, mtime) the queue knows is taken as known without a read, unless
+/// [`needs_content`] says otherwise; one at a path and size whose sent version has a
+/// fingerprint, under another mtime (a time zone, another reader), is read too: in both cases
+/// the store settles it by content ([`Store::settle_contents`]).
 pub fn scan(
     card: CardRoot,
     filter: &MediaFilter,
     store: &Store,
     settle: Duration,
+    serial: Option<&str>,
 ) -> Result<Report, StoreError> {
     let root = card.root;
     let now = SystemTime::now();
@@ -372,6 +427,9 @@ pub fn scan(
     // were not seen by this snapshot and are left alone.
     let mut known_versions = Hashes::default();
     let mut known_paths = Hashes::default();
+    // Versions to check by content, and (path, size) of sent versions with a fingerprint.
+    let mut verify = Hashes::default();
+    let mut sent_sizes = Hashes::default();
     let mut open = Vec::new();
     store.for_each_identity(|it| {
         let path = hash_of(it.path);
@@ -379,16 +437,24 @@ pub fn scan(
         if !it.revivable {
             known_versions.insert(version);
         }
+        if it.fingerprinted && needs_content(it.card, serial, it.mtime_ns) {
+            verify.insert(version);
+        }
+        if it.done && it.fingerprinted {
+            sent_sizes.insert(hash_of((path, it.size)));
+        }
         known_paths.insert(path);
         if it.open {
             open.push(OpenItem {
                 id: it.id,
                 version,
                 path,
+                away: store::other_card(it.card, serial),
             });
         }
     })?;
     let (known_versions, known_paths) = (&known_versions, &known_paths);
+    let (verify, sent_sizes) = (&verify, &sent_sizes);
     // What the walk saw matters only to judge the open items afterwards: with none (a first
     // scan, or a card whose files are all sent) the walkers keep no sets, and with an empty
     // queue they hash nothing.
@@ -402,7 +468,7 @@ pub fn scan(
     let wide = store.wide_checkpoints();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
     let walk_started = std::time::Instant::now();
-    let (walked, written) = std::thread::scope(|s| {
+    let (mut walked, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
             let mut busy = Duration::ZERO;
@@ -410,7 +476,7 @@ pub fn scan(
                 let t = std::time::Instant::now();
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-                queued += store.upsert_with_hint(&batch, |f| {
+                queued += store.upsert_with_hint(&batch, serial, |f| {
                     !known_paths.is_empty() && known_paths.contains(&hash_of(f.path.as_str()))
                 })?;
                 busy += t.elapsed();
@@ -434,7 +500,28 @@ pub fn scan(
                                         w.paths.insert(path);
                                         w.versions.insert(version);
                                     }
-                                    if known_versions.contains(&version) {
+                                    let known = known_versions.contains(&version);
+                                    let check = verify.contains(&version)
+                                        || (!known && sent_sizes.contains(&hash_of((path, f.size))));
+                                    if check {
+                                        match Fingerprint::of_path(&f.path.on_disk(root), f.size) {
+                                            Ok(Some(fingerprint)) => {
+                                                w.checks.push(Checked {
+                                                    file: f,
+                                                    fingerprint,
+                                                    written: false,
+                                                });
+                                                return;
+                                            }
+                                            // Changed meanwhile: the watcher or the next
+                                            // scan sees its final form.
+                                            Ok(None) => return,
+                                            Err(e) => {
+                                                tracing::warn!(path = %f.path, error = %e, "cannot read a file to check its content");
+                                            }
+                                        }
+                                    }
+                                    if known {
                                         return;
                                     }
                                 }
@@ -486,9 +573,13 @@ pub fn scan(
     let (queued, write) = written?;
     report.queued = queued;
     report.write = write;
+    let checks: Vec<Checked> = walked
+        .iter_mut()
+        .flat_map(|w| std::mem::take(&mut w.checks))
+        .collect();
+    report.queued += store.settle_contents(&checks, serial)?;
     // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
     // walkers' sets merged into the largest.
-    let mut walked = walked;
     walked.sort_unstable_by_key(|w| std::cmp::Reverse(w.versions.len()));
     let mut seen = Walked::default();
     for (i, w) in walked.into_iter().enumerate() {
@@ -526,18 +617,22 @@ fn reconcile(
 ) -> Result<usize, StoreError> {
     let mut deleted = Vec::new();
     let mut replaced = Vec::new();
+    let mut waiting = Vec::new();
     for it in open {
         if versions.contains(&it.version) {
             continue;
         }
-        if paths.contains(&it.path) {
+        if it.away {
+            waiting.push(it.id);
+        } else if paths.contains(&it.path) {
             replaced.push(it.id);
         } else {
             deleted.push(it.id);
         }
     }
     Ok(store.mark_skipped_many(&deleted, store::REASON_DELETED)?
-        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?)
+        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?
+        + store.mark_skipped_many(&waiting, store::REASON_WAITING_FOR_CARD)?)
 }
 
 #[cfg(test)]
@@ -594,7 +689,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
         std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.queued, 3);
         assert_eq!(
             paths(&store, ItemState::Pending),
@@ -605,7 +707,14 @@ mod tests {
             ]
         );
         // A second scan finds nothing new.
-        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!((rep.queued, rep.dropped), (0, 0));
     }
 
@@ -621,6 +730,7 @@ mod tests {
             &filter(),
             &store,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         assert_eq!(rep.queued, 0);
@@ -637,12 +747,26 @@ mod tests {
         old(&r.join("DCIM/b.jpg"), b"b");
         old(&r.join("DCIM/c.jpg"), b"c");
         let store = Store::open(state.path()).unwrap();
-        scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
 
         // Card out: the root is an empty mount point. Nothing is dropped.
         let aside = tempfile::tempdir().unwrap();
         std::fs::rename(r.join("DCIM"), aside.path().join("DCIM")).unwrap();
-        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(rep.dropped, 0);
         assert_eq!(paths(&store, ItemState::Pending).len(), 3);
 
@@ -650,7 +774,14 @@ mod tests {
         std::fs::rename(aside.path().join("DCIM"), r.join("DCIM")).unwrap();
         std::fs::remove_file(r.join("DCIM/a.jpg")).unwrap();
         old(&r.join("DCIM/b.jpg"), b"b, version two");
-        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (rep.queued, rep.dropped),
             (1, 1),
@@ -684,9 +815,23 @@ mod tests {
         let r = &card.path().join("card");
         old(&r.join("DCIM/a.jpg"), b"a");
         let store = Store::open(state.path()).unwrap();
-        scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         std::fs::rename(r, card.path().join("away")).unwrap();
-        let rep = scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap();
         assert_eq!((rep.unreadable, rep.dropped), (0, 0), "{rep:?}");
         assert!(rep.card_gone);
         assert_eq!(paths(&store, ItemState::Pending), ["DCIM/a.jpg"]);
@@ -751,6 +896,7 @@ mod tests {
             &filter(),
             &store,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
@@ -770,6 +916,7 @@ mod tests {
             &filter(),
             &store,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         assert_eq!(rep.dropped, 0);
@@ -782,8 +929,16 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let r = card.path();
         let store = Store::open(state.path()).unwrap();
-        let scan_now =
-            || scan(CardRoot::at(r), &filter(), &store, Duration::from_secs(10)).unwrap();
+        let scan_now = || {
+            scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                None,
+            )
+            .unwrap()
+        };
         old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
         let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
             .unwrap()
@@ -848,6 +1003,7 @@ mod tests {
             &filter(),
             &store,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         assert_eq!((rep.queued, rep.unreadable), (2, 0));
@@ -869,6 +1025,192 @@ mod tests {
         }
     }
 
+    /// Sends every pending item as the uploader does: its fingerprint noted, then done.
+    fn send_all(store: &Store, root: &Path) -> usize {
+        let items = store.list(Some(ItemState::Pending), 1000, 0).unwrap();
+        for it in &items {
+            assert!(store.mark_uploading(it.id).unwrap());
+            let fp = Fingerprint::of_path(&it.storage_path.on_disk(root), it.size)
+                .unwrap()
+                .unwrap();
+            store.set_fingerprint(it.id, &fp).unwrap();
+            store.mark_done(it.id).unwrap();
+        }
+        items.len()
+    }
+
+    /// The 1980 floor of FAT and exFAT, where a camera without a clock stamps its files.
+    fn floor() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(315_532_800)
+    }
+
+    fn write_at(path: &Path, bytes: &[u8], t: SystemTime) {
+        old(path, bytes);
+        set_mtime(path, t);
+    }
+
+    #[test]
+    fn the_same_bytes_under_another_stamp_are_not_queued_again() {
+        // A FAT card mounted with another time zone, or read on another device: every mtime
+        // moves by hours, the bytes do not.
+        for card in [Some("1234-ABCD"), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let r = dir.path();
+            let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+            old(&r.join("DCIM/A.JPG"), b"small photo");
+            old(&r.join("DCIM/B.MP4"), &big);
+            let store = Store::open(state.path()).unwrap();
+            let scan_now = || {
+                scan(
+                    CardRoot::at(r),
+                    &filter(),
+                    &store,
+                    Duration::from_secs(10),
+                    card,
+                )
+                .unwrap()
+            };
+            assert_eq!(scan_now().queued, 2);
+            assert_eq!(send_all(&store, r), 2);
+            for f in ["DCIM/A.JPG", "DCIM/B.MP4"] {
+                let m = std::fs::metadata(r.join(f)).unwrap().modified().unwrap();
+                set_mtime(&r.join(f), m + Duration::from_secs(3 * 3600));
+            }
+            let rep = scan_now();
+            assert_eq!((rep.queued, rep.dropped), (0, 0), "card {card:?}");
+            assert!(paths(&store, ItemState::Pending).is_empty());
+            // The done items follow the bytes: the next scan knows them without a read.
+            let rep = scan_now();
+            assert_eq!((rep.queued, rep.dropped), (0, 0));
+            assert_eq!(store.counts().unwrap().done, 2);
+        }
+    }
+
+    #[test]
+    fn a_reformatted_card_reusing_names_sizes_and_floor_stamps_has_all_its_files_queued() {
+        // With the serials read (the reformat gave the card a new one), and without.
+        for (first, second) in [(Some("1111-1111"), Some("2222-2222")), (None, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let r = dir.path();
+            let names = ["DCIM/100MEDIA/DSC00001.JPG", "DCIM/100MEDIA/DSC00002.JPG"];
+            let big = |b: u8| vec![b; 2_000_000];
+            for n in names {
+                write_at(&r.join(n), &big(1), floor());
+            }
+            let store = Store::open(state.path()).unwrap();
+            scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                first,
+            )
+            .unwrap();
+            assert_eq!(send_all(&store, r), 2);
+            // Reformatted, the same shots again: same names, sizes and stamps, other bytes.
+            std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+            for n in names {
+                write_at(&r.join(n), &big(2), floor());
+            }
+            let rep = scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                second,
+            )
+            .unwrap();
+            assert_eq!(
+                rep.queued, 2,
+                "every new file queued ({first:?} then {second:?})"
+            );
+            assert_eq!(paths(&store, ItemState::Pending), names);
+            assert_eq!(send_all(&store, r), 2);
+            // The history keeps both uploads of each name.
+            assert_eq!(store.history(10).unwrap().len(), 4);
+            // And nothing more on the next scans.
+            let rep = scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                second,
+            )
+            .unwrap();
+            assert_eq!(rep.queued, 0);
+            // The first card's bytes put back: sent before, not queued again.
+            std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+            for n in names {
+                write_at(&r.join(n), &big(1), floor());
+            }
+            let rep = scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                first,
+            )
+            .unwrap();
+            assert_eq!((rep.queued, rep.dropped), (0, 0));
+            assert!(paths(&store, ItemState::Pending).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_item_of_a_card_that_is_out_waits_for_it_and_goes_up_when_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let store = Store::open(state.path()).unwrap();
+        let scan_on = |card| {
+            scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                Some(card),
+            )
+        };
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+        old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+        scan_on("AAAA-AAAA").unwrap();
+        let stamps = ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+            .map(|n| std::fs::metadata(r.join(n)).unwrap().modified().unwrap());
+        // Card B: reuses the first name, lacks the second.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card B's first photo");
+        scan_on("BBBB-BBBB").unwrap();
+        let skipped = store.list(Some(ItemState::Skipped), 10, 0).unwrap();
+        let reasons: Vec<_> = skipped.iter().map(|i| i.last_error.as_deref()).collect();
+        assert_eq!(
+            reasons,
+            [Some(store::REASON_WAITING_FOR_CARD); 2],
+            "neither replaced nor deleted"
+        );
+        assert_eq!(
+            store.waiting_for_card().unwrap(),
+            [(Some("AAAA-AAAA".to_string()), 2, 29)]
+        );
+        assert_eq!(paths(&store, ItemState::Pending), ["DCIM/GOPR0001.JPG"]);
+        // Card A back (its files with their stamps): both wait no more; card B's file waits
+        // for card B.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+        old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+        for (n, t) in ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+            .iter()
+            .zip(stamps)
+        {
+            set_mtime(&r.join(n), t);
+        }
+        let rep = scan_on("AAAA-AAAA").unwrap();
+        assert_eq!(rep.queued, 2);
+        let waiting = store.waiting_for_card().unwrap();
+        assert_eq!(waiting, [(Some("BBBB-BBBB".to_string()), 1, 20)]);
+    }
+
     #[test]
     fn a_scan_of_many_files_in_many_directories_queues_each_once() {
         let card = tempfile::tempdir().unwrap();
@@ -884,6 +1226,7 @@ mod tests {
             &filter(),
             &store,
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         assert_eq!(rep.queued, 5000);

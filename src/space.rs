@@ -59,6 +59,9 @@ pub struct World {
     pub paired: bool,
     pub clock_set: bool,
     pub recording: bool,
+    /// The card is mounted read-only (a write-protect switch, or the driver's choice after an
+    /// error): nothing can be deleted, so nothing is tried.
+    pub card_read_only: bool,
     /// Unix seconds.
     pub now: i64,
 }
@@ -79,6 +82,8 @@ pub enum Hold {
     ClockNotSet,
     /// The camera records: the card is left alone.
     Recording,
+    /// The card is read-only (write-protected): uploads go on, nothing is deleted.
+    CardReadOnly,
     /// The card's free space could not be read.
     CardUnknown,
     /// The card has more free space than the threshold: nothing needs freeing.
@@ -271,6 +276,9 @@ pub fn decide(w: &World, files: &[FileFacts]) -> Decision {
     if w.recording {
         holds.push(Hold::Recording);
     }
+    if w.card_read_only {
+        holds.push(Hold::CardReadOnly);
+    }
     let (target, need) = match (w.card, below) {
         (None, _) => {
             holds.push(Hold::CardUnknown);
@@ -405,6 +413,7 @@ mod tests {
             paired: true,
             clock_set: true,
             recording: false,
+            card_read_only: false,
             now: NOW,
         }
     }
@@ -529,6 +538,13 @@ mod tests {
                     Hold::ClockNotSet,
                     Hold::Recording,
                 ],
+                verdict: Verdict::Free,
+            },
+            Row {
+                name: "a read-only card: nothing is tried",
+                world: |w| w.card_read_only = true,
+                file: same,
+                holds: &[Hold::CardReadOnly],
                 verdict: Verdict::Free,
             },
             Row {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::app::App;
 use crate::media::StoragePath;
 use crate::scan::{self, Recent};
-use crate::store::FoundFile;
+use crate::store::{Checked, FoundFile};
 
 /// How often the card's presence is checked besides inotify: a mount over the mount point is
 /// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
@@ -46,6 +46,18 @@ struct Entry {
     closed: bool,
     /// When the size/mtime were last seen to change.
     since: Instant,
+    /// An event said it was written (not just found by a scan): an edit in place that kept
+    /// its name, size and stamp is still a new version (store/identity.rs).
+    written: bool,
+}
+
+/// A file that settled: its final size and mtime, and whether it was seen written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub written: bool,
 }
 
 /// Holds written files back until they are finished. Pure: time comes in as arguments and the
@@ -75,9 +87,11 @@ impl Settler {
             mtime_ns: i64::MIN,
             closed: false,
             since: now,
+            written: true,
         });
         e.closed = false;
         e.since = now;
+        e.written = true;
     }
 
     /// The file was closed after writing.
@@ -87,8 +101,10 @@ impl Settler {
             mtime_ns: i64::MIN,
             closed: true,
             since: now,
+            written: true,
         });
         e.closed = true;
+        e.written = true;
     }
 
     /// A file the scan found written too recently.
@@ -98,6 +114,7 @@ impl Settler {
             mtime_ns: r.mtime_ns,
             closed: false,
             since: now,
+            written: false,
         });
     }
 
@@ -126,11 +143,7 @@ impl Settler {
     /// Checks every watched file and returns those that have settled, with their final size
     /// and mtime. A file whose size or mtime moved starts its wait again; a vanished one is
     /// dropped.
-    pub fn due(
-        &mut self,
-        now: Instant,
-        mut stat: impl FnMut(&Path) -> Stat,
-    ) -> Vec<(PathBuf, u64, i64)> {
+    pub fn due(&mut self, now: Instant, mut stat: impl FnMut(&Path) -> Stat) -> Vec<Settled> {
         let mut ready = Vec::new();
         let settle = self.settle;
         self.files.retain(|path, e| {
@@ -145,7 +158,12 @@ impl Settler {
             }
             let quiet = now.saturating_duration_since(e.since);
             if (e.closed && quiet >= settle) || quiet >= settle * 3 {
-                ready.push((path.clone(), size, mtime_ns));
+                ready.push(Settled {
+                    path: path.clone(),
+                    size,
+                    mtime_ns,
+                    written: e.written,
+                });
                 return false;
             }
             true
@@ -181,18 +199,25 @@ enum Signal {
     Lost,
 }
 
-/// The root's device and inode: a card mounted over (or unmounted from) the mount point, or a
-/// root directory replaced, changes them.
-fn root_stat(root: &Path) -> Option<(u64, u64)> {
+/// The root's device, inode and mount: a card mounted over (or unmounted from) the mount
+/// point, or a root directory replaced, changes them. The mount's unique ID (statx's
+/// `STATX_MNT_ID_UNIQUE`, Linux 6.8 and later; 0 where the kernel has none) is what tells a card
+/// pulled and put back (or swapped) between two looks: a FUSE card mounted again gets the same
+/// anonymous device number and root inode, so the device and inode alone would miss it, and
+/// the watches of the old mount would be dead.
+type RootId = scan::CardId;
+
+fn root_stat(root: &Path) -> Option<RootId> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+    let m = std::fs::metadata(root).ok()?;
+    Some((m.dev(), m.ino(), scan::mount_id(root)))
 }
 
-/// The card's identity: `current` while the root's device and inode are unchanged (a stat,
-/// nothing more: listing the watched root every few seconds would wake inotify and the daemon
-/// for nothing); otherwise the root's identity if the card is there ([`scan::CardRoot`]),
-/// else `None`.
-fn root_identity(card: scan::CardRoot, current: Option<(u64, u64)>) -> Option<(u64, u64)> {
+/// The card's identity: `current` while the root's device, inode and mount are unchanged (a
+/// stat, nothing more: listing the watched root every few seconds would wake inotify and the
+/// daemon for nothing); otherwise the root's identity if the card is there
+/// ([`scan::CardRoot`]), else `None`.
+fn root_identity(card: scan::CardRoot, current: Option<RootId>) -> Option<RootId> {
     match current {
         Some(cur) if root_stat(card.root) == Some(cur) => Some(cur),
         _ => card.identity(),
@@ -219,7 +244,7 @@ pub async fn run(app: Arc<App>) {
     let mut next_rescan = Instant::now();
     let mut next_presence = Instant::now();
     // Settled files the store could not take (state disk full): tried again soon.
-    let mut unqueued: Vec<(PathBuf, u64, i64)> = Vec::new();
+    let mut unqueued: Vec<Settled> = Vec::new();
     let mut retry_at: Option<Instant> = None;
     // A failed scan is tried again soon, then less and less often (a card of 100,000 files
     // walked every 5 s for hours while the state disk stays full would be a waste).
@@ -256,9 +281,17 @@ pub async fn run(app: Arc<App>) {
                         Err(e) => tracing::error!(root = %root.display(), error = %e,
                             "cannot watch the media root; relying on the periodic rescan"),
                     }
+                    // Which card it is: its serial tells a card from another that reuses its
+                    // names (a blocking read of its boot sector, so off the runtime thread).
+                    let r = root.clone();
+                    let card = tokio::task::spawn_blocking(move || crate::card::Card::of_root(&r))
+                        .await
+                        .unwrap_or_default();
+                    app.set_card(card);
                     need_scan = true;
                 } else {
                     settler.forget_under(&root);
+                    app.set_card(crate::card::Card::default());
                 }
             }
             // Said at every look, not only on a change: a camera that starts without its card
@@ -586,43 +619,69 @@ fn forget_deleted(app: &App, sp: &StoragePath) {
 
 /// Queues settled files and empties `ready`. Returns false when the store could not take them:
 /// then `ready` keeps them, to be tried again soon.
-fn queue(app: &App, root: &Path, ready: &mut Vec<(PathBuf, u64, i64)>) -> bool {
+///
+/// A file seen written is fingerprinted (up to 512 KiB read, once per file written while the
+/// daemon runs) and settled by its content: a rewrite that kept name, size and stamp is a new
+/// version, and bytes sent before under another stamp are not sent again.
+fn queue(app: &App, root: &Path, ready: &mut Vec<Settled>) -> bool {
     if ready.is_empty() {
         return true;
     }
     // Files held back by an earlier failure may have changed or gone since: queue what is on
     // the card now, one entry per path (never an older version after a newer one).
-    ready.sort_by(|a, b| a.0.cmp(&b.0));
-    ready.dedup_by(|a, b| a.0 == b.0);
-    ready.retain_mut(|(path, size, mtime)| match stat(path) {
+    ready.sort_by(|a, b| a.path.cmp(&b.path).then(b.written.cmp(&a.written)));
+    ready.dedup_by(|a, b| a.path == b.path);
+    ready.retain_mut(|f| match stat(&f.path) {
         Some((s, m)) => {
-            (*size, *mtime) = (s, m);
+            (f.size, f.mtime_ns) = (s, m);
             true
         }
         None => false,
     });
-    let files: Vec<FoundFile> = ready
-        .iter()
-        .filter_map(|(path, size, mtime_ns)| {
-            let (size, mtime_ns) = (*size, *mtime_ns);
-            // A path through a symlink (a linked directory inside the card) is not the card's.
-            if let Err(e) = crate::media::check_no_symlink(root, path) {
-                tracing::warn!(error = %e, "not queued");
-                return None;
+    let mut files = Vec::new();
+    let mut checked = Vec::new();
+    for f in ready.iter() {
+        // A path through a symlink (a linked directory inside the card) is not the card's.
+        if let Err(e) = crate::media::check_no_symlink(root, &f.path) {
+            tracing::warn!(error = %e, "not queued");
+            continue;
+        }
+        let Ok(sp) = StoragePath::under(root, &f.path) else {
+            continue;
+        };
+        let Some(kind) = app.filter().classify(&sp) else {
+            continue;
+        };
+        let found = FoundFile {
+            path: sp,
+            kind,
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+        };
+        let fingerprint = f
+            .written
+            .then(|| crate::card::Fingerprint::of_path(&f.path, f.size));
+        match fingerprint {
+            Some(Ok(Some(fingerprint))) => checked.push(Checked {
+                file: found,
+                fingerprint,
+                written: true,
+            }),
+            // Changed again since its stat: the next event brings it back.
+            Some(Ok(None)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(path = %found.path, error = %e, "cannot read a written file to fingerprint it; queued by its metadata");
+                files.push(found);
             }
-            let sp = StoragePath::under(root, path).ok()?;
-            let kind = app.filter().classify(&sp)?;
-            Some(FoundFile {
-                path: sp,
-                kind,
-                size,
-                mtime_ns,
-            })
-        })
-        .collect();
-    match app.enqueue(&files) {
+            None => files.push(found),
+        }
+    }
+    match app
+        .enqueue(&files)
+        .and_then(|n| Ok(n + app.enqueue_checked(&checked)?))
+    {
         Ok(n) => {
-            for f in &files {
+            for f in files.iter().chain(checked.iter().map(|c| &c.file)) {
                 tracing::debug!(path = %f.path, size = f.size, "settled");
             }
             if n > 0 {
@@ -632,7 +691,7 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<(PathBuf, u64, i64)>) -> bool {
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, files = files.len(), "could not queue settled files; trying again in a few seconds");
+            tracing::error!(error = %e, files = files.len() + checked.len(), "could not queue settled files; trying again in a few seconds");
             false
         }
     }
@@ -649,6 +708,7 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
             a.filter(),
             a.store(),
             Duration::from_secs(c.settle_secs),
+            a.card().serial.as_deref(),
         )
     })
     .await;
@@ -745,7 +805,16 @@ mod tests {
             "closed 9 s ago"
         );
         let ready = st.due(t0 + Duration::from_secs(15), look);
-        assert_eq!(ready, vec![(p("/c/a.mp4"), 200, 1)], "final size");
+        assert_eq!(
+            ready,
+            vec![Settled {
+                path: p("/c/a.mp4"),
+                size: 200,
+                mtime_ns: 1,
+                written: true
+            }],
+            "final size"
+        );
         assert!(st.is_empty());
     }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::card::Card;
 use crate::conditions::{Activity, Snapshot};
 use crate::config::Config;
 use crate::credentials::{self, Account};
@@ -22,7 +23,7 @@ use crate::events::{DaemonState, Event, Events};
 use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
-use crate::store::{self, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
+use crate::store::{self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
 use crate::upload::tus;
 
 mod account;
@@ -56,6 +57,8 @@ struct Live {
     /// The auto gate after hold-down (see `set_conditions`).
     auto_open: bool,
     media_available: bool,
+    /// The card in the slot, as last read when it appeared.
+    card: Card,
     settings: Settings,
     paused: bool,
     account: Option<Account>,
@@ -82,6 +85,9 @@ struct Live {
     /// certificate could be verified).
     clock_set: bool,
 }
+
+/// The key/value prefix of a card's label, by serial.
+const CARD_LABEL_KEY: &str = "card.label.";
 
 /// The daemon's shared state. One per daemon, behind an `Arc`.
 pub struct App {
@@ -222,6 +228,7 @@ impl App {
                 verdict: Verdict::default(),
                 auto_open: false,
                 media_available,
+                card: Card::default(),
                 settings,
                 paused,
                 account,
@@ -597,7 +604,8 @@ impl App {
         }
         let mut out = Vec::with_capacity(found.len());
         for f in found {
-            let (id, outcome) = match self.store.enqueue_manual(&f)? {
+            let card = self.card().serial;
+            let (id, outcome) = match self.store.enqueue_manual(&f, card.as_deref())? {
                 ManualOutcome::Queued(id) => (id, "queued"),
                 ManualOutcome::AlreadyUploaded(id) => (id, "already_uploaded"),
             };
@@ -653,7 +661,11 @@ impl App {
         if files.is_empty() {
             return Ok(0);
         }
-        match self.store.upsert_files(files) {
+        let card = self.card().serial;
+        match self
+            .store
+            .upsert_with_hint(files, card.as_deref(), |_| true)
+        {
             Ok(n) => {
                 self.store_ok();
                 if n > 0 {
@@ -666,6 +678,61 @@ impl App {
                 Err(e)
             }
         }
+    }
+
+    /// Queues files the watcher saw written, settled by their content (store/identity.rs):
+    /// an edit in place that kept name, size and stamp is a new version.
+    pub fn enqueue_checked(&self, files: &[Checked]) -> Result<usize, store::StoreError> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let card = self.card().serial;
+        match self.store.settle_contents(files, card.as_deref()) {
+            Ok(n) => {
+                self.store_ok();
+                if n > 0 {
+                    self.queued();
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The card in the slot (its serial, label, read-only), as the watcher last read it.
+    pub fn card(&self) -> Card {
+        self.live().card.clone()
+    }
+
+    /// The watcher read the card that appeared. Its label is kept by serial, so that while it
+    /// is out the files waiting for it name it as the user knows it.
+    pub fn set_card(&self, card: Card) {
+        if let (Some(serial), Some(label)) = (&card.serial, &card.label) {
+            let key = format!("{CARD_LABEL_KEY}{serial}");
+            if let Err(e) = self.store.set_kv(&key, Some(label)) {
+                tracing::warn!(error = %e, "cannot remember the card's label");
+            }
+        }
+        let mut live = self.live();
+        if live.card != card {
+            tracing::info!(serial = ?card.serial, label = ?card.label, read_only = card.read_only, "the card in the slot");
+            live.card = card;
+        }
+    }
+
+    /// How the card with `serial` is named to the user: its label when last seen, else its
+    /// serial.
+    pub fn card_name(&self, serial: Option<&str>) -> Option<String> {
+        let serial = serial?;
+        let label = self
+            .store
+            .get_kv(&format!("{CARD_LABEL_KEY}{serial}"))
+            .ok()
+            .flatten();
+        Some(label.unwrap_or_else(|| serial.to_string()))
     }
 
     /// A media file was deleted from the card (which is present): its queued items go.

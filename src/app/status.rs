@@ -56,6 +56,9 @@ pub struct QueueSummary {
     pub bytes_remaining: u64,
     /// Bytes of completed uploads.
     pub bytes_done: u64,
+    /// Of the skipped items, those waiting for their card, which is out (`waiting_for_card`):
+    /// not backed up.
+    pub waiting_for_card: u64,
 }
 
 impl From<&QueueCounts> for QueueSummary {
@@ -69,6 +72,7 @@ impl From<&QueueCounts> for QueueSummary {
             cancelled: c.cancelled,
             bytes_remaining: c.bytes_remaining,
             bytes_done: c.bytes_done,
+            waiting_for_card: 0,
         }
     }
 }
@@ -85,6 +89,24 @@ pub struct CardSummary {
     pub files_total: u64,
     pub bytes_backed_up: u64,
     pub bytes_total: u64,
+    /// The card in the slot: its volume serial (`XXXX-XXXX` on FAT and exFAT) and label, where
+    /// they can be read, and whether it is read-only (write-protected).
+    pub serial: Option<String>,
+    pub label: Option<String>,
+    pub read_only: bool,
+    /// Files of cards that are out, waiting for them (`waiting_for_card`); counted in the
+    /// totals above as not backed up.
+    pub waiting_for: Vec<WaitingCard>,
+}
+
+/// The files of one card that is out, waiting for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingCard {
+    /// The card's label if it had one when last in, else its serial.
+    pub card: Option<String>,
+    pub serial: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 impl From<&QueueCounts> for CardSummary {
@@ -94,6 +116,10 @@ impl From<&QueueCounts> for CardSummary {
             files_total: c.done + c.pending + c.uploading + c.failed,
             bytes_backed_up: c.bytes_done,
             bytes_total: c.bytes_done + c.bytes_open,
+            serial: None,
+            label: None,
+            read_only: false,
+            waiting_for: Vec::new(),
         }
     }
 }
@@ -160,6 +186,9 @@ impl App {
         let last_success_at = self.store.last_success_at()?;
         let next_attempt_at = self.store.next_backoff_at(now_unix())?;
         let last_pass = self.last_pass();
+        let card = self.card_summary(&queue)?;
+        let mut queue_summary = QueueSummary::from(&queue);
+        queue_summary.waiting_for_card = card.waiting_for.iter().map(|w| w.files).sum();
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
         let mut attention = attention_of(&live, &queue);
@@ -174,8 +203,8 @@ impl App {
             conditions: live.snapshot.clone(),
             media_available: live.media_available,
             paused: live.paused,
-            queue: QueueSummary::from(&queue),
-            card: CardSummary::from(&queue),
+            queue: queue_summary,
+            card,
             cellular_bytes_today: live.cellular_bytes_today,
             space: SpaceSummary {
                 free_space: live.settings.free_space,
@@ -192,6 +221,24 @@ impl App {
                 self.activity.metered_override(),
             ),
         })
+    }
+
+    /// `status.card`: the counts, the card in the slot, and the cards waited for.
+    fn card_summary(&self, queue: &QueueCounts) -> Result<CardSummary, AppError> {
+        let mut c = CardSummary::from(queue);
+        let slot = self.card();
+        (c.serial, c.label, c.read_only) = (slot.serial, slot.label, slot.read_only);
+        for (serial, files, bytes) in self.store.waiting_for_card()? {
+            c.files_total += files;
+            c.bytes_total += bytes;
+            c.waiting_for.push(WaitingCard {
+                card: self.card_name(serial.as_deref()),
+                serial,
+                files,
+                bytes,
+            });
+        }
+        Ok(c)
     }
 
     /// `GET /v1/privacy`.

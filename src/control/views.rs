@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::media::{Kind, StoragePath};
-use crate::store::{HistoryEntry, Item};
+use crate::store::{HistoryEntry, Item, ItemState, REASON_WAITING_FOR_CARD};
 
 /// One queue item, as `GET /v1/queue`, retry and cancel show it (`docs/openapi.yaml`, `Item`).
 #[derive(Debug, Clone, Serialize)]
@@ -25,10 +25,18 @@ pub struct ItemView {
     pub creations: u32,
     pub queued_at: i64,
     pub completed_at: Option<i64>,
+    /// Why it is not being sent, as a code: `waiting_for_card` (skipped while its card is
+    /// out; sent when it is back); `null` otherwise.
+    pub reason: Option<&'static str>,
+    /// The serial of the card it was found on (`XXXX-XXXX` on FAT and exFAT); `null` where
+    /// the card could not be read.
+    pub card: Option<String>,
 }
 
 impl From<Item> for ItemView {
     fn from(it: Item) -> ItemView {
+        let waiting = it.state == ItemState::Skipped
+            && it.last_error.as_deref() == Some(REASON_WAITING_FOR_CARD);
         ItemView {
             id: it.id,
             storage_path: it.storage_path,
@@ -43,6 +51,8 @@ impl From<Item> for ItemView {
             creations: it.creations,
             queued_at: it.queued_at,
             completed_at: it.completed_at,
+            reason: waiting.then_some(REASON_WAITING_FOR_CARD),
+            card: it.card,
         }
     }
 }
@@ -55,6 +65,8 @@ pub struct HistoryView {
     pub completed_at: i64,
     /// When the file was deleted from the card to free space; null while it is there.
     pub freed_at: Option<i64>,
+    /// The serial of the card it was sent from; null where the card could not be read.
+    pub card: Option<String>,
 }
 
 impl From<HistoryEntry> for HistoryView {
@@ -64,6 +76,7 @@ impl From<HistoryEntry> for HistoryView {
             size: h.size,
             completed_at: h.completed_at,
             freed_at: h.freed_at,
+            card: h.card,
         }
     }
 }

@@ -67,6 +67,10 @@ pub struct Entry {
     /// It was done, but the server lost the completed upload: it is to be sent again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub r: bool,
+    /// The content fingerprint (hex) of the bytes sent, on a done line: a rebuilt queue still
+    /// tells a file with the same name, size and stamp but other bytes from the one sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub g: Option<String>,
 }
 
 /// What the ledger says about one file version, after replaying every line.
@@ -76,6 +80,8 @@ pub struct Known {
     pub done: bool,
     pub cancelled: bool,
     pub upload: Option<(String, Option<String>)>,
+    /// The fingerprint (hex) of the content sent, when the done line had one.
+    pub fingerprint: Option<String>,
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -189,10 +195,12 @@ pub fn replay(dir: &Path) -> (HashMap<(String, u64, i64), Known>, usize) {
             done: false,
             cancelled: false,
             upload: None,
+            fingerprint: None,
         });
         if e.d {
             k.done = true;
             k.upload = None;
+            k.fingerprint = e.g;
         } else if e.r {
             k.done = false;
             k.upload = None;
@@ -347,6 +355,7 @@ mod tests {
             x: false,
             f: false,
             r: false,
+            g: None,
         }
     }
 

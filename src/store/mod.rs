@@ -13,11 +13,13 @@
 //!   (consent above all) are kept; without a record of them consent is off, never the maker's
 //!   default. The daemon keeps running, and the next scan refills the rest of the queue.
 
+mod identity;
 pub mod ledger;
 mod lock;
 mod schema;
 mod space;
 
+pub use identity::{other_card, Checked};
 pub use lock::DirLock;
 pub use space::{FreeCandidate, SentChunk, SentSummary};
 
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::card::Fingerprint;
 use crate::clock::now_unix;
 use crate::media::{Kind, StoragePath};
 use crate::settings::Settings;
@@ -88,6 +91,10 @@ impl ItemState {
 pub const REASON_DELETED: &str = "file deleted before upload";
 /// The reason recorded when a newer version of a file replaces a queued one.
 pub const REASON_REPLACED: &str = "replaced by a newer version of the file";
+/// The reason an item of a card that is out is set aside (not replaced, not deleted): the
+/// card in the slot is another, which reuses its name. It is queued again when its card, and
+/// so its very file, is back; until then it counts as not backed up.
+pub const REASON_WAITING_FOR_CARD: &str = "waiting_for_card";
 
 /// A file found on the card, ready to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,8 +134,15 @@ pub struct Identity<'a> {
     pub mtime_ns: i64,
     /// Pending, uploading or failed: still to be sent, so dropped if its file is gone.
     pub open: bool,
-    /// Dropped as deleted or replaced: queued again if its very file is seen.
+    /// Dropped as deleted, replaced or waiting for its card: queued again if its very file
+    /// is seen.
     pub revivable: bool,
+    /// Uploaded.
+    pub done: bool,
+    /// Its content's fingerprint is known: a file with its identity can be checked by content.
+    pub fingerprinted: bool,
+    /// The serial of the card it was found on.
+    pub card: Option<&'a str>,
 }
 
 /// One queue item, as the database holds it (the API's copy is `control::views::ItemView`).
@@ -154,6 +168,10 @@ pub struct Item {
     pub creations: u32,
     pub queued_at: i64,
     pub completed_at: Option<i64>,
+    /// The fingerprint of the bytes it stands for, once a decision or its upload needed it.
+    pub fingerprint: Option<Fingerprint>,
+    /// The serial of the card it was found on (`None`: unknown).
+    pub card: Option<String>,
 }
 
 /// Per-state counts and bytes (what `GET /v1/status` shows of them is `app`'s business).
@@ -181,6 +199,8 @@ pub struct HistoryEntry {
     pub completed_at: i64,
     /// When the file was deleted from the card to free space (unix seconds).
     pub freed_at: Option<i64>,
+    /// The serial of the card it was sent from (`None`: unknown).
+    pub card: Option<String>,
 }
 
 /// Which pending items the scheduler may take now.
@@ -364,8 +384,11 @@ impl Store {
         self.tx(|tx| {
             let mut insert = tx.prepare(
                 "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at, state,
-                   bytes_sent, completed_at, upload_url, upload_endpoint, creations)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                   bytes_sent, completed_at, upload_url, upload_endpoint, creations, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut sent_content = tx.prepare(
+                "INSERT OR IGNORE INTO sent_contents (storage_path, fingerprint) VALUES (?1, ?2)",
             )?;
             for ((p, s, m), k) in &known {
                 let (state, sent, completed) = if k.done {
@@ -381,6 +404,14 @@ impl Store {
                     continue;
                 };
                 let (url, endpoint) = k.upload.clone().unzip();
+                let fingerprint = k
+                    .fingerprint
+                    .as_deref()
+                    .and_then(Fingerprint::from_hex)
+                    .filter(|_| k.done);
+                if let Some(f) = fingerprint {
+                    sent_content.execute(params![p, f.as_bytes()])?;
+                }
                 insert.execute(params![
                     p,
                     k.kind.as_str(),
@@ -393,6 +424,7 @@ impl Store {
                     url,
                     endpoint.flatten(),
                     i64::from(url.is_some()),
+                    fingerprint.as_ref().map(Fingerprint::as_bytes),
                 ])?;
             }
             // Inserts do not count themselves (migration 6): the rebuilt queue is counted whole.
@@ -442,7 +474,7 @@ impl Store {
             let mut stmt = conn
                 .prepare(
                     "SELECT storage_path, size, mtime_ns, kind, state = 'done', upload_url,
-                       upload_endpoint, state = 'cancelled'
+                       upload_endpoint, state = 'cancelled', fingerprint
                      FROM items
                      WHERE state IN ('done', 'cancelled') OR upload_url IS NOT NULL",
                 )
@@ -464,6 +496,13 @@ impl Store {
                         x: cancelled,
                         f: false,
                         r: false,
+                        g: if done {
+                            r.get::<_, Option<Vec<u8>>>(8)?
+                                .and_then(|b| Fingerprint::from_bytes(&b))
+                                .map(|f| f.to_hex())
+                        } else {
+                            None
+                        },
                     })
                 })
                 .map_err(|e| self.err(e))?;
@@ -494,13 +533,17 @@ impl Store {
             x: false,
             f: false,
             r: false,
+            g: None,
         };
         match fact {
             Fact::Created { url, endpoint } => {
                 entry.u = Some(url.to_string());
                 entry.e = Some(endpoint.to_string());
             }
-            Fact::Done => entry.d = true,
+            Fact::Done => {
+                entry.d = true;
+                entry.g = it.fingerprint.map(|f| f.to_hex());
+            }
             Fact::Cancelled => entry.x = true,
             Fact::Forgotten => entry.f = true,
             Fact::Requeued => entry.r = true,
@@ -580,15 +623,18 @@ impl Store {
     /// identity is left alone (so a done file is never queued twice); a new version of a queued
     /// file replaces the old item. Returns how many items were added or revived.
     pub fn upsert_files(&self, files: &[FoundFile]) -> Result<usize> {
-        self.upsert_with_hint(files, |_| true)
+        self.upsert_with_hint(files, None, |_| true)
     }
 
     /// [`Store::upsert_files`] for the scan, which knows which paths the queue has never seen:
     /// for those (`path_known` false) the check for an older version to replace is skipped.
-    /// One plain insert per new file is what keeps a scan of 100,000 files quick.
+    /// One plain insert per new file is what keeps a scan of 100,000 files quick. `card` is the
+    /// serial of the card they were found on, if known: an older item at the same path from
+    /// another card waits for its card rather than being taken as replaced.
     pub fn upsert_with_hint(
         &self,
         files: &[FoundFile],
+        card: Option<&str>,
         path_known: impl Fn(&FoundFile) -> bool,
     ) -> Result<usize> {
         if files.is_empty() {
@@ -597,21 +643,14 @@ impl Store {
         let now = now_unix();
         self.tx(|tx| {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at, card)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             // A version that comes back after it was dropped as deleted or replaced (a false
             // alarm, the user restored it, or its card is back after another card that reuses
             // the same names) is queued again: its exact bytes were never sent.
-            let mut revive = tx.prepare_cached(
-                "UPDATE items SET state = 'pending', last_error = NULL, next_attempt_at = 0
-                 WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3
-                   AND state = 'skipped' AND last_error IN (?4, ?5)",
-            )?;
-            let mut supersede = tx.prepare_cached(
-                "UPDATE items SET state = 'skipped', last_error = ?3
-                 WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
-            )?;
+            let mut revive = tx.prepare_cached(REVIVE)?;
+            let mut supersede = tx.prepare_cached(SUPERSEDE)?;
             let mut added = 0;
             // Files at paths the queue has never held go in `INSERT_ROWS` to a statement: one
             // statement's overhead per row is most of a first scan's write time. A row the
@@ -632,12 +671,13 @@ impl Store {
                     tx.prepare_cached(&insert_rows_sql(rows.len()))?
                 };
                 for (i, f) in rows.iter().enumerate() {
-                    let at = i * 5;
+                    let at = i * 6;
                     many.raw_bind_parameter(at + 1, f.path.as_str())?;
                     many.raw_bind_parameter(at + 2, f.kind.as_str())?;
                     many.raw_bind_parameter(at + 3, f.size as i64)?;
                     many.raw_bind_parameter(at + 4, f.mtime_ns)?;
                     many.raw_bind_parameter(at + 5, now)?;
+                    many.raw_bind_parameter(at + 6, card)?;
                 }
                 // `RETURNING size` yields the rows inserted, not those the insert ignored.
                 let mut returned = many.raw_query();
@@ -654,8 +694,7 @@ impl Store {
                             f.path.as_str(),
                             f.size as i64,
                             f.mtime_ns,
-                            REASON_DELETED,
-                            REASON_REPLACED
+                            card
                         ])?;
                     }
                 }
@@ -666,21 +705,21 @@ impl Store {
                     f.kind.as_str(),
                     f.size as i64,
                     f.mtime_ns,
-                    now
+                    now,
+                    card
                 ])?;
                 if n == 1 {
                     added += 1;
                     inserted += 1;
                     inserted_size += f.size as i64;
                     let id = tx.last_insert_rowid();
-                    supersede.execute(params![f.path.as_str(), id, REASON_REPLACED])?;
+                    supersede.execute(params![f.path.as_str(), id, card])?;
                 } else {
                     added += revive.execute(params![
                         f.path.as_str(),
                         f.size as i64,
                         f.mtime_ns,
-                        REASON_DELETED,
-                        REASON_REPLACED
+                        card
                     ])?;
                 }
             }
@@ -712,23 +751,29 @@ impl Store {
             .prepare(
                 "SELECT id, storage_path, size, mtime_ns,
                    state IN ('pending', 'uploading', 'failed'),
-                   COALESCE(state = 'skipped' AND last_error IN (?1, ?2), 0)
+                   COALESCE(state = 'skipped' AND last_error IN (?1, ?2, ?3), 0),
+                   state = 'done', fingerprint IS NOT NULL, card
                  FROM items",
             )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt
-            .query([REASON_DELETED, REASON_REPLACED])
+            .query([REASON_DELETED, REASON_REPLACED, REASON_WAITING_FOR_CARD])
             .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let text = |i| {
+                r.get_ref(i)
+                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
+                    .map_err(|e| self.err(e))
+            };
             let id: i64 = r.get(0).map_err(|e| self.err(e))?;
-            let path: &str = r
-                .get_ref(1)
-                .and_then(|v| v.as_str().map_err(Into::into))
-                .map_err(|e| self.err(e))?;
+            let path = text(1)?.unwrap_or_default();
             let size: i64 = r.get(2).map_err(|e| self.err(e))?;
             let mtime_ns: i64 = r.get(3).map_err(|e| self.err(e))?;
             let open: bool = r.get(4).map_err(|e| self.err(e))?;
             let revivable: bool = r.get(5).map_err(|e| self.err(e))?;
+            let done: bool = r.get(6).map_err(|e| self.err(e))?;
+            let fingerprinted: bool = r.get(7).map_err(|e| self.err(e))?;
+            let card = text(8)?;
             f(Identity {
                 id,
                 path,
@@ -736,6 +781,9 @@ impl Store {
                 mtime_ns,
                 open,
                 revivable,
+                done,
+                fingerprinted,
+                card,
             });
         }
         Ok(())
@@ -743,7 +791,8 @@ impl Store {
 
     /// Queues a file the user asked for. An open item for the same version becomes manual (and
     /// is retried now if it had failed); a version already uploaded is not sent again.
-    pub fn enqueue_manual(&self, f: &FoundFile) -> Result<ManualOutcome> {
+    /// `card`: the card it is on, if known.
+    pub fn enqueue_manual(&self, f: &FoundFile, card: Option<&str>) -> Result<ManualOutcome> {
         let now = now_unix();
         self.tx(|tx| {
             let existing: Option<(i64, String)> = tx
@@ -766,17 +815,20 @@ impl Store {
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at, manual)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 1)",
-                        params![f.path.as_str(), f.kind.as_str(), f.size as i64, f.mtime_ns, now],
+                        "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at, manual,
+                           card) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+                        params![
+                            f.path.as_str(),
+                            f.kind.as_str(),
+                            f.size as i64,
+                            f.mtime_ns,
+                            now,
+                            card
+                        ],
                     )?;
                     let id = tx.last_insert_rowid();
                     count_inserted(tx, ItemState::Pending, 1, f.size as i64)?;
-                    tx.execute(
-                        "UPDATE items SET state = 'skipped', last_error = ?3
-                         WHERE storage_path = ?1 AND id < ?2 AND state IN ('pending', 'failed')",
-                        params![f.path.as_str(), id, REASON_REPLACED],
-                    )?;
+                    tx.execute(SUPERSEDE, params![f.path.as_str(), id, card])?;
                     Ok(ManualOutcome::Queued(id))
                 }
             }
@@ -1084,9 +1136,16 @@ impl Store {
             )?;
             if n == 1 {
                 tx.execute(
-                    "INSERT INTO history (storage_path, size, completed_at)
-                     SELECT storage_path, size, ?2 FROM items WHERE id = ?1",
+                    "INSERT INTO history (storage_path, size, completed_at, card)
+                     SELECT storage_path, size, ?2, card FROM items WHERE id = ?1",
                     params![id, now],
+                )?;
+                // What was sent from this path, by content (store/identity.rs).
+                tx.execute(
+                    "INSERT OR IGNORE INTO sent_contents (storage_path, fingerprint)
+                     SELECT storage_path, fingerprint FROM items
+                     WHERE id = ?1 AND fingerprint IS NOT NULL",
+                    [id],
                 )?;
             }
             tx.commit()?;
@@ -1245,7 +1304,7 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT storage_path, size, completed_at, freed_at FROM history
+                "SELECT storage_path, size, completed_at, freed_at, card FROM history
                  ORDER BY completed_at DESC, id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -1256,6 +1315,7 @@ impl Store {
                     size: r.get::<_, i64>(1)? as u64,
                     completed_at: r.get(2)?,
                     freed_at: r.get(3)?,
+                    card: r.get(4)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -1547,7 +1607,7 @@ pub enum ManualOutcome {
 
 const ITEM_COLUMNS: &str = "id, storage_path, kind, size, mtime_ns, state, manual, bytes_sent, \
     attempts, next_attempt_at, last_error, upload_url, upload_expires_at, creations, queued_at, \
-    completed_at, upload_endpoint";
+    completed_at, upload_endpoint, fingerprint, card";
 
 fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let kind: String = r.get(2)?;
@@ -1570,6 +1630,10 @@ fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         queued_at: r.get(14)?,
         completed_at: r.get(15)?,
         upload_endpoint: r.get(16)?,
+        fingerprint: r
+            .get::<_, Option<Vec<u8>>>(17)?
+            .and_then(|b| Fingerprint::from_bytes(&b)),
+        card: r.get(18)?,
     })
 }
 
@@ -1638,27 +1702,47 @@ const RECOUNT: &str = "DELETE FROM queue_counts;
         SELECT state, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(bytes_sent), 0)
         FROM items GROUP BY state;";
 
+/// A version seen again after it was dropped as deleted, replaced or waiting for its card is
+/// queued again (`?1..?3`: its identity; `?4`: the card it is on now, if known).
+const REVIVE: &str = "UPDATE items SET state = 'pending', last_error = NULL, next_attempt_at = 0,
+       card = COALESCE(?4, card)
+     WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3 AND state = 'skipped'
+       AND last_error IN ('file deleted before upload', 'replaced by a newer version of the file',
+                          'waiting_for_card')";
+
+/// A new version at a path (`?1`, item `?2`, found on card `?3`) sets the older open items
+/// there aside: replaced, unless they came from another card (both known), which they wait for.
+/// One that waited for this very card is replaced too: its card is back with another version.
+const SUPERSEDE: &str = "UPDATE items SET state = 'skipped',
+       last_error = CASE WHEN card IS NOT NULL AND ?3 IS NOT NULL AND card != ?3
+                         THEN 'waiting_for_card'
+                         ELSE 'replaced by a newer version of the file' END
+     WHERE storage_path = ?1 AND id < ?2
+       AND (state IN ('pending', 'failed')
+            OR (state = 'skipped' AND last_error = 'waiting_for_card' AND card = ?3))";
+
 /// Rows per `INSERT` statement when the scan queues new files.
 const INSERT_ROWS: usize = 64;
 
-/// `INSERT OR IGNORE` of `rows` new items, five parameters each (path, kind, size, mtime,
-/// queued at), returning the size of each row inserted (for [`count_inserted`]).
+/// `INSERT OR IGNORE` of `rows` new items, six parameters each (path, kind, size, mtime,
+/// queued at, card), returning the size of each row inserted (for [`count_inserted`]).
 fn insert_rows_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at) VALUES ",
+        "INSERT OR IGNORE INTO items (storage_path, kind, size, mtime_ns, queued_at, card) VALUES ",
     );
     for i in 0..rows {
-        let at = i * 5;
+        let at = i * 6;
         if i > 0 {
             sql.push(',');
         }
         sql.push_str(&format!(
-            "(?{}, ?{}, ?{}, ?{}, ?{})",
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
             at + 1,
             at + 2,
             at + 3,
             at + 4,
-            at + 5
+            at + 5,
+            at + 6
         ));
     }
     sql.push_str(" RETURNING size");

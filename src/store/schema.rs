@@ -119,4 +119,20 @@ pub const MIGRATIONS: &[&str] = &[
         FROM kv d JOIN kv b ON d.key = 'cellular.day' AND b.key = 'cellular.bytes';
     DELETE FROM kv WHERE key IN ('cellular.day', 'cellular.bytes');
     "#,
+    // 8: a file's identity where its metadata cannot be trusted (issue 23, store/identity.rs).
+    // `fingerprint`: the content fingerprint (card.rs) of the bytes an item stands for, set
+    // when a decision needed it or its upload started; `card`: the serial of the card it was
+    // found on (NULL: unknown), on the item and its history entry; `sent_contents`: every
+    // content sent from a path, so bytes seen again under another mtime, or on a card put
+    // back after another that reused its names, are never sent twice.
+    r#"
+    ALTER TABLE items ADD COLUMN fingerprint BLOB;
+    ALTER TABLE items ADD COLUMN card TEXT;
+    ALTER TABLE history ADD COLUMN card TEXT;
+    CREATE TABLE sent_contents (
+        storage_path TEXT NOT NULL,
+        fingerprint  BLOB NOT NULL,
+        PRIMARY KEY (storage_path, fingerprint)
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -85,7 +85,7 @@ fn manual_first_then_oldest_capture_first_and_back_off_respected() {
     let second = s.next_item(&all_kinds_pick(now)).unwrap().unwrap();
     assert_eq!(second.storage_path.as_str(), "mid.jpg");
     assert_eq!(s.next_due(&all_kinds_pick(now)).unwrap(), Some(0));
-    s.enqueue_manual(&found("new.jpg", 1, 300)).unwrap();
+    s.enqueue_manual(&found("new.jpg", 1, 300), None).unwrap();
     let manual = s.next_item(&all_kinds_pick(now)).unwrap().unwrap();
     assert_eq!(manual.storage_path.as_str(), "new.jpg");
     let only_manual = Pick {
@@ -244,8 +244,8 @@ fn two_cards_that_reuse_names_keep_both_files_queued() {
 fn unpairing_or_another_account_drops_the_manual_requests() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.enqueue_manual(&found("A.JPG", 10, 1)).unwrap();
-    s.enqueue_manual(&found("B.JPG", 10, 1)).unwrap();
+    s.enqueue_manual(&found("A.JPG", 10, 1), None).unwrap();
+    s.enqueue_manual(&found("B.JPG", 10, 1), None).unwrap();
     let only_manual = Pick {
         allow_auto: false,
         ..all_kinds_pick(now_unix())
@@ -256,7 +256,7 @@ fn unpairing_or_another_account_drops_the_manual_requests() {
         s.next_item(&only_manual).unwrap().is_none(),
         "the first user's request does not go up under the next account"
     );
-    s.enqueue_manual(&found("A.JPG", 10, 1)).unwrap();
+    s.enqueue_manual(&found("A.JPG", 10, 1), None).unwrap();
     s.forget_upload_urls().unwrap();
     assert!(s.next_item(&only_manual).unwrap().is_none());
     assert_eq!(
@@ -660,7 +660,10 @@ fn the_scans_insert_of_new_paths_counts_and_revives_like_one_by_one() {
     let files: Vec<FoundFile> = (0..INSERT_ROWS * 2 + 3)
         .map(|i| found(&format!("DCIM/{i:04}.JPG"), i as u64, 1))
         .collect();
-    assert_eq!(s.upsert_with_hint(&files, |_| false).unwrap(), files.len());
+    assert_eq!(
+        s.upsert_with_hint(&files, None, |_| false).unwrap(),
+        files.len()
+    );
     assert_eq!(s.counts().unwrap().pending, files.len() as u64);
     // Dropped as deleted, then seen again by a scan that (wrongly) thinks the path is new:
     // the insert ignores the row, and the one-by-one path revives it.
@@ -671,10 +674,10 @@ fn the_scans_insert_of_new_paths_counts_and_revives_like_one_by_one() {
         first.size,
         first.mtime_ns,
     )];
-    assert_eq!(s.upsert_with_hint(&again, |_| false).unwrap(), 1);
+    assert_eq!(s.upsert_with_hint(&again, None, |_| false).unwrap(), 1);
     assert_eq!(s.item(first.id).unwrap().unwrap().state, ItemState::Pending);
     assert_eq!(s.counts().unwrap().pending, files.len() as u64);
-    assert_eq!(s.upsert_with_hint(&files, |_| false).unwrap(), 0);
+    assert_eq!(s.upsert_with_hint(&files, None, |_| false).unwrap(), 0);
 }
 
 /// `queue_counts` against a fresh count of the queue, state by state (rows the writes left at
@@ -709,10 +712,10 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     let files: Vec<FoundFile> = (0..INSERT_ROWS * 2 + 3)
         .map(|i| found(&format!("DCIM/{i:04}.JPG"), 10 + i as u64, 1))
         .collect();
-    s.upsert_with_hint(&files[..10], |_| false).unwrap();
+    s.upsert_with_hint(&files[..10], None, |_| false).unwrap();
     assert_counts_true(&s, "a scan's first batch");
     assert_eq!(
-        s.upsert_with_hint(&files, |_| false).unwrap(),
+        s.upsert_with_hint(&files, None, |_| false).unwrap(),
         files.len() - 10
     );
     assert_counts_true(&s, "a batch holding known rows");
@@ -720,8 +723,9 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     // for a new file and one for a queued file.
     s.upsert_files(&[found("DCIM/0000.JPG", 999, 2)]).unwrap();
     assert_counts_true(&s, "a new version");
-    s.enqueue_manual(&found("DCIM/M.JPG", 77, 3)).unwrap();
-    s.enqueue_manual(&found("DCIM/0001.JPG", 11, 1)).unwrap();
+    s.enqueue_manual(&found("DCIM/M.JPG", 77, 3), None).unwrap();
+    s.enqueue_manual(&found("DCIM/0001.JPG", 11, 1), None)
+        .unwrap();
     assert_counts_true(&s, "manual requests");
     let ids: Vec<i64> = s.list(None, 500, 0).unwrap().iter().map(|i| i.id).collect();
     // Through an upload and every way out of one.
@@ -749,7 +753,7 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     assert_eq!(s.recover_interrupted().unwrap(), 1);
     assert_counts_true(&s, "recoveries");
     // A dropped version seen again by a scan that takes its path for new: revived.
-    s.upsert_with_hint(&[found("DCIM/0005.JPG", 15, 1)], |_| false)
+    s.upsert_with_hint(&[found("DCIM/0005.JPG", 15, 1)], None, |_| false)
         .unwrap();
     assert_counts_true(&s, "a revival");
     // Freeing space: freed, and a done upload the server lost queued again.
@@ -783,7 +787,7 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
     assert!(s.was_rebuilt());
     assert!(s.counts().unwrap().done >= 1, "{before:?}");
     assert_counts_true(&s, "a rebuild of a corrupt database");
-    s.upsert_with_hint(&files, |_| false).unwrap();
+    s.upsert_with_hint(&files, None, |_| false).unwrap();
     assert_counts_true(&s, "a scan after the rebuild");
     drop(s);
     for ext in ["", "-wal", "-shm"] {

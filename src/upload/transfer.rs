@@ -205,6 +205,7 @@ impl Transfer<'_, '_> {
         }
         // Before anything goes out: is the file still the version that was queued?
         self.check_file(&std::fs::symlink_metadata(&self.path))?;
+        self.note_fingerprint().await;
 
         let caps = self
             .until_stop(client.options(endpoint, token))
@@ -428,6 +429,31 @@ impl Transfer<'_, '_> {
             tracing::warn!(error = %e, "could not terminate the mixed upload");
         }
         let _ = self.forget_url("the file changed while it was sent");
+    }
+
+    /// Records the fingerprint of the bytes about to go out, where the item has none yet (the
+    /// scan queues by metadata alone): a later look at the card tells these bytes from others
+    /// under the same name, size and stamp (store/identity.rs). Best effort: without it the
+    /// item is judged by its metadata, as before.
+    async fn note_fingerprint(&self) {
+        if self.item.fingerprint.is_some() {
+            return;
+        }
+        let (path, size) = (self.path.clone(), self.item.size);
+        let fp =
+            tokio::task::spawn_blocking(move || crate::card::Fingerprint::of_path(&path, size))
+                .await;
+        match fp {
+            Ok(Ok(Some(fp))) => {
+                if let Err(e) = self.ctx.store.set_fingerprint(self.item.id, &fp) {
+                    tracing::warn!(item = self.item.id, error = %e, "cannot record the file's fingerprint");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(item = self.item.id, error = %e, "cannot fingerprint the file")
+            }
+            _ => {}
+        }
     }
 
     /// Checks file metadata against the queued version; remembers the inode on first sight.

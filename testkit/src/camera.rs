@@ -338,7 +338,10 @@ impl FakeCamera {
             .write(true)
             .open(self.media_path(rel))
             .expect("open media");
-        file.set_modified(SystemTime::now() - age)
+        // Both stamps: FUSE 2's high-level library (fusefat, exfat-fuse: the card drivers of
+        // `card::Card`) drops a utimens that sets the mtime alone, silently.
+        let when = SystemTime::now() - age;
+        file.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when))
             .expect("set mtime");
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`tus::Receiver`]: a real tus 1.0.0 server on loopback with fault injection.
 //! - [`camera::FakeCamera`]: a temp card, fake sysfs/proc tree and a matching config file.
+//! - [`card::Card`]: a real FAT32 or exFAT card image, mounted through FUSE, pulled and put back.
 //! - [`proxy::Proxy`]: a TCP fault proxy (latency, bandwidth cap, resets, half-open, truncation).
 //! - [`daemon::Daemon`]: runs the real `cambackup daemon` and talks to its control socket.
 //! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
@@ -10,6 +11,7 @@
 //! - [`tls::TestCa`]: a CA made at test time, for TLS receivers off loopback.
 
 pub mod camera;
+pub mod card;
 pub mod daemon;
 pub mod http;
 pub mod netns;

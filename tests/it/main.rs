@@ -7,6 +7,7 @@ mod common;
 
 mod bandwidth;
 mod card;
+mod card_fs;
 mod clock;
 mod conditions;
 mod consent;
@@ -15,6 +16,7 @@ mod data_plan;
 mod fairness;
 mod faults;
 mod glance;
+mod identity;
 mod interop;
 mod large;
 mod losses;
