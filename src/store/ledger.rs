@@ -77,6 +77,7 @@ pub struct Known {
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o600)
         .open(path)
@@ -89,6 +90,18 @@ pub fn append(dir: &Path, entry: &Entry) -> std::io::Result<()> {
     let path = dir.join(LEDGER_FILE);
     let new = !path.exists();
     let mut f = open_append(&path)?;
+    // A power cut mid-append leaves a torn last line without its newline: this line starts a
+    // new one, or it would be glued to the torn one and skipped with it on reading (found by
+    // fuzzing: fuzz/regressions/ledger/).
+    let len = f.metadata()?.len();
+    if len > 0 {
+        use std::os::unix::fs::FileExt;
+        let mut last = [0u8];
+        f.read_exact_at(&mut last, len - 1)?;
+        if last[0] != b'\n' {
+            line.insert(0, b'\n');
+        }
+    }
     f.write_all(&line)?;
     f.sync_data()?;
     if new {
@@ -207,6 +220,33 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_appended_after_a_torn_one_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |p: &str, d: bool| Entry {
+            p: p.into(),
+            s: 10,
+            m: 1,
+            k: Kind::Photo,
+            u: (!d).then(|| "https://tus.example.com/files/1".into()),
+            e: None,
+            d,
+            x: false,
+            f: false,
+            r: false,
+        };
+        append(dir.path(), &entry("A.JPG", false)).unwrap();
+        // The power went mid-append: half a line, no newline.
+        let mut f = open_append(&dir.path().join(LEDGER_FILE)).unwrap();
+        f.write_all(br#"{"p":"B.JPG","s":10,"m":1,"k":"pho"#).unwrap();
+        drop(f);
+        append(dir.path(), &entry("A.JPG", true)).unwrap();
+        let (known, lines) = replay(dir.path());
+        assert!(known[&("A.JPG".to_string(), 10, 1)].done);
+        assert_eq!(known.len(), 1);
+        assert_eq!(lines, 3);
+    }
 
     fn entry(p: &str, u: Option<&str>, d: bool) -> Entry {
         Entry {
