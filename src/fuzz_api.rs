@@ -21,8 +21,11 @@ use crate::settings::{Settings, SettingsPatch};
 use crate::store::ledger;
 use crate::upload::{retry, tus};
 
+/// A target: the fuzzer's bytes in, a panic on a defect.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `fuzz/fuzz_targets/NAME.rs` calls it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config_toml),
     ("api_body", api_body),
     ("api_query", api_query),

@@ -239,7 +239,8 @@ mod tests {
         append(dir.path(), &entry("A.JPG", false)).unwrap();
         // The power went mid-append: half a line, no newline.
         let mut f = open_append(&dir.path().join(LEDGER_FILE)).unwrap();
-        f.write_all(br#"{"p":"B.JPG","s":10,"m":1,"k":"pho"#).unwrap();
+        f.write_all(br#"{"p":"B.JPG","s":10,"m":1,"k":"pho"#)
+            .unwrap();
         drop(f);
         append(dir.path(), &entry("A.JPG", true)).unwrap();
         let (known, lines) = replay(dir.path());

@@ -277,8 +277,7 @@ impl Mounted {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
         let mut state = self.fs.lock();
-        if let (true, Some(r), Some((ino, offset, bytes))) =
-            (cut, tear, state.last_unsynced.take())
+        if let (true, Some(r), Some((ino, offset, bytes))) = (cut, tear, state.last_unsynced.take())
         {
             let keep = ((bytes.len() as f64) * r.clamp(0.0, 1.0)) as usize;
             if let Some(Node {
@@ -494,7 +493,9 @@ impl Filesystem for PowerCutFs {
             durable: Vec::new(),
         };
         match self.lock().add(req, parent.0, name, body, mode, umask) {
-            Ok((_, a)) => reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
+            Ok((_, a)) => {
+                reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -667,7 +668,10 @@ impl Filesystem for PowerCutFs {
         if let Body::File { data, durable } = &mut n.body {
             durable.clone_from(data);
         }
-        if s.last_unsynced.as_ref().is_some_and(|(i, _, _)| *i == ino.0) {
+        if s.last_unsynced
+            .as_ref()
+            .is_some_and(|(i, _, _)| *i == ino.0)
+        {
             s.last_unsynced = None;
         }
         *s.stats.file_syncs.entry(name).or_default() += 1;
@@ -775,7 +779,9 @@ mod tests {
 
     #[test]
     fn synced_data_and_names_survive_a_cut_and_the_rest_does_not() {
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
         // Synced file in a synced directory: survives whole.
         let mut f = std::fs::File::create(mnt.join("kept")).unwrap();
@@ -802,7 +808,9 @@ mod tests {
 
     #[test]
     fn a_file_whose_directory_was_never_synced_is_gone() {
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
         std::fs::create_dir(mnt.join("sub")).unwrap();
         let mut f = std::fs::File::create(mnt.join("sub/file")).unwrap();
@@ -817,7 +825,9 @@ mod tests {
 
     #[test]
     fn a_rename_without_a_directory_sync_leaves_the_old_name_and_data() {
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         std::fs::write(disk.join("choices.json"), b"old").unwrap();
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
         assert_eq!(std::fs::read(mnt.join("choices.json")).unwrap(), b"old");
@@ -847,7 +857,9 @@ mod tests {
 
     #[test]
     fn an_unlink_without_a_directory_sync_comes_back_and_a_tear_keeps_a_prefix() {
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         std::fs::write(disk.join("gone"), b"still here").unwrap();
         std::fs::write(disk.join("log"), b"line 1\n").unwrap();
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
@@ -867,7 +879,9 @@ mod tests {
 
     #[test]
     fn a_clean_unmount_keeps_everything_with_its_mode() {
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
         std::fs::create_dir(mnt.join("d")).unwrap();
         std::fs::write(mnt.join("d/f"), b"unsynced").unwrap();
@@ -884,7 +898,9 @@ mod tests {
     #[test]
     fn sqlite_in_wal_mode_works_and_keeps_what_it_committed() {
         use std::io::BufRead;
-        let Some((_t, disk, mnt)) = dirs() else { return };
+        let Some((_t, disk, mnt)) = dirs() else {
+            return;
+        };
         let m = PowerCutFs::mount(&disk, &mnt).unwrap();
         let db = mnt.join("queue.db");
         let mut sqlite = std::process::Command::new("sqlite3")
@@ -909,15 +925,20 @@ mod tests {
         sync_dir(&mnt);
         run("INSERT INTO t VALUES (2);", "inserted");
         {
-            let reader =
-                rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .unwrap();
+            let reader = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
             let n: i64 = reader
                 .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(n, 2);
         }
-        run("BEGIN; INSERT INTO t VALUES (3); UPDATE t SET x = x + 10;", "open");
+        run(
+            "BEGIN; INSERT INTO t VALUES (3); UPDATE t SET x = x + 10;",
+            "open",
+        );
         sqlite.kill().unwrap();
         sqlite.wait().unwrap();
         m.cut(Some(0.7)).unwrap();

@@ -271,7 +271,7 @@ impl Totals {
                 format!("{}", self.escaped),
             ),
             (
-                "state recovery (corrupt database, zeroed credentials)",
+                "state recovery (corrupt database, zeroed credentials, power cut)",
                 format!("{}", self.recovery),
             ),
             (
@@ -320,9 +320,7 @@ impl Totals {
             s.push_str(&format!("| {k} | {v} |\n"));
         }
         if !self.syncs.is_empty() {
-            s.push_str(
-                "\n| syncs on the power-cut layer (state dir) | count |\n| --- | --- |\n",
-            );
+            s.push_str("\n| syncs on the power-cut layer (state dir) | count |\n| --- | --- |\n");
             for (k, v) in &self.syncs {
                 s.push_str(&format!("| {k} | {v} |\n"));
             }

@@ -269,7 +269,10 @@ impl Groups {
         let mut bits = 0;
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let i = GROUPS.iter().position(|g| *g == name).ok_or_else(|| {
-                format!("--faults: unknown kind `{name}` (kinds: {})", GROUPS.join(", "))
+                format!(
+                    "--faults: unknown kind `{name}` (kinds: {})",
+                    GROUPS.join(", ")
+                )
             })?;
             bits |= 1 << i;
         }
@@ -687,7 +690,10 @@ mod tests {
         };
         let p = plan(5, two);
         assert!(!p.faults.is_empty());
-        assert!(p.faults.iter().all(|(_, f)| ["kill", "net"].contains(&f.group())));
+        assert!(p
+            .faults
+            .iter()
+            .all(|(_, f)| ["kill", "net"].contains(&f.group())));
         assert!(Groups::parse("kill,nope").is_err());
         // A selection this machine cannot give draws nothing, rather than forever.
         let none = Allowed {

@@ -373,7 +373,10 @@ fn mount_power_cut(
     }
     let mode = fs::metadata(disk.path())?.permissions().mode();
     let m = testkit::powercut::PowerCutFs::mount(disk.path(), state)?;
-    debug_assert_eq!(fs::metadata(state)?.permissions().mode() & 0o777, mode & 0o777);
+    debug_assert_eq!(
+        fs::metadata(state)?.permissions().mode() & 0o777,
+        mode & 0o777
+    );
     Ok((m, disk))
 }
 
@@ -527,9 +530,7 @@ impl Trial<'_> {
         match testkit::powercut::PowerCutFs::mount(&disk, &self.cam.state_dir()) {
             Ok(m) => self.cut = Some(m),
             Err(e) => {
-                self.out
-                    .died
-                    .push(format!("power-cut layer: remount: {e}"));
+                self.out.died.push(format!("power-cut layer: remount: {e}"));
                 return;
             }
         }
@@ -556,9 +557,9 @@ impl Trial<'_> {
         }
         let done_after = self.done_versions().await;
         for (path, len) in done_before.difference(&done_after) {
-            self.out
-                .recovery
-                .push(format!("{path} ({len} bytes) done before {what}, not after"));
+            self.out.recovery.push(format!(
+                "{path} ({len} bytes) done before {what}, not after"
+            ));
         }
         if p == Some(false) || needs_pair {
             self.needs_pair = true;
