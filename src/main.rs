@@ -1,6 +1,9 @@
 //! The `cambackup` binary: the daemon and its command-line client in one (it ships on flash).
 //! This file only parses arguments and calls in.
 
+// fuzz/ builds this tree as its library: what only `main` reaches is unused there.
+#![cfg_attr(fuzzing, allow(dead_code, unused))]
+
 // A binary crate, not a library: every module is private to it, so the compiler reports any
 // item nothing uses (ripgrep's layout).
 mod app;
@@ -14,6 +17,9 @@ mod credentials;
 mod daemon;
 mod events;
 mod freeing;
+// The parsers' entry points for `cargo fuzz` (fuzz/), and the tests that replay its inputs.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz_api;
 mod gate;
 mod media;
 mod scan;

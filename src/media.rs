@@ -61,7 +61,7 @@ pub enum PathError {
 }
 
 /// Appends the storage-path form of one name on disk (see the module's doc).
-fn escape_name(name: &std::ffi::OsStr, out: &mut String) {
+pub(crate) fn escape_name(name: &std::ffi::OsStr, out: &mut String) {
     use std::os::unix::ffi::OsStrExt;
     // Nearly every name on a card is UTF-8 without a backslash: copied whole.
     if let Some(s) = name.to_str().filter(|s| !s.contains('\\')) {
@@ -83,7 +83,7 @@ fn escape_name(name: &std::ffi::OsStr, out: &mut String) {
 }
 
 /// The name on disk for a storage path's text: `\xNN` back to its byte.
-fn unescape(s: &str) -> std::ffi::OsString {
+pub(crate) fn unescape(s: &str) -> std::ffi::OsString {
     use std::os::unix::ffi::OsStringExt;
     if !s.contains('\\') {
         return s.into();

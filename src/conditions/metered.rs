@@ -187,18 +187,24 @@ pub fn networkd_lease_metered(lease: &str) -> bool {
 /// Option 43 as a hook wrote it: hex (udhcpc's `$opt43`, dhcpcd's
 /// `$new_vendor_encapsulated_options`, colons and spaces allowed) or the raw bytes.
 pub fn option43_metered(text: &str) -> bool {
-    let digits: String = text
-        .chars()
-        .filter(|c| !matches!(c, ':' | ' ' | '\n' | '\r' | '\t' | '"'))
+    // Bytes, not chars: a hook file may hold anything (fuzz/regressions/dhcp/), and a pair of
+    // digits must not be cut out of a multi-byte character.
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !matches!(c, b':' | b' ' | b'\n' | b'\r' | b'\t' | b'"'))
         .collect();
-    let hex = (digits.len().is_multiple_of(2) && !digits.is_empty())
-        .then(|| {
-            (0..digits.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()
-        })
-        .flatten();
+    let hex = (digits.len().is_multiple_of(2)
+        && !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_hexdigit))
+    .then(|| {
+        digits
+            .chunks(2)
+            .map(|pair| {
+                let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                digit(pair[0]) << 4 | digit(pair[1])
+            })
+            .collect::<Vec<u8>>()
+    });
     let contains = |b: &[u8]| {
         b.windows(ANDROID_METERED.len())
             .any(|w| w == ANDROID_METERED)
@@ -344,6 +350,11 @@ mod tests {
         assert!(!option43_metered("414e44524f4944"));
         assert!(!option43_metered(""));
         assert!(!option43_metered("0104c0a80101"));
+        // Not hex, and not a panic: a multi-byte character where a digit pair would be (found
+        // by fuzzing), or a sign `from_str_radix` would take.
+        assert!(!option43_metered("a\u{e9}b"));
+        assert!(!option43_metered("+4+E"));
+        assert!(option43_metered("\u{e9}ANDROID_METERED"));
         let lease =
             format!("# This is private data.\nADDRESS=192.168.43.20\nVENDOR_SPECIFIC={hex}\n");
         assert!(networkd_lease_metered(&lease));

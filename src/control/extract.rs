@@ -262,16 +262,20 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let q = parts.uri.query().unwrap_or("");
-        Ok(QueryPairs(
-            url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        ))
+        Ok(QueryPairs::parse(parts.uri.query().unwrap_or("")))
     }
 }
 
 impl QueryPairs {
+    /// The pairs of a raw query string (`a=1&b=x%20y`), decoded.
+    pub fn parse(q: &str) -> QueryPairs {
+        QueryPairs(
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
     /// Refuses any parameter not in `known`, and any given twice.
     pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
         for (i, (k, _)) in self.0.iter().enumerate() {

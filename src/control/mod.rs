@@ -18,7 +18,7 @@
 //! cannot let a stranger in. Nothing here logs request bodies: `PUT /v1/account` carries a token.
 //! Bad input never yields a 5xx: 5xx means the daemon itself failed (e.g. the database).
 
-mod extract;
+pub(crate) mod extract;
 pub mod peercred;
 pub mod routes;
 pub mod server;

@@ -200,7 +200,7 @@ async fn queue(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response
 /// `POST /v1/uploads`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UploadRequest {
+pub(crate) struct UploadRequest {
     paths: Vec<String>,
 }
 
@@ -264,7 +264,7 @@ async fn pair(
 /// `PUT /v1/account`'s body, as it comes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PairRequest {
+pub(crate) struct PairRequest {
     user_id: String,
     token: String,
     #[serde(default)]
@@ -273,7 +273,7 @@ struct PairRequest {
 
 /// Parses the body into a [`Pairing`] (the shapes `docs/openapi.yaml` gives `user_id` and
 /// `token` in its `PairRequest` patterns, so the spec and the server refuse the same bodies).
-fn check_pair_request(req: PairRequest) -> ApiResult<Pairing> {
+pub(crate) fn check_pair_request(req: PairRequest) -> ApiResult<Pairing> {
     Ok(Pairing {
         user_id: credentials::UserId::parse(&req.user_id)
             .map_err(|m| ApiError::bad_request("bad_user_id", m))?,
@@ -296,7 +296,7 @@ async fn unpair(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Respons
 /// `PUT /v1/recording`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Recording {
+pub(crate) struct Recording {
     active: bool,
 }
 
@@ -314,7 +314,7 @@ async fn recording(
 /// likely a client bug than "let the daemon decide").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NetworkRequest {
+pub(crate) struct NetworkRequest {
     #[serde(default, deserialize_with = "present")]
     metered: Option<Option<bool>>,
 }

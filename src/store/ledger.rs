@@ -343,6 +343,35 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_line_appended_after_a_torn_one_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |p: &str, d: bool| Entry {
+            p: p.into(),
+            s: 10,
+            m: 1,
+            k: Kind::Photo,
+            u: (!d).then(|| "https://tus.example.com/files/1".into()),
+            e: None,
+            d,
+            x: false,
+            f: false,
+            r: false,
+            g: None,
+        };
+        append(dir.path(), &entry("A.JPG", false)).unwrap();
+        // The power went mid-append: half a line, no newline.
+        let mut f = open_append(&dir.path().join(LEDGER_FILE)).unwrap();
+        f.write_all(br#"{"p":"B.JPG","s":10,"m":1,"k":"pho"#)
+            .unwrap();
+        drop(f);
+        append(dir.path(), &entry("A.JPG", true)).unwrap();
+        let (known, lines) = replay(dir.path());
+        assert!(known[&("A.JPG".to_string(), 10, 1)].done);
+        assert_eq!(known.len(), 1);
+        assert_eq!(lines, 2, "the torn half line is cut before the next append");
+    }
+
     fn entry(p: &str, u: Option<&str>, d: bool) -> Entry {
         Entry {
             p: p.into(),

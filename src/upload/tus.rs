@@ -849,7 +849,7 @@ fn header_str<'h>(
     }
 }
 
-fn header_u64(
+pub(crate) fn header_u64(
     h: &HeaderMap,
     name: &'static str,
     method: &'static str,
@@ -869,7 +869,7 @@ fn header_u64(
 
 /// `Upload-Expires` as unix seconds. A garbled date is logged and ignored: the upload then
 /// lives until the server says 404/410, which we handle anyway.
-fn expires(h: &HeaderMap, method: &'static str, url: &str) -> Option<i64> {
+pub(crate) fn expires(h: &HeaderMap, method: &'static str, url: &str) -> Option<i64> {
     let s = header_str(h, header::UPLOAD_EXPIRES, method, url).ok()??;
     match httpdate::parse_http_date(s) {
         Ok(t) => Some(
@@ -884,7 +884,7 @@ fn expires(h: &HeaderMap, method: &'static str, url: &str) -> Option<i64> {
     }
 }
 
-fn parse_capabilities(h: &HeaderMap, endpoint: &str) -> Result<Capabilities, TusError> {
+pub(crate) fn parse_capabilities(h: &HeaderMap, endpoint: &str) -> Result<Capabilities, TusError> {
     let list = |name| -> Result<Vec<String>, TusError> {
         Ok(header_str(h, name, "OPTIONS", endpoint)?
             .unwrap_or("")
@@ -910,7 +910,7 @@ fn parse_capabilities(h: &HeaderMap, endpoint: &str) -> Result<Capabilities, Tus
 
 /// Resolves a `Location` (absolute, or relative to the endpoint as tus allows) and holds it to
 /// [`check_upload_url`]: the server must not steer the token and data anywhere else.
-fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> {
+pub(crate) fn resolve_location(endpoint: &str, location: &str) -> Result<String, TusError> {
     let bad = |why: String| TusError::BadHeader {
         method: "POST",
         url: endpoint.into(),

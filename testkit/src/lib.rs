@@ -8,6 +8,7 @@
 //! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
 //! - [`sample`]: deterministic file content.
 //! - [`netns::Lab`]: a camera and a server in network namespaces, linked by `wlan0` and `wwan0`.
+//! - [`powercut::PowerCutFs`]: a FUSE layer that drops what was not synced at a power cut.
 //! - [`tls::TestCa`]: a CA made at test time, for TLS receivers off loopback.
 
 pub mod camera;
@@ -15,6 +16,7 @@ pub mod card;
 pub mod daemon;
 pub mod http;
 pub mod netns;
+pub mod powercut;
 pub mod proxy;
 pub mod sample;
 pub mod tls;

@@ -6,14 +6,16 @@
 //! (kill -9 at chosen moments, SIGTERM, network and server faults, card and device flaps,
 //! consent toggles, a full state disk, clock-skewed mtimes; and issue 17's: a card swapped for
 //! one reusing names, links out of the card and round a loop, a non-UTF-8 directory, a corrupt
-//! database, zeroed credentials), heals everything, waits for the
+//! database, zeroed credentials; and issue 26's power cuts, the state dir on testkit's power-cut
+//! layer so that what was not synced is lost), heals everything, waits for the
 //! daemon to settle and checks from the server's side that every file on the card arrived
 //! exactly once, byte-identical, with exactly the four metadata keys; that the queue agrees;
 //! that the daemon never died unless killed and stayed under 32 MiB. See docs/SOAK.md.
 //!
 //! ```text
 //! soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] [--node-share F]
-//!      [--no-known-defects] [--json FILE] [--jobs N] [--verbose] [--plans]
+//!      [--no-known-defects] [--faults KIND[,KIND]] [--json FILE] [--jobs N] [--verbose]
+//!      [--plans]
 //! ```
 //! A failing trial prints its seed; `soak --seed S --trials 1 --verbose` replays it.
 //! Exit status: 0 when every trial held the invariant, 1 otherwise, 2 on bad usage.
@@ -27,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use plan::{next_seed, Allowed};
+use plan::{next_seed, Allowed, Groups};
 use server::TusNode;
 use trial::{Env, Outcome, RSS_LIMIT_KIB};
 
@@ -42,10 +44,12 @@ struct Args {
     verbose: bool,
     jobs: usize,
     plans: bool,
+    groups: Groups,
 }
 
 const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [--daemon PATH] \
-[--node-share F] [--no-known-defects] [--json FILE] [--jobs N] [--verbose] [--plans]
+[--node-share F] [--no-known-defects] [--faults KIND[,KIND]] [--json FILE] [--jobs N] [--verbose] \
+[--plans]
 
   --seed S            first trial's seed (default: from the clock); a failing trial's seed
                       replays it alone: soak --seed S --trials 1 --verbose
@@ -55,6 +59,10 @@ const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [-
   --node-share F      share of trials against @tus/server (default 0.3; 0 without node)
   --no-known-defects  leave out the faults that hit defects known and being fixed: future
                       mtimes, a full state disk (docs/SOAK.md, \"What the soak found\")
+  --faults KIND,...   only these kinds of fault (default: all): kill, term, net, server, card,
+                      device, consent, disk_full, clock, card_swap, symlinks, non_utf8,
+                      corrupt_db, zeroed_credentials, power_cut (root and /dev/fuse: the
+                      state dir on testkit's power-cut layer; alone, 1-3 cuts a trial)
   --json FILE         also write every trial's outcome as JSON lines
   --jobs N            trials run N at a time (default 1); each has its own daemon, server,
                       proxy and temp dirs, so they do not interfere (but share the CPUs)
@@ -78,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         verbose: false,
         jobs: 1,
         plans: false,
+        groups: Groups::ALL,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -102,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--node-share: {e}"))?
             }
             "--no-known-defects" => args.known_defects = false,
+            "--faults" => args.groups = Groups::parse(&val("--faults")?)?,
             "--json" => args.json = Some(PathBuf::from(val("--json")?)),
             "--verbose" | "-v" => args.verbose = true,
             "--plans" => args.plans = true,
@@ -150,6 +160,7 @@ struct Totals {
     received: u64,
     completed_bytes: u64,
     peak_rss_kib: u64,
+    syncs: BTreeMap<String, u64>,
     heal_to_start: Vec<Duration>,
     failed: Vec<(u64, Vec<String>, Vec<&'static str>)>,
     secs: f64,
@@ -180,6 +191,9 @@ impl Totals {
         self.completed_bytes += o.completed_bytes;
         self.peak_rss_kib = self.peak_rss_kib.max(o.peak_rss_kib);
         self.heal_to_start.extend(o.heal_to_start);
+        for (k, v) in &o.syncs {
+            *self.syncs.entry(k.clone()).or_default() += v;
+        }
         self.secs += o.secs;
         let why = o.failures();
         if !why.is_empty() {
@@ -257,7 +271,7 @@ impl Totals {
                 format!("{}", self.escaped),
             ),
             (
-                "state recovery (corrupt database, zeroed credentials)",
+                "state recovery (corrupt database, zeroed credentials, power cut)",
                 format!("{}", self.recovery),
             ),
             (
@@ -305,6 +319,12 @@ impl Totals {
         for (k, v) in &self.faults {
             s.push_str(&format!("| {k} | {v} |\n"));
         }
+        if !self.syncs.is_empty() {
+            s.push_str("\n| syncs on the power-cut layer (state dir) | count |\n| --- | --- |\n");
+            for (k, v) in &self.syncs {
+                s.push_str(&format!("| {k} | {v} |\n"));
+            }
+        }
         if !self.failed.is_empty() {
             s.push_str("\nfailing trials (replay: soak --seed S --trials 1 --verbose):\n");
             for (seed, why, kinds) in &self.failed {
@@ -330,7 +350,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "empty_orphans": o.empty_orphans, "received": o.received,
         "completed_bytes": o.completed_bytes, "peak_rss_kib": o.peak_rss_kib,
         "heal_to_start_ms": o.heal_to_start.map(|d| d.as_millis() as u64),
-        "notes": o.notes, "secs": o.secs,
+        "notes": o.notes, "secs": o.secs, "syncs": o.syncs,
     })
 }
 
@@ -355,11 +375,17 @@ async fn main() {
     if !disk_full {
         eprintln!("soak: cannot mount a tmpfs (not root?): the ENOSPC fault is left out");
     }
+    let power_cut = testkit::powercut::available();
+    if !power_cut && args.groups.has("power_cut") {
+        eprintln!("soak: no root or /dev/fuse: the power cut fault is left out");
+    }
     let allowed = Allowed {
         node,
         node_share: args.node_share,
         disk_full,
         known_defects: args.known_defects,
+        power_cut,
+        groups: args.groups,
     };
     let env = Env {
         bin: args.daemon.clone(),

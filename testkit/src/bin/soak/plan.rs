@@ -27,6 +27,24 @@ pub enum KillAt {
     Completion,
 }
 
+/// When a power cut (issue 26) lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutAt {
+    /// At the scheduled instant, whatever the daemon is doing (a ledger append, a scan's
+    /// batch, a freeing pass...).
+    Now,
+    /// As soon as the server sees a creation (POST): its URL is being recorded.
+    Creation,
+    /// As soon as the server has answered a PATCH: between a chunk and its record.
+    Chunk,
+    /// As soon as an upload completes: during `done`.
+    Completion,
+    /// Right after the user's unpairing was answered 200.
+    Unpair,
+    /// Right after the user's settings change (consent withdrawn) was answered 200.
+    Settings,
+}
+
 /// One fault; the ones with a duration end by themselves (and at the latest when the trial heals).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
@@ -103,6 +121,14 @@ pub enum Fault {
     CorruptDb { garbage: u64 },
     /// Issue 17: SIGTERM, zeros over `credentials.json`, restart; the harness pairs again.
     ZeroedCredentials,
+    /// Issue 26: the power goes (the state dir is on testkit's power-cut layer): `kill -9`,
+    /// everything not synced is dropped, the last unsynced write torn to `tear` of its bytes
+    /// (`None`: not at all); restarted after `restart_after`.
+    PowerCut {
+        at: CutAt,
+        tear: Option<f64>,
+        restart_after: Duration,
+    },
 }
 
 impl Fault {
@@ -153,7 +179,120 @@ impl Fault {
             Fault::NonUtf8Dir { .. } => "card: non-UTF-8 directory",
             Fault::CorruptDb { .. } => "state dir: corrupt database",
             Fault::ZeroedCredentials => "state dir: zeroed credentials",
+            Fault::PowerCut { at, .. } => match at {
+                CutAt::Now => "power cut (any instant)",
+                CutAt::Creation => "power cut (creation)",
+                CutAt::Chunk => "power cut (after a chunk)",
+                CutAt::Completion => "power cut (after completion)",
+                CutAt::Unpair => "power cut (after unpairing)",
+                CutAt::Settings => "power cut (after a settings change)",
+            },
         }
+    }
+
+    /// The name `--faults` selects it by.
+    pub fn group(&self) -> &'static str {
+        match self {
+            Fault::Kill { .. } => "kill",
+            Fault::Term { .. } => "term",
+            Fault::Latency { .. }
+            | Fault::Bandwidth { .. }
+            | Fault::ConnReset
+            | Fault::HalfOpen { .. }
+            | Fault::TruncatedAnswer { .. }
+            | Fault::Refuse { .. } => "net",
+            Fault::ServerErrors { .. }
+            | Fault::RetryAfter { .. }
+            | Fault::UploadGone { .. }
+            | Fault::ServerRestart => "server",
+            Fault::CardOut { .. }
+            | Fault::AddFile { .. }
+            | Fault::RewriteFile { .. }
+            | Fault::DeleteFile { .. } => "card",
+            Fault::Charger { .. } | Fault::Wifi { .. } | Fault::Recording { .. } => "device",
+            Fault::Consent { .. } => "consent",
+            Fault::DiskFull { .. } => "disk_full",
+            Fault::ClockPast { .. } | Fault::ClockFuture { .. } => "clock",
+            Fault::CardSwap { .. } => "card_swap",
+            Fault::Symlinks { .. } => "symlinks",
+            Fault::NonUtf8Dir { .. } => "non_utf8",
+            Fault::CorruptDb { .. } => "corrupt_db",
+            Fault::ZeroedCredentials => "zeroed_credentials",
+            Fault::PowerCut { .. } => "power_cut",
+        }
+    }
+}
+
+/// Every name `--faults` takes, in the order `soak --help` lists them.
+pub const GROUPS: [&str; 15] = [
+    "kill",
+    "term",
+    "net",
+    "server",
+    "card",
+    "device",
+    "consent",
+    "disk_full",
+    "clock",
+    "card_swap",
+    "symlinks",
+    "non_utf8",
+    "corrupt_db",
+    "zeroed_credentials",
+    "power_cut",
+];
+
+/// The groups of the first draw (issue 10's and the clock's); the others have streams of
+/// their own.
+const MAIN_GROUPS: [&str; 9] = [
+    "kill",
+    "term",
+    "net",
+    "server",
+    "card",
+    "device",
+    "consent",
+    "disk_full",
+    "clock",
+];
+
+/// A set of groups (`--faults`), as bits in [`GROUPS`]' order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Groups(u32);
+
+impl Groups {
+    /// Every group.
+    pub const ALL: Groups = Groups((1 << GROUPS.len()) - 1);
+
+    /// From `--faults`' value: names separated by commas.
+    pub fn parse(s: &str) -> Result<Groups, String> {
+        let mut bits = 0;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let i = GROUPS.iter().position(|g| *g == name).ok_or_else(|| {
+                format!(
+                    "--faults: unknown kind `{name}` (kinds: {})",
+                    GROUPS.join(", ")
+                )
+            })?;
+            bits |= 1 << i;
+        }
+        if bits == 0 {
+            return Err("--faults: no kind given".into());
+        }
+        Ok(Groups(bits))
+    }
+
+    /// Whether `group` is in.
+    pub fn has(self, group: &str) -> bool {
+        GROUPS
+            .iter()
+            .position(|g| *g == group)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// Only `group`.
+    pub fn only(self, group: &str) -> bool {
+        self.has(group) && self.0.count_ones() == 1
     }
 }
 
@@ -196,6 +335,10 @@ pub struct Allowed {
     /// (files never uploaded) and a full state disk (items stuck `uploading`, and files that
     /// settle meanwhile waiting for the next rescan).
     pub known_defects: bool,
+    /// testkit's power-cut layer can be mounted (root and /dev/fuse).
+    pub power_cut: bool,
+    /// The fault kinds to draw from (`--faults`).
+    pub groups: Groups,
 }
 
 /// The next seed in a run: trial i+1's seed from trial i's (splitmix64), so any trial's seed
@@ -239,9 +382,14 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
         })
         .collect();
     let chaos = ms(&mut rng, 2500, 6000);
-    let n = rng.usize(3..=8);
+    // Without a kind of the first draw selected, it draws nothing (and then nothing of it).
+    let main = MAIN_GROUPS.iter().any(|g| allowed.groups.has(g));
+    let n = if main { rng.usize(3..=8) } else { 0 };
     let mut faults = Vec::with_capacity(n);
-    while faults.len() < n {
+    // A bound, for a selection this machine or server cannot give (`disk_full` without root).
+    let mut draws = 0;
+    while faults.len() < n && draws < 10_000 {
+        draws += 1;
         let at = Duration::from_millis(rng.u64(0..chaos.as_millis() as u64));
         let f = match rng.u32(0..27) {
             0 | 1 => Fault::Kill {
@@ -361,6 +509,9 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
         {
             continue;
         }
+        if !allowed.groups.has(f.group()) {
+            continue;
+        }
         faults.push((at, f));
     }
     // Issue 17's kinds come from a stream of their own, so the faults above are the same for a
@@ -392,7 +543,45 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
             },
             _ => Fault::ZeroedCredentials,
         };
-        faults.push((at, f));
+        if allowed.groups.has(f.group()) {
+            faults.push((at, f));
+        }
+    }
+    // Issue 26's power cuts, from a stream of their own too: in one trial in three of a mixed
+    // run, one to three in every trial of `--faults power_cut`.
+    let mut rng26 = fastrand::Rng::with_seed(seed ^ 0x2626_2626_2626_2626);
+    let cuts = if !allowed.power_cut || !allowed.groups.has("power_cut") {
+        0
+    } else if allowed.groups.only("power_cut") {
+        rng26.usize(1..=3)
+    } else {
+        usize::from(rng26.u32(0..3) == 0)
+    };
+    for _ in 0..cuts {
+        let at = Duration::from_millis(rng26.u64(0..chaos.as_millis() as u64));
+        let mut cut_at = match rng26.u32(0..6) {
+            0 => CutAt::Now,
+            1 => CutAt::Creation,
+            2 => CutAt::Chunk,
+            3 => CutAt::Completion,
+            4 => CutAt::Unpair,
+            _ => CutAt::Settings,
+        };
+        // Only the receiver shows the server's moments as they happen.
+        if server != ServerKind::Receiver
+            && matches!(cut_at, CutAt::Creation | CutAt::Chunk | CutAt::Completion)
+        {
+            cut_at = CutAt::Now;
+        }
+        let tear = rng26.bool().then(|| rng26.f64());
+        faults.push((
+            at,
+            Fault::PowerCut {
+                at: cut_at,
+                tear,
+                restart_after: ms(&mut rng26, 0, 300),
+            },
+        ));
     }
     faults.sort_by_key(|(at, _)| *at);
     Plan {
@@ -413,6 +602,8 @@ mod tests {
         node_share: 0.3,
         disk_full: true,
         known_defects: true,
+        power_cut: true,
+        groups: Groups::ALL,
     };
 
     #[test]
@@ -428,6 +619,8 @@ mod tests {
             node_share: 0.3,
             disk_full: false,
             known_defects: false,
+            power_cut: false,
+            groups: Groups::ALL,
         };
         let mut seed = 1;
         for _ in 0..500 {
@@ -458,6 +651,57 @@ mod tests {
             seed = next_seed(seed);
         }
         assert!((100..200).contains(&node_trials), "{node_trials}");
+    }
+
+    #[test]
+    fn faults_selects_the_kinds_and_power_cut_alone_gives_only_cuts() {
+        let only = Allowed {
+            groups: Groups::parse("power_cut").unwrap(),
+            ..ALL
+        };
+        let mut seed = 3;
+        let mut at = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let p = plan(seed, only);
+            assert!((1..=3).contains(&p.faults.len()), "{:?}", p.faults);
+            for (_, f) in &p.faults {
+                let Fault::PowerCut { at: a, .. } = f else {
+                    panic!("{f:?}")
+                };
+                at.insert(format!("{a:?}"));
+            }
+            // A mixed run keeps its other draws (the seeds in docs/SOAK.md) as they were.
+            let mixed: Vec<_> = plan(seed, ALL)
+                .faults
+                .into_iter()
+                .filter(|(_, f)| f.group() != "power_cut")
+                .collect();
+            let without = Allowed {
+                power_cut: false,
+                ..ALL
+            };
+            assert_eq!(mixed, plan(seed, without).faults);
+            seed = next_seed(seed);
+        }
+        assert_eq!(at.len(), 6, "{at:?}");
+        let two = Allowed {
+            groups: Groups::parse("kill,net").unwrap(),
+            ..ALL
+        };
+        let p = plan(5, two);
+        assert!(!p.faults.is_empty());
+        assert!(p
+            .faults
+            .iter()
+            .all(|(_, f)| ["kill", "net"].contains(&f.group())));
+        assert!(Groups::parse("kill,nope").is_err());
+        // A selection this machine cannot give draws nothing, rather than forever.
+        let none = Allowed {
+            disk_full: false,
+            groups: Groups::parse("disk_full").unwrap(),
+            ..ALL
+        };
+        assert!(plan(5, none).faults.is_empty());
     }
 
     fn is17(f: &Fault) -> bool {

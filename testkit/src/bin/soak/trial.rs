@@ -17,7 +17,7 @@ use testkit::proxy::Proxy;
 use testkit::sample::sample_bytes;
 use testkit::tus::{Fault as RxFault, Receiver};
 
-use crate::plan::{next_seed, Fault, KillAt, Plan, ServerKind};
+use crate::plan::{next_seed, CutAt, Fault, KillAt, Plan, ServerKind};
 use crate::server::{Server, TusNode, TOKEN};
 
 /// The user the daemon is paired with.
@@ -93,6 +93,9 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// Wall time.
     pub secs: f64,
+    /// Syncs the daemon made on the power-cut layer, by `file NAME` / `dir NAME` (the name at
+    /// the time: a temp file synced before its rename has the temp name).
+    pub syncs: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -182,6 +185,10 @@ struct Trial<'e> {
     plan: Plan,
     // Drop order: the daemon dies first, then the mount goes, then the camera's dir.
     daemon: Daemon,
+    /// The state dir on testkit's power-cut layer (trials with power cuts), and the directory
+    /// that holds what survives a cut.
+    cut: Option<testkit::powercut::Mounted>,
+    cut_disk: Option<tempfile::TempDir>,
     _mount: Option<Mount>,
     proxy: Proxy,
     server: Server,
@@ -244,6 +251,21 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
     } else {
         None
     };
+    let needs_cut = plan
+        .faults
+        .iter()
+        .any(|(_, f)| matches!(f, Fault::PowerCut { .. }));
+    let (cut, cut_disk) = if needs_cut && mount.is_none() {
+        match mount_power_cut(&cam.state_dir()) {
+            Ok((m, d)) => (Some(m), Some(d)),
+            Err(e) => {
+                out.notes.push(format!("power-cut layer not mounted: {e}"));
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
     let server = match plan.server {
         ServerKind::Receiver => Server::Receiver(
             Receiver::builder()
@@ -279,6 +301,8 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         env,
         plan,
         daemon,
+        cut,
+        cut_disk,
         _mount: mount,
         proxy,
         server,
@@ -314,9 +338,46 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
             lines.join("\n")
         );
     }
+    if let Some(m) = t.cut.take() {
+        // The daemon must be gone before its file system is.
+        t.daemon.kill(Signal::Kill);
+        let _ = t.daemon.wait_exit(Duration::from_secs(5)).await;
+        match m.unmount() {
+            Ok(stats) => t.add_syncs(&stats),
+            Err(e) => t.out.notes.push(format!("power-cut layer: unmount: {e}")),
+        }
+    }
     let mut out = std::mem::take(&mut t.out);
     out.secs = started.elapsed().as_secs_f64();
     out
+}
+
+/// Puts `state` on testkit's power-cut layer: what it holds moves to a directory of its own
+/// (the "disk"), served back at `state` with the same mode.
+fn mount_power_cut(
+    state: &Path,
+) -> std::io::Result<(testkit::powercut::Mounted, tempfile::TempDir)> {
+    use std::os::unix::fs::PermissionsExt;
+    let disk = tempfile::tempdir()?;
+    fs::set_permissions(disk.path(), fs::metadata(state)?.permissions())?;
+    for e in fs::read_dir(state)? {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{}: not a file",
+                e.path().display()
+            )));
+        }
+        fs::copy(e.path(), disk.path().join(e.file_name()))?;
+        fs::remove_file(e.path())?;
+    }
+    let mode = fs::metadata(disk.path())?.permissions().mode();
+    let m = testkit::powercut::PowerCutFs::mount(disk.path(), state)?;
+    debug_assert_eq!(
+        fs::metadata(state)?.permissions().mode() & 0o777,
+        mode & 0o777
+    );
+    Ok((m, disk))
 }
 
 impl Trial<'_> {
@@ -397,6 +458,141 @@ impl Trial<'_> {
         }
         self.heal().await;
         self.converge().await;
+    }
+
+    fn add_syncs(&mut self, stats: &testkit::powercut::Stats) {
+        for (k, v) in &stats.file_syncs {
+            *self.out.syncs.entry(format!("file {k}")).or_default() += v;
+        }
+        for (k, v) in &stats.dir_syncs {
+            *self.out.syncs.entry(format!("dir {k}")).or_default() += v;
+        }
+    }
+
+    /// Issue 26: the power goes at `at`; the daemon restarts on what was synced. What the user
+    /// was told had happened (consent, pairing) and what the queue showed done must hold.
+    async fn power_cut(&mut self, at: CutAt, tear: Option<f64>, restart_after: Duration) {
+        let mut consent = self.consent_now().await;
+        let mut paired = self.paired_now().await;
+        let done_before = self.done_versions().await;
+        let latency = self.proxy.latency();
+        match at {
+            CutAt::Now => {}
+            CutAt::Creation | CutAt::Chunk | CutAt::Completion => {
+                let rel = self.new_name("W");
+                let content = next_seed(self.plan.seed ^ self.added as u64);
+                self.write_version(&rel, 1_200_000 + content % 1_000_000, content);
+                if at == CutAt::Creation {
+                    self.proxy
+                        .set_latency(latency.max(Duration::from_millis(150)));
+                }
+                let came = match at {
+                    CutAt::Creation => self.wait_for(KillAt::Creation).await,
+                    CutAt::Completion => self.wait_for(KillAt::Completion).await,
+                    _ => self.wait_for_chunk().await,
+                };
+                if !came {
+                    self.out
+                        .notes
+                        .push(format!("power cut {at:?}: the moment did not come in 5 s"));
+                }
+            }
+            CutAt::Unpair => {
+                if let Some((200, _)) = self.api("DELETE", "/v1/account", None).await {
+                    paired = Some(false);
+                }
+            }
+            CutAt::Settings => {
+                let to = !consent.unwrap_or(true);
+                if let Some((200, _)) = self
+                    .api("PATCH", "/v1/settings", Some(json!({"auto_upload": to})))
+                    .await
+                {
+                    consent = Some(to);
+                }
+            }
+        }
+        self.sample_rss();
+        self.daemon.kill(Signal::Kill);
+        self.expect_running = false;
+        self.proxy.set_latency(latency);
+        let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+        let (Some(m), Some(disk)) = (
+            self.cut.take(),
+            self.cut_disk.as_ref().map(|d| d.path().to_path_buf()),
+        ) else {
+            return;
+        };
+        match m.cut(tear) {
+            Ok(stats) => self.add_syncs(&stats),
+            Err(e) => self.out.died.push(format!("power-cut layer: cut: {e}")),
+        }
+        match testkit::powercut::PowerCutFs::mount(&disk, &self.cam.state_dir()) {
+            Ok(m) => self.cut = Some(m),
+            Err(e) => {
+                self.out.died.push(format!("power-cut layer: remount: {e}"));
+                return;
+            }
+        }
+        tokio::time::sleep(restart_after).await;
+        // Up first as the cut left it, then paired again (the harness is the user).
+        let needs_pair = self.needs_pair;
+        self.needs_pair = false;
+        self.start_after_state_damage("a power cut").await;
+        if !self.expect_running {
+            self.needs_pair = needs_pair || paired == Some(false);
+            return;
+        }
+        let what = format!("a power cut ({at:?})");
+        let (c, p) = (self.consent_now().await, self.paired_now().await);
+        if consent.is_some() && c != consent {
+            self.out
+                .recovery
+                .push(format!("consent {consent:?} before {what}, {c:?} after"));
+        }
+        if paired.is_some() && p != paired {
+            self.out
+                .recovery
+                .push(format!("paired {paired:?} before {what}, {p:?} after"));
+        }
+        let done_after = self.done_versions().await;
+        for (path, len) in done_before.difference(&done_after) {
+            self.out.recovery.push(format!(
+                "{path} ({len} bytes) done before {what}, not after"
+            ));
+        }
+        if p == Some(false) || needs_pair {
+            self.needs_pair = true;
+            self.pair_again().await;
+        }
+        if at == CutAt::Settings && c == Some(false) {
+            // The user turns it back on.
+            let _ = self
+                .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+                .await;
+        }
+    }
+
+    /// Waits (at most 5 s) until the server has answered one more PATCH.
+    async fn wait_for_chunk(&self) -> bool {
+        let Server::Receiver(rx) = &self.server else {
+            return false;
+        };
+        let answered = |rx: &Receiver| {
+            rx.requests_with_method("PATCH")
+                .iter()
+                .filter(|r| r.status.is_some())
+                .count()
+        };
+        let before = answered(rx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if answered(rx) > before {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        false
     }
 
     fn sample_rss(&mut self) {
@@ -897,6 +1093,17 @@ impl Trial<'_> {
                     applied = false;
                 } else {
                     self.zero_credentials().await;
+                }
+            }
+            Fault::PowerCut {
+                at,
+                tear,
+                restart_after,
+            } => {
+                if !self.expect_running || self.cut.is_none() {
+                    applied = false;
+                } else {
+                    self.power_cut(at, tear, restart_after).await;
                 }
             }
             Fault::Latency { latency, .. } => self.proxy.set_latency(latency),
