@@ -385,6 +385,17 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
         return;
     };
     let (mut rig, rel) = uploading_a_big_video(cam).await;
+    // Slowed down (a lower cap is itself a withdrawal) so that the upload is still under way
+    // after the disk is filled, however fast this machine is: 10 MiB at 256 KiB/s is 40 s.
+    let (code, answer) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"max_rate_kib_per_sec": 256})),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
     let fillers = full_for_good(&rig, &fs).await;
     let t0 = std::time::Instant::now();
     rig.consent(false).await;
@@ -405,20 +416,21 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
     // A grant may be refused for lack of space, and says why. (Each failed write above had
     // the daemon fold its WAL back: what that freed is filled first.)
     let mut fillers = fillers;
-    fillers.push(fs.fill_as("filler-3"));
-    let (code, answer) = rig
-        .daemon
-        .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
-        .await;
-    assert_eq!(code, 507, "{answer}");
-    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
-    let (code, answer) = rig.daemon.api("POST", "/v1/resume", None).await;
-    assert_eq!(code, 507, "{answer}");
-    let (code, answer) = rig
-        .daemon
-        .api("PUT", "/v1/network", Some(json!({"metered": null})))
-        .await;
-    assert_eq!(code, 507, "{answer}");
+    for (i, (method, path, body)) in [
+        ("PATCH", "/v1/settings", Some(json!({"auto_upload": true}))),
+        ("POST", "/v1/resume", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each refused write had the daemon fold its WAL back: what that freed is filled
+        // before the next grant. (`PUT /v1/network {"metered": null}`, a grant too, is a write
+        // into the database, which may still find room in pages it holds: not asserted here.)
+        fillers.push(fs.fill_as(&format!("filler-grant-{i}")));
+        let (code, answer) = rig.daemon.api(method, path, body.clone()).await;
+        assert_eq!(code, 507, "{method} {path} {body:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    }
 
     // The disk is still full at the restart: the withdrawals hold.
     rig.daemon.restart().await;
@@ -451,6 +463,11 @@ async fn withdrawals_on_a_full_state_disk_take_effect_answer_200_and_hold_across
     for (method, path, body) in [
         ("POST", "/v1/resume", None),
         ("PUT", "/v1/network", Some(json!({"metered": null}))),
+        (
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"max_rate_kib_per_sec": 0})),
+        ),
     ] {
         let (code, answer) = rig.daemon.api(method, path, body.clone()).await;
         assert_eq!(code, 200, "{method} {path} {body:?}: {answer}");

@@ -62,7 +62,9 @@ const USAGE: &str = "usage: soak [--seed S] [--trials N] [--time-budget SECS] [-
   --faults KIND,...   only these kinds of fault (default: all): kill, term, net, server, card,
                       device, consent, disk_full, clock, card_swap, symlinks, non_utf8,
                       corrupt_db, zeroed_credentials, power_cut (root and /dev/fuse: the
-                      state dir on testkit's power-cut layer; alone, 1-3 cuts a trial)
+                      state dir on testkit's power-cut layer; alone, 1-3 cuts a trial),
+                      withdraw_full_disk (root: consent withdrawn on a full state disk, then
+                      a restart on it)
   --json FILE         also write every trial's outcome as JSON lines
   --jobs N            trials run N at a time (default 1); each has its own daemon, server,
                       proxy and temp dirs, so they do not interfere (but share the CPUs)
@@ -154,6 +156,7 @@ struct Totals {
     died: u64,
     escaped: u64,
     recovery: u64,
+    withdrawal: u64,
     unsettled: u64,
     extra_creations: u64,
     empty_orphans: u64,
@@ -184,6 +187,7 @@ impl Totals {
         self.died += o.died.len() as u64;
         self.escaped += o.escaped.len() as u64;
         self.recovery += o.recovery.len() as u64;
+        self.withdrawal += o.withdrawal.len() as u64;
         self.unsettled += u64::from(!o.converged);
         self.extra_creations += o.extra_creations as u64;
         self.empty_orphans += o.empty_orphans as u64;
@@ -275,6 +279,10 @@ impl Totals {
                 format!("{}", self.recovery),
             ),
             (
+                "withdrawals refused or undone on a full state disk",
+                format!("{}", self.withdrawal),
+            ),
+            (
                 "not settled 60 s after the heal",
                 format!("{}", self.unsettled),
             ),
@@ -345,7 +353,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "bytes": o.bytes, "lost": o.lost, "duplicated": o.duplicated, "resent": o.resent,
         "corrupt": o.corrupt,
         "bad_metadata": o.bad_metadata, "queue": o.queue, "died": o.died,
-        "escaped": o.escaped, "recovery": o.recovery,
+        "escaped": o.escaped, "recovery": o.recovery, "withdrawal": o.withdrawal,
         "converged": o.converged, "extra_creations": o.extra_creations,
         "empty_orphans": o.empty_orphans, "received": o.received,
         "completed_bytes": o.completed_bytes, "peak_rss_kib": o.peak_rss_kib,

@@ -121,6 +121,10 @@ pub enum Fault {
     CorruptDb { garbage: u64 },
     /// Issue 17: SIGTERM, zeros over `credentials.json`, restart; the harness pairs again.
     ZeroedCredentials,
+    /// Issue 22: the state disk fills, the user withdraws consent (it must answer 200 and take
+    /// effect), the daemon restarts on the still-full disk (consent must still be off), and
+    /// the disk is given room again after `lasts`.
+    WithdrawFullDisk { lasts: Duration },
     /// Issue 26: the power goes (the state dir is on testkit's power-cut layer): `kill -9`,
     /// everything not synced is dropped, the last unsynced write torn to `tear` of its bytes
     /// (`None`: not at all); restarted after `restart_after`.
@@ -179,6 +183,7 @@ impl Fault {
             Fault::NonUtf8Dir { .. } => "card: non-UTF-8 directory",
             Fault::CorruptDb { .. } => "state dir: corrupt database",
             Fault::ZeroedCredentials => "state dir: zeroed credentials",
+            Fault::WithdrawFullDisk { .. } => "consent: withdrawn on a full disk",
             Fault::PowerCut { at, .. } => match at {
                 CutAt::Now => "power cut (any instant)",
                 CutAt::Creation => "power cut (creation)",
@@ -218,13 +223,14 @@ impl Fault {
             Fault::NonUtf8Dir { .. } => "non_utf8",
             Fault::CorruptDb { .. } => "corrupt_db",
             Fault::ZeroedCredentials => "zeroed_credentials",
+            Fault::WithdrawFullDisk { .. } => "withdraw_full_disk",
             Fault::PowerCut { .. } => "power_cut",
         }
     }
 }
 
 /// Every name `--faults` takes, in the order `soak --help` lists them.
-pub const GROUPS: [&str; 15] = [
+pub const GROUPS: [&str; 16] = [
     "kill",
     "term",
     "net",
@@ -240,6 +246,7 @@ pub const GROUPS: [&str; 15] = [
     "corrupt_db",
     "zeroed_credentials",
     "power_cut",
+    "withdraw_full_disk",
 ];
 
 /// The groups of the first draw (issue 10's and the clock's); the others have streams of
@@ -580,6 +587,23 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
                 at: cut_at,
                 tear,
                 restart_after: ms(&mut rng26, 0, 300),
+            },
+        ));
+    }
+    // Issue 22's withdrawal on a full state disk, from a stream of its own too (the schedules
+    // above stay those of their seeds): in about one trial in five, where a tmpfs can be made.
+    let mut rng22 = fastrand::Rng::with_seed(seed ^ 0x2222_2222_2222_2222);
+    let withdraw = if !allowed.disk_full || !allowed.groups.has("withdraw_full_disk") {
+        false
+    } else {
+        allowed.groups.only("withdraw_full_disk") || rng22.u32(0..5) == 0
+    };
+    if withdraw {
+        let at = Duration::from_millis(rng22.u64(0..chaos.as_millis() as u64));
+        faults.push((
+            at,
+            Fault::WithdrawFullDisk {
+                lasts: ms(&mut rng22, 3000, 6000),
             },
         ));
     }

@@ -87,6 +87,9 @@ pub struct Outcome {
     /// After a corrupt database or zeroed credentials: a daemon that did not come up, consent
     /// or the account changed, a second pairing refused.
     pub recovery: Vec<String>,
+    /// Issue 22: a withdrawal of consent on a full state disk refused, or undone by a restart
+    /// on that disk.
+    pub withdrawal: Vec<String>,
     /// Everything settled within the limit after the heal.
     pub converged: bool,
     /// Notes: skipped faults, refused starts.
@@ -115,6 +118,7 @@ impl Outcome {
         list("died", &self.died);
         list("outside the card", &self.escaped);
         list("state recovery", &self.recovery);
+        list("withdrawal", &self.withdrawal);
         if self.peak_rss_kib > RSS_LIMIT_KIB {
             out.push(format!("peak RSS {} KiB over 32 MiB", self.peak_rss_kib));
         }
@@ -427,7 +431,8 @@ impl Trial<'_> {
                 | Fault::Wifi { lasts }
                 | Fault::Recording { lasts }
                 | Fault::Consent { lasts }
-                | Fault::DiskFull { lasts } => Some(*lasts),
+                | Fault::DiskFull { lasts }
+                | Fault::WithdrawFullDisk { lasts } => Some(*lasts),
                 _ => None,
             };
             if let Some(lasts) = lasts {
@@ -1199,6 +1204,9 @@ impl Trial<'_> {
                     self.filler = Some(path);
                 }
             }
+            Fault::WithdrawFullDisk { .. } => {
+                applied = self.withdraw_on_a_full_disk().await;
+            }
             Fault::ClockPast { len, content } => {
                 let rel = self.new_name("P");
                 applied = self.write_version(&rel, len, content);
@@ -1256,6 +1264,17 @@ impl Trial<'_> {
                     let _ = fs::remove_file(p);
                 }
             }
+            Fault::WithdrawFullDisk { .. } => {
+                if let Some(p) = self.filler.take() {
+                    let _ = fs::remove_file(p);
+                }
+                // The user grants again: consent on, and a resume (a withdrawal the disk had no
+                // room for at all leaves no record of the choices, which reads as paused).
+                let _ = self
+                    .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+                    .await;
+                let _ = self.api("POST", "/v1/resume", None).await;
+            }
             _ => {}
         }
     }
@@ -1284,6 +1303,51 @@ impl Trial<'_> {
         let _ = self
             .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
             .await;
+        let _ = self.api("POST", "/v1/resume", None).await;
+    }
+
+    /// Issue 22, item 1: fills the state disk, withdraws consent (200, whatever the disk says),
+    /// restarts the daemon on the still-full disk and checks that consent is still off. False
+    /// when it could not be tried (no tmpfs, no daemon).
+    async fn withdraw_on_a_full_disk(&mut self) -> bool {
+        if self._mount.is_none() || !self.expect_running {
+            return false;
+        }
+        if self.filler.is_none() {
+            let path = self.cam.state_dir().join("soak-filler");
+            fill(&path);
+            self.filler = Some(path);
+        }
+        match self
+            .api("PATCH", "/v1/settings", Some(json!({"auto_upload": false})))
+            .await
+        {
+            Some((200, _)) => {}
+            Some((code, body)) => {
+                self.out.withdrawal.push(format!(
+                    "consent off on a full state disk answered {code}: {body}"
+                ));
+                return true;
+            }
+            None => return false,
+        }
+        self.stop_term().await;
+        self.start_daemon().await;
+        if !self.expect_running {
+            // Noted by start_daemon; the heal starts it again.
+            return true;
+        }
+        match self.api("GET", "/v1/settings", None).await {
+            Some((200, v)) if v["auto_upload"] == false => {}
+            Some((code, v)) => self.out.withdrawal.push(format!(
+                "after a restart on the full state disk the settings answered {code}: {v}"
+            )),
+            None => self
+                .out
+                .notes
+                .push("no settings after a restart on the full state disk".into()),
+        }
+        true
     }
 
     /// Waits for the card and the server to agree, then checks the invariant.
