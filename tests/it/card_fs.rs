@@ -201,6 +201,27 @@ async fn the_same_card_put_back_sends_nothing_again(fs: Fs) {
 }
 on_both!(the_same_card_put_back_sends_nothing_again);
 
+/// The card pulled and put back at once (quicker than the daemon looks at the slot, every
+/// 5 s): the watches of the first mount are gone with it, yet a photo taken after is sent within
+/// seconds, not at the next periodic rescan (`rescan_secs`, 600 here). A FUSE card comes back
+/// with the same device number (fusefat, like a kernel driver on the same block device), so the
+/// root's identity does not tell the daemon.
+async fn a_card_pulled_and_put_back_at_once_is_watched_again(fs: Fs) {
+    let Some((cam, mut card)) = camera_with_card(fs, 64) else {
+        return;
+    };
+    let rels = photos(&cam);
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    sent_once(&rig, &rels, "before the card is pulled").await;
+    card.pull();
+    card.put_back();
+    let mut all = rels.clone();
+    all.push(rig.cam.photo("IMG_0400.JPG", 100 * KIB));
+    sent_once(&rig, &all, "a photo taken after the card came back").await;
+}
+on_both!(a_card_pulled_and_put_back_at_once_is_watched_again);
+
 /// Another card in the slot: its photos are sent, those of the card that is out are not taken
 /// for deleted ones, and the first card put back sends nothing again.
 async fn another_card_put_in(fs: Fs) {
