@@ -1,7 +1,7 @@
 //! A real camera card for the tests: a FAT32 or exFAT image, formatted by the real tools and
 //! mounted through FUSE, so no kernel module is needed (issue 23).
 //!
-//! - FAT32: `mkfs.vfat` (dosfstools), mounted by Debian's `fusefat -o rw+ IMAGE DIR`.
+//! - FAT32: `mkfs.vfat` (dosfstools), mounted by Debian's `fusefat -s -o rw+ IMAGE DIR`.
 //! - exFAT: `mkfs.exfat` (exfatprogs) on the image, `losetup -f --show IMAGE`, then
 //!   `mount.exfat-fuse /dev/loopN DIR` (exfat-fuse refuses a plain file).
 //!
@@ -319,7 +319,9 @@ impl Card {
                 let mode = if options.read_only { "ro" } else { "rw+" };
                 fuse_opts.insert(0, mode.into());
                 let mut cmd = Command::new("fusefat");
-                cmd.arg("-o").arg(fuse_opts.join(","));
+                // `-s`, one thread: fusefat is not thread-safe, and two reads at once (the
+                // daemon's body and the test's check) got wrong bytes now and then.
+                cmd.arg("-s").arg("-o").arg(fuse_opts.join(","));
                 cmd.arg(&self.image).arg(dir);
                 (cmd, self.image.clone().into_os_string(), None)
             }
