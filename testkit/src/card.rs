@@ -134,7 +134,9 @@ pub struct Card {
 
 impl Card {
     /// A new card of `size_mib` MiB, formatted (label `CAMERA`, a random serial), with
-    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB.
+    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB, and 300 MiB for 4 KiB
+    /// clusters (126 files per directory under fusefat: see `fat32_sectors_per_cluster`). The
+    /// image is sparse: its size costs the host's disk nothing until written.
     pub fn new(fs: Fs, size_mib: u64) -> Card {
         Card::with_label(fs, size_mib, "CAMERA")
     }
@@ -274,15 +276,11 @@ impl Card {
         let image = self.image.clone();
         match self.fs {
             Fs::Fat32 => {
+                let size = fs::metadata(&image).expect("stat the card image").len();
+                let serial = format!("{serial:08X}");
+                let spc = fat32_sectors_per_cluster(size).to_string();
                 run(Command::new("mkfs.vfat")
-                    .args([
-                        "-F",
-                        "32",
-                        "-n",
-                        &self.label,
-                        "-i",
-                        &format!("{serial:08X}"),
-                    ])
+                    .args(["-F", "32", "-n", &self.label, "-i", &serial, "-s", &spc])
                     .arg(&image));
             }
             Fs::Exfat => {
@@ -364,6 +362,19 @@ impl Card {
             .unwrap_or_else(|| panic!("no FUSE driver process for {source:?} on {dir:?}"));
         Mounted { pid, loop_dev }
     }
+}
+
+/// Sectors (of 512 bytes) per cluster for a FAT32 card of `bytes`: the largest the size allows,
+/// up to 64 (32 KiB, what SDHC cards are formatted with). fusefat cannot grow a directory past
+/// its first cluster, so a small cluster means few files per directory: 14 short names with 512
+/// bytes, 126 with 4 KiB. FAT32 needs at least 65,525 clusters.
+fn fat32_sectors_per_cluster(bytes: u64) -> u64 {
+    // Room for the reserved sectors and the two FATs.
+    let data = bytes - bytes / 64;
+    [64, 32, 16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|s| data / (512 * s) >= 65_600)
+        .unwrap_or(1)
 }
 
 impl Drop for Card {
