@@ -8,8 +8,9 @@
 #   3. installs it into a throwaway root (`dpkg --root`, maintainer scripts run for real against
 #      it, as .ci/package.sh does for x86_64) and runs the installed binary under qemu-user:
 #      `--version`, `check-config` on the installed config (exit 0), a misspelt key (exit 2);
-#   4. runs the end-to-end suite (tests/it, incl. the interop suite against @tus/server and the
-#      4 GiB test) with the ARM binary as the daemon under test, behind qemu-user
+#   4. runs the end-to-end suite (tests/it, incl. the interop suite against @tus/server, the
+#      4 GiB test and the FAT32/exFAT card tests) with the ARM binary as the daemon under test,
+#      behind qemu-user
 #      (CAMBACKUP_TEST_RUNNER / CAMBACKUP_TEST_BIN: testkit/src/daemon.rs). The tests and the
 #      receivers stay native; only the daemon and the CLI are emulated.
 #
@@ -54,6 +55,13 @@ command -v file >/dev/null || missing+=(file)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
 command -v deb-systemd-helper >/dev/null || missing+=(init-system-helpers)
 command -v systemd-sysusers >/dev/null || missing+=(systemd)
+# tests/it/card_fs.rs, run below with the ARM daemon: the card images are made and mounted by
+# the native test (testkit/src/card.rs); only the daemon reading them is emulated.
+command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
+command -v fusefat >/dev/null || missing+=(fusefat)
+command -v mkfs.exfat >/dev/null || missing+=(exfatprogs)
+command -v mount.exfat-fuse >/dev/null || missing+=(exfat-fuse)
+command -v fusermount >/dev/null || missing+=(fuse)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

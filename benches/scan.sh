@@ -8,6 +8,8 @@
 #   benches/scan.sh                                   # this tree's release build, 5 rounds
 #   A=/tmp/cambackup-before benches/scan.sh           # and an older build alongside
 #   DIRS=100 PER_DIR=100 ROUNDS=3 benches/scan.sh
+#   TREE=/mnt/card COLD='cmd' benches/scan.sh       # an existing tree (a mounted card: see
+#       # benches/card.sh), and a shell command run before each timed run (e.g. a remount)
 #
 # Prints one line per figure; docs/PERFORMANCE.md records a run.
 set -euo pipefail
@@ -22,7 +24,8 @@ fi
 T=$(mktemp -d)
 PID=
 trap 'if [ -n "$PID" ]; then kill $PID 2>/dev/null || true; fi; [ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
-python3 - "$T/card" "$DIRS" "$PER_DIR" <<'PY'
+CARD=${TREE:-$T/card}
+[ -n "${TREE:-}" ] || python3 - "$T/card" "$DIRS" "$PER_DIR" <<'PY'
 import os, sys, time
 root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 old = time.time() - 3600
@@ -41,7 +44,7 @@ cat > "$T/c.toml" <<TOML
 type = "bench"
 serial = "B1"
 [media]
-root = "$T/card"
+root = "$CARD"
 [cloud]
 endpoint = "http://127.0.0.1:9/files/"
 [conditions]
@@ -52,8 +55,7 @@ socket = "$T/ctl.sock"
 [state]
 dir = "$T/state"
 TOML
-files=$((DIRS * PER_DIR))
-find "$T/card" -type f >/dev/null   # warm the cache for all
+files=$(find "$CARD" -type f | wc -l) # and it warms the cache for all
 
 ms_of() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 
@@ -93,17 +95,22 @@ $(sed -E 's/.*write_ms=([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*queued=([0-9]+)
 $start ${watch:-0}"
 }
 
+cold() { [ -z "${COLD:-}" ] || eval "$COLD"; }
 for _ in $(seq 1 "$ROUNDS"); do
-  ms_of find "$T/card" -type f >>"$T/find"
-  ms_of find "$T/card" -type f -printf '%s %T@ %p\n' >>"$T/findstat"
-  if [ -n "${A:-}" ]; then daemon_scan "$A" >>"$T/scanA"; fi
+  cold
+  ms_of find "$CARD" -type f >>"$T/find"
+  cold
+  ms_of find "$CARD" -type f -printf '%s %T@ %p\n' >>"$T/findstat"
+  if [ -n "${A:-}" ]; then cold; daemon_scan "$A" >>"$T/scanA"; fi
+  cold
   daemon_scan "$B" >>"$T/scanB"
   # A second start: the queue is full, the scan finds nothing new (the restart case).
+  cold
   daemon_scan "$B" keep >>"$T/rescanB"
 done
 
 [ -z "${KEEP:-}" ] || echo "kept $T"
-python3 - "$T" "$files" "$DIRS" "${A:-}" "$B" <<'PY'
+python3 - "$T" "$files" "$(find "$CARD" -mindepth 2 -maxdepth 2 -type d | wc -l)" "${A:-}" "$B" <<'PY'
 import statistics, sys
 t, files, dirs, a, b = sys.argv[1:6]
 def col(name, i):

@@ -11,6 +11,7 @@
 #   CHECKSUM="on off" benches/upload.sh    # also with a receiver that does not offer checksums
 #   FREE_SPACE="off on" benches/upload.sh  # also with freeing space configured (length
 #       # verification): the daemon then records a digest of every chunk it sends
+#   CARD_DIR=/mnt/card benches/upload.sh   # the file on a mounted card (benches/card.sh)
 #   CAMBACKUP_BIN=path PERF_OUT=/tmp/p RUNS=1 CHUNKS=8 benches/upload.sh
 #       # another daemon binary (e.g. one built with debug line tables), and `perf record -g`
 #       # of the daemon during each upload to /tmp/p.CHUNK.CHECKSUM.data
@@ -40,12 +41,14 @@ RPID= DPID=
 cleanup() {
   [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true
   [ -n "$RPID" ] && kill "$RPID" 2>/dev/null && wait "$RPID" 2>/dev/null || true
+  [ -z "${CARD_DIR:-}" ] || rm -f "${FILE:-/nonexistent}"
   rm -rf "$T"
 }
 trap cleanup EXIT
 
 # A charging, on-Wi-Fi, cool camera (the files testkit/src/camera.rs writes).
-mkdir -p "$T/card/DCIM/100MEDIA" "$T/proc/net" "$T/run"
+CARD=${CARD_DIR:-$T/card}
+mkdir -p "$CARD/DCIM/100MEDIA" "$T/proc/net" "$T/run"
 mkdir -p "$T/sys/class/power_supply/AC" "$T/sys/class/power_supply/battery"
 echo Mains >"$T/sys/class/power_supply/AC/type"
 echo 1 >"$T/sys/class/power_supply/AC/online"
@@ -60,9 +63,9 @@ printf 'wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n' >>"$T/p
 printf 'wlan0\t0001A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0\n' >>"$T/proc/net/route"
 echo "0.10 0.05 0.01 1/123 4567" >"$T/proc/loadavg"
 
-FILE=$T/card/DCIM/100MEDIA/BIG_0001.MP4
+FILE=$CARD/DCIM/100MEDIA/BIG_0001.MP4
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$FILE"
-touch -d '1 hour ago' "$FILE"
+touch -d '1 hour ago' "$FILE" # both stamps: FUSE 2 drops a utimens of the mtime alone
 BYTES=$(stat -c %s "$FILE")
 cat "$FILE" >/dev/null # in the page cache for every run alike
 
@@ -107,7 +110,7 @@ chunk_size_mib = $chunk"
 type = "bench"
 serial = "B1"
 [media]
-root = "$T/card"
+root = "$CARD"
 settle_secs = 1
 $([ "$FS" = on ] && printf 'free_space_below_percent = 1\nfree_space_verify = "length"\n')
 [cloud]

@@ -28,6 +28,47 @@ use crate::store::{Checked, FoundFile};
 /// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 
+/// An inotify watch on the card's root alone, read without blocking at each look at the card.
+///
+/// A card unmounted and mounted again between two looks comes back with the same device
+/// number and root inode (a FUSE driver, or a kernel driver on the same block device), so the
+/// root's identity does not tell; its watches went with the old mount, and notify does not
+/// pass on the kernel's `IN_UNMOUNT`. This watch's queue keeps it (with `IN_IGNORED`) until
+/// read: the next look sees the card was away and watches and scans it anew.
+struct MountWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl MountWatch {
+    /// Watches `root`; `None` where inotify cannot (then only the identity tells).
+    fn new(root: &Path) -> Option<MountWatch> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
+        // SAFETY: inotify_init1 has no memory preconditions; a valid fd is owned from here.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // IN_UNMOUNT and IN_IGNORED come whatever the mask; the root removed or moved too.
+        let mask = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_ONLYDIR;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+        (wd >= 0).then_some(MountWatch { fd })
+    }
+
+    /// Whether the root was unmounted (or removed, or moved) since the watch was set.
+    fn gone(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 1024];
+        // SAFETY: reads at most `buf.len()` bytes into `buf`; non-blocking descriptor.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
+}
+
 /// A directory that appears while the daemon runs is walked at once and again after each of
 /// these: notify hands over its Create event before it adds the directory's own watch, so a
 /// file written into it in between is seen by neither the first walk nor inotify (found under
@@ -240,6 +281,7 @@ pub async fn run(app: Arc<App>) {
     let mut settler = Settler::new(settle);
     let mut watcher: Option<RecommendedWatcher> = None;
     let mut identity = None;
+    let mut mount_watch: Option<MountWatch> = None;
     let mut need_scan = true;
     let mut next_rescan = Instant::now();
     let mut next_presence = Instant::now();
@@ -256,11 +298,21 @@ pub async fn run(app: Arc<App>) {
         let now = Instant::now();
         if now >= next_presence {
             next_presence = now + PRESENCE_EVERY;
-            let id = root_identity(scan::CardRoot::of(&app.config().media), identity);
-            if id != identity {
+            let remounted = mount_watch.as_ref().is_some_and(MountWatch::gone);
+            if remounted {
+                tracing::info!("the card was unmounted since the last look");
+            }
+            let id = root_identity(
+                scan::CardRoot::of(&app.config().media),
+                identity.filter(|_| !remounted),
+            );
+            if id != identity || remounted {
                 identity = id;
                 watcher = None;
+                mount_watch = None;
                 if id.is_some() {
+                    // Before the tree's watches: an unmount during their walk is not missed.
+                    mount_watch = MountWatch::new(&root);
                     // A watch per directory of the card: a walk that blocks its caller, so off
                     // the runtime thread, which also answers the API. The scan starts after it,
                     // so a file written meanwhile is seen by one or the other.

@@ -1,7 +1,7 @@
 //! A real camera card for the tests: a FAT32 or exFAT image, formatted by the real tools and
 //! mounted through FUSE, so no kernel module is needed (issue 23).
 //!
-//! - FAT32: `mkfs.vfat` (dosfstools), mounted by Debian's `fusefat -o rw+ IMAGE DIR`.
+//! - FAT32: `mkfs.vfat` (dosfstools), mounted by Debian's `fusefat -s -o rw+ IMAGE DIR`.
 //! - exFAT: `mkfs.exfat` (exfatprogs) on the image, `losetup -f --show IMAGE`, then
 //!   `mount.exfat-fuse /dev/loopN DIR` (exfat-fuse refuses a plain file).
 //!
@@ -134,7 +134,9 @@ pub struct Card {
 
 impl Card {
     /// A new card of `size_mib` MiB, formatted (label `CAMERA`, a random serial), with
-    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB.
+    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB, and 300 MiB for 4 KiB
+    /// clusters (126 files per directory under fusefat: see `fat32_sectors_per_cluster`). The
+    /// image is sparse: its size costs the host's disk nothing until written.
     pub fn new(fs: Fs, size_mib: u64) -> Card {
         Card::with_label(fs, size_mib, "CAMERA")
     }
@@ -274,15 +276,11 @@ impl Card {
         let image = self.image.clone();
         match self.fs {
             Fs::Fat32 => {
+                let size = fs::metadata(&image).expect("stat the card image").len();
+                let serial = format!("{serial:08X}");
+                let spc = fat32_sectors_per_cluster(size).to_string();
                 run(Command::new("mkfs.vfat")
-                    .args([
-                        "-F",
-                        "32",
-                        "-n",
-                        &self.label,
-                        "-i",
-                        &format!("{serial:08X}"),
-                    ])
+                    .args(["-F", "32", "-n", &self.label, "-i", &serial, "-s", &spc])
                     .arg(&image));
             }
             Fs::Exfat => {
@@ -319,7 +317,9 @@ impl Card {
                 let mode = if options.read_only { "ro" } else { "rw+" };
                 fuse_opts.insert(0, mode.into());
                 let mut cmd = Command::new("fusefat");
-                cmd.arg("-o").arg(fuse_opts.join(","));
+                // `-s`, one thread: fusefat is not thread-safe, and two reads at once (the
+                // daemon's body and the test's check) got wrong bytes now and then.
+                cmd.arg("-s").arg("-o").arg(fuse_opts.join(","));
                 cmd.arg(&self.image).arg(dir);
                 (cmd, self.image.clone().into_os_string(), None)
             }
@@ -362,6 +362,19 @@ impl Card {
             .unwrap_or_else(|| panic!("no FUSE driver process for {source:?} on {dir:?}"));
         Mounted { pid, loop_dev }
     }
+}
+
+/// Sectors (of 512 bytes) per cluster for a FAT32 card of `bytes`: the largest the size allows,
+/// up to 64 (32 KiB, what SDHC cards are formatted with). fusefat cannot grow a directory past
+/// its first cluster, so a small cluster means few files per directory: 14 short names with 512
+/// bytes, 126 with 4 KiB. FAT32 needs at least 65,525 clusters.
+fn fat32_sectors_per_cluster(bytes: u64) -> u64 {
+    // Room for the reserved sectors and the two FATs.
+    let data = bytes - bytes / 64;
+    [64, 32, 16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|s| data / (512 * s) >= 65_600)
+        .unwrap_or(1)
 }
 
 impl Drop for Card {
