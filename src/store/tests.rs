@@ -977,6 +977,10 @@ fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
         s.conn()
             .execute_batch(
                 "DROP TABLE cellular_use;
+                 ALTER TABLE items DROP COLUMN fingerprint;
+                 ALTER TABLE items DROP COLUMN card;
+                 ALTER TABLE history DROP COLUMN card;
+                 DROP TABLE sent_contents;
                  INSERT INTO kv (key, value) VALUES ('cellular.day', '20000'),
                    ('cellular.bytes', '1234');
                  PRAGMA user_version = 6;",
