@@ -1507,15 +1507,23 @@ impl Store {
     /// from `day` on), and what is sent now is added to each of those later days as well, so
     /// going forward to them again finds it. A count more than [`CELLULAR_DAYS_AHEAD`] days
     /// ahead is more than a time-zone change explains: a clock that was days or years ahead
-    /// and was set right. Its bytes were sent before now, so they are added to today's count,
-    /// and the row goes, so that it does not hold back the days until the clock reaches it.
+    /// and was set right. The latest such day's bytes may have been sent today, so they are
+    /// added to today's count (the earlier far days' were sent on earlier real days, and are
+    /// not), and the rows go, so that they do not hold back the days until the clock reaches
+    /// them.
     pub fn add_cellular_use(&self, day: i64, bytes: u64) -> Result<u64> {
         self.tx(|tx| {
-            let ahead: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(bytes), 0) FROM cellular_use WHERE day > ?1",
-                [day + CELLULAR_DAYS_AHEAD],
-                |r| r.get(0),
-            )?;
+            // Only the latest far day's count: each far day counted what was sent while the
+            // clock showed it, and only the last of them can have been today; the others were
+            // sent on earlier real days (their sum would block today for bytes it never sent).
+            let ahead: i64 = tx
+                .query_row(
+                    "SELECT bytes FROM cellular_use WHERE day > ?1 ORDER BY day DESC LIMIT 1",
+                    [day + CELLULAR_DAYS_AHEAD],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
             let add = bytes.min(i64::MAX as u64) as i64;
             if ahead > 0 || add > 0 {
                 tx.execute(

@@ -969,6 +969,31 @@ fn the_cellular_count_is_never_forgotten_when_the_day_goes_back() {
     assert_eq!((rows, first), (32, t + 8));
 }
 
+/// A clock a year ahead for a week, then set right: of what the far days counted, only the
+/// last one's bytes can have been sent "today"; the week's sum charged to today would block
+/// a day that sent nothing like it.
+#[test]
+fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_weeks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let d = 20_000;
+    assert_eq!(s.add_cellular_use(d, 100).unwrap(), 100);
+    for day in d + 365..d + 372 {
+        assert_eq!(s.add_cellular_use(day, 1000).unwrap(), 1000, "day {day}");
+    }
+    assert_eq!(s.add_cellular_use(d, 0).unwrap(), 1100);
+    assert_eq!(s.add_cellular_use(d, 5).unwrap(), 1105);
+    let far: i64 = s
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM cellular_use WHERE day > ?1",
+            [d + 2],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(far, 0, "the far days no longer hold the days after today back");
+}
+
 #[test]
 fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
     let dir = tempfile::tempdir().unwrap();
