@@ -83,6 +83,13 @@ pub enum CredentialsError {
     Invalid { path: PathBuf, message: String },
 }
 
+impl CredentialsError {
+    /// The state directory's file system is full (a pairing is then refused with 507).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, CredentialsError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
     move |source| CredentialsError::Io {
         path: path.to_path_buf(),
@@ -110,6 +117,7 @@ pub fn load(dir: &Path) -> Result<Option<Account>, CredentialsError> {
 }
 
 /// Stores the account atomically (temp file 0600, fsync, rename), replacing any earlier one.
+/// On failure (a full disk) the earlier account is as it was, and no temp file is left.
 pub fn save(dir: &Path, account: &Account) -> Result<(), CredentialsError> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
@@ -119,17 +127,28 @@ pub fn save(dir: &Path, account: &Account) -> Result<(), CredentialsError> {
         region: account.region.clone(),
     })
     .expect("plain strings serialize");
-    // Erase the old file's bytes first: a rename would leave them in a freed block.
-    erase(dir)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(&body).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()
+    };
+    // The new file first: on a full disk this fails and the earlier account stays paired
+    // (erased first, it would be lost with the pairing refused).
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    // Then the old file's bytes (best effort): the rename would leave them in a freed block.
+    if let Ok(m) = std::fs::metadata(&path) {
+        if let Err(e) = zero_fill(&path, m.len()) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot overwrite the earlier account file before replacing it");
+        }
+    }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     sync_dir(dir);
     Ok(())

@@ -42,14 +42,20 @@ impl AppError {
     /// A grant (consent on, resume, a wider setting, pairing) that cannot be saved for lack
     /// of space is refused, naming what to do; a withdrawal never is.
     pub(super) fn no_room(what: &str, e: &store::StoreError) -> AppError {
-        if !e.is_disk_full() {
+        AppError::no_room_if(e.is_disk_full(), what, e)
+    }
+
+    /// [`AppError::no_room`] for any error: 507 `state_dir_full` when `full`, else 500.
+    pub(super) fn no_room_if(full: bool, what: &str, e: &dyn std::fmt::Display) -> AppError {
+        if !full {
             return AppError::internal(e);
         }
         AppError {
             kind: ErrorKind::InsufficientStorage,
             code: "state_dir_full",
             message: format!(
-                "{what} cannot be saved: the camera's state storage is full ({e}); free some                  space and try again (switching things off still works)"
+                "{what} cannot be saved: the camera's state storage is full ({e}); free some \
+                 space and try again (switching things off still works)"
             ),
         }
     }

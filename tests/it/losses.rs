@@ -557,3 +557,35 @@ async fn a_cancel_after_a_torn_ledger_line_holds_when_the_database_is_lost() {
     );
     assert!(rig.rx.completed(&rel).is_none());
 }
+
+/// Pairing is a grant: on a full disk it is refused with 507 `state_dir_full` (it answered
+/// 500), and the account paired before stays paired, across a restart too.
+#[tokio::test]
+async fn pairing_on_a_full_state_disk_answers_507_and_keeps_the_earlier_account() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    let (code, answer) = rig
+        .daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": "another-user", "token": "another-token"})),
+        )
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
+    assert_eq!(account["user_id"], "user-42", "{account}");
+    rig.daemon.restart().await;
+    let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
+    assert_eq!(account["user_id"], "user-42", "{account}");
+    assert_ne!(rig.status().await["state"], "unpaired");
+    drop(fillers);
+}
