@@ -12,11 +12,11 @@
 //!   (freeing space found a 404: it is sent again). A torn last line (power cut or full disk
 //!   mid-append) is skipped on reading, and mended (cut back to the last whole line) at start
 //!   and before the next append, so that line is not glued to it and lost too.
-//! - the choices file holds the user's settings and pause, replaced atomically (temp file,
-//!   fsync, rename) on every change. A withdrawal the full disk has no room for is written
-//!   over the file in place, or else the file is emptied: an empty or damaged file means "no
-//!   record", which allows nothing (consent off, paused, freeing off), never the database's
-//!   older copy.
+//! - the choices file holds the user's settings and pause, and the app's "this Wi-Fi is
+//!   metered", replaced atomically (temp file, fsync, rename) on every change. A withdrawal
+//!   the full disk has no room for is written over the file in place, or else the file is
+//!   emptied: an empty or damaged file means "no record", which allows nothing (consent off,
+//!   paused, freeing off, the Wi-Fi metered), never the database's older copy.
 //!
 //! Invariants: a line is appended only after the database committed the same fact, and
 //! synced before the caller goes on; reading never fails on a damaged line; the ledger is
@@ -249,6 +249,17 @@ pub fn rewrite(dir: &Path, entries: impl Iterator<Item = Entry>) -> std::io::Res
 pub struct Choices {
     pub settings: Settings,
     pub paused: bool,
+    /// The app's answer to "is this Wi-Fi metered" (`PUT /v1/network`): `Some(None)` the
+    /// daemon decides, `Some(Some(m))` the app's word. Kept here with the other choices,
+    /// because "metered" narrows what may be sent and must hold like a withdrawal. `None`
+    /// only in a file an earlier release wrote (it kept the answer in the database).
+    #[serde(default, deserialize_with = "recorded")]
+    pub metered: Option<Option<bool>>,
+}
+
+/// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
+fn recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
 }
 
 /// What the choices file holds.

@@ -810,6 +810,7 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
             ..Settings::default()
         },
         paused: false,
+        metered: Some(None),
     };
     {
         let s = Store::open(dir.path()).unwrap();
@@ -827,6 +828,7 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
     assert!(c.paused);
     assert_eq!(c.settings.free_space, crate::settings::FreeSpace::Off);
     assert_eq!(c.settings.network, crate::settings::NetworkPref::Wifi);
+    assert_eq!(c.metered, Some(Some(true)), "the Wi-Fi is not taken for metered");
     // A damaged file, or a lost one where there was one, reads the same.
     std::fs::write(
         dir.path().join(ledger::CHOICES_FILE),
@@ -854,11 +856,13 @@ fn a_withdrawal_is_written_over_the_choices_file_in_place_when_a_new_file_cannot
             ..Settings::default()
         },
         paused: false,
+        metered: Some(None),
     })
     .unwrap();
     let off = ledger::Choices {
         settings: Settings::default(),
         paused: true,
+        metered: Some(Some(true)),
     };
     ledger::overwrite_choices(dir.path(), &off).unwrap();
     assert_eq!(

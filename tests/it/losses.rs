@@ -589,3 +589,50 @@ async fn pairing_on_a_full_state_disk_answers_507_and_keeps_the_earlier_account(
     assert_ne!(rig.status().await["state"], "unpaired");
     drop(fillers);
 }
+
+/// The app's "this Wi-Fi is metered" narrows what may be sent: on a full state disk it answered
+/// 200 but lived only in the database, so after a restart on the still-full disk a metered
+/// hotspot was taken for unmetered again.
+#[tokio::test]
+async fn the_wifi_the_app_calls_metered_stays_metered_across_a_restart_on_a_full_state_disk() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": true})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(rig.status().await["uplink"]["metered_override"], true);
+    fillers.push(fs.fill_as("filler-3"));
+    rig.daemon.restart().await;
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_override"], true, "{s:#}");
+    // Room again: kept with the other choices, and "you decide" may be said again.
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    eventually(T, "the choices saved", || async {
+        !attention_has(&rig.status().await, "state_dir_full")
+    })
+    .await;
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["metered"], true, "{saved}");
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": null})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    rig.daemon.restart().await;
+    assert_eq!(
+        rig.status().await["uplink"]["metered_override"],
+        serde_json::Value::Null
+    );
+}
