@@ -361,14 +361,46 @@ impl App {
             self.save_withdrawal();
         } else {
             let c = self.choices_with(|c| c.settings = new.clone());
-            self.store
-                .save_choices(&c)
-                .map_err(|e| AppError::no_room("the change of settings", &e))?;
+            if let Err(e) = self.store.save_choices(&c) {
+                return Err(self.withdraw_part_of(&old, &new, &e));
+            }
             self.live().settings = new.clone();
             self.choices_saved();
             self.settings_changed(&old, &new);
         }
         Ok(new)
+    }
+
+    /// A change that widens could not be saved: refused, but the part of it that narrows
+    /// (`{"auto_upload": false, "network": "any"}`: consent off) is a withdrawal, and takes
+    /// effect whatever the disk says. Answers 507 naming the fields not applied (500 for
+    /// another failure, which applies nothing).
+    fn withdraw_part_of(&self, old: &Settings, new: &Settings, e: &store::StoreError) -> AppError {
+        let refused = AppError::no_room("the change of settings", e);
+        if !e.is_disk_full() {
+            return refused;
+        }
+        let part = old.withdrawn_part(new);
+        if part != *old {
+            self.live().settings = part.clone();
+            self.settings_changed(old, &part);
+            self.save_withdrawal();
+        }
+        let mut refused = refused;
+        refused.message = format!(
+            "{}. Not applied: {}{}",
+            refused.message,
+            part.differing_fields(new).join(", "),
+            if part != *old {
+                format!(
+                    "; applied (they allow less): {}",
+                    old.differing_fields(&part).join(", ")
+                )
+            } else {
+                String::new()
+            }
+        );
+        refused
     }
 
     /// Enforces a change of settings already in force: stops what may no longer run, wakes

@@ -636,3 +636,40 @@ async fn the_wifi_the_app_calls_metered_stays_metered_across_a_restart_on_a_full
         serde_json::Value::Null
     );
 }
+
+/// A change that both withdraws and widens, on a full disk: the widening part cannot be saved
+/// and is refused (507), but the withdrawal in it must take effect: consent went on before.
+#[tokio::test]
+async fn a_change_that_withdraws_and_widens_on_a_full_disk_applies_the_withdrawal_and_says_507() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let (mut rig, _rel) = uploading_a_big_video(cam).await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    let t0 = std::time::Instant::now();
+    let (code, answer) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"auto_upload": false, "network": "any"})),
+        )
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Not applied: network"), "{message}");
+    crate::common::assert_stops_within_2s(&rig, t0).await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "{settings}");
+    assert_eq!(settings["network"], "wifi", "the grant was applied: {settings}");
+    // The disk still full at the restart: the withdrawal holds.
+    rig.daemon.restart().await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "{settings}");
+    assert_eq!(settings["network"], "wifi", "{settings}");
+    drop(fillers);
+}
