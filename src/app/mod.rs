@@ -79,6 +79,9 @@ struct Live {
     unreadable_on_card: u64,
     /// Bytes sent over cellular today (local day), as last counted.
     cellular_bytes_today: u64,
+    /// The count the store last recorded: `cellular_bytes_today` but for bytes a full disk
+    /// kept from being recorded (they wait in the throttle).
+    cellular_recorded: u64,
     /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
     /// certificate could be verified).
     clock_set: bool,
@@ -233,6 +236,7 @@ impl App {
                 server_not_before,
                 clock_set: crate::clock::is_set(),
                 cellular_bytes_today: 0,
+                cellular_recorded: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
             free_kick: Notify::new(),
@@ -868,7 +872,7 @@ impl App {
     /// clock or time-zone change back to an earlier date keeps what was sent, see
     /// [`crate::store::Store::add_cellular_use`]), and returns what counts against today.
     /// Called by the conditions loop at each reading. Bytes the store could not take (a full
-    /// state disk) count until the next reading only.
+    /// state disk) go back to the throttle and are recorded by the next write that succeeds.
     pub fn count_cellular_use(&self) -> u64 {
         // A clock not yet set (a camera without an RTC battery boots at 1970) names no day:
         // counted there, today's bytes would be moved to 1970, and the day the clock is set
@@ -882,14 +886,19 @@ impl App {
         let sent = self.client.throttle().take_counted();
         match self.store.add_cellular_use(local.day, sent) {
             Ok(total) => {
-                self.live().cellular_bytes_today = total;
+                let mut live = self.live();
+                (live.cellular_bytes_today, live.cellular_recorded) = (total, total);
                 total
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the cellular data used");
                 self.store_failed(&e);
+                // Given back, so the next write that succeeds records them (kept here only,
+                // they would be gone once it did, and the day's budget fresh for them).
+                // Meanwhile they count on top of the last count recorded.
+                self.client.throttle().give_back_counted(sent);
                 let mut live = self.live();
-                live.cellular_bytes_today = live.cellular_bytes_today.saturating_add(sent);
+                live.cellular_bytes_today = live.cellular_recorded.saturating_add(sent);
                 live.cellular_bytes_today
             }
         }

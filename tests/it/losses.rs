@@ -673,3 +673,64 @@ async fn a_change_that_withdraws_and_widens_on_a_full_disk_applies_the_withdrawa
     assert_eq!(settings["network"], "wifi", "{settings}");
     drop(fillers);
 }
+
+/// The data plan's count on a full state disk: the bytes sent over cellular while the count
+/// could not be written were held in memory only, and the first write once there was room put
+/// the stored count (without them) in force: the day's budget was fresh again for bytes sent.
+#[tokio::test]
+async fn bytes_sent_over_cellular_while_the_state_disk_was_full_still_count_once_it_has_room() {
+    const MIB: u64 = 1 << 20;
+    let received = |rx: &Receiver| -> u64 {
+        rx.requests_with_method("PATCH")
+            .iter()
+            .map(|r| r.body_len)
+            .sum()
+    };
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    cam.set_interface("wwan0", true, false);
+    cam.set_default_route("wwan0");
+    let video = cam.photo("VID_0100.MP4", BIG);
+    cam.age_media(&video, Duration::from_secs(600));
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    let mut rig = Rig::start_with(cam, rx).await;
+    rig.pair().await;
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"network": "any", "cellular_daily_mib": 3, "max_rate_kib_per_sec": 512,
+                        "auto_upload": true})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(T, "1 MiB over cellular", || async { received(&rig.rx) >= MIB }).await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    eventually(T, "the budget used", || async {
+        rig.status().await["blocked_by"] == json!(["data_budget_used"])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = received(&rig.rx);
+    assert!(
+        sent <= 3 * MIB + 128 * 1024,
+        "{sent} bytes over cellular under a budget of 3 MiB"
+    );
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    // Room again: the count is written, with the bytes sent meanwhile; no fresh budget.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = rig.status().await;
+    assert_eq!(s["blocked_by"], json!(["data_budget_used"]), "{s:#}");
+    assert_eq!(received(&rig.rx), sent, "bytes over cellular past the budget");
+    rig.daemon.restart().await;
+    let s = rig.status().await;
+    let counted = s["cellular_bytes_today"].as_u64().unwrap();
+    assert!(counted >= sent.min(3 * MIB), "{counted} counted of {sent} sent: {s:#}");
+}
