@@ -860,7 +860,10 @@ mod tests {
             .collect();
         let mut cli = setting_names().to_vec();
         cli.sort();
-        assert_eq!(cli, names, "the CLI's settings and the settings type differ");
+        assert_eq!(
+            cli, names,
+            "the CLI's settings and the settings type differ"
+        );
         // Sample values other than the defaults too, where the default is empty or zero.
         let samples: &[(&str, &str)] = &[
             ("schedule", "01:00-07:00"),
@@ -870,7 +873,9 @@ mod tests {
             ("free_space", "when_low"),
             ("network", "any"),
         ];
-        let typed = names.iter().map(|&n| (n, render::setting_value(&values[n])));
+        let typed = names
+            .iter()
+            .map(|&n| (n, render::setting_value(&values[n])));
         let more = samples.iter().map(|&(n, v)| (n, v.to_string()));
         for (name, typed) in typed.chain(more) {
             let value = parse_setting(name, &typed)

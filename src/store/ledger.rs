@@ -429,7 +429,11 @@ mod tests {
         let text = std::fs::read(&path).unwrap();
         let mut whole = newer.to_vec();
         whole.push(b'\n');
-        assert!(text.starts_with(&whole), "{}", String::from_utf8_lossy(&text));
+        assert!(
+            text.starts_with(&whole),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
         let (known, lines) = replay(dir.path());
         assert_eq!(lines, 2);
         assert!(known[&("B.JPG".to_string(), 10, 1)].done);

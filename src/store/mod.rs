@@ -1458,7 +1458,10 @@ impl Store {
             .set_kv("settings", Some(&json))
             .and_then(|()| self.set_kv("paused", c.paused.then_some("1")))
             .and_then(|()| {
-                let m = c.metered.flatten().map(|m| if m { "true" } else { "false" });
+                let m = c
+                    .metered
+                    .flatten()
+                    .map(|m| if m { "true" } else { "false" });
                 self.set_kv(METERED_KEY, m)
             })
             .and_then(|()| self.set_kv(CHOICES_FILE_KEY, Some("1")));

@@ -828,7 +828,11 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
     assert!(c.paused);
     assert_eq!(c.settings.free_space, crate::settings::FreeSpace::Off);
     assert_eq!(c.settings.network, crate::settings::NetworkPref::Wifi);
-    assert_eq!(c.metered, Some(Some(true)), "the Wi-Fi is not taken for metered");
+    assert_eq!(
+        c.metered,
+        Some(Some(true)),
+        "the Wi-Fi is not taken for metered"
+    );
     // A damaged file, or a lost one where there was one, reads the same.
     std::fs::write(
         dir.path().join(ledger::CHOICES_FILE),
@@ -995,7 +999,10 @@ fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_week
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(far, 0, "the far days no longer hold the days after today back");
+    assert_eq!(
+        far, 0,
+        "the far days no longer hold the days after today back"
+    );
 }
 
 #[test]

@@ -665,7 +665,10 @@ async fn a_change_that_withdraws_and_widens_on_a_full_disk_applies_the_withdrawa
     crate::common::assert_stops_within_2s(&rig, t0).await;
     let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
     assert_eq!(settings["auto_upload"], false, "{settings}");
-    assert_eq!(settings["network"], "wifi", "the grant was applied: {settings}");
+    assert_eq!(
+        settings["network"], "wifi",
+        "the grant was applied: {settings}"
+    );
     // The disk still full at the restart: the withdrawal holds.
     rig.daemon.restart().await;
     let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
@@ -703,12 +706,17 @@ async fn bytes_sent_over_cellular_while_the_state_disk_was_full_still_count_once
         .api(
             "PATCH",
             "/v1/settings",
-            Some(json!({"network": "any", "cellular_daily_mib": 3, "max_rate_kib_per_sec": 512,
-                        "auto_upload": true})),
+            Some(
+                json!({"network": "any", "cellular_daily_mib": 3, "max_rate_kib_per_sec": 512,
+                        "auto_upload": true}),
+            ),
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    eventually(T, "1 MiB over cellular", || async { received(&rig.rx) >= MIB }).await;
+    eventually(T, "1 MiB over cellular", || async {
+        received(&rig.rx) >= MIB
+    })
+    .await;
     let mut fillers = full_for_good(&rig, &fs).await;
     fillers.push(fs.fill_as("filler-3"));
     eventually(T, "the budget used", || async {
@@ -728,9 +736,16 @@ async fn bytes_sent_over_cellular_while_the_state_disk_was_full_still_count_once
     tokio::time::sleep(Duration::from_secs(6)).await;
     let s = rig.status().await;
     assert_eq!(s["blocked_by"], json!(["data_budget_used"]), "{s:#}");
-    assert_eq!(received(&rig.rx), sent, "bytes over cellular past the budget");
+    assert_eq!(
+        received(&rig.rx),
+        sent,
+        "bytes over cellular past the budget"
+    );
     rig.daemon.restart().await;
     let s = rig.status().await;
     let counted = s["cellular_bytes_today"].as_u64().unwrap();
-    assert!(counted >= sent.min(3 * MIB), "{counted} counted of {sent} sent: {s:#}");
+    assert!(
+        counted >= sent.min(3 * MIB),
+        "{counted} counted of {sent} sent: {s:#}"
+    );
 }
