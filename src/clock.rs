@@ -57,7 +57,9 @@ pub struct Local {
 }
 
 /// `unix` in local time; `None` if the C library cannot say. Follows a change of the time
-/// zone while the daemon runs (the firmware replacing `/etc/localtime`).
+/// zone while the daemon runs (the firmware replacing `/etc/localtime`) on glibc with `TZ`
+/// unset only: with `TZ` set the zone is `TZ`'s, and musl reads the zone once per process
+/// (docs/deploying.md says a restart is then needed).
 pub fn local(unix: i64) -> Option<Local> {
     // SAFETY: tzset and localtime_r take the C library's time-zone lock; localtime_r only
     // writes the `tm` we own. Why tzset: localtime_r reads the zone once per process (glibc),

@@ -83,6 +83,13 @@ pub enum CredentialsError {
     Invalid { path: PathBuf, message: String },
 }
 
+impl CredentialsError {
+    /// The state directory's file system is full (a pairing is then refused with 507).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, CredentialsError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
     move |source| CredentialsError::Io {
         path: path.to_path_buf(),
@@ -110,6 +117,7 @@ pub fn load(dir: &Path) -> Result<Option<Account>, CredentialsError> {
 }
 
 /// Stores the account atomically (temp file 0600, fsync, rename), replacing any earlier one.
+/// On failure (a full disk) the earlier account is as it was, and no temp file is left.
 pub fn save(dir: &Path, account: &Account) -> Result<(), CredentialsError> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!("{FILE}.tmp"));
@@ -119,23 +127,39 @@ pub fn save(dir: &Path, account: &Account) -> Result<(), CredentialsError> {
         region: account.region.clone(),
     })
     .expect("plain strings serialize");
-    // Erase the old file's bytes first: a rename would leave them in a freed block.
-    erase(dir)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(&body).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()
+    };
+    // The new file first: on a full disk this fails and the earlier account stays paired
+    // (erased first, it would be lost with the pairing refused).
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    // Then the old file's bytes (best effort): the rename would leave them in a freed block.
+    if let Ok(m) = std::fs::metadata(&path) {
+        if let Err(e) = zero_fill(&path, m.len()) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot overwrite the earlier account file before replacing it");
+        }
+    }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     sync_dir(dir);
     Ok(())
 }
 
 /// Overwrites the credentials file with zeros, syncs, and unlinks it. Not paired afterwards.
+///
+/// The overwrite is best effort, the unlink is not: on a copy-on-write or log-structured file
+/// system (UBIFS, f2fs, btrfs) writing over a file needs free blocks, so on a full disk the
+/// overwrite fails; the file must go all the same, or the next start finds the camera paired
+/// again. Removing a file needs no free space.
 pub fn erase(dir: &Path) -> Result<(), CredentialsError> {
     for name in [FILE.to_string(), format!("{FILE}.tmp")] {
         let path = dir.join(name);
@@ -144,16 +168,24 @@ pub fn erase(dir: &Path) -> Result<(), CredentialsError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io(&path)(e)),
         };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(&vec![0u8; len as usize]).map_err(io(&path))?;
-        f.sync_all().map_err(io(&path))?;
-        std::fs::remove_file(&path).map_err(io(&path))?;
+        if let Err(e) = zero_fill(&path, len) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot overwrite the account file before removing it (a full disk?): removing it all the same");
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
     }
     sync_dir(dir);
     Ok(())
+}
+
+/// Writes `len` zeros over the file at `path` and syncs them.
+fn zero_fill(path: &Path, len: u64) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(&vec![0u8; len as usize])?;
+    f.sync_all()
 }
 
 fn sync_dir(dir: &Path) {
@@ -189,6 +221,47 @@ mod tests {
             let bytes = std::fs::read(e.unwrap().path()).unwrap();
             assert!(!bytes.windows(13).any(|w| w == b"tok-SECRET-42"));
         }
+    }
+
+    /// On a copy-on-write or log-structured flash file system, writing zeros over the file
+    /// needs free blocks. A tmpfs gives the same failure for a sparse file: filling its holes
+    /// needs pages a full tmpfs does not have. The file must go all the same.
+    #[test]
+    fn erasing_removes_the_file_even_when_the_disk_has_no_room_to_overwrite_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join(FILE);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(128 << 10)
+            .unwrap();
+        let mut filler = std::fs::File::create(dir.path().join("filler")).unwrap();
+        while filler.write_all(&[1u8; 4096]).is_ok() {}
+        assert!(
+            zero_fill(&path, 128 << 10).is_err(),
+            "the test needs an overwrite that fails"
+        );
+        erase(dir.path()).unwrap();
+        assert!(!path.exists(), "the account file is still there");
+        assert_eq!(load(dir.path()).unwrap(), None);
     }
 
     #[test]

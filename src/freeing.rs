@@ -593,7 +593,10 @@ fn delete_file(
         return match at_dir::regular_file(&dir, &name) {
             // Gone from its name (or another file took it since): deleted.
             Ok(None) => gone(),
-            Ok(Some(now)) if now.ino != seen.ino => gone(),
+            // Another version under its name: deleted. A new inode alone proves nothing: FAT
+            // and exFAT renumber inodes (a remount during the command), so the same size and
+            // mtime is the same file, still there.
+            Ok(Some(now)) if !now.same_version(&seen) => gone(),
             Ok(Some(_)) => Err(why),
             // Not to be told now (the card pulled): the note of the deletion settles it later.
             Err(e) => Err(format!("{why}; then {}", at(e))),
@@ -1076,6 +1079,19 @@ mod tests {
             "{err}"
         );
         assert!(path.exists());
+        // Failed, and the file is there under a new inode with its size and mtime (as after
+        // a FAT or exFAT remount, which renumbers inodes): kept, not recorded as freed.
+        std::fs::write(
+            &cmd,
+            "#!/bin/sh\ncp -p -- \"$1\" \"$1.t\" && mv -- \"$1.t\" \"$1\"\nexit 3\n",
+        )
+        .unwrap();
+        let seen = seen_of(&path);
+        let err = delete_file(root, &path, seen, Some(&cmd), &CancellationToken::new());
+        assert!(err.is_err(), "recorded as freed, yet it is on the card");
+        let now = seen_of(&path);
+        assert_ne!(now.ino, seen.ino, "the test needs a new inode");
+        assert!(now.same_version(&seen));
     }
 
     #[test]

@@ -307,6 +307,52 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The part of `new` that only withdraws: field by field, `new`'s value where it allows
+    /// no more than this one's, else this one's. What a change that both narrows and widens
+    /// puts in force when the disk has no room to save it: the withdrawal holds whatever the
+    /// disk says, the grant is refused.
+    pub fn withdrawn_part(&self, new: &Settings) -> Settings {
+        let mut out = self.clone();
+        macro_rules! narrower {
+            ($($field:ident),*) => {$(
+                let mut one = self.clone();
+                one.$field = new.$field.clone();
+                if self.only_withdraws(&one) {
+                    out.$field = one.$field;
+                }
+            )*};
+        }
+        narrower!(
+            auto_upload,
+            network,
+            require_charging,
+            require_idle,
+            data_types,
+            max_rate_kib_per_sec,
+            schedule,
+            cellular_daily_mib,
+            free_space
+        );
+        out
+    }
+
+    /// The names of the fields whose values differ between `self` and `other`.
+    pub fn differing_fields(&self, other: &Settings) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).expect("settings serialize"),
+            serde_json::to_value(other).expect("settings serialize"),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return Vec::new();
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 /// How many networks a preference allows: Wi-Fi only < anything unmetered < any.
 fn network_rank(n: NetworkPref) -> u8 {
     match n {
@@ -324,6 +370,67 @@ fn in_hours(schedule: &[Window], minute: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change that both narrows and widens: the narrowing fields are the withdrawal, the
+    /// widening ones are left as they were; a destructuring names every field, so a new
+    /// setting cannot be forgotten here.
+    #[test]
+    fn the_withdrawn_part_of_a_change_takes_each_narrower_field_and_leaves_the_wider() {
+        let old = Settings {
+            auto_upload: true,
+            network: NetworkPref::Unmetered,
+            require_charging: false,
+            require_idle: true,
+            data_types: vec![Kind::Photo, Kind::Video],
+            max_rate_kib_per_sec: 100,
+            schedule: vec![Window::parse("01:00-07:00").unwrap()],
+            cellular_daily_mib: 10,
+            free_space: FreeSpace::WhenLow,
+        };
+        let new = Settings {
+            auto_upload: false,
+            network: NetworkPref::Any,
+            require_charging: true,
+            require_idle: false,
+            data_types: vec![Kind::Photo],
+            max_rate_kib_per_sec: 0,
+            schedule: vec![Window::parse("02:00-03:00").unwrap()],
+            cellular_daily_mib: 20,
+            free_space: FreeSpace::Off,
+        };
+        let Settings {
+            auto_upload,
+            network,
+            require_charging,
+            require_idle,
+            data_types,
+            max_rate_kib_per_sec,
+            schedule,
+            cellular_daily_mib,
+            free_space,
+        } = old.withdrawn_part(&new);
+        assert!(!auto_upload);
+        assert_eq!(network, NetworkPref::Unmetered, "wider: kept");
+        assert!(require_charging);
+        assert!(require_idle, "wider: kept");
+        assert_eq!(data_types, [Kind::Photo]);
+        assert_eq!(max_rate_kib_per_sec, 100, "no limit is wider: kept");
+        assert_eq!(schedule, new.schedule);
+        assert_eq!(cellular_daily_mib, 10, "wider: kept");
+        assert_eq!(free_space, FreeSpace::Off);
+        let part = old.withdrawn_part(&new);
+        assert!(old.only_withdraws(&part));
+        assert_eq!(
+            part.differing_fields(&new),
+            [
+                "cellular_daily_mib",
+                "max_rate_kib_per_sec",
+                "network",
+                "require_idle"
+            ]
+        );
+        assert_eq!(old.withdrawn_part(&old), old);
+    }
 
     #[test]
     fn patch_changes_only_named_fields() {

@@ -111,9 +111,20 @@ impl App {
         };
         // Until the old account's upload URLs are forgotten below, and the new token is in.
         let _hold = self.hold_freeing("the user paired");
-        credentials::save(&self.config.state.dir, &account).map_err(AppError::internal)?;
-        self.store.set_kv(AccountStatus::KEY, None)?;
-        self.store.set_kv(PAIRED_KEY, Some("1"))?;
+        // Pairing is a grant: refused for lack of space (507), like consent on, before
+        // anything changed. (An earlier account's "refused" state may go first: it is found
+        // again at its next upload.)
+        self.store
+            .set_kv(AccountStatus::KEY, None)
+            .map_err(|e| AppError::no_room("pairing", &e))?;
+        credentials::save(&self.config.state.dir, &account)
+            .map_err(|e| AppError::no_room_if(e.is_disk_full(), "pairing", &e))?;
+        // Paired now. The mark only lets a start finish an unpairing cut short: not worth
+        // refusing a pairing already saved.
+        if let Err(e) = self.store.set_kv(PAIRED_KEY, Some("1")) {
+            tracing::warn!(error = %e, "cannot mark the device as paired");
+            self.store_failed(&e);
+        }
         let switched = {
             let mut live = self.live();
             let switched = live

@@ -42,14 +42,20 @@ impl AppError {
     /// A grant (consent on, resume, a wider setting, pairing) that cannot be saved for lack
     /// of space is refused, naming what to do; a withdrawal never is.
     pub(super) fn no_room(what: &str, e: &store::StoreError) -> AppError {
-        if !e.is_disk_full() {
+        AppError::no_room_if(e.is_disk_full(), what, e)
+    }
+
+    /// [`AppError::no_room`] for any error: 507 `state_dir_full` when `full`, else 500.
+    pub(super) fn no_room_if(full: bool, what: &str, e: &dyn std::fmt::Display) -> AppError {
+        if !full {
             return AppError::internal(e);
         }
         AppError {
             kind: ErrorKind::InsufficientStorage,
             code: "state_dir_full",
             message: format!(
-                "{what} cannot be saved: the camera's state storage is full ({e}); free some                  space and try again (switching things off still works)"
+                "{what} cannot be saved: the camera's state storage is full ({e}); free some \
+                 space and try again (switching things off still works)"
             ),
         }
     }
@@ -73,7 +79,33 @@ impl From<store::StoreError> for AppError {
             e @ store::StoreError::WrongState { .. } => {
                 AppError::conflict("wrong_state", e.to_string())
             }
+            // Whatever asked for it (a manual upload, a retry): a full state disk is 507
+            // `state_dir_full`, which the user can act on, never a bare 500.
+            e if e.is_disk_full() => AppError::no_room("the request", &e),
             e => AppError::internal(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_state_disk_is_507_state_dir_full_whatever_asked() {
+        let full = store::StoreError::Io {
+            path: "/var/lib/cambackup/cambackup.db".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let e = AppError::from(full);
+        assert_eq!(
+            (e.kind, e.code),
+            (ErrorKind::InsufficientStorage, "state_dir_full")
+        );
+        let other = store::StoreError::Io {
+            path: "/var/lib/cambackup/cambackup.db".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(AppError::from(other).kind, ErrorKind::Internal);
     }
 }

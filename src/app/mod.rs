@@ -75,12 +75,13 @@ struct Live {
     /// An unpairing erased the account file, but not yet the rest of the account's data (a
     /// full disk): finished by the same retry.
     unpair_unfinished: bool,
-    /// The app's "the Wi-Fi is metered" is in force but not saved yet (a full disk).
-    metered_unsaved: bool,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
     /// Bytes sent over cellular today (local day), as last counted.
     cellular_bytes_today: u64,
+    /// The count the store last recorded: `cellular_bytes_today` but for bytes a full disk
+    /// kept from being recorded (they wait in the throttle).
+    cellular_recorded: u64,
     /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
     /// certificate could be verified).
     clock_set: bool,
@@ -120,9 +121,6 @@ const RESAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where the server's last Retry-After (as a unix second) is kept across restarts.
 const SERVER_NOT_BEFORE_KEY: &str = "server.not_before";
-
-/// Where the app's `PUT /v1/network` answer is kept across restarts.
-const METERED_KEY: &str = "network.metered";
 
 impl App {
     /// Builds the state from the config, the opened store and the credentials file.
@@ -206,11 +204,7 @@ impl App {
             }
         }
         let activity = Activity::new();
-        activity.set_metered_override(match store.get_kv(METERED_KEY)?.as_deref() {
-            Some("true") => Some(true),
-            Some("false") => Some(false),
-            _ => None,
-        });
+        activity.set_metered_override(store.metered()?);
         // Looked at now, not assumed: a camera started without its card shows it from the
         // first answer (the watcher looks again every few seconds).
         let media_available = crate::scan::CardRoot::of(&config.media).present();
@@ -238,11 +232,11 @@ impl App {
                 state_dir_full: None,
                 choices_unsaved,
                 unpair_unfinished,
-                metered_unsaved: false,
                 unreadable_on_card: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
                 cellular_bytes_today: 0,
+                cellular_recorded: 0,
             }),
             heartbeats: Mutex::new(BTreeMap::new()),
             free_kick: Notify::new(),
@@ -371,14 +365,46 @@ impl App {
             self.save_withdrawal();
         } else {
             let c = self.choices_with(|c| c.settings = new.clone());
-            self.store
-                .save_choices(&c)
-                .map_err(|e| AppError::no_room("the change of settings", &e))?;
+            if let Err(e) = self.store.save_choices(&c) {
+                return Err(self.withdraw_part_of(&old, &new, &e));
+            }
             self.live().settings = new.clone();
             self.choices_saved();
             self.settings_changed(&old, &new);
         }
         Ok(new)
+    }
+
+    /// A change that widens could not be saved: refused, but the part of it that narrows
+    /// (`{"auto_upload": false, "network": "any"}`: consent off) is a withdrawal, and takes
+    /// effect whatever the disk says. Answers 507 naming the fields not applied (500 for
+    /// another failure, which applies nothing).
+    fn withdraw_part_of(&self, old: &Settings, new: &Settings, e: &store::StoreError) -> AppError {
+        let refused = AppError::no_room("the change of settings", e);
+        if !e.is_disk_full() {
+            return refused;
+        }
+        let part = old.withdrawn_part(new);
+        if part != *old {
+            self.live().settings = part.clone();
+            self.settings_changed(old, &part);
+            self.save_withdrawal();
+        }
+        let mut refused = refused;
+        refused.message = format!(
+            "{}. Not applied: {}{}",
+            refused.message,
+            part.differing_fields(new).join(", "),
+            if part != *old {
+                format!(
+                    "; applied (they allow less): {}",
+                    old.differing_fields(&part).join(", ")
+                )
+            } else {
+                String::new()
+            }
+        );
+        refused
     }
 
     /// Enforces a change of settings already in force: stops what may no longer run, wakes
@@ -447,6 +473,7 @@ impl App {
         let mut c = store::ledger::Choices {
             settings: live.settings.clone(),
             paused: live.paused,
+            metered: Some(self.activity.metered_override()),
         };
         change(&mut c);
         c
@@ -466,10 +493,10 @@ impl App {
         }
     }
 
-    /// The choices in force are saved (the app's "metered" too, once it is).
+    /// The choices in force are saved.
     fn choices_saved(&self) {
         let mut live = self.live();
-        if !live.metered_unsaved && live.choices_unsaved.take().is_some() {
+        if live.choices_unsaved.take().is_some() {
             tracing::info!("the user's choices are saved");
         }
     }
@@ -480,7 +507,7 @@ impl App {
         loop {
             let pending = {
                 let live = self.live();
-                live.choices_unsaved.is_some() || live.unpair_unfinished || live.metered_unsaved
+                live.choices_unsaved.is_some() || live.unpair_unfinished
             };
             let wait = async {
                 if pending {
@@ -498,15 +525,6 @@ impl App {
     }
 
     fn save_again(&self) {
-        if self.live().metered_unsaved {
-            let v = self
-                .activity
-                .metered_override()
-                .map(|m| if m { "true" } else { "false" });
-            if self.store.set_kv(METERED_KEY, v).is_ok() {
-                self.live().metered_unsaved = false;
-            }
-        }
         if self.live().choices_unsaved.is_some() {
             let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
             let c = self.choices_with(|_| {});
@@ -523,30 +541,24 @@ impl App {
     }
 
     /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides
-    /// from the firmware's flag and the network's signs). Persisted, then enforced: a metered
-    /// Wi-Fi under `wifi`/`unmetered` stops the upload in flight at the next conditions read,
-    /// which this triggers at once. "Metered" narrows what may be sent, so like the user's
-    /// withdrawals it holds on a full state disk (saved again until it is); "not metered" or
-    /// "you decide" is refused when it cannot be saved.
+    /// from the firmware's flag and the network's signs). Kept with the user's choices, then
+    /// enforced: a metered Wi-Fi under `wifi`/`unmetered` stops the upload in flight at the
+    /// next conditions read, which this triggers at once. "Metered" narrows what may be sent,
+    /// so it is a withdrawal: in force at once and saved like one (`Store::save_withdrawal`:
+    /// it holds across a restart on a full disk); "not metered" or "you decide" is a grant,
+    /// refused when it cannot be saved.
     pub fn set_metered(&self, metered: Option<bool>) -> Result<Option<bool>, AppError> {
-        let v = metered.map(|m| if m { "true" } else { "false" });
+        let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         if metered == Some(true) {
             self.activity.set_metered_override(metered);
-            if let Err(e) = self.store.set_kv(METERED_KEY, v) {
-                tracing::error!(error = %e, "cannot save that the Wi-Fi is metered: in force, saved again until it is");
-                self.store_failed(&e);
-                let mut live = self.live();
-                live.metered_unsaved = true;
-                live.choices_unsaved = Some(e.to_string());
-                drop(live);
-                self.resave.notify_one();
-            }
+            self.save_withdrawal();
         } else {
+            let c = self.choices_with(|c| c.metered = Some(metered));
             self.store
-                .set_kv(METERED_KEY, v)
+                .save_choices(&c)
                 .map_err(|e| AppError::no_room("the Wi-Fi's metering", &e))?;
-            self.live().metered_unsaved = false;
             self.activity.set_metered_override(metered);
+            self.choices_saved();
         }
         tracing::info!(?metered, "the app set whether the Wi-Fi is metered");
         self.recheck.notify_one();
@@ -860,7 +872,7 @@ impl App {
     /// clock or time-zone change back to an earlier date keeps what was sent, see
     /// [`crate::store::Store::add_cellular_use`]), and returns what counts against today.
     /// Called by the conditions loop at each reading. Bytes the store could not take (a full
-    /// state disk) count until the next reading only.
+    /// state disk) go back to the throttle and are recorded by the next write that succeeds.
     pub fn count_cellular_use(&self) -> u64 {
         // A clock not yet set (a camera without an RTC battery boots at 1970) names no day:
         // counted there, today's bytes would be moved to 1970, and the day the clock is set
@@ -874,14 +886,19 @@ impl App {
         let sent = self.client.throttle().take_counted();
         match self.store.add_cellular_use(local.day, sent) {
             Ok(total) => {
-                self.live().cellular_bytes_today = total;
+                let mut live = self.live();
+                (live.cellular_bytes_today, live.cellular_recorded) = (total, total);
                 total
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the cellular data used");
                 self.store_failed(&e);
+                // Given back, so the next write that succeeds records them (kept here only,
+                // they would be gone once it did, and the day's budget fresh for them).
+                // Meanwhile they count on top of the last count recorded.
+                self.client.throttle().give_back_counted(sent);
                 let mut live = self.live();
-                live.cellular_bytes_today = live.cellular_bytes_today.saturating_add(sent);
+                live.cellular_bytes_today = live.cellular_recorded.saturating_add(sent);
                 live.cellular_bytes_today
             }
         }

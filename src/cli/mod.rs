@@ -844,6 +844,53 @@ mod tests {
         }
     }
 
+    /// Every setting, walked: its default value written as a user types it (as `settings`
+    /// prints it), read by `parse_setting`, and taken by the API's patch, which checks it and
+    /// gives back the same value. A setting the CLI cannot set fails here by name.
+    #[test]
+    fn every_setting_goes_from_the_cli_through_the_api_with_its_value() {
+        use crate::settings::{Settings, SettingsPatch};
+        let defaults = Settings::default();
+        let values = serde_json::to_value(&defaults).unwrap();
+        let names: Vec<&str> = values
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut cli = setting_names().to_vec();
+        cli.sort();
+        assert_eq!(
+            cli, names,
+            "the CLI's settings and the settings type differ"
+        );
+        // Sample values other than the defaults too, where the default is empty or zero.
+        let samples: &[(&str, &str)] = &[
+            ("schedule", "01:00-07:00"),
+            ("max_rate_kib_per_sec", "512"),
+            ("cellular_daily_mib", "5"),
+            ("auto_upload", "true"),
+            ("free_space", "when_low"),
+            ("network", "any"),
+        ];
+        let typed = names
+            .iter()
+            .map(|&n| (n, render::setting_value(&values[n])));
+        let more = samples.iter().map(|&(n, v)| (n, v.to_string()));
+        for (name, typed) in typed.chain(more) {
+            let value = parse_setting(name, &typed)
+                .unwrap_or_else(|e| panic!("`settings {name} {typed}` refused: {e}"));
+            let patch: SettingsPatch =
+                serde_json::from_value(serde_json::json!({ name: value.clone() }))
+                    .unwrap_or_else(|e| panic!("the API refuses `{name}` = {value}: {e}"));
+            patch
+                .validate()
+                .unwrap_or_else(|e| panic!("the API refuses `{name}` = {value}: {e}"));
+            let applied = serde_json::to_value(defaults.apply(&patch)).unwrap();
+            assert_eq!(applied[name], value, "`settings {name} {typed}`");
+        }
+    }
+
     #[test]
     fn socket_from_the_config_file() {
         let text = "[device]\ntype = \"x\"\n[control]\nsocket = \"/run/x.sock\"\n";

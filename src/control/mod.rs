@@ -5,7 +5,8 @@
 //! - [`server`] owns the socket: safe creation (stale files replaced, live daemons and
 //!   non-sockets refused), mode 0660, the accept loop with its connection limits (overall and
 //!   per uid) and timeouts, graceful shutdown, removal of the socket file. A refused peer is
-//!   answered and closed at once, outside the connection slots: it never takes one.
+//!   answered outside the connection slots (it never takes one) and closed once it hangs up,
+//!   within 1 s; past 16 refusals held so, a refused peer is closed without an answer.
 //! - [`peercred`] decides from a peer's SO_PEERCRED credentials whether it may talk to us.
 //! - [`routes`] is the route table and one small handler per endpoint, each a thin call into
 //!   [`crate::app::App`].

@@ -12,11 +12,11 @@
 //!   (freeing space found a 404: it is sent again). A torn last line (power cut or full disk
 //!   mid-append) is skipped on reading, and mended (cut back to the last whole line) at start
 //!   and before the next append, so that line is not glued to it and lost too.
-//! - the choices file holds the user's settings and pause, replaced atomically (temp file,
-//!   fsync, rename) on every change. A withdrawal the full disk has no room for is written
-//!   over the file in place, or else the file is emptied: an empty or damaged file means "no
-//!   record", which allows nothing (consent off, paused, freeing off), never the database's
-//!   older copy.
+//! - the choices file holds the user's settings and pause, and the app's "this Wi-Fi is
+//!   metered", replaced atomically (temp file, fsync, rename) on every change. A withdrawal
+//!   the full disk has no room for is written over the file in place, or else the file is
+//!   emptied: an empty or damaged file means "no record", which allows nothing (consent off,
+//!   paused, freeing off, the Wi-Fi metered), never the database's older copy.
 //!
 //! Invariants: a line is appended only after the database committed the same fact, and
 //! synced before the caller goes on; reading never fails on a damaged line; the ledger is
@@ -129,7 +129,8 @@ pub fn mend(dir: &Path) -> std::io::Result<()> {
 /// Why: a power cut or a full disk in the middle of an append leaves a last line without its
 /// newline. The reader skips it, but the next line appended after it would be glued onto it,
 /// and skipped with it: that fact (a cancel, say) would be lost at the next rebuild. A tail
-/// that is a whole entry but for its newline (the cut fell just before it) gets the newline;
+/// that is a whole JSON object but for its newline (the cut fell just before it) gets the
+/// newline;
 /// any other tail is cut back to the last newline. Costs one `pread` of one byte when the
 /// file is whole, which is every time but after a crash.
 fn mend_tail(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
@@ -159,7 +160,9 @@ fn mend_tail(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
     }
     let mut tail = vec![0u8; (len - cut) as usize];
     f.read_exact_at(&mut tail, cut)?;
-    if serde_json::from_slice::<Entry>(&tail).is_ok() {
+    // Any JSON object, not only this release's `Entry`: a line a newer release wrote (the
+    // firmware was rolled back) is that release's fact, kept for when it runs again.
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&tail).is_ok() {
         // O_APPEND: the write lands at the end whatever the offset.
         let mut w = f;
         w.write_all(b"\n")?;
@@ -246,6 +249,17 @@ pub fn rewrite(dir: &Path, entries: impl Iterator<Item = Entry>) -> std::io::Res
 pub struct Choices {
     pub settings: Settings,
     pub paused: bool,
+    /// The app's answer to "is this Wi-Fi metered" (`PUT /v1/network`): `Some(None)` the
+    /// daemon decides, `Some(Some(m))` the app's word. Kept here with the other choices,
+    /// because "metered" narrows what may be sent and must hold like a withdrawal. `None`
+    /// only in a file an earlier release wrote (it kept the answer in the database).
+    #[serde(default, deserialize_with = "recorded")]
+    pub metered: Option<Option<bool>>,
+}
+
+/// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
+fn recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
 }
 
 /// What the choices file holds.
@@ -428,6 +442,30 @@ mod tests {
         assert!(known[&("B.JPG".to_string(), 10, 1)].done);
         done.push(b'\n');
         assert!(std::fs::read(&path).unwrap().starts_with(&done));
+    }
+
+    /// A firmware rolled back: the newer release wrote a line this one cannot read as an
+    /// [`Entry`] (a kind it does not know). Whole but for its newline, it is the newer
+    /// release's fact, kept for when it runs again, not a tear.
+    #[test]
+    fn a_whole_line_of_a_newer_release_that_lost_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let newer = br#"{"p":"A.WAV","s":1,"m":2,"k":"audio","d":true}"#;
+        assert!(serde_json::from_slice::<Entry>(newer).is_err());
+        std::fs::write(&path, newer).unwrap();
+        append(dir.path(), &entry("B.JPG", None, true)).unwrap();
+        let text = std::fs::read(&path).unwrap();
+        let mut whole = newer.to_vec();
+        whole.push(b'\n');
+        assert!(
+            text.starts_with(&whole),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        let (known, lines) = replay(dir.path());
+        assert_eq!(lines, 2);
+        assert!(known[&("B.JPG".to_string(), 10, 1)].done);
     }
 
     #[test]

@@ -1394,7 +1394,21 @@ impl Store {
     /// Nor does a stale copy: an empty or damaged file, or a missing one where the database
     /// says there was one, is "no record", which allows nothing ([`no_record`]); the database's
     /// copy may predate a withdrawal the full disk had no room for.
+    /// The app's "metered" is always `Some` in what this returns: a file an earlier release
+    /// wrote has it from the database, where that release kept it.
     fn choices(&self, defaults: &Settings) -> Result<ledger::Choices> {
+        let mut c = self.choices_recorded(defaults)?;
+        if c.metered.is_none() {
+            c.metered = Some(match self.get_kv(METERED_KEY)?.as_deref() {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => None,
+            });
+        }
+        Ok(c)
+    }
+
+    fn choices_recorded(&self, defaults: &Settings) -> Result<ledger::Choices> {
         let no_record = match ledger::load_choices(&self.dir) {
             ledger::ChoicesFile::Found(c) => return Ok(c),
             ledger::ChoicesFile::NoRecord => true,
@@ -1408,18 +1422,25 @@ impl Store {
             _ if no_record => no_record_of(ledger::Choices {
                 settings: settings.unwrap_or_else(|| defaults.clone()),
                 paused,
+                metered: None,
             }),
-            Some(settings) => ledger::Choices { settings, paused },
+            Some(settings) => ledger::Choices {
+                settings,
+                paused,
+                metered: None,
+            },
             None if self.rebuilt => ledger::Choices {
                 settings: Settings {
                     auto_upload: false,
                     ..defaults.clone()
                 },
                 paused,
+                metered: None,
             },
             None => ledger::Choices {
                 settings: defaults.clone(),
                 paused,
+                metered: None,
             },
         })
     }
@@ -1436,6 +1457,13 @@ impl Store {
         let copy = self
             .set_kv("settings", Some(&json))
             .and_then(|()| self.set_kv("paused", c.paused.then_some("1")))
+            .and_then(|()| {
+                let m = c
+                    .metered
+                    .flatten()
+                    .map(|m| if m { "true" } else { "false" });
+                self.set_kv(METERED_KEY, m)
+            })
             .and_then(|()| self.set_kv(CHOICES_FILE_KEY, Some("1")));
         if let Err(e) = copy {
             tracing::warn!(error = %e, "the user's choices are saved, but not the database's copy of them");
@@ -1507,15 +1535,23 @@ impl Store {
     /// from `day` on), and what is sent now is added to each of those later days as well, so
     /// going forward to them again finds it. A count more than [`CELLULAR_DAYS_AHEAD`] days
     /// ahead is more than a time-zone change explains: a clock that was days or years ahead
-    /// and was set right. Its bytes were sent before now, so they are added to today's count,
-    /// and the row goes, so that it does not hold back the days until the clock reaches it.
+    /// and was set right. The latest such day's bytes may have been sent today, so they are
+    /// added to today's count (the earlier far days' were sent on earlier real days, and are
+    /// not), and the rows go, so that they do not hold back the days until the clock reaches
+    /// them.
     pub fn add_cellular_use(&self, day: i64, bytes: u64) -> Result<u64> {
         self.tx(|tx| {
-            let ahead: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(bytes), 0) FROM cellular_use WHERE day > ?1",
-                [day + CELLULAR_DAYS_AHEAD],
-                |r| r.get(0),
-            )?;
+            // Only the latest far day's count: each far day counted what was sent while the
+            // clock showed it, and only the last of them can have been today; the others were
+            // sent on earlier real days (their sum would block today for bytes it never sent).
+            let ahead: i64 = tx
+                .query_row(
+                    "SELECT bytes FROM cellular_use WHERE day > ?1 ORDER BY day DESC LIMIT 1",
+                    [day + CELLULAR_DAYS_AHEAD],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
             let add = bytes.min(i64::MAX as u64) as i64;
             if ahead > 0 || add > 0 {
                 tx.execute(
@@ -1546,6 +1582,11 @@ impl Store {
         })
     }
 
+    /// The app's "the Wi-Fi is metered" (`None`: the daemon decides), kept across restarts.
+    pub fn metered(&self) -> Result<Option<bool>> {
+        Ok(self.choices(&Settings::default())?.metered.flatten())
+    }
+
     /// Whether the user paused uploads (kept across restarts).
     pub fn paused(&self) -> Result<bool> {
         Ok(self.choices(&Settings::default())?.paused)
@@ -1558,12 +1599,17 @@ impl Store {
     }
 }
 
+/// The database's copy of the app's "metered" (`PUT /v1/network`); the record before the
+/// choices file held it.
+const METERED_KEY: &str = "network.metered";
+
 /// Set in the kv table once the choices file was written: a missing file is then lost, not
 /// "a daemon from before the file", and the database's copy is not taken for the record.
 const CHOICES_FILE_KEY: &str = "choices.file";
 
 /// What "no record of the user's choices" allows: nothing the user has to grant (consent
-/// off, paused, freeing space off, Wi-Fi only); the rest as `base` had it.
+/// off, paused, freeing space off, Wi-Fi only, the Wi-Fi taken for metered); the rest as
+/// `base` had it.
 fn no_record_of(base: ledger::Choices) -> ledger::Choices {
     ledger::Choices {
         settings: Settings {
@@ -1573,6 +1619,7 @@ fn no_record_of(base: ledger::Choices) -> ledger::Choices {
             ..base.settings
         },
         paused: true,
+        metered: Some(Some(true)),
     }
 }
 

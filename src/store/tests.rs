@@ -810,6 +810,7 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
             ..Settings::default()
         },
         paused: false,
+        metered: Some(None),
     };
     {
         let s = Store::open(dir.path()).unwrap();
@@ -827,6 +828,11 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
     assert!(c.paused);
     assert_eq!(c.settings.free_space, crate::settings::FreeSpace::Off);
     assert_eq!(c.settings.network, crate::settings::NetworkPref::Wifi);
+    assert_eq!(
+        c.metered,
+        Some(Some(true)),
+        "the Wi-Fi is not taken for metered"
+    );
     // A damaged file, or a lost one where there was one, reads the same.
     std::fs::write(
         dir.path().join(ledger::CHOICES_FILE),
@@ -854,11 +860,13 @@ fn a_withdrawal_is_written_over_the_choices_file_in_place_when_a_new_file_cannot
             ..Settings::default()
         },
         paused: false,
+        metered: Some(None),
     })
     .unwrap();
     let off = ledger::Choices {
         settings: Settings::default(),
         paused: true,
+        metered: Some(Some(true)),
     };
     ledger::overwrite_choices(dir.path(), &off).unwrap();
     assert_eq!(
@@ -967,6 +975,34 @@ fn the_cellular_count_is_never_forgotten_when_the_day_goes_back() {
         })
         .unwrap();
     assert_eq!((rows, first), (32, t + 8));
+}
+
+/// A clock a year ahead for a week, then set right: of what the far days counted, only the
+/// last one's bytes can have been sent "today"; the week's sum charged to today would block
+/// a day that sent nothing like it.
+#[test]
+fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_weeks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let d = 20_000;
+    assert_eq!(s.add_cellular_use(d, 100).unwrap(), 100);
+    for day in d + 365..d + 372 {
+        assert_eq!(s.add_cellular_use(day, 1000).unwrap(), 1000, "day {day}");
+    }
+    assert_eq!(s.add_cellular_use(d, 0).unwrap(), 1100);
+    assert_eq!(s.add_cellular_use(d, 5).unwrap(), 1105);
+    let far: i64 = s
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM cellular_use WHERE day > ?1",
+            [d + 2],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        far, 0,
+        "the far days no longer hold the days after today back"
+    );
 }
 
 #[test]

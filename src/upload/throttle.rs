@@ -99,6 +99,12 @@ impl Throttle {
         self.counted.swap(0, Ordering::Relaxed)
     }
 
+    /// Puts back bytes [`Throttle::take_counted`] took that could not be recorded (a full
+    /// state disk): the next take counts them again, so they are never forgotten.
+    pub fn give_back_counted(&self, n: u64) {
+        self.counted.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// How many bytes may go now under the data plan.
     fn allowance(&self) -> u64 {
         if self.metering.load(Ordering::Relaxed) {

@@ -574,3 +574,195 @@ async fn a_cancel_after_a_torn_ledger_line_holds_when_the_database_is_lost() {
     );
     assert!(rig.rx.completed(&rel).is_none());
 }
+
+/// Pairing is a grant: on a full disk it is refused with 507 `state_dir_full` (it answered
+/// 500), and the account paired before stays paired, across a restart too.
+#[tokio::test]
+async fn pairing_on_a_full_state_disk_answers_507_and_keeps_the_earlier_account() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    let (code, answer) = rig
+        .daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": "another-user", "token": "another-token"})),
+        )
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
+    assert_eq!(account["user_id"], "user-42", "{account}");
+    rig.daemon.restart().await;
+    let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
+    assert_eq!(account["user_id"], "user-42", "{account}");
+    assert_ne!(rig.status().await["state"], "unpaired");
+    drop(fillers);
+}
+
+/// The app's "this Wi-Fi is metered" narrows what may be sent: on a full state disk it answered
+/// 200 but lived only in the database, so after a restart on the still-full disk a metered
+/// hotspot was taken for unmetered again.
+#[tokio::test]
+async fn the_wifi_the_app_calls_metered_stays_metered_across_a_restart_on_a_full_state_disk() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": true})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(rig.status().await["uplink"]["metered_override"], true);
+    fillers.push(fs.fill_as("filler-3"));
+    rig.daemon.restart().await;
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_override"], true, "{s:#}");
+    // Room again: kept with the other choices, and "you decide" may be said again.
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    eventually(T, "the choices saved", || async {
+        !attention_has(&rig.status().await, "state_dir_full")
+    })
+    .await;
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["metered"], true, "{saved}");
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": null})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    rig.daemon.restart().await;
+    assert_eq!(
+        rig.status().await["uplink"]["metered_override"],
+        serde_json::Value::Null
+    );
+}
+
+/// A change that both withdraws and widens, on a full disk: the widening part cannot be saved
+/// and is refused (507), but the withdrawal in it must take effect: consent went on before.
+#[tokio::test]
+async fn a_change_that_withdraws_and_widens_on_a_full_disk_applies_the_withdrawal_and_says_507() {
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let (mut rig, _rel) = uploading_a_big_video(cam).await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    let t0 = std::time::Instant::now();
+    let (code, answer) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(json!({"auto_upload": false, "network": "any"})),
+        )
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Not applied: network"), "{message}");
+    crate::common::assert_stops_within_2s(&rig, t0).await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "{settings}");
+    assert_eq!(
+        settings["network"], "wifi",
+        "the grant was applied: {settings}"
+    );
+    // The disk still full at the restart: the withdrawal holds.
+    rig.daemon.restart().await;
+    let (_, settings) = rig.daemon.api("GET", "/v1/settings", None).await;
+    assert_eq!(settings["auto_upload"], false, "{settings}");
+    assert_eq!(settings["network"], "wifi", "{settings}");
+    drop(fillers);
+}
+
+/// The data plan's count on a full state disk: the bytes sent over cellular while the count
+/// could not be written were held in memory only, and the first write once there was room put
+/// the stored count (without them) in force: the day's budget was fresh again for bytes sent.
+#[tokio::test]
+async fn bytes_sent_over_cellular_while_the_state_disk_was_full_still_count_once_it_has_room() {
+    const MIB: u64 = 1 << 20;
+    let received = |rx: &Receiver| -> u64 {
+        rx.requests_with_method("PATCH")
+            .iter()
+            .map(|r| r.body_len)
+            .sum()
+    };
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    cam.set_interface("wwan0", true, false);
+    cam.set_default_route("wwan0");
+    let video = cam.photo("VID_0100.MP4", BIG);
+    cam.age_media(&video, Duration::from_secs(600));
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    let mut rig = Rig::start_with(cam, rx).await;
+    rig.pair().await;
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PATCH",
+            "/v1/settings",
+            Some(
+                json!({"network": "any", "cellular_daily_mib": 3, "max_rate_kib_per_sec": 512,
+                        "auto_upload": true}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(T, "1 MiB over cellular", || async {
+        received(&rig.rx) >= MIB
+    })
+    .await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    fillers.push(fs.fill_as("filler-3"));
+    eventually(T, "the budget used", || async {
+        rig.status().await["blocked_by"] == json!(["data_budget_used"])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = received(&rig.rx);
+    assert!(
+        sent <= 3 * MIB + 128 * 1024,
+        "{sent} bytes over cellular under a budget of 3 MiB"
+    );
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    // Room again: the count is written, with the bytes sent meanwhile; no fresh budget.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = rig.status().await;
+    assert_eq!(s["blocked_by"], json!(["data_budget_used"]), "{s:#}");
+    assert_eq!(
+        received(&rig.rx),
+        sent,
+        "bytes over cellular past the budget"
+    );
+    rig.daemon.restart().await;
+    let s = rig.status().await;
+    let counted = s["cellular_bytes_today"].as_u64().unwrap();
+    assert!(
+        counted >= sent.min(3 * MIB),
+        "{counted} counted of {sent} sent: {s:#}"
+    );
+}
