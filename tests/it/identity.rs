@@ -19,6 +19,9 @@ const T: Duration = Duration::from_secs(30);
 fn filesystems() -> Vec<Fs> {
     Fs::ALL
         .into_iter()
+        // FAT32 only where asked: fusefat 0.1a, the only FAT32 driver here, hands the daemon
+        // wrong bytes under load (docs/cards.md), so CI runs these on exFAT alone.
+        .filter(|fs| *fs != Fs::Fat32 || std::env::var_os("CAMBACKUP_TEST_FUSEFAT").is_some())
         .filter(|fs| match card::missing(*fs) {
             None => true,
             Some(why) if std::env::var_os("CI").is_some() => panic!("{}: {why}", fs.name()),
