@@ -36,6 +36,8 @@ const CARD_FS: &str = "size=64m,mode=0755";
 const CARD_FILLER: &str = "FILLER.BIN";
 /// Freeing starts under this percentage of the card free (`media.free_space_below_percent`).
 const FREE_BELOW: u64 = 50;
+/// The daemon's log line for a deletion noted before a cut and recorded after it.
+const SETTLED_FROM_NOTE: &str = "a file deleted to free space before a crash, power cut";
 
 /// What the trial needs from the machine.
 pub struct Env {
@@ -99,6 +101,9 @@ pub struct Outcome {
     /// Issue 26: a file gone from the card at a cut during freeing without `freed_at` in the
     /// history after the next pass, or without a byte-identical completed upload.
     pub freed: Vec<String>,
+    /// Files the restarted daemon recorded as freed from a note (its log says so): cuts that
+    /// landed between a deletion and its record.
+    pub freed_from_note: u64,
     /// Everything settled within the limit after the heal.
     pub converged: bool,
     /// Notes: skipped faults, refused starts.
@@ -210,6 +215,8 @@ struct Trial<'e> {
     _mount: Option<Mount>,
     /// The card's tmpfs (trials with a cut during freeing); freeing is configured only then.
     card_mount: Option<Mount>,
+    /// `SETTLED_FROM_NOTE` lines already counted.
+    settled_seen: u64,
     proxy: Proxy,
     server: Server,
     cam: FakeCamera,
@@ -341,6 +348,7 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         cut_disk,
         _mount: mount,
         card_mount,
+        settled_seen: 0,
         proxy,
         server,
         cam,
@@ -754,8 +762,13 @@ impl Trial<'_> {
                 ));
             }
         }
+        // The log holds every start of the trial's daemon: count what this restart added.
+        let settled = self.daemon.log().matches(SETTLED_FROM_NOTE).count() as u64;
+        let new = settled.saturating_sub(self.settled_seen);
+        self.settled_seen = settled;
+        self.out.freed_from_note += new;
         self.log(format!(
-            "freeing cut: {} gone at the cut, all recorded: {}",
+            "freeing cut: {} gone at the cut ({new} settled from a note), all recorded: {}",
             gone.len(),
             gone.keys().all(|r| freed.contains(r))
         ));
