@@ -1941,6 +1941,19 @@ fn set_mtime(path: &Path, t: SystemTime) {
     }
 }
 
+/// (available to an unprivileged writer, total) bytes of the file system holding `path`.
+fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by statvfs before it is read.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1953,17 +1966,4 @@ mod tests {
         let rel = Path::new("DCIM/Café/É.JPG");
         assert_eq!(storage_path(rel), "DCIM/Café/É.JPG");
     }
-}
-
-/// (available to an unprivileged writer, total) bytes of the file system holding `path`.
-fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by statvfs before it is read.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
