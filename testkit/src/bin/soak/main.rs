@@ -157,6 +157,8 @@ struct Totals {
     escaped: u64,
     recovery: u64,
     withdrawal: u64,
+    freed: u64,
+    freed_from_note: u64,
     unsettled: u64,
     extra_creations: u64,
     empty_orphans: u64,
@@ -188,6 +190,8 @@ impl Totals {
         self.escaped += o.escaped.len() as u64;
         self.recovery += o.recovery.len() as u64;
         self.withdrawal += o.withdrawal.len() as u64;
+        self.freed += o.freed.len() as u64;
+        self.freed_from_note += o.freed_from_note;
         self.unsettled += u64::from(!o.converged);
         self.extra_creations += o.extra_creations as u64;
         self.empty_orphans += o.empty_orphans as u64;
@@ -283,6 +287,13 @@ impl Totals {
                 format!("{}", self.withdrawal),
             ),
             (
+                "files gone at a cut during freeing without a record or a complete upload",
+                format!(
+                    "{} (recorded from the deletion's note after the cut: {})",
+                    self.freed, self.freed_from_note
+                ),
+            ),
+            (
                 "not settled 60 s after the heal",
                 format!("{}", self.unsettled),
             ),
@@ -353,7 +364,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "bytes": o.bytes, "lost": o.lost, "duplicated": o.duplicated, "resent": o.resent,
         "corrupt": o.corrupt,
         "bad_metadata": o.bad_metadata, "queue": o.queue, "died": o.died,
-        "escaped": o.escaped, "recovery": o.recovery, "withdrawal": o.withdrawal,
+        "escaped": o.escaped, "recovery": o.recovery, "withdrawal": o.withdrawal, "freed": o.freed, "freed_from_note": o.freed_from_note,
         "converged": o.converged, "extra_creations": o.extra_creations,
         "empty_orphans": o.empty_orphans, "received": o.received,
         "completed_bytes": o.completed_bytes, "peak_rss_kib": o.peak_rss_kib,

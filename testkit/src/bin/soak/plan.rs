@@ -43,6 +43,9 @@ pub enum CutAt {
     Unpair,
     /// Right after the user's settings change (consent withdrawn) was answered 200.
     Settings,
+    /// As soon as a file freed to make room is gone from the card (the trial's card is a small
+    /// tmpfs, freeing configured, made low by a fill file): between the deletion and its record.
+    Freeing,
 }
 
 /// One fault; the ones with a duration end by themselves (and at the latest when the trial heals).
@@ -191,6 +194,7 @@ impl Fault {
                 CutAt::Completion => "power cut (after completion)",
                 CutAt::Unpair => "power cut (after unpairing)",
                 CutAt::Settings => "power cut (after a settings change)",
+                CutAt::Freeing => "power cut (during a freeing deletion)",
             },
         }
     }
@@ -557,6 +561,10 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
     // Issue 26's power cuts, from a stream of their own too: in one trial in three of a mixed
     // run, one to three in every trial of `--faults power_cut`.
     let mut rng26 = fastrand::Rng::with_seed(seed ^ 0x2626_2626_2626_2626);
+    // The freeing moment from a stream of its own, so the other moments stay those of their
+    // seeds: one cut in five becomes one during a freeing deletion (the receiver only: freeing
+    // needs the server to accept `Upload-Checksum`).
+    let mut rng_free = fastrand::Rng::with_seed(seed ^ 0x2626_F4EE_F4EE_2626);
     let cuts = if !allowed.power_cut || !allowed.groups.has("power_cut") {
         0
     } else if allowed.groups.only("power_cut") {
@@ -579,6 +587,9 @@ pub fn plan(seed: u64, allowed: Allowed) -> Plan {
             && matches!(cut_at, CutAt::Creation | CutAt::Chunk | CutAt::Completion)
         {
             cut_at = CutAt::Now;
+        }
+        if rng_free.u32(0..5) == 0 && server == ServerKind::Receiver {
+            cut_at = CutAt::Freeing;
         }
         let tear = rng26.bool().then(|| rng26.f64());
         faults.push((
@@ -692,6 +703,8 @@ mod tests {
                 let Fault::PowerCut { at: a, .. } = f else {
                     panic!("{f:?}")
                 };
+                // Freeing needs the receiver (it accepts `Upload-Checksum`).
+                assert!(*a != CutAt::Freeing || p.server == ServerKind::Receiver);
                 at.insert(format!("{a:?}"));
             }
             // A mixed run keeps its other draws (the seeds in docs/SOAK.md) as they were.
@@ -707,7 +720,7 @@ mod tests {
             assert_eq!(mixed, plan(seed, without).faults);
             seed = next_seed(seed);
         }
-        assert_eq!(at.len(), 6, "{at:?}");
+        assert_eq!(at.len(), 7, "{at:?}");
         let two = Allowed {
             groups: Groups::parse("kill,net").unwrap(),
             ..ALL

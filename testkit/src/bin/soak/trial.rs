@@ -30,6 +30,14 @@ const START: Duration = Duration::from_secs(10);
 pub const RSS_LIMIT_KIB: u64 = 32 * 1024;
 /// Size of the state directory's tmpfs in disk-full trials.
 const STATE_FS: &str = "size=8m,mode=0700";
+/// The card's tmpfs in trials with a cut during a freeing deletion.
+const CARD_FS: &str = "size=64m,mode=0755";
+/// The fill file that makes that card low: at its root, not a media file (never uploaded).
+const CARD_FILLER: &str = "FILLER.BIN";
+/// Freeing starts under this percentage of the card free (`media.free_space_below_percent`).
+const FREE_BELOW: u64 = 50;
+/// The daemon's log line for a deletion noted before a cut and recorded after it.
+const SETTLED_FROM_NOTE: &str = "a file deleted to free space before a crash, power cut";
 
 /// What the trial needs from the machine.
 pub struct Env {
@@ -90,6 +98,12 @@ pub struct Outcome {
     /// Issue 22: a withdrawal of consent on a full state disk refused, or undone by a restart
     /// on that disk.
     pub withdrawal: Vec<String>,
+    /// Issue 26: a file gone from the card at a cut during freeing without `freed_at` in the
+    /// history after the next pass, or without a byte-identical completed upload.
+    pub freed: Vec<String>,
+    /// Files the restarted daemon recorded as freed from a note (its log says so): cuts that
+    /// landed between a deletion and its record.
+    pub freed_from_note: u64,
     /// Everything settled within the limit after the heal.
     pub converged: bool,
     /// Notes: skipped faults, refused starts.
@@ -119,6 +133,7 @@ impl Outcome {
         list("outside the card", &self.escaped);
         list("state recovery", &self.recovery);
         list("withdrawal", &self.withdrawal);
+        list("freed", &self.freed);
         if self.peak_rss_kib > RSS_LIMIT_KIB {
             out.push(format!("peak RSS {} KiB over 32 MiB", self.peak_rss_kib));
         }
@@ -160,12 +175,16 @@ pub fn can_mount() -> bool {
 }
 
 fn mount_tmpfs(at: &Path) -> bool {
+    mount_tmpfs_with(at, STATE_FS)
+}
+
+fn mount_tmpfs_with(at: &Path, options: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return false;
     }
     Command::new("mount")
-        .args(["-t", "tmpfs", "-o", STATE_FS, "tmpfs"])
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
         .arg(at)
         .stderr(std::process::Stdio::null())
         .status()
@@ -194,6 +213,10 @@ struct Trial<'e> {
     cut: Option<testkit::powercut::Mounted>,
     cut_disk: Option<tempfile::TempDir>,
     _mount: Option<Mount>,
+    /// The card's tmpfs (trials with a cut during freeing); freeing is configured only then.
+    card_mount: Option<Mount>,
+    /// `SETTLED_FROM_NOTE` lines already counted.
+    settled_seen: u64,
     proxy: Proxy,
     server: Server,
     cam: FakeCamera,
@@ -255,6 +278,22 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
     } else {
         None
     };
+    let needs_card = plan.faults.iter().any(|(_, f)| {
+        matches!(
+            f,
+            Fault::PowerCut {
+                at: CutAt::Freeing,
+                ..
+            }
+        )
+    });
+    let card_mount = if needs_card && mount_tmpfs_with(&cam.media_root(), CARD_FS) {
+        cam.with("media", "free_space_below_percent", &FREE_BELOW.to_string())
+            .with("media", "keep_days", "0");
+        Some(Mount(cam.media_root()))
+    } else {
+        None
+    };
     let needs_cut = plan
         .faults
         .iter()
@@ -308,6 +347,8 @@ pub async fn run(env: &Env, plan: Plan) -> Outcome {
         cut,
         cut_disk,
         _mount: mount,
+        card_mount,
+        settled_seen: 0,
         proxy,
         server,
         cam,
@@ -481,8 +522,24 @@ impl Trial<'_> {
         let mut paired = self.paired_now().await;
         let done_before = self.done_versions().await;
         let latency = self.proxy.latency();
+        // Freeing: what was on the card just before it started, then what the cut took.
+        let mut card_before = None;
         match at {
             CutAt::Now => {}
+            CutAt::Freeing => {
+                if self.card_mount.is_none() {
+                    self.out
+                        .notes
+                        .push("power cut Freeing: no tmpfs card; cut at once".into());
+                } else {
+                    card_before = Some(self.card_state());
+                    if !self.wait_for_freeing().await {
+                        self.out
+                            .notes
+                            .push("power cut Freeing: no file freed in 10 s; cut then".into());
+                    }
+                }
+            }
             CutAt::Creation | CutAt::Chunk | CutAt::Completion => {
                 let rel = self.new_name("W");
                 let content = next_seed(self.plan.seed ^ self.added as u64);
@@ -522,6 +579,16 @@ impl Trial<'_> {
         self.expect_running = false;
         self.proxy.set_latency(latency);
         let _ = self.daemon.wait_exit(Duration::from_secs(5)).await;
+        // The files the daemon had removed from the card when the power went.
+        let gone: BTreeMap<String, ([u8; 32], u64)> = card_before
+            .map(|before| {
+                let now = self.card_state();
+                before
+                    .into_iter()
+                    .filter(|(rel, _)| !now.contains_key(rel))
+                    .collect()
+            })
+            .unwrap_or_default();
         let (Some(m), Some(disk)) = (
             self.cut.take(),
             self.cut_disk.as_ref().map(|d| d.path().to_path_buf()),
@@ -576,6 +643,135 @@ impl Trial<'_> {
                 .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
                 .await;
         }
+        if !gone.is_empty() {
+            self.check_freed(&gone).await;
+        }
+    }
+
+    /// Freeing on (the user's `when_low`), the card made low by the fill file; waits (at most
+    /// 10 s) until a file is gone from the card. The card is the trial's own tmpfs: nothing
+    /// else deletes there in a power-cut trial but the daemon (a `card` fault's deletion is
+    /// not in `--faults power_cut`; in a mixed run it would be counted here too, see below).
+    async fn wait_for_freeing(&mut self) -> bool {
+        let before = self.card_state();
+        let on = self
+            .api(
+                "PATCH",
+                "/v1/settings",
+                Some(json!({"free_space": "when_low"})),
+            )
+            .await;
+        if on.as_ref().map(|r| r.0) != Some(200) {
+            self.out
+                .notes
+                .push(format!("power cut Freeing: free_space refused: {on:?}"));
+            return false;
+        }
+        if let Err(e) = self.fill_card() {
+            self.out
+                .notes
+                .push(format!("power cut Freeing: fill file: {e}"));
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let now = self.card_entries();
+            if before.keys().any(|rel| !now.iter().any(|(r, _)| r == rel)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    }
+
+    /// Grows the card's fill file until the card has well under `FREE_BELOW` percent free.
+    fn fill_card(&self) -> std::io::Result<()> {
+        let root = self.cam.media_root();
+        let (avail, total) = statvfs(&root)?;
+        let want = total * (FREE_BELOW - 20) / 100;
+        let Some(mut add) = avail.checked_sub(want) else {
+            return Ok(());
+        };
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join(CARD_FILLER))?;
+        let block = vec![0x5au8; 1 << 20];
+        while add > 0 {
+            let n = add.min(block.len() as u64) as usize;
+            f.write_all(&block[..n])?;
+            add -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// After a cut during freeing: once a pass has run on the restarted daemon, every file
+    /// the cut found gone from the card must have `freed_at` in the history and a
+    /// byte-identical completed upload on the server.
+    async fn check_freed(&mut self, gone: &BTreeMap<String, ([u8; 32], u64)>) {
+        // The pass report lives in memory: any report now is from the restarted daemon, and it
+        // is set when its pass has ended.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut passed = false;
+        while Instant::now() < deadline {
+            if let Some((200, s)) = self.api("GET", "/v1/status", None).await {
+                if s["space"]["last_pass"]["at"].is_i64() {
+                    passed = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !passed {
+            self.out.freed.push(format!(
+                "no freeing pass within 30 s of the restart ({} files gone at the cut)",
+                gone.len()
+            ));
+            return;
+        }
+        let freed: BTreeSet<String> = match self.api("GET", "/v1/history?limit=1000", None).await {
+            Some((200, body)) => body["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["freed_at"].is_i64())
+                .filter_map(|e| e["storage_path"].as_str().map(str::to_owned))
+                .collect(),
+            other => {
+                self.out
+                    .freed
+                    .push(format!("GET /v1/history after the restart: {other:?}"));
+                return;
+            }
+        };
+        let mut cache = BTreeMap::new();
+        let complete = self.complete_uploads(&mut cache);
+        for (rel, (h, len)) in gone {
+            if !freed.contains(rel) {
+                self.out.freed.push(format!(
+                    "{rel} ({len} bytes) gone from the card at the cut, no freed_at after the next pass"
+                ));
+            }
+            let sent = complete
+                .iter()
+                .any(|(p, ch, _)| p.as_deref() == Some(rel.as_str()) && ch == h);
+            if !sent {
+                self.out.freed.push(format!(
+                    "{rel} ({}) removed from the card without a byte-identical completed upload",
+                    hex8(h)
+                ));
+            }
+        }
+        // The log holds every start of the trial's daemon: count what this restart added.
+        let settled = self.daemon.log().matches(SETTLED_FROM_NOTE).count() as u64;
+        let new = settled.saturating_sub(self.settled_seen);
+        self.settled_seen = settled;
+        self.out.freed_from_note += new;
+        self.log(format!(
+            "freeing cut: {} gone at the cut ({new} settled from a note), all recorded: {}",
+            gone.len(),
+            gone.keys().all(|r| freed.contains(r))
+        ));
     }
 
     /// Waits (at most 5 s) until the server has answered one more PATCH.
@@ -685,6 +881,7 @@ impl Trial<'_> {
     fn card_entries(&self) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         walk(&self.cam.media_root(), &self.cam.media_root(), &mut out);
+        out.retain(|(rel, _)| rel != CARD_FILLER);
         out.sort();
         out
     }
@@ -1295,6 +1492,9 @@ impl Trial<'_> {
         if let Some(p) = self.filler.take() {
             let _ = fs::remove_file(p);
         }
+        if self.card_mount.is_some() {
+            let _ = fs::remove_file(self.cam.media_root().join(CARD_FILLER));
+        }
         self.check_alive().await;
         self.start_daemon().await;
         if self.needs_pair && self.expect_running {
@@ -1739,6 +1939,19 @@ fn set_mtime(path: &Path, t: SystemTime) {
     if let Ok(f) = fs::File::options().write(true).open(path) {
         let _ = f.set_modified(t);
     }
+}
+
+/// (available to an unprivileged writer, total) bytes of the file system holding `path`.
+fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by statvfs before it is read.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
 #[cfg(test)]
