@@ -252,8 +252,14 @@ pub struct Choices {
     /// The app's answer to "is this Wi-Fi metered" (`PUT /v1/network`): `Some(None)` the
     /// daemon decides, `Some(Some(m))` the app's word. Kept here with the other choices,
     /// because "metered" narrows what may be sent and must hold like a withdrawal. `None`
-    /// only in a file an earlier release wrote (it kept the answer in the database).
-    #[serde(default, deserialize_with = "recorded")]
+    /// only in a file an earlier release wrote (it kept the answer in the database), and then
+    /// written back as it was, without the field (found by the `choices` fuzz target's round
+    /// trip: written as `null`, it read back as "the daemon decides").
+    #[serde(
+        default,
+        deserialize_with = "recorded",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub metered: Option<Option<bool>>,
 }
 
