@@ -51,7 +51,7 @@ fi
 echo "$(cargo deb --version), $(systemd-analyze --version | head -1), dpkg $(dpkg-query -W -f='${Version}' dpkg)"
 
 work=$(mktemp -d /tmp/cambackup-package.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'umount "$work/run-as-unit/media" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 step "unit: systemd-analyze security (offline)"
 systemd-analyze security --offline=true --threshold="$SECURITY_THRESHOLD" systemd/cambackup.service \
@@ -117,6 +117,9 @@ step "installed binary as the unit runs it: user, umask, READY=1, WATCHDOG=1, an
 # Not covered: the unit's sandboxing (namespaces, seccomp), which only systemd applies.
 run="$work/run-as-unit"
 mkdir -p "$run/state" "$run/rt" "$run/media"
+# The packaged config sets media.mount_required: the card must be a mount point, as on the
+# camera. A small tmpfs stands in for the SD card.
+mount -t tmpfs -o size=16m cambackup-card "$run/media"
 chown "$uid:$uid" "$run/state" "$run/rt"
 chmod 700 "$run/state"
 chmod 755 "$work" "$run" "$run/media"
@@ -129,7 +132,7 @@ tus_store="$work/tus-store"
 mkdir -p "$tus_store" "$run/media/DCIM/100MEDIA"
 TUS_TOKEN=ci-token node interop/server.mjs "$tus_store" "$work/tus.log" >"$work/tus.url" &
 tus_pid=$!
-trap 'kill $tus_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $tus_pid 2>/dev/null || true; umount "$run/media" 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -s "$work/tus.url" ] && break; sleep 0.1; done
 tus_url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$work/tus.url")
 head -c 3000000 /dev/urandom >"$run/media/DCIM/100MEDIA/P0001.JPG"
