@@ -571,17 +571,8 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
-    if raw.defaults.data_types.is_empty() {
-        // An empty list is allowed: the user may choose to back up nothing automatically.
-    }
     // The same bounds as the app's changes (the windows themselves were parsed already).
-    let bounds = crate::settings::SettingsPatch {
-        max_rate_kib_per_sec: Some(raw.defaults.max_rate_kib_per_sec),
-        schedule: Some(raw.defaults.schedule.clone()),
-        cellular_daily_mib: Some(raw.defaults.cellular_daily_mib),
-        ..Default::default()
-    };
-    if let Err(e) = bounds.validate() {
+    if let Err(e) = raw.defaults.validate() {
         return Err(invalid(&format!("defaults.{}", e.field), e.problem));
     }
 
@@ -743,19 +734,25 @@ impl fmt::Display for Config {
         writeln!(f, "\n[state]")?;
         writeln!(f, "dir = {:?}", self.state.dir.display().to_string())?;
         writeln!(f, "history_days = {}", self.state.history_days)?;
-        let d = &self.defaults;
         writeln!(f, "\n[defaults]")?;
-        writeln!(f, "auto_upload = {}", d.auto_upload)?;
-        writeln!(f, "network = {:?}", d.network.as_str())?;
-        writeln!(f, "require_charging = {}", d.require_charging)?;
-        writeln!(f, "require_idle = {}", d.require_idle)?;
-        let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
-        writeln!(f, "data_types = {types:?}")?;
-        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
-        let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
-        writeln!(f, "schedule = {windows:?}")?;
-        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)?;
-        writeln!(f, "free_space = {:?}", d.free_space.as_str())
+        let d = serde_json::to_value(&self.defaults).expect("plain data serializes");
+        for name in Settings::NAMES {
+            writeln!(f, "{name} = {}", toml_value(&d[name]))?;
+        }
+        Ok(())
+    }
+}
+
+/// A setting's value as TOML writes it: words quoted, lists of them bracketed.
+fn toml_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -1612,12 +1612,7 @@ const CHOICES_FILE_KEY: &str = "choices.file";
 /// `base` had it.
 fn no_record_of(base: ledger::Choices) -> ledger::Choices {
     ledger::Choices {
-        settings: Settings {
-            auto_upload: false,
-            network: crate::settings::NetworkPref::Wifi,
-            free_space: crate::settings::FreeSpace::Off,
-            ..base.settings
-        },
+        settings: base.settings.unrecorded(),
         paused: true,
         metered: Some(Some(true)),
     }
