@@ -553,38 +553,45 @@ pub fn space(v: &Value, files: bool) -> String {
         }
     }
     if files {
-        let rows: Vec<[String; 4]> = would
-            .iter()
-            .map(|f| {
-                let confirm: Vec<&str> = f["confirm"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                [
-                    "free".into(),
-                    bytes(n(f, "size")),
-                    format!("after {}", confirm.join(" + ")),
-                    s(f, "storage_path"),
-                ]
-            })
-            .chain(v["kept"].as_array().into_iter().flatten().map(|f| {
-                [
-                    "keep".into(),
-                    bytes(n(f, "size")),
-                    s(&f["kept"], "reason"),
-                    s(f, "storage_path"),
-                ]
-            }))
-            .collect();
-        if rows.is_empty() {
-            let _ = writeln!(out, "No backed-up file on the card to free.");
-        } else {
-            out.push_str(&table(&["WHAT", "SIZE", "WHY", "PATH"], &rows));
-        }
+        out.push_str(&space_files(v, &would));
     }
     out
+}
+
+/// `space --dry-run`'s table: each file a pass would free (`would`) and each one kept, and why.
+fn space_files(v: &Value, would: &[Value]) -> String {
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let rows: Vec<[String; 4]> = would
+        .iter()
+        .map(|f| {
+            let confirm: Vec<&str> = f["confirm"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            [
+                "free".into(),
+                bytes(n(f, "size")),
+                format!("after {}", confirm.join(" + ")),
+                s(f, "storage_path"),
+            ]
+        })
+        .chain(v["kept"].as_array().into_iter().flatten().map(|f| {
+            [
+                "keep".into(),
+                bytes(n(f, "size")),
+                s(&f["kept"], "reason"),
+                s(f, "storage_path"),
+            ]
+        }))
+        .collect();
+    if rows.is_empty() {
+        "No backed-up file on the card to free.\n".to_string()
+    } else {
+        table(&["WHAT", "SIZE", "WHY", "PATH"], &rows)
+    }
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.
