@@ -32,6 +32,7 @@ mod store;
 mod uplink;
 mod upload;
 mod watch;
+mod wire;
 mod words;
 
 #[cfg(test)]

@@ -1,134 +1,17 @@
 //! Human output: pure functions from the server's JSON to text, so they are tested without a
-//! daemon. The views below are lenient (unknown fields ignored, missing ones defaulted) so an
-//! older CLI still reads a newer daemon's answers.
+//! daemon. What they render are the API's own types ([`crate::wire`], the ones the daemon
+//! serializes), read leniently (unknown fields ignored, missing ones defaulted, codes as
+//! strings) so an older CLI still reads a newer daemon's answers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct StatusView {
-    pub state: String,
-    pub blocked_by: Vec<String>,
-    pub manual_blocked_by: Vec<String>,
-    pub conditions: Option<Conditions>,
-    pub media_available: bool,
-    pub paused: bool,
-    pub queue: QueueView,
-    pub current: Option<Current>,
-    pub uploads: Vec<Current>,
-    pub attention: Vec<AttentionView>,
-    pub uplink: Option<UplinkView>,
-    pub last_success_at: Option<i64>,
-    pub next_attempt_at: Option<i64>,
-    pub card: Option<CardView>,
-    pub cellular_bytes_today: u64,
-}
-
-/// `status.card`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CardView {
-    pub files_backed_up: u64,
-    pub files_total: u64,
-    pub bytes_backed_up: u64,
-    pub bytes_total: u64,
-}
-
-/// `status.queue`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct QueueView {
-    pub pending: u64,
-    pub uploading: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    pub bytes_remaining: u64,
-    pub bytes_done: u64,
-}
-
-/// One entry of `status.attention`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct AttentionView {
-    pub code: String,
-    pub message: String,
-}
-
-/// `status.uplink`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct UplinkView {
-    pub interface: Option<String>,
-    pub binding: Option<String>,
-    pub network: Option<String>,
-    pub metered: bool,
-    pub metered_because: Option<String>,
-    pub metered_override: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Conditions {
-    pub charging: Option<bool>,
-    pub battery_percent: Option<u8>,
-    pub network: String,
-    pub interface: Option<String>,
-    pub temp_c: Option<f64>,
-    pub recording: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Current {
-    pub id: i64,
-    pub storage_path: String,
-    pub bytes_sent: u64,
-    pub bytes_total: u64,
-    pub rate_bps: u64,
-    pub eta_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ItemView {
-    pub id: i64,
-    pub storage_path: String,
-    pub kind: String,
-    pub size: u64,
-    pub state: String,
-    pub manual: bool,
-    pub bytes_sent: u64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct HistoryView {
-    pub storage_path: String,
-    pub size: u64,
-    pub completed_at: i64,
-    pub freed_at: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct PrivacyView {
-    pub fields_sent: Vec<String>,
-    pub values: BTreeMap<String, Option<String>>,
-    pub endpoint: String,
-    pub transport: String,
-    pub settings: BTreeMap<String, Value>,
-    pub history_days: u32,
-    pub sent_only_when: String,
-    pub leaves_through: Option<String>,
-}
+pub use crate::wire::{
+    Conditions, Current, HistoryView, ItemView, Privacy as PrivacyView, Status as StatusView,
+    Uplink as UplinkView,
+};
 
 /// A `blocked_by` value in words. The names are the gate's own, matched exhaustively: a new
 /// block does not compile until it has its words here. A name this CLI does not know (a newer
