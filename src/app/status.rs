@@ -341,3 +341,78 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::metered::{Metered as LinkMetered, MeteredBy};
+    use crate::conditions::{Family, Link as LinkRead, Network};
+    use crate::upload::bind::BindMode;
+
+    /// The API's parts say what the daemon's own types serialize to, field for field: the
+    /// wire types changed where the JSON is defined, not what it says.
+    #[test]
+    fn the_wire_says_what_the_daemons_types_say() {
+        let snap = Snapshot {
+            charging: Some(true),
+            battery_percent: Some(80),
+            network: Network::Wifi,
+            interface: Some("wlan0".into()),
+            links: vec![LinkRead {
+                interface: "wlan0".into(),
+                network: Network::Wifi,
+                families: vec![Family::Ipv4, Family::Ipv6],
+                gateway_v4: None,
+                metered: LinkMetered {
+                    metered: true,
+                    because: Some(MeteredBy::IphoneGateway),
+                },
+            }],
+            temp_c: Some(41.5),
+            load: Some(0.25),
+            recording: true,
+            secs_since_media_write: Some(9),
+            local_minute: Some(61),
+            cellular_bytes_today: 5,
+        };
+        let same = |daemon: serde_json::Value, wire: serde_json::Value| {
+            assert_eq!(daemon, wire);
+        };
+        same(
+            serde_json::to_value(&snap).unwrap(),
+            serde_json::to_value(conditions_of(&snap)).unwrap(),
+        );
+        let up = UplinkStatus {
+            interface: Some("wlan0".into()),
+            binding: Some(BindMode::Device),
+            network: Some(Network::Wifi),
+            families: vec![Family::Ipv4],
+            metered: true,
+            metered_because: Some(MeteredBy::App),
+            metered_override: Some(true),
+        };
+        same(
+            serde_json::to_value(&up).unwrap(),
+            serde_json::to_value(uplink_of(&up)).unwrap(),
+        );
+        let mut pass = PassReport {
+            at: 1_700_000_000,
+            card: Some(crate::space::Card {
+                total_bytes: 100,
+                free_bytes: 3,
+            }),
+            held_by: vec![crate::space::Hold::Recording],
+            need_bytes: 10,
+            freed_files: 1,
+            freed_bytes: 4,
+            kept_unverified: 2,
+            failures: vec!["x".into()],
+            ..PassReport::default()
+        };
+        pass.kept.insert("no_checksum", 2);
+        same(
+            serde_json::to_value(&pass).unwrap(),
+            serde_json::to_value(pass_of(&pass)).unwrap(),
+        );
+    }
+}
