@@ -294,12 +294,47 @@ pub struct Privacy {
     pub values: BTreeMap<String, Option<String>>,
     pub endpoint: String,
     pub transport: String,
-    /// The user's settings, by name (a newer daemon's setting is shown too).
-    pub settings: BTreeMap<String, serde_json::Value>,
+    /// The user's settings, by name, in the order they are declared (a newer daemon's
+    /// setting is read too).
+    pub settings: Ordered,
     pub history_days: u32,
     pub sent_only_when: String,
     /// Extension: which way the bytes leave (the interface and its binding), in one sentence.
     pub leaves_through: Option<String>,
+}
+
+/// A JSON object read and written in its order (a `BTreeMap` would sort it): named values of
+/// which the daemon decides the order, such as the settings as their table declares them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ordered(pub Vec<(String, serde_json::Value)>);
+
+impl Serialize for Ordered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ordered, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
 }
 
 #[cfg(test)]
@@ -341,5 +376,14 @@ mod tests {
             newer.card.is_none(),
             "an older daemon's missing part stays missing"
         );
+    }
+
+    #[test]
+    fn an_ordered_object_keeps_its_order_both_ways() {
+        let text = r#"{"b":1,"a":[true],"c":"x"}"#;
+        let o: Ordered = serde_json::from_str(text).unwrap();
+        let keys: Vec<&str> = o.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "a", "c"]);
+        assert_eq!(serde_json::to_string(&o).unwrap(), text);
     }
 }

@@ -15,8 +15,8 @@ use crate::events::{DaemonState, Event};
 use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
 use crate::wire::{
-    code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, Pass, Privacy,
-    QueueCounts, SpaceSummary, Status, Uplink, WaitingCard,
+    code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, Ordered, Pass,
+    Privacy, QueueCounts, SpaceSummary, Status, Uplink, WaitingCard,
 };
 use crate::words::count;
 
@@ -181,10 +181,13 @@ impl App {
         value("device_type", Some(self.config.device.device_type.clone()));
         value("serial_number", Some(self.config.device.serial.clone()));
         value("storage_path", None);
-        let settings = match serde_json::to_value(&live.settings) {
-            Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        };
+        let mut all = serde_json::to_value(&live.settings).expect("plain data serializes");
+        let settings = Ordered(
+            crate::settings::Settings::NAMES
+                .iter()
+                .map(|n| (n.to_string(), all[*n].take()))
+                .collect(),
+        );
         Privacy {
             fields_sent: UploadMetadata::FIELDS.map(str::to_string).to_vec(),
             values,

@@ -271,7 +271,8 @@ pub fn privacy(p: &PrivacyView) -> String {
     if let Some(l) = &p.leaves_through {
         let _ = writeln!(out, "Leaves:         {l}");
     }
-    let _ = writeln!(out, "Your settings:  {}", settings_inline(&p.settings));
+    let sorted: BTreeMap<String, Value> = p.settings.0.iter().cloned().collect();
+    let _ = writeln!(out, "Your settings:  {}", settings_inline(&sorted));
     let _ = writeln!(
         out,
         "History:        kept {} on this device; `cambackup unpair` erases it",
