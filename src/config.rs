@@ -404,193 +404,30 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     validate(raw, text, file)
 }
 
+/// Checks the parsed TOML section by section, in the file's order: the first problem found is
+/// the one named.
 fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let missing = |path: &str| ConfigError::Missing {
-        path: path.into(),
-        file: file.into(),
-    };
-    let invalid = |path: &str, message: String| ConfigError::Invalid {
-        path: path.into(),
-        file: file.into(),
-        line: line_of_key(text, path),
-        message,
-    };
-
-    let dev = raw.device.ok_or_else(|| missing("device.type"))?;
-    let device_type = dev
-        .device_type
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| missing("device.type"))?;
-    let serial = match (dev.serial, dev.serial_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "device.serial_file",
-                "set either `device.serial` or `device.serial_file`, not both".into(),
-            ))
-        }
-        (Some(s), None) => s,
-        (None, Some(f)) => read_serial(&f).map_err(|e| {
-            invalid(
-                "device.serial_file",
-                format!("cannot read serial from {}: {e}", f.display()),
-            )
-        })?,
-        (None, None) => return Err(missing("device.serial")),
-    };
-    if serial.trim().is_empty() {
-        return Err(invalid(
-            "device.serial",
-            "the serial number is empty".into(),
-        ));
-    }
-
-    let mut media = raw.media.ok_or_else(|| missing("media.root"))?;
-    if media.root.as_os_str().is_empty() {
-        return Err(missing("media.root"));
-    }
-    if !media.root.is_absolute() {
-        return Err(invalid("media.root", "must be an absolute path".into()));
-    }
-    if media.mount_required && media.root.parent().is_none() {
-        return Err(invalid(
-            "media.mount_required",
-            format!(
-                "`{}` has no parent directory to tell a mounted card from: mount the card \
-                 elsewhere, or set `media.mount_required = false`",
-                media.root.display()
-            ),
-        ));
-    }
-    for (key, list) in [
-        ("media.photo_extensions", &media.photo_extensions),
-        ("media.video_extensions", &media.video_extensions),
-    ] {
-        if let Some(bad) = list.iter().find(|e| e.is_empty() || e.contains(['.', '/'])) {
-            return Err(invalid(
-                key,
-                format!("`{bad}` is not an extension (write it without the dot)"),
-            ));
-        }
-    }
-    media.filter = MediaFilter::new(
-        &media.photo_extensions,
-        &media.video_extensions,
-        &media.exclude,
-    )
-    .map_err(|m| invalid("media.exclude", m))?;
-
-    if let Some(p) = media.free_space_below_percent {
-        if !(1..=95).contains(&p) {
-            return Err(invalid(
-                "media.free_space_below_percent",
-                format!("{p} is not between 1 and 95 (percent of the card left free)"),
-            ));
-        }
-    }
-    if let Some(cmd) = &media.delete_command {
-        if !cmd.is_absolute() {
-            return Err(invalid(
-                "media.delete_command",
-                format!(
-                    "`{}` must be an absolute path (it runs without a shell)",
-                    cmd.display()
-                ),
-            ));
-        }
-        if !cmd.is_file() {
-            return Err(invalid(
-                "media.delete_command",
-                format!("{} does not exist or is not a file", cmd.display()),
-            ));
-        }
-    }
-
-    let cloud = raw.cloud.ok_or_else(|| missing("cloud.endpoint"))?;
-    if cloud.endpoint.is_empty() {
-        return Err(missing("cloud.endpoint"));
-    }
-    check_endpoint(&cloud.endpoint).map_err(|m| invalid("cloud.endpoint", m))?;
-    for (region, url) in &cloud.regions {
-        check_endpoint(url).map_err(|m| invalid(&format!("cloud.regions.{region}"), m))?;
-    }
-    if let Some(ca) = &cloud.ca_file {
-        if !ca.is_file() {
-            return Err(invalid(
-                "cloud.ca_file",
-                format!("{} does not exist or is not a file", ca.display()),
-            ));
-        }
-    }
-    if !(1..=1024).contains(&cloud.chunk_size_mib) {
-        return Err(invalid(
-            "cloud.chunk_size_mib",
-            "must be between 1 and 1024".into(),
-        ));
-    }
-    if cloud.stall_secs == 0 {
-        return Err(invalid("cloud.stall_secs", "must be at least 1".into()));
-    }
-    if !(1..=4).contains(&cloud.concurrency) {
-        return Err(invalid(
-            "cloud.concurrency",
-            "must be between 1 and 4".into(),
-        ));
-    }
-    if cloud.retry_max_secs == 0 {
-        return Err(invalid("cloud.retry_max_secs", "must be at least 1".into()));
-    }
-
-    let c = &raw.conditions;
-    if c.min_battery_percent > 100 {
-        return Err(invalid(
-            "conditions.min_battery_percent",
-            "must be between 0 and 100".into(),
-        ));
-    }
-    for pattern in &c.cellular_interfaces {
-        globset::Glob::new(pattern).map_err(|e| {
-            invalid(
-                "conditions.cellular_interfaces",
-                format!("bad pattern `{pattern}`: {e}"),
-            )
-        })?;
-    }
+    let at = At { text, file };
+    let device = at.device(raw.device)?;
+    let media = at.media(raw.media)?;
+    let cloud = at.cloud(raw.cloud)?;
+    at.conditions(&raw.conditions)?;
     // Relative paths would resolve against the working directory, which is `/` under systemd:
     // refused like a relative `media.root`, so the mistake shows at `check-config`.
     for (key, path) in [
         ("control.socket", &raw.control.socket),
         ("state.dir", &raw.state.dir),
     ] {
-        if path.as_os_str().is_empty() {
-            return Err(invalid(key, "must not be empty".into()));
-        }
-        if !path.is_absolute() {
-            return Err(invalid(
-                key,
-                format!("`{}` must be an absolute path", path.display()),
-            ));
-        }
+        at.absolute(key, path)?;
     }
-    if raw.defaults.data_types.is_empty() {
-        // An empty list is allowed: the user may choose to back up nothing automatically.
+    // The same bounds as the app's changes (the windows themselves were parsed already); an
+    // empty `data_types` is allowed: the user may choose to back up nothing automatically.
+    if let Err(e) = raw.defaults.validate() {
+        return Err(at.invalid(&format!("defaults.{}", e.field), e.problem));
     }
-    // The same bounds as the app's changes (the windows themselves were parsed already).
-    let bounds = crate::settings::SettingsPatch {
-        max_rate_kib_per_sec: Some(raw.defaults.max_rate_kib_per_sec),
-        schedule: Some(raw.defaults.schedule.clone()),
-        cellular_daily_mib: Some(raw.defaults.cellular_daily_mib),
-        ..Default::default()
-    };
-    if let Err(e) = bounds.validate() {
-        return Err(invalid(&format!("defaults.{}", e.field), e.problem));
-    }
-
     Ok(Config {
         file: file.into(),
-        device: Device {
-            device_type,
-            serial: serial.trim().to_string(),
-        },
+        device,
         media,
         cloud,
         conditions: raw.conditions,
@@ -598,6 +435,198 @@ fn validate(raw: Raw, text: &str, file: &Path) -> Result<Config, ConfigError> {
         state: raw.state,
         defaults: raw.defaults,
     })
+}
+
+/// The file being checked, to name a key's problem with its file and line.
+struct At<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl At<'_> {
+    fn missing(&self, path: &str) -> ConfigError {
+        ConfigError::Missing {
+            path: path.into(),
+            file: self.file.into(),
+        }
+    }
+
+    fn invalid(&self, path: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: path.into(),
+            file: self.file.into(),
+            line: line_of_key(self.text, path),
+            message,
+        }
+    }
+
+    /// `[device]`: the type, and the serial from `serial` or `serial_file` (one of them).
+    fn device(&self, dev: Option<RawDevice>) -> Result<Device, ConfigError> {
+        let dev = dev.ok_or_else(|| self.missing("device.type"))?;
+        let device_type = dev
+            .device_type
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| self.missing("device.type"))?;
+        let serial = match (dev.serial, dev.serial_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "device.serial_file",
+                    "set either `device.serial` or `device.serial_file`, not both".into(),
+                ))
+            }
+            (Some(s), None) => s,
+            (None, Some(f)) => read_serial(&f).map_err(|e| {
+                self.invalid(
+                    "device.serial_file",
+                    format!("cannot read serial from {}: {e}", f.display()),
+                )
+            })?,
+            (None, None) => return Err(self.missing("device.serial")),
+        };
+        if serial.trim().is_empty() {
+            return Err(self.invalid("device.serial", "the serial number is empty".into()));
+        }
+        Ok(Device {
+            device_type,
+            serial: serial.trim().to_string(),
+        })
+    }
+
+    /// `[media]`: the root, the extensions and globs (compiled here), and freeing space.
+    fn media(&self, media: Option<Media>) -> Result<Media, ConfigError> {
+        let mut media = media.ok_or_else(|| self.missing("media.root"))?;
+        if media.root.as_os_str().is_empty() {
+            return Err(self.missing("media.root"));
+        }
+        if !media.root.is_absolute() {
+            return Err(self.invalid("media.root", "must be an absolute path".into()));
+        }
+        if media.mount_required && media.root.parent().is_none() {
+            return Err(self.invalid(
+                "media.mount_required",
+                format!(
+                    "`{}` has no parent directory to tell a mounted card from: mount the card \
+                     elsewhere, or set `media.mount_required = false`",
+                    media.root.display()
+                ),
+            ));
+        }
+        for (key, list) in [
+            ("media.photo_extensions", &media.photo_extensions),
+            ("media.video_extensions", &media.video_extensions),
+        ] {
+            if let Some(bad) = list.iter().find(|e| e.is_empty() || e.contains(['.', '/'])) {
+                return Err(self.invalid(
+                    key,
+                    format!("`{bad}` is not an extension (write it without the dot)"),
+                ));
+            }
+        }
+        media.filter = MediaFilter::new(
+            &media.photo_extensions,
+            &media.video_extensions,
+            &media.exclude,
+        )
+        .map_err(|m| self.invalid("media.exclude", m))?;
+        self.freeing(&media)?;
+        Ok(media)
+    }
+
+    /// `[media]`'s freeing space keys: the threshold and the delete command.
+    fn freeing(&self, media: &Media) -> Result<(), ConfigError> {
+        if let Some(p) = media.free_space_below_percent {
+            if !(1..=95).contains(&p) {
+                return Err(self.invalid(
+                    "media.free_space_below_percent",
+                    format!("{p} is not between 1 and 95 (percent of the card left free)"),
+                ));
+            }
+        }
+        if let Some(cmd) = &media.delete_command {
+            if !cmd.is_absolute() {
+                return Err(self.invalid(
+                    "media.delete_command",
+                    format!(
+                        "`{}` must be an absolute path (it runs without a shell)",
+                        cmd.display()
+                    ),
+                ));
+            }
+            if !cmd.is_file() {
+                return Err(self.invalid(
+                    "media.delete_command",
+                    format!("{} does not exist or is not a file", cmd.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[cloud]`: the endpoints, the CA file and the upload's numbers.
+    fn cloud(&self, cloud: Option<Cloud>) -> Result<Cloud, ConfigError> {
+        let cloud = cloud.ok_or_else(|| self.missing("cloud.endpoint"))?;
+        if cloud.endpoint.is_empty() {
+            return Err(self.missing("cloud.endpoint"));
+        }
+        check_endpoint(&cloud.endpoint).map_err(|m| self.invalid("cloud.endpoint", m))?;
+        for (region, url) in &cloud.regions {
+            check_endpoint(url).map_err(|m| self.invalid(&format!("cloud.regions.{region}"), m))?;
+        }
+        if let Some(ca) = &cloud.ca_file {
+            if !ca.is_file() {
+                return Err(self.invalid(
+                    "cloud.ca_file",
+                    format!("{} does not exist or is not a file", ca.display()),
+                ));
+            }
+        }
+        if !(1..=1024).contains(&cloud.chunk_size_mib) {
+            return Err(self.invalid("cloud.chunk_size_mib", "must be between 1 and 1024".into()));
+        }
+        if cloud.stall_secs == 0 {
+            return Err(self.invalid("cloud.stall_secs", "must be at least 1".into()));
+        }
+        if !(1..=4).contains(&cloud.concurrency) {
+            return Err(self.invalid("cloud.concurrency", "must be between 1 and 4".into()));
+        }
+        if cloud.retry_max_secs == 0 {
+            return Err(self.invalid("cloud.retry_max_secs", "must be at least 1".into()));
+        }
+        Ok(cloud)
+    }
+
+    /// `[conditions]`: the battery floor and the cellular interfaces' patterns.
+    fn conditions(&self, c: &Conditions) -> Result<(), ConfigError> {
+        if c.min_battery_percent > 100 {
+            return Err(self.invalid(
+                "conditions.min_battery_percent",
+                "must be between 0 and 100".into(),
+            ));
+        }
+        for pattern in &c.cellular_interfaces {
+            globset::Glob::new(pattern).map_err(|e| {
+                self.invalid(
+                    "conditions.cellular_interfaces",
+                    format!("bad pattern `{pattern}`: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A path key that must be absolute and not empty.
+    fn absolute(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        if path.as_os_str().is_empty() {
+            return Err(self.invalid(key, "must not be empty".into()));
+        }
+        if !path.is_absolute() {
+            return Err(self.invalid(
+                key,
+                format!("`{}` must be an absolute path", path.display()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Reads a serial number file such as `/proc/device-tree/serial-number`: trimmed, NULs dropped.
@@ -743,19 +772,25 @@ impl fmt::Display for Config {
         writeln!(f, "\n[state]")?;
         writeln!(f, "dir = {:?}", self.state.dir.display().to_string())?;
         writeln!(f, "history_days = {}", self.state.history_days)?;
-        let d = &self.defaults;
         writeln!(f, "\n[defaults]")?;
-        writeln!(f, "auto_upload = {}", d.auto_upload)?;
-        writeln!(f, "network = {:?}", d.network.as_str())?;
-        writeln!(f, "require_charging = {}", d.require_charging)?;
-        writeln!(f, "require_idle = {}", d.require_idle)?;
-        let types: Vec<&str> = d.data_types.iter().map(|k| k.as_str()).collect();
-        writeln!(f, "data_types = {types:?}")?;
-        writeln!(f, "max_rate_kib_per_sec = {}", d.max_rate_kib_per_sec)?;
-        let windows: Vec<String> = d.schedule.iter().map(|w| w.to_string()).collect();
-        writeln!(f, "schedule = {windows:?}")?;
-        writeln!(f, "cellular_daily_mib = {}", d.cellular_daily_mib)?;
-        writeln!(f, "free_space = {:?}", d.free_space.as_str())
+        let d = serde_json::to_value(&self.defaults).expect("plain data serializes");
+        for name in Settings::NAMES {
+            writeln!(f, "{name} = {}", toml_value(&d[name]))?;
+        }
+        Ok(())
+    }
+}
+
+/// A setting's value as TOML writes it: words quoted, lists of them bracketed.
+fn toml_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::sync_dir;
 use crate::secret::Secret;
 
 /// The credentials file's name inside `state.dir`.
@@ -186,12 +187,6 @@ fn zero_fill(path: &Path, len: u64) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.write_all(&vec![0u8; len as usize])?;
     f.sync_all()
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod config;
 mod control;
 mod credentials;
 mod daemon;
+mod durable;
 mod events;
 mod freeing;
 // The parsers' entry points for `cargo fuzz` (fuzz/), and the tests that replay its inputs.
@@ -31,6 +32,7 @@ mod store;
 mod uplink;
 mod upload;
 mod watch;
+mod wire;
 mod words;
 
 #[cfg(test)]

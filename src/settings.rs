@@ -1,7 +1,9 @@
 //! The user's settings (INTERFACE.md section 4): what the app may change, stored in the database.
 //!
 //! Invariant: a [`Settings`] value is always valid; a patch is checked field by field at the edge
-//! ([`SettingsPatch`]) and applied whole or not at all.
+//! ([`SettingsPatch`]) and applied whole or not at all. A setting is declared once, as a row of
+//! the table below (`settings_table!`): the struct, the patch, the checks, what withdraws, the
+//! CLI's parser and help, the saved choices and the docs test all follow from that row.
 
 use std::fmt;
 
@@ -138,57 +140,206 @@ impl<'de> Deserialize<'de> for Window {
     }
 }
 
-/// The user's choices. `auto_upload` is the consent: nothing goes up automatically without it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
-    pub auto_upload: bool,
-    pub network: NetworkPref,
-    pub require_charging: bool,
-    pub require_idle: bool,
-    pub data_types: Vec<Kind>,
-    /// The cap on the upload rate, in KiB/s; 0 = no limit.
-    pub max_rate_kib_per_sec: u64,
-    /// When automatic uploads may run, in local time; empty = any time.
-    pub schedule: Vec<Window>,
-    /// The most MiB uploads may send over cellular per local day; 0 = no limit.
-    pub cellular_daily_mib: u64,
-    /// The user's consent to free space on the card (`off` unless the user says otherwise).
-    pub free_space: FreeSpace,
-}
-
 /// The highest `max_rate_kib_per_sec` (about 1 TiB/s): larger numbers are typing mistakes.
 pub const MAX_RATE_KIB_PER_SEC: u64 = 1 << 30;
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            auto_upload: false,
-            network: NetworkPref::Wifi,
-            require_charging: true,
-            require_idle: true,
-            data_types: vec![Kind::Photo, Kind::Video],
-            max_rate_kib_per_sec: 0,
-            schedule: Vec::new(),
-            cellular_daily_mib: 0,
-            free_space: FreeSpace::Off,
+/// The settings table: each setting is one row, and what every setting needs follows from it:
+/// the [`Settings`] struct and its default, the [`SettingsPatch`] of `PATCH /v1/settings`, the
+/// checks of both (the API's, the CLI's and `[defaults]`'s: [`SettingsPatch::validate`]), what
+/// a change withdraws ([`Settings::only_withdraws`], [`Settings::withdrawn_part`]), what an
+/// unrecorded choice allows ([`Settings::unrecorded`], for `choices.json`), the CLI's parser
+/// ([`SettingsPatch::from_cli`], by the value's [`SettingValue`] type) and help
+/// ([`Settings::HELP`]), `check-config`'s `[defaults]` (by [`Settings::NAMES`]), and the docs
+/// test (INTERFACE.md section 4 and the OpenAPI schemas name each of [`Settings::NAMES`]).
+///
+/// A row: the doc comment, `name: Type = default,` then in braces
+/// - `help`: what `cambackup settings --help` says of its values;
+/// - `allows_less`: whether the new value (second) allows no more than the old (first): a
+///   change every field of which allows less is a withdrawal, in force even on a full disk;
+/// - `check` (optional): the bounds a type cannot hold, as the problem named in the 400;
+/// - `unrecorded` (optional): the value when `choices.json` has no record of the user's word
+///   (a setting that grants something the user must have said yes to: it allows nothing).
+macro_rules! settings_table {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident: $ty:ty = $default:expr, {
+            help: $help:literal,
+            allows_less: $less:expr,
+            $(check: $check:expr,)?
+            $(unrecorded: $unrecorded:expr,)?
         }
-    }
+    )*) => {
+        /// The user's choices. `auto_upload` is the consent: nothing goes up automatically
+        /// without it.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[$doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $( $name: $default, )* }
+            }
+        }
+
+        /// A partial update from `PATCH /v1/settings` or `cambackup settings KEY VALUE`.
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SettingsPatch {
+            $(
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Settings {
+            /// The settings' names, in the order they are declared, serialized and shown.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// Each setting's name and what `cambackup settings --help` says of its values.
+            pub const HELP: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($name), $help)),*];
+
+            /// The settings with `patch` applied (each value as its type normalizes it:
+            /// duplicate data types collapse).
+            pub fn apply(&self, patch: &SettingsPatch) -> Settings {
+                let mut s = self.clone();
+                $(
+                    if let Some(v) = &patch.$name {
+                        s.$name = SettingValue::normalized(v.clone());
+                    }
+                )*
+                s
+            }
+
+            /// Whether `new` only withdraws: it allows nothing these settings did not (less or
+            /// the same, field by field). A withdrawal takes effect even when it cannot be
+            /// saved (a full state disk); anything that allows more is a grant, and a grant
+            /// that cannot be saved is refused. A change that both narrows and widens is a
+            /// grant.
+            pub fn only_withdraws(&self, new: &Settings) -> bool {
+                true $( && {
+                    let less: fn(&$ty, &$ty) -> bool = $less;
+                    less(&self.$name, &new.$name)
+                } )*
+            }
+
+            /// The part of `new` that only withdraws: field by field, `new`'s value where it
+            /// allows no more than this one's, else this one's. What a change that both
+            /// narrows and widens puts in force when the disk has no room to save it: the
+            /// withdrawal holds whatever the disk says, the grant is refused.
+            pub fn withdrawn_part(&self, new: &Settings) -> Settings {
+                let mut out = self.clone();
+                $(
+                    let less: fn(&$ty, &$ty) -> bool = $less;
+                    if less(&self.$name, &new.$name) {
+                        out.$name = new.$name.clone();
+                    }
+                )*
+                out
+            }
+
+            /// These settings as a choices file with no record of the user's word reads them:
+            /// each setting that grants what only the user may grant at what allows nothing.
+            pub fn unrecorded(self) -> Settings {
+                #[allow(unused_mut)]
+                let mut s = self;
+                $( $( s.$name = $unrecorded; )? )*
+                s
+            }
+
+            /// Checks every value as [`SettingsPatch::validate`] checks a patch (the maker's
+            /// `[defaults]` take the app's bounds).
+            pub fn validate(&self) -> Result<(), InvalidSetting> {
+                SettingsPatch { $( $name: Some(self.$name.clone()), )* }.validate()
+            }
+        }
+
+        impl SettingsPatch {
+            /// Checks the values a type cannot: refused here, at the edge, naming the field.
+            pub fn validate(&self) -> Result<(), InvalidSetting> {
+                $($(
+                    if let Some(v) = &self.$name {
+                        let check: fn(&$ty) -> Result<(), String> = $check;
+                        check(v).map_err(|problem| InvalidSetting {
+                            field: stringify!($name),
+                            problem,
+                        })?;
+                    }
+                )?)*
+                Ok(())
+            }
+
+            /// A patch of the one setting `key` from the command line (`cambackup settings
+            /// KEY VALUE`): `value` read by the setting's type, then checked as the API checks
+            /// it. `None`: there is no such setting.
+            pub fn from_cli(key: &str, value: &str) -> Option<Result<SettingsPatch, String>> {
+                let mut p = SettingsPatch::default();
+                let read = match key {
+                    $(
+                        stringify!($name) => {
+                            <$ty as SettingValue>::from_cli(key, value).map(|v| p.$name = Some(v))
+                        }
+                    )*
+                    _ => return None,
+                };
+                Some(read.and_then(|()| p.validate().map_err(|e| e.to_string())).map(|()| p))
+            }
+        }
+    };
 }
 
-/// A partial update from `PATCH /v1/settings` or `cambackup settings KEY VALUE`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsPatch {
-    pub auto_upload: Option<bool>,
-    pub network: Option<NetworkPref>,
-    pub require_charging: Option<bool>,
-    pub require_idle: Option<bool>,
-    pub data_types: Option<Vec<Kind>>,
-    pub max_rate_kib_per_sec: Option<u64>,
-    pub schedule: Option<Vec<Window>>,
-    pub cellular_daily_mib: Option<u64>,
-    pub free_space: Option<FreeSpace>,
+settings_table! {
+    auto_upload: bool = false, {
+        help: "true|false: the consent to upload automatically",
+        allows_less: |old, new| *old || !*new,
+        unrecorded: false,
+    }
+    network: NetworkPref = NetworkPref::Wifi, {
+        help: "wifi|unmetered|any",
+        allows_less: |old, new| network_rank(*new) <= network_rank(*old),
+        unrecorded: NetworkPref::Wifi,
+    }
+    require_charging: bool = true, {
+        help: "true|false",
+        allows_less: |old, new| *new || !*old,
+    }
+    require_idle: bool = true, {
+        help: "true|false",
+        allows_less: |old, new| *new || !*old,
+    }
+    data_types: Vec<Kind> = vec![Kind::Photo, Kind::Video], {
+        help: "a comma list of photo,video; empty for none",
+        allows_less: |old, new| new.iter().all(|k| old.contains(k)),
+    }
+    /// The cap on the upload rate, in KiB/s; 0 = no limit.
+    max_rate_kib_per_sec: u64 = 0, {
+        help: "the upload rate cap in KiB/s; 0 for none",
+        allows_less: |old, new| limit(*new) <= limit(*old),
+        check: |v| at_most(*v, MAX_RATE_KIB_PER_SEC),
+    }
+    /// When automatic uploads may run, in local time; empty = any time.
+    schedule: Vec<Window> = Vec::new(), {
+        help: "a comma list of daily windows in local time like 01:00-07:00; empty for any time",
+        allows_less: |old, new| (0..24 * 60).all(|m| !in_hours(new, m) || in_hours(old, m)),
+        check: |w| match w.len() {
+            n if n > MAX_WINDOWS => Err(format!("{n} windows; at most {MAX_WINDOWS}")),
+            _ => Ok(()),
+        },
+    }
+    /// The most MiB uploads may send over cellular per local day; 0 = no limit.
+    cellular_daily_mib: u64 = 0, {
+        help: "MiB per day over cellular; 0 for no limit",
+        allows_less: |old, new| limit(*new) <= limit(*old),
+        check: |v| at_most(*v, MAX_CELLULAR_DAILY_MIB),
+    }
+    /// The user's consent to free space on the card (`off` unless the user says otherwise).
+    free_space: FreeSpace = FreeSpace::Off, {
+        help: "off|when_low: delete backed-up files when the card runs low",
+        allows_less: |old, new| *new == FreeSpace::Off || *old == FreeSpace::WhenLow,
+        unrecorded: FreeSpace::Off,
+    }
 }
 
 /// A patch that names a field with a value out of its range.
@@ -201,78 +352,113 @@ pub struct InvalidSetting {
     pub problem: String,
 }
 
-impl SettingsPatch {
-    /// Checks the values a type cannot: refused here, at the edge, naming the field.
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if let Some(r) = self.max_rate_kib_per_sec {
-            if r > MAX_RATE_KIB_PER_SEC {
-                return Err(InvalidSetting {
-                    field: "max_rate_kib_per_sec",
-                    problem: format!(
-                        "{r} is over the most allowed, {MAX_RATE_KIB_PER_SEC} (0 means no limit)"
-                    ),
-                });
-            }
+/// A setting's type: how the command line writes a value of it (`cambackup settings KEY
+/// VALUE`), and the form a value is kept in. A new setting of a type below needs nothing
+/// more than its row in the table.
+pub trait SettingValue: Sized + Clone {
+    /// The value from its command-line text; the error names `key` and says what is allowed.
+    fn from_cli(key: &str, value: &str) -> Result<Self, String>;
+
+    /// The value as it is kept (the same unless the type says otherwise).
+    fn normalized(self) -> Self {
+        self
+    }
+}
+
+impl SettingValue for bool {
+    fn from_cli(key: &str, value: &str) -> Result<bool, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" => Ok(true),
+            "false" | "off" | "no" | "0" => Ok(false),
+            _ => Err(format!("`{key}` is true or false, not `{value}`")),
         }
-        if let Some(m) = self.cellular_daily_mib {
-            if m > MAX_CELLULAR_DAILY_MIB {
-                return Err(InvalidSetting {
-                    field: "cellular_daily_mib",
-                    problem: format!(
-                        "{m} is over the most allowed, {MAX_CELLULAR_DAILY_MIB} (0 means no limit)"
-                    ),
-                });
-            }
-        }
-        if let Some(w) = &self.schedule {
-            if w.len() > MAX_WINDOWS {
-                return Err(InvalidSetting {
-                    field: "schedule",
-                    problem: format!("{} windows; at most {MAX_WINDOWS}", w.len()),
-                });
-            }
-        }
+    }
+}
+
+impl SettingValue for u64 {
+    fn from_cli(key: &str, value: &str) -> Result<u64, String> {
+        value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{key}` is a whole number (0: no limit), not `{value}`"))
+    }
+}
+
+impl SettingValue for NetworkPref {
+    fn from_cli(key: &str, value: &str) -> Result<NetworkPref, String> {
+        NetworkPref::parse(value.trim()).ok_or_else(|| {
+            format!(
+                "`{key}` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular too), \
+                 not `{value}`"
+            )
+        })
+    }
+}
+
+impl SettingValue for FreeSpace {
+    fn from_cli(key: &str, value: &str) -> Result<FreeSpace, String> {
+        FreeSpace::parse(value.trim()).ok_or_else(|| {
+            format!(
+                "`{key}` is off or when_low (delete backed-up files when the card runs low), \
+                 not `{value}`"
+            )
+        })
+    }
+}
+
+impl SettingValue for Vec<Kind> {
+    fn from_cli(key: &str, value: &str) -> Result<Vec<Kind>, String> {
+        comma_list(value)
+            .map(|k| {
+                Kind::parse(k).ok_or_else(|| {
+                    format!("`{key}` is a comma list of photo, video, not `{value}`")
+                })
+            })
+            .collect()
+    }
+
+    /// Sorted, each kind once.
+    fn normalized(mut self) -> Vec<Kind> {
+        self.sort();
+        self.dedup();
+        self
+    }
+}
+
+impl SettingValue for Vec<Window> {
+    fn from_cli(key: &str, value: &str) -> Result<Vec<Window>, String> {
+        comma_list(value)
+            .map(|w| Window::parse(w).map_err(|e| format!("`{key}`: {e}")))
+            .collect()
+    }
+}
+
+/// The items of a comma list, trimmed; empty items are dropped, so "" is the empty list.
+fn comma_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// A limit of which 0 means "no limit", ordered by what it allows (0 is the widest).
+fn limit(v: u64) -> u64 {
+    if v == 0 {
+        u64::MAX
+    } else {
+        v
+    }
+}
+
+/// A bound's problem: `v` over `max` (where 0 means no limit).
+fn at_most(v: u64, max: u64) -> Result<(), String> {
+    if v > max {
+        Err(format!(
+            "{v} is over the most allowed, {max} (0 means no limit)"
+        ))
+    } else {
         Ok(())
     }
 }
 
 impl Settings {
-    /// The settings with `patch` applied. Duplicate data types collapse.
-    pub fn apply(&self, patch: &SettingsPatch) -> Settings {
-        let mut s = self.clone();
-        if let Some(v) = patch.auto_upload {
-            s.auto_upload = v;
-        }
-        if let Some(v) = patch.network {
-            s.network = v;
-        }
-        if let Some(v) = patch.require_charging {
-            s.require_charging = v;
-        }
-        if let Some(v) = patch.require_idle {
-            s.require_idle = v;
-        }
-        if let Some(v) = &patch.data_types {
-            let mut v = v.clone();
-            v.sort();
-            v.dedup();
-            s.data_types = v;
-        }
-        if let Some(v) = patch.max_rate_kib_per_sec {
-            s.max_rate_kib_per_sec = v;
-        }
-        if let Some(v) = &patch.schedule {
-            s.schedule = v.clone();
-        }
-        if let Some(v) = patch.cellular_daily_mib {
-            s.cellular_daily_mib = v;
-        }
-        if let Some(v) = patch.free_space {
-            s.free_space = v;
-        }
-        s
-    }
-
     /// The upload rate cap in bytes per second (0: none).
     pub fn max_rate_bytes_per_sec(&self) -> u64 {
         self.max_rate_kib_per_sec.saturating_mul(1024)
@@ -286,55 +472,6 @@ impl Settings {
     /// Whether files of `kind` may go up automatically.
     pub fn wants(&self, kind: Kind) -> bool {
         self.data_types.contains(&kind)
-    }
-
-    /// Whether `new` only withdraws: it allows nothing these settings did not (less or the
-    /// same, field by field). A withdrawal takes effect even when it cannot be saved (a full
-    /// state disk); anything that allows more is a grant, and a grant that cannot be saved is
-    /// refused. A change that both narrows and widens is a grant.
-    pub fn only_withdraws(&self, new: &Settings) -> bool {
-        // 0 means "no limit": the widest.
-        let limit = |v: u64| if v == 0 { u64::MAX } else { v };
-        (self.auto_upload || !new.auto_upload)
-            && network_rank(new.network) <= network_rank(self.network)
-            && (new.require_charging || !self.require_charging)
-            && (new.require_idle || !self.require_idle)
-            && new.data_types.iter().all(|k| self.data_types.contains(k))
-            && limit(new.max_rate_kib_per_sec) <= limit(self.max_rate_kib_per_sec)
-            && (0..24 * 60).all(|m| !in_hours(&new.schedule, m) || in_hours(&self.schedule, m))
-            && limit(new.cellular_daily_mib) <= limit(self.cellular_daily_mib)
-            && (new.free_space == FreeSpace::Off || self.free_space == FreeSpace::WhenLow)
-    }
-}
-
-impl Settings {
-    /// The part of `new` that only withdraws: field by field, `new`'s value where it allows
-    /// no more than this one's, else this one's. What a change that both narrows and widens
-    /// puts in force when the disk has no room to save it: the withdrawal holds whatever the
-    /// disk says, the grant is refused.
-    pub fn withdrawn_part(&self, new: &Settings) -> Settings {
-        let mut out = self.clone();
-        macro_rules! narrower {
-            ($($field:ident),*) => {$(
-                let mut one = self.clone();
-                one.$field = new.$field.clone();
-                if self.only_withdraws(&one) {
-                    out.$field = one.$field;
-                }
-            )*};
-        }
-        narrower!(
-            auto_upload,
-            network,
-            require_charging,
-            require_idle,
-            data_types,
-            max_rate_kib_per_sec,
-            schedule,
-            cellular_daily_mib,
-            free_space
-        );
-        out
     }
 
     /// The names of the fields whose values differ between `self` and `other`.
@@ -563,6 +700,43 @@ mod tests {
             let p: SettingsPatch = serde_json::from_str(patch).unwrap();
             assert_eq!(off.only_withdraws(&off.apply(&p)), withdraws, "{patch}");
         }
+    }
+
+    /// The docs follow the table: INTERFACE.md section 4 names every setting, and the OpenAPI
+    /// file's `Settings` (all required, in the table's order) and `SettingsPatch` have exactly
+    /// the table's settings. A setting added to the table fails here until it is documented.
+    #[test]
+    fn the_docs_name_every_setting_of_the_table() {
+        let doc = include_str!("../docs/INTERFACE.md");
+        let start = doc.find("## 4. The user's settings").expect("section 4");
+        let section = &doc[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        for name in Settings::NAMES {
+            assert!(
+                section.contains(&format!("`{name}`")),
+                "INTERFACE.md section 4 does not name `{name}`"
+            );
+        }
+        let spec: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(include_str!("../docs/openapi.yaml")).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let names = |v: &serde_yaml_ng::Value| -> Vec<String> {
+            match v {
+                serde_yaml_ng::Value::Mapping(m) => {
+                    m.keys().map(|k| k.as_str().unwrap().to_string()).collect()
+                }
+                serde_yaml_ng::Value::Sequence(s) => {
+                    s.iter().map(|k| k.as_str().unwrap().to_string()).collect()
+                }
+                other => panic!("not a list of names: {other:?}"),
+            }
+        };
+        assert_eq!(names(&schemas["Settings"]["required"]), Settings::NAMES);
+        assert_eq!(names(&schemas["Settings"]["properties"]), Settings::NAMES);
+        assert_eq!(
+            names(&schemas["SettingsPatch"]["properties"]),
+            Settings::NAMES
+        );
     }
 
     #[test]

@@ -5,24 +5,12 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::App;
 use crate::events::Event;
-use crate::media::StoragePath;
 use crate::store::Item;
-
-/// The upload in flight, as `status.current` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Current {
-    pub id: i64,
-    pub storage_path: StoragePath,
-    pub bytes_sent: u64,
-    pub bytes_total: u64,
-    pub rate_bps: u64,
-    pub eta_secs: Option<u64>,
-}
+use crate::wire::Current;
 
 #[derive(Debug)]
 pub(super) struct InFlight {
@@ -129,11 +117,12 @@ impl App {
     }
 }
 
+/// The upload in flight, as `status.current` shows it.
 pub(super) fn current_of(f: &InFlight) -> Current {
     let left = f.item.size.saturating_sub(f.bytes_sent);
     Current {
         id: f.item.id,
-        storage_path: f.item.storage_path.clone(),
+        storage_path: f.item.storage_path.as_str().to_string(),
         bytes_sent: f.bytes_sent,
         bytes_total: f.item.size,
         rate_bps: f.rate_bps,

@@ -6,29 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::account::AccountStatus;
-use super::flight::{current_of, Current};
-use super::{App, AppError, Live};
+use super::flight::current_of;
+use super::{App, AppError, Live, PassReport};
 use crate::clock::now_unix;
 use crate::conditions::Snapshot;
-use crate::events::DaemonState;
-use crate::gate::Block;
-use crate::settings::Settings;
-use crate::store::QueueCounts;
+use crate::events::{DaemonState, Event};
 use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
+use crate::wire::{
+    code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, Ordered, Pass,
+    Privacy, QueueCounts, SpaceSummary, Status, Uplink, WaitingCard,
+};
 use crate::words::count;
-
-/// Something only the user can fix, as `status.attention` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attention {
-    /// A stable snake_case code the app can translate.
-    pub code: &'static str,
-    /// A sentence for the user, naming what to do.
-    pub message: String,
-}
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
@@ -43,140 +33,62 @@ pub const ATTENTION_CODES: [&str; 8] = [
     "free_space_unverified",
 ];
 
-/// The queue's counts and bytes, as `status.queue` shows them.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueSummary {
-    pub pending: u64,
-    pub uploading: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    /// Bytes still to send for pending, uploading and failed items.
-    pub bytes_remaining: u64,
-    /// Bytes of completed uploads.
-    pub bytes_done: u64,
-    /// Of the skipped items, those waiting for their card, which is out (`waiting_for_card`):
-    /// not backed up.
-    pub waiting_for_card: u64,
-}
-
-impl From<&QueueCounts> for QueueSummary {
-    fn from(c: &QueueCounts) -> QueueSummary {
-        QueueSummary {
-            pending: c.pending,
-            uploading: c.uploading,
-            done: c.done,
-            failed: c.failed,
-            skipped: c.skipped,
-            cancelled: c.cancelled,
-            bytes_remaining: c.bytes_remaining,
-            bytes_done: c.bytes_done,
-            waiting_for_card: 0,
-        }
+/// `status.conditions`: the reading as the API shows it.
+fn conditions_of(s: &Snapshot) -> Conditions {
+    Conditions {
+        charging: s.charging,
+        battery_percent: s.battery_percent,
+        network: code(&s.network),
+        interface: s.interface.clone(),
+        links: s
+            .links
+            .iter()
+            .map(|l| Link {
+                interface: l.interface.clone(),
+                network: code(&l.network),
+                families: l.families.iter().map(code).collect(),
+                metered: Metered {
+                    metered: l.metered.metered,
+                    because: l.metered.because.as_ref().map(code),
+                },
+            })
+            .collect(),
+        temp_c: s.temp_c,
+        load: s.load,
+        recording: s.recording,
+        secs_since_media_write: s.secs_since_media_write,
     }
 }
 
-/// What of the card is backed up, as `status.card` shows it: of the eligible files the
-/// daemon has found (queued, in flight, failed or done), how many are done.
-///
-/// Kept by the store's counts (migration 4's triggers), so it costs a few rows whatever the
-/// card holds. A file uploaded and since deleted from the card still counts as backed up;
-/// files left out (`skipped`: deleted before upload, replaced; `cancelled`) do not count.
-#[derive(Debug, Clone, Serialize)]
-pub struct CardSummary {
-    pub files_backed_up: u64,
-    pub files_total: u64,
-    pub bytes_backed_up: u64,
-    pub bytes_total: u64,
-    /// The card in the slot: its volume serial (`XXXX-XXXX` on FAT and exFAT) and label, where
-    /// they can be read, and whether it is read-only (write-protected).
-    pub serial: Option<String>,
-    pub label: Option<String>,
-    pub read_only: bool,
-    /// Files of cards that are out, waiting for them (`waiting_for_card`); counted in the
-    /// totals above as not backed up.
-    pub waiting_for: Vec<WaitingCard>,
-}
-
-/// The files of one card that is out, waiting for it.
-#[derive(Debug, Clone, Serialize)]
-pub struct WaitingCard {
-    /// The card's label if it had one when last in, else its serial.
-    pub card: Option<String>,
-    pub serial: Option<String>,
-    pub files: u64,
-    pub bytes: u64,
-}
-
-impl From<&QueueCounts> for CardSummary {
-    fn from(c: &QueueCounts) -> CardSummary {
-        CardSummary {
-            files_backed_up: c.done,
-            files_total: c.done + c.pending + c.uploading + c.failed,
-            bytes_backed_up: c.bytes_done,
-            bytes_total: c.bytes_done + c.bytes_open,
-            serial: None,
-            label: None,
-            read_only: false,
-            waiting_for: Vec::new(),
-        }
+/// `status.uplink`: the way out as the API shows it.
+fn uplink_of(u: &UplinkStatus) -> Uplink {
+    Uplink {
+        interface: u.interface.clone(),
+        binding: u.binding.as_ref().map(code),
+        network: u.network.as_ref().map(code),
+        families: u.families.iter().map(code).collect(),
+        metered: u.metered,
+        metered_because: u.metered_because.as_ref().map(code),
+        metered_override: u.metered_override,
     }
 }
 
-/// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub state: DaemonState,
-    pub blocked_by: Vec<Block>,
-    /// Extension: what blocks a manual upload (only the network preference and heat do).
-    pub manual_blocked_by: Vec<Block>,
-    pub conditions: Option<Snapshot>,
-    pub media_available: bool,
-    pub paused: bool,
-    pub queue: QueueSummary,
-    pub current: Option<Current>,
-    /// Extension: every upload in flight when `cloud.concurrency` > 1.
-    pub uploads: Vec<Current>,
-    /// What only the user can fix (empty when all is well).
-    pub attention: Vec<Attention>,
-    /// The interface uploads leave through, the binding in force, metered or not and why.
-    pub uplink: UplinkStatus,
-    /// When the last upload completed (unix seconds); `None` before the first.
-    pub last_success_at: Option<i64>,
-    /// When the earliest item waiting on a back-off may be tried again (unix seconds); `None`
-    /// when none waits on one.
-    pub next_attempt_at: Option<i64>,
-    /// How much of the card is backed up.
-    pub card: CardSummary,
-    /// Bytes uploads sent over cellular today (the device's local day), for the data plan.
-    pub cellular_bytes_today: u64,
-    /// Freeing space: the user's setting, whether the maker configured it, the last pass.
-    pub space: SpaceSummary,
-}
-
-/// `status.space`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SpaceSummary {
-    pub free_space: crate::settings::FreeSpace,
-    /// The maker set `media.free_space_below_percent`.
-    pub configured: bool,
-    /// What the freeing task's last pass found and did; `None` before the first.
-    pub last_pass: Option<super::PassReport>,
-}
-
-/// `GET /v1/privacy`: exactly what leaves the device, and where to.
-#[derive(Debug, Clone, Serialize)]
-pub struct Privacy {
-    pub fields_sent: [&'static str; 4],
-    pub values: BTreeMap<&'static str, Option<String>>,
-    pub endpoint: String,
-    pub transport: &'static str,
-    pub settings: Settings,
-    pub history_days: u32,
-    pub sent_only_when: &'static str,
-    /// Extension: which way the bytes leave (the interface and its binding), in one sentence.
-    pub leaves_through: String,
+/// `status.space.last_pass`: the freeing task's last pass as the API shows it.
+fn pass_of(p: &PassReport) -> Pass {
+    Pass {
+        at: p.at,
+        card: p.card.map(|c| CardSpace {
+            total_bytes: c.total_bytes,
+            free_bytes: c.free_bytes,
+        }),
+        held_by: p.held_by.iter().map(code).collect(),
+        need_bytes: p.need_bytes,
+        freed_files: p.freed_files,
+        freed_bytes: p.freed_bytes,
+        kept: p.kept.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+        kept_unverified: p.kept_unverified,
+        failures: p.failures.clone(),
+    }
 }
 
 impl App {
@@ -187,7 +99,7 @@ impl App {
         let next_attempt_at = self.store.next_backoff_at(now_unix())?;
         let last_pass = self.last_pass();
         let card = self.card_summary(&queue)?;
-        let mut queue_summary = QueueSummary::from(&queue);
+        let mut queue_summary = queue.clone();
         queue_summary.waiting_for_card = card.waiting_for.iter().map(|w| w.files).sum();
         let live = self.live();
         let uploads: Vec<Current> = live.in_flight.values().map(current_of).collect();
@@ -195,31 +107,44 @@ impl App {
         if let Some(p) = last_pass.as_ref().filter(|p| p.stuck_unverified()) {
             attention.push(unverified_attention(p, &self.config.media));
         }
+        let name = |b: &crate::gate::Block| b.as_str().to_string();
         Ok(Status {
             attention,
-            state: state_of(&live, queue.pending + queue.uploading > 0),
-            blocked_by: live.verdict.auto.clone(),
-            manual_blocked_by: live.verdict.manual.clone(),
-            conditions: live.snapshot.clone(),
+            state: state_of(&live, queue.pending + queue.uploading > 0)
+                .as_str()
+                .to_string(),
+            blocked_by: live.verdict.auto.iter().map(name).collect(),
+            manual_blocked_by: live.verdict.manual.iter().map(name).collect(),
+            conditions: live.snapshot.as_ref().map(conditions_of),
             media_available: live.media_available,
             paused: live.paused,
             queue: queue_summary,
-            card,
+            card: Some(card),
             cellular_bytes_today: live.cellular_bytes_today,
-            space: SpaceSummary {
-                free_space: live.settings.free_space,
+            space: Some(SpaceSummary {
+                free_space: live.settings.free_space.as_str().to_string(),
                 configured: self.config.media.frees_space(),
-                last_pass,
-            },
+                last_pass: last_pass.as_ref().map(pass_of),
+            }),
             last_success_at,
             next_attempt_at,
             current: uploads.first().cloned(),
             uploads,
-            uplink: uplink::describe(
+            uplink: Some(uplink_of(&uplink::describe(
                 live.snapshot.as_ref(),
                 &self.client.binding(),
                 self.activity.metered_override(),
-            ),
+            ))),
+        })
+    }
+
+    /// The `state` event an event stream starts with: the state and blocks `status` shows.
+    pub fn state_event(&self) -> Result<Event, AppError> {
+        let queue = self.store.counts()?;
+        let live = self.live();
+        Ok(Event::State {
+            state: state_of(&live, queue.pending + queue.uploading > 0),
+            blocked_by: live.verdict.auto.clone(),
         })
     }
 
@@ -251,28 +176,38 @@ impl App {
             .endpoint_for(region.as_deref())
             .to_string();
         let mut values = BTreeMap::new();
-        values.insert("user_id", live.account.as_ref().map(|a| a.user_id.clone()));
-        values.insert("device_type", Some(self.config.device.device_type.clone()));
-        values.insert("serial_number", Some(self.config.device.serial.clone()));
-        values.insert("storage_path", None);
+        let mut value = |k: &str, v: Option<String>| values.insert(k.to_string(), v);
+        value("user_id", live.account.as_ref().map(|a| a.user_id.clone()));
+        value("device_type", Some(self.config.device.device_type.clone()));
+        value("serial_number", Some(self.config.device.serial.clone()));
+        value("storage_path", None);
+        let mut all = serde_json::to_value(&live.settings).expect("plain data serializes");
+        let settings = Ordered(
+            crate::settings::Settings::NAMES
+                .iter()
+                .map(|n| (n.to_string(), all[*n].take()))
+                .collect(),
+        );
         Privacy {
-            fields_sent: UploadMetadata::FIELDS,
+            fields_sent: UploadMetadata::FIELDS.map(str::to_string).to_vec(),
             values,
             transport: if endpoint.starts_with("https://") {
                 "https (TLS, certificate verified)"
             } else {
                 "http to this device only (loopback)"
-            },
+            }
+            .to_string(),
             endpoint,
-            settings: live.settings.clone(),
+            settings,
             history_days: self.config.state.history_days,
-            leaves_through: uplink::privacy_sentence(&uplink::describe(
+            leaves_through: Some(uplink::privacy_sentence(&uplink::describe(
                 live.snapshot.as_ref(),
                 &self.client.binding(),
                 self.activity.metered_override(),
-            )),
+            ))),
             sent_only_when: "a file is uploaded: with auto_upload on and the conditions met, \
-                             or when the app asks for a manual upload",
+                             or when the app asks for a manual upload"
+                .to_string(),
         }
     }
 }
@@ -294,7 +229,7 @@ fn unverified_attention(p: &super::PassReport, media: &crate::config::Media) -> 
     let files = count(p.kept_unverified, "backed-up file", "backed-up files");
     let are = if p.kept_unverified == 1 { "is" } else { "are" };
     Attention {
-        code: ATTENTION_CODES[7],
+        code: ATTENTION_CODES[7].to_string(),
         message: format!(
             "The card is low on space and freeing space is on, but {files} {are} kept because \
              their upload cannot be verified: {why}. Free space by hand, or see \
@@ -329,7 +264,12 @@ pub(super) fn state_of(live: &Live, waiting: bool) -> DaemonState {
 /// What only the user can fix, from the live state and the queue counts.
 pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
     let mut out = Vec::new();
-    let mut add = |code, message: String| out.push(Attention { code, message });
+    let mut add = |code: &str, message: String| {
+        out.push(Attention {
+            code: code.to_string(),
+            message,
+        })
+    };
     match &live.account_status {
         AccountStatus::Unauthorized(m) => add(
             ATTENTION_CODES[0],
@@ -403,4 +343,79 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::metered::{Metered as LinkMetered, MeteredBy};
+    use crate::conditions::{Family, Link as LinkRead, Network};
+    use crate::upload::bind::BindMode;
+
+    /// The API's parts say what the daemon's own types serialize to, field for field: the
+    /// wire types changed where the JSON is defined, not what it says.
+    #[test]
+    fn the_wire_says_what_the_daemons_types_say() {
+        let snap = Snapshot {
+            charging: Some(true),
+            battery_percent: Some(80),
+            network: Network::Wifi,
+            interface: Some("wlan0".into()),
+            links: vec![LinkRead {
+                interface: "wlan0".into(),
+                network: Network::Wifi,
+                families: vec![Family::Ipv4, Family::Ipv6],
+                gateway_v4: None,
+                metered: LinkMetered {
+                    metered: true,
+                    because: Some(MeteredBy::IphoneGateway),
+                },
+            }],
+            temp_c: Some(41.5),
+            load: Some(0.25),
+            recording: true,
+            secs_since_media_write: Some(9),
+            local_minute: Some(61),
+            cellular_bytes_today: 5,
+        };
+        let same = |daemon: serde_json::Value, wire: serde_json::Value| {
+            assert_eq!(daemon, wire);
+        };
+        same(
+            serde_json::to_value(&snap).unwrap(),
+            serde_json::to_value(conditions_of(&snap)).unwrap(),
+        );
+        let up = UplinkStatus {
+            interface: Some("wlan0".into()),
+            binding: Some(BindMode::Device),
+            network: Some(Network::Wifi),
+            families: vec![Family::Ipv4],
+            metered: true,
+            metered_because: Some(MeteredBy::App),
+            metered_override: Some(true),
+        };
+        same(
+            serde_json::to_value(&up).unwrap(),
+            serde_json::to_value(uplink_of(&up)).unwrap(),
+        );
+        let mut pass = PassReport {
+            at: 1_700_000_000,
+            card: Some(crate::space::Card {
+                total_bytes: 100,
+                free_bytes: 3,
+            }),
+            held_by: vec![crate::space::Hold::Recording],
+            need_bytes: 10,
+            freed_files: 1,
+            freed_bytes: 4,
+            kept_unverified: 2,
+            failures: vec!["x".into()],
+            ..PassReport::default()
+        };
+        pass.kept.insert("no_checksum", 2);
+        same(
+            serde_json::to_value(&pass).unwrap(),
+            serde_json::to_value(pass_of(&pass)).unwrap(),
+        );
+    }
 }

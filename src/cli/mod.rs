@@ -110,15 +110,7 @@ pub enum Command {
         id: i64,
     },
     /// Show the settings, one setting, or set one
-    #[command(long_about = "Show the settings, one setting, or set one.\n\n\
-        Settings: auto_upload (true|false: the consent to upload automatically), network \
-        (wifi|unmetered|any), require_charging (true|false), require_idle (true|false), \
-        data_types (a comma list of photo,video; empty for none), max_rate_kib_per_sec (the \
-        upload rate cap in KiB/s; 0 for none), schedule (a comma list of daily windows in \
-        local time like 01:00-07:00; empty for any time), cellular_daily_mib (MiB per day over \
-        cellular; 0 for no limit), free_space (off|when_low: delete backed-up files when the \
-        card runs low).\n\n\
-        Example: cambackup settings network unmetered")]
+    #[command(long_about = settings_help())]
     Settings {
         /// The setting's name
         key: Option<String>,
@@ -444,14 +436,14 @@ async fn queue(client: &Client, state: Option<&str>, json: bool) -> Result<(), F
     print_as(&json, &v, |v| render::queue(&view::<Vec<_>>(&v["items"])))
 }
 
-/// The settings a user may change, in the order they are shown: the fields of
-/// [`crate::settings::Settings`] itself, so a setting the API takes is never missing here.
+/// The settings a user may change, in the order they are shown: the settings table's.
 pub(crate) fn setting_names() -> &'static [&'static str] {
-    struct_fields::<crate::settings::Settings>()
+    crate::settings::Settings::NAMES
 }
 
 /// The field names of a struct, in declaration order, from its derived `Deserialize`: the
 /// derive hands them to `deserialize_struct`, where this deserializer takes them and stops.
+#[cfg(test)]
 fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     use serde::de::{self, Visitor};
     struct Fields(&'static [&'static str]);
@@ -524,90 +516,27 @@ fn unknown_setting(key: &str) -> Fail {
     ))
 }
 
-/// A setting's value from the command line, by the setting's type: the words of a few settings
-/// get their own message, every other setting is read by the type of its value (a bool, a whole
-/// number, a comma list, a word), and every value is then checked as the API checks it.
+/// A setting's value from the command line, by the setting's type (the settings table's
+/// [`crate::settings::SettingValue`]), checked as the API checks it: the JSON value the patch
+/// sends.
 fn parse_setting(key: &str, value: &str) -> Result<Value, String> {
-    if !setting_names().contains(&key) {
-        return Err(unknown_setting(key).message);
-    }
-    let v = value.trim();
-    let list = || {
-        v.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| Value::String(p.into()))
-            .collect::<Vec<_>>()
-    };
-    let parsed = match key {
-        "network" => match crate::settings::NetworkPref::parse(v) {
-            Some(n) => Value::String(n.as_str().into()),
-            None => {
-                return Err(format!(
-                    "`network` is one of wifi, unmetered (Wi-Fi or Ethernet), any (cellular \
-                     too), not `{value}`"
-                ))
-            }
-        },
-        "data_types" => Value::Array(
-            list()
-                .iter()
-                .map(|k| {
-                    let kind = k
-                        .as_str()
-                        .and_then(crate::media::Kind::parse)
-                        .ok_or_else(|| {
-                            format!("`data_types` is a comma list of photo, video, not `{value}`")
-                        })?;
-                    Ok(Value::String(kind.as_str().into()))
-                })
-                .collect::<Result<_, String>>()?,
-        ),
-        "schedule" => Value::Array(
-            list()
-                .iter()
-                .map(|w| {
-                    crate::settings::Window::parse(w.as_str().unwrap_or_default())
-                        .map(|w| Value::String(w.to_string()))
-                        .map_err(|e| format!("`schedule`: {e}"))
-                })
-                .collect::<Result<_, String>>()?,
-        ),
-        "free_space" => match crate::settings::FreeSpace::parse(v) {
-            Some(f) => Value::String(f.as_str().into()),
-            None => {
-                return Err(format!(
-                    "`free_space` is off or when_low (delete backed-up files when the card \
-                     runs low), not `{value}`"
-                ))
-            }
-        },
-        _ => {
-            let default = serde_json::to_value(crate::settings::Settings::default())
-                .ok()
-                .and_then(|d| d.get(key).cloned())
-                .unwrap_or(Value::Null);
-            match default {
-                Value::Bool(_) => match v.to_ascii_lowercase().as_str() {
-                    "true" | "on" | "yes" | "1" => Value::Bool(true),
-                    "false" | "off" | "no" | "0" => Value::Bool(false),
-                    _ => return Err(format!("`{key}` is true or false, not `{value}`")),
-                },
-                Value::Number(_) => v.parse::<u64>().map(Value::from).map_err(|_| {
-                    format!("`{key}` is a whole number (0: no limit), not `{value}`")
-                })?,
-                Value::Array(_) => Value::Array(list()),
-                _ => Value::String(v.into()),
-            }
-        }
-    };
-    // As the API checks it, so a mistake is reported here, naming the setting.
-    let mut one = serde_json::Map::new();
-    one.insert(key.into(), parsed.clone());
-    let patch: crate::settings::SettingsPatch = serde_json::from_value(Value::Object(one))
-        .map_err(|e| format!("`{key}`: {e}, not `{value}`"))?;
-    patch.validate().map_err(|e| e.to_string())?;
-    Ok(parsed)
+    let patch = crate::settings::SettingsPatch::from_cli(key, value)
+        .ok_or_else(|| unknown_setting(key).message)??;
+    let mut json = serde_json::to_value(patch).expect("plain data serializes");
+    Ok(json[key].take())
+}
+
+/// `settings --help`: every setting and its values, from the settings table.
+fn settings_help() -> String {
+    let each: Vec<String> = crate::settings::Settings::HELP
+        .iter()
+        .map(|(name, help)| format!("{name} ({help})"))
+        .collect();
+    format!(
+        "Show the settings, one setting, or set one.\n\nSettings: {}.\n\n\
+         Example: cambackup settings network unmetered",
+        each.join(", ")
+    )
 }
 
 async fn pair(

@@ -1,134 +1,17 @@
 //! Human output: pure functions from the server's JSON to text, so they are tested without a
-//! daemon. The views below are lenient (unknown fields ignored, missing ones defaulted) so an
-//! older CLI still reads a newer daemon's answers.
+//! daemon. What they render are the API's own types ([`crate::wire`], the ones the daemon
+//! serializes), read leniently (unknown fields ignored, missing ones defaulted, codes as
+//! strings) so an older CLI still reads a newer daemon's answers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct StatusView {
-    pub state: String,
-    pub blocked_by: Vec<String>,
-    pub manual_blocked_by: Vec<String>,
-    pub conditions: Option<Conditions>,
-    pub media_available: bool,
-    pub paused: bool,
-    pub queue: QueueView,
-    pub current: Option<Current>,
-    pub uploads: Vec<Current>,
-    pub attention: Vec<AttentionView>,
-    pub uplink: Option<UplinkView>,
-    pub last_success_at: Option<i64>,
-    pub next_attempt_at: Option<i64>,
-    pub card: Option<CardView>,
-    pub cellular_bytes_today: u64,
-}
-
-/// `status.card`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CardView {
-    pub files_backed_up: u64,
-    pub files_total: u64,
-    pub bytes_backed_up: u64,
-    pub bytes_total: u64,
-}
-
-/// `status.queue`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct QueueView {
-    pub pending: u64,
-    pub uploading: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    pub bytes_remaining: u64,
-    pub bytes_done: u64,
-}
-
-/// One entry of `status.attention`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct AttentionView {
-    pub code: String,
-    pub message: String,
-}
-
-/// `status.uplink`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct UplinkView {
-    pub interface: Option<String>,
-    pub binding: Option<String>,
-    pub network: Option<String>,
-    pub metered: bool,
-    pub metered_because: Option<String>,
-    pub metered_override: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Conditions {
-    pub charging: Option<bool>,
-    pub battery_percent: Option<u8>,
-    pub network: String,
-    pub interface: Option<String>,
-    pub temp_c: Option<f64>,
-    pub recording: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Current {
-    pub id: i64,
-    pub storage_path: String,
-    pub bytes_sent: u64,
-    pub bytes_total: u64,
-    pub rate_bps: u64,
-    pub eta_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ItemView {
-    pub id: i64,
-    pub storage_path: String,
-    pub kind: String,
-    pub size: u64,
-    pub state: String,
-    pub manual: bool,
-    pub bytes_sent: u64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct HistoryView {
-    pub storage_path: String,
-    pub size: u64,
-    pub completed_at: i64,
-    pub freed_at: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct PrivacyView {
-    pub fields_sent: Vec<String>,
-    pub values: BTreeMap<String, Option<String>>,
-    pub endpoint: String,
-    pub transport: String,
-    pub settings: BTreeMap<String, Value>,
-    pub history_days: u32,
-    pub sent_only_when: String,
-    pub leaves_through: Option<String>,
-}
+pub use crate::wire::{
+    Conditions, Current, HistoryView, ItemView, Privacy as PrivacyView, Status as StatusView,
+    Uplink as UplinkView,
+};
 
 /// A `blocked_by` value in words. The names are the gate's own, matched exhaustively: a new
 /// block does not compile until it has its words here. A name this CLI does not know (a newer
@@ -388,7 +271,8 @@ pub fn privacy(p: &PrivacyView) -> String {
     if let Some(l) = &p.leaves_through {
         let _ = writeln!(out, "Leaves:         {l}");
     }
-    let _ = writeln!(out, "Your settings:  {}", settings_inline(&p.settings));
+    let sorted: BTreeMap<String, Value> = p.settings.0.iter().cloned().collect();
+    let _ = writeln!(out, "Your settings:  {}", settings_inline(&sorted));
     let _ = writeln!(
         out,
         "History:        kept {} on this device; `cambackup unpair` erases it",
@@ -553,38 +437,45 @@ pub fn space(v: &Value, files: bool) -> String {
         }
     }
     if files {
-        let rows: Vec<[String; 4]> = would
-            .iter()
-            .map(|f| {
-                let confirm: Vec<&str> = f["confirm"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                [
-                    "free".into(),
-                    bytes(n(f, "size")),
-                    format!("after {}", confirm.join(" + ")),
-                    s(f, "storage_path"),
-                ]
-            })
-            .chain(v["kept"].as_array().into_iter().flatten().map(|f| {
-                [
-                    "keep".into(),
-                    bytes(n(f, "size")),
-                    s(&f["kept"], "reason"),
-                    s(f, "storage_path"),
-                ]
-            }))
-            .collect();
-        if rows.is_empty() {
-            let _ = writeln!(out, "No backed-up file on the card to free.");
-        } else {
-            out.push_str(&table(&["WHAT", "SIZE", "WHY", "PATH"], &rows));
-        }
+        out.push_str(&space_files(v, &would));
     }
     out
+}
+
+/// `space --dry-run`'s table: each file a pass would free (`would`) and each one kept, and why.
+fn space_files(v: &Value, would: &[Value]) -> String {
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let rows: Vec<[String; 4]> = would
+        .iter()
+        .map(|f| {
+            let confirm: Vec<&str> = f["confirm"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            [
+                "free".into(),
+                bytes(n(f, "size")),
+                format!("after {}", confirm.join(" + ")),
+                s(f, "storage_path"),
+            ]
+        })
+        .chain(v["kept"].as_array().into_iter().flatten().map(|f| {
+            [
+                "keep".into(),
+                bytes(n(f, "size")),
+                s(&f["kept"], "reason"),
+                s(f, "storage_path"),
+            ]
+        }))
+        .collect();
+    if rows.is_empty() {
+        "No backed-up file on the card to free.\n".to_string()
+    } else {
+        table(&["WHAT", "SIZE", "WHY", "PATH"], &rows)
+    }
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.

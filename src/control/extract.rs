@@ -79,11 +79,18 @@ impl From<AppError> for ApiError {
 
 /// A JSON request body, parsed strictly: `application/json` only, at most
 /// [`Limits::max_body_bytes`], read within [`Limits::body_read_timeout`], and every serde error
-/// (syntax, wrong type, unknown or missing field) a 400 that names the field.
+/// (syntax, wrong type, unknown or missing field) a 400 that names the field. With `PATCH`
+/// ([`StrictPatch`]) a member whose value is `null` is refused too ([`parse_patch`]).
 #[derive(Debug)]
-pub struct StrictJson<T>(pub T);
+pub struct StrictJson<T, const PATCH: bool = false>(pub T);
 
-impl<S, T> FromRequest<S> for StrictJson<T>
+/// A JSON body for a PATCH: like [`StrictJson`], and a member whose value is `null` is refused
+/// too. serde reads `null` as "absent" for an `Option` field, but a client sending
+/// `"data_types": null` means something (clear it? reset it?) that the API does not do;
+/// leaving the field out is how to keep a value. Taken apart as `StrictJson(patch)`.
+pub type StrictPatch<T> = StrictJson<T, true>;
+
+impl<S, T, const PATCH: bool> FromRequest<S> for StrictJson<T, PATCH>
 where
     S: Send + Sync,
     Arc<Limits>: FromRef<S>,
@@ -93,28 +100,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_json_body(req, &Arc::<Limits>::from_ref(state)).await?;
-        parse_json(&bytes).map(StrictJson)
-    }
-}
-
-/// A JSON body for a PATCH: like [`StrictJson`], and a top-level `null` is refused too. serde
-/// reads `null` as "absent" for an `Option` field, but a client sending `"data_types": null`
-/// means something (clear it? reset it?) that the API does not do; leaving the field out is how
-/// to keep a value.
-#[derive(Debug)]
-pub struct StrictPatch<T>(pub T);
-
-impl<S, T> FromRequest<S> for StrictPatch<T>
-where
-    S: Send + Sync,
-    Arc<Limits>: FromRef<S>,
-    T: DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = read_json_body(req, &Arc::<Limits>::from_ref(state)).await?;
-        parse_patch(&bytes).map(StrictPatch)
+        let parse = if PATCH { parse_patch } else { parse_json };
+        parse(&bytes).map(StrictJson)
     }
 }
 

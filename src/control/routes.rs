@@ -243,7 +243,7 @@ async fn settings(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Respo
 async fn update_settings(
     State(app): State<Arc<App>>,
     q: QueryPairs,
-    StrictPatch(patch): StrictPatch<SettingsPatch>,
+    StrictJson(patch): StrictPatch<SettingsPatch>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
     patch

@@ -203,26 +203,7 @@ pub async fn serve_with(
             }
         };
         if !policy.allows(&peer) {
-            let now = std::time::Instant::now();
-            let last = warned.get(&peer.uid).copied();
-            if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY) {
-                if warned.len() >= 64 {
-                    warned.clear();
-                }
-                warned.insert(peer.uid, now);
-                tracing::warn!(
-                    uid = peer.uid,
-                    gid = peer.gid,
-                    pid = peer.pid,
-                    "refusing control connections from a peer that is not allowed (logged once a minute per uid)"
-                );
-            } else {
-                tracing::debug!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    "refusing a control connection"
-                );
-            }
+            log_refusal(&mut warned, &peer);
             turn_away(stream, Refusal::Forbidden(peer.uid));
             continue;
         }
@@ -257,6 +238,31 @@ pub async fn serve_with(
     }
     drop(listener);
     Ok(())
+}
+
+/// Logs a refused peer: at warn level once a minute per uid (`warned` remembers when), at
+/// debug level otherwise, so a peer that reconnects in a loop does not flood the journal.
+fn log_refusal(warned: &mut std::collections::HashMap<u32, std::time::Instant>, peer: &Peer) {
+    let now = std::time::Instant::now();
+    let last = warned.get(&peer.uid).copied();
+    if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY) {
+        if warned.len() >= 64 {
+            warned.clear();
+        }
+        warned.insert(peer.uid, now);
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            "refusing control connections from a peer that is not allowed (logged once a minute per uid)"
+        );
+    } else {
+        tracing::debug!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "refusing a control connection"
+        );
+    }
 }
 
 /// One connection, HTTP/1.1 with keep-alive, until the client leaves, a timeout, or shutdown.

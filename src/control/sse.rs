@@ -29,11 +29,7 @@ pub(super) async fn events(
     q: QueryPairs,
 ) -> Result<Response, ApiError> {
     q.only(&[])?;
-    let status = app.status()?;
-    let first = Event::State {
-        state: status.state,
-        blocked_by: status.blocked_by,
-    };
+    let first = app.state_event()?;
     let stream = event_stream(first, app.subscribe(), app.shutdown().clone());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

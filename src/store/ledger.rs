@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::sync_dir;
 use crate::media::Kind;
 use crate::settings::Settings;
 
@@ -351,12 +352,6 @@ pub fn clear_choices(dir: &Path) -> std::io::Result<()> {
     f.sync_all()?;
     sync_dir(dir);
     Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]

@@ -174,22 +174,8 @@ pub struct Item {
     pub card: Option<String>,
 }
 
-/// Per-state counts and bytes (what `GET /v1/status` shows of them is `app`'s business).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueueCounts {
-    pub pending: u64,
-    pub uploading: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    /// Bytes still to send for pending, uploading and failed items.
-    pub bytes_remaining: u64,
-    /// Bytes of completed uploads.
-    pub bytes_done: u64,
-    /// Bytes of pending, uploading and failed items, whole (sent or not).
-    pub bytes_open: u64,
-}
+/// Per-state counts and bytes: one type with `status.queue` (its definition is the API's).
+pub use crate::wire::QueueCounts;
 
 /// A completed upload.
 #[derive(Debug, Clone)]
@@ -1612,12 +1598,7 @@ const CHOICES_FILE_KEY: &str = "choices.file";
 /// `base` had it.
 fn no_record_of(base: ledger::Choices) -> ledger::Choices {
     ledger::Choices {
-        settings: Settings {
-            auto_upload: false,
-            network: crate::settings::NetworkPref::Wifi,
-            free_space: crate::settings::FreeSpace::Off,
-            ..base.settings
-        },
+        settings: base.settings.unrecorded(),
         paused: true,
         metered: Some(Some(true)),
     }
