@@ -13,8 +13,8 @@
 //! next pass by the file's size and mtime.
 //!
 //! Invariants: nothing is deleted unless the rules say [`Verdict::Free`] with the server's and
-//! the card's answers of that moment, and [`App::may_free`] holds right then (consent,
-//! pairing, not recording); any doubt keeps the file; a failed deletion keeps it and says why;
+//! the card's answers of that moment, and [`space::last_look`] finds no hold right then
+//! (consent, pairing, the card, not recording); any doubt keeps the file; a failed deletion keeps it and says why;
 //! a file the server lost is queued again. Runs only where the maker configured it, never
 //! while the camera records, and stops at once on shutdown, unpairing or consent off.
 
@@ -34,7 +34,9 @@ use crate::app::{App, PassReport};
 use crate::config::Media;
 use crate::credentials::Account;
 use crate::space::{self, Card, FileFacts, Hold, Keep, OnCard, ReadBack, Server, Verdict, World};
-use crate::store::{FreeCandidate, Item, SentChunk, Store, StoreError};
+#[cfg(test)]
+use crate::store::Store;
+use crate::store::{FreeCandidate, Item, SentChunk, StoreError};
 
 /// How often the card is looked at without a wake-up (uploads done, scans and settings wake
 /// the task sooner).
@@ -161,7 +163,6 @@ fn gather(app: &App, with_files: bool) -> Result<Gathered, String> {
             .endpoint_for(region.as_deref())
             .to_string();
         let all = app
-            .store()
             .free_candidates()
             .map_err(|e| format!("cannot read the backed-up files: {e}"))?;
         for c in all.into_iter().filter(|c| c.item.size > 0) {
@@ -278,9 +279,8 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
                 )
                 .await
                 {
-                    Ok(()) => match app.store().mark_freed(id) {
-                        Ok(at) => {
-                            app.freed(&c.item, at);
+                    Ok(()) => match app.record_freed(&c.item) {
+                        Ok(_) => {
                             report.freed_files += 1;
                             report.freed_bytes += c.item.size;
                         }
@@ -310,18 +310,8 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             (Verdict::Keep(k), _) => {
                 tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
                 if k == Keep::ServerLost {
-                    match app.store().requeue_lost(id) {
-                        Ok(true) => {
-                            tracing::warn!(id, path = %c.item.storage_path, "the server lost a completed upload: the file is queued again");
-                            app.queued();
-                        }
-                        Ok(false) => {
-                            tracing::warn!(id, path = %c.item.storage_path, "the server lost a completed upload that was already sent again once: kept on the card, not sent a third time");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, id, "cannot queue a lost upload again")
-                        }
-                    }
+                    // Queued again (or not, if sent again once already) and said so by App.
+                    let _ = app.lost_upload(&c.item);
                 }
                 *report.kept.entry(k.code()).or_default() += 1;
                 if k.is_unverified() {
@@ -383,7 +373,7 @@ async fn confirm(
         Some((_, Verdict::Confirm))
     );
     if read_back {
-        let chunks = match app.store().sent_chunks(c.item.id) {
+        let chunks = match app.sent_chunks(c.item.id) {
             Ok(ch) => ch,
             Err(e) => {
                 return Some(Verdict::Keep(Keep::ReadBackFailed {
@@ -438,7 +428,7 @@ async fn head(
     let Some(account) = account else {
         return Some(Server::Doubt("not paired".into()));
     };
-    let ask = app.client().head(&c.done_url, &account.token);
+    let ask = app.head_upload(&c.done_url, &account.token);
     let answer = tokio::select! {
         // A stop comes first: a HEAD is not even begun after it.
         biased;
@@ -525,13 +515,13 @@ async fn delete(
     c: &FreeCandidate,
     seen: Seen,
 ) -> Result<(), String> {
-    // The last look: consent, pairing and recording may have changed during the HEAD.
-    if stop.is_cancelled() || !app.may_free() || recording_flag(app) {
+    // The last look: consent, pairing, the card and recording may have changed during the
+    // HEAD and the read-back.
+    if stop.is_cancelled() || space::last_look(&world(app)).is_some() {
         return Err("freeing space was stopped (consent, pairing or recording)".into());
     }
     let id = c.item.id;
-    app.store()
-        .note_freeing(id, seen.ino)
+    app.note_freeing(id, seen.ino)
         .map_err(|e| format!("cannot note the deletion first: {e}"))?;
     let root = app.config().media.root.clone();
     let path = c.item.storage_path.on_disk(&root);
@@ -551,7 +541,7 @@ async fn delete(
         Err(e) => (Err(format!("the delete task failed: {e}")), false),
     };
     if still_there {
-        if let Err(e) = app.store().forget_freeing(id) {
+        if let Err(e) = app.forget_freeing(id) {
             tracing::warn!(error = %e, id, "cannot drop the note of a deletion that did not happen");
         }
     }
@@ -625,7 +615,7 @@ fn version_at(root: &Path, path: &Path) -> std::io::Result<Option<Seen>> {
 /// gone from its path (or replaced by another inode) was deleted and is recorded as freed now;
 /// one still there was not, and its note is dropped. Runs only with the card present.
 async fn settle_notes(app: &Arc<App>) {
-    let notes = match app.store().freeing_notes() {
+    let notes = match app.freeing_notes() {
         Ok(n) if n.is_empty() => return,
         Ok(n) => n,
         Err(e) => {
@@ -634,16 +624,12 @@ async fn settle_notes(app: &Arc<App>) {
         }
     };
     let app2 = app.clone();
-    let settled = tokio::task::spawn_blocking(move || {
-        settle(app2.store(), &app2.config().media.root, &notes)
-    })
-    .await;
+    let settled =
+        tokio::task::spawn_blocking(move || settle(&*app2, &app2.config().media.root, &notes))
+            .await;
     match settled {
-        Ok(Ok(freed)) => {
-            for (item, at) in freed {
-                app.freed(&item, at);
-            }
-        }
+        // Each recorded and announced by App as it was settled.
+        Ok(Ok(_freed)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot settle the notes of earlier deletions"),
         Err(e) => tracing::warn!(error = %e, "the task settling earlier deletions failed"),
     }
@@ -656,13 +642,13 @@ async fn settle_notes(app: &Arc<App>) {
 /// still there must never be recorded as freed. Gone from its name, or another version there:
 /// deleted. Its directory gone (a card pulled) or unreadable: decided at a later pass.
 fn settle(
-    store: &Store,
+    store: &impl Records,
     root: &Path,
     notes: &[(i64, u64)],
 ) -> Result<Vec<(Item, i64)>, StoreError> {
     let mut freed = Vec::new();
     for &(id, _) in notes {
-        let Some(item) = store.item(id)? else {
+        let Some(item) = store.item_if_any(id)? else {
             store.forget_freeing(id)?;
             continue;
         };
@@ -678,7 +664,7 @@ fn settle(
             Err(_) => continue,
         };
         if gone {
-            let at = store.mark_freed(id)?;
+            let at = store.record_freed(&item)?;
             tracing::warn!(id, path = %item.storage_path, "a file deleted to free space before a crash, power cut or failed command is recorded as freed now");
             freed.push((item, at));
         } else {
@@ -686,6 +672,39 @@ fn settle(
         }
     }
     Ok(freed)
+}
+
+/// Where settlement reads the noted items and writes what it found: App in the daemon (which
+/// also announces each freed file), the store itself in the tests of settlement.
+trait Records {
+    fn item_if_any(&self, id: i64) -> Result<Option<Item>, StoreError>;
+    fn forget_freeing(&self, id: i64) -> Result<(), StoreError>;
+    fn record_freed(&self, item: &Item) -> Result<i64, StoreError>;
+}
+
+impl Records for App {
+    fn item_if_any(&self, id: i64) -> Result<Option<Item>, StoreError> {
+        App::item_if_any(self, id)
+    }
+    fn forget_freeing(&self, id: i64) -> Result<(), StoreError> {
+        App::forget_freeing(self, id)
+    }
+    fn record_freed(&self, item: &Item) -> Result<i64, StoreError> {
+        App::record_freed(self, item)
+    }
+}
+
+#[cfg(test)]
+impl Records for Store {
+    fn item_if_any(&self, id: i64) -> Result<Option<Item>, StoreError> {
+        self.item(id)
+    }
+    fn forget_freeing(&self, id: i64) -> Result<(), StoreError> {
+        Store::forget_freeing(self, id)
+    }
+    fn record_freed(&self, item: &Item) -> Result<i64, StoreError> {
+        self.mark_freed(item.id)
+    }
 }
 
 /// Directory-relative file operations (`openat`, `fstatat`, `unlinkat`), for a deletion that
@@ -887,8 +906,7 @@ pub async fn preview(app: &Arc<App>) -> Result<SpaceView, String> {
         kept_by_reason: Default::default(),
         kept: Vec::new(),
         freed: app
-            .store()
-            .freed(MAX_LISTED as u32)
+            .freed_files(MAX_LISTED as u32)
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|(it, at)| FreedView {

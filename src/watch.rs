@@ -753,17 +753,7 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<Settled>) -> bool {
 async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
     let a = app.clone();
     let started = Instant::now();
-    let res = tokio::task::spawn_blocking(move || {
-        let c = &a.config().media;
-        scan::scan(
-            scan::CardRoot::of(c),
-            a.filter(),
-            a.store(),
-            Duration::from_secs(c.settle_secs),
-            a.card().serial.as_deref(),
-        )
-    })
-    .await;
+    let res = tokio::task::spawn_blocking(move || a.scan_card()).await;
     match res {
         Ok(Ok(report)) => {
             let now = Instant::now();
@@ -780,11 +770,9 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
                 write_ms = report.write.as_millis() as u64,
                 "scanned the card"
             );
-            app.scanned(&report);
             true
         }
         Ok(Err(e)) => {
-            app.store_failed(&e);
             tracing::error!(error = %e, "scan failed; trying again in a few seconds");
             false
         }

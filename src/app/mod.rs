@@ -24,11 +24,13 @@ use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
 use crate::store::{self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
+use crate::upload::bind::Binding;
 use crate::upload::tus;
 
 mod account;
 mod error;
 mod flight;
+mod outcome;
 mod space;
 mod status;
 
@@ -36,6 +38,7 @@ pub use account::AccountStatus;
 use account::PAIRED_KEY;
 pub use error::{AppError, ErrorKind};
 use flight::InFlight;
+pub use outcome::Ending;
 pub use space::PassReport;
 use status::state_of;
 #[cfg(test)]
@@ -251,8 +254,9 @@ impl App {
         &self.config
     }
 
-    /// The queue (the scheduler picks from it and records outcomes in it; the scan walks
-    /// against it).
+    /// The store, for the tests that set up a queue's state directly. Outside tests nothing
+    /// but App's own methods reaches it: App is the only writer.
+    #[cfg(test)]
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -265,11 +269,6 @@ impl App {
     /// The firmware's and the card's activity signals (recording, media writes, metered).
     pub fn activity(&self) -> &Activity {
         &self.activity
-    }
-
-    /// The daemon's one tus client.
-    pub fn client(&self) -> &tus::Client {
-        &self.client
     }
 
     /// Cancelled on SIGTERM/SIGINT.
@@ -786,6 +785,25 @@ impl App {
         self.live().server_not_before
     }
 
+    /// A full scan of the card in the slot against the queue ([`crate::scan::scan`], which
+    /// writes what it found in batches); then whoever waits is woken ([`App::scanned`]), or a
+    /// failure shown in `attention`. Blocking: the watcher runs it on a blocking thread.
+    pub fn scan_card(&self) -> Result<crate::scan::Report, store::StoreError> {
+        let media = &self.config.media;
+        let res = crate::scan::scan(
+            crate::scan::CardRoot::of(media),
+            &media.filter,
+            &self.store,
+            std::time::Duration::from_secs(media.settle_secs),
+            self.card().serial.as_deref(),
+        );
+        match &res {
+            Ok(report) => self.scanned(report),
+            Err(e) => self.store_failed(e),
+        }
+        res
+    }
+
     /// A full scan finished.
     pub fn scanned(&self, report: &crate::scan::Report) {
         if report.queued + report.dropped > 0 {
@@ -901,6 +919,36 @@ impl App {
                 live.cellular_bytes_today = live.cellular_recorded.saturating_add(sent);
                 live.cellular_bytes_today
             }
+        }
+    }
+
+    /// The data plan the gate worked out at this reading ([`crate::gate::data_plan`]),
+    /// enforced at the pacing point every PATCH body goes through.
+    pub fn set_data_plan(&self, plan: crate::gate::DataPlan) {
+        self.client
+            .throttle()
+            .set_data_plan(plan.metering, plan.left);
+    }
+
+    /// Binds the upload connections to the gate's uplink (`None`: no way out is allowed).
+    pub fn bind_uplink(&self, link: Option<&crate::conditions::Link>) -> Binding {
+        self.client.rebind(link)
+    }
+
+    /// Moves the database's write-ahead log into it (at shutdown).
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.store.checkpoint() {
+            tracing::warn!(error = %e, "final database checkpoint failed");
+        }
+    }
+
+    /// Drops the history older than `state.history_days` (the daemon's housekeeping).
+    pub fn purge_history(&self) {
+        let days = self.config.state.history_days;
+        match self.store.purge_history(days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, days, "purged old history"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge old history"),
         }
     }
 
