@@ -410,6 +410,7 @@ fn needs_content(item_card: Option<&str>, card: Option<&str>, mtime_ns: i64) -> 
 /// [`needs_content`] says otherwise; one at a path and size whose sent version has a
 /// fingerprint, under another mtime (a time zone, another reader), is read too: in both cases
 /// the store settles it by content ([`Store::settle_contents`]).
+// Over 100 lines: its body is the scoped walker and writer threads, borrowing the snapshot.
 pub fn scan(
     card: CardRoot,
     filter: &MediaFilter,

@@ -138,31 +138,7 @@ impl App {
         let settings = store.settings(&config.defaults)?;
         client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
-        // Whether the account is known to be gone (no file, or a damaged one erased), as
-        // opposed to unreadable for now.
-        let mut gone = false;
-        let account = match credentials::load(&config.state.dir) {
-            Ok(a) => {
-                gone = a.is_none();
-                a
-            }
-            // A damaged account file (a power cut between zero-filling and unlinking it while
-            // unpairing, or a bad flash block) must not keep the daemon from starting: the
-            // app could not even pair again. It is erased, and the device is unpaired.
-            Err(e @ credentials::CredentialsError::Invalid { .. }) => {
-                tracing::error!(error = %e, "the account file is damaged; erasing it: the device is unpaired until the app pairs again");
-                if let Err(e) = credentials::erase(&config.state.dir) {
-                    tracing::error!(error = %e, "cannot erase the damaged account file");
-                }
-                gone = true;
-                None
-            }
-            // Unreadable (an I/O error): unpaired for now, the file left for the next start.
-            Err(e) => {
-                tracing::error!(error = %e, "the account file cannot be read: the device is unpaired for now");
-                None
-            }
-        };
+        let (account, gone) = load_account(&config);
         // Paired before, and the account is gone: an unpairing was cut short (the account
         // file goes first, the rest after). Finish it, so the old account's manual requests
         // and server uploads never carry on under the next one. An account file that is only
@@ -181,30 +157,9 @@ impl App {
             .get_kv(SERVER_NOT_BEFORE_KEY)?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let account_status = match store.get_kv(AccountStatus::KEY)?.as_deref() {
-            Some("unauthorized") => {
-                AccountStatus::Unauthorized("the server refused the token".into())
-            }
-            Some("subscription_inactive") => {
-                AccountStatus::SubscriptionInactive("the subscription is inactive".into())
-            }
-            _ => AccountStatus::Ok,
-        };
-        // Upload URLs created at another endpoint (the maker moved the service, or the account's
-        // region changed while the daemon was down) are never resumed, terminated or asked
-        // about there: that would send the bearer token to the old host.
+        let account_status = saved_account_status(&store)?;
         if let Some(a) = &account {
-            let endpoint = config.cloud.endpoint_for(a.region.as_deref());
-            match store.forget_urls_not_for(endpoint) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    uploads = n,
-                    "the endpoint changed: unfinished uploads start anew there"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check the unfinished uploads' endpoint")
-                }
-            }
+            forget_urls_elsewhere(&store, &config, a);
         }
         let activity = Activity::new();
         activity.set_metered_override(store.metered()?);
@@ -1029,6 +984,66 @@ impl App {
     /// Whether queued items wait (for conditions, a back-off, or a free slot).
     pub fn has_waiting_work(&self) -> bool {
         self.store.has_pending().unwrap_or(false)
+    }
+}
+
+/// The account file, and whether the account is known to be gone (no file, or a damaged one
+/// erased), as opposed to unreadable for now.
+fn load_account(config: &Config) -> (Option<Account>, bool) {
+    // Whether the account is known to be gone (no file, or a damaged one erased), as
+    // opposed to unreadable for now.
+    let mut gone = false;
+    let account = match credentials::load(&config.state.dir) {
+        Ok(a) => {
+            gone = a.is_none();
+            a
+        }
+        // A damaged account file (a power cut between zero-filling and unlinking it while
+        // unpairing, or a bad flash block) must not keep the daemon from starting: the
+        // app could not even pair again. It is erased, and the device is unpaired.
+        Err(e @ credentials::CredentialsError::Invalid { .. }) => {
+            tracing::error!(error = %e, "the account file is damaged; erasing it: the device is unpaired until the app pairs again");
+            if let Err(e) = credentials::erase(&config.state.dir) {
+                tracing::error!(error = %e, "cannot erase the damaged account file");
+            }
+            gone = true;
+            None
+        }
+        // Unreadable (an I/O error): unpaired for now, the file left for the next start.
+        Err(e) => {
+            tracing::error!(error = %e, "the account file cannot be read: the device is unpaired for now");
+            None
+        }
+    };
+    (account, gone)
+}
+
+/// The account's status as last saved (a 401 or 402 outlives a restart).
+fn saved_account_status(store: &Store) -> Result<AccountStatus, store::StoreError> {
+    Ok(match store.get_kv(AccountStatus::KEY)?.as_deref() {
+        Some("unauthorized") => AccountStatus::Unauthorized("the server refused the token".into()),
+        Some("subscription_inactive") => {
+            AccountStatus::SubscriptionInactive("the subscription is inactive".into())
+        }
+        _ => AccountStatus::Ok,
+    })
+}
+
+/// Forgets the upload URLs created at another endpoint than `account`'s.
+fn forget_urls_elsewhere(store: &Store, config: &Config, a: &Account) {
+    // Upload URLs created at another endpoint (the maker moved the service, or the account's
+    // region changed while the daemon was down) are never resumed, terminated or asked
+    // about there: that would send the bearer token to the old host.
+    let endpoint = config.cloud.endpoint_for(a.region.as_deref());
+    match store.forget_urls_not_for(endpoint) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            uploads = n,
+            "the endpoint changed: unfinished uploads start anew there"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the unfinished uploads' endpoint")
+        }
     }
 }
 

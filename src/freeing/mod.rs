@@ -21,6 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 mod at_dir;
 mod command;
 mod confirm;
@@ -34,6 +36,7 @@ mod view;
 
 use crate::app::{App, PassReport};
 use crate::space::{self, Card, Hold, Keep, OnCard, Verdict};
+use crate::store::FreeCandidate;
 use at_dir::Seen;
 use confirm::confirm;
 use delete::delete;
@@ -138,68 +141,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
         else {
             break;
         };
-        match (verdict, f.on_card) {
-            (
-                Verdict::Free,
-                OnCard::Present {
-                    ino,
-                    size,
-                    mtime_ns,
-                },
-            ) => {
-                match delete(
-                    app,
-                    &stop,
-                    c,
-                    Seen {
-                        ino,
-                        size,
-                        mtime_ns,
-                    },
-                )
-                .await
-                {
-                    Ok(()) => match app.record_freed(&c.item) {
-                        Ok(_) => {
-                            report.freed_files += 1;
-                            report.freed_bytes += c.item.size;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, id, "deleted a backed-up file but cannot record it");
-                            report.failures.push(format!(
-                                "{}: deleted, not recorded: {e}",
-                                c.item.storage_path
-                            ));
-                        }
-                    },
-                    Err(why) => {
-                        tracing::warn!(id, path = %c.item.storage_path, reason = %why, "cannot free a file; it is kept");
-                        *report.kept.entry("delete_failed").or_default() += 1;
-                        if report.failures.len() < MAX_FAILURES {
-                            report
-                                .failures
-                                .push(format!("{}: {why}", c.item.storage_path));
-                        }
-                    }
-                }
-            }
-            (Verdict::Free, _) => {
-                tracing::error!(id, path = %c.item.storage_path, "the rules freed a file not seen on the card; it is kept");
-                *report.kept.entry("delete_failed").or_default() += 1;
-            }
-            (Verdict::Keep(k), _) => {
-                tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
-                if k == Keep::ServerLost {
-                    // Queued again (or not, if sent again once already) and said so by App.
-                    let _ = app.lost_upload(&c.item);
-                }
-                *report.kept.entry(k.code()).or_default() += 1;
-                if k.is_unverified() {
-                    report.kept_unverified += 1;
-                }
-            }
-            _ => {}
-        }
+        act(app, &stop, &mut report, c, verdict, f.on_card).await;
         world.card = card_space(&app.config().media.root).ok();
     }
     report.card = world.card;
@@ -211,6 +153,81 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
         );
     }
     report
+}
+
+/// Does what the rules said of one confirmed file: deletes and records it, or keeps it (a file
+/// the server lost is queued again), and counts it in the report.
+async fn act(
+    app: &Arc<App>,
+    stop: &CancellationToken,
+    report: &mut PassReport,
+    c: &FreeCandidate,
+    verdict: Verdict,
+    on_card: OnCard,
+) {
+    let id = c.item.id;
+    match (verdict, on_card) {
+        (
+            Verdict::Free,
+            OnCard::Present {
+                ino,
+                size,
+                mtime_ns,
+            },
+        ) => {
+            match delete(
+                app,
+                stop,
+                c,
+                Seen {
+                    ino,
+                    size,
+                    mtime_ns,
+                },
+            )
+            .await
+            {
+                Ok(()) => match app.record_freed(&c.item) {
+                    Ok(_) => {
+                        report.freed_files += 1;
+                        report.freed_bytes += c.item.size;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, id, "deleted a backed-up file but cannot record it");
+                        report.failures.push(format!(
+                            "{}: deleted, not recorded: {e}",
+                            c.item.storage_path
+                        ));
+                    }
+                },
+                Err(why) => {
+                    tracing::warn!(id, path = %c.item.storage_path, reason = %why, "cannot free a file; it is kept");
+                    *report.kept.entry("delete_failed").or_default() += 1;
+                    if report.failures.len() < MAX_FAILURES {
+                        report
+                            .failures
+                            .push(format!("{}: {why}", c.item.storage_path));
+                    }
+                }
+            }
+        }
+        (Verdict::Free, _) => {
+            tracing::error!(id, path = %c.item.storage_path, "the rules freed a file not seen on the card; it is kept");
+            *report.kept.entry("delete_failed").or_default() += 1;
+        }
+        (Verdict::Keep(k), _) => {
+            tracing::info!(id, path = %c.item.storage_path, reason = k.code(), "kept: not freed");
+            if k == Keep::ServerLost {
+                // Queued again (or not, if sent again once already) and said so by App.
+                let _ = app.lost_upload(&c.item);
+            }
+            *report.kept.entry(k.code()).or_default() += 1;
+            if k.is_unverified() {
+                report.kept_unverified += 1;
+            }
+        }
+        _ => {}
+    }
 }
 
 fn first_card(d: &space::Decision, app: &App) -> Option<Card> {

@@ -96,6 +96,7 @@ impl Store {
     /// version its row stands for, a new version (queued, or its row queued again), bytes sent
     /// before (under another mtime: the done row takes it), or waits for its card. `card`: the
     /// card they are on. Returns how many items were queued.
+    // Over 100 lines: one transaction; each verdict of `judge` (pure, tested alone) writes here.
     pub fn settle_contents(&self, files: &[Checked], card: Option<&str>) -> Result<usize> {
         if files.is_empty() {
             return Ok(0);

@@ -177,6 +177,8 @@ struct Transfer<'a, 'c> {
 }
 
 impl Transfer<'_, '_> {
+    /// One attempt: creation or resumption, then the chunks, each re-checked and paced.
+    // Over 100 lines: one tus exchange whose steps all share the offset and the upload URL.
     async fn run(&mut self) -> Result<(), Outcome> {
         let ctx = self.ctx;
         let client = ctx.client;
