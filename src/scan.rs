@@ -410,7 +410,6 @@ fn needs_content(item_card: Option<&str>, card: Option<&str>, mtime_ns: i64) -> 
 /// [`needs_content`] says otherwise; one at a path and size whose sent version has a
 /// fingerprint, under another mtime (a time zone, another reader), is read too: in both cases
 /// the store settles it by content ([`Store::settle_contents`]).
-// Over 100 lines: its body is the scoped walker and writer threads, borrowing the snapshot.
 pub fn scan(
     card: CardRoot,
     filter: &MediaFilter,
@@ -422,44 +421,12 @@ pub fn scan(
     let now = SystemTime::now();
     let mut report = Report::default();
     let before = card.identity();
-    // What the queue already holds, as hashes: a known file costs no database write, and a
-    // new path needs no look for an older version to replace. The open items among them are
-    // the ones the walk judges; items queued while it runs (a manual upload, the settler)
-    // were not seen by this snapshot and are left alone.
-    let mut known_versions = Hashes::default();
-    let mut known_paths = Hashes::default();
-    // Versions to check by content, and (path, size) of sent versions with a fingerprint.
-    let mut verify = Hashes::default();
-    let mut sent_sizes = Hashes::default();
-    let mut open = Vec::new();
-    store.for_each_identity(|it| {
-        let path = hash_of(it.path);
-        let version = version_of(path, it.size, it.mtime_ns);
-        if !it.revivable {
-            known_versions.insert(version);
-        }
-        if it.fingerprinted && needs_content(it.card, serial, it.mtime_ns) {
-            verify.insert(version);
-        }
-        if it.done && it.fingerprinted {
-            sent_sizes.insert(hash_of((path, it.size)));
-        }
-        known_paths.insert(path);
-        if it.open {
-            open.push(OpenItem {
-                id: it.id,
-                version,
-                path,
-                away: store::other_card(it.card, serial),
-            });
-        }
-    })?;
-    let (known_versions, known_paths) = (&known_versions, &known_paths);
-    let (verify, sent_sizes) = (&verify, &sent_sizes);
+    let known = Known::of(store, serial)?;
+    let known = &known;
     // What the walk saw matters only to judge the open items afterwards: with none (a first
     // scan, or a card whose files are all sent) the walkers keep no sets, and with an empty
     // queue they hash nothing.
-    let judging = !open.is_empty();
+    let judging = !known.open.is_empty();
     let Some(top) = start(root, root) else {
         unreachable!("the root is in itself")
     };
@@ -478,7 +445,7 @@ pub fn scan(
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
                 queued += store.upsert_with_hint(&batch, serial, |f| {
-                    !known_paths.is_empty() && known_paths.contains(&hash_of(f.path.as_str()))
+                    !known.paths.is_empty() && known.paths.contains(&hash_of(f.path.as_str()))
                 })?;
                 busy += t.elapsed();
             }
@@ -488,77 +455,15 @@ pub fn scan(
             .map(|_| {
                 let tx = tx.clone();
                 s.spawn(move || {
-                    let mut w = Walked::default();
-                    let mut batch = Vec::with_capacity(BATCH);
-                    let mut seen = |found| {
-                        w.files += 1;
-                        match found {
-                            Seen::Settled(f) => {
-                                if judging || !known_versions.is_empty() {
-                                    let path = hash_of(f.path.as_str());
-                                    let version = version_of(path, f.size, f.mtime_ns);
-                                    if judging {
-                                        w.paths.insert(path);
-                                        w.versions.insert(version);
-                                    }
-                                    let known = known_versions.contains(&version);
-                                    let check = verify.contains(&version)
-                                        || (!known && sent_sizes.contains(&hash_of((path, f.size))));
-                                    if check {
-                                        match Fingerprint::of_path(&f.path.on_disk(root), f.size) {
-                                            Ok(Some(fingerprint)) => {
-                                                w.checks.push(Checked {
-                                                    file: f,
-                                                    fingerprint,
-                                                    written: false,
-                                                });
-                                                return;
-                                            }
-                                            // Changed meanwhile: the watcher or the next
-                                            // scan sees its final form.
-                                            Ok(None) => return,
-                                            Err(e) => {
-                                                tracing::warn!(path = %f.path, error = %e, "cannot read a file to check its content");
-                                            }
-                                        }
-                                    }
-                                    if known {
-                                        return;
-                                    }
-                                }
-                                batch.push(f);
-                                if batch.len() >= BATCH {
-                                    let full = Vec::with_capacity(BATCH);
-                                    // The writer only stops early on a database error, which
-                                    // its join reports.
-                                    let _ = tx.send(std::mem::replace(&mut batch, full));
-                                }
-                            }
-                            Seen::Recent(r) => {
-                                // Written too recently to queue, but there: a queued item of
-                                // this very version (a manual request, one the settler
-                                // queued, or a file whose mtime is ahead of a clock that
-                                // started at 1970) is neither deleted nor replaced.
-                                let sp = judging.then(|| StoragePath::under(root, &r.path));
-                                if let Some(Ok(sp)) = sp {
-                                    let path = hash_of(sp.as_str());
-                                    w.paths.insert(path);
-                                    w.versions.insert(version_of(path, r.size, r.mtime_ns));
-                                }
-                                w.recent.push(r);
-                            }
-                        }
-                    };
-                    let mut unreadable = 0;
-                    while let Some((d, reading)) = dirs.take() {
-                        dirs.give_back(judge.read(d, &mut seen, &mut unreadable));
-                        drop(reading);
+                    Walker {
+                        known,
+                        judging,
+                        root,
+                        tx,
+                        w: Walked::default(),
+                        batch: Vec::with_capacity(BATCH),
                     }
-                    if !batch.is_empty() {
-                        let _ = tx.send(batch);
-                    }
-                    w.unreadable = unreadable;
-                    w
+                    .walk(dirs, judge)
                 })
             })
             .collect();
@@ -579,8 +484,23 @@ pub fn scan(
         .flat_map(|w| std::mem::take(&mut w.checks))
         .collect();
     report.queued += store.settle_contents(&checks, serial)?;
-    // What the reconcile step needs to know, in 8 bytes a file rather than the paths: the
-    // walkers' sets merged into the largest.
+    let seen = merge(walked, &mut report);
+
+    // A card pulled (or swapped) during the walk makes what the walk missed neither deleted
+    // nor unreadable: the walk is judged only when one card was there before and after it.
+    if before.is_some() && card.identity() == before {
+        report.dropped = reconcile(store, &known.open, &seen.versions, &seen.paths)?;
+    } else {
+        report.card_gone = true;
+        report.unreadable = 0;
+    }
+    drop(wide);
+    Ok(report)
+}
+
+/// Adds the walkers' counts to the report, and merges what they saw for the reconcile step (in
+/// 8 bytes a file rather than the paths): their sets merged into the largest.
+fn merge(mut walked: Vec<Walked>, report: &mut Report) -> Walked {
     walked.sort_unstable_by_key(|w| std::cmp::Reverse(w.versions.len()));
     let mut seen = Walked::default();
     for (i, w) in walked.into_iter().enumerate() {
@@ -594,17 +514,139 @@ pub fn scan(
             seen.paths.extend(w.paths);
         }
     }
+    seen
+}
 
-    // A card pulled (or swapped) during the walk makes what the walk missed neither deleted
-    // nor unreadable: the walk is judged only when one card was there before and after it.
-    if before.is_some() && card.identity() == before {
-        report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
-    } else {
-        report.card_gone = true;
-        report.unreadable = 0;
+/// What the queue holds when the scan starts, as hashes: a known file costs no database write,
+/// and a new path needs no look for an older version to replace.
+#[derive(Default)]
+struct Known {
+    /// Versions the queue has (a revivable one excepted).
+    versions: Hashes,
+    paths: Hashes,
+    /// Versions to check by content ([`needs_content`]).
+    verify: Hashes,
+    /// (path, size) of sent versions with a fingerprint.
+    sent_sizes: Hashes,
+    /// The open items: the ones the walk judges. Items queued while it runs (a manual upload,
+    /// the settler) were not seen by this snapshot and are left alone.
+    open: Vec<OpenItem>,
+}
+
+impl Known {
+    /// Reads the queue's identities; `serial`: the card in the slot.
+    fn of(store: &Store, serial: Option<&str>) -> Result<Known, StoreError> {
+        let mut k = Known::default();
+        store.for_each_identity(|it| {
+            let path = hash_of(it.path);
+            let version = version_of(path, it.size, it.mtime_ns);
+            if !it.revivable {
+                k.versions.insert(version);
+            }
+            if it.fingerprinted && needs_content(it.card, serial, it.mtime_ns) {
+                k.verify.insert(version);
+            }
+            if it.done && it.fingerprinted {
+                k.sent_sizes.insert(hash_of((path, it.size)));
+            }
+            k.paths.insert(path);
+            if it.open {
+                k.open.push(OpenItem {
+                    id: it.id,
+                    version,
+                    path,
+                    away: store::other_card(it.card, serial),
+                });
+            }
+        })?;
+        Ok(k)
     }
-    drop(wide);
-    Ok(report)
+}
+
+/// One walker thread: takes directories from the shared stack, judges their entries against
+/// what the queue holds, and hands the files to queue to the writer in batches.
+struct Walker<'a> {
+    known: &'a Known,
+    /// Open items wait to be judged: the walk keeps what it saw.
+    judging: bool,
+    root: &'a Path,
+    tx: std::sync::mpsc::SyncSender<Vec<FoundFile>>,
+    w: Walked,
+    batch: Vec<FoundFile>,
+}
+
+impl Walker<'_> {
+    /// Walks until no directory is left, then hands over the last batch.
+    fn walk(mut self, dirs: &Shared, judge: &Judge<'_>) -> Walked {
+        let mut unreadable = 0;
+        while let Some((d, reading)) = dirs.take() {
+            dirs.give_back(judge.read(d, &mut |found| self.seen(found), &mut unreadable));
+            drop(reading);
+        }
+        if !self.batch.is_empty() {
+            let _ = self.tx.send(self.batch);
+        }
+        self.w.unreadable = unreadable;
+        self.w
+    }
+
+    /// One media file the walk found.
+    fn seen(&mut self, found: Seen) {
+        self.w.files += 1;
+        match found {
+            Seen::Settled(f) => {
+                if self.judging || !self.known.versions.is_empty() {
+                    let path = hash_of(f.path.as_str());
+                    let version = version_of(path, f.size, f.mtime_ns);
+                    if self.judging {
+                        self.w.paths.insert(path);
+                        self.w.versions.insert(version);
+                    }
+                    let known = self.known.versions.contains(&version);
+                    let check = self.known.verify.contains(&version)
+                        || (!known && self.known.sent_sizes.contains(&hash_of((path, f.size))));
+                    if check {
+                        match Fingerprint::of_path(&f.path.on_disk(self.root), f.size) {
+                            Ok(Some(fingerprint)) => {
+                                self.w.checks.push(Checked {
+                                    file: f,
+                                    fingerprint,
+                                    written: false,
+                                });
+                                return;
+                            }
+                            // Changed meanwhile: the watcher or the next scan sees its final form.
+                            Ok(None) => return,
+                            Err(e) => {
+                                tracing::warn!(path = %f.path, error = %e, "cannot read a file to check its content");
+                            }
+                        }
+                    }
+                    if known {
+                        return;
+                    }
+                }
+                self.batch.push(f);
+                if self.batch.len() >= BATCH {
+                    let full = Vec::with_capacity(BATCH);
+                    // The writer only stops early on a database error, which its join reports.
+                    let _ = self.tx.send(std::mem::replace(&mut self.batch, full));
+                }
+            }
+            Seen::Recent(r) => {
+                // Written too recently to queue, but there: a queued item of this very version (a
+                // manual request, one the settler queued, or a file whose mtime is ahead of a
+                // clock that started at 1970) is neither deleted nor replaced.
+                let sp = self.judging.then(|| StoragePath::under(self.root, &r.path));
+                if let Some(Ok(sp)) = sp {
+                    let path = hash_of(sp.as_str());
+                    self.w.paths.insert(path);
+                    self.w.versions.insert(version_of(path, r.size, r.mtime_ns));
+                }
+                self.w.recent.push(r);
+            }
+        }
+    }
 }
 
 /// Drops the open items (of the snapshot taken before the walk) whose file version was not
