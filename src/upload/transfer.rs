@@ -154,6 +154,14 @@ struct Planned {
     open: bool,
 }
 
+/// How a session's chunks went.
+enum Sent {
+    /// Every byte is acknowledged; `acknowledged`: by a PATCH answer of this session.
+    All { acknowledged: bool },
+    /// The upload was lost or its offset could not be told: a new session starts.
+    Restart,
+}
+
 /// One attempt's state. `offset` is the last offset the server acknowledged (or reported).
 struct Transfer<'a, 'c> {
     ctx: &'a TransferCtx<'c>,
@@ -178,17 +186,47 @@ struct Transfer<'a, 'c> {
 
 impl Transfer<'_, '_> {
     /// One attempt: creation or resumption, then the chunks, each re-checked and paced.
-    // Over 100 lines: one tus exchange whose steps all share the offset and the upload URL.
     async fn run(&mut self) -> Result<(), Outcome> {
+        let rule = chunk::Rule::of(&self.ctx.config.cloud);
+        // The rate survives new sessions within the attempt: the link is the same.
+        let mut pacer = chunk::Pacer::default();
+        let hashing = self.preflight().await?;
+        let mut creations = 0;
+        let mut conflicts = 0;
+        loop {
+            // Where the server's upload stands. `confirmed`: the server itself told us the
+            // offset (HEAD or a PATCH answer), not just "a new upload starts at 0".
+            let Some(mut confirmed) = self.open_session(&mut creations).await? else {
+                continue;
+            };
+            (self.progress)(self.offset);
+            match self
+                .send_chunks(&mut pacer, &rule, hashing, &mut conflicts)
+                .await?
+            {
+                Sent::Restart => continue,
+                Sent::All { acknowledged } => confirmed |= acknowledged,
+            }
+
+            // The last byte is acknowledged, but the file may have been rewritten while it was
+            // read: then the server holds a mix of two versions. Never call that done.
+            self.check_file(&std::fs::symlink_metadata(&self.path))?;
+
+            if !confirmed && !self.server_holds_all().await? {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Before any session: the stored upload URL is dropped if it belongs to another endpoint
+    /// or origin or has expired, the file is checked to be the queued version, and the server's
+    /// capabilities are asked. Returns whether the server verifies chunks by SHA-1.
+    async fn preflight(&mut self) -> Result<bool, Outcome> {
         let ctx = self.ctx;
-        let client = ctx.client;
         let token = &ctx.account.token;
         let endpoint = ctx.config.cloud.endpoint_for(ctx.account.region.as_deref());
         let size = self.item.size;
-        let rule = chunk::Rule::of(&ctx.config.cloud);
-        // The rate survives new sessions within the attempt: the link is the same.
-        let mut pacer = chunk::Pacer::default();
-
         // First of all: an upload created at another endpoint (the config moved to a new
         // host, the account to another region) is never touched there, not even ended: a new
         // one starts here.
@@ -210,7 +248,7 @@ impl Transfer<'_, '_> {
         self.note_fingerprint().await;
 
         let caps = self
-            .until_stop(client.options(endpoint, token))
+            .until_stop(ctx.client.options(endpoint, token))
             .await?
             .map_err(|e| self.outcome_for(&e))?;
         if let Some(max) = caps.max_size.filter(|m| size > *m) {
@@ -225,159 +263,170 @@ impl Transfer<'_, '_> {
         if self.url.is_some() && self.expires_at.is_some_and(|t| t <= now_unix()) {
             self.forget_url("its Upload-Expires has passed")?;
         }
+        Ok(caps.sha1_checksum())
+    }
 
-        let hashing = caps.sha1_checksum();
-        let mut creations = 0;
-        let mut conflicts = 0;
-        'session: loop {
-            // Where the server's upload stands. `confirmed`: the server itself told us the
-            // offset (HEAD or a PATCH answer), not just "a new upload starts at 0".
-            let mut confirmed;
-            match self.url.clone() {
-                None => {
-                    if creations >= MAX_CREATIONS_PER_ATTEMPT {
-                        return Err(Outcome::Retry {
-                            error: format!(
-                                "the server lost the upload of {} twice in one attempt",
-                                self.item.storage_path
-                            ),
-                            retry_after: None,
-                        });
-                    }
-                    creations += 1;
-                    let md = UploadMetadata::new(
-                        &ctx.account.user_id,
-                        &ctx.config.device.device_type,
-                        &ctx.config.device.serial,
-                        &self.item.storage_path,
-                    );
-                    let created = self
-                        .until_stop(client.create(endpoint, size, &md, token))
-                        .await?
-                        .map_err(|e| self.outcome_for(&e))?;
-                    // Into the database before any data: from here on a crash resumes this
-                    // upload instead of creating a second one. No URL stored, no data sent.
-                    ctx.store
-                        .set_upload_url(self.item.id, &created.url, created.expires_at, endpoint)
-                        .map_err(|e| Outcome::Retry {
-                            error: format!("cannot record the new upload's URL: {e}"),
-                            retry_after: None,
-                        })?;
-                    tracing::info!(item = self.item.id, path = %self.item.storage_path, url = %created.url, "created upload");
-                    self.url = Some(created.url);
-                    self.offset = created.offset.unwrap_or(0);
-                    self.persisted = 0;
-                    self.expires_at = created.expires_at;
-                    confirmed = created.offset.is_some();
-                }
-                Some(url) => {
-                    let Some(st) = self.head(&url).await? else {
-                        continue 'session;
-                    };
-                    if let Some(len) = st.length.filter(|l| *l != size) {
-                        self.forget_url(&format!(
-                            "the server's upload is {} long, the file {size}",
-                            count(len, "byte", "bytes")
-                        ))?;
-                        continue 'session;
-                    }
-                    self.accept_server_offset(st.offset)?;
-                    self.expires_at = st.expires_at.or(self.expires_at);
-                    confirmed = true;
-                }
-            }
-            (self.progress)(self.offset);
-
-            // The chunk planned one ahead: its SHA-1 is computed while the current one is sent.
-            let mut ahead: Option<Planned> = None;
-            while self.offset < size {
-                let url = self.url.clone().expect("a session has an upload URL");
-                let mut this = match ahead.take() {
-                    Some(p) if p.offset == self.offset => p,
-                    _ => self.plan(self.offset, pacer.next_len(&rule), hashing)?,
-                };
-                if this.open {
-                    // Hashed ahead before any rate was known: its length is chosen now, from
-                    // the rate the first chunk measured (the hash kept a state at every MiB).
-                    this.len = self.chunk_len(this.offset, pacer.next_len(&rule));
-                    if let Some(d) = &this.digest {
-                        d.stop_at(this.len);
-                    }
-                }
-                let end = this.offset + this.len;
-                if hashing && end < size {
-                    ahead = Some(if rule.sizing == ChunkSizing::Auto && !pacer.knows_rate() {
-                        self.plan_open(end, rule.bound)?
-                    } else {
-                        self.plan(end, pacer.next_len(&rule), true)?
-                    });
-                }
-                let (base, len) = (this.offset, this.len);
-                let digest = match this.digest {
-                    Some(d) => match self.until_stop(d.finish(len)).await? {
-                        Ok(sum) => Some(sum),
-                        Err(e) => return Err(self.read_failed(&e)),
-                    },
-                    None => None,
-                };
-                // Where no checksum covers the chunk, the body is hashed as it goes out.
-                let hashed = (self.record_sent && digest.is_none()).then(sent::SentHash::default);
-                let body =
-                    sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
-                self.sending = true;
-                let progress = self.progress;
-                let on_sent = move |n: u64| progress(base + n);
-                let started = Instant::now();
-                let patch = client.patch(&url, token, base, body, len, digest.as_deref(), &on_sent);
-                match self.until_stop(patch).await? {
-                    Ok(ack) => {
-                        pacer.acknowledged(len, started.elapsed());
-                        self.expires_at = ack.expires_at.or(self.expires_at);
-                        confirmed = true;
-                        self.accepted(base, len, ack.offset, digest.as_deref(), hashed.as_ref());
-                    }
-                    Err(e) if e.status() == Some(409) && conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
-                        // Our offset and the server's disagree (a chunk we thought lost
-                        // arrived after all): ask the server and carry on from its offset.
-                        conflicts += 1;
-                        let Some(st) = self.head(&url).await? else {
-                            continue 'session;
-                        };
-                        self.accept_server_offset(st.offset)?;
-                        (self.progress)(self.offset);
-                    }
-                    Err(e) if e.is_gone() => {
-                        self.forget_url(&e.to_string())?;
-                        continue 'session;
-                    }
-                    Err(e) => return Err(self.end_with(&e)),
-                }
-            }
-
-            // The last byte is acknowledged, but the file may have been rewritten while it was
-            // read: then the server holds a mix of two versions. Never call that done.
-            self.check_file(&std::fs::symlink_metadata(&self.path))?;
-
-            if !confirmed {
-                // Nothing was sent (a zero-byte file, just created): "done" needs the
-                // server's own word that it holds the whole length.
-                let url = self.url.clone().expect("a session has an upload URL");
-                let Some(st) = self.head(&url).await? else {
-                    continue 'session;
-                };
-                if st.offset != size {
+    /// Creates the upload (its URL stored before any data) or asks where the stored one
+    /// stands. `Some(confirmed)`: the session is open at `self.offset`, `confirmed` when the
+    /// server said so itself; `None`: start the session again (the upload was lost).
+    async fn open_session(&mut self, creations: &mut u32) -> Result<Option<bool>, Outcome> {
+        let ctx = self.ctx;
+        let token = &ctx.account.token;
+        let endpoint = ctx.config.cloud.endpoint_for(ctx.account.region.as_deref());
+        let size = self.item.size;
+        match self.url.clone() {
+            None => {
+                if *creations >= MAX_CREATIONS_PER_ATTEMPT {
                     return Err(Outcome::Retry {
                         error: format!(
-                            "HEAD {url}: the server reports offset {} of a {size}-byte upload \
-                             with nothing left to send",
-                            st.offset
+                            "the server lost the upload of {} twice in one attempt",
+                            self.item.storage_path
                         ),
                         retry_after: None,
                     });
                 }
+                *creations += 1;
+                let md = UploadMetadata::new(
+                    &ctx.account.user_id,
+                    &ctx.config.device.device_type,
+                    &ctx.config.device.serial,
+                    &self.item.storage_path,
+                );
+                let created = self
+                    .until_stop(ctx.client.create(endpoint, size, &md, token))
+                    .await?
+                    .map_err(|e| self.outcome_for(&e))?;
+                // Into the database before any data: from here on a crash resumes this
+                // upload instead of creating a second one. No URL stored, no data sent.
+                ctx.store
+                    .set_upload_url(self.item.id, &created.url, created.expires_at, endpoint)
+                    .map_err(|e| Outcome::Retry {
+                        error: format!("cannot record the new upload's URL: {e}"),
+                        retry_after: None,
+                    })?;
+                tracing::info!(item = self.item.id, path = %self.item.storage_path, url = %created.url, "created upload");
+                self.url = Some(created.url);
+                self.offset = created.offset.unwrap_or(0);
+                self.persisted = 0;
+                self.expires_at = created.expires_at;
+                Ok(Some(created.offset.is_some()))
             }
-            return Ok(());
+            Some(url) => {
+                let Some(st) = self.head(&url).await? else {
+                    return Ok(None);
+                };
+                if let Some(len) = st.length.filter(|l| *l != size) {
+                    self.forget_url(&format!(
+                        "the server's upload is {} long, the file {size}",
+                        count(len, "byte", "bytes")
+                    ))?;
+                    return Ok(None);
+                }
+                self.accept_server_offset(st.offset)?;
+                self.expires_at = st.expires_at.or(self.expires_at);
+                Ok(Some(true))
+            }
         }
+    }
+
+    /// Sends the chunks from `self.offset` to the end, each planned (and hashed) one ahead.
+    async fn send_chunks(
+        &mut self,
+        pacer: &mut chunk::Pacer,
+        rule: &chunk::Rule,
+        hashing: bool,
+        conflicts: &mut u32,
+    ) -> Result<Sent, Outcome> {
+        let client = self.ctx.client;
+        let token = &self.ctx.account.token;
+        let size = self.item.size;
+        let mut acknowledged = false;
+        // The chunk planned one ahead: its SHA-1 is computed while the current one is sent.
+        let mut ahead: Option<Planned> = None;
+        while self.offset < size {
+            let url = self.url.clone().expect("a session has an upload URL");
+            let mut this = match ahead.take() {
+                Some(p) if p.offset == self.offset => p,
+                _ => self.plan(self.offset, pacer.next_len(rule), hashing)?,
+            };
+            if this.open {
+                // Hashed ahead before any rate was known: its length is chosen now, from
+                // the rate the first chunk measured (the hash kept a state at every MiB).
+                this.len = self.chunk_len(this.offset, pacer.next_len(rule));
+                if let Some(d) = &this.digest {
+                    d.stop_at(this.len);
+                }
+            }
+            let end = this.offset + this.len;
+            if hashing && end < size {
+                ahead = Some(if rule.sizing == ChunkSizing::Auto && !pacer.knows_rate() {
+                    self.plan_open(end, rule.bound)?
+                } else {
+                    self.plan(end, pacer.next_len(rule), true)?
+                });
+            }
+            let (base, len) = (this.offset, this.len);
+            let digest = match this.digest {
+                Some(d) => match self.until_stop(d.finish(len)).await? {
+                    Ok(sum) => Some(sum),
+                    Err(e) => return Err(self.read_failed(&e)),
+                },
+                None => None,
+            };
+            // Where no checksum covers the chunk, the body is hashed as it goes out.
+            let hashed = (self.record_sent && digest.is_none()).then(sent::SentHash::default);
+            let body = sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
+            self.sending = true;
+            let progress = self.progress;
+            let on_sent = move |n: u64| progress(base + n);
+            let started = Instant::now();
+            let patch = client.patch(&url, token, base, body, len, digest.as_deref(), &on_sent);
+            match self.until_stop(patch).await? {
+                Ok(ack) => {
+                    pacer.acknowledged(len, started.elapsed());
+                    self.expires_at = ack.expires_at.or(self.expires_at);
+                    acknowledged = true;
+                    self.accepted(base, len, ack.offset, digest.as_deref(), hashed.as_ref());
+                }
+                Err(e) if e.status() == Some(409) && *conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
+                    // Our offset and the server's disagree (a chunk we thought lost
+                    // arrived after all): ask the server and carry on from its offset.
+                    *conflicts += 1;
+                    let Some(st) = self.head(&url).await? else {
+                        return Ok(Sent::Restart);
+                    };
+                    self.accept_server_offset(st.offset)?;
+                    (self.progress)(self.offset);
+                }
+                Err(e) if e.is_gone() => {
+                    self.forget_url(&e.to_string())?;
+                    return Ok(Sent::Restart);
+                }
+                Err(e) => return Err(self.end_with(&e)),
+            }
+        }
+        Ok(Sent::All { acknowledged })
+    }
+
+    /// Nothing was sent (a zero-byte file, just created): "done" needs the server's own word
+    /// that it holds the whole length. False: start the session again.
+    async fn server_holds_all(&mut self) -> Result<bool, Outcome> {
+        let size = self.item.size;
+        let url = self.url.clone().expect("a session has an upload URL");
+        let Some(st) = self.head(&url).await? else {
+            return Ok(false);
+        };
+        if st.offset != size {
+            return Err(Outcome::Retry {
+                error: format!(
+                    "HEAD {url}: the server reports offset {} of a {size}-byte upload \
+                     with nothing left to send",
+                    st.offset
+                ),
+                retry_after: None,
+            });
+        }
+        Ok(true)
     }
 
     /// Awaits `fut` unless the stop token fires first; then the offset is saved and the
