@@ -267,7 +267,6 @@ fn root_identity(card: scan::CardRoot, current: Option<RootId>) -> Option<RootId
 
 /// Runs the scanner and watcher until shutdown: an initial scan, inotify events through the
 /// settler, a rescan every `rescan_secs`, on overflow and when the card comes back.
-// Over 100 lines: one loop owning the watcher's state (card, watches, settler); steps are calls.
 pub async fn run(app: Arc<App>) {
     let root = app.config().media.root.clone();
     let settle = Duration::from_secs(app.config().media.settle_secs);
@@ -299,39 +298,21 @@ pub async fn run(app: Arc<App>) {
         let now = Instant::now();
         if now >= next_presence {
             next_presence = now + PRESENCE_EVERY;
-            let remounted = mount_watch.as_ref().is_some_and(MountWatch::gone);
-            if remounted {
-                tracing::info!("the card was unmounted since the last look");
-            }
-            let id = root_identity(
-                scan::CardRoot::of(&app.config().media),
-                identity.filter(|_| !remounted),
-            );
-            if id != identity || remounted {
-                identity = id;
-                watcher = None;
-                mount_watch = None;
-                if id.is_some() {
-                    (watcher, mount_watch) = card_appeared(&app, &root, &tx, &lost).await;
-                    need_scan = true;
-                } else {
-                    settler.forget_under(&root);
-                    app.set_card(crate::card::Card::default());
-                }
-            }
+            let (id, appeared) = look_at_card(
+                &app,
+                &root,
+                (&tx, &lost),
+                (&mut identity, &mut watcher, &mut mount_watch),
+                &mut settler,
+            )
+            .await;
+            need_scan |= appeared;
             // Said at every look, not only on a change: a camera that starts without its card
             // has no change to report, and must not show the card as there.
             app.set_media_available(id.is_some());
         }
-        if rewatch {
-            rewatch = false;
-            if let Some(w) = watcher.take() {
-                watcher = rewatch_all(&root, w).await;
-                if watcher.is_none() {
-                    // Set up from scratch at the next look at the card.
-                    identity = None;
-                }
-            }
+        if std::mem::take(&mut rewatch) {
+            watch_again(&root, &mut watcher, &mut identity).await;
         }
         if (need_scan || now >= next_rescan) && identity.is_some() {
             need_scan = false;
@@ -382,6 +363,61 @@ pub async fn run(app: Arc<App>) {
         );
     }
     drop(watcher);
+}
+
+/// The look at the card every [`PRESENCE_EVERY`]: whether it is there and the same (its
+/// root's identity, and no unmount seen), and when that changed, its watches set up anew
+/// ([`card_appeared`]) or, gone, what waited to settle under it forgotten. Returns the root's
+/// identity and whether a card appeared (then a scan is due).
+async fn look_at_card(
+    app: &App,
+    root: &Path,
+    (tx, lost): (&mpsc::Sender<Signal>, &Arc<std::sync::atomic::AtomicBool>),
+    (identity, watcher, mount_watch): (
+        &mut Option<RootId>,
+        &mut Option<RecommendedWatcher>,
+        &mut Option<MountWatch>,
+    ),
+    settler: &mut Settler,
+) -> (Option<RootId>, bool) {
+    let remounted = mount_watch.as_ref().is_some_and(MountWatch::gone);
+    if remounted {
+        tracing::info!("the card was unmounted since the last look");
+    }
+    let id = root_identity(
+        scan::CardRoot::of(&app.config().media),
+        identity.filter(|_| !remounted),
+    );
+    let mut appeared = false;
+    if id != *identity || remounted {
+        *identity = id;
+        *watcher = None;
+        *mount_watch = None;
+        if id.is_some() {
+            (*watcher, *mount_watch) = card_appeared(app, root, tx, lost).await;
+            appeared = true;
+        } else {
+            settler.forget_under(root);
+            app.set_card(crate::card::Card::default());
+        }
+    }
+    (id, appeared)
+}
+
+/// After lost events: the tree's watches added again (those of a directory made meanwhile may
+/// be missing). Without a watcher after that, all is set up from scratch at the next look at
+/// the card (`identity` forgotten).
+async fn watch_again(
+    root: &Path,
+    watcher: &mut Option<RecommendedWatcher>,
+    identity: &mut Option<RootId>,
+) {
+    if let Some(w) = watcher.take() {
+        *watcher = rewatch_all(root, w).await;
+        if watcher.is_none() {
+            *identity = None;
+        }
+    }
 }
 
 /// The card is there (anew): watches its tree (off the runtime thread, which also answers the
