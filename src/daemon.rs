@@ -155,9 +155,7 @@ async fn main(config: Config) -> i32 {
             }
         }
     }
-    if let Err(e) = app.store().checkpoint() {
-        tracing::warn!(error = %e, "final database checkpoint failed");
-    }
+    app.checkpoint();
     tracing::info!("stopped");
     0
 }
@@ -226,17 +224,7 @@ async fn conditions_loop(app: Arc<App>) {
             .as_ref()
             .and_then(|i| snapshot.links.iter().find(|l| &l.interface == i));
         let want = link.map(|l| (l.interface.clone(), l.families.clone()));
-        // The data plan at the pacing point: bytes over cellular are counted, and no more than
-        // the day's budget goes out, even before the gate's answer stops the upload. With the
-        // budget used the gate names no uplink, so "metering" holds the bodies at zero.
-        let budget_used = verdict.auto.contains(&gate::Block::DataBudgetUsed)
-            || verdict.manual.contains(&gate::Block::DataBudgetUsed);
-        let metering =
-            budget_used || link.is_some_and(|l| l.network == conditions::Network::Cellular);
-        let left = settings.cellular_daily_bytes().map_or(u64::MAX, |limit| {
-            limit.saturating_sub(snapshot.cellular_bytes_today)
-        });
-        app.client().throttle().set_data_plan(metering, left);
+        app.set_data_plan(gate::data_plan(&verdict, &snapshot, &settings));
         // An approved interface the client could not bind to (it vanished between the read and
         // the bind, or has no address yet for the fallback) is tried again at the next poll.
         let unbindable = want.is_some() && last_binding == Binding::Refused;
@@ -247,7 +235,7 @@ async fn conditions_loop(app: Arc<App>) {
                 // HEAD over the new one if it is allowed.
                 app.stop_uploads("the interface uploads may use changed");
             }
-            let binding = app.client().rebind(link);
+            let binding = app.bind_uplink(link);
             if binding != last_binding {
                 match &binding {
                     Binding::Address { interface, addr } => tracing::warn!(
@@ -296,15 +284,7 @@ async fn conditions_loop(app: Arc<App>) {
 
 async fn housekeeping(app: Arc<App>) {
     loop {
-        match app.store().purge_history(app.config().state.history_days) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                entries = n,
-                days = app.config().state.history_days,
-                "purged old history"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot purge old history"),
-        }
+        app.purge_history();
         tokio::select! {
             _ = app.shutdown().cancelled() => return,
             _ = tokio::time::sleep(HOUSEKEEPING) => {}

@@ -235,6 +235,35 @@ pub fn budget_used(uplink: &Link, settings: &Settings, used_today: u64) -> bool 
             .is_some_and(|limit| used_today >= limit)
 }
 
+/// What the pacing point (`upload::throttle`) enforces of the data plan, between two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataPlan {
+    /// The bytes going out count against the plan (a cellular uplink), or must not go out at
+    /// all (the budget is used: the gate names no uplink then).
+    pub metering: bool,
+    /// What today's budget still allows (`u64::MAX`: no limit).
+    pub left: u64,
+}
+
+/// The data plan at the pacing point, from the gate's verdict and the snapshot it judged:
+/// bytes over cellular are counted, and no more than the day's budget goes out, even before
+/// the gate's answer stops the upload. With the budget used the gate names no uplink, so
+/// "metering" holds the bodies at zero. Pure.
+pub fn data_plan(verdict: &Verdict, s: &Snapshot, settings: &Settings) -> DataPlan {
+    let link = verdict
+        .uplink
+        .as_ref()
+        .and_then(|i| s.links.iter().find(|l| &l.interface == i));
+    let budget_used = verdict.auto.contains(&Block::DataBudgetUsed)
+        || verdict.manual.contains(&Block::DataBudgetUsed);
+    DataPlan {
+        metering: budget_used || link.is_some_and(|l| l.network == Network::Cellular),
+        left: settings.cellular_daily_bytes().map_or(u64::MAX, |limit| {
+            limit.saturating_sub(s.cellular_bytes_today)
+        }),
+    }
+}
+
 /// Media written within `idle_secs`, or the load over `max_load` when that is set.
 fn busy(s: &Snapshot, cfg: &config::Conditions) -> bool {
     let writing = s.secs_since_media_write.is_some_and(|w| w < cfg.idle_secs);
@@ -815,6 +844,57 @@ mod tests {
             assert_eq!(v.manual, row.manual, "manual: {}", row.name);
             assert_eq!(v.auto_allowed(), row.auto.is_empty(), "{}", row.name);
             assert_eq!(v.manual_allowed(), row.manual.is_empty(), "{}", row.name);
+        }
+    }
+
+    /// The data plan at the pacing point (`data_plan`), row by row: (name, network, bytes used
+    /// today, budget in MiB, metering, left).
+    #[test]
+    fn the_data_plan_meters_cellular_and_holds_a_used_budget() {
+        let rows: &[(&str, Network, u64, u64, bool, u64)] = &[
+            ("wifi, no budget", Network::Wifi, 0, 0, false, u64::MAX),
+            (
+                "wifi, a budget left",
+                Network::Wifi,
+                1 << 20,
+                100,
+                false,
+                99 << 20,
+            ),
+            (
+                "cellular, no budget",
+                Network::Cellular,
+                1 << 40,
+                0,
+                true,
+                u64::MAX,
+            ),
+            (
+                "cellular within the budget",
+                Network::Cellular,
+                99 << 20,
+                100,
+                true,
+                1 << 20,
+            ),
+            (
+                "cellular, the budget used",
+                Network::Cellular,
+                100 << 20,
+                100,
+                true,
+                0,
+            ),
+        ];
+        for &(name, network, used, mib, metering, left) in rows {
+            let (mut s, mut st) = (good(), consenting());
+            on(&mut s, network);
+            s.cellular_bytes_today = used;
+            st.network = NetworkPref::Any;
+            st.cellular_daily_mib = mib;
+            let v = decide(&s, &st, &limits());
+            let plan = data_plan(&v, &s, &st);
+            assert_eq!(plan, DataPlan { metering, left }, "{name}");
         }
     }
 

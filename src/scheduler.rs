@@ -1,6 +1,6 @@
 //! The scheduler: picks queue items (manual first, then those that failed least, then oldest
 //! capture first, so files that keep failing never hold up new ones), runs at most
-//! `cloud.concurrency` transfers, and records each outcome in the store.
+//! `cloud.concurrency` transfers, and hands each outcome to App, which records it.
 //!
 //! Invariants: an item is started only when [`App::permits`] allows its kind of upload; every
 //! outcome is written to the store before the next pick, so a crash never loses or repeats an
@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AccountStatus, App};
+use crate::app::{App, Ending};
 use crate::clock::now_unix;
 use crate::credentials::Account;
 use crate::scan;
 use crate::store::{Item, Pick};
 use crate::upload::retry::{self, Backoff};
-use crate::upload::transfer::{self, Outcome, TransferCtx};
+use crate::upload::transfer::Outcome;
 
 /// The longest the scheduler sleeps without looking (it also beats the health check).
 const MAX_SLEEP: Duration = Duration::from_secs(20);
@@ -43,19 +43,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         app.beat("scheduler");
         if stray {
-            match app.store().recover_stray_uploading(&app.in_flight()) {
-                Ok(n) => {
-                    stray = false;
-                    app.store_ok();
-                    if n > 0 {
-                        tracing::info!(
-                            items = n,
-                            "uploads left `uploading` (a crash, or an outcome the store could not take) are queued again"
-                        );
-                    }
-                }
-                Err(e) => app.store_failed(&e),
-            }
+            stray = !app.recover_stray_uploading();
         }
         let mut next_due = None;
         let hold = app.server_not_before();
@@ -77,29 +65,27 @@ pub async fn run(app: Arc<App>) {
                 allow_manual,
                 exclude: &exclude,
             };
-            match app.store().next_item(&pick) {
+            match app.next_upload(&pick) {
                 Ok(Some(item)) => {
                     // Claimed here, before the next pick, so that with concurrency above one the
                     // same item is never picked twice, and its stop token is registered before
                     // anything (pause, cancel) can look for it.
-                    match app.store().mark_uploading(item.id) {
-                        Ok(true) => {}
-                        Ok(false) => continue,
+                    let stop = match app.claim(&item) {
+                        Ok(Some(stop)) => stop,
+                        Ok(None) => continue,
                         Err(e) => {
-                            app.store_failed(&e);
                             stray = true;
                             tracing::error!(error = %e, id = item.id, "cannot mark an item uploading");
                             break;
                         }
-                    }
-                    let stop = app.begin(&item);
+                    };
                     let id = item.id;
                     let app = app.clone();
                     let task = tasks.spawn(async move { one(app, item, account, stop).await });
                     running.insert(task.id(), id);
                 }
                 Ok(None) => {
-                    next_due = app.store().next_due(&pick).ok().flatten();
+                    next_due = app.next_due(&pick);
                     break;
                 }
                 Err(e) => {
@@ -147,15 +133,8 @@ pub async fn run(app: Arc<App>) {
 async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToken) -> bool {
     let id = item.id;
     tracing::info!(id, path = %item.storage_path, size = item.size, from = item.bytes_sent, "uploading");
-    let ctx = TransferCtx {
-        client: app.client(),
-        store: app.store(),
-        config: app.config(),
-        account: &account,
-    };
-    let progress = |b: u64| app.progress(id, b);
-    let outcome = transfer::upload(&ctx, &item, &stop, &progress).await;
-    let recorded = record(&app, &item, outcome);
+    let outcome = app.attempt(&item, &account, &stop).await;
+    let recorded = app.finish(&item, ending(&app, &item, outcome));
     app.end(id);
     recorded
 }
@@ -164,26 +143,28 @@ async fn one(app: Arc<App>, item: Item, account: Account, stop: CancellationToke
 /// by another version leaves the queue, with a reason the scan understands (a deleted file that
 /// comes back is queued again); a read error on a file that is still there is retried, since
 /// dropping a photo from the backup for a transient I/O error would lose it silently.
-fn unreadable(app: &App, item: &Item, reason: &str) -> Result<(), crate::store::StoreError> {
+fn unreadable(app: &App, item: &Item, reason: &str) -> Ending {
     let root = &app.config().media.root;
     if !scan::CardRoot::of(&app.config().media).present() {
-        return app.store().mark_interrupted(item.id);
+        return Ending::Interrupted;
     }
     match std::fs::symlink_metadata(item.storage_path.on_disk(root)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(id = item.id, path = %item.storage_path, "file deleted before upload; dropped from the queue");
-            app.store()
-                .mark_skipped(item.id, crate::store::REASON_DELETED)
+            Ending::Skipped(crate::store::REASON_DELETED)
         }
         Ok(m) if m.len() != item.size || crate::media::mtime_ns(&m) != item.mtime_ns => {
             tracing::info!(id = item.id, path = %item.storage_path, "file changed since queued; the new version is queued instead");
-            app.store()
-                .mark_skipped(item.id, crate::store::REASON_REPLACED)
+            Ending::Skipped(crate::store::REASON_REPLACED)
         }
         _ => {
             let at = retry_at(app, item, None);
             tracing::warn!(id = item.id, path = %item.storage_path, error = %reason, "cannot read the file; will retry");
-            app.store().mark_retry(item.id, reason, at)
+            Ending::Retry {
+                error: reason.to_string(),
+                at,
+                server_busy: false,
+            }
         }
     }
 }
@@ -202,54 +183,36 @@ fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
     )
 }
 
-/// Writes an outcome to the store (and the account status, for 401/402). False when the store
-/// could not take it.
-fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
+/// What the transfer's outcome means for the item: when it is tried again, whether it leaves
+/// the queue. App records it ([`App::finish`]).
+fn ending(app: &App, item: &Item, outcome: Outcome) -> Ending {
     let id = item.id;
-    let res = match outcome {
+    match outcome {
         Outcome::Done => {
             tracing::info!(id, path = %item.storage_path, size = item.size, "uploaded");
-            app.store().mark_done(id)
+            Ending::Done
         }
         Outcome::Retry { error, retry_after } => {
             let at = retry_at(app, item, retry_after);
-            if retry_after.is_some() {
-                // 429/503 with Retry-After speaks for the server, not for this file: nothing
-                // starts before then, or a camera with k files queued asks k times a period.
-                app.server_busy_until(at);
-            }
             tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "upload failed; will retry");
-            app.store().mark_retry(id, &error, at)
+            // 429/503 with Retry-After speaks for the server, not for this file: nothing
+            // starts before then, or a camera with k files queued asks k times a period.
+            Ending::Retry {
+                error,
+                at,
+                server_busy: retry_after.is_some(),
+            }
         }
         Outcome::Failed(error) => {
             tracing::warn!(id, path = %item.storage_path, error = %error, "upload failed for good; waiting for the user's retry");
-            app.store().mark_failed(id, &error)
+            Ending::Failed(error)
         }
-        Outcome::Unauthorized(m) => {
-            let r = app.store().mark_interrupted(id);
-            app.set_account_status(AccountStatus::Unauthorized(m));
-            r
-        }
-        Outcome::SubscriptionInactive(m) => {
-            let r = app.store().mark_interrupted(id);
-            app.set_account_status(AccountStatus::SubscriptionInactive(m));
-            r
-        }
+        Outcome::Unauthorized(m) => Ending::Unauthorized(m),
+        Outcome::SubscriptionInactive(m) => Ending::SubscriptionInactive(m),
         Outcome::FileUnreadable(reason) => unreadable(app, item, &reason),
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
-            app.store().mark_interrupted(id)
-        }
-    };
-    match res {
-        Ok(()) => {
-            app.store_ok();
-            true
-        }
-        Err(e) => {
-            app.store_failed(&e);
-            tracing::error!(error = %e, id, "cannot record an upload's outcome; trying again in a few seconds");
-            false
+            Ending::Interrupted
         }
     }
 }

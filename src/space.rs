@@ -252,6 +252,19 @@ impl Decision {
     }
 }
 
+/// What stops a deletion at its last look, just before the file goes: the holds that may
+/// come between a file's confirmation and its deletion (consent withdrawn, unpairing, the card
+/// leaving, the camera starting to record), judged by [`decide`] with the world of that moment.
+/// The card's space is not asked again: the pass judged it before the confirmation.
+pub fn last_look(w: &World) -> Option<Hold> {
+    decide(w, &[]).holds.into_iter().find(|h| {
+        matches!(
+            h,
+            Hold::FreeSpaceOff | Hold::Unpaired | Hold::MediaUnavailable | Hold::Recording
+        )
+    })
+}
+
 /// Decides from the world and the files' facts. Files are taken oldest first (modification
 /// time, then id); each file that could be freed counts towards the bytes needed until they
 /// are covered, and the rest are [`Verdict::NotNeeded`].

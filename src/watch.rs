@@ -298,67 +298,21 @@ pub async fn run(app: Arc<App>) {
         let now = Instant::now();
         if now >= next_presence {
             next_presence = now + PRESENCE_EVERY;
-            let remounted = mount_watch.as_ref().is_some_and(MountWatch::gone);
-            if remounted {
-                tracing::info!("the card was unmounted since the last look");
-            }
-            let id = root_identity(
-                scan::CardRoot::of(&app.config().media),
-                identity.filter(|_| !remounted),
-            );
-            if id != identity || remounted {
-                identity = id;
-                watcher = None;
-                mount_watch = None;
-                if id.is_some() {
-                    // Before the tree's watches: an unmount during their walk is not missed.
-                    mount_watch = MountWatch::new(&root);
-                    // A watch per directory of the card: a walk that blocks its caller, so off
-                    // the runtime thread, which also answers the API. The scan starts after it,
-                    // so a file written meanwhile is seen by one or the other.
-                    let (r, t, l) = (root.clone(), tx.clone(), lost.clone());
-                    let started = Instant::now();
-                    let added = tokio::task::spawn_blocking(move || watch(&r, t, l))
-                        .await
-                        .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
-                    match added {
-                        Ok((w, dirs)) => {
-                            tracing::info!(
-                                dirs,
-                                took_ms = started.elapsed().as_millis() as u64,
-                                "watching the card"
-                            );
-                            watcher = Some(w);
-                        }
-                        Err(e) => tracing::error!(root = %root.display(), error = %e,
-                            "cannot watch the media root; relying on the periodic rescan"),
-                    }
-                    // Which card it is: its serial tells a card from another that reuses its
-                    // names (a blocking read of its boot sector, so off the runtime thread).
-                    let r = root.clone();
-                    let card = tokio::task::spawn_blocking(move || crate::card::Card::of_root(&r))
-                        .await
-                        .unwrap_or_default();
-                    app.set_card(card);
-                    need_scan = true;
-                } else {
-                    settler.forget_under(&root);
-                    app.set_card(crate::card::Card::default());
-                }
-            }
+            let (id, appeared) = look_at_card(
+                &app,
+                &root,
+                (&tx, &lost),
+                (&mut identity, &mut watcher, &mut mount_watch),
+                &mut settler,
+            )
+            .await;
+            need_scan |= appeared;
             // Said at every look, not only on a change: a camera that starts without its card
             // has no change to report, and must not show the card as there.
             app.set_media_available(id.is_some());
         }
-        if rewatch {
-            rewatch = false;
-            if let Some(w) = watcher.take() {
-                watcher = rewatch_all(&root, w).await;
-                if watcher.is_none() {
-                    // Set up from scratch at the next look at the card.
-                    identity = None;
-                }
-            }
+        if std::mem::take(&mut rewatch) {
+            watch_again(&root, &mut watcher, &mut identity).await;
         }
         if (need_scan || now >= next_rescan) && identity.is_some() {
             need_scan = false;
@@ -378,34 +332,19 @@ pub async fn run(app: Arc<App>) {
         }
         app.beat("watcher");
 
-        let mut wake = next_presence.min(next_rescan);
-        if let Some(t) = retry_at {
-            wake = wake.min(t);
-        }
-        if let Some(t) = rewalk.iter().map(|(_, at)| *at).min() {
-            wake = wake.min(t);
-        }
-        if let Some(t) = settler.next_check() {
-            wake = wake.min(t.max(now + Duration::from_millis(100)));
-        }
+        let wake = next_wake(
+            now,
+            &[next_presence, next_rescan],
+            retry_at,
+            &rewalk,
+            &settler,
+        );
         tokio::select! {
             _ = app.shutdown().cancelled() => break,
             _ = tokio::time::sleep_until(wake.into()) => {}
             sig = rx.recv() => {
-                let mut sig = sig;
-                // Drain what is queued, so a burst of events costs one pass.
-                while let Some(s) = sig {
-                    match s {
-                        Signal::Lost => {
-                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Signal::Event(ev) => {
-                            if handle(&app, &root, &mut settler, &mut rewalk, watcher.as_mut(), ev) {
-                                need_scan = true;
-                            }
-                        }
-                    }
-                    sig = rx.try_recv().ok();
+                if drain(&app, &mut rx, sig, &lost, &mut settler, &mut rewalk, watcher.as_mut()) {
+                    need_scan = true;
                 }
             }
         }
@@ -414,23 +353,193 @@ pub async fn run(app: Arc<App>) {
             need_scan = true;
             rewatch = true;
         }
-        let now = Instant::now();
-        rewalk.retain(|(dir, at)| {
-            if *at > now {
-                return true;
-            }
-            walk_new_dir(&app, &root, dir, &mut settler, now);
-            false
-        });
-        let ready = settler.due(Instant::now(), stat);
-        if !ready.is_empty() {
-            unqueued.extend(ready);
-            if !queue(&app, &root, &mut unqueued) && retry_at.is_none() {
-                retry_at = Some(Instant::now() + RETRY_SOON);
-            }
-        }
+        settle_and_queue(
+            &app,
+            &root,
+            &mut settler,
+            &mut rewalk,
+            &mut unqueued,
+            &mut retry_at,
+        );
     }
     drop(watcher);
+}
+
+/// The look at the card every [`PRESENCE_EVERY`]: whether it is there and the same (its
+/// root's identity, and no unmount seen), and when that changed, its watches set up anew
+/// ([`card_appeared`]) or, gone, what waited to settle under it forgotten. Returns the root's
+/// identity and whether a card appeared (then a scan is due).
+async fn look_at_card(
+    app: &App,
+    root: &Path,
+    (tx, lost): (&mpsc::Sender<Signal>, &Arc<std::sync::atomic::AtomicBool>),
+    (identity, watcher, mount_watch): (
+        &mut Option<RootId>,
+        &mut Option<RecommendedWatcher>,
+        &mut Option<MountWatch>,
+    ),
+    settler: &mut Settler,
+) -> (Option<RootId>, bool) {
+    let remounted = mount_watch.as_ref().is_some_and(MountWatch::gone);
+    if remounted {
+        tracing::info!("the card was unmounted since the last look");
+    }
+    let id = root_identity(
+        scan::CardRoot::of(&app.config().media),
+        identity.filter(|_| !remounted),
+    );
+    let mut appeared = false;
+    if id != *identity || remounted {
+        *identity = id;
+        *watcher = None;
+        *mount_watch = None;
+        if id.is_some() {
+            (*watcher, *mount_watch) = card_appeared(app, root, tx, lost).await;
+            appeared = true;
+        } else {
+            settler.forget_under(root);
+            app.set_card(crate::card::Card::default());
+        }
+    }
+    (id, appeared)
+}
+
+/// After lost events: the tree's watches added again (those of a directory made meanwhile may
+/// be missing). Without a watcher after that, all is set up from scratch at the next look at
+/// the card (`identity` forgotten).
+async fn watch_again(
+    root: &Path,
+    watcher: &mut Option<RecommendedWatcher>,
+    identity: &mut Option<RootId>,
+) {
+    if let Some(w) = watcher.take() {
+        *watcher = rewatch_all(root, w).await;
+        if watcher.is_none() {
+            *identity = None;
+        }
+    }
+}
+
+/// The card is there (anew): watches its tree (off the runtime thread, which also answers the
+/// API), and reads which card it is. Returns the watcher (`None`: only the periodic rescan
+/// sees changes) and the watch on its mount.
+async fn card_appeared(
+    app: &App,
+    root: &Path,
+    tx: &mpsc::Sender<Signal>,
+    lost: &Arc<std::sync::atomic::AtomicBool>,
+) -> (Option<RecommendedWatcher>, Option<MountWatch>) {
+    let mut watcher = None;
+    // Before the tree's watches: an unmount during their walk is not missed.
+    let mount_watch = MountWatch::new(root);
+    // A watch per directory of the card: a walk that blocks its caller, so off
+    // the runtime thread, which also answers the API. The scan starts after it,
+    // so a file written meanwhile is seen by one or the other.
+    let (r, t, l) = (root.to_path_buf(), tx.clone(), lost.clone());
+    let started = Instant::now();
+    let added = tokio::task::spawn_blocking(move || watch(&r, t, l))
+        .await
+        .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
+    match added {
+        Ok((w, dirs)) => {
+            tracing::info!(
+                dirs,
+                took_ms = started.elapsed().as_millis() as u64,
+                "watching the card"
+            );
+            watcher = Some(w);
+        }
+        Err(e) => tracing::error!(root = %root.display(), error = %e,
+            "cannot watch the media root; relying on the periodic rescan"),
+    }
+    // Which card it is: its serial tells a card from another that reuses its
+    // names (a blocking read of its boot sector, so off the runtime thread).
+    let r = root.to_path_buf();
+    let card = tokio::task::spawn_blocking(move || crate::card::Card::of_root(&r))
+        .await
+        .unwrap_or_default();
+    app.set_card(card);
+    (watcher, mount_watch)
+}
+
+/// Hands the signals queued (`first`, then what waits behind it) to [`handle`], so a burst of
+/// events costs one pass. True when one of them calls for a rescan.
+fn drain(
+    app: &App,
+    rx: &mut mpsc::Receiver<Signal>,
+    first: Option<Signal>,
+    lost: &std::sync::atomic::AtomicBool,
+    settler: &mut Settler,
+    rewalk: &mut Vec<(PathBuf, Instant)>,
+    mut watcher: Option<&mut RecommendedWatcher>,
+) -> bool {
+    let root = &app.config().media.root;
+    let mut rescan = false;
+    let mut sig = first;
+    while let Some(s) = sig {
+        match s {
+            Signal::Lost => {
+                lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Signal::Event(ev) => {
+                if handle(app, root, settler, rewalk, watcher.as_deref_mut(), ev) {
+                    rescan = true;
+                }
+            }
+        }
+        sig = rx.try_recv().ok();
+    }
+    rescan
+}
+
+/// Walks the new directories whose time came, and queues the files that settled; what the
+/// store could not take is tried again within seconds (`retry_at`).
+fn settle_and_queue(
+    app: &App,
+    root: &Path,
+    settler: &mut Settler,
+    rewalk: &mut Vec<(PathBuf, Instant)>,
+    unqueued: &mut Vec<Settled>,
+    retry_at: &mut Option<Instant>,
+) {
+    let now = Instant::now();
+    rewalk.retain(|(dir, at)| {
+        if *at > now {
+            return true;
+        }
+        walk_new_dir(app, root, dir, settler, now);
+        false
+    });
+    let ready = settler.due(Instant::now(), stat);
+    if !ready.is_empty() {
+        unqueued.extend(ready);
+        if !queue(app, root, unqueued) && retry_at.is_none() {
+            *retry_at = Some(Instant::now() + RETRY_SOON);
+        }
+    }
+}
+
+/// When the watcher's loop next has something to do: the next look at the card or rescan, the
+/// next retry, the next new directory to walk again, the next settler check (not sooner than
+/// 100 ms from `now`).
+fn next_wake(
+    now: Instant,
+    due: &[Instant],
+    retry_at: Option<Instant>,
+    rewalk: &[(PathBuf, Instant)],
+    settler: &Settler,
+) -> Instant {
+    let mut wake = due.iter().copied().min().unwrap_or(now);
+    if let Some(t) = retry_at {
+        wake = wake.min(t);
+    }
+    if let Some(t) = rewalk.iter().map(|(_, at)| *at).min() {
+        wake = wake.min(t);
+    }
+    if let Some(t) = settler.next_check() {
+        wake = wake.min(t.max(now + Duration::from_millis(100)));
+    }
+    wake
 }
 
 /// Starts inotify on the whole tree: a watch on the root and on every directory below it,
@@ -753,17 +862,7 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<Settled>) -> bool {
 async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
     let a = app.clone();
     let started = Instant::now();
-    let res = tokio::task::spawn_blocking(move || {
-        let c = &a.config().media;
-        scan::scan(
-            scan::CardRoot::of(c),
-            a.filter(),
-            a.store(),
-            Duration::from_secs(c.settle_secs),
-            a.card().serial.as_deref(),
-        )
-    })
-    .await;
+    let res = tokio::task::spawn_blocking(move || a.scan_card()).await;
     match res {
         Ok(Ok(report)) => {
             let now = Instant::now();
@@ -780,11 +879,9 @@ async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
                 write_ms = report.write.as_millis() as u64,
                 "scanned the card"
             );
-            app.scanned(&report);
             true
         }
         Ok(Err(e)) => {
-            app.store_failed(&e);
             tracing::error!(error = %e, "scan failed; trying again in a few seconds");
             false
         }

@@ -24,11 +24,13 @@ use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
 use crate::store::{self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
+use crate::upload::bind::Binding;
 use crate::upload::tus;
 
 mod account;
 mod error;
 mod flight;
+mod outcome;
 mod space;
 mod status;
 
@@ -36,6 +38,7 @@ pub use account::AccountStatus;
 use account::PAIRED_KEY;
 pub use error::{AppError, ErrorKind};
 use flight::InFlight;
+pub use outcome::Ending;
 pub use space::PassReport;
 use status::state_of;
 #[cfg(test)]
@@ -135,31 +138,7 @@ impl App {
         let settings = store.settings(&config.defaults)?;
         client.set_max_rate(settings.max_rate_bytes_per_sec());
         let paused = store.paused()?;
-        // Whether the account is known to be gone (no file, or a damaged one erased), as
-        // opposed to unreadable for now.
-        let mut gone = false;
-        let account = match credentials::load(&config.state.dir) {
-            Ok(a) => {
-                gone = a.is_none();
-                a
-            }
-            // A damaged account file (a power cut between zero-filling and unlinking it while
-            // unpairing, or a bad flash block) must not keep the daemon from starting: the
-            // app could not even pair again. It is erased, and the device is unpaired.
-            Err(e @ credentials::CredentialsError::Invalid { .. }) => {
-                tracing::error!(error = %e, "the account file is damaged; erasing it: the device is unpaired until the app pairs again");
-                if let Err(e) = credentials::erase(&config.state.dir) {
-                    tracing::error!(error = %e, "cannot erase the damaged account file");
-                }
-                gone = true;
-                None
-            }
-            // Unreadable (an I/O error): unpaired for now, the file left for the next start.
-            Err(e) => {
-                tracing::error!(error = %e, "the account file cannot be read: the device is unpaired for now");
-                None
-            }
-        };
+        let (account, gone) = load_account(&config);
         // Paired before, and the account is gone: an unpairing was cut short (the account
         // file goes first, the rest after). Finish it, so the old account's manual requests
         // and server uploads never carry on under the next one. An account file that is only
@@ -178,30 +157,9 @@ impl App {
             .get_kv(SERVER_NOT_BEFORE_KEY)?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let account_status = match store.get_kv(AccountStatus::KEY)?.as_deref() {
-            Some("unauthorized") => {
-                AccountStatus::Unauthorized("the server refused the token".into())
-            }
-            Some("subscription_inactive") => {
-                AccountStatus::SubscriptionInactive("the subscription is inactive".into())
-            }
-            _ => AccountStatus::Ok,
-        };
-        // Upload URLs created at another endpoint (the maker moved the service, or the account's
-        // region changed while the daemon was down) are never resumed, terminated or asked
-        // about there: that would send the bearer token to the old host.
+        let account_status = saved_account_status(&store)?;
         if let Some(a) = &account {
-            let endpoint = config.cloud.endpoint_for(a.region.as_deref());
-            match store.forget_urls_not_for(endpoint) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    uploads = n,
-                    "the endpoint changed: unfinished uploads start anew there"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check the unfinished uploads' endpoint")
-                }
-            }
+            forget_urls_elsewhere(&store, &config, a);
         }
         let activity = Activity::new();
         activity.set_metered_override(store.metered()?);
@@ -251,8 +209,9 @@ impl App {
         &self.config
     }
 
-    /// The queue (the scheduler picks from it and records outcomes in it; the scan walks
-    /// against it).
+    /// The store, for the tests that set up a queue's state directly. Outside tests nothing
+    /// but App's own methods reaches it: App is the only writer.
+    #[cfg(test)]
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -265,11 +224,6 @@ impl App {
     /// The firmware's and the card's activity signals (recording, media writes, metered).
     pub fn activity(&self) -> &Activity {
         &self.activity
-    }
-
-    /// The daemon's one tus client.
-    pub fn client(&self) -> &tus::Client {
-        &self.client
     }
 
     /// Cancelled on SIGTERM/SIGINT.
@@ -786,6 +740,25 @@ impl App {
         self.live().server_not_before
     }
 
+    /// A full scan of the card in the slot against the queue ([`crate::scan::scan`], which
+    /// writes what it found in batches); then whoever waits is woken ([`App::scanned`]), or a
+    /// failure shown in `attention`. Blocking: the watcher runs it on a blocking thread.
+    pub fn scan_card(&self) -> Result<crate::scan::Report, store::StoreError> {
+        let media = &self.config.media;
+        let res = crate::scan::scan(
+            crate::scan::CardRoot::of(media),
+            &media.filter,
+            &self.store,
+            std::time::Duration::from_secs(media.settle_secs),
+            self.card().serial.as_deref(),
+        );
+        match &res {
+            Ok(report) => self.scanned(report),
+            Err(e) => self.store_failed(e),
+        }
+        res
+    }
+
     /// A full scan finished.
     pub fn scanned(&self, report: &crate::scan::Report) {
         if report.queued + report.dropped > 0 {
@@ -904,6 +877,36 @@ impl App {
         }
     }
 
+    /// The data plan the gate worked out at this reading ([`crate::gate::data_plan`]),
+    /// enforced at the pacing point every PATCH body goes through.
+    pub fn set_data_plan(&self, plan: crate::gate::DataPlan) {
+        self.client
+            .throttle()
+            .set_data_plan(plan.metering, plan.left);
+    }
+
+    /// Binds the upload connections to the gate's uplink (`None`: no way out is allowed).
+    pub fn bind_uplink(&self, link: Option<&crate::conditions::Link>) -> Binding {
+        self.client.rebind(link)
+    }
+
+    /// Moves the database's write-ahead log into it (at shutdown).
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.store.checkpoint() {
+            tracing::warn!(error = %e, "final database checkpoint failed");
+        }
+    }
+
+    /// Drops the history older than `state.history_days` (the daemon's housekeeping).
+    pub fn purge_history(&self) {
+        let days = self.config.state.history_days;
+        match self.store.purge_history(days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, days, "purged old history"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge old history"),
+        }
+    }
+
     /// The conditions loop's reading of the wall clock: whether it is set. Uploads start
     /// once it is.
     pub fn set_clock_set(&self, set: bool) {
@@ -981,6 +984,66 @@ impl App {
     /// Whether queued items wait (for conditions, a back-off, or a free slot).
     pub fn has_waiting_work(&self) -> bool {
         self.store.has_pending().unwrap_or(false)
+    }
+}
+
+/// The account file, and whether the account is known to be gone (no file, or a damaged one
+/// erased), as opposed to unreadable for now.
+fn load_account(config: &Config) -> (Option<Account>, bool) {
+    // Whether the account is known to be gone (no file, or a damaged one erased), as
+    // opposed to unreadable for now.
+    let mut gone = false;
+    let account = match credentials::load(&config.state.dir) {
+        Ok(a) => {
+            gone = a.is_none();
+            a
+        }
+        // A damaged account file (a power cut between zero-filling and unlinking it while
+        // unpairing, or a bad flash block) must not keep the daemon from starting: the
+        // app could not even pair again. It is erased, and the device is unpaired.
+        Err(e @ credentials::CredentialsError::Invalid { .. }) => {
+            tracing::error!(error = %e, "the account file is damaged; erasing it: the device is unpaired until the app pairs again");
+            if let Err(e) = credentials::erase(&config.state.dir) {
+                tracing::error!(error = %e, "cannot erase the damaged account file");
+            }
+            gone = true;
+            None
+        }
+        // Unreadable (an I/O error): unpaired for now, the file left for the next start.
+        Err(e) => {
+            tracing::error!(error = %e, "the account file cannot be read: the device is unpaired for now");
+            None
+        }
+    };
+    (account, gone)
+}
+
+/// The account's status as last saved (a 401 or 402 outlives a restart).
+fn saved_account_status(store: &Store) -> Result<AccountStatus, store::StoreError> {
+    Ok(match store.get_kv(AccountStatus::KEY)?.as_deref() {
+        Some("unauthorized") => AccountStatus::Unauthorized("the server refused the token".into()),
+        Some("subscription_inactive") => {
+            AccountStatus::SubscriptionInactive("the subscription is inactive".into())
+        }
+        _ => AccountStatus::Ok,
+    })
+}
+
+/// Forgets the upload URLs created at another endpoint than `account`'s.
+fn forget_urls_elsewhere(store: &Store, config: &Config, a: &Account) {
+    // Upload URLs created at another endpoint (the maker moved the service, or the account's
+    // region changed while the daemon was down) are never resumed, terminated or asked
+    // about there: that would send the bearer token to the old host.
+    let endpoint = config.cloud.endpoint_for(a.region.as_deref());
+    match store.forget_urls_not_for(endpoint) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            uploads = n,
+            "the endpoint changed: unfinished uploads start anew there"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the unfinished uploads' endpoint")
+        }
     }
 }
 

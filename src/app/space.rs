@@ -3,8 +3,8 @@
 //! `GET /v1/space`). The rules are `space::decide`; the task is `freeing`.
 //!
 //! Invariant: withdrawing consent (`free_space` off) or unpairing cancels the pass in flight
-//! (its `HEAD` is dropped) and [`App::may_free`] turns false before the method returns, and
-//! the task asks it again just before every deletion. An account change (pairing, unpairing)
+//! (its `HEAD` is dropped) before the method returns, and the task asks the rules
+//! (`space::last_look`) again just before every deletion. An account change (pairing, unpairing)
 //! holds freeing from its first step to its last ([`App::hold_freeing`]): the pass in flight
 //! is cancelled, and none starts meanwhile, so no pass mixes one account's completed uploads
 //! with another's token.
@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 use crate::events::Event;
-use crate::settings::FreeSpace;
+use crate::secret::Secret;
 use crate::space::{Card, Hold};
-use crate::store::Item;
+use crate::store::{FreeCandidate, Item, SentChunk, StoreError};
+use crate::upload::tus::{TusError, UploadState};
 
 /// What one pass of the freeing task found and did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -117,19 +118,6 @@ impl App {
         }
     }
 
-    /// Whether a file may be deleted right now as far as the user and the camera are
-    /// concerned: consent given, paired, card present, not recording. Asked just before each
-    /// deletion.
-    pub fn may_free(&self) -> bool {
-        let live = self.live();
-        live.settings.free_space == FreeSpace::WhenLow
-            && live.account.is_some()
-            && live.account_status == super::AccountStatus::Ok
-            && live.media_available
-            && !self.activity.recording()
-            && !live.snapshot.as_ref().is_some_and(|s| s.recording)
-    }
-
     /// Whether the camera records (the firmware's call or the conditions loop's last reading
     /// of the flag file).
     pub fn recording(&self) -> bool {
@@ -146,9 +134,51 @@ impl App {
         self.freeing().last.clone()
     }
 
-    /// A file was deleted to free space (already recorded in the store): the event stream
-    /// says so.
-    pub fn freed(&self, item: &Item, freed_at: i64) {
+    /// The backed-up files freeing may consider, with what was sent of them.
+    pub fn free_candidates(&self) -> Result<Vec<FreeCandidate>, StoreError> {
+        self.store.free_candidates()
+    }
+
+    /// The digests of the chunks sent of item `id`, for the read-back.
+    pub fn sent_chunks(&self, id: i64) -> Result<Vec<SentChunk>, StoreError> {
+        self.store.sent_chunks(id)
+    }
+
+    /// The files freed so far, newest first, with when (`GET /v1/space`).
+    pub fn freed_files(&self, limit: u32) -> Result<Vec<(Item, i64)>, StoreError> {
+        self.store.freed(limit)
+    }
+
+    /// `HEAD` on a completed upload with `token`, to confirm the server holds it.
+    pub async fn head_upload(&self, url: &str, token: &Secret) -> Result<UploadState, TusError> {
+        self.client.head(url, token).await
+    }
+
+    /// Notes durably that item `id`'s file (inode `ino`) is about to be deleted, so that a
+    /// crash between the deletion and its record is settled at the next pass.
+    pub fn note_freeing(&self, id: i64, ino: u64) -> Result<(), StoreError> {
+        self.store.note_freeing(id, ino)
+    }
+
+    /// Drops the note of a deletion that did not happen.
+    pub fn forget_freeing(&self, id: i64) -> Result<(), StoreError> {
+        self.store.forget_freeing(id)
+    }
+
+    /// The deletions noted and not yet settled: (item, inode).
+    pub fn freeing_notes(&self) -> Result<Vec<(i64, u64)>, StoreError> {
+        self.store.freeing_notes()
+    }
+
+    /// The item `id`, if the queue has it.
+    pub fn item_if_any(&self, id: i64) -> Result<Option<Item>, StoreError> {
+        self.store.item(id)
+    }
+
+    /// A file was deleted to free space: recorded (`freed_at`, the history), then announced
+    /// on the event stream. Returns when it was recorded (unix seconds).
+    pub fn record_freed(&self, item: &Item) -> Result<i64, StoreError> {
+        let freed_at = self.store.mark_freed(item.id)?;
         tracing::info!(id = item.id, path = %item.storage_path, size = item.size, "freed space: deleted a backed-up file from the card");
         self.events.send(Event::Freed {
             id: item.id,
@@ -156,6 +186,26 @@ impl App {
             size: item.size,
             freed_at,
         });
+        Ok(freed_at)
+    }
+
+    /// The server lost a completed upload (`HEAD`: 404/410): the file is queued again, once,
+    /// and the scheduler woken. True when it was queued again; false when this version was
+    /// already sent again once (kept on the card, not sent a third time).
+    pub fn lost_upload(&self, item: &Item) -> Result<bool, StoreError> {
+        let (id, path) = (item.id, &item.storage_path);
+        let queued = self.store.requeue_lost(id);
+        match &queued {
+            Ok(true) => {
+                tracing::warn!(id, path = %path, "the server lost a completed upload: the file is queued again");
+                self.queued();
+            }
+            Ok(false) => {
+                tracing::warn!(id, path = %path, "the server lost a completed upload that was already sent again once: kept on the card, not sent a third time");
+            }
+            Err(e) => tracing::error!(error = %e, id, "cannot queue a lost upload again"),
+        }
+        queued
     }
 
     fn freeing(&self) -> std::sync::MutexGuard<'_, Freeing> {

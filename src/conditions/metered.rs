@@ -27,7 +27,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::network::Link;
 use super::{read_attr, Network, Problem, Reading};
 
 /// The gateway an iPhone's Personal Hotspot gives its clients.
@@ -85,18 +84,21 @@ pub struct Signs {
     pub android_dhcp: bool,
 }
 
-/// Decides whether `link` is metered from the signs. Pure; see the module docs for the order.
-pub fn decide(link: &Link, signs: Signs) -> Metered {
+/// Decides whether a link of kind `network`, whose IPv4 default gateway is `gateway_v4`, is
+/// metered from the signs. Pure; see the module docs for the order. It takes the link's two
+/// facts rather than `network::Link`, which carries its verdict: so `network` uses this module
+/// and not the other way round.
+pub fn decide(network: Network, gateway_v4: Option<Ipv4Addr>, signs: Signs) -> Metered {
     let yes = |by| Metered {
         metered: true,
         because: Some(by),
     };
-    match link.network {
+    match network {
         Network::Cellular => return yes(MeteredBy::Cellular),
         Network::Offline => return Metered::default(),
         Network::Wifi | Network::Ethernet => {}
     }
-    let wifi = link.network == Network::Wifi;
+    let wifi = network == Network::Wifi;
     if let (true, Some(app)) = (wifi, signs.app) {
         return Metered {
             metered: app,
@@ -107,7 +109,7 @@ pub fn decide(link: &Link, signs: Signs) -> Metered {
         yes(MeteredBy::FirmwareFlag)
     } else if signs.android_dhcp {
         yes(MeteredBy::AndroidDhcp)
-    } else if link.gateway_v4 == Some(IPHONE_GATEWAY) {
+    } else if gateway_v4 == Some(IPHONE_GATEWAY) {
         yes(MeteredBy::IphoneGateway)
     } else {
         Metered::default()
@@ -215,18 +217,7 @@ pub fn option43_metered(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::fake;
-    use super::super::network::Family;
     use super::*;
-
-    fn link(network: Network, gateway: Option<Ipv4Addr>) -> Link {
-        Link {
-            interface: "wlan0".into(),
-            network,
-            families: vec![Family::Ipv4],
-            gateway_v4: gateway,
-            metered: Metered::default(),
-        }
-    }
 
     const HOME: Option<Ipv4Addr> = Some(Ipv4Addr::new(192, 168, 1, 1));
     const IPHONE: Option<Ipv4Addr> = Some(IPHONE_GATEWAY);
@@ -334,7 +325,7 @@ mod tests {
             ),
         ];
         for (name, net, gw, signs, want) in rows {
-            assert_eq!(decide(&link(*net, *gw), *signs), *want, "{name}");
+            assert_eq!(decide(*net, *gw, *signs), *want, "{name}");
         }
     }
 

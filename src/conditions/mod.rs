@@ -307,7 +307,7 @@ impl Reader {
                 flag: metered_flag.value,
                 android_dhcp: dhcp.value,
             };
-            link.metered = metered::decide(link, signs);
+            link.metered = metered::decide(link.network, link.gateway_v4, signs);
         }
         self.report(Source::Dhcp, dhcp_problem.as_ref());
         let primary = links.first();

@@ -105,157 +105,7 @@ impl Store {
         let added = self.tx(|tx| {
             let mut added = 0;
             for c in files {
-                let f = &c.file;
-                let fp = c.fingerprint.as_bytes();
-                let row: Option<Row> = tx
-                    .prepare_cached(
-                        "SELECT id, state, fingerprint, card,
-                           COALESCE(state = 'skipped' AND last_error = ?4, 0)
-                         FROM items WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
-                    )?
-                    .query_row(
-                        params![
-                            f.path.as_str(),
-                            f.size as i64,
-                            f.mtime_ns,
-                            super::REASON_WAITING_FOR_CARD
-                        ],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                    )
-                    .optional()?;
-                let sent_before: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM sent_contents
-                         WHERE storage_path = ?1 AND fingerprint = ?2)",
-                    )?
-                    .query_row(params![f.path.as_str(), fp], |r| r.get(0))?;
-                let Some((id, state, row_fp, row_card, waiting)) = row else {
-                    if sent_before {
-                        // The same bytes under another mtime (a time zone, another reader):
-                        // the done row follows them, so the next scan knows them at once.
-                        tx.prepare_cached(
-                            "UPDATE OR IGNORE items SET mtime_ns = ?4, card = COALESCE(?5, card)
-                             WHERE id = (SELECT id FROM items WHERE storage_path = ?1
-                               AND size = ?2 AND fingerprint = ?3 AND state = 'done'
-                               ORDER BY id DESC LIMIT 1)",
-                        )?
-                        .execute(params![f.path.as_str(), f.size as i64, fp, f.mtime_ns, card])?;
-                        continue;
-                    }
-                    tx.prepare_cached(
-                        "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at,
-                           fingerprint, card) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        f.path.as_str(),
-                        f.kind.as_str(),
-                        f.size as i64,
-                        f.mtime_ns,
-                        now,
-                        fp,
-                        card
-                    ])?;
-                    let id = tx.last_insert_rowid();
-                    count_inserted(tx, ItemState::Pending, 1, f.size as i64)?;
-                    tx.execute(SUPERSEDE, params![f.path.as_str(), id, card])?;
-                    added += 1;
-                    continue;
-                };
-                let state = ItemState::parse(&state).unwrap_or(ItemState::Pending);
-                // One waiting for its card is still to be sent: its bytes are not these.
-                let open = state.is_open() || waiting;
-                let verdict = judge(
-                    &RowFacts {
-                        open,
-                        fingerprint: row_fp.as_deref().and_then(Fingerprint::from_bytes),
-                        card: row_card.as_deref(),
-                    },
-                    &SeenFacts {
-                        fingerprint: c.fingerprint,
-                        written: c.written,
-                        sent_before,
-                        card,
-                    },
-                );
-                tracing::debug!(path = %f.path, ?verdict, "judged by content");
-                match verdict {
-                    ContentVerdict::Same => {
-                        // An open item sends what is there now: its content is this.
-                        tx.execute(
-                            "UPDATE items SET card = COALESCE(?2, card),
-                               fingerprint = CASE WHEN state IN ('pending', 'uploading', 'failed')
-                                 THEN ?3 ELSE fingerprint END
-                             WHERE id = ?1",
-                            params![id, card, fp],
-                        )?;
-                        added += tx.execute(super::REVIVE, params![
-                            f.path.as_str(),
-                            f.size as i64,
-                            f.mtime_ns,
-                            card
-                        ])?;
-                    }
-                    ContentVerdict::SentBefore if open => {
-                        tx.execute(
-                            "UPDATE items SET state = 'skipped', last_error = ?2
-                             WHERE id = ?1 AND state IN ('pending', 'failed')",
-                            params![id, super::REASON_REPLACED],
-                        )?;
-                    }
-                    ContentVerdict::SentBefore => {
-                        // The row now names these bytes; its upload URL was another's, so
-                        // freeing never confirms this file by it.
-                        tx.execute(
-                            "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
-                               done_url = NULL
-                             WHERE id = ?1 AND state = 'done'",
-                            params![id, fp, card],
-                        )?;
-                    }
-                    ContentVerdict::WaitsForItsCard => {
-                        tx.execute(
-                            "UPDATE items SET state = 'skipped', last_error = ?2
-                             WHERE id = ?1 AND state IN ('pending', 'failed')",
-                            params![id, super::REASON_WAITING_FOR_CARD],
-                        )?;
-                        tracing::info!(path = %f.path, card = ?row_card,
-                            "another card's file reuses this name, size and stamp: it waits for its card");
-                    }
-                    ContentVerdict::New if open => {
-                        // Still to be sent: it sends these bytes (one that waited for its card,
-                        // which is this one or unknown, waits no more).
-                        added += usize::from(waiting);
-                        tx.execute(
-                            "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
-                               state = CASE WHEN state = 'skipped' THEN 'pending' ELSE state END,
-                               last_error = CASE WHEN state = 'skipped' THEN NULL ELSE last_error END,
-                               next_attempt_at = CASE WHEN state = 'skipped' THEN 0 ELSE next_attempt_at END
-                             WHERE id = ?1",
-                            params![id, fp, card],
-                        )?;
-                    }
-                    ContentVerdict::New => {
-                        // A new version under the old one's name, size and stamp: the row is
-                        // queued again for it. The history keeps the old version's upload;
-                        // the old upload's URL and digests go, so it is never freed in its place.
-                        tx.execute(
-                            "UPDATE items SET state = 'pending', fingerprint = ?2,
-                               card = COALESCE(?3, card), manual = 0, attempts = 0,
-                               next_attempt_at = 0, last_error = NULL, bytes_sent = 0,
-                               upload_url = NULL, upload_expires_at = NULL, done_url = NULL,
-                               freed_at = NULL, completed_at = NULL, creations = 0
-                             WHERE id = ?1",
-                            params![id, fp, card],
-                        )?;
-                        tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
-                        tracing::info!(path = %f.path,
-                            "new bytes under a sent version's name, size and stamp: queued as a new version");
-                        if matches!(state, ItemState::Done | ItemState::Cancelled) {
-                            requeued.push(id);
-                        }
-                        added += 1;
-                    }
-                }
+                added += settle_one(tx, c, card, now, &mut requeued)?;
             }
             Ok(added)
         })?;
@@ -296,6 +146,225 @@ impl Store {
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
     }
+}
+
+/// Settles one file by its content (see [`Store::settle_contents`]); returns how many items it
+/// queued. `requeued`: done or cancelled rows queued again, for the ledger.
+fn settle_one(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Checked,
+    card: Option<&str>,
+    now: i64,
+    requeued: &mut Vec<i64>,
+) -> rusqlite::Result<usize> {
+    let f = &c.file;
+    let fp = c.fingerprint.as_bytes();
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT id, state, fingerprint, card,
+               COALESCE(state = 'skipped' AND last_error = ?4, 0)
+             FROM items WHERE storage_path = ?1 AND size = ?2 AND mtime_ns = ?3",
+        )?
+        .query_row(
+            params![
+                f.path.as_str(),
+                f.size as i64,
+                f.mtime_ns,
+                super::REASON_WAITING_FOR_CARD
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let sent_before: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sent_contents
+             WHERE storage_path = ?1 AND fingerprint = ?2)",
+        )?
+        .query_row(params![f.path.as_str(), fp], |r| r.get(0))?;
+    let Some((id, state, row_fp, row_card, waiting)) = row else {
+        return settle_unknown(tx, c, card, now, sent_before);
+    };
+    let state = ItemState::parse(&state).unwrap_or(ItemState::Pending);
+    // One waiting for its card is still to be sent: its bytes are not these.
+    let open = state.is_open() || waiting;
+    let verdict = judge(
+        &RowFacts {
+            open,
+            fingerprint: row_fp.as_deref().and_then(Fingerprint::from_bytes),
+            card: row_card.as_deref(),
+        },
+        &SeenFacts {
+            fingerprint: c.fingerprint,
+            written: c.written,
+            sent_before,
+            card,
+        },
+    );
+    tracing::debug!(path = %f.path, ?verdict, "judged by content");
+    let row = Judged {
+        id,
+        state,
+        open,
+        waiting,
+        row_card: row_card.as_deref(),
+    };
+    write_verdict(tx, verdict, &row, c, card, requeued)
+}
+
+/// A file whose version (path, size, mtime) no row has: bytes sent before from that path under
+/// another mtime move the done row's mtime; other bytes are queued. Returns how many items it
+/// queued.
+fn settle_unknown(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Checked,
+    card: Option<&str>,
+    now: i64,
+    sent_before: bool,
+) -> rusqlite::Result<usize> {
+    let f = &c.file;
+    let fp = c.fingerprint.as_bytes();
+    if sent_before {
+        // The same bytes under another mtime (a time zone, another reader):
+        // the done row follows them, so the next scan knows them at once.
+        tx.prepare_cached(
+            "UPDATE OR IGNORE items SET mtime_ns = ?4, card = COALESCE(?5, card)
+                 WHERE id = (SELECT id FROM items WHERE storage_path = ?1
+                   AND size = ?2 AND fingerprint = ?3 AND state = 'done'
+                   ORDER BY id DESC LIMIT 1)",
+        )?
+        .execute(params![
+            f.path.as_str(),
+            f.size as i64,
+            fp,
+            f.mtime_ns,
+            card
+        ])?;
+        return Ok(0);
+    }
+    tx.prepare_cached(
+        "INSERT INTO items (storage_path, kind, size, mtime_ns, queued_at,
+               fingerprint, card) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        f.path.as_str(),
+        f.kind.as_str(),
+        f.size as i64,
+        f.mtime_ns,
+        now,
+        fp,
+        card
+    ])?;
+    let id = tx.last_insert_rowid();
+    count_inserted(tx, ItemState::Pending, 1, f.size as i64)?;
+    tx.execute(SUPERSEDE, params![f.path.as_str(), id, card])?;
+    Ok(1)
+}
+
+/// The row of a file's version, as [`settle_one`] judged it.
+struct Judged<'a> {
+    id: i64,
+    state: ItemState,
+    /// Still to be sent (open, or waiting for its card).
+    open: bool,
+    waiting: bool,
+    row_card: Option<&'a str>,
+}
+
+/// Writes `verdict` on the row; returns how many items it queued.
+fn write_verdict(
+    tx: &rusqlite::Transaction<'_>,
+    verdict: ContentVerdict,
+    row: &Judged<'_>,
+    c: &Checked,
+    card: Option<&str>,
+    requeued: &mut Vec<i64>,
+) -> rusqlite::Result<usize> {
+    let (f, fp) = (&c.file, c.fingerprint.as_bytes());
+    let Judged {
+        id,
+        state,
+        open,
+        waiting,
+        row_card,
+    } = *row;
+    let mut added = 0;
+    match verdict {
+        ContentVerdict::Same => {
+            // An open item sends what is there now: its content is this.
+            tx.execute(
+                "UPDATE items SET card = COALESCE(?2, card),
+                   fingerprint = CASE WHEN state IN ('pending', 'uploading', 'failed')
+                     THEN ?3 ELSE fingerprint END
+                 WHERE id = ?1",
+                params![id, card, fp],
+            )?;
+            added += tx.execute(
+                super::REVIVE,
+                params![f.path.as_str(), f.size as i64, f.mtime_ns, card],
+            )?;
+        }
+        ContentVerdict::SentBefore if open => {
+            tx.execute(
+                "UPDATE items SET state = 'skipped', last_error = ?2
+                 WHERE id = ?1 AND state IN ('pending', 'failed')",
+                params![id, super::REASON_REPLACED],
+            )?;
+        }
+        ContentVerdict::SentBefore => {
+            // The row now names these bytes; its upload URL was another's, so
+            // freeing never confirms this file by it.
+            tx.execute(
+                "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
+                   done_url = NULL
+                 WHERE id = ?1 AND state = 'done'",
+                params![id, fp, card],
+            )?;
+        }
+        ContentVerdict::WaitsForItsCard => {
+            tx.execute(
+                "UPDATE items SET state = 'skipped', last_error = ?2
+                 WHERE id = ?1 AND state IN ('pending', 'failed')",
+                params![id, super::REASON_WAITING_FOR_CARD],
+            )?;
+            tracing::info!(path = %f.path, card = ?row_card,
+                "another card's file reuses this name, size and stamp: it waits for its card");
+        }
+        ContentVerdict::New if open => {
+            // Still to be sent: it sends these bytes (one that waited for its card,
+            // which is this one or unknown, waits no more).
+            added += usize::from(waiting);
+            tx.execute(
+                "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
+                   state = CASE WHEN state = 'skipped' THEN 'pending' ELSE state END,
+                   last_error = CASE WHEN state = 'skipped' THEN NULL ELSE last_error END,
+                   next_attempt_at = CASE WHEN state = 'skipped' THEN 0 ELSE next_attempt_at END
+                 WHERE id = ?1",
+                params![id, fp, card],
+            )?;
+        }
+        ContentVerdict::New => {
+            // A new version under the old one's name, size and stamp: the row is
+            // queued again for it. The history keeps the old version's upload;
+            // the old upload's URL and digests go, so it is never freed in its place.
+            tx.execute(
+                "UPDATE items SET state = 'pending', fingerprint = ?2,
+                   card = COALESCE(?3, card), manual = 0, attempts = 0,
+                   next_attempt_at = 0, last_error = NULL, bytes_sent = 0,
+                   upload_url = NULL, upload_expires_at = NULL, done_url = NULL,
+                   freed_at = NULL, completed_at = NULL, creations = 0
+                 WHERE id = ?1",
+                params![id, fp, card],
+            )?;
+            tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tracing::info!(path = %f.path,
+                "new bytes under a sent version's name, size and stamp: queued as a new version");
+            if matches!(state, ItemState::Done | ItemState::Cancelled) {
+                requeued.push(id);
+            }
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 #[cfg(test)]

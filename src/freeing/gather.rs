@@ -1,0 +1,140 @@
+//! The facts of one moment, for the rules (`space::decide`): the world (consent, pairing, the
+//! card, recording, the card's space by statvfs) and the backed-up files with their metadata.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::FreeingError;
+use crate::app::App;
+use crate::config::Media;
+use crate::credentials::Account;
+use crate::space::{self, Card, FileFacts, OnCard, ReadBack, Server, World};
+use crate::store::FreeCandidate;
+
+/// The card's total and available space (to an unprivileged writer), by statvfs.
+pub fn card_space(root: &Path) -> std::io::Result<Card> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed struct the call fills in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok(Card {
+        total_bytes: (st.f_blocks as u64).saturating_mul(unit),
+        free_bytes: (st.f_bavail as u64).saturating_mul(unit),
+    })
+}
+
+/// The facts of one moment: the world, and the candidates with their files' metadata.
+pub(super) struct Gathered {
+    pub(super) world: World,
+    /// The account the candidates were gathered under: the pass asks the server with its
+    /// token only (an account change stops the pass).
+    pub(super) account: Option<Account>,
+    pub(super) files: Vec<FileFacts>,
+    pub(super) candidates: HashMap<i64, FreeCandidate>,
+}
+
+fn policy(m: &Media) -> space::Policy {
+    space::Policy {
+        below_percent: m.free_space_below_percent,
+        keep_days: m.keep_days,
+        verify: m.free_space_verify,
+        settle_secs: m.settle_secs,
+    }
+}
+
+/// The world as it is now.
+pub(super) fn world(app: &App) -> World {
+    let media = &app.config().media;
+    let account = app.account_for_upload();
+    World {
+        consent: app.settings().free_space,
+        policy: policy(media),
+        card: card_space(&media.root).ok(),
+        media_available: app.media_available() && crate::scan::CardRoot::of(media).present(),
+        paired: account.is_some(),
+        clock_set: crate::clock::is_set(),
+        recording: app.recording() || recording_flag(app),
+        card_read_only: crate::card::mounted_read_only(&media.root),
+        now: crate::clock::now_unix(),
+    }
+}
+
+/// The firmware's recording flag, by the gate's reader; unlike the gate (which uploads when the
+/// flag cannot be read), freeing counts an unreadable flag as recording: a doubt keeps every
+/// file, and a lasting permission error shows as a "recording" hold.
+pub(super) fn recording_flag(app: &App) -> bool {
+    let r = crate::conditions::idle::read_recording_flag(&app.config().conditions.recording_flag);
+    r.value || r.problem.is_some()
+}
+
+/// What the card shows at the file's path now (never through a symbolic link).
+pub(super) fn on_card(root: &Path, disk: &Path) -> OnCard {
+    if crate::media::check_no_symlink(root, disk).is_err() {
+        return OnCard::NotRegular;
+    }
+    match std::fs::symlink_metadata(disk) {
+        Err(_) => OnCard::Missing,
+        Ok(m) if !m.is_file() => OnCard::NotRegular,
+        Ok(m) => OnCard::Present {
+            size: m.len(),
+            mtime_ns: crate::media::mtime_ns(&m),
+            ino: m.ino(),
+        },
+    }
+}
+
+/// Gathers the facts; the files only when `with_files` (a pass that is held needs none).
+pub(super) fn gather(app: &App, with_files: bool) -> Result<Gathered, FreeingError> {
+    let world = world(app);
+    let mut files = Vec::new();
+    let mut candidates = HashMap::new();
+    let account = app.account_for_upload();
+    if with_files {
+        let root = &app.config().media.root;
+        let region = account.as_ref().and_then(|a| a.region.clone());
+        let endpoint = app
+            .config()
+            .cloud
+            .endpoint_for(region.as_deref())
+            .to_string();
+        let all = app.free_candidates().map_err(FreeingError::Candidates)?;
+        for c in all.into_iter().filter(|c| c.item.size > 0) {
+            let it = &c.item;
+            files.push(FileFacts {
+                id: it.id,
+                size: it.size,
+                mtime_ns: it.mtime_ns,
+                sent: c.sent,
+                endpoint_ok: it.upload_endpoint.as_deref() == Some(endpoint.as_str()),
+                on_card: on_card(root, &it.storage_path.on_disk(root)),
+                server: Server::NotAsked,
+                read_back: ReadBack::NotDone,
+            });
+            candidates.insert(it.id, c);
+        }
+    }
+    Ok(Gathered {
+        world,
+        account,
+        files,
+        candidates,
+    })
+}
+
+/// Runs [`gather`] on the blocking pool: a card of many files is many `stat`s.
+pub(super) async fn gather_off_thread(
+    app: &Arc<App>,
+    with_files: bool,
+) -> Result<Gathered, FreeingError> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || gather(&a, with_files))
+        .await
+        .map_err(FreeingError::GatherTask)?
+}

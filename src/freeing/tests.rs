@@ -1,0 +1,313 @@
+use sha1::Digest as _;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use tokio_util::sync::CancellationToken;
+
+use super::at_dir::Seen;
+use super::confirm::read_back_file;
+use super::delete::delete_file;
+use super::settle::settle;
+use super::*;
+use crate::space::ReadBack;
+use crate::store::{SentChunk, Store};
+
+#[test]
+fn statvfs_reads_a_real_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = card_space(dir.path()).unwrap();
+    assert!(c.total_bytes > 0 && c.free_bytes <= c.total_bytes, "{c:?}");
+    assert!(card_space(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn read_back_compares_each_chunk_with_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("A.JPG");
+    std::fs::write(&path, b"hello world").unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let never = AtomicBool::new(false);
+    let chunk = |start: u64, bytes: &[u8]| SentChunk {
+        start,
+        len: bytes.len() as u64,
+        sha1: sha1::Sha1::digest(bytes).into(),
+        checksum: false,
+        ino,
+    };
+    let good = [chunk(0, b"hello"), chunk(5, b" world")];
+    assert_eq!(read_back_file(&path, &good, &never), ReadBack::Same { ino });
+    let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
+    assert_eq!(
+        read_back_file(&path, &bad, &never),
+        ReadBack::Differs { at: 5 }
+    );
+    let longer = [chunk(0, b"hello"), chunk(5, b" world!")];
+    assert_eq!(
+        read_back_file(&path, &longer, &never),
+        ReadBack::Differs { at: 5 }
+    );
+    // The same bytes on another inode (a FAT remount) read back the same, and say which
+    // inode was read.
+    let copy = dir.path().join("A.new");
+    std::fs::write(&copy, b"hello world").unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    let new_ino = std::fs::metadata(&path).unwrap().ino();
+    assert_ne!(new_ino, ino);
+    assert_eq!(
+        read_back_file(&path, &good, &never),
+        ReadBack::Same { ino: new_ino }
+    );
+    assert!(matches!(
+        read_back_file(&dir.path().join("gone"), &good, &never),
+        ReadBack::Failed(_)
+    ));
+}
+
+/// What a last look at `path` sees.
+fn seen_of(path: &Path) -> Seen {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    Seen {
+        ino: m.ino(),
+        size: m.len(),
+        mtime_ns: crate::media::mtime_ns(&m),
+    }
+}
+
+#[test]
+fn a_failing_delete_command_keeps_the_file_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let path = root.join("A.JPG");
+    std::fs::write(&path, b"x").unwrap();
+    let ino = seen_of(&path);
+    let err = delete_file(
+        root,
+        &path,
+        ino,
+        Some(Path::new("/bin/false")),
+        &CancellationToken::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/bin/false failed"), "{err}");
+    assert!(path.exists());
+    let err = delete_file(
+        root,
+        &path,
+        ino,
+        Some(Path::new("/bin/true")),
+        &CancellationToken::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("still there"), "{err}");
+    delete_file(
+        root,
+        &path,
+        ino,
+        Some(Path::new("/bin/rm")),
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_command_that_deleted_the_file_then_failed_or_was_stopped_has_freed_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cmd = root.join("delete.sh");
+    std::fs::write(
+        &cmd,
+        "#!/bin/sh\nrm -- \"$1\"\necho 'index not updated' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cmd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = root.join("A.JPG");
+    std::fs::write(&path, b"x").unwrap();
+    delete_file(
+        root,
+        &path,
+        seen_of(&path),
+        Some(&cmd),
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    assert!(!path.exists());
+    // Deleted, then hung until freeing was stopped: freed all the same.
+    std::fs::write(&cmd, "#!/bin/sh\nrm -- \"$1\"\nexec sleep 600\n").unwrap();
+    std::fs::write(&path, b"x").unwrap();
+    let stop = CancellationToken::new();
+    let (p, s) = (path.clone(), stop.clone());
+    let t = std::thread::spawn(move || {
+        while p.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.cancel();
+    });
+    delete_file(root, &path, seen_of(&path), Some(&cmd), &stop).unwrap();
+    t.join().unwrap();
+    // Refused and still there: kept, and the command's words say why.
+    std::fs::write(&cmd, "#!/bin/sh\necho 'file locked' >&2\nexit 3\n").unwrap();
+    std::fs::write(&path, b"x").unwrap();
+    let err = delete_file(
+        root,
+        &path,
+        seen_of(&path),
+        Some(&cmd),
+        &CancellationToken::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.ends_with("failed (exit status: 3): file locked"),
+        "{err}"
+    );
+    assert!(path.exists());
+    // Failed, and the file is there under a new inode with its size and mtime (as after
+    // a FAT or exFAT remount, which renumbers inodes): kept, not recorded as freed.
+    std::fs::write(
+        &cmd,
+        "#!/bin/sh\ncp -p -- \"$1\" \"$1.t\" && mv -- \"$1.t\" \"$1\"\nexit 3\n",
+    )
+    .unwrap();
+    let seen = seen_of(&path);
+    let err = delete_file(root, &path, seen, Some(&cmd), &CancellationToken::new());
+    assert!(err.is_err(), "recorded as freed, yet it is on the card");
+    let now = seen_of(&path);
+    assert_ne!(now.ino, seen.ino, "the test needs a new inode");
+    assert!(now.same_version(&seen));
+}
+
+#[test]
+fn only_the_file_the_rules_saw_is_deleted_never_one_put_in_its_place_or_behind_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("card");
+    let sub = root.join("DCIM/100MEDIA");
+    std::fs::create_dir_all(&sub).unwrap();
+    let path = sub.join("A.JPG");
+    std::fs::write(&path, b"seen").unwrap();
+    let seen = seen_of(&path);
+    // Another file took the name after the last look: kept, with and without a command.
+    let other = sub.join("B.tmp");
+    std::fs::write(&other, b"new").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let err = delete_file(&root, &path, seen, None, &CancellationToken::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another file"), "{err}");
+    let err = delete_file(
+        &root,
+        &path,
+        seen,
+        Some(Path::new("/bin/rm")),
+        &CancellationToken::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another file"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    // The same inode rewritten in place after the last look: kept too.
+    let seen = seen_of(&path);
+    std::fs::write(&path, b"rewritten").unwrap();
+    assert_eq!(seen_of(&path).ino, seen.ino);
+    let err = delete_file(&root, &path, seen, None, &CancellationToken::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another file"), "{err}");
+    // A directory on the way swapped for a link to another one with the same name in it.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("A.JPG"), b"not on the card").unwrap();
+    let ino = seen_of(&elsewhere.join("A.JPG"));
+    std::fs::rename(&sub, root.join("DCIM/moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
+    assert!(delete_file(&root, &path, ino, None, &CancellationToken::new()).is_err());
+    assert!(elsewhere.join("A.JPG").exists());
+    // The file the rules saw goes.
+    std::fs::remove_file(&sub).unwrap();
+    std::fs::rename(root.join("DCIM/moved"), &sub).unwrap();
+    let now = seen_of(&path);
+    delete_file(&root, &path, now, None, &CancellationToken::new()).unwrap();
+    assert!(!path.exists());
+    assert!(
+        delete_file(&root, &path, now, None, &CancellationToken::new())
+            .unwrap_err()
+            .to_string()
+            .contains("gone already")
+    );
+}
+
+#[test]
+fn a_deletion_cut_before_its_record_is_recorded_at_the_next_pass_and_one_that_did_not_happen_is_forgotten(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("card");
+    std::fs::create_dir_all(root.join("DCIM")).unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let mut ids = Vec::new();
+    for name in ["DCIM/A.JPG", "DCIM/B.JPG", "DCIM/C.JPG", "DCIM/D.JPG"] {
+        std::fs::write(root.join(name), name).unwrap();
+        let m = std::fs::metadata(root.join(name)).unwrap();
+        let f = crate::store::FoundFile {
+            path: crate::media::StoragePath::from_stored(name.into()),
+            kind: crate::media::Kind::Photo,
+            size: m.len(),
+            mtime_ns: crate::media::mtime_ns(&m),
+        };
+        store.upsert_files(&[f]).unwrap();
+        let id = store.max_item_id().unwrap();
+        assert!(store.mark_uploading(id).unwrap());
+        store
+            .set_upload_url(
+                id,
+                "http://127.0.0.1:1/files/a",
+                None,
+                "http://127.0.0.1:1/files/",
+            )
+            .unwrap();
+        store.mark_done(id).unwrap();
+        store.note_freeing(id, m.ino()).unwrap();
+        ids.push(id);
+    }
+    // A was deleted and the power went before its record; B's name holds another file
+    // now (deleted, then the camera reused the name); C was never deleted; D was never
+    // deleted either, but the reboot's remount of a FAT card gave it another inode number.
+    std::fs::remove_file(root.join("DCIM/A.JPG")).unwrap();
+    std::fs::write(root.join("DCIM/B.new"), "another").unwrap();
+    std::fs::rename(root.join("DCIM/B.new"), root.join("DCIM/B.JPG")).unwrap();
+    let d = root.join("DCIM/D.JPG");
+    let mtime = std::fs::metadata(&d).unwrap().modified().unwrap();
+    std::fs::copy(&d, root.join("DCIM/D.new")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("DCIM/D.new"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(root.join("DCIM/D.new"), &d).unwrap();
+    let notes = store.freeing_notes().unwrap();
+    assert_eq!(notes.len(), 4);
+    assert!(notes
+        .iter()
+        .any(|&(id, ino)| id == ids[3] && ino != seen_of(&d).ino));
+    // With the card pulled (its directories gone), nothing is decided.
+    std::fs::rename(root.join("DCIM"), dir.path().join("out")).unwrap();
+    assert!(settle(&store, &root, &notes).unwrap().is_empty());
+    assert_eq!(store.freeing_notes().unwrap().len(), 4);
+    std::fs::rename(dir.path().join("out"), root.join("DCIM")).unwrap();
+    let freed = settle(&store, &root, &notes).unwrap();
+    let freed: Vec<i64> = freed.iter().map(|(i, _)| i.id).collect();
+    assert_eq!(freed, ids[..2]);
+    let recorded: Vec<i64> = store.freed(10).unwrap().iter().map(|(i, _)| i.id).collect();
+    assert_eq!(recorded.len(), 2);
+    assert!(!recorded.contains(&ids[2]) && !recorded.contains(&ids[3]));
+    assert!(
+        store.freeing_notes().unwrap().is_empty(),
+        "every note settled"
+    );
+    assert!(root.join("DCIM/C.JPG").exists() && d.exists());
+}

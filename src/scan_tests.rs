@@ -1,0 +1,601 @@
+use super::*;
+use crate::config;
+use crate::store::ItemState;
+
+fn filter() -> MediaFilter {
+    config::Media::default().filter
+}
+
+impl CardRoot<'_> {
+    /// A card at `root` without `mount_required`.
+    fn at(root: &Path) -> CardRoot<'_> {
+        CardRoot {
+            root,
+            mount_required: false,
+        }
+    }
+}
+
+fn old(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    let t = SystemTime::now() - Duration::from_secs(3600);
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+fn paths(store: &Store, state: ItemState) -> Vec<String> {
+    let mut v: Vec<String> = store
+        .list(Some(state), 1000, 0)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.storage_path.as_str().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn queues_media_with_exact_names_and_skips_the_rest() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    old(&r.join("DCIM/100MEDIA/a b,c.JPG"), b"1");
+    old(&r.join("DCIM/100MEDIA/ünï cødé.mp4"), b"22");
+    old(&r.join("DCIM/101MEDIA/nested/deep/zero.jpeg"), b"");
+    old(&r.join("DCIM/100MEDIA/thumb.THM"), b"x");
+    old(&r.join("DCIM/100MEDIA/.hidden.jpg"), b"x");
+    old(&r.join("DCIM/.trash/gone.jpg"), b"x");
+    old(&r.join("DCIM/notes.txt"), b"x");
+    std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
+    std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
+    let store = Store::open(state.path()).unwrap();
+    let rep = scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.queued, 3);
+    assert_eq!(
+        paths(&store, ItemState::Pending),
+        [
+            "DCIM/100MEDIA/a b,c.JPG",
+            "DCIM/100MEDIA/ünï cødé.mp4",
+            "DCIM/101MEDIA/nested/deep/zero.jpeg"
+        ]
+    );
+    // A second scan finds nothing new.
+    let rep = scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!((rep.queued, rep.dropped), (0, 0));
+}
+
+#[test]
+fn recent_files_go_to_the_settler_not_the_queue() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(card.path().join("DCIM")).unwrap();
+    std::fs::write(card.path().join("DCIM/new.MP4"), b"still writing").unwrap();
+    let store = Store::open(state.path()).unwrap();
+    let rep = scan(
+        CardRoot::at(card.path()),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.queued, 0);
+    assert_eq!(rep.recent.len(), 1);
+    assert_eq!(rep.recent[0].size, 13);
+}
+
+#[test]
+fn deleted_and_replaced_files_leave_the_queue_with_a_reason_but_not_when_the_card_is_out() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    old(&r.join("DCIM/a.jpg"), b"a");
+    old(&r.join("DCIM/b.jpg"), b"b");
+    old(&r.join("DCIM/c.jpg"), b"c");
+    let store = Store::open(state.path()).unwrap();
+    scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+
+    // Card out: the root is an empty mount point. Nothing is dropped.
+    let aside = tempfile::tempdir().unwrap();
+    std::fs::rename(r.join("DCIM"), aside.path().join("DCIM")).unwrap();
+    let rep = scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.dropped, 0);
+    assert_eq!(paths(&store, ItemState::Pending).len(), 3);
+
+    // Card back, with one file deleted and one rewritten.
+    std::fs::rename(aside.path().join("DCIM"), r.join("DCIM")).unwrap();
+    std::fs::remove_file(r.join("DCIM/a.jpg")).unwrap();
+    old(&r.join("DCIM/b.jpg"), b"b, version two");
+    let rep = scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (rep.queued, rep.dropped),
+        (1, 1),
+        "new b queued, a dropped (old b superseded on insert)"
+    );
+    let skipped = store.list(Some(ItemState::Skipped), 10, 0).unwrap();
+    let reasons: Vec<_> = skipped
+        .iter()
+        .map(|i| (i.storage_path.as_str(), i.last_error.as_deref().unwrap()))
+        .collect();
+    assert!(
+        reasons.contains(&("DCIM/a.jpg", store::REASON_DELETED)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("DCIM/b.jpg", store::REASON_REPLACED)),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        paths(&store, ItemState::Pending),
+        ["DCIM/b.jpg", "DCIM/c.jpg"]
+    );
+}
+
+#[test]
+fn a_missing_card_is_neither_unreadable_entries_nor_deletions() {
+    // What a scan started just as the card was pulled finds: no root. Its absence is the
+    // watcher's `media_unavailable`, not an entry the card could not give.
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = &card.path().join("card");
+    old(&r.join("DCIM/a.jpg"), b"a");
+    let store = Store::open(state.path()).unwrap();
+    scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    std::fs::rename(r, card.path().join("away")).unwrap();
+    let rep = scan(
+        CardRoot::at(r),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!((rep.unreadable, rep.dropped), (0, 0), "{rep:?}");
+    assert!(rep.card_gone);
+    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/a.jpg"]);
+}
+
+#[test]
+fn with_mount_required_only_a_mounted_card_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = &dir.path().join("sdcard");
+    let card = |mount_required| CardRoot {
+        root,
+        mount_required,
+    };
+    assert!(
+        !card(false).present() && !card(true).present(),
+        "no root at all"
+    );
+    std::fs::create_dir(root).unwrap();
+    assert!(
+        !card(false).present(),
+        "an empty directory is a removed card"
+    );
+    std::fs::write(root.join("IMG_0001.JPG"), b"x").unwrap();
+    assert!(card(false).present());
+    assert!(
+        !card(true).present(),
+        "a file in a mount point with nothing mounted is not a card"
+    );
+    // A mounted file system on the root (needs root): a card, even an empty one.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(root)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED the mounted half: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let present = (card(true).present(), card(false).present());
+    let _ = std::process::Command::new("umount").arg(root).status();
+    assert_eq!(present, (true, false), "an empty card, mounted");
+    assert!(!card(true).present(), "unmounted again");
+}
+
+fn set_mtime(path: &Path, t: SystemTime) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+#[test]
+fn a_file_with_an_mtime_ahead_of_the_clock_stays_queued_across_scans() {
+    // A camera without an RTC battery boots at 1970: every file it writes before NTP is
+    // "in the future", so the scan keeps handing it to the settler, which queues it.
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let f = card.path().join("DCIM/FUTURE.JPG");
+    old(&f, b"shot before the clock was set");
+    set_mtime(&f, SystemTime::now() + Duration::from_secs(86_400 * 365));
+    let store = Store::open(state.path()).unwrap();
+    let rep = scan(
+        CardRoot::at(card.path()),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.recent.len(), 1, "not settled by the wall clock");
+    // The settler queues it (unchanged for three settle times).
+    let r = &rep.recent[0];
+    store
+        .upsert_files(&[FoundFile {
+            path: StoragePath::under(card.path(), &r.path).unwrap(),
+            kind: crate::media::Kind::Photo,
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+        }])
+        .unwrap();
+    // The next full scan still sees it as "recent": it must not drop the queued item.
+    let rep = scan(
+        CardRoot::at(card.path()),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.dropped, 0);
+    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/FUTURE.JPG"]);
+}
+
+#[test]
+fn a_card_swapped_for_one_that_reuses_names_and_back_loses_neither() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    let store = Store::open(state.path()).unwrap();
+    let scan_now = || {
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap()
+    };
+    old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
+    let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    scan_now();
+    // Card B: same name, other bytes.
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card B's photo");
+    let b_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    scan_now();
+    // Card A again.
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
+    set_mtime(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), a_mtime);
+    let revived = scan_now();
+    assert_eq!(revived.queued, 1, "card A's own item, revived");
+    assert_eq!(store.list(None, 10, 0).unwrap().len(), 2, "no third item");
+    let sizes = |st| -> Vec<u64> {
+        store
+            .list(Some(st), 10, 0)
+            .unwrap()
+            .iter()
+            .map(|i| i.size)
+            .collect()
+    };
+    assert!(
+        sizes(ItemState::Pending).contains(&6),
+        "card A's file waits again"
+    );
+    // Card B back: its file waits again too.
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card B's photo");
+    set_mtime(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b_mtime);
+    scan_now();
+    assert!(
+        sizes(ItemState::Pending).contains(&14),
+        "card B's file waits again"
+    );
+}
+
+#[test]
+fn a_directory_whose_name_is_not_utf8_is_walked_and_its_files_named_reversibly() {
+    use std::os::unix::ffi::OsStrExt;
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // "Café" in ISO 8859-1, as vfat with its default iocharset shows it.
+    let dir = card
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"DCIM/Caf\xe9"));
+    old(&dir.join("IMG_0001.JPG"), b"1");
+    old(
+        &dir.join(std::ffi::OsStr::from_bytes(b"\xc9t\xe9.JPG")),
+        b"22",
+    );
+    let store = Store::open(state.path()).unwrap();
+    let rep = scan(
+        CardRoot::at(card.path()),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!((rep.queued, rep.unreadable), (2, 0));
+    let queued = paths(&store, ItemState::Pending);
+    assert_eq!(
+        queued,
+        [
+            "DCIM/Caf\\xE9/IMG_0001.JPG",
+            "DCIM/Caf\\xE9/\\xC9t\\xE9.JPG"
+        ]
+    );
+    // The storage path leads back to the very file.
+    for it in store.list(None, 10, 0).unwrap() {
+        assert!(
+            it.storage_path.on_disk(card.path()).is_file(),
+            "{}",
+            it.storage_path
+        );
+    }
+}
+
+/// Sends every pending item as the uploader does: its fingerprint noted, then done.
+fn send_all(store: &Store, root: &Path) -> usize {
+    let items = store.list(Some(ItemState::Pending), 1000, 0).unwrap();
+    for it in &items {
+        assert!(store.mark_uploading(it.id).unwrap());
+        let fp = Fingerprint::of_path(&it.storage_path.on_disk(root), it.size)
+            .unwrap()
+            .unwrap();
+        store.set_fingerprint(it.id, &fp).unwrap();
+        store.mark_done(it.id).unwrap();
+    }
+    items.len()
+}
+
+/// The 1980 floor of FAT and exFAT, where a camera without a clock stamps its files.
+fn floor() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(315_532_800)
+}
+
+fn write_at(path: &Path, bytes: &[u8], t: SystemTime) {
+    old(path, bytes);
+    set_mtime(path, t);
+}
+
+#[test]
+fn the_same_bytes_under_another_stamp_are_not_queued_again() {
+    // A FAT card mounted with another time zone, or read on another device: every mtime
+    // moves by hours, the bytes do not.
+    for card in [Some("1234-ABCD"), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        old(&r.join("DCIM/A.JPG"), b"small photo");
+        old(&r.join("DCIM/B.MP4"), &big);
+        let store = Store::open(state.path()).unwrap();
+        let scan_now = || {
+            scan(
+                CardRoot::at(r),
+                &filter(),
+                &store,
+                Duration::from_secs(10),
+                card,
+            )
+            .unwrap()
+        };
+        assert_eq!(scan_now().queued, 2);
+        assert_eq!(send_all(&store, r), 2);
+        for f in ["DCIM/A.JPG", "DCIM/B.MP4"] {
+            let m = std::fs::metadata(r.join(f)).unwrap().modified().unwrap();
+            set_mtime(&r.join(f), m + Duration::from_secs(3 * 3600));
+        }
+        let rep = scan_now();
+        assert_eq!((rep.queued, rep.dropped), (0, 0), "card {card:?}");
+        assert!(paths(&store, ItemState::Pending).is_empty());
+        // The done items follow the bytes: the next scan knows them without a read.
+        let rep = scan_now();
+        assert_eq!((rep.queued, rep.dropped), (0, 0));
+        assert_eq!(store.counts().unwrap().done, 2);
+    }
+}
+
+#[test]
+fn a_reformatted_card_reusing_names_sizes_and_floor_stamps_has_all_its_files_queued() {
+    // With the serials read (the reformat gave the card a new one), and without.
+    for (first, second) in [(Some("1111-1111"), Some("2222-2222")), (None, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let names = ["DCIM/100MEDIA/DSC00001.JPG", "DCIM/100MEDIA/DSC00002.JPG"];
+        let big = |b: u8| vec![b; 2_000_000];
+        for n in names {
+            write_at(&r.join(n), &big(1), floor());
+        }
+        let store = Store::open(state.path()).unwrap();
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            first,
+        )
+        .unwrap();
+        assert_eq!(send_all(&store, r), 2);
+        // Reformatted, the same shots again: same names, sizes and stamps, other bytes.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        for n in names {
+            write_at(&r.join(n), &big(2), floor());
+        }
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            second,
+        )
+        .unwrap();
+        assert_eq!(
+            rep.queued, 2,
+            "every new file queued ({first:?} then {second:?})"
+        );
+        assert_eq!(paths(&store, ItemState::Pending), names);
+        assert_eq!(send_all(&store, r), 2);
+        // The history keeps both uploads of each name.
+        assert_eq!(store.history(10).unwrap().len(), 4);
+        // And nothing more on the next scans.
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            second,
+        )
+        .unwrap();
+        assert_eq!(rep.queued, 0);
+        // The first card's bytes put back: sent before, not queued again.
+        std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+        for n in names {
+            write_at(&r.join(n), &big(1), floor());
+        }
+        let rep = scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            first,
+        )
+        .unwrap();
+        assert_eq!((rep.queued, rep.dropped), (0, 0));
+        assert!(paths(&store, ItemState::Pending).is_empty());
+    }
+}
+
+#[test]
+fn an_item_of_a_card_that_is_out_waits_for_it_and_goes_up_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    let store = Store::open(state.path()).unwrap();
+    let scan_on = |card| {
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            Some(card),
+        )
+    };
+    old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+    old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+    scan_on("AAAA-AAAA").unwrap();
+    let stamps = ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+        .map(|n| std::fs::metadata(r.join(n)).unwrap().modified().unwrap());
+    // Card B: reuses the first name, lacks the second.
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/GOPR0001.JPG"), b"card B's first photo");
+    scan_on("BBBB-BBBB").unwrap();
+    let skipped = store.list(Some(ItemState::Skipped), 10, 0).unwrap();
+    let reasons: Vec<_> = skipped.iter().map(|i| i.last_error.as_deref()).collect();
+    assert_eq!(
+        reasons,
+        [Some(store::REASON_WAITING_FOR_CARD); 2],
+        "neither replaced nor deleted"
+    );
+    assert_eq!(
+        store.waiting_for_card().unwrap(),
+        [(Some("AAAA-AAAA".to_string()), 2, 29)]
+    );
+    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/GOPR0001.JPG"]);
+    // Card A back (its files with their stamps): both wait no more; card B's file waits
+    // for card B.
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/GOPR0001.JPG"), b"card A's first");
+    old(&r.join("DCIM/GOPR0002.JPG"), b"card A's second");
+    for (n, t) in ["DCIM/GOPR0001.JPG", "DCIM/GOPR0002.JPG"]
+        .iter()
+        .zip(stamps)
+    {
+        set_mtime(&r.join(n), t);
+    }
+    let rep = scan_on("AAAA-AAAA").unwrap();
+    assert_eq!(rep.queued, 2);
+    let waiting = store.waiting_for_card().unwrap();
+    assert_eq!(waiting, [(Some("BBBB-BBBB".to_string()), 1, 20)]);
+}
+
+#[test]
+fn a_scan_of_many_files_in_many_directories_queues_each_once() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for d in 0..10 {
+        for f in 0..500 {
+            old(&card.path().join(format!("DCIM/{d:03}/F{f:04}.JPG")), b"");
+        }
+    }
+    let store = Store::open(state.path()).unwrap();
+    let rep = scan(
+        CardRoot::at(card.path()),
+        &filter(),
+        &store,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rep.queued, 5000);
+    assert_eq!(
+        store
+            .list(Some(ItemState::Pending), 10_000, 0)
+            .unwrap()
+            .len(),
+        5000
+    );
+}
