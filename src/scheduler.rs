@@ -209,6 +209,7 @@ fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
     let res = match outcome {
         Outcome::Done => {
             tracing::info!(id, path = %item.storage_path, size = item.size, "uploaded");
+            app.set_certificate_refused(None);
             app.store().mark_done(id)
         }
         Outcome::Retry { error, retry_after } => {
@@ -236,6 +237,12 @@ fn record(app: &App, item: &Item, outcome: Outcome) -> bool {
             r
         }
         Outcome::FileUnreadable(reason) => unreadable(app, item, &reason),
+        Outcome::CertificateRefused(error) => {
+            let at = retry_at(app, item, None);
+            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "the server refused the device's certificate; will retry");
+            app.set_certificate_refused(Some(error.clone()));
+            app.store().mark_retry(id, &error, at)
+        }
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
             app.store().mark_interrupted(id)

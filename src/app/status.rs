@@ -32,7 +32,7 @@ pub struct Attention {
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 8] = [
+pub const ATTENTION_CODES: [&str; 9] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
@@ -41,6 +41,7 @@ pub const ATTENTION_CODES: [&str; 8] = [
     "unreadable_files",
     "clock_not_set",
     "free_space_unverified",
+    "certificate_refused",
 ];
 
 /// The queue's counts and bytes, as `status.queue` shows them.
@@ -342,6 +343,16 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
             format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
         ),
         AccountStatus::Ok => {}
+    }
+    if let Some(why) = &live.certificate_refused {
+        add(
+            ATTENTION_CODES[8],
+            format!(
+                "The cloud refused this camera's device certificate ({why}): uploads wait and \
+                 are tried again; contact the maker's support (the certificate may be revoked \
+                 or expired)."
+            ),
+        );
     }
     if !live.clock_set {
         add(

@@ -76,6 +76,10 @@ pub enum Outcome {
     SubscriptionInactive(String),
     /// The file on the card could not be read (card removed, file deleted or replaced).
     FileUnreadable(String),
+    /// The server refused the device's TLS certificate (mutual TLS; the alert is named): tried
+    /// again under the back-off like a network error, and shown in `attention` until an upload
+    /// goes through.
+    CertificateRefused(String),
     /// `stop` fired; the server's offset is saved and the item resumes later.
     Stopped,
 }
@@ -676,6 +680,9 @@ fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
     let msg = e.to_string();
     match (e, e.status()) {
         (TusError::BadToken, _) | (_, Some(401)) => Outcome::Unauthorized(msg),
+        (TusError::Network { .. }, _) if e.certificate_refused().is_some() => {
+            Outcome::CertificateRefused(msg)
+        }
         (_, Some(402)) => Outcome::SubscriptionInactive(msg),
         (_, Some(403)) if e.server_message().to_lowercase().contains("subscription") => {
             Outcome::SubscriptionInactive(msg)
