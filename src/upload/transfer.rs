@@ -32,8 +32,9 @@ use crate::config::{ChunkSizing, Config};
 use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
+use crate::upload::prompt::Prompt;
 use crate::upload::tus::{Client, TusError, UploadState};
-use crate::upload::{chunk, sent, source, tus};
+use crate::upload::{chunk, retry, sent, source, tus};
 use crate::words::count;
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
@@ -114,6 +115,7 @@ pub async fn upload(
         changed: false,
         sending: false,
         record_sent: ctx.config.media.frees_space(),
+        prompt: Prompt::default(),
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -178,6 +180,8 @@ struct Transfer<'a, 'c> {
     /// Freeing space verifies by what was sent (only on cameras whose maker configured it):
     /// each accepted chunk's digest is recorded. Decided once per attempt.
     record_sent: bool,
+    /// The run of failures tried again at once (module [`super::prompt`]).
+    prompt: Prompt,
 }
 
 impl Transfer<'_, '_> {
@@ -253,10 +257,19 @@ impl Transfer<'_, '_> {
                         &ctx.config.device.serial,
                         &self.item.storage_path,
                     );
-                    let created = self
+                    let created = match self
                         .until_stop(client.create(endpoint, size, &md, token))
                         .await?
-                        .map_err(|e| self.outcome_for(&e))?;
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Tried again at once where a new request gets past it; a
+                            // creation whose answer was lost leaves an empty upload behind.
+                            self.pause_or_end(&e).await?;
+                            creations -= 1;
+                            continue 'session;
+                        }
+                    };
                     // Into the database before any data: from here on a crash resumes this
                     // upload instead of creating a second one. No URL stored, no data sent.
                     ctx.store
@@ -352,7 +365,11 @@ impl Transfer<'_, '_> {
                         self.forget_url(&e.to_string())?;
                         continue 'session;
                     }
-                    Err(e) => return Err(self.end_with(&e)),
+                    Err(e) => {
+                        // The next session asks HEAD where the upload stands.
+                        self.pause_or_end(&e).await?;
+                        continue 'session;
+                    }
                 }
             }
 
@@ -395,17 +412,30 @@ impl Transfer<'_, '_> {
     /// is then forgotten: the caller starts a new session, which creates anew).
     async fn head(&mut self, url: &str) -> Result<Option<UploadState>, Outcome> {
         let ctx = self.ctx;
-        match self
-            .until_stop(ctx.client.head(url, &ctx.account.token))
-            .await?
-        {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if e.is_gone() => {
-                self.forget_url(&e.to_string())?;
-                Ok(None)
+        loop {
+            match self
+                .until_stop(ctx.client.head(url, &ctx.account.token))
+                .await?
+            {
+                Ok(st) => return Ok(Some(st)),
+                Err(e) if e.is_gone() => {
+                    self.forget_url(&e.to_string())?;
+                    return Ok(None);
+                }
+                Err(e) => self.pause_or_end(&e).await?,
             }
-            Err(e) => Err(self.end_with(&e)),
         }
+    }
+
+    /// After a failed request: a short pause, when a new request may get past the failure at
+    /// once (module [`super::prompt`]), or the end of the attempt ([`Transfer::end_with`]).
+    async fn pause_or_end(&mut self, e: &TusError) -> Result<(), Outcome> {
+        let Some(pause) = self.prompt.pause_for(e, Instant::now(), retry::jitter()) else {
+            return Err(self.end_with(e));
+        };
+        self.persist();
+        tracing::info!(item = self.item.id, error = %e, try_ = self.prompt.tries(), pause_ms = pause.as_millis() as u64, "request cut; trying again at once");
+        self.until_stop(tokio::time::sleep(pause)).await
     }
 
     /// Takes the server's offset as ours, unless it is beyond the file (never valid).
@@ -528,6 +558,7 @@ impl Transfer<'_, '_> {
             );
         }
         self.offset = offset + len;
+        self.prompt.progressed();
         (self.progress)(self.offset);
         if self.last_persist.elapsed() >= PERSIST_EVERY {
             self.persist();
@@ -969,7 +1000,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reset_mid_patch_retries_then_resumes_from_the_servers_offset_without_recreating() {
+    async fn a_reset_mid_patch_resumes_at_once_from_the_servers_offset_without_recreating() {
         // Without the checksum extension. The old in-module server kept the bytes of a cut-short
         // body even with `Upload-Checksum`; testkit's receiver discards such a body (it cannot
         // be verified) and keeps what arrived only without one. This test is about resuming
@@ -980,38 +1011,75 @@ mod tests {
         h.srv.inject(Fault::pass().on("PATCH"));
         h.srv.inject(Fault::reset_after(300_000));
 
-        let out = h.attempt(id).await;
-        assert!(
-            matches!(
-                out,
-                Outcome::Retry {
-                    retry_after: None,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
-        let item = h.item(id);
-        assert!(item.upload_url.is_some(), "the upload URL survives a retry");
-        assert_eq!(
-            item.bytes_sent, MIB as u64,
-            "the acknowledged offset is saved on error"
-        );
-
+        // A cut connection is tried again within the attempt (module `prompt`): no back-off.
+        let t = Instant::now();
         assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert_eq!(h.only_upload(), data);
         assert_eq!(h.item(id).creations, 1);
         assert_eq!(h.count("POST"), 1);
-        // Resumed at the server's offset, past the 300 000 bytes it kept from the broken chunk.
-        let patches: Vec<u64> = h
+        // Resumed at the server's offset (a HEAD asked it), past the 300 000 bytes it kept
+        // from the broken chunk.
+        let seen: Vec<(String, Option<String>)> = h
             .srv
             .requests()
             .iter()
-            .filter(|r| r.method == "PATCH")
-            .map(|r| r.header("upload-offset").unwrap().parse().unwrap())
+            .filter(|r| r.method == "PATCH" || r.method == "HEAD")
+            .map(|r| {
+                (
+                    r.method.clone(),
+                    r.header("upload-offset").map(String::from),
+                )
+            })
             .collect();
-        let last = data.len() as u64 - 1;
-        assert_eq!(patches, [0, MIB as u64, (MIB + 300_000) as u64, last]);
+        let at = |o: usize| Some(o.to_string());
+        let last = data.len() - 1;
+        assert_eq!(
+            seen,
+            [
+                ("PATCH".into(), at(0)),
+                ("PATCH".into(), at(MIB)),
+                ("HEAD".into(), None),
+                ("PATCH".into(), at(MIB + 300_000)),
+                ("PATCH".into(), at(last)),
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_of_cut_requests_is_tried_a_few_times_then_left_to_the_back_off() {
+        let h = Harness::with(5, receiver().without_checksum()).await;
+        let data = content(3 * MIB);
+        let id = h.add("DCIM/A.MP4", &data);
+        // An instance behind the balancer dies: 502, then the upload is locked by the dead
+        // one's lease (423), then the HEAD times out on the lock (500): all within one attempt.
+        h.srv.inject(Fault::pass().on("PATCH"));
+        h.srv.inject(Fault::status(502).on("PATCH"));
+        h.srv.inject(Fault::status(423).on("HEAD"));
+        h.srv.inject(Fault::status(500).on("HEAD"));
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.only_upload(), data);
+        assert_eq!(h.count("POST"), 1);
+        // A creation cut short is made again at once, too.
+        let id = h.add("DCIM/B.MP4", &content(1000));
+        h.srv.inject(Fault::status(503).on("POST"));
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        // Five in a row: four prompt tries, then the attempt ends and the back-off decides.
+        let id = h.add("DCIM/C.MP4", &content(2 * MIB));
+        h.srv.inject(Fault::status(502).on("PATCH").times(5));
+        let t = Instant::now();
+        let out = h.attempt(id).await;
+        assert!(
+            matches!(&out, Outcome::Retry { error, .. } if error.contains("502")),
+            "{out:?}"
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(1875) && took < Duration::from_secs(6),
+            "four pauses of 125-250, 250-500, 500-1000 and 1000-2000 ms: {took:?}"
+        );
+        assert_eq!(h.srv.pending_faults(), 0, "five PATCHes were answered 502");
+        assert_eq!(h.attempt(id).await, Outcome::Done);
     }
 
     #[tokio::test]
@@ -1113,7 +1181,8 @@ mod tests {
                 st(429, &[("retry-after", "30")], "slow down"),
                 |o| matches!(o, Outcome::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
             ),
-            ("PATCH", st(500, &[], ""), |o| {
+            // Four of them are tried again at once (module `prompt`), the fifth ends it.
+            ("PATCH", st(500, &[], "").times(5), |o| {
                 matches!(
                     o,
                     Outcome::Retry {
