@@ -28,10 +28,13 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const FIRST_PAUSE: Duration = Duration::from_millis(250);
 
 /// Whether a new request may get past this failure at once: the connection was cut (reset,
-/// refused, closed mid-answer), or a balancer or an instance answered 500, 502, 503 or 504
-/// without `Retry-After`, or 423 (the upload is locked: by a holder whose lease runs out). Not a
-/// stall (the link may be slow: the back-off is kinder), not a refused certificate, not an
-/// answer that tells the client to wait (`Retry-After`) or that nothing will change.
+/// refused, closed mid-answer), or answered 502 (a balancer whose instance died under the
+/// request), 500 (an instance that gave up waiting for a lock, @tus/server's
+/// `ERR_LOCK_TIMEOUT`) or 423 (the upload is locked: by a holder whose lease runs out), without
+/// `Retry-After`. Not a stall (the link may be slow: the back-off is kinder), not 503 or 504
+/// (a server or balancer that is overloaded or has no instance up: a fleet retrying those at
+/// once would hold it down; issue 10's spread), not a refused certificate, not an answer that
+/// tells the client to wait (`Retry-After`) or that nothing will change.
 pub fn is_prompt(e: &TusError) -> bool {
     match e {
         TusError::Network { .. } => e.certificate_refused().is_none(),
@@ -39,7 +42,7 @@ pub fn is_prompt(e: &TusError) -> bool {
             status,
             retry_after: None,
             ..
-        } => matches!(status, 423 | 500 | 502 | 503 | 504),
+        } => matches!(status, 423 | 500 | 502),
         _ => false,
     }
 }
@@ -100,8 +103,8 @@ mod tests {
     fn which_failures_are_tried_again_at_once() {
         for (e, prompt) in [
             (status(502, None), true),
-            (status(503, None), true),
-            (status(504, None), true),
+            (status(503, None), false),
+            (status(504, None), false),
             (status(500, None), true),
             (status(423, None), true),
             (status(503, Some(5)), false),

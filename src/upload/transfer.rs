@@ -1062,7 +1062,7 @@ mod tests {
         assert_eq!(h.count("POST"), 1);
         // A creation cut short is made again at once, too.
         let id = h.add("DCIM/B.MP4", &content(1000));
-        h.srv.inject(Fault::status(503).on("POST"));
+        h.srv.inject(Fault::status(502).on("POST"));
         assert_eq!(h.attempt(id).await, Outcome::Done);
         // Five in a row: four prompt tries, then the attempt ends and the back-off decides.
         let id = h.add("DCIM/C.MP4", &content(2 * MIB));
