@@ -9,6 +9,7 @@ mod bandwidth;
 mod card;
 mod card_fs;
 mod clock;
+mod cloud;
 mod conditions;
 mod consent;
 mod daemon;
