@@ -116,6 +116,11 @@ pub async fn upload(
         sending: false,
         record_sent: ctx.config.media.frees_space(),
         prompt: Prompt::default(),
+        acked: if item.upload_url.is_some() {
+            item.bytes_sent
+        } else {
+            0
+        },
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -182,6 +187,10 @@ struct Transfer<'a, 'c> {
     record_sent: bool,
     /// The run of failures tried again at once (module [`super::prompt`]).
     prompt: Prompt,
+    /// The highest offset the server stated for the upload at `url` (a PATCH's answer, a
+    /// HEAD): it holds those bytes. A later, lower offset is a server that lost or misreads
+    /// what it acknowledged ([`Transfer::head`]).
+    acked: u64,
 }
 
 impl Transfer<'_, '_> {
@@ -417,7 +426,28 @@ impl Transfer<'_, '_> {
                 .until_stop(ctx.client.head(url, &ctx.account.token))
                 .await?
             {
-                Ok(st) => return Ok(Some(st)),
+                Ok(st) if st.offset < self.acked => {
+                    // The server's offset went back below what it acknowledged: it lost bytes,
+                    // or its view of the upload is inconsistent (an object store whose listing
+                    // of the parts misses some: Swift with a server down). Resuming there risks
+                    // an object assembled from the wrong parts, which nothing would tell; a new
+                    // upload is whole. The old one is ended, where the server can.
+                    let why = format!(
+                        "HEAD {url}: the server reports offset {} after acknowledging {}",
+                        st.offset, self.acked
+                    );
+                    tracing::warn!(item = self.item.id, path = %self.item.storage_path, reason = %why, "the server's offset went back; ending that upload");
+                    let end = ctx.client.terminate(url, &ctx.account.token);
+                    let _ = self
+                        .until_stop(tokio::time::timeout(Duration::from_secs(10), end))
+                        .await?;
+                    self.forget_url(&why)?;
+                    return Ok(None);
+                }
+                Ok(st) => {
+                    self.acked = st.offset;
+                    return Ok(Some(st));
+                }
                 Err(e) if e.is_gone() => {
                     self.forget_url(&e.to_string())?;
                     return Ok(None);
@@ -558,6 +588,7 @@ impl Transfer<'_, '_> {
             );
         }
         self.offset = offset + len;
+        self.acked = self.acked.max(self.offset);
         self.prompt.progressed();
         (self.progress)(self.offset);
         if self.last_persist.elapsed() >= PERSIST_EVERY {
@@ -670,6 +701,7 @@ impl Transfer<'_, '_> {
             })?;
         self.url = None;
         self.offset = 0;
+        self.acked = 0;
         self.persisted = 0;
         self.expires_at = None;
         Ok(())
@@ -1044,6 +1076,30 @@ mod tests {
                 ("PATCH".into(), at(last)),
             ],
         );
+    }
+
+    #[tokio::test]
+    async fn an_offset_that_went_back_below_what_the_server_acknowledged_starts_a_new_upload() {
+        // Swift with an object server down lists an upload's parts without some of them:
+        // @tus/s3-store then reports an offset below one it acknowledged, and resuming there
+        // assembled objects from the wrong parts (tests/it/cloud.rs). The upload is ended
+        // and sent anew.
+        let h = Harness::with(5, receiver().without_checksum()).await;
+        let data = content(3 * MIB + 5);
+        let id = h.add("DCIM/A.MP4", &data);
+        h.srv.inject(Fault::pass().on("PATCH"));
+        h.srv.inject(Fault::patch_conflict());
+        h.srv.inject(Fault::head_offset(1000));
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.item(id).creations, 2, "a second upload");
+        assert_eq!(h.count("DELETE"), 1, "the first one ended");
+        assert_eq!(h.only_upload(), data);
+        // An offset below our own but not below what the server acknowledged is ordinary:
+        // bytes of ours it never confirmed. The upload goes on.
+        let id = h.add("DCIM/B.MP4", &data);
+        h.srv.inject(Fault::reset_after(300_000).on("PATCH"));
+        assert_eq!(h.attempt(id).await, Outcome::Done);
+        assert_eq!(h.item(id).creations, 1);
     }
 
     #[tokio::test]
