@@ -224,3 +224,23 @@ async fn an_upload_whose_multipart_state_the_store_lost_is_sent_again_whole() {
         "the lost upload is created once more, nothing else"
     );
 }
+
+/// The camera's connection cut mid-PATCH, several times: the balancer aborts the request at its
+/// instance, which may still be writing its part to S3 while the camera's next request (HEAD,
+/// then PATCH) lands on the other instance. The shared lock makes the second wait for the
+/// first; the shared cache gives it the same view of the upload. Without either (the tier with
+/// `CLOUD_LOCK=memory` or `CLOUD_CACHE=memory`) this is where uploads break.
+#[tokio::test]
+async fn connections_cut_mid_patch_lose_nothing() {
+    let _one = one_at_a_time().lock().await;
+    let Some(tier) = tier(2, &[]) else { return };
+    let fleet = one_camera(tier, &[30 * MIB + 41, 20 * MIB + 42, 12 * MIB + 43]).await;
+    for n in 1..=6 {
+        accepted_patches(&fleet, 2 * n).await;
+        tokio::time::sleep(Duration::from_millis(300 + 150 * n as u64)).await;
+        fleet.proxy.reset_all();
+    }
+    fleet.wait_done(T).await.unwrap();
+    let v = fleet.verify();
+    assert_clean("6 connections cut mid-PATCH", &fleet, &v, None);
+}
