@@ -114,6 +114,7 @@ if (env.CLOUD_LOCK === "memory") {
 } else {
   locker = await new RedisLocker({
     redis,
+    owner: name,
     leaseMs: env.LOCK_LEASE_MS ? Number(env.LOCK_LEASE_MS) : undefined,
     acquireTimeoutMs: env.LOCK_TIMEOUT_MS ? Number(env.LOCK_TIMEOUT_MS) : undefined,
   }).start();

@@ -62,6 +62,8 @@ return 0`;
  * @property {number} [renewMs]           renewal period (leaseMs / 4)
  * @property {number} [acquireTimeoutMs]  how long lock() waits before ERR_LOCK_TIMEOUT (20000)
  * @property {number} [retryMs]           polling period while waiting (50)
+ * @property {string} [owner]             put first in each token ("owner:random"), so that an
+ *                                        operator (or a test) sees which instance holds a lock
  */
 
 export class RedisLocker {
@@ -74,6 +76,7 @@ export class RedisLocker {
     this.renewMs = options.renewMs ?? Math.max(1, Math.floor(this.leaseMs / 4));
     this.acquireTimeoutMs = options.acquireTimeoutMs ?? 20000;
     this.retryMs = options.retryMs ?? 50;
+    this.owner = options.owner ?? "";
     /** upload id -> the release callback of the request holding its lock in this process */
     this.held = new Map();
     this.subscriber = null;
@@ -119,7 +122,7 @@ class RedisLock {
    */
   async lock(signal, requestRelease) {
     const l = this.locker;
-    const token = randomBytes(16).toString("hex");
+    const token = `${l.owner}:${randomBytes(16).toString("hex")}`;
     const deadline = Date.now() + l.acquireTimeoutMs;
     let asked = 0;
     for (;;) {
