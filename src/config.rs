@@ -128,6 +128,11 @@ pub struct Cloud {
     pub endpoint: String,
     pub regions: std::collections::BTreeMap<String, String>,
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: the device's certificate (PEM, the chain the maker's tier verifies), sent
+    /// beside the bearer token. Set with `client_key` or not at all.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM), readable by its owner only (0600 or stricter).
+    pub client_key: Option<PathBuf>,
     /// Extension: "auto" sizes each PATCH from the measured rate up to `chunk_size_mib`;
     /// "fixed" sends `chunk_size_mib` per PATCH (module `upload::chunk`).
     pub chunk_sizing: ChunkSizing,
@@ -146,6 +151,8 @@ impl Default for Cloud {
             endpoint: String::new(),
             regions: Default::default(),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             chunk_sizing: ChunkSizing::Auto,
             chunk_size_mib: 64,
             stall_secs: 30,
@@ -163,6 +170,82 @@ impl Cloud {
             .and_then(|r| self.regions.get(r))
             .map(String::as_str)
             .unwrap_or(&self.endpoint)
+    }
+
+    /// The device's TLS identity for mutual TLS, as one PEM (certificate chain, then key), or
+    /// `None` when the maker provisions none. Read at the config check and again whenever the
+    /// upload client is built, so a key whose mode was loosened since is refused then too.
+    /// The error names the key (`cloud.client_cert` or `cloud.client_key`) and says why.
+    pub fn client_identity_pem(&self) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+        let (cert, key) = match (&self.client_cert, &self.client_key) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (c, k),
+            (Some(_), None) => {
+                return Err((
+                    "cloud.client_key",
+                    "`cloud.client_cert` is set without its key: set both or neither".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "cloud.client_cert",
+                    "`cloud.client_key` is set without its certificate: set both or neither".into(),
+                ))
+            }
+        };
+        let read = |key: &'static str, path: &Path| {
+            if !path.is_absolute() {
+                return Err((
+                    key,
+                    format!("`{}` must be an absolute path", path.display()),
+                ));
+            }
+            std::fs::read(path).map_err(|e| (key, format!("cannot read {}: {e}", path.display())))
+        };
+        let cert_pem = read("cloud.client_cert", cert)?;
+        // The mode is checked before the key is read: a key others can read is refused,
+        // not used, so the mistake is fixed at the factory instead of copied to every unit.
+        check_private_mode(key).map_err(|m| ("cloud.client_key", m))?;
+        let key_pem = read("cloud.client_key", key)?;
+        let has = |pem: &[u8], label: &str| {
+            String::from_utf8_lossy(pem).contains(&format!("-----BEGIN {label}"))
+        };
+        if !has(&cert_pem, "CERTIFICATE-----") {
+            return Err((
+                "cloud.client_cert",
+                format!("{} holds no PEM certificate", cert.display()),
+            ));
+        }
+        if ![
+            "PRIVATE KEY-----",
+            "RSA PRIVATE KEY-----",
+            "EC PRIVATE KEY-----",
+        ]
+        .iter()
+        .any(|l| has(&key_pem, l))
+        {
+            return Err((
+                "cloud.client_key",
+                format!(
+                    "{} holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                    key.display()
+                ),
+            ));
+        }
+        let mut pem = cert_pem;
+        pem.push(b'\n');
+        pem.extend_from_slice(&key_pem);
+        reqwest::Identity::from_pem(&pem).map_err(|e| {
+            (
+                "cloud.client_key",
+                format!(
+                    "{} and {} do not make a TLS identity: {e}",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+        })?;
+        Ok(Some(pem))
     }
 
     /// `chunk_size_mib` in bytes: the largest PATCH, or every PATCH's size.
@@ -580,6 +663,9 @@ impl At<'_> {
                 ));
             }
         }
+        if let Err((key, message)) = cloud.client_identity_pem() {
+            return Err(self.invalid(key, message));
+        }
         if !(1..=1024).contains(&cloud.chunk_size_mib) {
             return Err(self.invalid("cloud.chunk_size_mib", "must be between 1 and 1024".into()));
         }
@@ -637,6 +723,23 @@ fn read_serial(path: &Path) -> std::io::Result<String> {
         .filter(|c| *c != '\0')
         .collect();
     Ok(text.trim().to_string())
+}
+
+/// A private key's file may be read by its owner only: no bit for group or others.
+fn check_private_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is mode {mode:04o}: the device's private key must be readable by its owner \
+             only (0600 or stricter; `chmod 600 {}`)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a tus endpoint: https anywhere, plain http only to a loopback host.
@@ -727,8 +830,14 @@ impl fmt::Display for Config {
         for (r, u) in &self.cloud.regions {
             writeln!(f, "regions.{r} = {u:?}")?;
         }
-        if let Some(ca) = &self.cloud.ca_file {
-            writeln!(f, "ca_file = {:?}", ca.display().to_string())?;
+        for (key, path) in [
+            ("ca_file", &self.cloud.ca_file),
+            ("client_cert", &self.cloud.client_cert),
+            ("client_key", &self.cloud.client_key),
+        ] {
+            if let Some(p) = path {
+                writeln!(f, "{key} = {:?}", p.display().to_string())?;
+            }
         }
         writeln!(f, "chunk_sizing = {:?}", self.cloud.chunk_sizing.as_str())?;
         writeln!(f, "chunk_size_mib = {}", self.cloud.chunk_size_mib)?;
@@ -913,6 +1022,65 @@ endpoint = "https://upload.example.com/files/"
         let wrong = MINIMAL.replace("root = ", "mount_required = \"yes\"\nroot = ");
         let err = parse_str(&wrong).unwrap_err();
         assert_eq!(err.key(), Some("media.mount_required"), "{err}");
+    }
+
+    /// A certificate and key in PEM (their contents are only parsed here, never checked
+    /// against each other: that is the TLS client's job when it is built).
+    const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn client_identity_is_both_or_neither_and_its_key_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("device.crt");
+        let key = dir.path().join("device.key");
+        std::fs::write(&cert, CERT_PEM).unwrap();
+        std::fs::write(&key, KEY_PEM).unwrap();
+        let with = |lines: &str| MINIMAL.replace("[cloud]\n", &format!("[cloud]\n{lines}\n"));
+        let cert_line = format!("client_cert = {:?}", cert.display().to_string());
+        let key_line = format!("client_key = {:?}", key.display().to_string());
+        let both = with(&format!("{cert_line}\n{key_line}"));
+
+        assert!(parse_str(MINIMAL).unwrap().cloud.client_cert.is_none());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse_str(&both).unwrap();
+        assert_eq!(c.cloud.client_key.as_deref(), Some(key.as_path()));
+        assert!(c.to_string().contains("client_key = "), "{c}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        parse_str(&both).unwrap();
+
+        for mode in [0o640, 0o644, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = parse_str(&both).unwrap_err();
+            assert_eq!(err.key(), Some("cloud.client_key"), "{mode:o}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&key.display().to_string()) && msg.contains(&format!("{mode:04o}")),
+                "the message names the file and its mode: {msg}"
+            );
+            assert!(msg.contains("cambackup.toml"), "and the config file: {msg}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let err = parse_str(&with(&cert_line)).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_key"), "{err}");
+        let err = parse_str(&with(&key_line)).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_cert"), "{err}");
+        let err =
+            parse_str(&with(&format!("client_cert = \"device.crt\"\n{key_line}"))).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_cert"), "relative: {err}");
+        let missing = both.replace("device.crt", "nothing.crt");
+        let err = parse_str(&missing).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_cert"), "{err}");
+        // The files swapped: neither holds what its key names.
+        std::fs::write(&key, CERT_PEM).unwrap();
+        let err = parse_str(&both).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_key"), "{err}");
+        assert!(err.to_string().contains("private key"), "{err}");
+        std::fs::write(&cert, KEY_PEM).unwrap();
+        let err = parse_str(&both).unwrap_err();
+        assert_eq!(err.key(), Some("cloud.client_cert"), "{err}");
     }
 
     #[test]

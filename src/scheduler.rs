@@ -210,6 +210,11 @@ fn ending(app: &App, item: &Item, outcome: Outcome) -> Ending {
         Outcome::Unauthorized(m) => Ending::Unauthorized(m),
         Outcome::SubscriptionInactive(m) => Ending::SubscriptionInactive(m),
         Outcome::FileUnreadable(reason) => unreadable(app, item, &reason),
+        Outcome::CertificateRefused(error) => {
+            let at = retry_at(app, item, None);
+            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "the server refused the device's certificate; will retry");
+            Ending::CertificateRefused { error, at }
+        }
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
             Ending::Interrupted

@@ -88,6 +88,9 @@ struct Live {
     /// The wall clock is set ([`crate::clock::is_set`]): until it is, nothing starts (no
     /// certificate could be verified).
     clock_set: bool,
+    /// The server refused the device's TLS certificate at the last attempt (why), until an
+    /// upload goes through: shown in `attention` (the maker's support must fix it).
+    certificate_refused: Option<String>,
 }
 
 /// The key/value prefix of a card's label, by serial.
@@ -193,6 +196,7 @@ impl App {
                 unreadable_on_card: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
+                certificate_refused: None,
                 cellular_bytes_today: 0,
                 cellular_recorded: 0,
             }),
@@ -733,6 +737,12 @@ impl App {
                 tracing::warn!(error = %e, "cannot record the server's Retry-After");
             }
         }
+    }
+
+    /// The server refused the device's certificate (`Some(why)`), or an upload went through
+    /// (`None`). Memory only: a restart tries again and finds out anew.
+    pub fn set_certificate_refused(&self, why: Option<String>) {
+        self.live().certificate_refused = why;
     }
 
     /// Before this unix second no upload starts (the server's Retry-After; 0: none).

@@ -26,6 +26,9 @@ pub enum Ending {
         at: i64,
         server_busy: bool,
     },
+    /// The server refused the device's TLS certificate (mutual TLS): tried again at `at`, and
+    /// `attention` says `certificate_refused` until an upload goes through.
+    CertificateRefused { error: String, at: i64 },
     /// Failed for good; waits for the user's retry.
     Failed(String),
     /// 401: the upload stops, and nothing more goes up until the user pairs again.
@@ -109,7 +112,14 @@ impl App {
     pub fn finish(&self, item: &Item, ending: Ending) -> bool {
         let id = item.id;
         let res = match ending {
-            Ending::Done => self.store.mark_done(id),
+            Ending::Done => {
+                self.set_certificate_refused(None);
+                self.store.mark_done(id)
+            }
+            Ending::CertificateRefused { error, at } => {
+                self.set_certificate_refused(Some(error.clone()));
+                self.store.mark_retry(id, &error, at)
+            }
             Ending::Retry {
                 error,
                 at,

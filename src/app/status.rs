@@ -22,7 +22,7 @@ use crate::words::count;
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 8] = [
+pub const ATTENTION_CODES: [&str; 9] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
@@ -31,6 +31,7 @@ pub const ATTENTION_CODES: [&str; 8] = [
     "unreadable_files",
     "clock_not_set",
     "free_space_unverified",
+    "certificate_refused",
 ];
 
 /// `status.conditions`: the reading as the API shows it.
@@ -282,6 +283,16 @@ pub(super) fn attention_of(live: &Live, queue: &QueueCounts) -> Vec<Attention> {
             format!("The cloud subscription is inactive ({m}): renew it, then pair again."),
         ),
         AccountStatus::Ok => {}
+    }
+    if let Some(why) = &live.certificate_refused {
+        add(
+            ATTENTION_CODES[8],
+            format!(
+                "The cloud refused this camera's device certificate ({why}): uploads wait and \
+                 are tried again; contact the maker's support (the certificate may be revoked \
+                 or expired)."
+            ),
+        );
     }
     if !live.clock_set {
         add(

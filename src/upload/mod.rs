@@ -4,6 +4,7 @@
 pub mod bind;
 pub mod chunk;
 pub mod metadata;
+pub mod prompt;
 pub mod retry;
 pub mod sent;
 pub mod source;

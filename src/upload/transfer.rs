@@ -32,8 +32,9 @@ use crate::config::{ChunkSizing, Config};
 use crate::credentials::Account;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
+use crate::upload::prompt::Prompt;
 use crate::upload::tus::{Client, TusError, UploadState};
-use crate::upload::{chunk, sent, source, tus};
+use crate::upload::{chunk, retry, sent, source, tus};
 use crate::words::count;
 
 /// Progress reaches the database at most this often while chunks are acknowledged.
@@ -76,6 +77,10 @@ pub enum Outcome {
     SubscriptionInactive(String),
     /// The file on the card could not be read (card removed, file deleted or replaced).
     FileUnreadable(String),
+    /// The server refused the device's TLS certificate (mutual TLS; the alert is named): tried
+    /// again under the back-off like a network error, and shown in `attention` until an upload
+    /// goes through.
+    CertificateRefused(String),
     /// `stop` fired; the server's offset is saved and the item resumes later.
     Stopped,
 }
@@ -110,6 +115,12 @@ pub async fn upload(
         changed: false,
         sending: false,
         record_sent: ctx.config.media.frees_space(),
+        prompt: Prompt::default(),
+        acked: if item.upload_url.is_some() {
+            item.bytes_sent
+        } else {
+            0
+        },
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -182,6 +193,12 @@ struct Transfer<'a, 'c> {
     /// Freeing space verifies by what was sent (only on cameras whose maker configured it):
     /// each accepted chunk's digest is recorded. Decided once per attempt.
     record_sent: bool,
+    /// The run of failures tried again at once (module [`super::prompt`]).
+    prompt: Prompt,
+    /// The highest offset the server stated for the upload at `url` (a PATCH's answer, a
+    /// HEAD): it holds those bytes. A later, lower offset is a server that lost or misreads
+    /// what it acknowledged ([`Transfer::head`]).
+    acked: u64,
 }
 
 impl Transfer<'_, '_> {
@@ -292,10 +309,19 @@ impl Transfer<'_, '_> {
                     &ctx.config.device.serial,
                     &self.item.storage_path,
                 );
-                let created = self
+                let created = match self
                     .until_stop(ctx.client.create(endpoint, size, &md, token))
                     .await?
-                    .map_err(|e| self.outcome_for(&e))?;
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Tried again at once where a new request gets past it; a
+                        // creation whose answer was lost leaves an empty upload behind.
+                        self.pause_or_end(&e).await?;
+                        *creations -= 1;
+                        return Ok(None);
+                    }
+                };
                 // Into the database before any data: from here on a crash resumes this
                 // upload instead of creating a second one. No URL stored, no data sent.
                 ctx.store
@@ -402,7 +428,11 @@ impl Transfer<'_, '_> {
                     self.forget_url(&e.to_string())?;
                     return Ok(Sent::Restart);
                 }
-                Err(e) => return Err(self.end_with(&e)),
+                Err(e) => {
+                    // The next session asks HEAD where the upload stands.
+                    self.pause_or_end(&e).await?;
+                    return Ok(Sent::Restart);
+                }
             }
         }
         Ok(Sent::All { acknowledged })
@@ -442,17 +472,51 @@ impl Transfer<'_, '_> {
     /// is then forgotten: the caller starts a new session, which creates anew).
     async fn head(&mut self, url: &str) -> Result<Option<UploadState>, Outcome> {
         let ctx = self.ctx;
-        match self
-            .until_stop(ctx.client.head(url, &ctx.account.token))
-            .await?
-        {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if e.is_gone() => {
-                self.forget_url(&e.to_string())?;
-                Ok(None)
+        loop {
+            match self
+                .until_stop(ctx.client.head(url, &ctx.account.token))
+                .await?
+            {
+                Ok(st) if st.offset < self.acked => {
+                    // The server's offset went back below what it acknowledged: it lost bytes,
+                    // or its view of the upload is inconsistent (an object store whose listing
+                    // of the parts misses some: Swift with a server down). Resuming there risks
+                    // an object assembled from the wrong parts, which nothing would tell; a new
+                    // upload is whole. The old one is ended, where the server can.
+                    let why = format!(
+                        "HEAD {url}: the server reports offset {} after acknowledging {}",
+                        st.offset, self.acked
+                    );
+                    tracing::warn!(item = self.item.id, path = %self.item.storage_path, reason = %why, "the server's offset went back; ending that upload");
+                    let end = ctx.client.terminate(url, &ctx.account.token);
+                    let _ = self
+                        .until_stop(tokio::time::timeout(Duration::from_secs(10), end))
+                        .await?;
+                    self.forget_url(&why)?;
+                    return Ok(None);
+                }
+                Ok(st) => {
+                    self.acked = st.offset;
+                    return Ok(Some(st));
+                }
+                Err(e) if e.is_gone() => {
+                    self.forget_url(&e.to_string())?;
+                    return Ok(None);
+                }
+                Err(e) => self.pause_or_end(&e).await?,
             }
-            Err(e) => Err(self.end_with(&e)),
         }
+    }
+
+    /// After a failed request: a short pause, when a new request may get past the failure at
+    /// once (module [`super::prompt`]), or the end of the attempt ([`Transfer::end_with`]).
+    async fn pause_or_end(&mut self, e: &TusError) -> Result<(), Outcome> {
+        let Some(pause) = self.prompt.pause_for(e, Instant::now(), retry::jitter()) else {
+            return Err(self.end_with(e));
+        };
+        self.persist();
+        tracing::info!(item = self.item.id, error = %e, try_ = self.prompt.tries(), pause_ms = pause.as_millis() as u64, "request cut; trying again at once");
+        self.until_stop(tokio::time::sleep(pause)).await
     }
 
     /// Takes the server's offset as ours, unless it is beyond the file (never valid).
@@ -575,6 +639,8 @@ impl Transfer<'_, '_> {
             );
         }
         self.offset = offset + len;
+        self.acked = self.acked.max(self.offset);
+        self.prompt.progressed();
         (self.progress)(self.offset);
         if self.last_persist.elapsed() >= PERSIST_EVERY {
             self.persist();
@@ -686,6 +752,7 @@ impl Transfer<'_, '_> {
             })?;
         self.url = None;
         self.offset = 0;
+        self.acked = 0;
         self.persisted = 0;
         self.expires_at = None;
         Ok(())
@@ -727,6 +794,9 @@ fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
     let msg = e.to_string();
     match (e, e.status()) {
         (TusError::BadToken, _) | (_, Some(401)) => Outcome::Unauthorized(msg),
+        (TusError::Network { .. }, _) if e.certificate_refused().is_some() => {
+            Outcome::CertificateRefused(msg)
+        }
         (_, Some(402)) => Outcome::SubscriptionInactive(msg),
         (_, Some(403)) if e.server_message().to_lowercase().contains("subscription") => {
             Outcome::SubscriptionInactive(msg)

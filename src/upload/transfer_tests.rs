@@ -266,7 +266,7 @@ async fn with_checksums_the_second_chunk_is_sized_from_the_first_answer() {
 }
 
 #[tokio::test]
-async fn a_reset_mid_patch_retries_then_resumes_from_the_servers_offset_without_recreating() {
+async fn a_reset_mid_patch_resumes_at_once_from_the_servers_offset_without_recreating() {
     // Without the checksum extension. The old in-module server kept the bytes of a cut-short
     // body even with `Upload-Checksum`; testkit's receiver discards such a body (it cannot
     // be verified) and keeps what arrived only without one. This test is about resuming
@@ -277,38 +277,99 @@ async fn a_reset_mid_patch_retries_then_resumes_from_the_servers_offset_without_
     h.srv.inject(Fault::pass().on("PATCH"));
     h.srv.inject(Fault::reset_after(300_000));
 
-    let out = h.attempt(id).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::Retry {
-                retry_after: None,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
-    let item = h.item(id);
-    assert!(item.upload_url.is_some(), "the upload URL survives a retry");
-    assert_eq!(
-        item.bytes_sent, MIB as u64,
-        "the acknowledged offset is saved on error"
-    );
-
+    // A cut connection is tried again within the attempt (module `prompt`): no back-off.
+    let t = Instant::now();
     assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(h.only_upload(), data);
     assert_eq!(h.item(id).creations, 1);
     assert_eq!(h.count("POST"), 1);
-    // Resumed at the server's offset, past the 300 000 bytes it kept from the broken chunk.
-    let patches: Vec<u64> = h
+    // Resumed at the server's offset (a HEAD asked it), past the 300 000 bytes it kept
+    // from the broken chunk.
+    let seen: Vec<(String, Option<String>)> = h
         .srv
         .requests()
         .iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| r.header("upload-offset").unwrap().parse().unwrap())
+        .filter(|r| r.method == "PATCH" || r.method == "HEAD")
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.header("upload-offset").map(String::from),
+            )
+        })
         .collect();
-    let last = data.len() as u64 - 1;
-    assert_eq!(patches, [0, MIB as u64, (MIB + 300_000) as u64, last]);
+    let at = |o: usize| Some(o.to_string());
+    let last = data.len() - 1;
+    assert_eq!(
+        seen,
+        [
+            ("PATCH".into(), at(0)),
+            ("PATCH".into(), at(MIB)),
+            ("HEAD".into(), None),
+            ("PATCH".into(), at(MIB + 300_000)),
+            ("PATCH".into(), at(last)),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn an_offset_that_went_back_below_what_the_server_acknowledged_starts_a_new_upload() {
+    // Swift with an object server down lists an upload's parts without some of them:
+    // @tus/s3-store then reports an offset below one it acknowledged, and resuming there
+    // assembled objects from the wrong parts (tests/it/cloud.rs). The upload is ended
+    // and sent anew.
+    let h = Harness::with(5, receiver().without_checksum()).await;
+    let data = content(3 * MIB + 5);
+    let id = h.add("DCIM/A.MP4", &data);
+    h.srv.inject(Fault::pass().on("PATCH"));
+    h.srv.inject(Fault::patch_conflict());
+    h.srv.inject(Fault::head_offset(1000));
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.item(id).creations, 2, "a second upload");
+    assert_eq!(h.count("DELETE"), 1, "the first one ended");
+    assert_eq!(h.only_upload(), data);
+    // An offset below our own but not below what the server acknowledged is ordinary:
+    // bytes of ours it never confirmed. The upload goes on.
+    let id = h.add("DCIM/B.MP4", &data);
+    h.srv.inject(Fault::reset_after(300_000).on("PATCH"));
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.item(id).creations, 1);
+}
+
+#[tokio::test]
+async fn a_run_of_cut_requests_is_tried_a_few_times_then_left_to_the_back_off() {
+    let h = Harness::with(5, receiver().without_checksum()).await;
+    let data = content(3 * MIB);
+    let id = h.add("DCIM/A.MP4", &data);
+    // An instance behind the balancer dies: 502, then the upload is locked by the dead
+    // one's lease (423), then the HEAD times out on the lock (500): all within one attempt.
+    h.srv.inject(Fault::pass().on("PATCH"));
+    h.srv.inject(Fault::status(502).on("PATCH"));
+    h.srv.inject(Fault::status(423).on("HEAD"));
+    h.srv.inject(Fault::status(500).on("HEAD"));
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.only_upload(), data);
+    assert_eq!(h.count("POST"), 1);
+    // A creation cut short is made again at once, too.
+    let id = h.add("DCIM/B.MP4", &content(1000));
+    h.srv.inject(Fault::status(502).on("POST"));
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    // Five in a row: four prompt tries, then the attempt ends and the back-off decides.
+    let id = h.add("DCIM/C.MP4", &content(2 * MIB));
+    h.srv.inject(Fault::status(502).on("PATCH").times(5));
+    let t = Instant::now();
+    let out = h.attempt(id).await;
+    assert!(
+        matches!(&out, Outcome::Retry { error, .. } if error.contains("502")),
+        "{out:?}"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1875) && took < Duration::from_secs(6),
+        "four pauses of 125-250, 250-500, 500-1000 and 1000-2000 ms: {took:?}"
+    );
+    assert_eq!(h.srv.pending_faults(), 0, "five PATCHes were answered 502");
+    assert_eq!(h.attempt(id).await, Outcome::Done);
 }
 
 #[tokio::test]
@@ -410,7 +471,8 @@ async fn answers_map_to_outcomes_as_the_contract_says() {
             st(429, &[("retry-after", "30")], "slow down"),
             |o| matches!(o, Outcome::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
         ),
-        ("PATCH", st(500, &[], ""), |o| {
+        // Four of them are tried again at once (module `prompt`), the fifth ends it.
+        ("PATCH", st(500, &[], "").times(5), |o| {
             matches!(
                 o,
                 Outcome::Retry {

@@ -7,7 +7,8 @@
 //! - the token (and the file) go only to the origin (scheme, host, port) of a configured
 //!   endpoint: an upload URL the server hands out elsewhere is refused ([`check_upload_url`]),
 //!   and [`Client`] refuses any request to another origin before it connects;
-//! - TLS is always verified: the system's roots plus `cloud.ca_file`;
+//! - TLS is always verified: the system's roots plus `cloud.ca_file`; where the maker
+//!   provisioned one, the device's certificate (`cloud.client_cert`) goes with every connection;
 //! - in the daemon, every connection is bound to the interface the gate approved
 //!   ([`Client::rebind`], [`super::bind`]); with none approved no connection is made at all;
 //!   a connection whose interface goes silent fails within `stall_secs` (`TCP_USER_TIMEOUT`),
@@ -164,6 +165,45 @@ impl TusError {
             TusError::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// The server refused this device's TLS certificate: the handshake ended with a fatal alert
+    /// about the client's certificate (none sent where the tier requires one, signed by a CA it
+    /// does not trust, revoked, expired). Names the alert. Only the server sends such an alert
+    /// about our certificate: one we refuse about its certificate is another error.
+    /// `DecryptError` is the server failing a signature of ours: a certificate whose issuer
+    /// bears the maker's CA's name but not its key, or a key that is not the certificate's.
+    pub fn certificate_refused(&self) -> Option<String> {
+        use rustls::AlertDescription as A;
+        let TusError::Network { source, .. } = self else {
+            return None;
+        };
+        let alert_of = |e: &(dyn std::error::Error + 'static)| match e.downcast_ref() {
+            Some(rustls::Error::AlertReceived(
+                a @ (A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::CertificateRequired
+                | A::DecryptError),
+            )) => Some(format!("{a:?}")),
+            _ => None,
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cur {
+            // `io::Error::source` skips the error it wraps: look inside it by hand.
+            let wrapped = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            if let Some(a) = alert_of(e).or_else(|| wrapped.and_then(alert_of)) {
+                return Some(a);
+            }
+            cur = e.source();
+        }
+        None
     }
 
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.
@@ -790,6 +830,15 @@ fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, Tu
         for c in certs {
             b = b.add_root_certificate(c);
         }
+    }
+    // Mutual TLS: the device's own certificate, beside the bearer token (never instead).
+    let pem = cloud
+        .client_identity_pem()
+        .map_err(|(key, why)| TusError::Setup(format!("`{key}`: {why}")))?;
+    if let Some(pem) = pem {
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| TusError::Setup(format!("`cloud.client_key`: {}", chain(&e))))?;
+        b = b.identity(identity);
     }
     b.build().map_err(|e| TusError::Setup(chain(&e)))
 }

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,6 +155,7 @@ impl ReceiverBuilder {
             dir: dir.path().to_owned(),
             options: self.options.clone(),
             unavailable: AtomicBool::new(false),
+            refused_handshakes: AtomicU64::new(0),
             patch_hook: Mutex::new(None),
             state: Mutex::new(State {
                 token: self.options.token,
@@ -484,6 +485,12 @@ impl Receiver {
         self.addr
     }
 
+    /// TLS handshakes that failed so far (with [`ReceiverBuilder::tls`]): e.g. a client
+    /// certificate the server config refused.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.shared.refused_handshakes.load(Ordering::SeqCst)
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
@@ -699,6 +706,8 @@ struct Shared {
     dir: PathBuf,
     options: Options,
     unavailable: AtomicBool,
+    /// TLS handshakes that failed (a client certificate refused, a client that gave up).
+    refused_handshakes: AtomicU64,
     state: Mutex<State>,
     /// [`Receiver::on_patch`]'s hook; its own lock so the hook may lock `state`.
     patch_hook: Mutex<Option<PatchHook>>,
@@ -812,11 +821,12 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(stream, conn, shared).await,
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(stream).await {
-                        serve_connection(stream, conn, shared).await
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => serve_connection(stream, conn, shared).await,
+                    Err(_) => {
+                        shared.refused_handshakes.fetch_add(1, Ordering::SeqCst);
                     }
-                }
+                },
             }
         });
     }

@@ -22,7 +22,7 @@ const KIB: u64 = 1024;
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A tmpfs mounted on the camera's card for the test's life.
-struct TmpCard {
+pub(crate) struct TmpCard {
     path: PathBuf,
 }
 
@@ -85,7 +85,10 @@ fn names() -> Vec<String> {
 
 /// A camera with the tmpfs card, six 512 KiB photos aged `ages` (oldest first) and freeing
 /// space configured (40 %, `verify`, keep 7 days).
-fn camera(ages: [Duration; 6], verify: &str) -> Option<(FakeCamera, TmpCard, Vec<String>)> {
+pub(crate) fn camera(
+    ages: [Duration; 6],
+    verify: &str,
+) -> Option<(FakeCamera, TmpCard, Vec<String>)> {
     let cam = FakeCamera::new();
     let card = TmpCard::mount(&cam)?;
     let rels = names();
@@ -100,7 +103,7 @@ fn camera(ages: [Duration; 6], verify: &str) -> Option<(FakeCamera, TmpCard, Vec
 }
 
 /// Ages 30, 29, ... 25 days: all old enough.
-fn old() -> [Duration; 6] {
+pub(crate) fn old() -> [Duration; 6] {
     [30, 29, 28, 27, 26, 25].map(|d| DAY * d)
 }
 
@@ -171,7 +174,7 @@ fn cli(rig: &Rig, args: &[&str]) -> String {
 }
 
 /// Which of `rels` are still on the card.
-fn on_card(cam: &FakeCamera, rels: &[String]) -> Vec<bool> {
+pub(crate) fn on_card(cam: &FakeCamera, rels: &[String]) -> Vec<bool> {
     rels.iter().map(|r| cam.media_path(r).exists()).collect()
 }
 

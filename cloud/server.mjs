@@ -1,0 +1,191 @@
+// One tus instance of the reference receiving tier: upstream @tus/server with @tus/s3-store,
+// the lock and the upload-info cache in Redis, so that any number of these behind a
+// round-robin balancer serve any request of any upload. `cloud/lab` starts two or more.
+//
+//   node server.mjs            (configured by the environment below)
+//
+// Listens on 127.0.0.1:TUS_PORT. Serves tus 1.0 at /files/ (creation, creation-with-upload,
+// creation-defer-length, termination: what @tus/s3-store offers) and GET /health (200, no
+// token: the balancer's check). Logs one JSON line per request on stdout:
+//   {"t": ms, "inst": "tus1", "method", "url", "status", "ms": duration, "offset": Upload-Offset
+//    answered or null, "aborted": true if the client went away first}
+//
+// Environment:
+//   CLOUD_TOKENS   required: the bearer tokens accepted, comma-separated. Every request but
+//                  /health needs `Authorization: Bearer TOKEN` (the daemon sends it on every
+//                  request, OPTIONS too), else 401.
+//   TUS_PORT, TUS_NAME (in the log and the X-Tus-Instance response header)
+//   REDIS_URL      redis://127.0.0.1:PORT
+//   S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION
+//   LOCK_LEASE_MS  the lock's lease (4000; lib/redis-locker.mjs says why short)
+//   LOCK_TIMEOUT_MS how long a request waits for a lock before a 500 (20000)
+//   CLOUD_LOCK     "redis" (default) or "memory": @tus/server's per-process MemoryLocker, which
+//                  is wrong with several instances; only to show what the shared lock prevents
+//   CLOUD_CACHE    "redis" (default) or "memory": per-process upload-info cache, likewise
+import { createHash, timingSafeEqual } from "node:crypto";
+import { createServer } from "node:http";
+import { S3Store } from "@tus/s3-store";
+import { ERRORS, MemoryLocker, RedisKvStore, Server } from "@tus/server";
+import { createClient } from "redis";
+import { RedisLocker } from "./lib/redis-locker.mjs";
+import { s3Config } from "./lib/s3.mjs";
+
+// The privacy promise (docs/INTERFACE.md): a camera sends these four metadata keys and no
+// other. The tier refuses anything else, so a client that leaks (a file name, a GPS position)
+// is caught at the door instead of stored.
+const ALLOWED_METADATA = new Set(["user_id", "device_type", "serial_number", "storage_path"]);
+
+const env = process.env;
+const name = env.TUS_NAME ?? "tus";
+const port = Number(env.TUS_PORT);
+const tokens = (env.CLOUD_TOKENS ?? "")
+  .split(",")
+  .map((t) => t.trim())
+  .filter((t) => t.length > 0);
+if (!Number.isInteger(port) || port <= 0) fail("TUS_PORT must be a port number");
+if (tokens.length === 0) fail("CLOUD_TOKENS must list at least one bearer token");
+if (!env.REDIS_URL) fail("REDIS_URL is not set");
+
+function fail(message) {
+  console.error(`server.mjs: ${message}`);
+  process.exit(2);
+}
+
+// Compared as SHA-256 digests in constant time: the time a wrong token takes says nothing
+// about how close it was.
+const digest = (s) => createHash("sha256").update(s).digest();
+const tokenDigests = tokens.map(digest);
+function authorized(header) {
+  if (typeof header !== "string" || !header.startsWith("Bearer ")) return false;
+  const d = digest(header.slice("Bearer ".length));
+  let ok = false;
+  for (const t of tokenDigests) ok = timingSafeEqual(d, t) || ok;
+  return ok;
+}
+
+/**
+ * @tus/s3-store with one correction: when an upload's multipart upload is gone (S3 answers
+ * NoSuchUpload), the store takes it as completed and reports offset = size, since a completed
+ * multipart upload is gone too. But a store also loses unfinished multipart uploads (expiry,
+ * a lifecycle rule, an operator): then a client would be told its upload is complete while
+ * the object does not exist. Here the complete answer stands only if the object does; else
+ * 410 Gone, so the client creates the upload again.
+ */
+class CheckedS3Store extends S3Store {
+  async getUpload(id) {
+    const upload = await super.getUpload(id);
+    if (upload.size !== undefined && upload.offset === upload.size) {
+      try {
+        await this.client.headObject({ Bucket: this.bucket, Key: id });
+      } catch (e) {
+        if (e?.name === "NotFound" || e?.name === "NoSuchKey") {
+          await this.clearCache(id);
+          throw ERRORS.FILE_NO_LONGER_EXISTS;
+        }
+        throw e;
+      }
+    }
+    return upload;
+  }
+}
+
+const redis = createClient({
+  url: env.REDIS_URL,
+  // Back within a second of a Redis restart; meanwhile requests needing Redis fail (500) or
+  // wait, and the client retries them.
+  socket: { reconnectStrategy: (retries) => Math.min(50 * (retries + 1), 500) },
+});
+let redisDown = false;
+redis.on("error", (e) => {
+  if (!redisDown) console.error(`${name}: redis: ${e.message}`);
+  redisDown = true;
+});
+redis.on("ready", () => {
+  redisDown = false;
+});
+await redis.connect();
+
+const { bucket, ...s3 } = s3Config();
+const cache =
+  env.CLOUD_CACHE === "memory" ? undefined : new RedisKvStore(redis, "tus:upload:");
+let locker;
+if (env.CLOUD_LOCK === "memory") {
+  locker = new MemoryLocker();
+} else {
+  locker = await new RedisLocker({
+    redis,
+    owner: name,
+    leaseMs: env.LOCK_LEASE_MS ? Number(env.LOCK_LEASE_MS) : undefined,
+    acquireTimeoutMs: env.LOCK_TIMEOUT_MS ? Number(env.LOCK_TIMEOUT_MS) : undefined,
+  }).start();
+}
+
+const tus = new Server({
+  path: "/files",
+  datastore: new CheckedS3Store({
+    s3ClientConfig: { bucket, ...s3 },
+    cache,
+    // Swift's s3api has no object tagging; tags only serve expiration, which is off here.
+    useTags: false,
+  }),
+  locker,
+  // The balancer sets X-Forwarded-Proto/Host: the Location of a new upload must name the
+  // balancer's address and scheme (https when it terminates TLS), not this instance's.
+  respectForwardedHeaders: true,
+  async onUploadCreate(_req, upload) {
+    const extra = Object.keys(upload.metadata ?? {}).filter((k) => !ALLOWED_METADATA.has(k));
+    if (extra.length > 0) {
+      throw {
+        status_code: 400,
+        body:
+          `Upload-Metadata: key ${extra.map((k) => JSON.stringify(k)).join(", ")} refused: ` +
+          `this tier accepts only ${[...ALLOWED_METADATA].join(", ")}\n`,
+      };
+    }
+    return {};
+  },
+});
+
+const http = createServer((req, res) => {
+  const start = Date.now();
+  res.on("close", () => {
+    const offset = res.getHeader("upload-offset");
+    const line = {
+      t: start,
+      inst: name,
+      method: req.method,
+      url: req.url,
+      status: res.statusCode,
+      ms: Date.now() - start,
+      offset: offset === undefined ? null : Number(offset),
+      aborted: !res.writableFinished,
+    };
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  });
+  res.setHeader("X-Tus-Instance", name);
+  if (req.url === "/health") {
+    res.writeHead(200, { "Content-Type": "text/plain" }).end("ok\n");
+    return;
+  }
+  if (!authorized(req.headers.authorization)) {
+    res
+      .writeHead(401, {
+        "Content-Type": "text/plain",
+        "Tus-Resumable": "1.0.0",
+        "WWW-Authenticate": 'Bearer realm="tus"',
+      })
+      .end("Authorization: a bearer token this tier accepts (CLOUD_TOKENS) is required\n");
+    return;
+  }
+  tus.handle(req, res);
+});
+http.listen(port, "127.0.0.1", () => {
+  console.error(`${name}: listening on 127.0.0.1:${port}`);
+});
+
+for (const signal of ["SIGTERM", "SIGINT"]) {
+  process.on(signal, () => {
+    http.close();
+    process.exit(0);
+  });
+}
