@@ -20,6 +20,7 @@ mod identity;
 mod interop;
 mod large;
 mod losses;
+mod readme;
 mod schedule;
 mod space;
 mod uplink;
