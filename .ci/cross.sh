@@ -76,6 +76,10 @@ echo "$(aarch64-linux-gnu-gcc --version | head -1); $(qemu-aarch64 --version | h
 work=$(mktemp -d /tmp/cambackup-cross.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
+# The man page and completions the .debs install: made once on the host (they do not depend on
+# the target).
+packaging/gen-assets.sh
+
 for t in "${targets[@]}"; do
     read -r _ arch qemu sysroot machine class <<<"$(row "$t")"
     run() { "$qemu" -L "$sysroot" "$@"; }

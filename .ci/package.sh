@@ -65,6 +65,9 @@ diff -u packaging/yocto/cambackup-crates.inc "$work/crates.inc" >/dev/null \
 ok "packaging/yocto/cambackup-crates.inc lists the $(grep -c 'crate://' "$work/crates.inc") crates of Cargo.lock"
 
 step "build the .deb"
+# The man page and completions first (packaging/gen-assets.sh), from the release binary.
+cargo build --release --locked --bin cambackup
+packaging/gen-assets.sh target/release/cambackup
 cargo deb --locked >"$work/cargo-deb.out"
 deb=$(tail -n 1 "$work/cargo-deb.out")
 [ -f "$deb" ] || fail "cargo deb did not print a .deb path (got: $deb)"
@@ -84,6 +87,25 @@ for f in usr/bin/cambackup etc/cambackup/cambackup.toml usr/lib/systemd/system/c
     usr/lib/sysusers.d/cambackup.conf usr/lib/tmpfiles.d/cambackup.conf; do
     [ -e "$root/$f" ] || fail "/$f is not installed"
 done
+for f in usr/share/man/man1/cambackup.1.gz usr/share/man/man1/cambackup-status.1.gz usr/share/bash-completion/completions/cambackup \
+    usr/share/zsh/vendor-completions/_cambackup usr/share/fish/vendor_completions.d/cambackup.fish; do
+    [ -s "$root/$f" ] || fail "/$f is not installed"
+done
+grep -q 'check-config' "$root/usr/share/bash-completion/completions/cambackup" \
+    || fail "the bash completions do not know \`check-config\`"
+# The man page renders: man -l (man-db), else mandoc, else groff; warnings count as failures.
+page="$root/usr/share/man/man1/cambackup.1.gz"
+if command -v man >/dev/null && man --version >/dev/null 2>&1; then
+    rendered=$(MANWIDTH=80 man -l "$page" 2>"$work/man.err")
+elif command -v mandoc >/dev/null; then
+    rendered=$(zcat "$page" | mandoc -T utf8 -W warning 2>"$work/man.err")
+else
+    command -v groff >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq groff-base; }
+    rendered=$(zcat "$page" | groff -man -Tutf8 -ww 2>"$work/man.err")
+fi
+[ ! -s "$work/man.err" ] || { cat "$work/man.err"; fail "the man page renders with warnings"; }
+grep -q 'completions' <<<"$rendered" || fail "the rendered man page does not list the subcommands (completions)"
+ok "the man pages (cambackup.1 renders and lists the subcommands, one page each) and the bash, zsh and fish completions are installed"
 grep -qx /etc/cambackup/cambackup.toml "$root/var/lib/dpkg/info/cambackup.conffiles" \
     || fail "/etc/cambackup/cambackup.toml is not a conffile"
 ok "files installed; the config is a conffile"

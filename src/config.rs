@@ -468,7 +468,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let path = e.path().to_string().replace(".?", "");
         let inner = e.into_inner();
         let line = inner.span().map(|s| line_of_offset(text, s.start));
-        let message = inner.message().to_string();
+        let message = plain_types(inner.message());
         if path.is_empty() || path == "." {
             ConfigError::Syntax {
                 file: file.into(),
@@ -485,6 +485,27 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         }
     })?;
     validate(raw, text, file)
+}
+
+/// serde names Rust's types (`invalid type: string "ten", expected u64`); the person editing the
+/// file reads "a whole number".
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 9] = [
+        ("u64", "a whole number (0 or more)"),
+        ("u32", "a whole number (0 or more)"),
+        ("u16", "a whole number (0 or more)"),
+        ("u8", "a whole number (0 to 255)"),
+        ("usize", "a whole number (0 or more)"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ];
+    let mut out = message.to_string();
+    for (ty, words) in WORDS {
+        out = out.replace(&format!("expected {ty}"), &format!("expected {words}"));
+    }
+    out
 }
 
 /// Checks the parsed TOML section by section, in the file's order: the first problem found is

@@ -42,11 +42,18 @@ pub use client::{Client, ClientError};
 /// The default control socket, used when neither `--socket` nor a readable config names one.
 pub const DEFAULT_SOCKET: &str = "/run/cambackup/control.sock";
 
+/// `cambackup --version`: the package version and the git commit it was built from (build.rs),
+/// `unknown` from a tarball. The fuzz build has no build script: the bare version there.
+pub const VERSION: &str = match option_env!("CAMBACKUP_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// `cambackup`: backs up the camera's photos and videos to the cloud, when you allow it.
 #[derive(Debug, Parser)]
 #[command(
     name = "cambackup",
-    version,
+    version = VERSION,
     about = "Backs up the camera's photos and videos to the cloud, when you allow it",
     long_about = "Backs up the camera's photos and videos to the cloud, when you allow it.\n\n\
         `cambackup daemon` runs the agent; every other command but `check-config` talks to it \
@@ -118,6 +125,7 @@ pub enum Command {
         value: Option<String>,
     },
     /// Pair with an account; the token is read from a file or stdin, never from the command line
+    #[command(override_usage = "cambackup pair --user-id <ID> --token-file <FILE> [--region <R>]")]
     Pair {
         /// The account's user ID
         #[arg(long, value_name = "ID")]
@@ -160,14 +168,65 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (the .deb installs them; elsewhere, e.g.
+    /// `cambackup completions bash > /etc/bash_completion.d/cambackup`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the man pages (roff: cambackup.1 and one per subcommand) into DIR, made from this
+    /// command line's definition; the .deb installs them
+    #[command(hide = true)]
+    Man {
+        /// The directory to write them to
+        dir: PathBuf,
+    },
+}
+
+/// The shells `completions` writes for: those the .deb installs a script for. Not
+/// `clap_complete::Shell`, whose other generators (elvish, PowerShell) would be linked in for
+/// shells a camera's Linux does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl Shell {
+    /// The script for this shell.
+    pub fn script(self) -> Vec<u8> {
+        use clap_complete::{generate, shells};
+        let mut script = Vec::new();
+        let (cmd, name) = (&mut definition(), "cambackup");
+        match self {
+            Shell::Bash => generate(shells::Bash, cmd, name, &mut script),
+            Shell::Zsh => generate(shells::Zsh, cmd, name, &mut script),
+            Shell::Fish => generate(shells::Fish, cmd, name, &mut script),
+        }
+        script
+    }
 }
 
 #[cfg(test)]
 impl Command {
     /// Whether the command is a client of the control socket (all but `daemon`, `check-config`).
     pub fn is_client(&self) -> bool {
-        !matches!(self, Command::Daemon | Command::CheckConfig)
+        !matches!(
+            self,
+            Command::Daemon
+                | Command::CheckConfig
+                | Command::Completions { .. }
+                | Command::Man { .. }
+        )
     }
+}
+
+/// The command line's definition as clap builds it from [`Cli`]: what the completions and the
+/// man page are generated from, so they cannot drift from the parser.
+pub fn definition() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Parses the command line; on a usage error prints it and exits 2 (`--help`: 0).
@@ -176,7 +235,27 @@ pub fn parse() -> Cli {
 }
 
 /// Runs a client command on a small single-threaded runtime; returns the exit code.
+/// `completions` and `man` need no daemon: they print what [`Cli`]'s definition gives.
 pub fn run(cli: &Cli) -> i32 {
+    match &cli.command {
+        Command::Completions { shell } => {
+            out!("{}", String::from_utf8_lossy(&shell.script()));
+            return 0;
+        }
+        Command::Man { dir } => {
+            return match clap_mangen::generate_to(definition(), dir) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!(
+                        "cambackup: cannot write the man pages to {}: {e}",
+                        dir.display()
+                    );
+                    1
+                }
+            };
+        }
+        _ => {}
+    }
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,8 +356,11 @@ fn socket_from_config(text: &str) -> Result<Option<PathBuf>, String> {
 
 async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
     match cmd {
-        Command::Daemon | Command::CheckConfig => Err(Fail::usage(
-            "`daemon` and `check-config` are not client commands",
+        Command::Daemon
+        | Command::CheckConfig
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(Fail::usage(
+            "`daemon`, `check-config`, `completions` and `man` are not client commands",
         )),
         Command::Status { json } => {
             let v = get(client, "/v1/status").await?;
@@ -665,6 +747,87 @@ impl SseParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The completions and the man page come from the parser's own definition: every
+    /// subcommand and option the parser accepts is in them (clap derive: one source).
+    #[test]
+    fn completions_and_man_page_name_every_command_and_option() {
+        let def = definition();
+        let visible: Vec<&str> = def
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| c.get_name())
+            .collect();
+        assert!(visible.contains(&"check-config") && visible.contains(&"completions"));
+        for name in &visible {
+            Cli::try_parse_from(["cambackup", name, "--help"])
+                .map(|_| ())
+                .or_else(|e| {
+                    (e.kind() == clap::error::ErrorKind::DisplayHelp)
+                        .then_some(())
+                        .ok_or(e)
+                })
+                .unwrap_or_else(|e| panic!("the parser refuses `{name}`: {e}"));
+        }
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = String::from_utf8(shell.script()).unwrap();
+            for name in visible
+                .iter()
+                .chain(&["--socket", "--config", "--region", "--dry-run"])
+            {
+                let name = name.trim_start_matches('-');
+                assert!(script.contains(name), "{shell:?}: no `{name}` in\n{script}");
+            }
+        }
+        // One page for the command and one for each subcommand, which its SEE ALSO names.
+        let dir = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(definition(), dir.path()).unwrap();
+        let page = std::fs::read_to_string(dir.path().join("cambackup.1")).unwrap();
+        assert!(page.contains(".TH cambackup 1"), "{page}");
+        for name in &visible {
+            assert!(
+                page.contains(&format!("cambackup\\-{}(1)", name.replace('-', "\\-"))),
+                "{name}: {page}"
+            );
+            let sub = dir.path().join(format!("cambackup-{name}.1"));
+            assert!(sub.exists(), "no man page for `{name}`");
+        }
+        assert!(
+            page.contains("\\-\\-socket") && page.contains(VERSION),
+            "{page}"
+        );
+        let pair = std::fs::read_to_string(dir.path().join("cambackup-pair.1")).unwrap();
+        assert!(pair.contains("\\-\\-region"), "{pair}");
+    }
+
+    #[test]
+    fn pair_usage_names_region() {
+        let mut def = definition();
+        let usage = def
+            .find_subcommand_mut("pair")
+            .unwrap()
+            .render_usage()
+            .to_string();
+        assert!(usage.contains("--region"), "{usage}");
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        // `0.1.0 (1a2b3c4)`, or `(unknown)` from a tarball.
+        let v = Cli::try_parse_from(["cambackup", "--version"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            v.starts_with(&format!("cambackup {} (", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
+        let commit = v.trim().rsplit_once('(').unwrap().1.trim_end_matches(')');
+        assert!(
+            commit == "unknown"
+                || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{v}"
+        );
+    }
 
     #[test]
     fn socket_goes_before_or_after_the_subcommand() {

@@ -22,6 +22,7 @@ mod interop;
 mod large;
 mod losses;
 mod mtls;
+mod readme;
 mod schedule;
 mod space;
 mod uplink;

@@ -1,5 +1,7 @@
-//! `tus-receiver [--token T] [--no-checksum] [--relative-location]`: the test receiver as a process of its
-//! own, for benchmarks that must measure the client and the server apart (`benches/upload.sh`).
+//! `tus-receiver [--token T] [--port P] [--no-checksum] [--relative-location]`: the test receiver
+//! as a process of its own, for benchmarks that must measure the client and the server apart
+//! (`benches/upload.sh`), and the local tus server of `examples/try-it/` (`--port`: a fixed port,
+//! so that config works as written).
 //!
 //! It serves until SIGTERM or SIGINT, then deletes what it stored. On stdout, one line each:
 //! ```text
@@ -10,7 +12,7 @@
 //! ```
 //! The receiver writes each PATCH body frame to disk as it arrives (see `testkit::tus`), so a
 //! 1 GiB upload costs it frames, not a GiB of memory. It listens on an ephemeral port of
-//! 127.0.0.1 (the library's choice); read the port from the `url` line. With
+//! 127.0.0.1 (the library's choice; `--port` fixes it); read the port from the `url` line. With
 //! `--relative-location` the upload URLs it hands out are paths (`/files/ID`), so a client that
 //! reaches it through a proxy keeps talking to the proxy (`benches/slowlink.sh`).
 
@@ -30,15 +32,23 @@ async fn main() -> Result<()> {
     let mut token = None;
     let mut checksum = true;
     let mut relative = false;
+    let mut port = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--token" => token = Some(args.next().context("--token needs a value")?),
+            "--port" => {
+                let p = args.next().context("--port needs a value")?;
+                port = Some(
+                    p.parse::<u16>()
+                        .with_context(|| format!("--port {p:?}: not a port"))?,
+                );
+            }
             "--no-checksum" => checksum = false,
             "--relative-location" => relative = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: tus-receiver [--token TOKEN] [--no-checksum] [--relative-location]"
+                    "usage: tus-receiver [--token TOKEN] [--port PORT] [--no-checksum] [--relative-location]"
                 );
                 return Ok(());
             }
@@ -54,6 +64,12 @@ async fn main() -> Result<()> {
     }
     if relative {
         builder = builder.relative_location();
+    }
+    if let Some(p) = port {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", p)).with_context(|| {
+            format!("cannot listen on 127.0.0.1:{p} (in use? pick another --port)")
+        })?;
+        builder = builder.listener(listener);
     }
     let receiver = builder.start().await;
     let dir = receiver.data_path("x");
