@@ -118,8 +118,11 @@ for t in "${targets[@]}"; do
         = "install ok installed $arch" ] || fail "cambackup:$arch is not installed in the throwaway root"
     awk -F: '$1 == "cambackup"' "$root/etc/passwd" | grep -q . || fail "postinst did not create the user"
     version=$(run "$root/usr/bin/cambackup" --version) || fail "--version under $qemu"
-    [ "$version" = "cambackup $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] \
-        || fail "--version printed: $version"
+    # `cambackup 0.1.0 (5aeb0de)`: the version, and the commit it was built from.
+    case "$version" in
+    "cambackup $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) ("*")") ;;
+    *) fail "--version printed: $version" ;;
+    esac
     out=$(run "$root/usr/bin/cambackup" check-config --config "$root/etc/cambackup/cambackup.toml" 2>&1) \
         || fail "check-config refused the installed default config: $out"
     sed 's/^settle_secs =/setle_secs =/' "$root/etc/cambackup/cambackup.toml" >"$work/misspelt.toml"
@@ -131,11 +134,15 @@ for t in "${targets[@]}"; do
     ok "installed; postinst ran; $version; check-config: 0 on the installed config, 2 on a misspelt key"
 
     if [ "${CROSS_TESTS:-1}" != 0 ]; then
+        # Without tests/it/cloud.rs: the reference tier (Swift, haproxy, Redis, @tus/server) is
+        # the server's side, the same for every camera; the ARM daemon's tus client is the one
+        # the suite already drives against @tus/server and the receiver. Under qemu its minutes
+        # would double the step.
         step "$t: the end-to-end suite (tests/it) with the daemon under $qemu"
         [ -d interop/node_modules ] || npm ci --prefix interop --no-audit --no-fund
         s=$SECONDS
         CAMBACKUP_TEST_RUNNER="$qemu -L $sysroot" CAMBACKUP_TEST_BIN="$PWD/target/$t/release/cambackup" \
-            cargo test --locked --test it 2>&1 | tee "$work/it.out" | grep -E '^test result|FAILED|panicked' || true
+            cargo test --locked --test it -- --skip cloud:: 2>&1 | tee "$work/it.out" | grep -E '^test result|FAILED|panicked' || true
         grep -q '^test result: ok' "$work/it.out" || { tail -n 200 "$work/it.out"; fail "tests/it under $qemu"; }
         ok "tests/it under $qemu: $(sed -nE 's/^test result: ok\. ([0-9]+ passed; [0-9]+ failed).*/\1/p' "$work/it.out") in $((SECONDS - s)) s"
     fi
