@@ -13,6 +13,7 @@
 
 pub mod camera;
 pub mod card;
+pub mod cardfs;
 pub mod daemon;
 pub mod http;
 pub mod netns;
