@@ -603,4 +603,123 @@ mod tests {
             assert!(!image.exists());
         }
     }
+
+    /// What testkit's FAT32 driver keeps of FAT: names without case, 2-second stamps from 1980,
+    /// inodes numbered anew at each mount, the 4 GiB limit, the card's real size, the image as
+    /// the mount's source; and directories, renames and deletions that leave the image clean
+    /// (each unmount runs `fsck.vfat -n`).
+    #[test]
+    fn the_fat32_driver_behaves_as_fat() {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(why) = missing(Fs::Fat32) {
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let slot = tempfile::tempdir().unwrap();
+        let mut card = Card::new(Fs::Fat32, 40);
+        card.mount(slot.path());
+        let root = card.mount_point().unwrap().to_path_buf();
+        let media = root.join(MEDIA_DIR);
+        let names = [
+            "IMG_0001.JPG",
+            "IMG_0002.JPG",
+            "Long name, with spaces.jpeg",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            fs::write(media.join(n), vec![i as u8; 5000 + i]).unwrap();
+        }
+        // Case-insensitive, case-preserving.
+        assert_eq!(
+            fs::read(media.join("img_0001.jpg")).unwrap(),
+            vec![0u8; 5000]
+        );
+        fs::write(media.join("img_0002.jpg"), b"again").unwrap();
+        let mut listed: Vec<String> = fs::read_dir(&media)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, names, "no second entry, the case as written");
+        assert_eq!(fs::read(media.join("IMG_0002.JPG")).unwrap(), b"again");
+        // Stamps: 2-second steps, and nothing before 1980-01-01 (UTC here).
+        let set = |p: &Path, t: std::time::SystemTime| {
+            let f = fs::File::options().write(true).open(p).unwrap();
+            f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+                .unwrap();
+            drop(f);
+            fs::metadata(p).unwrap().modified().unwrap()
+        };
+        let epoch = std::time::UNIX_EPOCH;
+        let p1 = media.join(names[0]);
+        assert_eq!(
+            set(&p1, epoch + Duration::from_secs(1_796_637_601)),
+            epoch + Duration::from_secs(1_796_637_600)
+        );
+        assert_eq!(set(&p1, epoch), epoch + Duration::from_secs(315_532_800));
+        // 4 GiB - 1 at most.
+        let f = fs::File::options().write(true).open(&p1).unwrap();
+        let err = f.set_len(1 << 32).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+        drop(f);
+        // The card's size, and the image as the mount's source (where the daemon reads the
+        // serial).
+        let out = run(Command::new("stat").args(["-f", "-c", "%b %a"]).arg(&root));
+        let blocks: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(
+            blocks[0] > 0 && blocks[1] > 0 && blocks[1] < blocks[0],
+            "{out}"
+        );
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let image = card.image().to_string_lossy().into_owned();
+        assert!(
+            mountinfo
+                .lines()
+                .any(|l| l.contains(&*root.to_string_lossy()) && l.contains(&image)),
+            "{mountinfo}"
+        );
+        // Directories, renames, deletions.
+        let deep = media.join("SUB/deeper");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("x.bin"), vec![7u8; 70_000]).unwrap();
+        fs::rename(deep.join("x.bin"), media.join("moved.bin")).unwrap();
+        fs::rename(media.join(names[1]), media.join(names[2])).unwrap();
+        assert_eq!(
+            fs::read(media.join(names[2])).unwrap(),
+            b"again",
+            "replaced"
+        );
+        // A rename that only changes case does nothing (the kernel sees one inode under both
+        // names), as on exfat-fuse.
+        fs::rename(media.join("moved.bin"), media.join("MOVED.BIN")).unwrap();
+        assert!(media.join("MOVED.BIN").exists());
+        assert!(fs::remove_dir(media.join("SUB")).is_err(), "not empty");
+        fs::remove_dir(&deep).unwrap();
+        fs::remove_dir(media.join("SUB")).unwrap();
+        // Inodes: numbered in the order names are looked up, anew at each mount.
+        let inos = |order: &[&str]| -> Vec<u64> {
+            order
+                .iter()
+                .map(|n| fs::metadata(media.join(n)).unwrap().ino())
+                .collect()
+        };
+        let before = inos(&["MOVED.BIN", names[0], names[2]]);
+        card.pull();
+        card.put_back();
+        let mut after = inos(&[names[2], names[0], "MOVED.BIN"]);
+        after.reverse();
+        assert_ne!(
+            before, after,
+            "the same files, other inodes after a remount"
+        );
+        assert_eq!(
+            fs::read(media.join("moved.bin")).unwrap(),
+            vec![7u8; 70_000]
+        );
+        // Read-only: nothing changes.
+        card.pull();
+        card.mount_read_only(slot.path());
+        assert!(fs::remove_file(media.join("MOVED.BIN")).is_err());
+        assert!(fs::create_dir(media.join("NEW")).is_err());
+    }
 }

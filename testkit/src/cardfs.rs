@@ -25,7 +25,9 @@
 //! And what it does not: files have no owner or mode (all show the mount's `uid`/`gid`,
 //! `0755`/`0644`; `chmod` is ignored as `vfat`'s `quiet` option does), a directory's stamps are
 //! not set, a directory is not moved to another parent (`EXDEV`, so `mv` copies: fatfs 0.3 does
-//! not rewrite its `..` entry), and an unlinked file is gone for the handles still open on it.
+//! not rewrite its `..` entry), a rename that only changes case does nothing (the kernel takes
+//! both names for one inode and never asks), and an unlinked file is gone for the handles still
+//! open on it.
 //!
 //! Writes go straight to the image (the image is always what fatfs last wrote, so a reader of
 //! its boot sector never sees a stale one); small reads (FAT entries, directory entries) come
@@ -1029,14 +1031,11 @@ impl Volume {
             return Err(Errno::EXDEV);
         }
         let src_name = self.node(ino)?.name.clone();
-        let mut same_entry = false;
         if let Ok(old) = self.child(newparent, newname) {
             if old == ino {
-                if src_name == newname {
-                    return Ok(());
-                }
-                // Only the case changes: fatfs takes that for "nothing to do".
-                same_entry = true;
+                // The same entry (a rename that only changes case never gets here: the
+                // kernel sees one inode under both names and does nothing).
+                return Ok(());
             } else {
                 if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                     return Err(Errno::EEXIST);
@@ -1053,13 +1052,7 @@ impl Volume {
         {
             let from = self.dir(parent)?;
             let to = self.dir(newparent)?;
-            if same_entry {
-                let tmp = format!("{src_name}.cardfs-rename");
-                from.rename(&src_name, &from, &tmp).map_err(errno)?;
-                from.rename(&tmp, &to, newname).map_err(errno)?;
-            } else {
-                from.rename(&src_name, &to, newname).map_err(errno)?;
-            }
+            from.rename(&src_name, &to, newname).map_err(errno)?;
         }
         self.detach(ino, false);
         let n = self.nodes.get_mut(&ino).expect("renamed");
