@@ -160,6 +160,19 @@ impl Mounted {
         self.end()
     }
 
+    /// Serves until the mount is unmounted from outside (`umount DIR`), then lets fatfs write
+    /// its last sectors; returns that outcome. For `testkit`'s `cardfs` command.
+    pub fn wait(mut self) -> io::Result<()> {
+        if let Some(session) = self.session.take() {
+            let _ = session.join();
+        }
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the card's worker thread panicked")),
+            None => Ok(()),
+        }
+    }
+
     fn end(&mut self) -> io::Result<()> {
         let Some(session) = self.session.take() else {
             return Ok(());
