@@ -58,7 +58,7 @@ command -v systemd-sysusers >/dev/null || missing+=(systemd)
 # tests/it/card_fs.rs, run below with the ARM daemon: the card images are made and mounted by
 # the native test (testkit/src/card.rs); only the daemon reading them is emulated.
 command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
-command -v fusefat >/dev/null || missing+=(fusefat)
+command -v fsck.vfat >/dev/null || missing+=(dosfstools)
 command -v mkfs.exfat >/dev/null || missing+=(exfatprogs)
 command -v mount.exfat-fuse >/dev/null || missing+=(exfat-fuse)
 command -v fusermount >/dev/null || missing+=(fuse)

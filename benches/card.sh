@@ -5,6 +5,8 @@
 #   benches/card.sh                  # all three parts below
 #   PARTS=read benches/card.sh       # one part: scan, upload, read
 #   DIRS=100 PER_DIR=100 ROUNDS=3 benches/card.sh
+#   FS=fat32 PARTS=scan benches/card.sh  # the scan on a FAT32 card served by testkit's driver
+#                                        # (testkit/src/cardfs.rs, as the tests mount FAT32)
 #
 # 1. scan: benches/scan.sh on a tree of DIRS x PER_DIR files made through the mount: the first
 #    scan against `find -printf` with a stat per file on the same mount, and a restart with
@@ -22,13 +24,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${PARTS:-"scan upload read"}
+FS=${FS:-exfat}
 DIRS=${DIRS:-1000}
 PER_DIR=${PER_DIR:-100}
 ROUNDS=${ROUNDS:-5}
 T=$(mktemp -d /tmp/cambackup-card.XXXXXX)
 LOOP=
 cleanup() {
-  mountpoint -q "$T/card" && fusermount -u "$T/card" || true
+  mountpoint -q "$T/card" && umount "$T/card" || true
+  for _ in $(seq 1 100); do pgrep -f "cardfs .*$T/card" >/dev/null || break; sleep 0.1; done
   # The driver writes the image until it exits: wait for it before detaching its device.
   for _ in $(seq 1 100); do pgrep -f "mount.exfat-fuse .*$T/card" >/dev/null || break; sleep 0.1; done
   [ -z "$LOOP" ] || losetup -d "$LOOP" 2>/dev/null || true
@@ -36,6 +40,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$FS" = fat32 ]; then
+  [[ "$PARTS" == scan ]] || { echo "card.sh: FS=fat32 has the scan part only (PARTS=scan)" >&2; exit 1; }
+  command -v mkfs.vfat >/dev/null || { echo "card.sh: mkfs.vfat missing (apt-get install dosfstools)" >&2; exit 1; }
+  cargo build --release --quiet -p testkit --bin cardfs
+  CARDFS=$PWD/target/release/cardfs
+  # 2 GiB, 4 KiB clusters (the exFAT card's), the driver in the background until unmounted.
+  truncate -s 2G "$T/card.img"
+  mkfs.vfat -F 32 -s 8 -n BENCH "$T/card.img" >/dev/null
+  mkdir -p "$T/card"
+  cat >"$T/remount" <<SH
+#!/bin/sh
+mountpoint -q "$T/card" && umount "$T/card"
+while pgrep -f "cardfs .*$T/card" >/dev/null; do sleep 0.05; done
+setsid "$CARDFS" "$T/card.img" "$T/card" </dev/null >/dev/null 2>&1 &
+while ! mountpoint -q "$T/card"; do sleep 0.02; done
+SH
+else
 for tool in mkfs.exfat mount.exfat-fuse losetup fusermount; do
   command -v "$tool" >/dev/null || { echo "card.sh: $tool missing (apt-get install exfatprogs exfat-fuse fuse)" >&2; exit 1; }
 done
@@ -54,10 +75,15 @@ mountpoint -q "$T/card" && fusermount -u "$T/card"
 while pgrep -f "mount.exfat-fuse .*$T/card" >/dev/null; do sleep 0.05; done
 mount.exfat-fuse "$LOOP" "$T/card" 2>/dev/null
 SH
+fi
 chmod +x "$T/remount"
 remount() { "$T/remount"; }
 remount
-echo "card: exFAT (exfat-fuse $(mount.exfat-fuse -V 2>&1 | head -1 | awk '{print $3}')), 4 KiB clusters; kernel $(uname -r); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$FS" = fat32 ]; then
+  echo "card: FAT32 (testkit's cardfs: fatfs 0.3 + fuser, release build), 4 KiB clusters; kernel $(uname -r); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+else
+  echo "card: exFAT (exfat-fuse $(mount.exfat-fuse -V 2>&1 | head -1 | awk '{print $3}')), 4 KiB clusters; kernel $(uname -r); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 
 cargo build --release --quiet --bin cambackup
 B=$PWD/target/release/cambackup
@@ -82,7 +108,7 @@ for d in range(dirs):
         # Both stamps: FUSE 2 drops a utimens that sets the mtime alone.
         os.utime(fn, (old, old))
 PY
-  echo "tree written through exfat-fuse in $(( ($(date +%s%N) - s) / 1000000 )) ms"
+  echo "tree written through the $FS driver in $(( ($(date +%s%N) - s) / 1000000 )) ms"
   echo "-- warm (the same mount throughout)"
   TREE=$T/card B=$B ROUNDS=$ROUNDS benches/scan.sh
   echo "-- cold (unmounted and mounted again before each timed run)"

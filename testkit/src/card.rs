@@ -1,7 +1,9 @@
 //! A real camera card for the tests: a FAT32 or exFAT image, formatted by the real tools and
 //! mounted through FUSE, so no kernel module is needed (issue 23).
 //!
-//! - FAT32: `mkfs.vfat` (dosfstools), mounted by Debian's `fusefat -s -o rw+ IMAGE DIR`.
+//! - FAT32: `mkfs.vfat` (dosfstools), served by testkit's own driver ([`crate::cardfs`]:
+//!   rust-fatfs over the image, through `fuser`), and checked by `fsck.vfat -n` each time it
+//!   is unmounted.
 //! - exFAT: `mkfs.exfat` (exfatprogs) on the image, `losetup -f --show IMAGE`, then
 //!   `mount.exfat-fuse /dev/loopN DIR` (exfat-fuse refuses a plain file).
 //!
@@ -13,8 +15,7 @@
 //! it unmounts, detaches the loop device and removes the image.
 //!
 //! What these drivers do to a file's metadata (inodes renumbered on remount, 2 s / 1 s stamps,
-//! the 1980 floor, case-insensitive names, fusefat's empty `statfs`) is written down in
-//! docs/cards.md. Making a card needs root, `/dev/fuse` and the tools: see [`missing`].
+//! the 1980 floor, case-insensitive names) is written down in docs/cards.md. Making a card needs root, `/dev/fuse` and the tools: see [`missing`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use crate::camera::MEDIA_DIR;
 /// The card's filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fs {
-    /// FAT32 (SDHC cards, up to 32 GB), through `fusefat`.
+    /// FAT32 (SDHC cards, up to 32 GB), through [`crate::cardfs`].
     Fat32,
     /// exFAT (SDXC cards), through `exfat-fuse` on a loop device.
     Exfat,
@@ -41,8 +42,7 @@ impl Fs {
         match self {
             Fs::Fat32 => &[
                 ("mkfs.vfat", "dosfstools"),
-                ("fusefat", "fusefat"),
-                ("fusermount", "fuse"),
+                ("fsck.vfat", "dosfstools"),
                 ("blkid", "util-linux"),
             ],
             Fs::Exfat => &[
@@ -70,9 +70,10 @@ impl Fs {
 pub struct MountOptions {
     /// Mounted read-only (a write-protected card): `-o ro` (exFAT's loop device read-only too).
     pub read_only: bool,
-    /// The `TZ` of the FUSE driver's process. fusefat turns FAT's local stamps into Unix time
-    /// with it, so the same card shows other mtimes under another zone; exFAT keeps a UTC
-    /// offset and is not moved by it.
+    /// The time zone the card is read in (a `TZ` value). FAT's stamps are local time without a
+    /// zone: the FAT32 driver reads and writes them at this zone's offset from UTC (as it is
+    /// now), so the same card shows other mtimes under another zone; exFAT keeps a UTC offset
+    /// and is not moved by it (it is the exFAT driver process's `TZ`).
     pub tz: Option<String>,
     /// The owner every file shows (`-o uid=N`).
     pub uid: Option<u32>,
@@ -111,11 +112,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A mounted card: the FUSE server's process and, for exFAT, the loop device it reads.
+/// A mounted card: testkit's FAT32 driver, or exFAT's FUSE server process and the loop device
+/// it reads.
 #[derive(Debug)]
-struct Mounted {
-    pid: u32,
-    loop_dev: Option<String>,
+enum Mounted {
+    Fat(crate::cardfs::Mounted),
+    Process { pid: u32, loop_dev: Option<String> },
 }
 
 /// A card image (see the module docs). Panics on a failure of the tools, with their output:
@@ -134,9 +136,9 @@ pub struct Card {
 
 impl Card {
     /// A new card of `size_mib` MiB, formatted (label `CAMERA`, a random serial), with
-    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB, and 300 MiB for 4 KiB
-    /// clusters (126 files per directory under fusefat: see `fat32_sectors_per_cluster`). The
-    /// image is sparse: its size costs the host's disk nothing until written.
+    /// `DCIM/100MEDIA` on it; not mounted. FAT32 needs at least 33 MiB (512-byte clusters; 4 KiB
+    /// from 300 MiB: see `fat32_sectors_per_cluster`). The image is sparse: its size costs the
+    /// host's disk nothing until written.
     pub fn new(fs: Fs, size_mib: u64) -> Card {
         Card::with_label(fs, size_mib, "CAMERA")
     }
@@ -245,6 +247,29 @@ impl Card {
         let mounted = self.mounted.take().expect("the card is not mounted");
         let dir = self.mount_point.clone().expect("mount point");
         unmount(&dir, mounted);
+        self.check();
+    }
+
+    /// A FAT32 image just unmounted is a clean file system: `fsck.vfat -n` finds nothing to
+    /// repair (what the driver wrote is what a kernel `vfat` or a camera would read).
+    fn check(&self) {
+        if self.fs != Fs::Fat32 || std::thread::panicking() {
+            return;
+        }
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(&self.image)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run fsck.vfat: {e}"));
+        assert!(
+            out.status.success(),
+            "fsck.vfat -n {}: the card's FAT32 file system is damaged ({}):\n{}{}",
+            self.image.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Puts the same card back where it was, with the same options.
@@ -300,6 +325,7 @@ impl Card {
         let mounted = self.mount_at(&private, &MountOptions::default());
         fs::create_dir_all(private.join(MEDIA_DIR)).expect("create DCIM/100MEDIA on the card");
         unmount(&private, mounted);
+        self.check();
     }
 
     /// Starts the FUSE driver on `dir` and finds its process.
@@ -311,37 +337,39 @@ impl Card {
         if let Some(gid) = options.gid {
             fuse_opts.push(format!("gid={gid}"));
         }
-        let (mut cmd, source, loop_dev) = match self.fs {
-            Fs::Fat32 => {
-                // fusefat refuses to mount without saying which: writing is "experimental".
-                let mode = if options.read_only { "ro" } else { "rw+" };
-                fuse_opts.insert(0, mode.into());
-                let mut cmd = Command::new("fusefat");
-                // `-s`, one thread: fusefat is not thread-safe, and two reads at once (the
-                // daemon's body and the test's check) got wrong bytes now and then.
-                cmd.arg("-s").arg("-o").arg(fuse_opts.join(","));
-                cmd.arg(&self.image).arg(dir);
-                (cmd, self.image.clone().into_os_string(), None)
-            }
-            Fs::Exfat => {
-                if options.read_only {
-                    fuse_opts.insert(0, "ro".into());
+        let (mut cmd, source, loop_dev): (Command, std::ffi::OsString, Option<String>) =
+            match self.fs {
+                Fs::Fat32 => {
+                    let opts = crate::cardfs::Options {
+                        read_only: options.read_only,
+                        utc_offset_secs: utc_offset(options.tz.as_deref()),
+                        uid: options.uid.unwrap_or(0),
+                        gid: options.gid.unwrap_or(0),
+                    };
+                    let m = crate::cardfs::mount(&self.image, dir, &opts).unwrap_or_else(|e| {
+                        panic!("mount the FAT32 card {:?} on {dir:?}: {e}", self.image)
+                    });
+                    return Mounted::Fat(m);
                 }
-                let mut losetup = Command::new("losetup");
-                losetup.arg("-f").arg("--show");
-                if options.read_only {
-                    losetup.arg("-r");
+                Fs::Exfat => {
+                    if options.read_only {
+                        fuse_opts.insert(0, "ro".into());
+                    }
+                    let mut losetup = Command::new("losetup");
+                    losetup.arg("-f").arg("--show");
+                    if options.read_only {
+                        losetup.arg("-r");
+                    }
+                    let dev = run(losetup.arg(&self.image)).trim().to_string();
+                    let mut cmd = Command::new("mount.exfat-fuse");
+                    cmd.arg("-o").arg(fuse_opts.join(",")).arg(&dev).arg(dir);
+                    (cmd, dev.clone().into(), Some(dev))
                 }
-                let dev = run(losetup.arg(&self.image)).trim().to_string();
-                let mut cmd = Command::new("mount.exfat-fuse");
-                cmd.arg("-o").arg(fuse_opts.join(",")).arg(&dev).arg(dir);
-                (cmd, dev.clone().into(), Some(dev))
-            }
-        };
+            };
         if let Some(tz) = &options.tz {
             cmd.env("TZ", tz);
         }
-        // fusefat prints its debug lines on stdout; the drivers daemonize once mounted.
+        // The driver daemonizes once mounted.
         let out = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -360,14 +388,34 @@ impl Card {
         }
         let pid = driver_pid(&source, dir)
             .unwrap_or_else(|| panic!("no FUSE driver process for {source:?} on {dir:?}"));
-        Mounted { pid, loop_dev }
+        Mounted::Process { pid, loop_dev }
+    }
+}
+
+/// The offset east of UTC, in seconds, of time zone `tz` (a `TZ` value) now, or of this
+/// process's zone: `date +%z` says it.
+fn utc_offset(tz: Option<&str>) -> i64 {
+    let mut cmd = Command::new("date");
+    cmd.arg("+%z");
+    if let Some(tz) = tz {
+        cmd.env("TZ", tz);
+    }
+    let out = run(&mut cmd);
+    let z = out.trim();
+    let sign = if z.starts_with('-') { -1 } else { 1 };
+    let digits = z.trim_start_matches(['+', '-']);
+    let (h, m) = (
+        digits.get(..2).and_then(|h| h.parse::<i64>().ok()),
+        digits.get(2..4).and_then(|m| m.parse::<i64>().ok()),
+    );
+    match (h, m) {
+        (Some(h), Some(m)) => sign * (h * 3600 + m * 60),
+        _ => panic!("date +%z under TZ={tz:?} said {z:?}"),
     }
 }
 
 /// Sectors (of 512 bytes) per cluster for a FAT32 card of `bytes`: the largest the size allows,
-/// up to 64 (32 KiB, what SDHC cards are formatted with). fusefat cannot grow a directory past
-/// its first cluster, so a small cluster means few files per directory: 14 short names with 512
-/// bytes, 126 with 4 KiB. FAT32 needs at least 65,525 clusters.
+/// up to 64 (32 KiB, what SDHC cards are formatted with). FAT32 needs at least 65,525 clusters.
 fn fat32_sectors_per_cluster(bytes: u64) -> u64 {
     // Room for the reserved sectors and the two FATs.
     let data = bytes - bytes / 64;
@@ -381,12 +429,22 @@ impl Drop for Card {
     fn drop(&mut self) {
         if let (Some(m), Some(dir)) = (self.mounted.take(), self.mount_point.clone()) {
             unmount(&dir, m);
+            self.check();
         }
     }
 }
 
 /// Unmounts `dir` (lazily when busy), waits for the driver to exit, detaches its loop device.
 fn unmount(dir: &Path, mounted: Mounted) {
+    let (pid, loop_dev) = match mounted {
+        Mounted::Fat(m) => {
+            if let Err(e) = m.unmount() {
+                panic!("unmount the FAT32 card on {dir:?}: {e}");
+            }
+            return;
+        }
+        Mounted::Process { pid, loop_dev } => (pid, loop_dev),
+    };
     let plain = Command::new("fusermount")
         .arg("-u")
         .arg(dir)
@@ -403,17 +461,17 @@ fn unmount(dir: &Path, mounted: Mounted) {
     // drivers on one image. Once every open file on the lazily unmounted card is closed it
     // exits; a holder that never lets go is cut off after 10 s.
     let end = Instant::now() + Duration::from_secs(10);
-    while process_alive(mounted.pid) && Instant::now() < end {
+    while process_alive(pid) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if process_alive(mounted.pid) {
+    if process_alive(pid) {
         // SAFETY: kill has no memory preconditions; the pid is the driver this card started.
-        unsafe { libc::kill(mounted.pid as i32, libc::SIGKILL) };
-        while process_alive(mounted.pid) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        while process_alive(pid) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    if let Some(dev) = mounted.loop_dev {
+    if let Some(dev) = loop_dev {
         let _ = Command::new("losetup").arg("-d").arg(&dev).status();
     }
 }
@@ -544,5 +602,124 @@ mod tests {
             assert!(!is_mount_point(&slot.path().canonicalize().unwrap()));
             assert!(!image.exists());
         }
+    }
+
+    /// What testkit's FAT32 driver keeps of FAT: names without case, 2-second stamps from 1980,
+    /// inodes numbered anew at each mount, the 4 GiB limit, the card's real size, the image as
+    /// the mount's source; and directories, renames and deletions that leave the image clean
+    /// (each unmount runs `fsck.vfat -n`).
+    #[test]
+    fn the_fat32_driver_behaves_as_fat() {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(why) = missing(Fs::Fat32) {
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let slot = tempfile::tempdir().unwrap();
+        let mut card = Card::new(Fs::Fat32, 40);
+        card.mount(slot.path());
+        let root = card.mount_point().unwrap().to_path_buf();
+        let media = root.join(MEDIA_DIR);
+        let names = [
+            "IMG_0001.JPG",
+            "IMG_0002.JPG",
+            "Long name, with spaces.jpeg",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            fs::write(media.join(n), vec![i as u8; 5000 + i]).unwrap();
+        }
+        // Case-insensitive, case-preserving.
+        assert_eq!(
+            fs::read(media.join("img_0001.jpg")).unwrap(),
+            vec![0u8; 5000]
+        );
+        fs::write(media.join("img_0002.jpg"), b"again").unwrap();
+        let mut listed: Vec<String> = fs::read_dir(&media)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, names, "no second entry, the case as written");
+        assert_eq!(fs::read(media.join("IMG_0002.JPG")).unwrap(), b"again");
+        // Stamps: 2-second steps, and nothing before 1980-01-01 (UTC here).
+        let set = |p: &Path, t: std::time::SystemTime| {
+            let f = fs::File::options().write(true).open(p).unwrap();
+            f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+                .unwrap();
+            drop(f);
+            fs::metadata(p).unwrap().modified().unwrap()
+        };
+        let epoch = std::time::UNIX_EPOCH;
+        let p1 = media.join(names[0]);
+        assert_eq!(
+            set(&p1, epoch + Duration::from_secs(1_796_637_601)),
+            epoch + Duration::from_secs(1_796_637_600)
+        );
+        assert_eq!(set(&p1, epoch), epoch + Duration::from_secs(315_532_800));
+        // 4 GiB - 1 at most.
+        let f = fs::File::options().write(true).open(&p1).unwrap();
+        let err = f.set_len(1 << 32).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+        drop(f);
+        // The card's size, and the image as the mount's source (where the daemon reads the
+        // serial).
+        let out = run(Command::new("stat").args(["-f", "-c", "%b %a"]).arg(&root));
+        let blocks: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(
+            blocks[0] > 0 && blocks[1] > 0 && blocks[1] < blocks[0],
+            "{out}"
+        );
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let image = card.image().to_string_lossy().into_owned();
+        assert!(
+            mountinfo
+                .lines()
+                .any(|l| l.contains(&*root.to_string_lossy()) && l.contains(&image)),
+            "{mountinfo}"
+        );
+        // Directories, renames, deletions.
+        let deep = media.join("SUB/deeper");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("x.bin"), vec![7u8; 70_000]).unwrap();
+        fs::rename(deep.join("x.bin"), media.join("moved.bin")).unwrap();
+        fs::rename(media.join(names[1]), media.join(names[2])).unwrap();
+        assert_eq!(
+            fs::read(media.join(names[2])).unwrap(),
+            b"again",
+            "replaced"
+        );
+        // A rename that only changes case does nothing (the kernel sees one inode under both
+        // names), as on exfat-fuse.
+        fs::rename(media.join("moved.bin"), media.join("MOVED.BIN")).unwrap();
+        assert!(media.join("MOVED.BIN").exists());
+        assert!(fs::remove_dir(media.join("SUB")).is_err(), "not empty");
+        fs::remove_dir(&deep).unwrap();
+        fs::remove_dir(media.join("SUB")).unwrap();
+        // Inodes: numbered in the order names are looked up, anew at each mount.
+        let inos = |order: &[&str]| -> Vec<u64> {
+            order
+                .iter()
+                .map(|n| fs::metadata(media.join(n)).unwrap().ino())
+                .collect()
+        };
+        let before = inos(&["MOVED.BIN", names[0], names[2]]);
+        card.pull();
+        card.put_back();
+        let mut after = inos(&[names[2], names[0], "MOVED.BIN"]);
+        after.reverse();
+        assert_ne!(
+            before, after,
+            "the same files, other inodes after a remount"
+        );
+        assert_eq!(
+            fs::read(media.join("moved.bin")).unwrap(),
+            vec![7u8; 70_000]
+        );
+        // Read-only: nothing changes.
+        card.pull();
+        card.mount_read_only(slot.path());
+        assert!(fs::remove_file(media.join("MOVED.BIN")).is_err());
+        assert!(fs::create_dir(media.join("NEW")).is_err());
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod camera;
 pub mod card;
+pub mod cardfs;
 pub mod cloud;
 pub mod daemon;
 pub mod http;

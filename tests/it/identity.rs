@@ -19,9 +19,6 @@ const T: Duration = Duration::from_secs(30);
 fn filesystems() -> Vec<Fs> {
     Fs::ALL
         .into_iter()
-        // FAT32 only where asked: fusefat 0.1a, the only FAT32 driver here, hands the daemon
-        // wrong bytes under load (docs/cards.md), so CI runs these on exFAT alone.
-        .filter(|fs| *fs != Fs::Fat32 || std::env::var_os("CAMBACKUP_TEST_FUSEFAT").is_some())
         .filter(|fs| match card::missing(*fs) {
             None => true,
             Some(why) if std::env::var_os("CI").is_some() => panic!("{}: {why}", fs.name()),
@@ -103,8 +100,8 @@ async fn the_same_bytes_after_a_remount_under_another_time_zone_are_not_sent_aga
                     .unwrap()
             })
             .collect();
-        // Pulled, and read back on a device five hours ahead (fusefat reads FAT's local stamps
-        // in the driver's zone; exFAT keeps its offset; both number inodes anew).
+        // Pulled, and read back on a device five hours ahead (FAT's local stamps are read in
+        // the mount's zone; exFAT keeps its offset; both number inodes anew).
         card.pull();
         card_out(&rig).await;
         card.mount_with(
@@ -124,7 +121,7 @@ async fn the_same_bytes_after_a_remount_under_another_time_zone_are_not_sent_aga
             })
             .collect();
         if fs == Fs::Fat32 {
-            assert_ne!(before, after, "fusefat moves FAT's stamps with the zone");
+            assert_ne!(before, after, "FAT's stamps move with the zone");
         }
         marker(&rig, "MARKER01.JPG", rels.len() + 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
