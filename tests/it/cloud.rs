@@ -178,18 +178,14 @@ async fn redis_restarted_during_uploads_loses_nothing() {
     assert_clean("redis restarted", &fleet, &v, recovery);
 }
 
-/// Ignored: a defect of the lab's tier, not of the daemon. With `object2` stopped, Swift (three
-/// devices, three replicas, so no handoff) writes each part to two object servers, and the
-/// container replica paired with the stopped one never learns of it; a listing served from that
-/// replica misses parts. @tus/s3-store computes offsets and assembles the object from those
-/// listings: offsets went back (4 MiB after acknowledging 12 MiB; 0 after 20 MiB), and 2 of 3
-/// objects were assembled wrong, though every PATCH was answered 204 and the last offset equalled
-/// the length. The daemon ends an upload whose offset goes back and sends it anew (transfer.rs,
-/// `an_offset_that_went_back_...`), but what the store assembles at completion it cannot see
-/// without a digest from the server. Run it with `--ignored` once the tier keeps its listings
-/// whole with a server down (a handoff device, or the container replicator).
+/// Each multipart part is written to three object servers, and each of those three requests
+/// carries the update of one of the three container replicas, whose listings (ListParts)
+/// @tus/s3-store computes offsets from and assembles the object with. With `object2` stopped and
+/// only three object servers (no handoff) the update `object2` would have made was lost, and
+/// a listing served by that container replica missed parts: offsets went back and 2 of 3
+/// objects were assembled wrong (found by this test). The tier now has a fourth object server,
+/// so the write goes to a handoff that makes the update (cloud/lib/rings.py).
 #[tokio::test]
-#[ignore = "the lab's Swift loses part listings with an object server down (see the doc comment)"]
 async fn one_of_three_object_servers_stopped_loses_nothing() {
     let _one = one_at_a_time().lock().await;
     let Some(tier) = tier(2, &[]) else { return };
