@@ -10,6 +10,10 @@
 //! - [`Proxy::set_silent`]: half-open: connections stay open but nothing moves either way,
 //!   like a NAT that dropped its state; when the silence ends, the connections that went
 //!   silent are reset (they are dead, as they would be on a real network), new ones work;
+//! - [`Proxy::black_hole_all`]: every open connection dies on the client's side only: the
+//!   client gets an RST now, while the server's side stays open with nothing more sent and
+//!   not closed for a while (then reset): a client whose network vanished (Wi-Fi gone), seen
+//!   from the server, which still holds its request;
 //! - [`Proxy::truncate_next_answer`]: the next connection's server-to-client stream is cut
 //!   (FIN) after that many bytes: a truncated answer;
 //! - [`Proxy::set_upstream`]: point new connections elsewhere (a server restarted on another
@@ -61,6 +65,9 @@ struct Shared {
     refusing: AtomicBool,
     /// Bumped by `reset_all`; each connection resets when it changes.
     reset_gen: watch::Sender<u64>,
+    /// Bumped by `black_hole_all` (with how long the server side stays open, µs); each
+    /// connection black-holes when it changes.
+    hole_gen: watch::Sender<(u64, u64)>,
     /// True while silent; connections that saw it true reset once it turns false.
     silent: watch::Sender<bool>,
     /// Armed truncation for the next connection (u64::MAX: none).
@@ -88,6 +95,7 @@ impl Proxy {
             rate: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             reset_gen: watch::channel(0).0,
+            hole_gen: watch::channel((0, 0)).0,
             silent: watch::channel(false).0,
             truncate_next: AtomicU64::new(u64::MAX),
             connections: AtomicU64::new(0),
@@ -137,6 +145,17 @@ impl Proxy {
     /// Resets every open connection now.
     pub fn reset_all(&self) {
         self.shared.reset_gen.send_modify(|g| *g += 1);
+    }
+
+    /// Every open connection dies on the client's side only: the client gets an RST now, the
+    /// server's side is left open, silent, for `hold` (a request the server keeps waiting on),
+    /// then reset. New connections work.
+    pub fn black_hole_all(&self, hold: Duration) {
+        let hold = hold.as_micros() as u64;
+        self.shared.hole_gen.send_modify(|(g, h)| {
+            *g += 1;
+            *h = hold;
+        });
     }
 
     /// While true, new connections are reset on accept (a server that is down).
@@ -212,6 +231,8 @@ enum End {
     Closed,
     /// A fault: the client gets an RST.
     Cut,
+    /// A black hole: the client gets an RST, the server's side is held open this long.
+    Hole(Duration),
 }
 
 async fn connection(client: TcpStream, shared: Arc<Shared>, truncate: u64) {
@@ -222,33 +243,64 @@ async fn connection(client: TcpStream, shared: Arc<Shared>, truncate: u64) {
         return;
     };
     let client_fd = client.as_raw_fd();
+    let server_fd = server.as_raw_fd();
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let mut reset_rx = shared.reset_gen.subscribe();
     reset_rx.borrow_and_update();
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    let up = pump(cr, sw, shared.clone(), u64::MAX, true);
-    let down = pump(sr, cw, shared.clone(), truncate, false);
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    let end = loop {
-        tokio::select! {
-            r = &mut up, if !up_done => {
-                up_done = true;
-                // The client finished sending: keep forwarding the answer, unless cut.
-                if let End::Cut = r { break End::Cut; }
+    let mut hole_rx = shared.hole_gen.subscribe();
+    hole_rx.borrow_and_update();
+    // The pumps own both sockets and close them when they drop, at the end of this block.
+    let (end, held) = {
+        let (cr, cw) = client.into_split();
+        // Not `into_split`: its write half shuts the socket down (FIN) when dropped, which
+        // would end a black-holed server side at once.
+        let (sr, sw) = tokio::io::split(server);
+        let up = pump(cr, sw, shared.clone(), u64::MAX, true);
+        let down = pump(sr, cw, shared.clone(), truncate, false);
+        tokio::pin!(up, down);
+        let mut up_done = false;
+        let end = loop {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    // The client finished sending: keep forwarding the answer, unless cut.
+                    if let End::Cut = r { break End::Cut; }
+                }
+                // The answer ended (server closed, or truncated): the exchange is over.
+                r = &mut down => break r,
+                _ = reset_rx.changed() => break End::Cut,
+                _ = hole_rx.changed() => {
+                    let hold = hole_rx.borrow_and_update().1;
+                    break End::Hole(Duration::from_micros(hold));
+                }
             }
-            // The answer ended (server closed, or truncated): the exchange is over.
-            r = &mut down => break r,
-            _ = reset_rx.changed() => break End::Cut,
+        };
+        // A black hole keeps the server's socket open past the pumps: a second descriptor of
+        // it, which nothing reads or writes.
+        let held = match end {
+            // SAFETY: `server_fd` is open (its half lives in `up`/`down` until the block ends);
+            // dup returns a new descriptor we own, or -1.
+            End::Hole(_) => match unsafe { libc::dup(server_fd) } {
+                -1 => None,
+                // SAFETY: a fresh descriptor from dup, owned by nobody else.
+                fd => Some(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                }),
+            },
+            _ => None,
+        };
+        if !matches!(end, End::Closed) {
+            shared.cut.fetch_add(1, Ordering::SeqCst);
+            // The halves are still alive inside `up` and `down`, so the fd is open; they drop
+            // (closing it, now with an RST) when this block ends.
+            linger_zero(client_fd);
         }
+        (end, held)
     };
-    if let End::Cut = end {
-        shared.cut.fetch_add(1, Ordering::SeqCst);
-        // The halves are still alive inside `up` and `down`, so the fd is open; they drop
-        // (closing it, now with an RST) when this function returns.
-        linger_zero(client_fd);
+    if let (End::Hole(hold), Some(held)) = (end, held) {
+        tokio::time::sleep(hold).await;
+        linger_zero(held.as_raw_fd());
     }
 }
 
@@ -272,8 +324,8 @@ fn linger_zero(fd: RawFd) {
 
 /// Forwards `from` to `to` with the current shaping; `limit` bytes at most (then FIN).
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
     shared: Arc<Shared>,
     limit: u64,
     upward: bool,
@@ -414,6 +466,41 @@ mod tests {
             .expect("the dead connection ends");
         assert!(after.is_err() || after.unwrap() == 0);
         assert_eq!(exchange(&proxy).await.unwrap(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_black_hole_resets_the_client_and_holds_the_server_side_open() {
+        // An upstream that reports when its connection ends.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let up = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            let _ = tx.send(std::time::Instant::now());
+        });
+        let proxy = Proxy::start(up).await;
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"PATCH").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = std::time::Instant::now();
+        proxy.black_hole_all(Duration::from_millis(700));
+        let mut buf = [0u8; 16];
+        let client = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+            .await
+            .expect("the client's side ends at once");
+        assert!(client.is_err() || client.unwrap() == 0);
+        let server_end = tokio::time::timeout(Duration::from_secs(3), ended.recv())
+            .await
+            .expect("the server's side ends after the hold")
+            .unwrap();
+        assert!(
+            server_end - t >= Duration::from_millis(700),
+            "the server's side ended after {:?}",
+            server_end - t
+        );
+        assert_eq!(proxy.stats().cut, 1);
     }
 
     #[tokio::test]
