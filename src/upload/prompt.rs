@@ -29,9 +29,10 @@ pub const FIRST_PAUSE: Duration = Duration::from_millis(250);
 
 /// Whether a new request may get past this failure at once: the connection was cut (reset,
 /// refused, closed mid-answer), or answered 502 (a balancer whose instance died under the
-/// request), 500 (an instance that gave up waiting for a lock, @tus/server's
-/// `ERR_LOCK_TIMEOUT`) or 423 (the upload is locked: by a holder whose lease runs out), without
-/// `Retry-After`. Not a stall (the link may be slow: the back-off is kinder), not 503 or 504
+/// request) or 423 (the upload is locked: by a holder whose lease runs out), without
+/// `Retry-After`. Not 500: a server error is as often the same answer to the same request (a
+/// file the server chokes on), and a thousand such files each held a transfer slot for seconds
+/// of pauses, delaying a good file behind them (tests/it/fairness.rs); the back-off takes it. Not a stall (the link may be slow: the back-off is kinder), not 503 or 504
 /// (a server or balancer that is overloaded or has no instance up: a fleet retrying those at
 /// once would hold it down; issue 10's spread), not a refused certificate, not an answer that
 /// tells the client to wait (`Retry-After`) or that nothing will change.
@@ -42,7 +43,7 @@ pub fn is_prompt(e: &TusError) -> bool {
             status,
             retry_after: None,
             ..
-        } => matches!(status, 423 | 500 | 502),
+        } => matches!(status, 423 | 502),
         _ => false,
     }
 }
@@ -105,7 +106,7 @@ mod tests {
             (status(502, None), true),
             (status(503, None), false),
             (status(504, None), false),
-            (status(500, None), true),
+            (status(500, None), false),
             (status(423, None), true),
             (status(503, Some(5)), false),
             (status(429, None), false),
