@@ -123,7 +123,7 @@ async fn head(
 }
 
 /// What `chunks` add up to, as the store sums them for a [`FreeCandidate`].
-fn summary_of(chunks: &[SentChunk]) -> SentSummary {
+pub(super) fn summary_of(chunks: &[SentChunk]) -> SentSummary {
     let ino = chunks.first().map(|c| c.ino);
     SentSummary {
         chunks: chunks.len() as u64,
