@@ -13,7 +13,7 @@ use super::HEAD_TIMEOUT;
 use crate::app::App;
 use crate::credentials::Account;
 use crate::space::{self, FileFacts, Keep, ReadBack, Server, Verdict, World};
-use crate::store::{FreeCandidate, SentChunk};
+use crate::store::{FreeCandidate, SentChunk, SentSummary};
 
 /// Asks the server, reads back where needed, looks at the file again, and asks the rules with
 /// those answers. `None`: stopped.
@@ -43,6 +43,15 @@ pub(super) async fn confirm(
                 }))
             }
         };
+        // The rules judged the record the pass gathered; the watcher may have queued the file
+        // again since (an edit in place, seen and settled): that drops the record, and a read
+        // back against nothing (or against a new upload's first chunks) would say "same".
+        // Only the record judged counts; another one means the file changed.
+        if summary_of(&chunks) != c.sent {
+            tracing::info!(id = c.item.id, path = %c.item.storage_path,
+                "what was sent of the file changed since the pass gathered it (queued again?): kept");
+            return Some(Verdict::Keep(Keep::Changed));
+        }
         let path = disk.clone();
         // A stop also ends the reading itself: a large video is seconds of card reads.
         let abandon = Arc::new(AtomicBool::new(false));
@@ -111,6 +120,18 @@ async fn head(
             length: st.length,
         },
     })
+}
+
+/// What `chunks` add up to, as the store sums them for a [`FreeCandidate`].
+pub(super) fn summary_of(chunks: &[SentChunk]) -> SentSummary {
+    let ino = chunks.first().map(|c| c.ino);
+    SentSummary {
+        chunks: chunks.len() as u64,
+        bytes: chunks.iter().map(|c| c.len).sum(),
+        end: chunks.iter().map(|c| c.start + c.len).max().unwrap_or(0),
+        all_checksummed: !chunks.is_empty() && chunks.iter().all(|c| c.checksum),
+        ino: ino.filter(|i| chunks.iter().all(|c| c.ino == *i)),
+    }
 }
 
 /// Reads the file back from the card and compares each recorded chunk's SHA-1 with what was

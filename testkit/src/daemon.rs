@@ -50,6 +50,28 @@ pub fn binary(built: &Path) -> PathBuf {
     }
 }
 
+/// Environment variable: how many times slower than a native build the daemon under test
+/// runs (an integer); by default 4 behind `CAMBACKUP_TEST_RUNNER` (an emulator), else 1.
+pub const SLOWDOWN_ENV: &str = "CAMBACKUP_TEST_SLOWDOWN";
+
+/// How many times slower the daemon under test runs than a native build ([`SLOWDOWN_ENV`]).
+pub fn slowdown() -> u32 {
+    match std::env::var(SLOWDOWN_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        Some(n) if n >= 1 => n,
+        _ if !runner().is_empty() => 4,
+        _ => 1,
+    }
+}
+
+/// `d` scaled by [`slowdown`]: for waits on work the daemon does (many uploads, many
+/// database writes), never for a limit a test asserts the daemon keeps.
+pub fn scaled(d: Duration) -> Duration {
+    d * slowdown()
+}
+
 fn runner() -> Vec<String> {
     std::env::var(RUNNER_ENV)
         .unwrap_or_default()

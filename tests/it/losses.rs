@@ -258,8 +258,15 @@ async fn files_found_while_the_state_disk_is_full_are_queued_soon_after_it_frees
     })
     .await;
     std::fs::remove_file(filler).unwrap();
-    // Not the next full rescan (600 s): within seconds.
-    rig.rx.wait_for_completed(rels.len(), T).await;
+    // Queued within seconds, not at the next full rescan (600 s), even on a slow daemon.
+    let soon = testkit::daemon::scaled(T);
+    eventually(soon, "all the files found while full queued", || async {
+        rig.items(None).await.len() == rels.len()
+    })
+    .await;
+    // Then sent: 400 uploads, each a few durable writes, which an emulated daemon takes
+    // minutes over.
+    rig.rx.wait_for_completed(rels.len(), soon).await;
     let s = rig.status().await;
     assert_eq!(s["attention"], json!([]), "{s:#}");
 }
