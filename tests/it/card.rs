@@ -134,6 +134,13 @@ async fn a_replaced_file_is_a_new_version_and_a_deleted_one_leaves_the_queue_wit
     // Upload A, then replace it: the new version goes up too.
     rig.go().await;
     rig.expect_uploaded(&[a.as_str()], T).await;
+    // Replaced once the daemon has recorded A done: a file rewritten between the server's
+    // last byte and the daemon's look at the file after it is rightly not called done (the
+    // last byte may be the new version's), and its upload is ended on the server.
+    eventually(T, "A done", || async {
+        rig.paths("done").await == [a.clone()]
+    })
+    .await;
     rig.cam.write_sample(&a, 9000);
     rig.cam.write_media(&a, &vec![7u8; 9000]);
     rig.rx.wait_for_completed(2, T).await;
