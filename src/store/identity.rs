@@ -101,17 +101,18 @@ impl Store {
             return Ok(0);
         }
         let now = now_unix();
-        let mut requeued = Vec::new();
+        let mut facts = Vec::new();
         let added = self.tx(|tx| {
             let mut added = 0;
             for c in files {
-                added += settle_one(tx, c, card, now, &mut requeued)?;
+                added += settle_one(tx, c, card, now, &mut facts)?;
             }
             Ok(added)
         })?;
-        for id in requeued {
-            // A database rebuilt from the ledger must not take the new version for done.
-            self.note_in_ledger(id, Fact::Requeued);
+        // A database rebuilt from the ledger must not take the new version for done, nor
+        // resume an upload of the old bytes.
+        for (id, fact) in facts {
+            self.note_in_ledger(id, fact);
         }
         Ok(added)
     }
@@ -149,13 +150,14 @@ impl Store {
 }
 
 /// Settles one file by its content (see [`Store::settle_contents`]); returns how many items it
-/// queued. `requeued`: done or cancelled rows queued again, for the ledger.
+/// queued. `facts`: for the ledger, done or cancelled rows queued again (`Requeued`) and open
+/// rows whose partial upload was of other bytes (`Forgotten`).
 fn settle_one(
     tx: &rusqlite::Transaction<'_>,
     c: &Checked,
     card: Option<&str>,
     now: i64,
-    requeued: &mut Vec<i64>,
+    facts: &mut Vec<(i64, Fact)>,
 ) -> rusqlite::Result<usize> {
     let f = &c.file;
     let fp = c.fingerprint.as_bytes();
@@ -208,7 +210,7 @@ fn settle_one(
         waiting,
         row_card: row_card.as_deref(),
     };
-    write_verdict(tx, verdict, &row, c, card, requeued)
+    write_verdict(tx, verdict, &row, c, card, facts)
 }
 
 /// A file whose version (path, size, mtime) no row has: bytes sent before from that path under
@@ -277,7 +279,7 @@ fn write_verdict(
     row: &Judged<'_>,
     c: &Checked,
     card: Option<&str>,
-    requeued: &mut Vec<i64>,
+    facts: &mut Vec<(i64, Fact)>,
 ) -> rusqlite::Result<usize> {
     let (f, fp) = (&c.file, c.fingerprint.as_bytes());
     let Judged {
@@ -331,8 +333,23 @@ fn write_verdict(
         }
         ContentVerdict::New if open => {
             // Still to be sent: it sends these bytes (one that waited for its card,
-            // which is this one or unknown, waits no more).
+            // which is this one or unknown, waits no more). A partial upload the row holds
+            // was of the bytes it stood for before (an edit in place keeping size and
+            // stamp, firmware writing a rating into the EXIF): resumed, the server would
+            // hold the old bytes' head and the new bytes' tail, called done. It is
+            // forgotten, and the file sent anew from its first byte.
             added += usize::from(waiting);
+            let forgotten = tx.execute(
+                "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0
+                 WHERE id = ?1 AND (upload_url IS NOT NULL OR bytes_sent > 0)",
+                params![id],
+            )?;
+            if forgotten > 0 {
+                tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+                facts.push((id, Fact::Forgotten));
+                tracing::info!(path = %f.path,
+                    "new bytes under the name, size and stamp of a file partly sent: sent anew");
+            }
             tx.execute(
                 "UPDATE items SET fingerprint = ?2, card = COALESCE(?3, card),
                    state = CASE WHEN state = 'skipped' THEN 'pending' ELSE state END,
@@ -359,7 +376,7 @@ fn write_verdict(
             tracing::info!(path = %f.path,
                 "new bytes under a sent version's name, size and stamp: queued as a new version");
             if matches!(state, ItemState::Done | ItemState::Cancelled) {
-                requeued.push(id);
+                facts.push((id, Fact::Requeued));
             }
             added += 1;
         }
@@ -443,6 +460,52 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert!(s.was_rebuilt());
         assert_eq!(s.counts().unwrap().done, 0);
+    }
+
+    #[test]
+    fn an_edit_in_place_of_a_partly_sent_file_forgets_the_partial_upload() {
+        // Sent in part (the URL stored, 4 bytes acknowledged), then edited in place keeping
+        // size and stamp: resuming would give the server the old head and the new tail.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = Checked {
+            file: found(10, 1),
+            fingerprint: fp(1),
+            written: true,
+        };
+        s.settle_contents(std::slice::from_ref(&a), None).unwrap();
+        let id = s.list(None, 10, 0).unwrap()[0].id;
+        s.set_upload_url(
+            id,
+            "http://127.0.0.1:1/files/old",
+            None,
+            "http://127.0.0.1:1/files/",
+        )
+        .unwrap();
+        s.set_progress(id, 4, None).unwrap();
+        let edited = Checked {
+            fingerprint: fp(2),
+            ..a
+        };
+        s.settle_contents(&[edited], None).unwrap();
+        let it = s.item(id).unwrap().unwrap();
+        assert_eq!(it.fingerprint, Some(fp(2)));
+        assert_eq!(it.state, ItemState::Pending);
+        assert_eq!(
+            (it.upload_url.as_deref(), it.bytes_sent),
+            (None, 0),
+            "sent anew from the first byte"
+        );
+        // Nor does a database rebuilt from the ledger resume the old upload.
+        drop(s);
+        std::fs::write(dir.path().join(crate::store::DB_FILE), b"not a database").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.was_rebuilt());
+        assert!(s
+            .list(None, 10, 0)
+            .unwrap()
+            .iter()
+            .all(|i| i.upload_url.is_none()));
     }
 
     #[test]
