@@ -228,6 +228,9 @@ impl Transfer<'_, '_> {
             // The last byte is acknowledged, but the file may have been rewritten while it was
             // read: then the server holds a mix of two versions. Never call that done.
             self.check_file(&std::fs::symlink_metadata(&self.path))?;
+            if let Some(url) = self.url.clone() {
+                self.still_this_upload(&url)?;
+            }
 
             if !confirmed && !self.server_holds_all().await? {
                 continue;
@@ -371,6 +374,7 @@ impl Transfer<'_, '_> {
         let mut ahead: Option<Planned> = None;
         while self.offset < size {
             let url = self.url.clone().expect("a session has an upload URL");
+            self.still_this_upload(&url)?;
             let mut this = match ahead.take() {
                 Some(p) if p.offset == self.offset => p,
                 _ => self.plan(self.offset, pacer.next_len(rule), hashing)?,
@@ -568,6 +572,25 @@ impl Transfer<'_, '_> {
                 tracing::debug!(item = self.item.id, error = %e, "cannot fingerprint the file")
             }
             _ => {}
+        }
+    }
+
+    /// Whether the item still stands for the upload at `url`. The watcher forgets an item's
+    /// upload when it finds new bytes under the file's name, size and stamp (an edit in place:
+    /// store/identity.rs), which the metadata checks cannot see: the chunks still to send are
+    /// then the new bytes' tail, never to be appended to the old head, nor the old upload
+    /// called done. The attempt ends; the next one creates a new upload.
+    fn still_this_upload(&self, url: &str) -> Result<(), Outcome> {
+        match self.ctx.store.item(self.item.id) {
+            Ok(Some(it)) if it.upload_url.as_deref() != Some(url) => Err(Outcome::Retry {
+                error: format!(
+                    "{} changed while it was sent (new bytes under the same size and stamp): \
+                     it is sent anew",
+                    self.item.storage_path
+                ),
+                retry_after: None,
+            }),
+            _ => Ok(()),
         }
     }
 

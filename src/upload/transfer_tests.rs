@@ -702,3 +702,45 @@ async fn a_file_larger_than_the_servers_limit_fails_before_creation() {
     );
     assert_eq!(h.count("POST"), 0);
 }
+
+#[tokio::test]
+async fn an_upload_the_watcher_forgot_mid_send_is_not_finished_on_the_old_bytes() {
+    // The watcher found new bytes under the file's name, size and stamp while it was being
+    // sent (an edit in place: store/identity.rs forgets the upload). The chunks still to send
+    // are the new bytes' tail: never appended to the old head, nor the old upload called done.
+    let h = Harness::with(5, receiver().without_checksum()).await;
+    let data = content(3 * MIB);
+    let id = h.add("DCIM/A.MP4", &data);
+    let state = h._dir.path().join("state");
+    let patches = Arc::new(Mutex::new(0));
+    let seen = patches.clone();
+    h.srv.on_patch(move |_| {
+        let mut n = seen.lock().unwrap();
+        *n += 1;
+        if *n == 2 {
+            // What the watcher's settle does to the row, from its own connection.
+            let c = rusqlite::Connection::open(state.join(crate::store::DB_FILE)).unwrap();
+            c.execute(
+                "UPDATE items SET upload_url = NULL, upload_expires_at = NULL, bytes_sent = 0
+                 WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        }
+    });
+    let out = h.attempt(id).await;
+    assert!(
+        matches!(&out, Outcome::Retry { error, .. } if error.contains("changed while it was sent")),
+        "{out:?}"
+    );
+    assert_eq!(*patches.lock().unwrap(), 2, "no chunk after the forget");
+    assert!(
+        h.srv.completed_uploads().is_empty(),
+        "the old upload is not finished"
+    );
+    // The next attempt sends the file anew, whole.
+    h.srv.on_patch(|_| {});
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.item(id).creations, 2);
+    assert_eq!(h.srv.completed_uploads().len(), 1);
+}
