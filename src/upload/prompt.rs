@@ -32,13 +32,17 @@ pub const FIRST_PAUSE: Duration = Duration::from_millis(250);
 /// request) or 423 (the upload is locked: by a holder whose lease runs out), without
 /// `Retry-After`. Not 500: a server error is as often the same answer to the same request (a
 /// file the server chokes on), and a thousand such files each held a transfer slot for seconds
-/// of pauses, delaying a good file behind them (tests/it/fairness.rs); the back-off takes it. Not a stall (the link may be slow: the back-off is kinder), not 503 or 504
-/// (a server or balancer that is overloaded or has no instance up: a fleet retrying those at
-/// once would hold it down; issue 10's spread), not a refused certificate, not an answer that
-/// tells the client to wait (`Retry-After`) or that nothing will change.
+/// of pauses, delaying a good file behind them (tests/it/fairness.rs); the back-off takes it.
+/// Not a stall (the link may be slow or silent: a second request would wait out a second
+/// `stall_secs` before the upload stops; the kernel's `ETIMEDOUT` is a stall too, see
+/// `TusClient::network_error`), not an unreachable host or network (the path is down, not an
+/// instance), not 503 or 504 (a server or balancer that is overloaded or has no instance up: a
+/// fleet retrying those at once would hold it down; issue 10's spread), not a refused
+/// certificate, not an answer that tells the client to wait (`Retry-After`) or that nothing
+/// will change.
 pub fn is_prompt(e: &TusError) -> bool {
     match e {
-        TusError::Network { .. } => e.certificate_refused().is_none(),
+        TusError::Network { .. } => e.certificate_refused().is_none() && !e.unreachable(),
         TusError::Status {
             status,
             retry_after: None,

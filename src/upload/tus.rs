@@ -145,6 +145,26 @@ pub enum TusError {
     ForeignUrl { url: String, why: String },
 }
 
+/// Whether an `io::Error` of one of `kinds` is somewhere in `e`'s chain (an `io::Error`'s own
+/// `source` skips the error it wraps: looked into by hand).
+fn io_kind_in(e: &(dyn std::error::Error + 'static), kinds: &[std::io::ErrorKind]) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if kinds.contains(&io.kind()) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                if io_kind_in(inner, kinds) {
+                    return true;
+                }
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// Formats an error with its sources: reqwest's top-level message alone ("error sending
 /// request") does not say what happened.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -204,6 +224,17 @@ impl TusError {
             cur = e.source();
         }
         None
+    }
+
+    /// No way to the server from here: the host or its network is unreachable (`EHOSTUNREACH`:
+    /// no neighbour answers on the link, `ENETUNREACH`: no route). A path that is down, not a
+    /// server instance that died: a new request at once meets the same.
+    pub fn unreachable(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let TusError::Network { source, .. } = self else {
+            return false;
+        };
+        io_kind_in(source, &[K::HostUnreachable, K::NetworkUnreachable])
     }
 
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.
@@ -486,21 +517,32 @@ impl Client {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<Response, TusError> {
-        req.timeout(self.stall).send().await.map_err(|source| {
-            if source.is_timeout() {
-                TusError::Stalled {
-                    method,
-                    url: url.into(),
-                    secs: self.stall.as_secs(),
-                }
-            } else {
-                TusError::Network {
-                    method,
-                    url: url.into(),
-                    source,
-                }
+        req.timeout(self.stall)
+            .send()
+            .await
+            .map_err(|source| self.network_error(method, url, source))
+    }
+
+    /// A failed request as the caller must see it: a timeout anywhere in its chain (the
+    /// request's deadline, or the kernel's `TCP_USER_TIMEOUT` ending a connection whose link
+    /// went silent: `ETIMEDOUT`) is a stall, not a cut. A cut may be tried again at once
+    /// (`prompt`); a stall may not: the path is silent, and a second request would wait out a
+    /// second `stall_secs` before the upload stops (found under qemu, where the kernel's timer
+    /// fired before the request's own).
+    fn network_error(&self, method: &'static str, url: &str, source: reqwest::Error) -> TusError {
+        if source.is_timeout() || io_kind_in(&source, &[std::io::ErrorKind::TimedOut]) {
+            TusError::Stalled {
+                method,
+                url: url.into(),
+                secs: self.stall.as_secs(),
             }
-        })
+        } else {
+            TusError::Network {
+                method,
+                url: url.into(),
+                source,
+            }
+        }
     }
 
     /// Discovery: what `endpoint` offers. Cached per endpoint for an hour. A server that does
@@ -692,11 +734,7 @@ impl Client {
                 }
             }
         };
-        let resp = resp.map_err(|source| TusError::Network {
-            method: "PATCH",
-            url: url.into(),
-            source,
-        })?;
+        let resp = resp.map_err(|source| self.network_error("PATCH", url, source))?;
         if !matches!(resp.status(), StatusCode::NO_CONTENT | StatusCode::OK) {
             return Err(status_error("PATCH", url, resp).await);
         }

@@ -368,3 +368,70 @@ async fn with_no_approved_interface_nothing_is_sent_but_loopback_still_is() {
         .await;
     assert_eq!(peers.recv().await.unwrap().to_string(), "127.0.0.1");
 }
+
+/// A kernel timeout (`ETIMEDOUT` from `TCP_USER_TIMEOUT`: a link gone silent) or an unreachable
+/// host reaches the client as reqwest > hyper > `io::Error`, sometimes wrapped in another
+/// `io::Error` (whose own `source` skips it). Found anywhere in the chain, it makes the failure
+/// a stall or a path that is down, which the prompt resume must not try again at once (under
+/// qemu the kernel's timer fired first; the upload stopped after two `stall_secs`).
+#[test]
+fn a_kernel_timeout_or_unreachable_host_is_found_anywhere_in_the_chain() {
+    use std::io::{Error as Io, ErrorKind as K};
+    #[derive(Debug)]
+    struct Wrap(Io);
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let timeout = Wrap(Io::from(K::TimedOut));
+    assert!(io_kind_in(&timeout, &[K::TimedOut]));
+    let wrapped = Wrap(Io::other(Io::from(K::HostUnreachable)));
+    assert!(io_kind_in(
+        &wrapped,
+        &[K::HostUnreachable, K::NetworkUnreachable]
+    ));
+    assert!(!io_kind_in(&wrapped, &[K::TimedOut]));
+    let reset = Wrap(Io::from(K::ConnectionReset));
+    assert!(!io_kind_in(&reset, &[K::TimedOut, K::HostUnreachable]));
+}
+
+/// A request whose answer does not come within `stall_secs` is a stall (never a cut tried
+/// again at once), and a connection refused is a cut that is: the real errors, from a
+/// loopback peer that accepts and says nothing, and a port nobody listens on.
+#[tokio::test]
+async fn a_silent_peer_is_a_stall_and_a_refused_connection_a_cut() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let c = Client::new(&config::Cloud {
+        endpoint: endpoint.clone(),
+        ..cloud(1)
+    })
+    .unwrap();
+    let e = c.head(&format!("{endpoint}x"), &token()).await.unwrap_err();
+    assert!(matches!(e, TusError::Stalled { .. }), "{e}");
+    assert!(!super::super::prompt::is_prompt(&e), "{e}");
+    hold.abort();
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let c = client_for(&endpoint);
+    let e = c.head(&format!("{endpoint}x"), &token()).await.unwrap_err();
+    assert!(matches!(e, TusError::Network { .. }), "{e}");
+    assert!(!e.unreachable(), "{e}");
+    assert!(super::super::prompt::is_prompt(&e), "{e}");
+}
