@@ -87,6 +87,18 @@ class CheckedS3Store extends S3Store {
     }
     return upload;
   }
+
+  /**
+   * @tus/s3-store 2.0.7 declares a deferred length by changing the metadata it read from the
+   * cache and writing `ID.info`, but never the cache: with the shared cache every instance
+   * (this one too, at its next read) keeps the length undeclared, and the upload never
+   * completes. The entry is dropped here, so the next read, on any instance, takes `ID.info`.
+   * (`.ci/cloud.sh` sends such an upload across two instances.)
+   */
+  async declareUploadLength(id, length) {
+    await super.declareUploadLength(id, length);
+    await this.clearCache(id);
+  }
 }
 
 const redis = createClient({
