@@ -9,9 +9,27 @@
 #   benches/cloud.sh                 # 3 kills per moment
 #   CLOUD_KILLS=5 benches/cloud.sh
 #
+# And the cloud side's throughput and cost (docs/PERFORMANCE.md, "The cloud side"): a fleet of
+# CLOUD_CAMERAS cameras (default 4) uploading without a cap to 1, then 2 instances
+# (CLOUD_INSTANCES="1,2"): uploads/s, MiB/s, the tier's CPU per GiB by part.
+#
+#   benches/cloud.sh throughput
+#   CLOUD_CAMERAS=8 CLOUD_INSTANCES=1,2,3 benches/cloud.sh throughput
+#
 # Needs the tier's tools (.ci/run installs them) and `npm ci --prefix cloud`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CLOUD_KILLS=${CLOUD_KILLS:-3}
-exec nice cargo test --quiet --test it cloud::recovery_after_instance_kills -- --ignored \
+case "${1:-recovery}" in
+recovery) bench=cloud::recovery_after_instance_kills ;;
+throughput)
+    bench=cloud::throughput_per_instance
+    # The cameras run the release build: a debug daemon's hashing would take the cores the
+    # tier is measured on.
+    cargo build --quiet --release --locked --bin cambackup
+    export CAMBACKUP_TEST_BIN="${CAMBACKUP_TEST_BIN:-$PWD/target/release/cambackup}"
+    ;;
+*) echo "usage: benches/cloud.sh [recovery|throughput]" >&2; exit 2 ;;
+esac
+exec nice cargo test --quiet --test it "$bench" -- --ignored --exact \
   --nocapture 2>&1 | grep -E '^cloud:|panicked|test result'

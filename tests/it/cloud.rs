@@ -494,3 +494,117 @@ async fn against_the_tier_length_frees_the_oldest_after_head_and_read_back() {
     assert_eq!(pass["freed_files"], 2, "{pass:#}");
     assert_eq!(on_card, [false, false, true, true, true, true]);
 }
+
+/// CPU seconds (user + system) of each of the tier's services so far: every process in the
+/// service's process group (`cloud/lab` gives each its own), from `/proc`.
+fn tier_cpu(tier: &Tier) -> std::collections::BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut groups = std::collections::HashMap::<i64, f64>::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, ppid, pgrp, ... utime (12th), stime.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(pgrp), Some(ut), Some(st)) = (f.get(2), f.get(11), f.get(12)) else {
+            continue;
+        };
+        let (Ok(pgrp), Ok(ut), Ok(st)) =
+            (pgrp.parse::<i64>(), ut.parse::<f64>(), st.parse::<f64>())
+        else {
+            continue;
+        };
+        *groups.entry(pgrp).or_default() += (ut + st) / tick;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(tier.dir().join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(service) = name.strip_suffix(".pid") else {
+            continue;
+        };
+        let Some(pid) = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|p| p.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let part = match service {
+            s if s.starts_with("tus") => "tus",
+            "haproxy" => "haproxy",
+            "redis" => "redis",
+            _ => "swift",
+        };
+        *out.entry(part.to_string()).or_insert(0.0) += groups.get(&pid).copied().unwrap_or(0.0);
+    }
+    out
+}
+
+/// The cloud side's figures (docs/PERFORMANCE.md, "The cloud side"): a fleet of
+/// `CLOUD_CAMERAS` cameras (default 4), each with ten 3 MiB photos and a 24 MiB video, uploading
+/// without a cap through the balancer to 1 and then 2 instances (`CLOUD_INSTANCES`, e.g. "1,2,3").
+/// Per run: uploads per second, MiB/s, and the tier's CPU seconds per GiB by part (the tus
+/// instances, haproxy, Redis, Swift), from the services' process groups in /proc. Everything
+/// (cameras, tier) shares this machine's cores: the figures are the tier's cost per GiB and how
+/// it shares out, which carry to a cloud; the absolute rate is this machine's.
+#[tokio::test]
+#[ignore = "a bench (benches/cloud.sh throughput), not a test"]
+async fn throughput_per_instance() {
+    let _one = one_at_a_time().lock().await;
+    let cameras: u64 = std::env::var("CLOUD_CAMERAS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(4);
+    let instance_counts: Vec<usize> = std::env::var("CLOUD_INSTANCES")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for instances in instance_counts {
+        let Some(tier) = tier(instances, &[]) else {
+            return;
+        };
+        // Sizes differ across the fleet: an object is matched to its file by size.
+        let sizes: Vec<Vec<u64>> = (0..cameras)
+            .map(|c| {
+                let mut s: Vec<u64> = (0..10).map(|j| 3 * MIB + c * 100 + j).collect();
+                s.push(24 * MIB + c);
+                s
+            })
+            .collect();
+        let bytes: u64 = sizes.iter().flatten().sum();
+        let files: usize = sizes.iter().map(Vec::len).sum();
+        let before = tier_cpu(&tier);
+        let t0 = std::time::Instant::now();
+        let fleet = Fleet::start(tier, &bin(), &sizes, None).await;
+        fleet.wait_done(Duration::from_secs(900)).await.unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let after = tier_cpu(&fleet.tier);
+        let v = fleet.verify();
+        assert_clean("throughput", &fleet, &v, None);
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let cpu: Vec<(String, f64)> = after
+            .iter()
+            .map(|(k, a)| (k.clone(), (a - before.get(k).copied().unwrap_or(0.0)) / gib))
+            .collect();
+        let total: f64 = cpu.iter().map(|(_, c)| c).sum();
+        let parts: Vec<String> = cpu
+            .iter()
+            .map(|(k, c)| format!("{k} {c:.1} ({:.0}%)", 100.0 * c / total))
+            .collect();
+        eprintln!(
+            "cloud: throughput, {instances} instance(s), {cameras} cameras: {files} uploads, \
+             {:.0} MiB in {secs:.1} s = {:.2} uploads/s, {:.1} MiB/s; tier CPU s/GiB {total:.1}: {}",
+            bytes as f64 / MIB as f64,
+            files as f64 / secs,
+            bytes as f64 / MIB as f64 / secs,
+            parts.join(", ")
+        );
+    }
+}
