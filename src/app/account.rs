@@ -4,11 +4,18 @@
 //! (its manual requests, upload URLs, history); an unpairing cut short is finished at the next
 //! start (`App::new`), so nothing of one account carries on under the next.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::{App, AppError};
 use crate::credentials::{self, Account};
 use crate::secret::Secret;
+use crate::upload::tus::{TokenVerdict, TusError};
+
+/// How long pairing waits for the server's word on the token: the app waits on the answer,
+/// and a token unchecked is checked again by the first upload anyway.
+const TOKEN_CHECK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the server last said about the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +49,25 @@ pub struct AccountView {
     pub endpoint: String,
     /// `ok`, `unauthorized` or `subscription_inactive`; absent when not paired.
     pub status: Option<&'static str>,
+}
+
+/// `PUT /v1/account`'s answer: the account, and what the server said of the token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    #[serde(flatten)]
+    pub account: AccountView,
+    pub token_check: TokenCheck,
+}
+
+/// Whether the server accepted the token at pairing, or why it was not asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenCheck {
+    /// The server answered and did not refuse the token.
+    pub checked: bool,
+    /// One sentence: what the server answered, or why it was not asked (offline, no network
+    /// the user approves for uploads, no answer within 10 s). Unchecked, the first upload
+    /// checks it: a refusal then shows as the `unauthorized` state.
+    pub message: String,
 }
 
 /// `DELETE /v1/account`'s answer.
@@ -84,9 +110,27 @@ impl App {
     /// user ID and token were checked at the edge ([`credentials::Pairing`]); the region is
     /// checked here, against the config. Stops a freeing pass as unpairing does: it gathered
     /// the completed uploads under the account it started with.
-    pub fn pair(&self, req: credentials::Pairing) -> Result<AccountView, AppError> {
+    ///
+    /// First the token is shown to the server (one authenticated `HEAD` of the endpoint, over
+    /// a network the user approves for uploads): a 401 or 403 refuses the pairing (400
+    /// `token_refused`) and nothing changes. Offline, it pairs and says the token is unchecked.
+    pub async fn pair(&self, req: credentials::Pairing) -> Result<Paired, AppError> {
+        self.check_region(req.region.as_deref())?;
+        // A pass gathered its uploads under the account it started with: stopped at once, not
+        // after the server's answer; a refused token lets it start again.
+        let _hold = self.hold_freeing("the user paired");
+        let token_check = self.check_token(&req).await?;
+        let account = self.pair_checked(req)?;
+        Ok(Paired {
+            account,
+            token_check,
+        })
+    }
+
+    /// The region must name a `[cloud.regions]` entry when that table exists.
+    fn check_region(&self, region: Option<&str>) -> Result<(), AppError> {
         let regions = &self.config.cloud.regions;
-        if let Some(r) = &req.region {
+        if let Some(r) = region {
             if !regions.is_empty() && !regions.contains_key(r) {
                 let known: Vec<&str> = regions.keys().map(String::as_str).collect();
                 return Err(AppError::bad_request(
@@ -98,6 +142,49 @@ impl App {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Asks the server whether it takes the token; `Err` when it refuses it.
+    async fn check_token(&self, req: &credentials::Pairing) -> Result<TokenCheck, AppError> {
+        let endpoint = self.config.cloud.endpoint_for(req.region.as_deref());
+        let unchecked = |why: String| TokenCheck {
+            checked: false,
+            message: format!("the token is not checked yet: {why}; the first upload checks it"),
+        };
+        match self
+            .client
+            .check_token(endpoint, &req.token, TOKEN_CHECK_DEADLINE)
+            .await
+        {
+            Ok(TokenVerdict::Accepted { .. }) => Ok(TokenCheck {
+                checked: true,
+                message: format!("the server at {endpoint} accepted the token"),
+            }),
+            Ok(TokenVerdict::Refused { status, message }) => Err(AppError::bad_request(
+                "token_refused",
+                format!(
+                    "the server at {endpoint} refused this token ({status}{}): nothing was \
+                     paired; check the token and the account it belongs to",
+                    if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {message}")
+                    }
+                ),
+            )),
+            Err(TusError::NoUplink) => Ok(unchecked(
+                "no network the user approves for uploads is up".into(),
+            )),
+            Err(e @ (TusError::Network { .. } | TusError::Stalled { .. })) => {
+                Ok(unchecked(format!("the server could not be reached ({e})")))
+            }
+            Err(e) => Ok(unchecked(e.to_string())),
+        }
+    }
+
+    /// Pairing once the token was shown to the server (or could not be).
+    fn pair_checked(&self, req: credentials::Pairing) -> Result<AccountView, AppError> {
         // The last account's data goes before the next account comes (a full disk may have
         // kept an unpairing from finishing).
         if self.live().unpair_unfinished {

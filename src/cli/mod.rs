@@ -642,6 +642,9 @@ async fn pair(
         str_of(&v, "user_id"),
         str_of(&v, "endpoint")
     );
+    if let Some(m) = v["token_check"]["message"].as_str() {
+        outln!("{m}");
+    }
     Ok(())
 }
 

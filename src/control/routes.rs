@@ -258,7 +258,7 @@ async fn pair(
     StrictJson(req): StrictJson<PairRequest>,
 ) -> ApiResult<Response> {
     no_query(&q)?;
-    Ok(Json(app.pair(check_pair_request(req)?)?).into_response())
+    Ok(Json(app.pair(check_pair_request(req)?).await?).into_response())
 }
 
 /// `PUT /v1/account`'s body, as it comes.

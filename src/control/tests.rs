@@ -337,6 +337,7 @@ async fn events_stream_state_then_changes() {
             token: crate::secret::Secret::new("t"),
             region: None,
         })
+        .await
         .unwrap();
     let (st, _) = h.call(Method::POST, "/v1/pause", None).await;
     assert_eq!(st, StatusCode::OK);
@@ -1245,6 +1246,7 @@ async fn every_attention_code_shows_in_status_and_goes_away() {
             token: crate::secret::Secret::new("t"),
             region: None,
         })
+        .await
         .unwrap();
     h.app
         .set_account_status(AccountStatus::Unauthorized("401".into()));

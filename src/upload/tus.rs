@@ -145,6 +145,15 @@ pub enum TusError {
     ForeignUrl { url: String, why: String },
 }
 
+/// What a server said of a token at pairing ([`Client::check_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenVerdict {
+    /// It answered without refusing the token (`status`: what it answered).
+    Accepted { status: u16 },
+    /// It refused the token: 401 or 403, with the start of its message.
+    Refused { status: u16, message: String },
+}
+
 /// Whether an `io::Error` of one of `kinds` is somewhere in `e`'s chain (an `io::Error`'s own
 /// `source` skips the error it wraps: looked into by hand).
 fn io_kind_in(e: &(dyn std::error::Error + 'static), kinds: &[std::io::ErrorKind]) -> bool {
@@ -601,6 +610,35 @@ impl Client {
             .filter(|(ep, (at, _))| upload_url.starts_with(ep.as_str()) && at.elapsed() < CAPS_TTL)
             .max_by_key(|(ep, _)| ep.len())
             .map(|(_, (_, c))| c.clone())
+    }
+
+    /// Pairing's check of a token: one authenticated `HEAD` of the endpoint, within
+    /// `deadline` (the app waits on the answer). A server, or the auth layer in front of it,
+    /// that refuses the token answers 401 or 403; any other answer (a tus server answers a
+    /// `HEAD` of its creation URL 404 or 405) means it did not refuse it. No metadata and no
+    /// body: only what every request carries. Not cached, not retried.
+    pub async fn check_token(
+        &self,
+        endpoint: &str,
+        token: &Secret,
+        deadline: Duration,
+    ) -> Result<TokenVerdict, TusError> {
+        let req = self
+            .request(Method::HEAD, endpoint, token)?
+            .timeout(deadline);
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| self.network_error("HEAD", endpoint, source))?;
+        let status = resp.status().as_u16();
+        if !matches!(status, 401 | 403) {
+            return Ok(TokenVerdict::Accepted { status });
+        }
+        let e = status_error("HEAD", endpoint, resp).await;
+        Ok(TokenVerdict::Refused {
+            status,
+            message: e.server_message().to_string(),
+        })
     }
 
     /// Creation: a new upload of `length` bytes with exactly the four metadata fields. Returns

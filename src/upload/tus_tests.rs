@@ -435,3 +435,33 @@ async fn a_silent_peer_is_a_stall_and_a_refused_connection_a_cut() {
     assert!(!e.unreachable(), "{e}");
     assert!(super::super::prompt::is_prompt(&e), "{e}");
 }
+
+/// Pairing's check: one authenticated `HEAD` of the endpoint; 401 refuses the token, any other
+/// answer (the receiver answers a `HEAD` of its creation URL 405) does not.
+#[tokio::test]
+async fn the_token_check_tells_a_refused_token_from_an_accepted_one() {
+    let srv = receiver().token("tok-1").start().await;
+    let c = client_for(&srv.url());
+    let d = Duration::from_secs(5);
+    let v = c
+        .check_token(&srv.url(), &Secret::new("wrong"), d)
+        .await
+        .unwrap();
+    // A HEAD's answer has no body: no message to show.
+    assert!(
+        matches!(&v, TokenVerdict::Refused { status: 401, .. }),
+        "{v:?}"
+    );
+    let v = c.check_token(&srv.url(), &token(), d).await.unwrap();
+    assert_eq!(v, TokenVerdict::Accepted { status: 405 });
+    // Again, on the kept connection (the app may pair several times in a row).
+    for t in ["wrong-2", "wrong-3"] {
+        let v = c.check_token(&srv.url(), &Secret::new(t), d).await.unwrap();
+        assert!(
+            matches!(&v, TokenVerdict::Refused { status: 401, .. }),
+            "{v:?}"
+        );
+    }
+    let heads = srv.requests_with_method("HEAD");
+    assert_eq!(heads.len(), 4, "{}", srv.request_summary());
+}

@@ -596,6 +596,8 @@ async fn pairing_on_a_full_state_disk_answers_507_and_keeps_the_earlier_account(
     rig.pair().await;
     let mut fillers = full_for_good(&rig, &fs).await;
     fillers.push(fs.fill_as("filler-3"));
+    // The server takes any token here: the refusal must be the disk's.
+    rig.rx.set_token(None);
     let (code, answer) = rig
         .daemon
         .api(

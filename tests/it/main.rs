@@ -22,6 +22,7 @@ mod interop;
 mod large;
 mod losses;
 mod mtls;
+mod pairing;
 mod readme;
 mod schedule;
 mod space;

@@ -124,7 +124,9 @@ fn same_lines(cmd: &str, readme: &[String], real: &str) {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the CLI runs blocking on one worker while the receiver (on this runtime)
+// answers the pairing's token check on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_sample_outputs_are_what_the_cli_prints() {
     let samples = readme_samples();
     let sample = |name: &str| -> &Vec<String> {
