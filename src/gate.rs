@@ -39,6 +39,15 @@ pub enum Block {
     MeteredNetwork,
     /// No usable default route.
     Offline,
+    /// The uplink is up but the server cannot be reached through it: its name does not
+    /// resolve, or its host or network is unreachable (Wi-Fi without internet). Found by an
+    /// upload's request, not by the gate; lifted when the link changes (or after
+    /// `uplink::REPROBE`, for one more try).
+    NoInternet,
+    /// Something other than the tus server answers on the uplink: a redirect to another
+    /// host, a page without `Tus-Resumable`, 511, or a certificate for another name (a
+    /// captive portal, or a proxy). Found and lifted like [`Block::NoInternet`].
+    CaptivePortal,
     /// Idle is required and the camera records.
     Recording,
     /// Idle is required and the camera wrote media recently (or the load is over the limit).
@@ -52,13 +61,15 @@ pub enum Block {
 }
 
 impl Block {
-    pub const ALL: [Block; 11] = [
+    pub const ALL: [Block; 13] = [
         Block::AutoUploadOff,
         Block::NotCharging,
         Block::BatteryLow,
         Block::NetworkNotAllowed,
         Block::MeteredNetwork,
         Block::Offline,
+        Block::NoInternet,
+        Block::CaptivePortal,
         Block::Recording,
         Block::Busy,
         Block::TooHot,
@@ -75,6 +86,8 @@ impl Block {
             Block::NetworkNotAllowed => "network_not_allowed",
             Block::MeteredNetwork => "metered_network",
             Block::Offline => "offline",
+            Block::NoInternet => "no_internet",
+            Block::CaptivePortal => "captive_portal",
             Block::Recording => "recording",
             Block::Busy => "busy",
             Block::TooHot => "too_hot",

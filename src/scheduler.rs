@@ -215,6 +215,15 @@ fn ending(app: &App, item: &Item, outcome: Outcome) -> Ending {
             tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "the server refused the device's certificate; will retry");
             Ending::CertificateRefused { error, at }
         }
+        Outcome::NoPath { reach, error } => {
+            tracing::warn!(id, path = %item.storage_path, error = %error, ?reach, "the server cannot be reached through this network; trying again when the network changes");
+            // Due at once: the gate holds it until the link changes.
+            Ending::NoPath {
+                reach,
+                error,
+                at: now_unix(),
+            }
+        }
         Outcome::Stopped => {
             tracing::info!(id, path = %item.storage_path, "upload stopped; it resumes from the server's offset later");
             Ending::Interrupted

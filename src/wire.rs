@@ -52,6 +52,23 @@ pub struct Status {
     /// Freeing space: the user's setting, whether the maker configured it, the last pass
     /// (always there from this daemon).
     pub space: Option<SpaceSummary>,
+    /// The server cannot be reached through the uplink (`no_internet`, `captive_portal`);
+    /// `None` when no request found so.
+    pub unreachable: Option<Unreachable>,
+}
+
+/// `status.unreachable`: what a request found of the uplink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Unreachable {
+    /// `no_internet` or `captive_portal` (also in `blocked_by`).
+    pub code: String,
+    /// The link it was found on.
+    pub interface: String,
+    /// One sentence, with the request's error.
+    pub message: String,
+    /// When it was found (unix seconds).
+    pub since: i64,
 }
 
 /// Per-state counts and bytes of the queue: what the store counts, and `status.queue`.

@@ -31,6 +31,7 @@ mod account;
 mod error;
 mod flight;
 mod outcome;
+mod reach;
 mod space;
 mod status;
 
@@ -91,6 +92,9 @@ struct Live {
     /// The server refused the device's TLS certificate at the last attempt (why), until an
     /// upload goes through: shown in `attention` (the maker's support must fix it).
     certificate_refused: Option<String>,
+    /// The server cannot be reached through the uplink (Wi-Fi without internet, a captive
+    /// portal), until the link changes (`reach`).
+    no_path: Option<reach::NoPath>,
 }
 
 /// The key/value prefix of a card's label, by serial.
@@ -197,6 +201,7 @@ impl App {
                 server_not_before,
                 clock_set: crate::clock::is_set(),
                 certificate_refused: None,
+                no_path: None,
                 cellular_bytes_today: 0,
                 cellular_recorded: 0,
             }),
@@ -812,9 +817,10 @@ impl App {
 
     /// The conditions loop's reading: the snapshot, the gate's verdict, and whether the auto
     /// gate is open after hold-down.
-    pub fn set_conditions(&self, snapshot: Snapshot, verdict: Verdict, auto_open: bool) {
+    pub fn set_conditions(&self, snapshot: Snapshot, mut verdict: Verdict, mut auto_open: bool) {
         let opened = {
             let mut live = self.live();
+            reach::apply(&mut live, &snapshot, &mut verdict, &mut auto_open);
             let opened = (auto_open && !live.auto_open)
                 || (verdict.manual_allowed() && !live.verdict.manual_allowed());
             live.snapshot = Some(snapshot);

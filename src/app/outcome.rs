@@ -13,6 +13,7 @@ use super::{AccountStatus, App};
 use crate::credentials::Account;
 use crate::store::{Item, Pick, StoreError};
 use crate::upload::transfer::{self, Outcome, TransferCtx};
+use crate::upload::tus::Reach;
 
 /// How an attempt at an item ended, as the scheduler judged it: what App records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,13 @@ pub enum Ending {
     /// The server refused the device's TLS certificate (mutual TLS): tried again at `at`, and
     /// `attention` says `certificate_refused` until an upload goes through.
     CertificateRefused { error: String, at: i64 },
+    /// The server cannot be reached through the uplink (Wi-Fi without internet, a captive
+    /// portal): tried again at `at`, once the link changes (the gate shows the block until).
+    NoPath {
+        reach: Reach,
+        error: String,
+        at: i64,
+    },
     /// Failed for good; waits for the user's retry.
     Failed(String),
     /// 401: the upload stops, and nothing more goes up until the user pairs again.
@@ -114,7 +122,12 @@ impl App {
         let res = match ending {
             Ending::Done => {
                 self.set_certificate_refused(None);
+                self.set_no_path(None);
                 self.store.mark_done(id)
+            }
+            Ending::NoPath { reach, error, at } => {
+                self.set_no_path(Some((reach, error.clone())));
+                self.store.mark_retry(id, &error, at)
             }
             Ending::CertificateRefused { error, at } => {
                 self.set_certificate_refused(Some(error.clone()));

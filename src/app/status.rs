@@ -136,6 +136,7 @@ impl App {
                 &self.client.binding(),
                 self.activity.metered_override(),
             ))),
+            unreachable: App::unreachable_view(&live),
         })
     }
 

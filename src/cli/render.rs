@@ -28,6 +28,10 @@ pub fn block_words(code: &str) -> String {
         Block::NetworkNotAllowed => "the current network is not allowed (settings: network)",
         Block::MeteredNetwork => "the Wi-Fi is metered (settings: network; `PUT /v1/network`)",
         Block::Offline => "offline",
+        Block::NoInternet => "the Wi-Fi has no internet: the server cannot be reached through it",
+        Block::CaptivePortal => {
+            "the network answers for the server (a captive portal: sign in, or use another network)"
+        }
         Block::Recording => "the camera is recording",
         Block::Busy => "the camera is busy",
         Block::TooHot => "too hot",
@@ -69,6 +73,9 @@ pub fn status(s: &StatusView) -> String {
     if !s.manual_blocked_by.is_empty() {
         let words: Vec<String> = s.manual_blocked_by.iter().map(|b| block_words(b)).collect();
         let _ = writeln!(out, "manual uploads blocked by: {}", words.join(", "));
+    }
+    if let Some(u) = &s.unreachable {
+        let _ = writeln!(out, "network:     {}", u.message);
     }
     let q = &s.queue;
     let _ = writeln!(

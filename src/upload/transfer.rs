@@ -81,6 +81,13 @@ pub enum Outcome {
     /// again under the back-off like a network error, and shown in `attention` until an upload
     /// goes through.
     CertificateRefused(String),
+    /// The server cannot be reached through the uplink (Wi-Fi without internet, a captive
+    /// portal): tried again when the link changes, not before (`gate::Block::NoInternet`,
+    /// `gate::Block::CaptivePortal`).
+    NoPath {
+        reach: super::tus::Reach,
+        error: String,
+    },
     /// `stop` fired; the server's offset is saved and the item resumes later.
     Stopped,
 }
@@ -815,6 +822,9 @@ fn foreign_url(endpoint: &str, url: &str) -> Option<String> {
 /// handled before this, in the flow; here they are plain failures (e.g. 404 from the endpoint).
 fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
     let msg = e.to_string();
+    if let Some(reach) = e.reach() {
+        return Outcome::NoPath { reach, error: msg };
+    }
     match (e, e.status()) {
         (TusError::BadToken, _) | (_, Some(401)) => Outcome::Unauthorized(msg),
         (TusError::Network { .. }, _) if e.certificate_refused().is_some() => {

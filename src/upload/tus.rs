@@ -139,10 +139,63 @@ pub enum TusError {
     /// The endpoint does not offer tus 1.0.0.
     #[error("{endpoint} does not speak tus {TUS_VERSION} (it offers {offered})")]
     UnsupportedVersion { endpoint: String, offered: String },
+    /// Something other than a tus server answered (a captive portal, a proxy's page): no
+    /// `Tus-Resumable` in an answer that a tus server would have given it in (2xx, 3xx), or
+    /// 511 Network Authentication Required. `why` says what came.
+    #[error("{method} {url}: not the tus server answering: {why}")]
+    NotTus {
+        method: &'static str,
+        url: String,
+        why: String,
+    },
     /// A request to a URL outside every configured endpoint's origin: refused before any
     /// connection, since it would carry the token there.
     #[error("{url}: not sent, {why}")]
     ForeignUrl { url: String, why: String },
+}
+
+/// Why the server cannot be reached through the uplink ([`TusError::reach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The server's name does not resolve, or its host or network is unreachable.
+    NoInternet,
+    /// Something else answers for the server.
+    CaptivePortal,
+}
+
+/// An answer that no tus server gives (see [`TusError::NotTus`]), or `None`. Tus servers put
+/// `Tus-Resumable` in every answer (tus 1.0.0, "Tus-Resumable"); an answer to `OPTIONS` may
+/// carry `Tus-Version` alone. 4xx and 5xx without it are left to the status handling: a
+/// balancer's own 502/503 page lacks it too, and is no portal.
+fn not_tus(method: &'static str, url: &str, resp: &Response) -> Option<TusError> {
+    let h = resp.headers();
+    if h.contains_key(header::TUS_RESUMABLE) || h.contains_key(header::TUS_VERSION) {
+        return None;
+    }
+    let status = resp.status().as_u16();
+    let kind = h
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| format!(", {}", t.split(';').next().unwrap_or(t).trim()))
+        .unwrap_or_default();
+    let why = match status {
+        300..=399 => {
+            let to = h
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| l.chars().take(120).collect::<String>())
+                .unwrap_or_else(|| "nowhere said".into());
+            format!("{status} redirecting to {to}")
+        }
+        511 => format!("511 Network Authentication Required{kind}"),
+        200..=299 => format!("{status} without `Tus-Resumable`{kind}"),
+        _ => return None,
+    };
+    Some(TusError::NotTus {
+        method,
+        url: url.into(),
+        why,
+    })
 }
 
 /// What a server said of a token at pairing ([`Client::check_token`]).
@@ -246,6 +299,42 @@ impl TusError {
         io_kind_in(source, &[K::HostUnreachable, K::NetworkUnreachable])
     }
 
+    /// Whether this failure says the server cannot be reached through the uplink at all
+    /// (Wi-Fi without internet, a captive portal), as opposed to a server that is down or
+    /// busy: what the user can act on, shown as `no_internet` or `captive_portal`.
+    pub fn reach(&self) -> Option<Reach> {
+        use rustls::CertificateError as C;
+        match self {
+            TusError::NotTus { .. } => Some(Reach::CaptivePortal),
+            TusError::Network { source, .. } => {
+                if self.unreachable() || chain(source).contains("dns error") {
+                    return Some(Reach::NoInternet);
+                }
+                // A certificate for another name: the network answers for the server (a
+                // portal intercepting the connection). Not an unknown issuer or an expired
+                // certificate: those are the server's (or the maker's CA's) to fix.
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(e) = cur {
+                    let wrapped = e
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.get_ref())
+                        .map(|inner| inner as &(dyn std::error::Error + 'static));
+                    for e in [Some(e), wrapped].into_iter().flatten() {
+                        if let Some(rustls::Error::InvalidCertificate(
+                            C::NotValidForName | C::NotValidForNameContext { .. },
+                        )) = e.downcast_ref()
+                        {
+                            return Some(Reach::CaptivePortal);
+                        }
+                    }
+                    cur = e.source();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.
     pub fn is_gone(&self) -> bool {
         matches!(self, TusError::Expired { .. }) || matches!(self.status(), Some(404 | 410))
@@ -256,7 +345,10 @@ impl TusError {
     /// protocol slip that a fresh `HEAD` sorts out. Not: 401/402/403, 413, other 4xx, setup.
     pub fn is_transient(&self) -> bool {
         match self {
-            TusError::Network { .. } | TusError::Stalled { .. } | TusError::NoUplink => true,
+            TusError::Network { .. }
+            | TusError::Stalled { .. }
+            | TusError::NoUplink
+            | TusError::NotTus { .. } => true,
             TusError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 423 | 429 | 460) || (500..600).contains(status)
             }
@@ -526,10 +618,15 @@ impl Client {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<Response, TusError> {
-        req.timeout(self.stall)
+        let resp = req
+            .timeout(self.stall)
             .send()
             .await
-            .map_err(|source| self.network_error(method, url, source))
+            .map_err(|source| self.network_error(method, url, source))?;
+        match not_tus(method, url, &resp) {
+            Some(e) => Err(e),
+            None => Ok(resp),
+        }
     }
 
     /// A failed request as the caller must see it: a timeout anywhere in its chain (the
@@ -630,6 +727,9 @@ impl Client {
             .send()
             .await
             .map_err(|source| self.network_error("HEAD", endpoint, source))?;
+        if let Some(e) = not_tus("HEAD", endpoint, &resp) {
+            return Err(e);
+        }
         let status = resp.status().as_u16();
         if !matches!(status, 401 | 403) {
             return Ok(TokenVerdict::Accepted { status });
@@ -773,6 +873,9 @@ impl Client {
             }
         };
         let resp = resp.map_err(|source| self.network_error("PATCH", url, source))?;
+        if let Some(e) = not_tus("PATCH", url, &resp) {
+            return Err(e);
+        }
         if !matches!(resp.status(), StatusCode::NO_CONTENT | StatusCode::OK) {
             return Err(status_error("PATCH", url, resp).await);
         }

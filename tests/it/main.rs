@@ -23,6 +23,7 @@ mod large;
 mod losses;
 mod mtls;
 mod pairing;
+mod reach;
 mod readme;
 mod schedule;
 mod space;

@@ -521,3 +521,92 @@ async fn an_iphone_hotspots_gateway_holds_wifi_uploads() {
     })
     .await;
 }
+
+/// Wi-Fi without internet (issue 25): the server's name does not resolve over wlan0 (the
+/// resolver the camera uses, on the Wi-Fi's far end, answers nothing: port unreachable). The
+/// status says `no_internet` on wlan0, the file is not tried again on the same network, and it
+/// is tried again once when the network changes (here the Wi-Fi's gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wifi_without_internet_says_no_internet_and_tries_again_when_the_network_changes() {
+    let Some(lab) = lab() else { return };
+    lab.default_route(Family::V4, Some(Link::Wlan));
+    lab.default_route(Family::V6, Some(Link::Wlan));
+    let cam = FakeCamera::new();
+    cam.set_interface("wwan0", true, false);
+    cam.photo("IMG_0001.JPG", 100_000);
+    cam.with("cloud", "stall_secs", &STALL_SECS.to_string())
+        .with("cloud", "retry_max_secs", "2")
+        .with("conditions", "proc", &toml_string("/proc"));
+    // A name the lab's /etc/hosts lacks, so it goes to DNS.
+    let config = cam.write_config("https://nowhere.test/files/");
+    let resolv = cam.root().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 198.18.1.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let runner: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([resolv.display().to_string()])
+    .chain(lab.runner())
+    .collect();
+    let daemon = Daemon::start_under(&bin(), &config, &runner).await;
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/account",
+            json!({"user_id": "user-42", "token": TOKEN}),
+        ),
+        ("PATCH", "/v1/settings", json!({"auto_upload": true})),
+    ] {
+        let (code, answer) = daemon.api(method, path, Some(body)).await;
+        assert_eq!(code, 200, "{method} {path}: {answer}");
+    }
+    let attempts = || {
+        daemon
+            .log()
+            .matches("cannot be reached through this network")
+            .count()
+    };
+    eventually(T, "no_internet in blocked_by", || async {
+        let (_, s) = daemon.api("GET", "/v1/status", None).await;
+        s["blocked_by"]
+            .as_array()
+            .is_some_and(|b| b.contains(&json!("no_internet")))
+    })
+    .await;
+    let (_, s) = daemon.api("GET", "/v1/status", None).await;
+    assert_eq!(s["unreachable"]["code"], "no_internet", "{s:#}");
+    assert_eq!(s["unreachable"]["interface"], "wlan0", "{s:#}");
+    assert!(
+        s["unreachable"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dns error")),
+        "{s:#}"
+    );
+    // Not tried again on the same network (the back-off alone would try every 2 s).
+    let first = attempts();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(attempts(), first, "{}", daemon.log());
+
+    // Another network (a new gateway on wlan0): one more try, and the same finding.
+    lab.cam("-4 route replace default via 198.18.1.3 dev wlan0 onlink");
+    eventually(T, "one more try on the new network", || async {
+        attempts() > first
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(attempts(), first + 1, "{}", daemon.log());
+    let (_, s) = daemon.api("GET", "/v1/status", None).await;
+    assert_eq!(s["unreachable"]["code"], "no_internet", "{s:#}");
+}
