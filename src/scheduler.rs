@@ -203,6 +203,17 @@ fn ending(app: &App, item: &Item, outcome: Outcome) -> Ending {
                 server_busy: retry_after.is_some(),
             }
         }
+        Outcome::ServerBusy(error) => {
+            let at = retry_at(app, item, None);
+            tracing::warn!(id, path = %item.storage_path, error = %error, retry_in_secs = at - now_unix(), "the server is busy or down; no upload starts before the retry");
+            // The whole camera waits out this file's back-off: the server said nothing of a
+            // file, it is the server.
+            Ending::Retry {
+                error,
+                at,
+                server_busy: true,
+            }
+        }
         Outcome::Failed(error) => {
             tracing::warn!(id, path = %item.storage_path, error = %error, "upload failed for good; waiting for the user's retry");
             Ending::Failed(error)

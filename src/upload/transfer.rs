@@ -69,6 +69,9 @@ pub enum Outcome {
         error: String,
         retry_after: Option<Duration>,
     },
+    /// 503 or 429 without `Retry-After`: the server is overloaded or down as a whole. Tried
+    /// again after the item's back-off, and no other file starts before then.
+    ServerBusy(String),
     /// A permanent failure for this item (413, a 4xx that will not change): stop retrying.
     Failed(String),
     /// 401: the server refused the token. Nothing more is sent until the user pairs again.
@@ -838,6 +841,10 @@ fn outcome_for(e: &TusError, path: &str, size: u64) -> Outcome {
             "server refuses files this large: {path} is {} ({msg})",
             count(size, "byte", "bytes")
         )),
+        // Overloaded or down as a whole, without saying for how long: no file gets through
+        // until the back-off has passed, so none is sent meanwhile (a camera with k files
+        // queued asked k times per back-off step before, as many fleets do after an outage).
+        (_, Some(429 | 503)) if e.retry_after().is_none() => Outcome::ServerBusy(msg),
         _ if e.is_transient() => Outcome::Retry {
             error: msg,
             retry_after: e.retry_after(),

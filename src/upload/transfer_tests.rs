@@ -471,6 +471,11 @@ async fn answers_map_to_outcomes_as_the_contract_says() {
             st(429, &[("retry-after", "30")], "slow down"),
             |o| matches!(o, Outcome::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
         ),
+        (
+            "POST",
+            st(503, &[], ""),
+            |o| matches!(o, Outcome::ServerBusy(m) if m.contains("503")),
+        ),
         ("PATCH", st(500, &[], ""), |o| {
             matches!(
                 o,
