@@ -152,6 +152,10 @@ impl App {
             checked: false,
             message: format!("the token is not checked yet: {why}; the first upload checks it"),
         };
+        // Nothing goes out before the clock is set (no certificate could be verified).
+        if !self.live().clock_set {
+            return Ok(unchecked("the camera's clock is not set".into()));
+        }
         match self
             .client
             .check_token(endpoint, &req.token, TOKEN_CHECK_DEADLINE)

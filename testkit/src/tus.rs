@@ -182,6 +182,17 @@ pub struct Receiver {
     _dir: tempfile::TempDir,
 }
 
+/// Pairing's check of the token, as the receiver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCheck {
+    /// The `Authorization` header as sent.
+    pub authorization: Option<String>,
+    /// 401 (refused) or 405 (a creation URL answers no `HEAD`: the token was taken).
+    pub status: u16,
+    /// The client's address as the server's socket saw it.
+    pub peer: Option<SocketAddr>,
+}
+
 /// One request as it arrived, for assertions on the wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedRequest {
@@ -491,7 +502,14 @@ impl Receiver {
         self.shared.refused_handshakes.load(Ordering::SeqCst)
     }
 
-    /// Every request so far, in arrival order.
+    /// Pairing's checks of the token so far (`HEAD` of the creation URL), in arrival order.
+    /// Not in [`Receiver::requests`].
+    pub fn token_checks(&self) -> Vec<TokenCheck> {
+        self.shared.lock().token_checks.clone()
+    }
+
+    /// Every request of the upload protocol so far, in arrival order (pairing's checks of
+    /// the token are in [`Receiver::token_checks`]).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
     }
@@ -734,6 +752,7 @@ struct State {
     uploads: BTreeMap<String, Upload>,
     order: Vec<String>,
     requests: Vec<RecordedRequest>,
+    token_checks: Vec<TokenCheck>,
     faults: Vec<Fault>,
     creations: usize,
     server_error_turn: usize,
@@ -910,6 +929,27 @@ async fn handle(
         .strip_prefix(BASE_PATH)
         .filter(|id| !id.is_empty() && !id.contains('/'))
         .map(str::to_owned);
+    // Pairing's check of the token (a HEAD of the creation URL itself, no upload): kept apart
+    // from the upload's requests and never given a fault, so that tests counting or faulting
+    // an upload's requests see the upload alone. `token_checks` lists them.
+    if method == "HEAD" && upload_id.is_none() && path.starts_with(BASE_PATH.trim_end_matches('/'))
+    {
+        let auth = header(&req, "authorization").map(str::to_owned);
+        let expected = shared.lock().token.clone();
+        let refused = expected.is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}")));
+        let status = if refused { 401 } else { 405 };
+        shared.lock().token_checks.push(TokenCheck {
+            authorization: auth,
+            status,
+            peer: conn.peer,
+        });
+        let r = if refused {
+            text(401, "missing or wrong bearer token")
+        } else {
+            text(405, "method not allowed here")
+        };
+        return Ok(with_header(r, "tus-resumable", "1.0.0"));
+    }
     if method == "PATCH" {
         if let Some(hook) = shared
             .patch_hook

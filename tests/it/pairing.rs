@@ -34,14 +34,14 @@ async fn a_token_the_server_refuses_is_refused_at_pairing_and_nothing_changes() 
     let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
     assert_eq!(account["paired"], false, "{account}");
     // One HEAD of the endpoint with the token, nothing else: no creation, no metadata.
-    let reqs = rig.rx.requests();
-    assert_eq!(reqs.len(), 1, "{}", rig.rx.request_summary());
-    assert_eq!(reqs[0].method, "HEAD");
+    let checks = rig.rx.token_checks();
+    assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(
-        reqs[0].header("authorization"),
+        checks[0].authorization.as_deref(),
         Some("Bearer a-mistyped-token")
     );
-    assert_eq!(reqs[0].header("upload-metadata"), None);
+    assert_eq!(checks[0].status, 401);
+    assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
 
     // The right token: paired, and the answer says the server took it.
     let (code, body) = rig
@@ -86,7 +86,7 @@ async fn a_token_the_server_refuses_is_refused_at_pairing_and_nothing_changes() 
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{out:?}{}", rig.rx.request_summary());
+    assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refused this token"), "{stderr}");
 }
