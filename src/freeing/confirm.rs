@@ -12,7 +12,9 @@ use super::gather::{on_card, world};
 use super::HEAD_TIMEOUT;
 use crate::app::App;
 use crate::credentials::Account;
+use crate::config::FreeSpaceVerify;
 use crate::space::{self, FileFacts, Keep, ReadBack, Server, Verdict, World};
+use crate::upload::tus::Receipt;
 use crate::store::{FreeCandidate, SentChunk, SentSummary};
 
 /// Asks the server, reads back where needed, looks at the file again, and asks the rules with
@@ -25,7 +27,12 @@ pub(super) async fn confirm(
     f: &mut FileFacts,
     c: &FreeCandidate,
 ) -> Option<Verdict> {
-    f.server = head(app, stop, account, c).await?;
+    (f.server, f.receipt) = head(app, stop, account, c).await?;
+    if let (space::Receipt::Sha256(d), Some(mine)) = (&f.receipt, f.digest) {
+        if *d == mine {
+            app.receipt_matched(c.item.id);
+        }
+    }
     let root = app.config().media.root.clone();
     let disk = c.item.storage_path.on_disk(&root);
     // Read back whenever the server's answer leaves the file to be freed: in every mode, since
@@ -56,7 +63,10 @@ pub(super) async fn confirm(
         // A stop also ends the reading itself: a large video is seconds of card reads.
         let abandon = Arc::new(AtomicBool::new(false));
         let flag = abandon.clone();
-        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, &flag));
+        // Under `receipt`, the whole file's SHA-256 too, in the same read.
+        let whole = f.digest.filter(|_| world.policy.verify == FreeSpaceVerify::Receipt);
+        let job =
+            tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, whole, &flag));
         let started = std::time::Instant::now();
         f.read_back = tokio::select! {
             _ = stop.cancelled() => {
@@ -86,20 +96,29 @@ pub(super) async fn confirm(
 }
 
 /// `HEAD` on the completed upload, now, with the token of the account the pass gathered it
-/// under. `None`: stopped.
+/// under; under `receipt` asking for the server's receipt (`Want-Repr-Digest`). `None`:
+/// stopped.
 async fn head(
     app: &Arc<App>,
     stop: &CancellationToken,
     account: Option<&Account>,
     c: &FreeCandidate,
-) -> Option<Server> {
+) -> Option<(Server, space::Receipt)> {
     if stop.is_cancelled() {
         return None;
     }
     let Some(account) = account else {
-        return Some(Server::Doubt("not paired".into()));
+        return Some((Server::Doubt("not paired".into()), space::Receipt::NotAsked));
     };
-    let ask = app.head_upload(&c.done_url, &account.token);
+    let on_receipt = app.config().media.free_space_verify == FreeSpaceVerify::Receipt;
+    let ask = async {
+        if on_receipt {
+            app.head_upload_receipt(&c.done_url, &account.token).await
+        } else {
+            let st = app.head_upload(&c.done_url, &account.token).await?;
+            Ok((st, Receipt::None))
+        }
+    };
     let answer = tokio::select! {
         // A stop comes first: a HEAD is not even begun after it.
         biased;
@@ -107,7 +126,17 @@ async fn head(
         r = tokio::time::timeout(HEAD_TIMEOUT, ask) => r,
     };
     let size = c.item.size;
-    Some(match answer {
+    let receipt = match &answer {
+        Ok(Ok((_, Receipt::Sha256(d)))) => space::Receipt::Sha256(*d),
+        Ok(Ok((_, Receipt::Malformed(why)))) => {
+            tracing::warn!(id = c.item.id, reason = %why, "the server's Repr-Digest cannot be read: no receipt");
+            space::Receipt::None
+        }
+        _ if on_receipt => space::Receipt::None,
+        _ => space::Receipt::NotAsked,
+    };
+    let answer = answer.map(|r| r.map(|(st, _)| st));
+    let server = match answer {
         Err(_) => Server::Doubt(format!("no answer to HEAD within {HEAD_TIMEOUT:?}")),
         // 404/410: the server lost it. Not a past `Upload-Expires` on an answer (tus expires
         // unfinished uploads; a server that dates a complete one is no reason to send it
@@ -119,7 +148,8 @@ async fn head(
             offset: st.offset,
             length: st.length,
         },
-    })
+    };
+    Some((server, receipt))
 }
 
 /// What `chunks` add up to, as the store sums them for a [`FreeCandidate`].
@@ -137,8 +167,15 @@ pub(super) fn summary_of(chunks: &[SentChunk]) -> SentSummary {
 /// Reads the file back from the card and compares each recorded chunk's SHA-1 with what was
 /// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
 /// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
-/// read, which the rules compare with the file at the path at the last look.
-pub(super) fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &AtomicBool) -> ReadBack {
+/// read, which the rules compare with the file at the path at the last look. With `whole`
+/// (under `receipt`), the SHA-256 of the whole file must equal it too, computed in the same
+/// read.
+pub(super) fn read_back_file(
+    path: &Path,
+    chunks: &[SentChunk],
+    whole: Option<[u8; 32]>,
+    abandon: &AtomicBool,
+) -> ReadBack {
     use std::os::unix::fs::OpenOptionsExt as _;
     let failed = |e: std::io::Error| ReadBack::Failed(format!("{}: {e}", path.display()));
     let file = match std::fs::OpenOptions::new()
@@ -154,11 +191,12 @@ pub(super) fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &Atomic
         Err(e) => return failed(e),
     };
     let mut at = 0u64;
+    let mut digest = whole.map(|_| crate::digest::FileDigest::default());
     for c in chunks {
         if c.start != at {
             return ReadBack::Differs { at };
         }
-        match crate::upload::source::sha1_of(&file, c.start, c.len, abandon) {
+        match crate::upload::source::sha1_of(&file, c.start, c.len, digest.as_mut(), abandon) {
             Ok(sha1) if sha1 == c.sha1 => {}
             // Shorter than what was sent, or other bytes.
             Ok(_) => return ReadBack::Differs { at: c.start },
@@ -168,6 +206,11 @@ pub(super) fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &Atomic
             Err(e) => return failed(e),
         }
         at += c.len;
+    }
+    if let (Some(want), Some(d)) = (whole, digest) {
+        if d.finish() != want {
+            return ReadBack::Differs { at: 0 };
+        }
     }
     ReadBack::Same { ino }
 }

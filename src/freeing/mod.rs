@@ -221,6 +221,10 @@ async fn act(
                 // Queued again (or not, if sent again once already) and said so by App.
                 let _ = app.lost_upload(&c.item);
             }
+            if k == Keep::ServerDigestMismatch {
+                // Flagged for the user, and queued again once, by App.
+                let _ = app.digest_mismatch(&c.item);
+            }
             *report.kept.entry(k.code()).or_default() += 1;
             if k.is_unverified() {
                 report.kept_unverified += 1;
