@@ -144,7 +144,11 @@ mod tests {
             let mut h = FileDigest::default();
             h.update(&d);
             assert_eq!(h.len(), n as u64);
-            assert_eq!(h.finish(), <[u8; 32]>::from(sha2::Sha256::digest(&d)), "{n}");
+            assert_eq!(
+                h.finish(),
+                <[u8; 32]>::from(sha2::Sha256::digest(&d)),
+                "{n}"
+            );
         }
     }
 

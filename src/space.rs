@@ -388,20 +388,23 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     if !f.endpoint_ok {
         return Verdict::Keep(Keep::OtherEndpoint);
     }
-    if f.sent.chunks == 0 {
-        return Verdict::Keep(Keep::NoSentRecord);
-    }
-    if !f.sent.covers(f.size) {
-        return Verdict::Keep(Keep::SentIncomplete);
-    }
     let on_receipt = w.policy.verify == FreeSpaceVerify::Receipt;
-    // Under `receipt`, no digest of the whole file (sent before the mode was set, or its
-    // record lost): nothing to compare a receipt with.
-    if on_receipt && f.digest.is_none() {
-        return Verdict::Keep(Keep::NoSentRecord);
-    }
-    if !f.sent.all_checksummed && w.policy.verify == FreeSpaceVerify::Checksum {
-        return Verdict::Keep(Keep::NoChecksum);
+    if on_receipt {
+        // The whole file's digest stands for the chunks' record (none is kept): without it
+        // (sent before the mode was set, or its record lost) nothing compares with a receipt.
+        if f.digest.is_none() {
+            return Verdict::Keep(Keep::NoSentRecord);
+        }
+    } else {
+        if f.sent.chunks == 0 {
+            return Verdict::Keep(Keep::NoSentRecord);
+        }
+        if !f.sent.covers(f.size) {
+            return Verdict::Keep(Keep::SentIncomplete);
+        }
+        if !f.sent.all_checksummed && w.policy.verify == FreeSpaceVerify::Checksum {
+            return Verdict::Keep(Keep::NoChecksum);
+        }
     }
     match &f.server {
         Server::NotAsked => return Verdict::Confirm,
@@ -428,7 +431,8 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     // Not the inode the bytes were sent from (or they were sent from several): on FAT and
     // exFAT a remount or a dropped cache entry does that. It only names the reason when the
     // bytes differ; the read-back decides in every case.
-    let inode_differs = f.sent.ino != Some(ino);
+    // Under `receipt` no chunk records the inode: other bytes are `read_back_differs`.
+    let inode_differs = !on_receipt && f.sent.ino != Some(ino);
     match &f.read_back {
         ReadBack::NotDone => Verdict::Confirm,
         // The bytes read back are those of the file at the path now.
@@ -538,9 +542,10 @@ mod tests {
         w.policy.verify = FreeSpaceVerify::Receipt;
     }
 
-    /// The server's receipt equals the camera's digest of the file (`file`'s digest).
+    /// The server's receipt equals the camera's digest of the file (`file`'s digest); no
+    /// chunk records under `receipt`.
     fn receipt_matches(f: &mut FileFacts) {
-        f.sent.all_checksummed = false;
+        f.sent = SentSummary::default();
         f.receipt = Receipt::Sha256(f.digest.unwrap());
     }
 
@@ -554,17 +559,19 @@ mod tests {
                 verdict: Verdict::Free,
             },
             Row {
-                name: "receipt: the server's receipt equals the camera's digest, read back the same",
+                name:
+                    "receipt: the server's receipt equals the camera's digest, read back the same",
                 world: receipt,
                 file: receipt_matches,
                 holds: &[],
                 verdict: Verdict::Free,
             },
             Row {
-                name: "receipt: not asked yet (checksums not needed): confirm first",
+                name: "receipt: not asked yet (no chunk records needed): confirm first",
                 world: receipt,
                 file: |f| {
-                    f.sent.all_checksummed = false;
+                    f.sent = SentSummary::default();
+                    f.receipt = Receipt::NotAsked;
                     not_read_back(f);
                 },
                 holds: &[],
@@ -599,6 +606,7 @@ mod tests {
                 world: receipt,
                 file: |f| {
                     receipt_matches(f);
+                    present(f, 4 * MIB, f.mtime_ns, 999);
                     f.read_back = ReadBack::Differs { at: 0 };
                 },
                 holds: &[],

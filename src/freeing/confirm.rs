@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::gather::{on_card, world};
 use super::HEAD_TIMEOUT;
 use crate::app::App;
-use crate::credentials::Account;
 use crate::config::FreeSpaceVerify;
+use crate::credentials::Account;
 use crate::space::{self, FileFacts, Keep, ReadBack, Server, Verdict, World};
-use crate::upload::tus::Receipt;
 use crate::store::{FreeCandidate, SentChunk, SentSummary};
+use crate::upload::tus::Receipt;
 
 /// Asks the server, reads back where needed, looks at the file again, and asks the rules with
 /// those answers. `None`: stopped.
@@ -63,10 +63,11 @@ pub(super) async fn confirm(
         // A stop also ends the reading itself: a large video is seconds of card reads.
         let abandon = Arc::new(AtomicBool::new(false));
         let flag = abandon.clone();
-        // Under `receipt`, the whole file's SHA-256 too, in the same read.
-        let whole = f.digest.filter(|_| world.policy.verify == FreeSpaceVerify::Receipt);
-        let job =
-            tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, whole, &flag));
+        // Under `receipt`, the whole file's SHA-256 instead.
+        let whole = f
+            .digest
+            .filter(|_| world.policy.verify == FreeSpaceVerify::Receipt);
+        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, whole, &flag));
         let started = std::time::Instant::now();
         f.read_back = tokio::select! {
             _ = stop.cancelled() => {
@@ -168,8 +169,8 @@ pub(super) fn summary_of(chunks: &[SentChunk]) -> SentSummary {
 /// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
 /// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
 /// read, which the rules compare with the file at the path at the last look. With `whole`
-/// (under `receipt`), the SHA-256 of the whole file must equal it too, computed in the same
-/// read.
+/// (under `receipt`, where no chunk is recorded) the whole file is read to its end and its
+/// SHA-256 must equal it.
 pub(super) fn read_back_file(
     path: &Path,
     chunks: &[SentChunk],
@@ -190,13 +191,26 @@ pub(super) fn read_back_file(
         Ok(m) => m.ino(),
         Err(e) => return failed(e),
     };
+    if let Some(want) = whole {
+        // Under `receipt`: the whole file, to its end, against the camera's digest.
+        let mut d = crate::digest::FileDigest::default();
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return failed(e),
+        };
+        return match crate::upload::source::digest_range(&file, &mut d, len, abandon) {
+            Ok(()) if d.finish() == want => ReadBack::Same { ino },
+            Ok(()) => ReadBack::Differs { at: 0 },
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ReadBack::Differs { at: 0 },
+            Err(e) => failed(e),
+        };
+    }
     let mut at = 0u64;
-    let mut digest = whole.map(|_| crate::digest::FileDigest::default());
     for c in chunks {
         if c.start != at {
             return ReadBack::Differs { at };
         }
-        match crate::upload::source::sha1_of(&file, c.start, c.len, digest.as_mut(), abandon) {
+        match crate::upload::source::sha1_of(&file, c.start, c.len, abandon) {
             Ok(sha1) if sha1 == c.sha1 => {}
             // Shorter than what was sent, or other bytes.
             Ok(_) => return ReadBack::Differs { at: c.start },
@@ -206,11 +220,6 @@ pub(super) fn read_back_file(
             Err(e) => return failed(e),
         }
         at += c.len;
-    }
-    if let (Some(want), Some(d)) = (whole, digest) {
-        if d.finish() != want {
-            return ReadBack::Differs { at: 0 };
-        }
     }
     ReadBack::Same { ino }
 }

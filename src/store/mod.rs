@@ -30,7 +30,7 @@ pub use lock::DirLock;
 pub use queue::ManualOutcome;
 use queue::*;
 use restore::*;
-pub use space::{FreeCandidate, SentChunk, SentSummary, SentDigest};
+pub use space::{FreeCandidate, SentChunk, SentDigest, SentSummary};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

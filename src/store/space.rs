@@ -118,9 +118,7 @@ impl Store {
         let mut stmt = conn
             .prepare_cached("SELECT value FROM kv WHERE key LIKE 'space.mismatch.%' ORDER BY key")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
     }
@@ -247,7 +245,10 @@ impl Store {
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
             tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
-            tx.execute("DELETE FROM kv WHERE key = ?1", [format!("{MISMATCH_PREFIX}{id}")])?;
+            tx.execute(
+                "DELETE FROM kv WHERE key = ?1",
+                [format!("{MISMATCH_PREFIX}{id}")],
+            )?;
             tx.execute("DELETE FROM kv WHERE key = ?1", [freeing_key(id)])?;
             tx.commit()
         })?;
@@ -476,7 +477,10 @@ mod tests {
         assert_eq!(it.state, ItemState::Done);
         assert!(s.free_candidates().unwrap().is_empty());
         assert_eq!(s.history(10).unwrap()[0].freed_at, Some(at));
-        assert_eq!(s.history(10).unwrap()[0].freed_on.as_deref(), Some("length"));
+        assert_eq!(
+            s.history(10).unwrap()[0].freed_on.as_deref(),
+            Some("length")
+        );
         // The watcher's "deleted" and a scan's re-find leave it alone.
         assert_eq!(s.skip_deleted(&it.storage_path).unwrap(), 0);
         let again = FoundFile {
@@ -519,8 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_state_is_kept_per_accepted_chunk_reaches_the_history_and_goes_with_the_upload()
-    {
+    fn the_digest_state_is_kept_per_accepted_chunk_reaches_the_history_and_goes_with_the_upload() {
         use sha2::Digest as _;
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
@@ -554,11 +557,18 @@ mod tests {
             .conn()
             .query_row("SELECT sha256 FROM history", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(sha, want.to_vec(), "the history keeps the digest of the bytes sent");
+        assert_eq!(
+            sha,
+            want.to_vec(),
+            "the history keeps the digest of the bytes sent"
+        );
 
         // A mismatch is noted until a receipt matches; sending again drops the digest.
         s.note_digest_mismatch(id, "DCIM/A.JPG").unwrap();
-        assert_eq!(s.digest_mismatches().unwrap(), vec!["DCIM/A.JPG".to_string()]);
+        assert_eq!(
+            s.digest_mismatches().unwrap(),
+            vec!["DCIM/A.JPG".to_string()]
+        );
         assert!(s.requeue_done(id, "the receipt differs").unwrap());
         assert_eq!(s.sent_digest(id).unwrap(), None);
         assert_eq!(s.digest_mismatches().unwrap().len(), 1);

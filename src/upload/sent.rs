@@ -57,7 +57,12 @@ where
 /// caller's digest stays where it was). Saved in the store, so a resume after a restart goes
 /// on from here; with the digest itself once `acked` is the file's size. A failing write is
 /// logged: the upload goes on, and a resume reads the part sent back from the card.
-pub fn record_whole(store: &Store, a: &Accepted<'_>, size: u64, whole: &WholeHash) -> Option<FileDigest> {
+pub fn record_whole(
+    store: &Store,
+    a: &Accepted<'_>,
+    size: u64,
+    whole: &WholeHash,
+) -> Option<FileDigest> {
     let d = whole.get();
     if a.acked != a.start + a.len || d.len() != a.acked {
         return None;

@@ -279,31 +279,11 @@ fn lock_states(
 
 /// The SHA-1 of `len` bytes of `file` at `offset`, read block by block on the calling thread
 /// (freeing space reads a file back with it); a range past the file's end is an
-/// [`io::ErrorKind::UnexpectedEof`]. With `digest` (the whole file's SHA-256 of a read-back
-/// under `receipt`) the same bytes go into it too, which then costs no second read.
-pub fn sha1_of(
-    file: &File,
-    offset: u64,
-    len: u64,
-    mut digest: Option<&mut crate::digest::FileDigest>,
-    cancel: &AtomicBool,
-) -> io::Result<[u8; 20]> {
-    let mut hasher = sha1::Sha1::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut done = 0u64;
-    while done < len {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "hash abandoned"));
-        }
-        let want = (len - done).min(BLOCK as u64) as usize;
-        file.read_exact_at(&mut buf[..want], offset + done)?;
-        hasher.update(&buf[..want]);
-        if let Some(d) = digest.as_deref_mut() {
-            d.update(&buf[..want]);
-        }
-        done += want as u64;
-    }
-    Ok(hasher.finalize().into())
+/// [`io::ErrorKind::UnexpectedEof`].
+pub fn sha1_of(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Result<[u8; 20]> {
+    Ok(sha1_walk(file, offset, len, cancel, |_, _| {})?
+        .finalize()
+        .into())
 }
 
 /// Hashes the `len` bytes of `file` after the `digest.len()` ones it has seen into `digest`:

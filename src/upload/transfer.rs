@@ -116,7 +116,8 @@ pub async fn upload(
         last_persist: Instant::now(),
         changed: false,
         sending: false,
-        record_sent: ctx.config.media.frees_space(),
+        // Under `receipt` the whole file's digest stands for the chunks' record.
+        record_sent: ctx.config.media.frees_space() && !ctx.config.media.digests_whole_files(),
         whole: ctx
             .config
             .media
@@ -494,7 +495,12 @@ impl Transfer<'_, '_> {
             let file = self.open_chunk()?;
             let (start, abandon) = (from.len(), std::sync::Arc::new(AtomicBool::new(false)));
             let flag = abandon.clone();
-            tracing::info!(item = self.item.id, from = start, to, "reading the part sent back from the card for the file's digest");
+            tracing::info!(
+                item = self.item.id,
+                from = start,
+                to,
+                "reading the part sent back from the card for the file's digest"
+            );
             let job = tokio::task::spawn_blocking(move || {
                 source::digest_range(&file, &mut from, to - start, &flag).map(|()| from)
             });
