@@ -23,6 +23,7 @@ mod large;
 mod losses;
 mod mtls;
 mod readme;
+mod receipts;
 mod schedule;
 mod space;
 mod uplink;
