@@ -236,6 +236,7 @@ impl Transfer<'_, '_> {
                 Sent::Restart => continue,
                 Sent::All { acknowledged } => confirmed |= acknowledged,
             }
+            self.complete_whole().await?;
 
             // The last byte is acknowledged, but the file may have been rewritten while it was
             // read: then the server holds a mix of two versions. Never call that done.
@@ -519,6 +520,28 @@ impl Transfer<'_, '_> {
             };
         }
         self.whole = Some(from);
+        Ok(())
+    }
+
+    /// Every byte is on the server: the whole file's digest is kept, also where no chunk was
+    /// sent in this attempt (a restart after the last chunk was accepted and before the item
+    /// was done): from the saved state, or, where a crash lost that too, read from the card.
+    async fn complete_whole(&mut self) -> Result<(), Outcome> {
+        let size = self.item.size;
+        if self.whole.as_ref().is_none_or(|w| w.len() == size) {
+            return Ok(());
+        }
+        self.catch_up_whole().await?;
+        if let Some(d) = self.whole.as_ref().filter(|d| d.len() == size) {
+            let saved = crate::store::SentDigest {
+                at: size,
+                state: d.to_bytes(),
+                sha256: Some(d.finish()),
+            };
+            if let Err(e) = self.ctx.store.record_sent_digest(self.item.id, &saved) {
+                tracing::warn!(item = self.item.id, error = %e, "cannot save the file's digest (it will not be freed on a receipt)");
+            }
+        }
         Ok(())
     }
 

@@ -816,3 +816,25 @@ async fn a_stopped_upload_resumed_by_a_new_attempt_goes_on_from_the_saved_state(
     let d = h.store.sent_digest(id).unwrap().unwrap();
     assert_eq!(d.sha256, Some(sha256(&data)));
 }
+
+#[tokio::test]
+async fn an_upload_complete_on_the_server_before_the_attempt_still_ends_with_its_digest() {
+    // A crash after the server accepted the last chunk and before the digest was saved: the
+    // next attempt sends nothing, and the digest is read from the card once.
+    let mut h = Harness::with(5, receiver().without_checksum()).await;
+    let data = content(MIB + 3);
+    let id = h.add("DCIM/A.MP4", &data);
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    receipt_mode(&mut h);
+    // As a restart would leave the item: uploading again at its URL, no digest saved.
+    let url = h.srv.completed_uploads()[0].url.clone();
+    h.store
+        .set_upload_url(id, &url, None, &h.srv.url())
+        .unwrap();
+    assert_eq!(h.store.sent_digest(id).unwrap(), None);
+    let patches = h.count("PATCH");
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.count("PATCH"), patches, "nothing sent again");
+    let d = h.store.sent_digest(id).unwrap().unwrap();
+    assert_eq!(d.sha256, Some(sha256(&data)));
+}
