@@ -234,7 +234,13 @@ impl App {
         queued
     }
 
-    /// A receipt for item `id` matched the camera's digest: a mismatch noted before is over.
+    /// The items whose receipt differed and has not matched since, with their files' paths.
+    pub fn digest_mismatches(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.store.digest_mismatches()
+    }
+
+    /// A receipt for item `id` matched the camera's digest, or its file is no longer on the
+    /// card to protect: a mismatch noted before is over.
     pub fn receipt_matched(&self, id: i64) {
         if let Err(e) = self.store.clear_digest_mismatch(id) {
             tracing::warn!(error = %e, id, "cannot clear the receipt mismatch");

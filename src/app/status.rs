@@ -109,7 +109,12 @@ impl App {
         if let Some(p) = last_pass.as_ref().filter(|p| p.stuck_unverified()) {
             attention.push(unverified_attention(p, &self.config.media));
         }
-        let mismatches = self.store.digest_mismatches()?;
+        let mismatches: Vec<String> = self
+            .store
+            .digest_mismatches()?
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
         if !mismatches.is_empty() {
             attention.push(mismatch_attention(&mismatches));
         }

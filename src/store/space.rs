@@ -112,15 +112,28 @@ impl Store {
         self.set_kv(&format!("{MISMATCH_PREFIX}{id}"), None)
     }
 
-    /// The paths of the files whose receipt differed and has not matched since.
-    pub fn digest_mismatches(&self) -> Result<Vec<String>> {
+    /// The items (and their files' paths) whose receipt differed and has not matched since.
+    pub fn digest_mismatches(&self) -> Result<Vec<(i64, String)>> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached("SELECT value FROM kv WHERE key LIKE 'space.mismatch.%' ORDER BY key")
+            .prepare_cached(
+                "SELECT key, value FROM kv WHERE key LIKE 'space.mismatch.%' ORDER BY key",
+            )
             .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, path) = row.map_err(|e| self.err(e))?;
+            if let Some(id) = key
+                .strip_prefix(MISMATCH_PREFIX)
+                .and_then(|k| k.parse().ok())
+            {
+                out.push((id, path));
+            }
+        }
+        Ok(out)
     }
 
     /// Records a chunk the server accepted whole. Rows reaching past its start are dropped
@@ -567,7 +580,7 @@ mod tests {
         s.note_digest_mismatch(id, "DCIM/A.JPG").unwrap();
         assert_eq!(
             s.digest_mismatches().unwrap(),
-            vec!["DCIM/A.JPG".to_string()]
+            vec![(id, "DCIM/A.JPG".to_string())]
         );
         assert!(s.requeue_done(id, "the receipt differs").unwrap());
         assert_eq!(s.sent_digest(id).unwrap(), None);

@@ -298,3 +298,41 @@ async fn an_upload_resumed_after_kill_9_mid_file_ends_with_the_right_digest_and_
     );
     assert_eq!(freed_on(&rig, &rels[0]).await, "receipt");
 }
+
+#[tokio::test]
+async fn a_flagged_file_the_user_deleted_from_the_card_ends_the_flag() {
+    let Some((cam, _card, rels)) = camera(old(), "receipt") else {
+        return;
+    };
+    let rx = receiver(tusd_like()).await;
+    let rig = uploaded(cam, rx, &rels).await;
+    // Uploads held: the file queued again is not sent again before the user acts.
+    hold_uploads(&rig).await;
+    let first = uploads_of(&rig.rx, &rels[0]);
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::options()
+            .write(true)
+            .open(rig.rx.data_path(&first[0].id))
+            .unwrap();
+        f.seek(std::io::SeekFrom::Start(1)).unwrap();
+        f.write_all(&[0xa5]).unwrap();
+    }
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    assert_eq!(pass["kept"]["server_digest_mismatch"], 1, "{pass:#}");
+    assert!(attention_codes(&rig)
+        .await
+        .contains(&"server_digest_mismatch".to_string()));
+    // The user deletes it by hand: nothing is left to protect, the next pass ends the flag.
+    std::fs::remove_file(rig.cam.media_path(&rels[0])).unwrap();
+    crate::space::set_free_space(&rig, "off").await;
+    let t0 = crate::common::real_now();
+    crate::space::set_free_space(&rig, "when_low").await;
+    let _ = wait_for_a_pass_after(&rig, t0).await;
+    eventually(T, "server_digest_mismatch ended", || async {
+        !attention_codes(&rig)
+            .await
+            .contains(&"server_digest_mismatch".to_string())
+    })
+    .await;
+}
