@@ -6,7 +6,12 @@
 //
 // Listens on 127.0.0.1:TUS_PORT. Serves tus 1.0 at /files/ (creation, creation-with-upload,
 // creation-defer-length, termination: what @tus/s3-store offers) and GET /health (200, no
-// token: the balancer's check). Logs one JSON line per request on stdout:
+// token: the balancer's check). Gives receipts (RFC 9530, cambackup's
+// `free_space_verify = "receipt"`): when an upload finishes, the object is streamed back from
+// S3 and its SHA-256 kept beside it as the object `ID.sha256` (base64), which every instance
+// reads; a HEAD whose `Want-Repr-Digest` names sha-256 is answered `Repr-Digest:
+// sha-256=:BASE64:` once that digest exists (computed from the stored bytes, never from the
+// bytes as they arrived). Logs one JSON line per request on stdout:
 //   {"t": ms, "inst": "tus1", "method", "url", "status", "ms": duration, "offset": Upload-Offset
 //    answered or null, "aborted": true if the client went away first}
 //
@@ -25,7 +30,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer } from "node:http";
 import { S3Store } from "@tus/s3-store";
-import { ERRORS, MemoryLocker, RedisKvStore, Server } from "@tus/server";
+import { ERRORS, EVENTS, MemoryLocker, RedisKvStore, Server } from "@tus/server";
 import { createClient } from "redis";
 import { RedisLocker } from "./lib/redis-locker.mjs";
 import { s3Config } from "./lib/s3.mjs";
@@ -132,14 +137,98 @@ if (env.CLOUD_LOCK === "memory") {
   }).start();
 }
 
+const datastore = new CheckedS3Store({
+  s3ClientConfig: { bucket, ...s3 },
+  cache,
+  // Swift's s3api has no object tagging; tags only serve expiration, which is off here.
+  useTags: false,
+});
+
+// Receipts. The digest is of the object as S3 stores it, read back after the upload finished:
+// a store that lost or changed a part gives another digest than the camera's, which then keeps
+// its file. Kept as a small object beside the upload's (`ID.sha256`), so any instance answers
+// it, and a Redis restart loses nothing. Computed after the final PATCH is answered, never
+// before (a large video read back would hold that answer past the client's stall timeout); a
+// HEAD that comes first gets no receipt yet (the camera asks again at its next pass) and
+// starts the computation if none runs here.
+const DIGEST_SUFFIX = ".sha256";
+const computing = new Map();
+
+async function storedDigest(id) {
+  try {
+    const { Body } = await datastore.client.getObject({ Bucket: bucket, Key: id + DIGEST_SUFFIX });
+    const text = (await Body.transformToString()).trim();
+    return /^[A-Za-z0-9+/]{43}=$/.test(text) ? text : undefined;
+  } catch (e) {
+    if (e?.name === "NoSuchKey" || e?.name === "NotFound") return undefined;
+    throw e;
+  }
+}
+
+function computeDigest(id) {
+  if (computing.has(id)) return computing.get(id);
+  const job = (async () => {
+    const { Body } = await datastore.client.getObject({ Bucket: bucket, Key: id });
+    const h = createHash("sha256");
+    for await (const chunk of Body) h.update(chunk);
+    const b64 = h.digest("base64");
+    await datastore.client.putObject({
+      Bucket: bucket,
+      Key: id + DIGEST_SUFFIX,
+      Body: b64,
+      ContentType: "text/plain",
+    });
+    return b64;
+  })()
+    .catch((e) => {
+      // No receipt for now: the camera keeps the file and asks again later.
+      console.error(`${name}: receipt of ${id}: ${e?.name ?? ""} ${e?.message ?? e}`);
+      return undefined;
+    })
+    .finally(() => computing.delete(id));
+  computing.set(id, job);
+  return job;
+}
+
+/** The upload ID of a `/files/ID` URL, or undefined. */
+function uploadId(url) {
+  const m = /^\/files\/([^/?#.]+)(?:[?#].*)?$/.exec(url ?? "");
+  return m ? m[1] : undefined;
+}
+
+/** Whether a `Want-Repr-Digest` (an RFC 8941 dictionary) asks for sha-256 with a weight > 0. */
+function wantsSha256(header) {
+  if (typeof header !== "string") return false;
+  return header.split(",").some((m) => {
+    const [k, v] = m.trim().split("=");
+    return k === "sha-256" && Number(v ?? "1") > 0;
+  });
+}
+
+/**
+ * Sets `Repr-Digest` on the answer to a HEAD asking for it, where the digest of the finished
+ * upload is known; starts computing it where the upload is complete but it is not (a
+ * computation lost to a crash). Never fails the HEAD: without it, there is no receipt.
+ */
+async function receipt(req, res) {
+  const id = uploadId(req.url);
+  if (!id || !wantsSha256(req.headers["want-repr-digest"])) return;
+  try {
+    const d = await storedDigest(id);
+    if (d) {
+      res.setHeader("Repr-Digest", `sha-256=:${d}:`);
+      return;
+    }
+    const upload = await datastore.getUpload(id);
+    if (upload.size !== undefined && upload.offset === upload.size) computeDigest(id);
+  } catch (e) {
+    if (e?.status_code === undefined) console.error(`${name}: receipt of ${id}: ${e?.message ?? e}`);
+  }
+}
+
 const tus = new Server({
   path: "/files",
-  datastore: new CheckedS3Store({
-    s3ClientConfig: { bucket, ...s3 },
-    cache,
-    // Swift's s3api has no object tagging; tags only serve expiration, which is off here.
-    useTags: false,
-  }),
+  datastore,
   locker,
   // The balancer sets X-Forwarded-Proto/Host: the Location of a new upload must name the
   // balancer's address and scheme (https when it terminates TLS), not this instance's.
@@ -156,6 +245,9 @@ const tus = new Server({
     }
     return {};
   },
+});
+tus.on(EVENTS.POST_FINISH, (_req, _res, upload) => {
+  computeDigest(upload.id);
 });
 
 const http = createServer((req, res) => {
@@ -187,6 +279,10 @@ const http = createServer((req, res) => {
         "WWW-Authenticate": 'Bearer realm="tus"',
       })
       .end("Authorization: a bearer token this tier accepts (CLOUD_TOKENS) is required\n");
+    return;
+  }
+  if (req.method === "HEAD") {
+    receipt(req, res).then(() => tus.handle(req, res));
     return;
   }
   tus.handle(req, res);

@@ -102,6 +102,11 @@ pub enum FreeSpaceVerify {
     /// Without the checksum extension: the server's offset equals the length (over verified
     /// TLS), and the file read back from the card hashes, chunk by chunk, as the bytes sent.
     Length,
+    /// The server's receipt: a `HEAD` with `Want-Repr-Digest: sha-256=10` just before the
+    /// deletion answers `Repr-Digest: sha-256=:…:`, the SHA-256 of the object it stored, and
+    /// it equals the camera's SHA-256 of the whole file, computed as it was sent, and the
+    /// file read back from the card.
+    Receipt,
 }
 
 impl FreeSpaceVerify {
@@ -109,6 +114,7 @@ impl FreeSpaceVerify {
         match self {
             FreeSpaceVerify::Checksum => "checksum",
             FreeSpaceVerify::Length => "length",
+            FreeSpaceVerify::Receipt => "receipt",
         }
     }
 }
@@ -118,6 +124,12 @@ impl Media {
     /// then are the hashes of what was sent kept, so cameras without it pay nothing.
     pub fn frees_space(&self) -> bool {
         self.free_space_below_percent.is_some()
+    }
+
+    /// Whether uploads compute the camera's SHA-256 of the whole file (`free_space_verify =
+    /// "receipt"` on a camera that frees space): elsewhere it costs nothing.
+    pub fn digests_whole_files(&self) -> bool {
+        self.frees_space() && self.free_space_verify == FreeSpaceVerify::Receipt
     }
 }
 
@@ -1014,6 +1026,10 @@ endpoint = "https://upload.example.com/files/"
         let c = parse_str(&ok).unwrap();
         assert_eq!(c.media.free_space_below_percent, Some(15));
         assert_eq!(c.media.free_space_verify, FreeSpaceVerify::Length);
+        assert!(!c.media.digests_whole_files());
+        let c = parse_str(&ok.replace("\"length\"", "\"receipt\"")).unwrap();
+        assert_eq!(c.media.free_space_verify, FreeSpaceVerify::Receipt);
+        assert!(c.media.digests_whole_files());
         for (line, key) in [
             (
                 "free_space_below_percent = 0",

@@ -15,6 +15,7 @@ mod config;
 mod control;
 mod credentials;
 mod daemon;
+mod digest;
 mod durable;
 mod events;
 mod freeing;

@@ -19,6 +19,12 @@
 //! off would otherwise never free anything; it only names the reason when the bytes differ
 //! (another inode: another file put in its place, [`Keep::Changed`]; the same inode:
 //! [`Keep::ReadBackDiffers`]).
+//!
+//! Under `free_space_verify = "receipt"` the server's own word about what it stored decides
+//! too: its receipt (the SHA-256 of the stored object, from the confirming `HEAD`) must equal
+//! the camera's SHA-256 of the file as sent ([`FileFacts::digest`]), and the read-back the
+//! same digest. No receipt keeps the file ([`Keep::NoReceipt`]); another digest keeps it and
+//! has it sent again ([`Keep::ServerDigestMismatch`]).
 
 use serde::Serialize;
 
@@ -119,6 +125,16 @@ pub enum Server {
     Doubt(String),
 }
 
+/// The server's receipt, from the `HEAD` made just before deletion under `receipt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    NotAsked,
+    /// The server gave none (no `Repr-Digest` with `sha-256`, or one that could not be read).
+    None,
+    /// Its SHA-256 of the object it stored.
+    Sha256([u8; 32]),
+}
+
 /// What reading the file back from the card found, compared chunk by chunk with what was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadBack {
@@ -144,11 +160,15 @@ pub struct FileFacts {
     pub mtime_ns: i64,
     /// What was recorded of the bytes sent.
     pub sent: SentSummary,
+    /// The camera's SHA-256 of the whole file as it was sent (kept under `receipt` only).
+    pub digest: Option<[u8; 32]>,
     /// The completed upload was made at the endpoint in use now (a `HEAD` elsewhere would send
     /// the token to the old host).
     pub endpoint_ok: bool,
     pub on_card: OnCard,
     pub server: Server,
+    /// The server's receipt (asked under `receipt` only).
+    pub receipt: Receipt,
     pub read_back: ReadBack,
 }
 
@@ -175,6 +195,11 @@ pub enum Keep {
     SentIncomplete,
     /// The server did not check checksums and `free_space_verify` is `checksum`.
     NoChecksum,
+    /// `free_space_verify` is `receipt` and the server gave no receipt for the upload.
+    NoReceipt,
+    /// The server's receipt differs from the camera's digest: the server lost or changed
+    /// bytes. The file is sent again once.
+    ServerDigestMismatch,
     /// The server's upload is not complete.
     ServerIncomplete { offset: u64, length: Option<u64> },
     /// The server lost the upload; the file is queued again.
@@ -200,6 +225,8 @@ impl Keep {
             Keep::NoSentRecord => "no_sent_record",
             Keep::SentIncomplete => "sent_incomplete",
             Keep::NoChecksum => "no_checksum",
+            Keep::NoReceipt => "no_receipt",
+            Keep::ServerDigestMismatch => "server_digest_mismatch",
             Keep::ServerIncomplete { .. } => "server_incomplete",
             Keep::ServerLost => "server_lost",
             Keep::ServerDoubt { .. } => "server_doubt",
@@ -212,7 +239,7 @@ impl Keep {
     pub fn is_unverified(&self) -> bool {
         matches!(
             self,
-            Keep::NoSentRecord | Keep::SentIncomplete | Keep::NoChecksum
+            Keep::NoSentRecord | Keep::SentIncomplete | Keep::NoChecksum | Keep::NoReceipt
         )
     }
 }
@@ -361,14 +388,23 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
     if !f.endpoint_ok {
         return Verdict::Keep(Keep::OtherEndpoint);
     }
-    if f.sent.chunks == 0 {
-        return Verdict::Keep(Keep::NoSentRecord);
-    }
-    if !f.sent.covers(f.size) {
-        return Verdict::Keep(Keep::SentIncomplete);
-    }
-    if !f.sent.all_checksummed && w.policy.verify != FreeSpaceVerify::Length {
-        return Verdict::Keep(Keep::NoChecksum);
+    let on_receipt = w.policy.verify == FreeSpaceVerify::Receipt;
+    if on_receipt {
+        // The whole file's digest stands for the chunks' record (none is kept): without it
+        // (sent before the mode was set, or its record lost) nothing compares with a receipt.
+        if f.digest.is_none() {
+            return Verdict::Keep(Keep::NoSentRecord);
+        }
+    } else {
+        if f.sent.chunks == 0 {
+            return Verdict::Keep(Keep::NoSentRecord);
+        }
+        if !f.sent.covers(f.size) {
+            return Verdict::Keep(Keep::SentIncomplete);
+        }
+        if !f.sent.all_checksummed && w.policy.verify == FreeSpaceVerify::Checksum {
+            return Verdict::Keep(Keep::NoChecksum);
+        }
     }
     match &f.server {
         Server::NotAsked => return Verdict::Confirm,
@@ -382,10 +418,21 @@ fn judge(w: &World, f: &FileFacts) -> Verdict {
         Server::Lost => return Verdict::Keep(Keep::ServerLost),
         Server::Doubt(d) => return Verdict::Keep(Keep::ServerDoubt { detail: d.clone() }),
     }
+    if on_receipt {
+        match &f.receipt {
+            Receipt::NotAsked => return Verdict::Confirm,
+            Receipt::None => return Verdict::Keep(Keep::NoReceipt),
+            Receipt::Sha256(d) if Some(*d) != f.digest => {
+                return Verdict::Keep(Keep::ServerDigestMismatch)
+            }
+            Receipt::Sha256(_) => {}
+        }
+    }
     // Not the inode the bytes were sent from (or they were sent from several): on FAT and
     // exFAT a remount or a dropped cache entry does that. It only names the reason when the
     // bytes differ; the read-back decides in every case.
-    let inode_differs = f.sent.ino != Some(ino);
+    // Under `receipt` no chunk records the inode: other bytes are `read_back_differs`.
+    let inode_differs = !on_receipt && f.sent.ino != Some(ino);
     match &f.read_back {
         ReadBack::NotDone => Verdict::Confirm,
         // The bytes read back are those of the file at the path now.
@@ -446,6 +493,7 @@ mod tests {
                 all_checksummed: true,
                 ino: Some(100 + id as u64),
             },
+            digest: Some([id as u8; 32]),
             endpoint_ok: true,
             on_card: OnCard::Present {
                 size: 4 * MIB,
@@ -453,6 +501,7 @@ mod tests {
                 ino: 100 + id as u64,
             },
             server: Server::Complete,
+            receipt: Receipt::NotAsked,
             read_back: ReadBack::Same {
                 ino: 100 + id as u64,
             },
@@ -489,6 +538,17 @@ mod tests {
         f.sent.all_checksummed = false;
     }
 
+    fn receipt(w: &mut World) {
+        w.policy.verify = FreeSpaceVerify::Receipt;
+    }
+
+    /// The server's receipt equals the camera's digest of the file (`file`'s digest); no
+    /// chunk records under `receipt`.
+    fn receipt_matches(f: &mut FileFacts) {
+        f.sent = SentSummary::default();
+        f.receipt = Receipt::Sha256(f.digest.unwrap());
+    }
+
     fn rows() -> Vec<Row> {
         vec![
             Row {
@@ -497,6 +557,86 @@ mod tests {
                 file: same,
                 holds: &[],
                 verdict: Verdict::Free,
+            },
+            Row {
+                name:
+                    "receipt: the server's receipt equals the camera's digest, read back the same",
+                world: receipt,
+                file: receipt_matches,
+                holds: &[],
+                verdict: Verdict::Free,
+            },
+            Row {
+                name: "receipt: not asked yet (no chunk records needed): confirm first",
+                world: receipt,
+                file: |f| {
+                    f.sent = SentSummary::default();
+                    f.receipt = Receipt::NotAsked;
+                    not_read_back(f);
+                },
+                holds: &[],
+                verdict: Verdict::Confirm,
+            },
+            Row {
+                name: "receipt: the server gives none",
+                world: receipt,
+                file: |f| f.receipt = Receipt::None,
+                holds: &[],
+                verdict: Verdict::Keep(Keep::NoReceipt),
+            },
+            Row {
+                name: "receipt: the server's digest differs (it lost or changed bytes)",
+                world: receipt,
+                file: |f| f.receipt = Receipt::Sha256([0xee; 32]),
+                holds: &[],
+                verdict: Verdict::Keep(Keep::ServerDigestMismatch),
+            },
+            Row {
+                name: "receipt: no camera digest to compare with (sent before the mode was set)",
+                world: receipt,
+                file: |f| {
+                    receipt_matches(f);
+                    f.digest = None;
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::NoSentRecord),
+            },
+            Row {
+                name: "receipt: matching, but the card's file reads back other bytes",
+                world: receipt,
+                file: |f| {
+                    receipt_matches(f);
+                    present(f, 4 * MIB, f.mtime_ns, 999);
+                    f.read_back = ReadBack::Differs { at: 0 };
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::ReadBackDiffers { at: 0 }),
+            },
+            Row {
+                name: "receipt: matching, but the file changed on the card since (size, mtime)",
+                world: receipt,
+                file: |f| {
+                    receipt_matches(f);
+                    present(f, 4 * MIB, f.mtime_ns + 1, 101);
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::Changed),
+            },
+            Row {
+                name: "receipt: the server's upload is not complete",
+                world: receipt,
+                file: |f| {
+                    receipt_matches(f);
+                    f.server = Server::Incomplete {
+                        offset: 1,
+                        length: Some(4 * MIB),
+                    };
+                },
+                holds: &[],
+                verdict: Verdict::Keep(Keep::ServerIncomplete {
+                    offset: 1,
+                    length: Some(4 * MIB),
+                }),
             },
             Row {
                 name: "the server not asked yet: confirm first",

@@ -301,6 +301,9 @@ pub struct HistoryView {
     pub freed_at: Option<i64>,
     /// The serial of the card it was sent from; null where the card could not be read.
     pub card: Option<String>,
+    /// What freeing it rested on (`receipt`, `checksum`, `length`: the `free_space_verify`
+    /// mode it was verified under); null while it is on the card.
+    pub freed_on: Option<String>,
 }
 
 /// `GET /v1/privacy`: exactly what leaves the device, and where to.

@@ -19,7 +19,7 @@ use crate::events::Event;
 use crate::secret::Secret;
 use crate::space::{Card, Hold};
 use crate::store::{FreeCandidate, Item, SentChunk, StoreError};
-use crate::upload::tus::{TusError, UploadState};
+use crate::upload::tus::{Receipt, TusError, UploadState};
 
 /// What one pass of the freeing task found and did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -175,10 +175,12 @@ impl App {
         self.store.item(id)
     }
 
-    /// A file was deleted to free space: recorded (`freed_at`, the history), then announced
-    /// on the event stream. Returns when it was recorded (unix seconds).
+    /// A file was deleted to free space: recorded (`freed_at`, the history with `freed_on`:
+    /// the `free_space_verify` mode its upload was verified under), then announced on the
+    /// event stream. Returns when it was recorded (unix seconds).
     pub fn record_freed(&self, item: &Item) -> Result<i64, StoreError> {
-        let freed_at = self.store.mark_freed(item.id)?;
+        let on = self.config.media.free_space_verify.as_str();
+        let freed_at = self.store.mark_freed(item.id, on)?;
         tracing::info!(id = item.id, path = %item.storage_path, size = item.size, "freed space: deleted a backed-up file from the card");
         self.events.send(Event::Freed {
             id: item.id,
@@ -206,6 +208,53 @@ impl App {
             Err(e) => tracing::error!(error = %e, id, "cannot queue a lost upload again"),
         }
         queued
+    }
+
+    /// The server's receipt for a completed upload differs from the camera's digest: the
+    /// server lost or changed bytes. Noted for `attention` (`server_digest_mismatch`, until a
+    /// later receipt for the file matches) and the file queued again, once per version like a
+    /// lost upload. True when it was queued again.
+    pub fn digest_mismatch(&self, item: &Item) -> Result<bool, StoreError> {
+        let (id, path) = (item.id, &item.storage_path);
+        self.store.note_digest_mismatch(id, &path.to_string())?;
+        let queued = self.store.requeue_done(
+            id,
+            "the server's receipt (Repr-Digest) differs from the bytes sent: sending it again",
+        );
+        match &queued {
+            Ok(true) => {
+                tracing::warn!(id, path = %path, "the server's receipt differs from the camera's digest: the file is kept and sent again");
+                self.queued();
+            }
+            Ok(false) => {
+                tracing::warn!(id, path = %path, "the server's receipt differs again after the file was sent again once: kept on the card, not sent a third time");
+            }
+            Err(e) => tracing::error!(error = %e, id, "cannot queue the file again"),
+        }
+        queued
+    }
+
+    /// The items whose receipt differed and has not matched since, with their files' paths.
+    pub fn digest_mismatches(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.store.digest_mismatches()
+    }
+
+    /// A receipt for item `id` matched the camera's digest, or its file is no longer on the
+    /// card to protect: a mismatch noted before is over.
+    pub fn receipt_matched(&self, id: i64) {
+        if let Err(e) = self.store.clear_digest_mismatch(id) {
+            tracing::warn!(error = %e, id, "cannot clear the receipt mismatch");
+        }
+    }
+
+    /// `HEAD` on a completed upload with `token`, asking for the server's receipt
+    /// (`Want-Repr-Digest`).
+    pub async fn head_upload_receipt(
+        &self,
+        url: &str,
+        token: &Secret,
+    ) -> Result<(UploadState, Receipt), TusError> {
+        self.client.head_receipt(url, token).await
     }
 
     fn freeing(&self) -> std::sync::MutexGuard<'_, Freeing> {

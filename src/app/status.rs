@@ -22,7 +22,7 @@ use crate::words::count;
 
 /// Every code `status.attention` may carry (docs/INTERFACE.md and docs/openapi.yaml list the
 /// same; a test compares them).
-pub const ATTENTION_CODES: [&str; 9] = [
+pub const ATTENTION_CODES: [&str; 10] = [
     "unauthorized",
     "subscription_inactive",
     "media_unavailable",
@@ -32,6 +32,7 @@ pub const ATTENTION_CODES: [&str; 9] = [
     "clock_not_set",
     "free_space_unverified",
     "certificate_refused",
+    "server_digest_mismatch",
 ];
 
 /// `status.conditions`: the reading as the API shows it.
@@ -107,6 +108,15 @@ impl App {
         let mut attention = attention_of(&live, &queue);
         if let Some(p) = last_pass.as_ref().filter(|p| p.stuck_unverified()) {
             attention.push(unverified_attention(p, &self.config.media));
+        }
+        let mismatches: Vec<String> = self
+            .store
+            .digest_mismatches()?
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        if !mismatches.is_empty() {
+            attention.push(mismatch_attention(&mismatches));
         }
         let name = |b: &crate::gate::Block| b.as_str().to_string();
         Ok(Status {
@@ -217,7 +227,11 @@ impl App {
 /// Freeing space is on and the card is low, but files stay because their upload cannot be
 /// verified: the user should know the card will fill, and why.
 fn unverified_attention(p: &super::PassReport, media: &crate::config::Media) -> Attention {
-    let why = if p.kept.get("no_checksum").is_some_and(|n| *n > 0) {
+    let why = if p.kept.get("no_receipt").is_some_and(|n| *n > 0) {
+        "the server gives no receipt (Repr-Digest) for them and this camera requires one \
+         (media.free_space_verify = \"receipt\")"
+            .to_string()
+    } else if p.kept.get("no_checksum").is_some_and(|n| *n > 0) {
         format!(
             "the server does not confirm checksums and this camera requires them \
              (media.free_space_verify = \"{}\")",
@@ -236,6 +250,24 @@ fn unverified_attention(p: &super::PassReport, media: &crate::config::Media) -> 
             "The card is low on space and freeing space is on, but {files} {are} kept because \
              their upload cannot be verified: {why}. Free space by hand, or see \
              `cambackup space --dry-run`."
+        ),
+    }
+}
+
+/// The server's receipt for some files differed from the camera's digest: the server lost or
+/// changed bytes it had acknowledged. Only the maker can find out why; the files stay on the
+/// card. Shown until a later receipt for each of them matches.
+fn mismatch_attention(paths: &[String]) -> Attention {
+    let files = count(paths.len() as u64, "file", "files");
+    let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+    let more = if paths.len() > 3 { ", ..." } else { "" };
+    Attention {
+        code: ATTENTION_CODES[9].to_string(),
+        message: format!(
+            "The server's receipt for {files} ({}{more}) does not match the bytes sent: the \
+             server lost or changed them. They are kept on the card and sent again once; \
+             tell the camera maker's support.",
+            shown.join(", ")
         ),
     }
 }

@@ -247,7 +247,12 @@ pub fn history(entries: &[HistoryView]) -> String {
             [
                 local_time(e.completed_at),
                 bytes(e.size),
-                e.freed_at.map_or_else(|| "-".into(), local_time),
+                // When, and on what: `2026-12-07 10:00 (receipt)`.
+                match (e.freed_at, &e.freed_on) {
+                    (None, _) => "-".into(),
+                    (Some(t), None) => local_time(t),
+                    (Some(t), Some(on)) => format!("{} ({on})", local_time(t)),
+                },
                 e.storage_path.clone(),
             ]
         })

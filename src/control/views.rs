@@ -37,6 +37,7 @@ impl From<HistoryEntry> for HistoryView {
             completed_at: h.completed_at,
             freed_at: h.freed_at,
             card: h.card,
+            freed_on: h.freed_on,
         }
     }
 }

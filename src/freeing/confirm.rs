@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::gather::{on_card, world};
 use super::HEAD_TIMEOUT;
 use crate::app::App;
+use crate::config::FreeSpaceVerify;
 use crate::credentials::Account;
 use crate::space::{self, FileFacts, Keep, ReadBack, Server, Verdict, World};
 use crate::store::{FreeCandidate, SentChunk, SentSummary};
+use crate::upload::tus::Receipt;
 
 /// Asks the server, reads back where needed, looks at the file again, and asks the rules with
 /// those answers. `None`: stopped.
@@ -25,7 +27,12 @@ pub(super) async fn confirm(
     f: &mut FileFacts,
     c: &FreeCandidate,
 ) -> Option<Verdict> {
-    f.server = head(app, stop, account, c).await?;
+    (f.server, f.receipt) = head(app, stop, account, c).await?;
+    if let (space::Receipt::Sha256(d), Some(mine)) = (&f.receipt, f.digest) {
+        if *d == mine {
+            app.receipt_matched(c.item.id);
+        }
+    }
     let root = app.config().media.root.clone();
     let disk = c.item.storage_path.on_disk(&root);
     // Read back whenever the server's answer leaves the file to be freed: in every mode, since
@@ -56,7 +63,11 @@ pub(super) async fn confirm(
         // A stop also ends the reading itself: a large video is seconds of card reads.
         let abandon = Arc::new(AtomicBool::new(false));
         let flag = abandon.clone();
-        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, &flag));
+        // Under `receipt`, the whole file's SHA-256 instead.
+        let whole = f
+            .digest
+            .filter(|_| world.policy.verify == FreeSpaceVerify::Receipt);
+        let job = tokio::task::spawn_blocking(move || read_back_file(&path, &chunks, whole, &flag));
         let started = std::time::Instant::now();
         f.read_back = tokio::select! {
             _ = stop.cancelled() => {
@@ -86,20 +97,29 @@ pub(super) async fn confirm(
 }
 
 /// `HEAD` on the completed upload, now, with the token of the account the pass gathered it
-/// under. `None`: stopped.
+/// under; under `receipt` asking for the server's receipt (`Want-Repr-Digest`). `None`:
+/// stopped.
 async fn head(
     app: &Arc<App>,
     stop: &CancellationToken,
     account: Option<&Account>,
     c: &FreeCandidate,
-) -> Option<Server> {
+) -> Option<(Server, space::Receipt)> {
     if stop.is_cancelled() {
         return None;
     }
     let Some(account) = account else {
-        return Some(Server::Doubt("not paired".into()));
+        return Some((Server::Doubt("not paired".into()), space::Receipt::NotAsked));
     };
-    let ask = app.head_upload(&c.done_url, &account.token);
+    let on_receipt = app.config().media.free_space_verify == FreeSpaceVerify::Receipt;
+    let ask = async {
+        if on_receipt {
+            app.head_upload_receipt(&c.done_url, &account.token).await
+        } else {
+            let st = app.head_upload(&c.done_url, &account.token).await?;
+            Ok((st, Receipt::None))
+        }
+    };
     let answer = tokio::select! {
         // A stop comes first: a HEAD is not even begun after it.
         biased;
@@ -107,7 +127,17 @@ async fn head(
         r = tokio::time::timeout(HEAD_TIMEOUT, ask) => r,
     };
     let size = c.item.size;
-    Some(match answer {
+    let receipt = match &answer {
+        Ok(Ok((_, Receipt::Sha256(d)))) => space::Receipt::Sha256(*d),
+        Ok(Ok((_, Receipt::Malformed(why)))) => {
+            tracing::warn!(id = c.item.id, reason = %why, "the server's Repr-Digest cannot be read: no receipt");
+            space::Receipt::None
+        }
+        _ if on_receipt => space::Receipt::None,
+        _ => space::Receipt::NotAsked,
+    };
+    let answer = answer.map(|r| r.map(|(st, _)| st));
+    let server = match answer {
         Err(_) => Server::Doubt(format!("no answer to HEAD within {HEAD_TIMEOUT:?}")),
         // 404/410: the server lost it. Not a past `Upload-Expires` on an answer (tus expires
         // unfinished uploads; a server that dates a complete one is no reason to send it
@@ -119,7 +149,8 @@ async fn head(
             offset: st.offset,
             length: st.length,
         },
-    })
+    };
+    Some((server, receipt))
 }
 
 /// What `chunks` add up to, as the store sums them for a [`FreeCandidate`].
@@ -137,8 +168,15 @@ pub(super) fn summary_of(chunks: &[SentChunk]) -> SentSummary {
 /// Reads the file back from the card and compares each recorded chunk's SHA-1 with what was
 /// sent (the `Upload-Checksum` the server checked, or the hash of the bytes as they went out).
 /// Opened without following links. Whatever its inode: [`ReadBack::Same`] names the inode
-/// read, which the rules compare with the file at the path at the last look.
-pub(super) fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &AtomicBool) -> ReadBack {
+/// read, which the rules compare with the file at the path at the last look. With `whole`
+/// (under `receipt`, where no chunk is recorded) the whole file is read to its end and its
+/// SHA-256 must equal it.
+pub(super) fn read_back_file(
+    path: &Path,
+    chunks: &[SentChunk],
+    whole: Option<[u8; 32]>,
+    abandon: &AtomicBool,
+) -> ReadBack {
     use std::os::unix::fs::OpenOptionsExt as _;
     let failed = |e: std::io::Error| ReadBack::Failed(format!("{}: {e}", path.display()));
     let file = match std::fs::OpenOptions::new()
@@ -153,6 +191,20 @@ pub(super) fn read_back_file(path: &Path, chunks: &[SentChunk], abandon: &Atomic
         Ok(m) => m.ino(),
         Err(e) => return failed(e),
     };
+    if let Some(want) = whole {
+        // Under `receipt`: the whole file, to its end, against the camera's digest.
+        let mut d = crate::digest::FileDigest::default();
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return failed(e),
+        };
+        return match crate::upload::source::digest_range(&file, &mut d, len, abandon) {
+            Ok(()) if d.finish() == want => ReadBack::Same { ino },
+            Ok(()) => ReadBack::Differs { at: 0 },
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ReadBack::Differs { at: 0 },
+            Err(e) => failed(e),
+        };
+    }
     let mut at = 0u64;
     for c in chunks {
         if c.start != at {

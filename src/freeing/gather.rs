@@ -112,9 +112,11 @@ pub(super) fn gather(app: &App, with_files: bool) -> Result<Gathered, FreeingErr
                 size: it.size,
                 mtime_ns: it.mtime_ns,
                 sent: c.sent,
+                digest: c.sha256,
                 endpoint_ok: it.upload_endpoint.as_deref() == Some(endpoint.as_str()),
                 on_card: on_card(root, &it.storage_path.on_disk(root)),
                 server: Server::NotAsked,
+                receipt: space::Receipt::NotAsked,
                 read_back: ReadBack::NotDone,
             });
             candidates.insert(it.id, c);

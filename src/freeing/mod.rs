@@ -89,6 +89,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     // Deletions a crash separated from their record, whatever the holds: settling records a
     // fact and deletes nothing.
     settle_notes(app).await;
+    forget_settled_mismatches(app);
     // The holds first, without a file: most passes end here (the card is not low).
     let first = space::decide(&world(app), &[]);
     report.card = first_card(&first, app);
@@ -221,12 +222,47 @@ async fn act(
                 // Queued again (or not, if sent again once already) and said so by App.
                 let _ = app.lost_upload(&c.item);
             }
+            if k == Keep::ServerDigestMismatch {
+                // Flagged for the user, and queued again once, by App.
+                let _ = app.digest_mismatch(&c.item);
+            }
             *report.kept.entry(k.code()).or_default() += 1;
             if k.is_unverified() {
                 report.kept_unverified += 1;
             }
         }
         _ => {}
+    }
+}
+
+/// A receipt mismatch (`attention`'s `server_digest_mismatch`) whose file is no longer on the
+/// card (the user deleted it by hand, or it was freed) has nothing left to protect: it is over.
+/// Judged only with the card there (a card that is out shows every file missing).
+fn forget_settled_mismatches(app: &App) {
+    let media = &app.config().media;
+    let Ok(flagged) = app.digest_mismatches() else {
+        return;
+    };
+    if flagged.is_empty() || !crate::scan::CardRoot::of(media).present() {
+        return;
+    }
+    for (id, _) in flagged {
+        let gone = match app.item_if_any(id) {
+            // (A freed file's mismatch went with its record, `Store::mark_freed`.)
+            Ok(Some(item)) => {
+                gather::on_card(&media.root, &item.storage_path.on_disk(&media.root))
+                    == OnCard::Missing
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if gone {
+            tracing::info!(
+                id,
+                "a file whose receipt differed is no longer on the card: the mismatch is over"
+            );
+            app.receipt_matched(id);
+        }
     }
 }
 

@@ -104,6 +104,6 @@ impl Records for Store {
         Store::forget_freeing(self, id)
     }
     fn record_freed(&self, item: &Item) -> Result<i64, StoreError> {
-        self.mark_freed(item.id)
+        self.mark_freed(item.id, "checksum")
     }
 }

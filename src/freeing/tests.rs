@@ -37,15 +37,18 @@ fn read_back_compares_each_chunk_with_what_was_sent() {
         ino,
     };
     let good = [chunk(0, b"hello"), chunk(5, b" world")];
-    assert_eq!(read_back_file(&path, &good, &never), ReadBack::Same { ino });
+    assert_eq!(
+        read_back_file(&path, &good, None, &never),
+        ReadBack::Same { ino }
+    );
     let bad = [chunk(0, b"hello"), chunk(5, b" WORLD")];
     assert_eq!(
-        read_back_file(&path, &bad, &never),
+        read_back_file(&path, &bad, None, &never),
         ReadBack::Differs { at: 5 }
     );
     let longer = [chunk(0, b"hello"), chunk(5, b" world!")];
     assert_eq!(
-        read_back_file(&path, &longer, &never),
+        read_back_file(&path, &longer, None, &never),
         ReadBack::Differs { at: 5 }
     );
     // The same bytes on another inode (a FAT remount) read back the same, and say which
@@ -56,13 +59,24 @@ fn read_back_compares_each_chunk_with_what_was_sent() {
     let new_ino = std::fs::metadata(&path).unwrap().ino();
     assert_ne!(new_ino, ino);
     assert_eq!(
-        read_back_file(&path, &good, &never),
+        read_back_file(&path, &good, None, &never),
         ReadBack::Same { ino: new_ino }
     );
     assert!(matches!(
-        read_back_file(&dir.path().join("gone"), &good, &never),
+        read_back_file(&dir.path().join("gone"), &good, None, &never),
         ReadBack::Failed(_)
     ));
+    // Under `receipt`: the whole file against the camera's SHA-256, no chunk records.
+    let want: [u8; 32] = sha2::Sha256::digest(b"hello world").into();
+    assert_eq!(
+        read_back_file(&path, &[], Some(want), &never),
+        ReadBack::Same { ino: new_ino }
+    );
+    let other: [u8; 32] = sha2::Sha256::digest(b"hello world!").into();
+    assert_eq!(
+        read_back_file(&path, &[], Some(other), &never),
+        ReadBack::Differs { at: 0 }
+    );
 }
 
 /// What a last look at `path` sees.

@@ -8,7 +8,7 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT storage_path, size, completed_at, freed_at, card FROM history
+                "SELECT storage_path, size, completed_at, freed_at, card, freed_on FROM history
                  ORDER BY completed_at DESC, id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -20,6 +20,7 @@ impl Store {
                     completed_at: r.get(2)?,
                     freed_at: r.get(3)?,
                     card: r.get(4)?,
+                    freed_on: r.get(5)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -51,6 +52,8 @@ impl Store {
             )?;
             // Nothing is freed without the account's uploads to confirm it by.
             tx.execute("DELETE FROM sent_chunks", [])?;
+            tx.execute("DELETE FROM sent_digest", [])?;
+            tx.execute("DELETE FROM kv WHERE key LIKE 'space.mismatch.%'", [])?;
             tx.execute("DELETE FROM kv WHERE key LIKE 'account.%'", [])?;
             tx.commit()
         })?;

@@ -346,6 +346,7 @@ fn write_verdict(
             )?;
             if forgotten > 0 {
                 tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+                tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
                 facts.push((id, Fact::Forgotten));
                 tracing::info!(path = %f.path,
                     "new bytes under the name, size and stamp of a file partly sent: sent anew");
@@ -373,6 +374,7 @@ fn write_verdict(
                 params![id, fp, card],
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
             tracing::info!(path = %f.path,
                 "new bytes under a sent version's name, size and stamp: queued as a new version");
             if matches!(state, ItemState::Done | ItemState::Cancelled) {

@@ -30,7 +30,7 @@ pub use lock::DirLock;
 pub use queue::ManualOutcome;
 use queue::*;
 use restore::*;
-pub use space::{FreeCandidate, SentChunk, SentSummary};
+pub use space::{FreeCandidate, SentChunk, SentDigest, SentSummary};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,6 +197,8 @@ pub struct HistoryEntry {
     pub freed_at: Option<i64>,
     /// The serial of the card it was sent from (`None`: unknown).
     pub card: Option<String>,
+    /// What its freeing rested on: `receipt`, `checksum` or `length` (`None`: not freed).
+    pub freed_on: Option<String>,
 }
 
 /// Which pending items the scheduler may take now.

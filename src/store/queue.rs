@@ -446,6 +446,7 @@ impl Store {
             )?;
             // What was sent to an earlier upload says nothing about this one.
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
             tx.commit()
         })?;
         self.note_in_ledger(id, Fact::Created { url, endpoint });
@@ -510,6 +511,7 @@ impl Store {
             params![id],
         )?;
         self.exec("DELETE FROM sent_chunks WHERE item_id = ?1", params![id])?;
+        self.exec("DELETE FROM sent_digest WHERE item_id = ?1", params![id])?;
         self.note_in_ledger(id, Fact::Forgotten);
         Ok(())
     }
@@ -539,8 +541,9 @@ impl Store {
             )?;
             if n == 1 {
                 tx.execute(
-                    "INSERT INTO history (storage_path, size, completed_at, card)
-                     SELECT storage_path, size, ?2, card FROM items WHERE id = ?1",
+                    "INSERT INTO history (storage_path, size, completed_at, card, sha256)
+                     SELECT i.storage_path, i.size, ?2, i.card, d.sha256 FROM items i
+                     LEFT JOIN sent_digest d ON d.item_id = i.id WHERE i.id = ?1",
                     params![id, now],
                 )?;
                 // What was sent from this path, by content (store/identity.rs).

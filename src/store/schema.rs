@@ -135,4 +135,20 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (storage_path, fingerprint)
     ) WITHOUT ROWID;
     "#,
+    // 9: receipts (issue 28, `free_space_verify = "receipt"`). `sent_digest`: the camera's
+    // SHA-256 of the file as far as the server accepted it (`digest::FileDigest`'s saved state
+    // at `at` bytes, saved at each accepted chunk so a resume goes on from it), and once every
+    // byte is accepted the digest itself; dropped with the item's `sent_chunks`. On the history
+    // entry: the digest of the bytes sent, and what the freeing rested on (`freed_on`:
+    // `receipt`, `checksum` or `length`).
+    r#"
+    CREATE TABLE sent_digest (
+        item_id INTEGER PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        state   BLOB    NOT NULL,
+        sha256  BLOB
+    );
+    ALTER TABLE history ADD COLUMN sha256 BLOB;
+    ALTER TABLE history ADD COLUMN freed_on TEXT;
+    "#,
 ];

@@ -47,6 +47,16 @@ impl SentSummary {
     }
 }
 
+/// The camera's SHA-256 of a file as far as the server accepted it (`free_space_verify =
+/// "receipt"`): the state of `digest::FileDigest` after `at` bytes, and the digest once every
+/// byte was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentDigest {
+    pub at: u64,
+    pub state: Vec<u8>,
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// A done item that may be freed, with what the store knows of its upload.
 #[derive(Debug, Clone)]
 pub struct FreeCandidate {
@@ -54,9 +64,78 @@ pub struct FreeCandidate {
     /// The completed upload's URL (for the HEAD just before deletion).
     pub done_url: String,
     pub sent: SentSummary,
+    /// The camera's SHA-256 of the whole file, where it was computed as it was sent.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl Store {
+    /// Saves the camera's digest of item `id` as far as the server accepted it (at each
+    /// accepted chunk, so a resume after a restart goes on from here).
+    pub fn record_sent_digest(&self, id: i64, d: &SentDigest) -> Result<()> {
+        self.exec(
+            "INSERT INTO sent_digest (item_id, at, state, sha256) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (item_id) DO UPDATE SET at = excluded.at, state = excluded.state,
+               sha256 = excluded.sha256",
+            params![id, d.at as i64, &d.state, d.sha256.as_ref().map(|h| &h[..])],
+        )
+    }
+
+    /// The saved digest of item `id`, if any.
+    pub fn sent_digest(&self, id: i64) -> Result<Option<SentDigest>> {
+        use rusqlite::OptionalExtension as _;
+        self.conn()
+            .query_row(
+                "SELECT at, state, sha256 FROM sent_digest WHERE item_id = ?1",
+                [id],
+                |r| {
+                    let sha256: Option<Vec<u8>> = r.get(2)?;
+                    Ok(SentDigest {
+                        at: r.get::<_, i64>(0)? as u64,
+                        state: r.get(1)?,
+                        sha256: sha256.and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok()),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The server's receipt for item `id` (whose file is at `path`) differed from the camera's
+    /// digest: noted until a later receipt matches ([`Store::clear_digest_mismatch`]), for
+    /// `attention`'s `server_digest_mismatch`.
+    pub fn note_digest_mismatch(&self, id: i64, path: &str) -> Result<()> {
+        self.set_kv(&format!("{MISMATCH_PREFIX}{id}"), Some(path))
+    }
+
+    /// A receipt for item `id` matched: its mismatch, if one was noted, is over.
+    pub fn clear_digest_mismatch(&self, id: i64) -> Result<()> {
+        self.set_kv(&format!("{MISMATCH_PREFIX}{id}"), None)
+    }
+
+    /// The items (and their files' paths) whose receipt differed and has not matched since.
+    pub fn digest_mismatches(&self) -> Result<Vec<(i64, String)>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, value FROM kv WHERE key LIKE 'space.mismatch.%' ORDER BY key",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, path) = row.map_err(|e| self.err(e))?;
+            if let Some(id) = key
+                .strip_prefix(MISMATCH_PREFIX)
+                .and_then(|k| k.parse().ok())
+            {
+                out.push((id, path));
+            }
+        }
+        Ok(out)
+    }
+
     /// Records a chunk the server accepted whole. Rows reaching past its start are dropped
     /// first: the server's upload no longer holds what they describe beyond this point.
     pub fn record_sent_chunk(&self, id: i64, c: &SentChunk) -> Result<()> {
@@ -124,7 +203,8 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {cols}, i.done_url, COUNT(c.start), COALESCE(SUM(c.len), 0),
                    COALESCE(MAX(c.start + c.len), 0), COALESCE(MIN(c.checksum), 0),
-                   MIN(c.ino), MAX(c.ino)
+                   MIN(c.ino), MAX(c.ino),
+                   (SELECT d.sha256 FROM sent_digest d WHERE d.item_id = i.id)
                  FROM items i LEFT JOIN sent_chunks c ON c.item_id = i.id
                  WHERE i.state = 'done' AND i.freed_at IS NULL AND i.done_url IS NOT NULL
                  GROUP BY i.id ORDER BY i.mtime_ns, i.id"
@@ -136,7 +216,9 @@ impl Store {
                 let n = ITEM_COLUMNS.split(", ").count();
                 let chunks = r.get::<_, i64>(n + 1)? as u64;
                 let (lo, hi): (Option<i64>, Option<i64>) = (r.get(n + 5)?, r.get(n + 6)?);
+                let sha256: Option<Vec<u8>> = r.get(n + 7)?;
                 Ok(FreeCandidate {
+                    sha256: sha256.and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok()),
                     done_url: r.get(n)?,
                     sent: SentSummary {
                         chunks,
@@ -158,7 +240,7 @@ impl Store {
 
     /// The file of a done item was deleted to free space: recorded on the item and its history
     /// entry, durably (a freed file must never look like one deleted before upload).
-    pub fn mark_freed(&self, id: i64) -> Result<i64> {
+    pub fn mark_freed(&self, id: i64, freed_on: &str) -> Result<i64> {
         let now = now_unix();
         self.durable(|conn| {
             let tx = conn.transaction()?;
@@ -167,14 +249,19 @@ impl Store {
                 params![id, now],
             )?;
             tx.execute(
-                "UPDATE history SET freed_at = ?2 WHERE id = (
+                "UPDATE history SET freed_at = ?2, freed_on = ?3 WHERE id = (
                    SELECT h.id FROM history h JOIN items i
                      ON h.storage_path = i.storage_path AND h.size = i.size
                         AND h.completed_at = i.completed_at
                    WHERE i.id = ?1 ORDER BY h.id DESC LIMIT 1)",
-                params![id, now],
+                params![id, now, freed_on],
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
+            tx.execute(
+                "DELETE FROM kv WHERE key = ?1",
+                [format!("{MISMATCH_PREFIX}{id}")],
+            )?;
             tx.execute("DELETE FROM kv WHERE key = ?1", [freeing_key(id)])?;
             tx.commit()
         })?;
@@ -240,6 +327,16 @@ impl Store {
     /// post-finish hook moves or ends completed uploads, say) would otherwise have the card
     /// sent to it over and over; the file is then kept on the card and not sent a third time.
     pub fn requeue_lost(&self, id: i64) -> Result<bool> {
+        self.requeue_done(
+            id,
+            "the server no longer has the completed upload: sending it again",
+        )
+    }
+
+    /// A done item whose upload cannot be trusted (lost by the server, or its receipt differs
+    /// from the camera's digest) is queued again from the start, `why` its last error; once
+    /// per version, whatever the reason, as [`Store::requeue_lost`] says.
+    pub fn requeue_done(&self, id: i64, why: &str) -> Result<bool> {
         self.durable(|conn| {
             let tx = conn.transaction()?;
             let marker = format!("space.requeued.{id}");
@@ -254,12 +351,12 @@ impl Store {
             let n = tx.execute(
                 "UPDATE items SET state = 'pending', done_url = NULL, completed_at = NULL,
                    bytes_sent = 0, attempts = 0, next_attempt_at = 0, upload_url = NULL,
-                   upload_expires_at = NULL,
-                   last_error = 'the server no longer has the completed upload: sending it again'
+                   upload_expires_at = NULL, last_error = ?2
                  WHERE id = ?1 AND state = 'done' AND freed_at IS NULL",
-                [id],
+                params![id, why],
             )?;
             tx.execute("DELETE FROM sent_chunks WHERE item_id = ?1", [id])?;
+            tx.execute("DELETE FROM sent_digest WHERE item_id = ?1", [id])?;
             if n == 1 {
                 tx.execute("INSERT INTO kv (key, value) VALUES (?1, '1')", [&marker])?;
             }
@@ -293,6 +390,8 @@ impl Store {
 }
 
 const FREEING_PREFIX: &str = "space.freeing.";
+/// A receipt that differed, per item (`space.mismatch.ID` = the file's storage path).
+const MISMATCH_PREFIX: &str = "space.mismatch.";
 
 fn freeing_key(id: i64) -> String {
     format!("{FREEING_PREFIX}{id}")
@@ -386,11 +485,15 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let id = done_item(&s, "DCIM/A.JPG", 30);
         s.mark_done(id).unwrap();
-        let at = s.mark_freed(id).unwrap();
+        let at = s.mark_freed(id, "length").unwrap();
         let it = s.item(id).unwrap().unwrap();
         assert_eq!(it.state, ItemState::Done);
         assert!(s.free_candidates().unwrap().is_empty());
         assert_eq!(s.history(10).unwrap()[0].freed_at, Some(at));
+        assert_eq!(
+            s.history(10).unwrap()[0].freed_on.as_deref(),
+            Some("length")
+        );
         // The watcher's "deleted" and a scan's re-find leave it alone.
         assert_eq!(s.skip_deleted(&it.storage_path).unwrap(), 0);
         let again = FoundFile {
@@ -430,6 +533,60 @@ mod tests {
         s.mark_done(id).unwrap();
         assert!(!s.requeue_lost(id).unwrap(), "a version is sent again once");
         assert_eq!(s.item(id).unwrap().unwrap().state, ItemState::Done);
+    }
+
+    #[test]
+    fn the_digest_state_is_kept_per_accepted_chunk_reaches_the_history_and_goes_with_the_upload() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = done_item(&s, "DCIM/A.JPG", 30);
+        let data = [7u8; 30];
+        // Two chunks accepted, the state saved at each; a restart reads the last one back.
+        let mut h = crate::digest::FileDigest::default();
+        h.update(&data[..13]);
+        let save = |h: &crate::digest::FileDigest, whole: bool| {
+            s.record_sent_digest(
+                id,
+                &SentDigest {
+                    at: h.len(),
+                    state: h.to_bytes(),
+                    sha256: whole.then(|| h.finish()),
+                },
+            )
+            .unwrap()
+        };
+        save(&h, false);
+        let back = s.sent_digest(id).unwrap().unwrap();
+        assert_eq!(back.at, 13);
+        let mut resumed = crate::digest::FileDigest::from_bytes(&back.state).unwrap();
+        resumed.update(&data[13..]);
+        save(&resumed, true);
+        let want = <[u8; 32]>::from(sha2::Sha256::digest(data));
+        assert_eq!(s.sent_digest(id).unwrap().unwrap().sha256, Some(want));
+        s.mark_done(id).unwrap();
+        assert_eq!(s.free_candidates().unwrap()[0].sha256, Some(want));
+        let sha: Vec<u8> = s
+            .conn()
+            .query_row("SELECT sha256 FROM history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            sha,
+            want.to_vec(),
+            "the history keeps the digest of the bytes sent"
+        );
+
+        // A mismatch is noted until a receipt matches; sending again drops the digest.
+        s.note_digest_mismatch(id, "DCIM/A.JPG").unwrap();
+        assert_eq!(
+            s.digest_mismatches().unwrap(),
+            vec![(id, "DCIM/A.JPG".to_string())]
+        );
+        assert!(s.requeue_done(id, "the receipt differs").unwrap());
+        assert_eq!(s.sent_digest(id).unwrap(), None);
+        assert_eq!(s.digest_mismatches().unwrap().len(), 1);
+        s.clear_digest_mismatch(id).unwrap();
+        assert!(s.digest_mismatches().unwrap().is_empty());
     }
 
     #[test]

@@ -773,7 +773,7 @@ fn the_kept_counts_equal_a_count_of_the_queue_after_every_kind_of_write() {
         },
     )
     .unwrap();
-    s.mark_freed(ids[13]).unwrap();
+    s.mark_freed(ids[13], "checksum").unwrap();
     assert!(s.requeue_lost(ids[14]).unwrap());
     assert_counts_true(&s, "freeing space");
     s.purge_history(0).unwrap();
@@ -1009,11 +1009,14 @@ fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_week
 fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     {
-        // A database as release 6 left it: migrations 7 (this count) and 8 undone.
+        // A database as release 6 left it: migrations 7 (this count), 8 and 9 undone.
         let s = Store::open(dir.path()).unwrap();
         s.conn()
             .execute_batch(
                 "DROP TABLE cellular_use;
+                 DROP TABLE sent_digest;
+                 ALTER TABLE history DROP COLUMN sha256;
+                 ALTER TABLE history DROP COLUMN freed_on;
                  ALTER TABLE items DROP COLUMN fingerprint;
                  ALTER TABLE items DROP COLUMN card;
                  ALTER TABLE history DROP COLUMN card;

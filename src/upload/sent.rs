@@ -1,11 +1,14 @@
 //! What was sent: the digest of each chunk the server accepted, for freeing space to verify an
-//! upload by (INTERFACE.md section 8). `transfer` calls in at two points only: it wraps each
-//! chunk's body in [`hashing`] (the bytes as they go out), and after an accepted PATCH it calls
-//! [`record`].
+//! upload by (INTERFACE.md section 8), and under `free_space_verify = "receipt"` the camera's
+//! SHA-256 of the whole file. `transfer` calls in at two points only: it wraps each chunk's
+//! body in [`hashing`] and [`digesting`] (the bytes as they go out), and after an accepted
+//! PATCH it calls [`record`] and [`record_whole`].
 //!
-//! Invariants: nothing is hashed or recorded unless the maker configured freeing space; a chunk
-//! is recorded only when the server acknowledged all of it and exactly its bytes were hashed,
-//! so a record is never wrong, at worst missing (and a missing one keeps the file).
+//! Invariants: nothing is hashed or recorded unless the maker configured freeing space (the
+//! whole file's SHA-256 only under `receipt`); a chunk is recorded only when the server
+//! acknowledged all of it and exactly its bytes were hashed, so a record is never wrong, at
+//! worst missing (and a missing one keeps the file). The whole file's digest moves on only by
+//! a chunk the server acknowledged whole, so it is always of the bytes the server holds.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,65 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use sha1::Digest as _;
 
-use crate::store::{SentChunk, Store};
+use crate::digest::FileDigest;
+use crate::store::{SentChunk, SentDigest, Store};
+
+/// The camera's SHA-256 of the whole file, going on from where the chunk starts over the
+/// bytes of its body as they go out; it becomes the file's digest when the server accepts
+/// the whole chunk ([`record_whole`]).
+#[derive(Clone)]
+pub struct WholeHash(Arc<Mutex<FileDigest>>);
+
+impl WholeHash {
+    /// Goes on from `from` (the digest of the bytes before the chunk).
+    pub fn from(from: &FileDigest) -> WholeHash {
+        WholeHash(Arc::new(Mutex::new(from.clone())))
+    }
+
+    fn get(&self) -> FileDigest {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Wraps a body: every block that goes out is hashed into the whole file's digest first (or
+/// passed through, when there is none).
+pub fn digesting<S>(inner: S, whole: Option<&WholeHash>) -> impl Stream<Item = io::Result<Bytes>>
+where
+    S: Stream<Item = io::Result<Bytes>>,
+{
+    let whole = whole.cloned();
+    inner.inspect(move |r| {
+        if let (Ok(block), Some(w)) = (r, &whole) {
+            w.0.lock().unwrap_or_else(|e| e.into_inner()).update(block);
+        }
+    })
+}
+
+/// After an accepted PATCH: the whole file's digest over `[0, acked)`, when the server
+/// acknowledged exactly the chunk's bytes and all of them were hashed (`None` otherwise: the
+/// caller's digest stays where it was). Saved in the store, so a resume after a restart goes
+/// on from here; with the digest itself once `acked` is the file's size. A failing write is
+/// logged: the upload goes on, and a resume reads the part sent back from the card.
+pub fn record_whole(
+    store: &Store,
+    a: &Accepted<'_>,
+    size: u64,
+    whole: &WholeHash,
+) -> Option<FileDigest> {
+    let d = whole.get();
+    if a.acked != a.start + a.len || d.len() != a.acked {
+        return None;
+    }
+    let saved = SentDigest {
+        at: d.len(),
+        state: d.to_bytes(),
+        sha256: (d.len() == size).then(|| d.finish()),
+    };
+    if let Err(e) = store.record_sent_digest(a.item, &saved) {
+        tracing::warn!(item = a.item, error = %e, "cannot save the file's digest (a resume reads the part sent back)");
+    }
+    Some(d)
+}
 
 /// A running SHA-1 of a body and how many bytes it has seen.
 #[derive(Clone, Default)]

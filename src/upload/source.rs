@@ -286,6 +286,27 @@ pub fn sha1_of(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::R
         .into())
 }
 
+/// Hashes the `len` bytes of `file` after the `digest.len()` ones it has seen into `digest`:
+/// the part of a resumed upload sent before a restart whose digest state was not saved.
+pub fn digest_range(
+    file: &File,
+    digest: &mut crate::digest::FileDigest,
+    len: u64,
+    cancel: &AtomicBool,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BLOCK];
+    let end = digest.len() + len;
+    while digest.len() < end {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "hash abandoned"));
+        }
+        let want = (end - digest.len()).min(BLOCK as u64) as usize;
+        file.read_exact_at(&mut buf[..want], digest.len())?;
+        digest.update(&buf[..want]);
+    }
+    Ok(())
+}
+
 /// Hashes `len` bytes of `file` at `offset` block by block, showing `seen` the hash after each
 /// block (and at the start of an empty range) with the bytes hashed so far; returns the hash.
 fn sha1_walk(

@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_unix;
 use crate::config::{ChunkSizing, Config};
 use crate::credentials::Account;
+use crate::digest::FileDigest;
 use crate::store::{Item, Store};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::prompt::Prompt;
@@ -124,7 +126,13 @@ pub async fn upload(
         last_persist: Instant::now(),
         changed: false,
         sending: false,
-        record_sent: ctx.config.media.frees_space(),
+        // Under `receipt` the whole file's digest stands for the chunks' record.
+        record_sent: ctx.config.media.frees_space() && !ctx.config.media.digests_whole_files(),
+        whole: ctx
+            .config
+            .media
+            .digests_whole_files()
+            .then(FileDigest::default),
         prompt: Prompt::default(),
         acked: if item.upload_url.is_some() {
             item.bytes_sent
@@ -203,6 +211,10 @@ struct Transfer<'a, 'c> {
     /// Freeing space verifies by what was sent (only on cameras whose maker configured it):
     /// each accepted chunk's digest is recorded. Decided once per attempt.
     record_sent: bool,
+    /// Under `free_space_verify = "receipt"`: the camera's SHA-256 of the file's bytes the
+    /// server accepted, `[0, len)`, computed from the bodies as they went out; brought to the
+    /// session's offset before each chunk ([`Transfer::catch_up_whole`]).
+    whole: Option<FileDigest>,
     /// The run of failures tried again at once (module [`super::prompt`]).
     prompt: Prompt,
     /// The highest offset the server stated for the upload at `url` (a PATCH's answer, a
@@ -234,6 +246,7 @@ impl Transfer<'_, '_> {
                 Sent::Restart => continue,
                 Sent::All { acknowledged } => confirmed |= acknowledged,
             }
+            self.complete_whole().await?;
 
             // The last byte is acknowledged, but the file may have been rewritten while it was
             // read: then the server holds a mix of two versions. Never call that done.
@@ -406,6 +419,7 @@ impl Transfer<'_, '_> {
                 });
             }
             let (base, len) = (this.offset, this.len);
+            self.catch_up_whole().await?;
             let digest = match this.digest {
                 Some(d) => match self.until_stop(d.finish(len)).await? {
                     Ok(sum) => Some(sum),
@@ -415,7 +429,11 @@ impl Transfer<'_, '_> {
             };
             // Where no checksum covers the chunk, the body is hashed as it goes out.
             let hashed = (self.record_sent && digest.is_none()).then(sent::SentHash::default);
-            let body = sent::hashing(source::body(self.open_chunk()?, base, len), hashed.as_ref());
+            let whole = self.whole.as_ref().map(sent::WholeHash::from);
+            let body = sent::hashing(
+                sent::digesting(source::body(self.open_chunk()?, base, len), whole.as_ref()),
+                hashed.as_ref(),
+            );
             self.sending = true;
             let progress = self.progress;
             let on_sent = move |n: u64| progress(base + n);
@@ -426,7 +444,14 @@ impl Transfer<'_, '_> {
                     pacer.acknowledged(len, started.elapsed());
                     self.expires_at = ack.expires_at.or(self.expires_at);
                     acknowledged = true;
-                    self.accepted(base, len, ack.offset, digest.as_deref(), hashed.as_ref());
+                    self.accepted(
+                        base,
+                        len,
+                        ack.offset,
+                        digest.as_deref(),
+                        hashed.as_ref(),
+                        whole.as_ref(),
+                    );
                 }
                 Err(e) if e.status() == Some(409) && *conflicts < MAX_CONFLICTS_PER_ATTEMPT => {
                     // Our offset and the server's disagree (a chunk we thought lost
@@ -450,6 +475,84 @@ impl Transfer<'_, '_> {
             }
         }
         Ok(Sent::All { acknowledged })
+    }
+
+    /// Brings the whole file's digest to the session's offset, where the server's upload
+    /// stands: at once when the chunks ran in one go; after a restart from the state saved
+    /// at the last accepted chunk, reading from the card only what lies between it and the
+    /// server's offset (bytes the server kept of a PATCH cut short, or nothing); from the
+    /// first byte only when no saved state is at or below the offset (a new upload needs none).
+    async fn catch_up_whole(&mut self) -> Result<(), Outcome> {
+        let Some(have) = &self.whole else {
+            return Ok(());
+        };
+        let to = self.offset;
+        if have.len() == to {
+            return Ok(());
+        }
+        let mut from = if have.len() < to {
+            have.clone()
+        } else {
+            FileDigest::default()
+        };
+        if let Ok(Some(saved)) = self.ctx.store.sent_digest(self.item.id) {
+            if let Some(d) = FileDigest::from_bytes(&saved.state)
+                .filter(|d| d.len() == saved.at && d.len() <= to && d.len() > from.len())
+            {
+                from = d;
+            }
+        }
+        if from.len() < to {
+            let file = self.open_chunk()?;
+            let (start, abandon) = (from.len(), std::sync::Arc::new(AtomicBool::new(false)));
+            let flag = abandon.clone();
+            tracing::info!(
+                item = self.item.id,
+                from = start,
+                to,
+                "reading the part sent back from the card for the file's digest"
+            );
+            let job = tokio::task::spawn_blocking(move || {
+                source::digest_range(&file, &mut from, to - start, &flag).map(|()| from)
+            });
+            let read = or_stop(self.stop, job).await;
+            abandon.store(true, Ordering::Relaxed);
+            from = match read {
+                None => return Err(self.stopped()),
+                Some(Ok(Ok(d))) => d,
+                Some(Ok(Err(e))) => return Err(self.read_failed(&e)),
+                Some(Err(e)) => {
+                    return Err(Outcome::Retry {
+                        error: format!("reading thread: {e}"),
+                        retry_after: None,
+                    })
+                }
+            };
+        }
+        self.whole = Some(from);
+        Ok(())
+    }
+
+    /// Every byte is on the server: the whole file's digest is kept, also where no chunk was
+    /// sent in this attempt (a restart after the last chunk was accepted and before the item
+    /// was done): from the saved state, or, where a crash lost that too, read from the card.
+    async fn complete_whole(&mut self) -> Result<(), Outcome> {
+        let size = self.item.size;
+        if self.whole.as_ref().is_none_or(|w| w.len() == size) {
+            return Ok(());
+        }
+        self.catch_up_whole().await?;
+        if let Some(d) = self.whole.as_ref().filter(|d| d.len() == size) {
+            let saved = crate::store::SentDigest {
+                at: size,
+                state: d.to_bytes(),
+                sha256: Some(d.finish()),
+            };
+            if let Err(e) = self.ctx.store.record_sent_digest(self.item.id, &saved) {
+                tracing::warn!(item = self.item.id, error = %e, "cannot save the file's digest (it will not be freed on a receipt)");
+            }
+        }
+        Ok(())
     }
 
     /// Nothing was sent (a zero-byte file, just created): "done" needs the server's own word
@@ -655,21 +758,25 @@ impl Transfer<'_, '_> {
         acked: u64,
         digest: Option<&str>,
         hashed: Option<&sent::SentHash>,
+        whole: Option<&sent::WholeHash>,
     ) {
         tracing::trace!(item = self.item.id, offset, len, digest, "chunk accepted");
+        let a = sent::Accepted {
+            item: self.item.id,
+            start: offset,
+            len,
+            acked,
+            checksum: digest,
+            hashed,
+            ino: self.identity.map(|i| i.ino),
+        };
         if self.record_sent {
-            sent::record(
-                self.ctx.store,
-                &sent::Accepted {
-                    item: self.item.id,
-                    start: offset,
-                    len,
-                    acked,
-                    checksum: digest,
-                    hashed,
-                    ino: self.identity.map(|i| i.ino),
-                },
-            );
+            sent::record(self.ctx.store, &a);
+        }
+        if let (Some(_), Some(w)) = (&self.whole, whole) {
+            if let Some(d) = sent::record_whole(self.ctx.store, &a, self.item.size, w) {
+                self.whole = Some(d);
+            }
         }
         self.offset = offset + len;
         self.acked = self.acked.max(self.offset);

@@ -749,3 +749,97 @@ async fn an_upload_the_watcher_forgot_mid_send_is_not_finished_on_the_old_bytes(
     assert_eq!(h.item(id).creations, 2);
     assert_eq!(h.srv.completed_uploads().len(), 1);
 }
+
+/// Under `free_space_verify = "receipt"`: the whole file's SHA-256, as the store keeps it.
+fn receipt_mode(h: &mut Harness) {
+    h.config.media.free_space_below_percent = Some(15);
+    h.config.media.free_space_verify = config::FreeSpaceVerify::Receipt;
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
+#[tokio::test]
+async fn the_files_digest_is_computed_as_it_is_sent_and_kept_at_each_accepted_chunk() {
+    let mut h = Harness::with(5, receiver().without_checksum()).await;
+    receipt_mode(&mut h);
+    let data = content(3 * MIB + 5);
+    let id = h.add("DCIM/A.MP4", &data);
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    let d = h.store.sent_digest(id).unwrap().unwrap();
+    assert_eq!(d.at, data.len() as u64);
+    assert_eq!(d.sha256, Some(sha256(&data)));
+    // Nothing recorded chunk by chunk: the digest stands for it, and no SHA-1 is computed.
+    assert!(h.store.sent_chunks(id).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_resume_from_bytes_the_server_kept_of_a_cut_patch_reads_only_those_back() {
+    // The server keeps 300 000 bytes of the cut second PATCH: the saved state is at 1 MiB, and
+    // the resumed upload's digest goes on from it over the bytes read back from the card.
+    let mut h = Harness::with(5, receiver().without_checksum()).await;
+    receipt_mode(&mut h);
+    let data = content(2 * MIB + 7);
+    let id = h.add("DCIM/A.MP4", &data);
+    h.srv.inject(Fault::pass().on("PATCH"));
+    h.srv.inject(Fault::reset_after(300_000));
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.only_upload(), data);
+    let d = h.store.sent_digest(id).unwrap().unwrap();
+    assert_eq!(d.sha256, Some(sha256(&data)));
+}
+
+#[tokio::test]
+async fn a_stopped_upload_resumed_by_a_new_attempt_goes_on_from_the_saved_state() {
+    // A stop after the first chunk (as a restart would leave it): the next attempt, with a
+    // fresh transfer and no state in memory, ends with the whole file's digest.
+    let mut h = Harness::with(5, receiver().without_checksum()).await;
+    receipt_mode(&mut h);
+    let data = content(3 * MIB + 1);
+    let id = h.add("DCIM/A.MP4", &data);
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    // Past 1 MiB: the second chunk is going out, the first one accepted.
+    let stop_after_first = move |n: u64| {
+        if n > MIB as u64 {
+            s2.cancel();
+        }
+    };
+    let first = h.attempt_with(id, &stop, &stop_after_first).await;
+    assert_eq!(first, Outcome::Stopped);
+    let saved = h.store.sent_digest(id).unwrap().unwrap();
+    assert!(saved.at > 0 && saved.at < data.len() as u64, "{saved:?}");
+    assert_eq!(saved.sha256, None);
+    // What was saved is exactly the digest state of the first bytes.
+    let mut prefix = crate::digest::FileDigest::default();
+    prefix.update(&data[..saved.at as usize]);
+    assert_eq!(saved.state, prefix.to_bytes());
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.only_upload(), data);
+    let d = h.store.sent_digest(id).unwrap().unwrap();
+    assert_eq!(d.sha256, Some(sha256(&data)));
+}
+
+#[tokio::test]
+async fn an_upload_complete_on_the_server_before_the_attempt_still_ends_with_its_digest() {
+    // A crash after the server accepted the last chunk and before the digest was saved: the
+    // next attempt sends nothing, and the digest is read from the card once.
+    let mut h = Harness::with(5, receiver().without_checksum()).await;
+    let data = content(MIB + 3);
+    let id = h.add("DCIM/A.MP4", &data);
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    receipt_mode(&mut h);
+    // As a restart would leave the item: uploading again at its URL, no digest saved.
+    let url = h.srv.completed_uploads()[0].url.clone();
+    h.store
+        .set_upload_url(id, &url, None, &h.srv.url())
+        .unwrap();
+    assert_eq!(h.store.sent_digest(id).unwrap(), None);
+    let patches = h.count("PATCH");
+    assert_eq!(h.attempt(id).await, Outcome::Done);
+    assert_eq!(h.count("PATCH"), patches, "nothing sent again");
+    let d = h.store.sent_digest(id).unwrap().unwrap();
+    assert_eq!(d.sha256, Some(sha256(&data)));
+}

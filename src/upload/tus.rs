@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::StreamExt as _;
@@ -69,6 +70,53 @@ pub mod header {
     pub const UPLOAD_CHECKSUM: &str = "upload-checksum";
     pub const LOCATION: &str = "location";
     pub const RETRY_AFTER: &str = "retry-after";
+    /// RFC 9530: asked for on the `HEAD` of a completed upload (`free_space_verify =
+    /// "receipt"`), answered with `REPR_DIGEST`.
+    pub const WANT_REPR_DIGEST: &str = "want-repr-digest";
+    pub const REPR_DIGEST: &str = "repr-digest";
+}
+
+/// What `Want-Repr-Digest` asks for: SHA-256, the only algorithm asked (10: most preferred).
+pub const WANT_SHA256: &str = "sha-256=10";
+
+/// The server's receipt for a completed upload: its SHA-256 of the object it stored, from the
+/// `Repr-Digest` of a `HEAD` that asked for it (RFC 9530).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// No `Repr-Digest`, or none with `sha-256`: the server gives no receipts.
+    None,
+    /// `sha-256=:BASE64:`, decoded.
+    Sha256([u8; 32]),
+    /// A `sha-256` member that is not 32 bytes of base64: no receipt, and the reason.
+    Malformed(String),
+}
+
+/// Reads the `sha-256` member of `Repr-Digest` field values (an RFC 8941 dictionary, split
+/// over any number of header lines): `sha-256=:BASE64:`, other algorithms ignored.
+pub fn parse_repr_digest<'a>(values: impl IntoIterator<Item = &'a str>) -> Receipt {
+    for value in values {
+        for member in value.split(',') {
+            let Some((key, v)) = member.split_once('=') else {
+                continue;
+            };
+            if key.trim() != "sha-256" {
+                continue;
+            }
+            // A byte sequence: `:base64:`, parameters (`;x`) after it ignored.
+            let v = v.trim().split(';').next().unwrap_or("");
+            let Some(b64) = v.strip_prefix(':').and_then(|v| v.strip_suffix(':')) else {
+                return Receipt::Malformed(format!("sha-256 is not a byte sequence: {v:?}"));
+            };
+            return match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(d) => match <[u8; 32]>::try_from(d.as_slice()) {
+                    Ok(d) => Receipt::Sha256(d),
+                    Err(_) => Receipt::Malformed(format!("sha-256 has {} bytes, not 32", d.len())),
+                },
+                Err(e) => Receipt::Malformed(format!("sha-256 is not base64: {e}")),
+            };
+        }
+    }
+    Receipt::None
 }
 
 /// What the tus client can fail with. Each variant names the request and what was wrong.
@@ -779,7 +827,29 @@ impl Client {
     /// [`TusError::Status`] for which [`TusError::is_gone`] holds; an `Upload-Expires` in the
     /// past as [`TusError::Expired`].
     pub async fn head(&self, url: &str, token: &Secret) -> Result<UploadState, TusError> {
-        let req = self.request(Method::HEAD, url, token)?;
+        Ok(self.head_asking(url, token, false).await?.0)
+    }
+
+    /// [`Client::head`] on a completed upload, asking for the server's receipt
+    /// (`Want-Repr-Digest: sha-256=10`): its state and the receipt it gave, if any.
+    pub async fn head_receipt(
+        &self,
+        url: &str,
+        token: &Secret,
+    ) -> Result<(UploadState, Receipt), TusError> {
+        self.head_asking(url, token, true).await
+    }
+
+    async fn head_asking(
+        &self,
+        url: &str,
+        token: &Secret,
+        receipt: bool,
+    ) -> Result<(UploadState, Receipt), TusError> {
+        let mut req = self.request(Method::HEAD, url, token)?;
+        if receipt {
+            req = req.header(header::WANT_REPR_DIGEST, WANT_SHA256);
+        }
         let resp = self.send_small("HEAD", url, req).await?;
         if !matches!(resp.status(), StatusCode::OK | StatusCode::NO_CONTENT) {
             return Err(status_error("HEAD", url, resp).await);
@@ -796,11 +866,21 @@ impl Client {
         if expires_at.is_some_and(|t| t <= crate::clock::now_unix()) {
             return Err(TusError::Expired { url: url.into() });
         }
-        Ok(UploadState {
+        let state = UploadState {
             offset,
             length: header_u64(h, header::UPLOAD_LENGTH, "HEAD", url)?,
             expires_at,
-        })
+        };
+        let receipt = if receipt {
+            parse_repr_digest(
+                h.get_all(header::REPR_DIGEST)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            )
+        } else {
+            Receipt::None
+        };
+        Ok((state, receipt))
     }
 
     /// Sends `len` bytes read from `body` at `offset`. Returns once the server acknowledged

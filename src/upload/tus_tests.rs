@@ -466,3 +466,26 @@ async fn the_token_check_tells_a_refused_token_from_an_accepted_one() {
     assert_eq!(checks.len(), 4, "{checks:?}");
     assert!(srv.requests().is_empty(), "{}", srv.request_summary());
 }
+
+#[test]
+fn a_receipt_is_the_sha256_member_of_repr_digest_and_anything_else_is_none() {
+    use base64::Engine as _;
+    let d = [9u8; 32];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(d);
+    let one = format!("sha-256=:{b64}:");
+    assert_eq!(parse_repr_digest([one.as_str()]), Receipt::Sha256(d));
+    // Among other algorithms, over two header lines, with a parameter.
+    let other = "sha-512=:AAAA:";
+    let two = format!("unixsum=:AA==:, sha-256=:{b64}:;p=1");
+    assert_eq!(parse_repr_digest([other, two.as_str()]), Receipt::Sha256(d));
+    assert_eq!(parse_repr_digest([] as [&str; 0]), Receipt::None);
+    assert_eq!(parse_repr_digest(["sha-512=:AAAA:"]), Receipt::None);
+    assert!(matches!(
+        parse_repr_digest(["sha-256=:AAAA:"]),
+        Receipt::Malformed(_)
+    ));
+    assert!(matches!(
+        parse_repr_digest([format!("sha-256={b64}").as_str()]),
+        Receipt::Malformed(_)
+    ));
+}

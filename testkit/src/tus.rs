@@ -5,7 +5,10 @@
 //! and keeps each upload on disk in its own temp dir (`ID.bin` with the data, sparse where it
 //! is zeros; `ID.json` with the length, offset and decoded metadata). It speaks
 //! the core protocol plus the creation, termination, checksum (sha1) and expiration extensions,
-//! and records every request so tests can assert on what went over the wire.
+//! gives receipts (RFC 9530: a `HEAD` of a complete upload with `Want-Repr-Digest` naming
+//! `sha-256` is answered `Repr-Digest: sha-256=:…:`, the SHA-256 of the bytes in its store file
+//! as they are then, so a test that changes a stored byte or truncates the file gets another
+//! digest), and records every request so tests can assert on what went over the wire.
 //!
 //! It is built on hyper's connection API rather than a router because fault injection needs
 //! to own the connection: "reset after K bytes" must tear down the TCP stream in the middle of
@@ -62,6 +65,7 @@ struct Options {
     max_size: Option<u64>,
     expires_in: Option<Duration>,
     relative_location: bool,
+    receipts: bool,
 }
 
 /// Configures a [`Receiver`] before it starts. `Receiver::builder().token("t").start().await`.
@@ -89,6 +93,13 @@ impl ReceiverBuilder {
     /// ignored, as a server without the extension would.
     pub fn without_checksum(mut self) -> Self {
         self.options.checksum = false;
+        self
+    }
+
+    /// Give no receipts: a `HEAD` asking for `Repr-Digest` gets none, as tusd and
+    /// @tus/server as they ship.
+    pub fn without_receipts(mut self) -> Self {
+        self.options.receipts = false;
         self
     }
 
@@ -479,6 +490,7 @@ impl Receiver {
                 max_size: None,
                 expires_in: None,
                 relative_location: false,
+                receipts: true,
             },
             listener: None,
             tls: None,
@@ -1067,7 +1079,10 @@ async fn route(
     }
     match (method.as_str(), upload_id) {
         ("POST", None) => create(shared, &req),
-        ("HEAD", Some(id)) => head(shared, &id, fault),
+        ("HEAD", Some(id)) => {
+            let want = header(&req, "want-repr-digest").is_some_and(|w| w.contains("sha-256"));
+            head(shared, &id, fault, want)
+        }
         ("PATCH", Some(id)) => patch(shared, conn, req, index, &id, fault).await,
         ("DELETE", Some(id)) => terminate(shared, &id),
         _ => text(405, "method not allowed here"),
@@ -1168,7 +1183,7 @@ fn create(shared: &Shared, req: &Request<Incoming>) -> Resp {
     expires_header(r, expires)
 }
 
-fn head(shared: &Shared, id: &str, fault: Option<FaultKind>) -> Resp {
+fn head(shared: &Shared, id: &str, fault: Option<FaultKind>, want_digest: bool) -> Resp {
     let state = shared.lock();
     let Some(u) = state.uploads.get(id).filter(|u| !u.terminated) else {
         return text(404, "unknown upload");
@@ -1186,7 +1201,32 @@ fn head(shared: &Shared, id: &str, fault: Option<FaultKind>) -> Resp {
     if let Some(m) = &u.metadata_raw {
         r = with_header(r, "upload-metadata", m);
     }
+    if want_digest && shared.options.receipts && u.offset == u.length {
+        // From the stored bytes, read now: what the store holds, not what arrived.
+        if let Ok(d) = sha256_file(&shared.dir.join(format!("{id}.bin"))) {
+            r = with_header(r, "repr-digest", format!("sha-256=:{}:", B64.encode(d)));
+        }
+    }
     expires_header(r, u.expires_at)
+}
+
+/// The SHA-256 of a file's bytes, read in blocks (an upload that was never written has no
+/// file: the digest of nothing).
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut h = sha2::Sha256::new();
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(h.finalize().into()),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        sha2::Digest::update(&mut h, &buf[..n]);
+    }
 }
 
 fn terminate(shared: &Shared, id: &str) -> Resp {

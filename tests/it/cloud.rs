@@ -428,6 +428,17 @@ async fn freeing_against_the_tier(verify: &str) -> Option<(serde_json::Value, Ve
         daemon.status().await["queue"]["done"] == 6
     })
     .await;
+    if verify == "receipt" {
+        // The tier computes receipts once each upload is answered: all there before a pass.
+        crate::common::eventually(T, "the tier's six receipts", || async {
+            tier.objects()
+                .iter()
+                .filter(|(k, _)| k.ends_with(".sha256"))
+                .count()
+                == 6
+        })
+        .await;
+    }
     let caps = tier
         .requests()
         .iter()
@@ -453,7 +464,7 @@ async fn freeing_against_the_tier(verify: &str) -> Option<(serde_json::Value, Ve
         assert!(std::time::Instant::now() < end, "no freeing pass: {p:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if verify == "length" {
+    if verify != "checksum" {
         assert!(
             tier.requests()
                 .iter()
@@ -465,6 +476,17 @@ async fn freeing_against_the_tier(verify: &str) -> Option<(serde_json::Value, Ve
     }
     let status = daemon.status().await;
     pass["attention"] = status["attention"].clone();
+    let (_, history) = daemon.api("GET", "/v1/history", None).await;
+    pass["history"] = history["entries"].clone();
+    if verify == "receipt" {
+        // The tier's receipts are objects of their own beside the uploads': one per upload.
+        let receipts = tier
+            .objects()
+            .iter()
+            .filter(|(k, _)| k.ends_with(".sha256"))
+            .count();
+        pass["receipts_stored"] = receipts.into();
+    }
     Some((pass, crate::space::on_card(&cam, &rels)))
 }
 
@@ -607,4 +629,24 @@ async fn throughput_per_instance() {
             parts.join(", ")
         );
     }
+}
+
+#[tokio::test]
+async fn against_the_tier_receipt_frees_the_oldest_on_the_tiers_receipt() {
+    // The tier computes each finished upload's SHA-256 from the object S3 stored, keeps it
+    // beside it, and answers it on the confirming HEAD: the camera's digest equals it.
+    let _one = one_at_a_time().lock().await;
+    let Some((pass, on_card)) = freeing_against_the_tier("receipt").await else {
+        return;
+    };
+    assert_eq!(pass["freed_files"], 2, "{pass:#}");
+    assert_eq!(on_card, [false, false, true, true, true, true]);
+    assert_eq!(pass["receipts_stored"], 6, "{pass:#}");
+    let freed_on: Vec<&str> = pass["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["freed_on"].as_str())
+        .collect();
+    assert_eq!(freed_on, ["receipt", "receipt"], "{pass:#}");
 }

@@ -25,6 +25,7 @@ mod mtls;
 mod pairing;
 mod reach;
 mod readme;
+mod receipts;
 mod schedule;
 mod space;
 mod uplink;

@@ -17,9 +17,9 @@ use testkit::tus::{Fault, Receiver, ReceiverBuilder};
 
 use crate::common::{eventually, Rig, TOKEN};
 
-const T: Duration = Duration::from_secs(30);
-const KIB: u64 = 1024;
-const DAY: Duration = Duration::from_secs(86_400);
+pub(crate) const T: Duration = Duration::from_secs(30);
+pub(crate) const KIB: u64 = 1024;
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 
 /// A tmpfs mounted on the camera's card for the test's life.
 pub(crate) struct TmpCard {
@@ -107,12 +107,12 @@ pub(crate) fn old() -> [Duration; 6] {
     [30, 29, 28, 27, 26, 25].map(|d| DAY * d)
 }
 
-fn receiver(b: ReceiverBuilder) -> impl std::future::Future<Output = Receiver> {
+pub(crate) fn receiver(b: ReceiverBuilder) -> impl std::future::Future<Output = Receiver> {
     b.token(TOKEN).start()
 }
 
 /// Starts the daemon, pairs, consents, and waits for the six uploads.
-async fn uploaded(cam: FakeCamera, rx: Receiver, rels: &[String]) -> Rig {
+pub(crate) async fn uploaded(cam: FakeCamera, rx: Receiver, rels: &[String]) -> Rig {
     let rig = Rig::start_with(cam, rx).await;
     rig.go().await;
     let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
@@ -124,7 +124,7 @@ async fn uploaded(cam: FakeCamera, rx: Receiver, rels: &[String]) -> Rig {
     rig
 }
 
-async fn set_free_space(rig: &Rig, value: &str) {
+pub(crate) async fn set_free_space(rig: &Rig, value: &str) {
     let (code, body) = rig
         .daemon
         .api("PATCH", "/v1/settings", Some(json!({"free_space": value})))
@@ -133,13 +133,13 @@ async fn set_free_space(rig: &Rig, value: &str) {
 }
 
 /// Switches freeing space on and waits for the first pass that saw it on.
-async fn free_and_wait_for_a_pass(rig: &Rig) -> Value {
+pub(crate) async fn free_and_wait_for_a_pass(rig: &Rig) -> Value {
     let t0 = crate::common::real_now();
     set_free_space(rig, "when_low").await;
     wait_for_a_pass_after(rig, t0).await
 }
 
-async fn wait_for_a_pass_after(rig: &Rig, t0: i64) -> Value {
+pub(crate) async fn wait_for_a_pass_after(rig: &Rig, t0: i64) -> Value {
     let end = tokio::time::Instant::now() + T;
     loop {
         let pass = rig.status().await["space"]["last_pass"].clone();
@@ -178,20 +178,20 @@ pub(crate) fn on_card(cam: &FakeCamera, rels: &[String]) -> Vec<bool> {
     rels.iter().map(|r| cam.media_path(r).exists()).collect()
 }
 
-async fn space(rig: &Rig) -> Value {
+pub(crate) async fn space(rig: &Rig) -> Value {
     let (code, body) = rig.daemon.api("GET", "/v1/space", None).await;
     assert_eq!(code, 200, "{body}");
     body
 }
 
-async fn history(rig: &Rig) -> Vec<Value> {
+pub(crate) async fn history(rig: &Rig) -> Vec<Value> {
     let (code, body) = rig.daemon.api("GET", "/v1/history", None).await;
     assert_eq!(code, 200, "{body}");
     body["entries"].as_array().cloned().unwrap_or_default()
 }
 
 /// The storage paths the history says were freed, sorted.
-async fn freed_in_history(rig: &Rig) -> Vec<String> {
+pub(crate) async fn freed_in_history(rig: &Rig) -> Vec<String> {
     let mut v: Vec<String> = history(rig)
         .await
         .iter()
@@ -512,7 +512,7 @@ async fn without_checksums_length_frees_after_a_read_back_and_keeps_what_reads_d
 /// that new version uploaded before the freeing pass, freeing it would be right, and the test
 /// could not tell a kept edit from a lucky order. Paused, the edit is on the card only, so
 /// whenever the daemon notices it, the file must stay.
-async fn hold_uploads(rig: &Rig) {
+pub(crate) async fn hold_uploads(rig: &Rig) {
     rig.consent(false).await;
 }
 
@@ -521,7 +521,7 @@ async fn hold_uploads(rig: &Rig) {
 /// pass read it back and saw other bytes (`read_back_differs`); the watcher queued it again
 /// before the pass gathered its files (no longer a candidate, so not in the report); or in
 /// between (`changed`: the record the pass judged is gone).
-async fn the_edit_was_kept_then_sent(rig: &Rig, pass: &Value, rel: &str) {
+pub(crate) async fn the_edit_was_kept_then_sent(rig: &Rig, pass: &Value, rel: &str) {
     let kept = |k: &str| pass["kept"][k].as_u64().unwrap_or(0);
     let judged = kept("read_back_differs") + kept("changed");
     assert!(judged <= 1, "{pass:#}");
