@@ -153,6 +153,24 @@ pub enum Command {
     },
     /// Follow the daemon's events (state, progress, items) until Ctrl-C
     Events,
+    /// Say why a file is or is not backed up: its state, the reason, attempts, bytes sent, the
+    /// card it came from
+    #[command(
+        long_about = "Say why a file is or is not backed up: its state (pending, uploading, \
+        done, failed...; `not_queued` for a file cambackup has no queue item for), the reason \
+        as a code and a sentence (waiting for Wi-Fi or for your consent, not settled yet, \
+        excluded type, a link, failed with an error, waiting to retry at a time, done, freed, \
+        deleted from the card...), attempts, bytes sent and the card it came from.\n\n\
+        PATH is a storage path, as `cambackup queue` shows it (relative to the media root), or \
+        an absolute path on the card."
+    )]
+    Why {
+        /// A storage path (`DCIM/100MEDIA/IMG_0001.JPG`) or an absolute path on the card
+        path: String,
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the card's space, the freeing-space rules, and what freeing space would delete
     #[command(
         long_about = "Show the card's space, the freeing-space rules in force, the last \
@@ -423,11 +441,29 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             print_as(json, &v, |v| render::privacy(&view(v)))
         }
         Command::Events => events(client).await,
+        Command::Why { path, json } => {
+            let v = get(client, &format!("/v1/files/{}", percent_encode(path))).await?;
+            print_as(json, &v, |v| render::why(&view(v)))
+        }
         Command::Space { dry_run, json } => {
             let v = get(client, "/v1/space").await?;
             print_as(json, &v, |v| render::space(v, *dry_run))
         }
     }
+}
+
+/// `s` as one URI path segment: every byte but the unreserved ones (RFC 3986) as `%XX`, `/`
+/// included, so an absolute path on the card is not read as the URI's own slashes.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A lenient view of an answer (see `render`): what does not fit is left at its default.

@@ -238,7 +238,7 @@ async fn readme_sample_outputs_are_what_the_cli_prints() {
         .iter()
         .map(|l| (label(l), mask(l)))
         .collect();
-    for always in ["state", "queue", "card", "device", "uplink"] {
+    for always in ["state", "queue", "card", "format", "device", "uplink"] {
         assert!(
             readme.contains_key(always),
             "README's `cambackup status` has no `{always}:` line; the CLI prints:\n{status}"
