@@ -337,6 +337,7 @@ pub struct FileView {
     pub size: Option<u64>,
     /// The file is on the card now.
     pub on_card: bool,
+    /// Failed attempts so far (0 for a file that went up at the first try).
     pub attempts: u32,
     pub bytes_sent: u64,
     pub last_error: Option<String>,

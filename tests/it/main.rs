@@ -26,3 +26,4 @@ mod readme;
 mod schedule;
 mod space;
 mod uplink;
+mod why;
