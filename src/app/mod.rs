@@ -804,6 +804,10 @@ impl App {
                 ..report.skipped.clone()
             };
             live.card_scanned = true;
+            // The files it found still being written go to the watcher's settler after this
+            // returns: counted now, so the card never reads as safe in between (the watcher's
+            // next count replaces this one).
+            live.settling += report.recent.len() as u64;
         }
         if report.queued > 0 {
             self.queued();

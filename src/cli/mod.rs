@@ -186,6 +186,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a support bundle (a .tar.gz for the maker's support): version, config, status,
+    /// queue and history summaries, the daemon's last log lines, the kernel, the card, the links
+    #[command(
+        long_about = "Write a support bundle: a .tar.gz for the camera maker's support with the \
+        version and build, the config, the status, queue and history summaries, the daemon's \
+        last log lines, the kernel, the card's file system and free space, and the network \
+        links.\n\nIt never holds the account's token or user ID. It holds no name of a file on \
+        the card unless you pass --with-names."
+    )]
+    Report {
+        /// Where to write it (`-`: standard output)
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "FILE",
+            default_value = "cambackup-report.tar.gz"
+        )]
+        output: PathBuf,
+        /// Include the names of the card's files (left out by default)
+        #[arg(long)]
+        with_names: bool,
+    },
     /// Print a shell completion script (the .deb installs them; elsewhere, e.g.
     /// `cambackup completions bash > /etc/bash_completion.d/cambackup`)
     Completions {
@@ -441,6 +463,7 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             print_as(json, &v, |v| render::privacy(&view(v)))
         }
         Command::Events => events(client).await,
+        Command::Report { output, with_names } => support_bundle(client, output, *with_names).await,
         Command::Why { path, json } => {
             let v = get(client, &format!("/v1/files/{}", percent_encode(path))).await?;
             print_as(json, &v, |v| render::why(&view(v)))
@@ -495,10 +518,21 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, Fail> {
+    let body = call_raw(client, method, path, body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")))
+}
+
+/// One call; the body of a 2xx answer as it is, any other a [`Fail`] (see [`call`]).
+async fn call_raw(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Vec<u8>, Fail> {
     let answer = client.call(method, path, body).await?;
     if answer.status.is_success() {
-        return serde_json::from_slice(&answer.body)
-            .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")));
+        return Ok(answer.body.to_vec());
     }
     let message = match client::error_of(&answer.body) {
         Some((_, m)) => m,
@@ -513,6 +547,32 @@ async fn call(
         code,
         message: format!("the daemon refused: {message} ({})", answer.status),
     })
+}
+
+/// `report`: the support bundle to a file (or stdout), and where it went.
+async fn support_bundle(client: &Client, output: &Path, with_names: bool) -> Result<(), Fail> {
+    let path = format!("/v1/report?with_names={with_names}");
+    let bundle = call_raw(client, Method::GET, &path, None).await?;
+    if output == Path::new("-") {
+        use std::io::Write as _;
+        return std::io::stdout()
+            .lock()
+            .write_all(&bundle)
+            .map_err(|e| Fail::other(format!("cannot write the bundle to stdout: {e}")));
+    }
+    std::fs::write(output, &bundle)
+        .map_err(|e| Fail::other(format!("cannot write {}: {e}", output.display())))?;
+    outln!(
+        "wrote {} ({} bytes): send it to the maker's support; it holds no token{}",
+        output.display(),
+        bundle.len(),
+        if with_names {
+            ", and the names of the card's files (--with-names)"
+        } else {
+            " and no file names"
+        }
+    );
+    Ok(())
 }
 
 async fn upload(client: &Client, paths: &[String]) -> Result<(), Fail> {

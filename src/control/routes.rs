@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/v1/privacy", || get(privacy)),
     ("GET", "/v1/space", || get(space)),
     ("GET", "/v1/files/{*storage_path}", || get(file)),
+    ("GET", "/v1/report", || get(report)),
     ("GET", "/v1/events", || get(super::sse::events)),
     ("GET", "/v1/health", || get(health)),
 ];
@@ -407,6 +408,38 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// `GET /v1/report?with_names=`: the support bundle, a `.tar.gz` (`crate::report`), made on
+/// a blocking thread (it reads `/proc`, the card's file system and the store).
+async fn report(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    q.only(&["with_names"])?;
+    let with_names = match q.get("with_names") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "bad_parameter",
+                format!("query parameter `with_names` must be true or false, not `{v}`"),
+            ))
+        }
+    };
+    let bundle = tokio::task::spawn_blocking(move || crate::report::build(&app, with_names))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"cambackup-report.tar.gz\"",
+            ),
+        ],
+        bundle,
+    )
+        .into_response())
 }
 
 async fn health(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {

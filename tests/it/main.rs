@@ -23,6 +23,7 @@ mod large;
 mod losses;
 mod mtls;
 mod readme;
+mod report;
 mod schedule;
 mod space;
 mod uplink;
