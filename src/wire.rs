@@ -335,7 +335,7 @@ pub struct FileView {
     pub kind: Option<String>,
     /// The size of the item's version, else of the file on the card.
     pub size: Option<u64>,
-    /// The file is on the card now.
+    /// The file is on the card now (false while the card is out).
     pub on_card: bool,
     /// Failed attempts so far (0 for a file that went up at the first try).
     pub attempts: u32,

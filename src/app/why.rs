@@ -388,7 +388,9 @@ impl App {
                     let sent = live.in_flight.get(&item.id).map(|f| f.bytes_sent);
                     (Held::of(&live), sent)
                 };
-                view.reason = reason_of(&item, freed_at, view.on_card, in_flight, &held, now);
+                // With the card out, a file missing from the slot is not deleted: only out.
+                let there = view.on_card || !held.media_available;
+                view.reason = reason_of(&item, freed_at, there, in_flight, &held, now);
                 view.state = item.state.as_str().to_string();
                 view.id = Some(item.id);
                 view.kind = Some(item.kind.as_str().to_string());

@@ -289,4 +289,11 @@ async fn safe_to_format_turns_true_only_when_the_last_file_is_up() {
         rig.status().await["card"]["safe_to_format"] == false
     })
     .await;
+    // A file backed up is not "deleted from the card" while the card is only out.
+    let (_, body) = why(&rig, &photo).await;
+    assert_eq!(
+        (&body["reason"]["code"], &body["on_card"]),
+        (&"done".into(), &false.into()),
+        "{body:#}"
+    );
 }
