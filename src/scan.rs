@@ -156,8 +156,10 @@ pub fn look_at(
     let (mut at, mut dsp) = (root.to_path_buf(), None::<StoragePath>);
     for (i, name) in names.iter().enumerate() {
         // As the walk reads it: the directory's listing must be readable.
-        if std::fs::read_dir(&at).is_err() {
-            return OnCard::LeftOut(LeftOut::Unreadable);
+        match std::fs::read_dir(&at) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return OnCard::Missing,
+            Err(_) => return OnCard::LeftOut(LeftOut::Unreadable),
         }
         at.push(name);
         let Some(sp) = StoragePath::child(dsp.as_ref(), name) else {

@@ -97,6 +97,18 @@ fn queues_media_with_exact_names_and_skips_the_rest() {
     assert_eq!(look("DCIM/pipe.jpg"), out(LeftOut::NotRegularFile));
     assert_eq!(look("DCIM/100MEDIA"), out(LeftOut::NotRegularFile));
     assert_eq!(look("DCIM/nothing.jpg"), OnCard::Missing);
+    let gone_root = look_at(
+        &r.join("card.removed"),
+        &filter(),
+        Duration::from_secs(10),
+        &StoragePath::from_stored("DCIM/100MEDIA/a b,c.JPG".into()),
+        SystemTime::now(),
+    );
+    assert_eq!(
+        gone_root,
+        OnCard::Missing,
+        "a root that is gone holds nothing"
+    );
     assert!(matches!(
         look("DCIM/100MEDIA/a b,c.JPG"),
         OnCard::Media { size: 1, .. }

@@ -354,13 +354,18 @@ impl App {
             Err(e) => return Err(AppError::bad_request("bad_path", e.to_string())),
         };
         view.storage_path = path.to_string();
-        let on = scan::look_at(
-            &media.root,
-            &media.filter,
-            Duration::from_secs(media.settle_secs),
-            &path,
-            SystemTime::now(),
-        );
+        // With the card out, nothing under the root is the card's (an empty mount point).
+        let on = if self.media_available() {
+            scan::look_at(
+                &media.root,
+                &media.filter,
+                Duration::from_secs(media.settle_secs),
+                &path,
+                SystemTime::now(),
+            )
+        } else {
+            OnCard::Missing
+        };
         let version = match on {
             OnCard::Media { size, mtime_ns } | OnCard::Unsettled { size, mtime_ns, .. } => {
                 Some((size, mtime_ns))
