@@ -182,6 +182,14 @@ struct Mount {
     /// What was mounted: a block device, or (FUSE) the image or device its helper was given.
     source: PathBuf,
     read_only: bool,
+    /// The file system's type (`vfat`, `exfat`, `fuseblk`...).
+    fstype: String,
+}
+
+/// The file system holding `root`: its mount point and type, from `/proc/self/mountinfo`
+/// (for the support bundle).
+pub fn filesystem_of(root: &Path) -> Option<(PathBuf, String)> {
+    mount_of(root).map(|m| (m.point, m.fstype))
 }
 
 /// The mount whose mount point is the longest prefix of `root` (the last one mounted there).
@@ -215,6 +223,7 @@ fn parse_mountinfo(text: &str, root: &Path) -> Option<Mount> {
             point: point.clone(),
             source: PathBuf::from(unescape_mountinfo(source)),
             read_only,
+            fstype: r.first().map_or_else(String::new, |t| t.to_string()),
         };
         // A later line at the same depth is mounted over the earlier one.
         if best.as_ref().is_none_or(|(d, _)| depth >= *d) {

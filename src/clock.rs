@@ -86,6 +86,28 @@ extern "C" {
     fn tzset();
 }
 
+/// `unix` as `2026-12-07 11:30:05 UTC`: a moment in a sentence the daemon says (the app and
+/// the CLI show the field's unix seconds in the user's zone). Pure arithmetic, no C library.
+pub fn utc(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil, for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// The local time now ([`now_unix`]).
 pub fn local_now() -> Option<Local> {
     local(now_unix())
@@ -106,6 +128,13 @@ fn test_offset() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_names_the_day_and_time() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_643_005), "2026-12-07 11:30:05 UTC");
+    }
 
     #[test]
     fn a_clock_before_the_release_is_not_set() {

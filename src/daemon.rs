@@ -31,15 +31,19 @@ const POLL_WAITING: Duration = Duration::from_secs(2);
 /// Housekeeping (history retention) interval.
 const HOUSEKEEPING: Duration = Duration::from_secs(3600);
 
-/// Sets up logging: stderr (journald picks it up), level from `CAMBACKUP_LOG` (default info).
+/// Sets up logging: stderr (journald picks it up), level from `CAMBACKUP_LOG` (default info),
+/// and the same records kept in memory for the support bundle (`logring`).
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAMBACKUP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .finish()
+        .with(crate::logring::layer());
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// Runs the daemon with a loaded config. Returns the process exit code.

@@ -23,7 +23,9 @@ mod freeing;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz_api;
 mod gate;
+mod logring;
 mod media;
+mod report;
 mod scan;
 mod scheduler;
 mod secret;

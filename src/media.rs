@@ -196,22 +196,7 @@ impl StoragePath {
     /// it. Symlinks are resolved, and the real file must still be inside the real root, so a
     /// link to `/etc/passwd` is refused like `../../etc/passwd`.
     pub fn from_user(root: &Path, input: &str) -> Result<StoragePath, PathError> {
-        // The storage-path form (`\xNN` escapes) back to the name on disk.
-        let on_disk = unescape(input);
-        let given = Path::new(&on_disk);
-        let joined = if given.is_absolute() {
-            given.to_path_buf()
-        } else {
-            root.join(given)
-        };
-        // Lexical check first, so `..` is refused even when the target does not exist.
-        let lexical = normalize(&joined).ok_or_else(|| PathError::Outside(input.into()))?;
-        if !lexical.starts_with(root) {
-            return Err(PathError::Outside(input.into()));
-        }
-        // FAT and exFAT names are case-insensitive: `dcim/100media/img_0001.jpg` is the file
-        // `DCIM/100MEDIA/IMG_0001.JPG`, and must be named as the card names it, never twice.
-        let lexical = with_names_on_disk(root, &lexical);
+        let lexical = lexical_from_user(root, input)?;
         let real_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let real = match lexical.canonicalize() {
             Ok(r) => r,
@@ -223,6 +208,13 @@ impl StoragePath {
         }
         // Name the file by the path the user gave (within the root), not the link's target.
         StoragePath::under(root, &lexical)
+    }
+
+    /// [`StoragePath::from_user`] without resolving links: the path as given, inside the root
+    /// by its names alone, spelt as the card spells it. For asking about a file (`why`), where
+    /// a link is an answer (the card's link is left out), not an error.
+    pub fn from_user_as_named(root: &Path, input: &str) -> Result<StoragePath, PathError> {
+        StoragePath::under(root, &lexical_from_user(root, input)?)
     }
 
     pub fn as_str(&self) -> &str {
@@ -244,6 +236,28 @@ impl fmt::Display for StoragePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What a user typed or the app sent (relative to `root`, or absolute inside it, `\xNN`
+/// escapes allowed) as a path on disk inside `root`, by its names alone (`..` resolved, no
+/// link followed), each name spelt as the card spells it.
+fn lexical_from_user(root: &Path, input: &str) -> Result<PathBuf, PathError> {
+    // The storage-path form (`\xNN` escapes) back to the name on disk.
+    let on_disk = unescape(input);
+    let given = Path::new(&on_disk);
+    let joined = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        root.join(given)
+    };
+    // Lexical check first, so `..` is refused even when the target does not exist.
+    let lexical = normalize(&joined).ok_or_else(|| PathError::Outside(input.into()))?;
+    if !lexical.starts_with(root) {
+        return Err(PathError::Outside(input.into()));
+    }
+    // FAT and exFAT names are case-insensitive: `dcim/100media/img_0001.jpg` is the file
+    // `DCIM/100MEDIA/IMG_0001.JPG`, and must be named as the card names it, never twice.
+    Ok(with_names_on_disk(root, &lexical))
 }
 
 /// `path` (inside `root`) with each name below the root spelt as its directory spells it: a
@@ -341,6 +355,12 @@ impl MediaFilter {
     pub fn classify_in_checked_dir(&self, path: &StoragePath) -> Option<Kind> {
         let kind = self.kind_by_extension(path)?;
         (!self.excluded(path.as_str())).then_some(kind)
+    }
+
+    /// Whether the file's extension is a photo or video one: of a file [`MediaFilter::classify`]
+    /// refuses, tells an excluded type from an excluded path.
+    pub fn has_media_extension(&self, path: &StoragePath) -> bool {
+        self.kind_by_extension(path).is_some()
     }
 
     fn kind_by_extension(&self, path: &StoragePath) -> Option<Kind> {

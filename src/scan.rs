@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use crate::card::{stamp_is_trusted, Fingerprint};
 use crate::media::{mtime_ns, MediaFilter, StoragePath};
 use crate::store::{self, Checked, FoundFile, Store, StoreError};
+use crate::wire::Skipped;
 
 /// Files per database transaction.
 pub const BATCH: usize = 2000;
@@ -50,12 +51,162 @@ pub struct Report {
     pub recent: Vec<Recent>,
     /// Entries that could not be read (permissions, I/O errors), with the reason.
     pub unreadable: u64,
+    /// Every entry the walk left out, by reason (`unreadable` among them): `status.skipped`.
+    pub skipped: Skipped,
     /// The card was missing before or after the walk, or another card was there after it: what
     /// the walk found is queued, but nothing it missed counts as deleted or unreadable.
     pub card_gone: bool,
     /// Time spent walking the card, and writing the database (the two overlap).
     pub walk: Duration,
     pub write: Duration,
+}
+
+/// Why the walk leaves an entry of the card out: the codes of `status.skipped` and of
+/// `GET /v1/files/{path}`'s reason. No entry the walk meets is left out without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Not a photo or video extension of the config.
+    ExcludedType,
+    /// Matched by `media.exclude` (a file, or a directory not walked).
+    ExcludedPath,
+    /// A symbolic link: never followed, so nothing outside the card is read.
+    Link,
+    /// A FIFO, socket or device.
+    NotRegularFile,
+    /// Could not be read (permissions, card errors, a name the root cannot hold).
+    Unreadable,
+}
+
+impl LeftOut {
+    /// Every reason (the docs test compares them with INTERFACE.md and the OpenAPI file).
+    #[cfg(test)]
+    pub const ALL: [LeftOut; 5] = [
+        LeftOut::ExcludedType,
+        LeftOut::ExcludedPath,
+        LeftOut::Link,
+        LeftOut::NotRegularFile,
+        LeftOut::Unreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftOut::ExcludedType => "excluded_type",
+            LeftOut::ExcludedPath => "excluded_path",
+            LeftOut::Link => "link",
+            LeftOut::NotRegularFile => "not_regular_file",
+            LeftOut::Unreadable => "unreadable",
+        }
+    }
+
+    /// Counts one entry left out for this reason.
+    pub fn count(self, s: &mut Skipped) {
+        let n = match self {
+            LeftOut::ExcludedType => &mut s.excluded_type,
+            LeftOut::ExcludedPath => &mut s.excluded_path,
+            LeftOut::Link => &mut s.link,
+            LeftOut::NotRegularFile => &mut s.not_regular_file,
+            LeftOut::Unreadable => &mut s.unreadable,
+        };
+        *n += 1;
+    }
+
+    /// Why a file the filter refused is left out: its type, or its path.
+    fn of_refused(filter: &MediaFilter, path: &StoragePath) -> LeftOut {
+        if filter.has_media_extension(path) {
+            LeftOut::ExcludedPath
+        } else {
+            LeftOut::ExcludedType
+        }
+    }
+}
+
+/// What one path on the card is now, judged by the walk's own rules: what `why` says of a
+/// file the queue does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnCard {
+    /// Nothing there.
+    Missing,
+    /// The walk leaves it out.
+    LeftOut(LeftOut),
+    /// A media file written within `settle_secs` (`secs_ago` since its last write).
+    Unsettled {
+        size: u64,
+        mtime_ns: i64,
+        secs_ago: u64,
+    },
+    /// A media file the walk would queue.
+    Media { size: u64, mtime_ns: i64 },
+}
+
+/// Looks at one storage path on the card as the walk would: every directory on the way
+/// (not a link, not excluded, readable), then the entry itself (a regular media file, settled
+/// or not). Never follows a link; reads nothing outside `root`.
+pub fn look_at(
+    root: &Path,
+    filter: &MediaFilter,
+    settle: Duration,
+    path: &StoragePath,
+    now: SystemTime,
+) -> OnCard {
+    let on_disk = path.on_disk(root);
+    let Ok(rel) = on_disk.strip_prefix(root) else {
+        return OnCard::Missing;
+    };
+    let names: Vec<_> = rel.components().map(|c| c.as_os_str()).collect();
+    let (mut at, mut dsp) = (root.to_path_buf(), None::<StoragePath>);
+    for (i, name) in names.iter().enumerate() {
+        // As the walk reads it: the directory's listing must be readable.
+        match std::fs::read_dir(&at) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return OnCard::Missing,
+            Err(_) => return OnCard::LeftOut(LeftOut::Unreadable),
+        }
+        at.push(name);
+        let Some(sp) = StoragePath::child(dsp.as_ref(), name) else {
+            return OnCard::LeftOut(LeftOut::Unreadable);
+        };
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return OnCard::Missing,
+            Err(_) => return OnCard::LeftOut(LeftOut::Unreadable),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return OnCard::LeftOut(LeftOut::Link);
+        }
+        if i + 1 < names.len() {
+            if !ft.is_dir() {
+                return OnCard::Missing;
+            }
+            if filter.skip_dir(&sp) {
+                return OnCard::LeftOut(LeftOut::ExcludedPath);
+            }
+            dsp = Some(sp);
+            continue;
+        }
+        if !ft.is_file() {
+            return OnCard::LeftOut(LeftOut::NotRegularFile);
+        }
+        if filter.classify_in_checked_dir(&sp).is_none() {
+            return OnCard::LeftOut(LeftOut::of_refused(filter, &sp));
+        }
+        let judge = Judge::new(filter, settle, now);
+        let mtime = mtime_ns(&meta);
+        let age = (judge.now_ns - i128::from(mtime)).max(0);
+        return if age < judge.settle_ns {
+            OnCard::Unsettled {
+                size: meta.len(),
+                mtime_ns: mtime,
+                secs_ago: (age / 1_000_000_000) as u64,
+            }
+        } else {
+            OnCard::Media {
+                size: meta.len(),
+                mtime_ns: mtime,
+            }
+        };
+    }
+    OnCard::Missing
 }
 
 /// The card's root and the rule that tells whether the card is in it: the one place every
@@ -156,14 +307,14 @@ pub fn walk(
         return 1;
     };
     let judge = Judge::new(filter, settle, now);
-    let mut unreadable = 0;
+    let mut skipped = Skipped::default();
     let mut stack = vec![top];
     while let Some(d) = stack.pop() {
-        let subdirs = judge.read(d, &mut seen, &mut unreadable);
+        let subdirs = judge.read(d, &mut seen, &mut skipped);
         // Popped in name order next.
         stack.extend(subdirs.into_iter().rev());
     }
-    unreadable
+    skipped.unreadable
 }
 
 /// A directory still to read: where it is, and its storage path (`None`: the media root).
@@ -209,13 +360,13 @@ impl<'a> Judge<'a> {
     /// Per entry it costs what `find -printf '%s %T@'` costs (a `statx` relative to the
     /// directory, and only for media files) plus one allocation: each name's storage path is
     /// its directory's plus the name, never re-derived from the whole path.
-    fn read(&self, (d, dsp): Dir, seen: &mut impl FnMut(Seen), unreadable: &mut u64) -> Vec<Dir> {
+    fn read(&self, (d, dsp): Dir, seen: &mut impl FnMut(Seen), skipped: &mut Skipped) -> Vec<Dir> {
         let mut subdirs = Vec::new();
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(dir = %d.display(), error = %e, "cannot read a directory on the card");
-                *unreadable += 1;
+                LeftOut::Unreadable.count(skipped);
                 return subdirs;
             }
         };
@@ -226,29 +377,38 @@ impl<'a> Judge<'a> {
         for (name, entry) in entries {
             // `file_type` comes from the directory entry (d_type): no stat, no symlink followed.
             let Ok(ft) = entry.file_type() else {
-                *unreadable += 1;
+                LeftOut::Unreadable.count(skipped);
                 continue;
             };
             let Some(sp) = StoragePath::child(dsp.as_ref(), &name) else {
                 tracing::warn!(dir = %d.display(), name = ?name, "skipping a name the media root cannot hold");
-                *unreadable += 1;
+                LeftOut::Unreadable.count(skipped);
                 continue;
             };
             if ft.is_dir() {
-                if !self.filter.skip_dir(&sp) {
+                if self.filter.skip_dir(&sp) {
+                    LeftOut::ExcludedPath.count(skipped);
+                } else {
                     subdirs.push((d.join(&name), Some(sp)));
                 }
                 continue;
             }
             if !ft.is_file() {
+                let why = if ft.is_symlink() {
+                    LeftOut::Link
+                } else {
+                    LeftOut::NotRegularFile
+                };
+                why.count(skipped);
                 continue;
             }
             let Some(kind) = self.filter.classify_in_checked_dir(&sp) else {
+                LeftOut::of_refused(self.filter, &sp).count(skipped);
                 continue;
             };
             // `statx` relative to the directory, not following a link (std's `DirEntry`).
             let Ok(meta) = entry.metadata() else {
-                *unreadable += 1;
+                LeftOut::Unreadable.count(skipped);
                 continue;
             };
             let mtime = mtime_ns(&meta);
@@ -337,7 +497,7 @@ fn walkers() -> usize {
 #[derive(Default)]
 struct Walked {
     files: u64,
-    unreadable: u64,
+    skipped: Skipped,
     recent: Vec<Recent>,
     versions: Hashes,
     paths: Hashes,
@@ -493,6 +653,7 @@ pub fn scan(
     } else {
         report.card_gone = true;
         report.unreadable = 0;
+        report.skipped = Skipped::default();
     }
     drop(wide);
     Ok(report)
@@ -505,7 +666,13 @@ fn merge(mut walked: Vec<Walked>, report: &mut Report) -> Walked {
     let mut seen = Walked::default();
     for (i, w) in walked.into_iter().enumerate() {
         report.files += w.files;
-        report.unreadable += w.unreadable;
+        let (all, one) = (&mut report.skipped, &w.skipped);
+        all.excluded_type += one.excluded_type;
+        all.excluded_path += one.excluded_path;
+        all.link += one.link;
+        all.not_regular_file += one.not_regular_file;
+        all.unreadable += one.unreadable;
+        report.unreadable = all.unreadable;
         report.recent.extend(w.recent);
         if i == 0 {
             (seen.versions, seen.paths) = (w.versions, w.paths);
@@ -578,15 +745,15 @@ struct Walker<'a> {
 impl Walker<'_> {
     /// Walks until no directory is left, then hands over the last batch.
     fn walk(mut self, dirs: &Shared, judge: &Judge<'_>) -> Walked {
-        let mut unreadable = 0;
+        let mut skipped = Skipped::default();
         while let Some((d, reading)) = dirs.take() {
-            dirs.give_back(judge.read(d, &mut |found| self.seen(found), &mut unreadable));
+            dirs.give_back(judge.read(d, &mut |found| self.seen(found), &mut skipped));
             drop(reading);
         }
         if !self.batch.is_empty() {
             let _ = self.tx.send(self.batch);
         }
-        self.w.unreadable = unreadable;
+        self.w.skipped = skipped;
         self.w
     }
 

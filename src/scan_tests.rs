@@ -49,6 +49,10 @@ fn queues_media_with_exact_names_and_skips_the_rest() {
     old(&r.join("DCIM/notes.txt"), b"x");
     std::os::unix::fs::symlink("/etc/passwd", r.join("DCIM/link.jpg")).unwrap();
     std::os::unix::fs::symlink("/etc", r.join("DCIM/linkdir")).unwrap();
+    let fifo =
+        std::ffi::CString::new(r.join("DCIM/pipe.jpg").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let store = Store::open(state.path()).unwrap();
     let rep = scan(
         CardRoot::at(r),
@@ -59,6 +63,61 @@ fn queues_media_with_exact_names_and_skips_the_rest() {
     )
     .unwrap();
     assert_eq!(rep.queued, 3);
+    // Nothing left out silently: each entry it passed over is counted by why.
+    assert_eq!(
+        rep.skipped,
+        Skipped {
+            excluded_type: 2,
+            excluded_path: 2,
+            link: 2,
+            not_regular_file: 1,
+            ..Skipped::default()
+        },
+        "THM and txt; .hidden.jpg and .trash; two links; a FIFO"
+    );
+    // `why` judges one path by the same rules.
+    let look = |p: &str| {
+        look_at(
+            r,
+            &filter(),
+            Duration::from_secs(10),
+            &StoragePath::from_stored(p.into()),
+            SystemTime::now(),
+        )
+    };
+    let out = |w| OnCard::LeftOut(w);
+    assert_eq!(look("DCIM/100MEDIA/thumb.THM"), out(LeftOut::ExcludedType));
+    assert_eq!(
+        look("DCIM/100MEDIA/.hidden.jpg"),
+        out(LeftOut::ExcludedPath)
+    );
+    assert_eq!(look("DCIM/.trash/gone.jpg"), out(LeftOut::ExcludedPath));
+    assert_eq!(look("DCIM/link.jpg"), out(LeftOut::Link));
+    assert_eq!(look("DCIM/linkdir/passwd"), out(LeftOut::Link));
+    assert_eq!(look("DCIM/pipe.jpg"), out(LeftOut::NotRegularFile));
+    assert_eq!(look("DCIM/100MEDIA"), out(LeftOut::NotRegularFile));
+    assert_eq!(look("DCIM/nothing.jpg"), OnCard::Missing);
+    let gone_root = look_at(
+        &r.join("card.removed"),
+        &filter(),
+        Duration::from_secs(10),
+        &StoragePath::from_stored("DCIM/100MEDIA/a b,c.JPG".into()),
+        SystemTime::now(),
+    );
+    assert_eq!(
+        gone_root,
+        OnCard::Missing,
+        "a root that is gone holds nothing"
+    );
+    assert!(matches!(
+        look("DCIM/100MEDIA/a b,c.JPG"),
+        OnCard::Media { size: 1, .. }
+    ));
+    std::fs::write(r.join("DCIM/new.jpg"), b"abc").unwrap();
+    assert!(matches!(
+        look("DCIM/new.jpg"),
+        OnCard::Unsettled { size: 3, .. }
+    ));
     assert_eq!(
         paths(&store, ItemState::Pending),
         [

@@ -170,7 +170,6 @@ impl Settler {
     }
 
     /// Files being watched.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.files.len()
     }
@@ -361,6 +360,8 @@ pub async fn run(app: Arc<App>) {
             &mut unqueued,
             &mut retry_at,
         );
+        // Files still being written keep the card from being safe to format.
+        app.set_settling((settler.len() + unqueued.len()) as u64);
     }
     drop(watcher);
 }

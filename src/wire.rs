@@ -55,6 +55,9 @@ pub struct Status {
     /// The server cannot be reached through the uplink (`no_internet`, `captive_portal`);
     /// `None` when no request found so.
     pub unreachable: Option<Unreachable>,
+    /// Entries of the card the last full scan considered and left out, by reason (always there
+    /// from this daemon): no file is skipped silently. `GET /v1/files/{path}` says it per file.
+    pub skipped: Option<Skipped>,
 }
 
 /// `status.unreachable`: what a request found of the uplink.
@@ -69,6 +72,27 @@ pub struct Unreachable {
     pub message: String,
     /// When it was found (unix seconds).
     pub since: i64,
+}
+
+/// `status.skipped`: how many entries of the card in the slot the last full scan left out, by
+/// reason (codes of `GET /v1/files/{path}`'s `reason`). Counts, not names: a card of 100,000
+/// sidecar files costs five numbers. An excluded directory counts once (its content is not
+/// walked). Zero while the card is out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Skipped {
+    /// Files whose extension is not one of `media.photo_extensions` or `video_extensions`.
+    pub excluded_type: u64,
+    /// Files and directories matched by `media.exclude` (hidden entries, a trash folder).
+    pub excluded_path: u64,
+    /// Symbolic links (never followed).
+    pub link: u64,
+    /// Entries that are neither a regular file nor a directory (FIFOs, sockets, devices).
+    pub not_regular_file: u64,
+    /// Entries that could not be read (permissions, card errors).
+    pub unreadable: u64,
+    /// When that scan ended (unix seconds); `None` before the first scan of this card.
+    pub scanned_at: Option<i64>,
 }
 
 /// Per-state counts and bytes of the queue: what the store counts, and `status.queue`.
@@ -115,6 +139,24 @@ pub struct CardSummary {
     /// Files of cards that are out, waiting for them (`waiting_for_card`); counted in the
     /// totals above as not backed up.
     pub waiting_for: Vec<WaitingCard>,
+    /// The card in the slot may be formatted without losing a photo or video: it is there, a
+    /// full scan of it has ended, every eligible file found on it is backed up (done, or
+    /// freed), and nothing is pending, uploading, failed, still being written or unreadable.
+    pub safe_to_format: bool,
+    /// What is still to go before it is (zero when it is safe).
+    pub to_go: ToGo,
+}
+
+/// `status.card.to_go`: what keeps the card from being safe to format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToGo {
+    /// Files not backed up yet: pending, uploading or failed, and those still being written
+    /// (not settled), plus entries that could not be read.
+    pub files: u64,
+    /// Bytes still to send of the pending, uploading and failed files (a file still being
+    /// written adds its bytes once it settles).
+    pub bytes: u64,
 }
 
 impl From<&QueueCounts> for CardSummary {
@@ -288,6 +330,52 @@ pub struct ItemView {
     /// The serial of the card it was found on (`XXXX-XXXX` on FAT and exFAT); `null` where
     /// the card could not be read.
     pub card: Option<String>,
+}
+
+/// `GET /v1/files/{storage_path}`: one file's state and why, as `cambackup why` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileView {
+    /// The file's storage path (the card's spelling of it where the card has it).
+    pub storage_path: String,
+    /// How the path was given: `storage_path` (relative to `media.root`) or `card_path` (an
+    /// absolute path on the device).
+    pub given_as: String,
+    /// The queue item's state (`pending`, `uploading`, `done`, `failed`, `skipped`,
+    /// `cancelled`), or `not_queued` for a file the daemon has no item for.
+    pub state: String,
+    /// Why, as one code and one sentence (docs/INTERFACE.md lists the codes).
+    pub reason: Reason,
+    /// The queue item (`None`: not queued).
+    pub id: Option<i64>,
+    /// `photo` or `video`, for a media file.
+    pub kind: Option<String>,
+    /// The size of the item's version, else of the file on the card.
+    pub size: Option<u64>,
+    /// The file is on the card now (false while the card is out).
+    pub on_card: bool,
+    /// Failed attempts so far (0 for a file that went up at the first try).
+    pub attempts: u32,
+    pub bytes_sent: u64,
+    pub last_error: Option<String>,
+    /// When a pending item is tried again after a failure (unix seconds); `None`: no wait.
+    pub next_attempt_at: Option<i64>,
+    pub queued_at: Option<i64>,
+    /// When its upload completed.
+    pub completed_at: Option<i64>,
+    /// When cambackup deleted it from the card to free space.
+    pub freed_at: Option<i64>,
+    /// The serial of the card it was found on, and that card's label where known.
+    pub card: Option<String>,
+    pub card_label: Option<String>,
+}
+
+/// A reason: a stable snake_case code the app can translate, and a sentence for the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
 }
 
 /// A completed upload, as `GET /v1/history` shows it.

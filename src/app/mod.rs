@@ -34,6 +34,7 @@ mod outcome;
 mod reach;
 mod space;
 mod status;
+mod why;
 
 pub use account::AccountStatus;
 use account::PAIRED_KEY;
@@ -44,6 +45,8 @@ pub use space::PassReport;
 use status::state_of;
 #[cfg(test)]
 pub use status::ATTENTION_CODES;
+#[cfg(test)]
+pub use why::{NOT_QUEUED_CODES, REASON_CODES};
 
 /// One path's answer to `POST /v1/uploads`.
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +84,13 @@ struct Live {
     unpair_unfinished: bool,
     /// Entries on the card the last scan could not read.
     unreadable_on_card: u64,
+    /// What the last full scan of the card in the slot left out, by reason (`status.skipped`).
+    skipped: crate::wire::Skipped,
+    /// A full scan of the card in the slot has ended since it appeared: until then nothing
+    /// says the queue holds all of its files (`status.card.safe_to_format`).
+    card_scanned: bool,
+    /// Files the watcher holds until they settle, or could not queue yet.
+    settling: u64,
     /// Bytes sent over cellular today (local day), as last counted.
     cellular_bytes_today: u64,
     /// The count the store last recorded: `cellular_bytes_today` but for bytes a full disk
@@ -198,6 +208,9 @@ impl App {
                 choices_unsaved,
                 unpair_unfinished,
                 unreadable_on_card: 0,
+                skipped: crate::wire::Skipped::default(),
+                card_scanned: false,
+                settling: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
                 certificate_refused: None,
@@ -692,10 +705,17 @@ impl App {
             }
         }
         let mut live = self.live();
+        // A card (re)appeared: what is on it is known once it has been scanned.
+        live.card_scanned = false;
         if live.card != card {
             tracing::info!(serial = ?card.serial, label = ?card.label, read_only = card.read_only, "the card in the slot");
             live.card = card;
         }
+    }
+
+    /// The watcher's count of files still being written (or settled but not queued yet).
+    pub fn set_settling(&self, files: u64) {
+        self.live().settling = files;
     }
 
     /// How the card with `serial` is named to the user: its label when last seen, else its
@@ -782,7 +802,17 @@ impl App {
         // A walk the card left (or was not there for) counts nothing as unreadable: the card's
         // absence is `media_unavailable`, not entries that could not be read.
         if !report.card_gone {
-            self.live().unreadable_on_card = report.unreadable;
+            let mut live = self.live();
+            live.unreadable_on_card = report.unreadable;
+            live.skipped = crate::wire::Skipped {
+                scanned_at: Some(crate::clock::now_unix()),
+                ..report.skipped.clone()
+            };
+            live.card_scanned = true;
+            // The files it found still being written go to the watcher's settler after this
+            // returns: counted now, so the card never reads as safe in between (the watcher's
+            // next count replaces this one).
+            live.settling += report.recent.len() as u64;
         }
         if report.queued > 0 {
             self.queued();
@@ -842,6 +872,8 @@ impl App {
                 // What the last scan could not read was on the card that left; the next scan
                 // of a card put back counts again.
                 live.unreadable_on_card = 0;
+                live.skipped = crate::wire::Skipped::default();
+                live.card_scanned = false;
             }
             std::mem::replace(&mut live.media_available, available) != available
         };

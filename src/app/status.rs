@@ -16,7 +16,7 @@ use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
 use crate::wire::{
     code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, Ordered, Pass,
-    Privacy, QueueCounts, SpaceSummary, Status, Uplink, WaitingCard,
+    Privacy, QueueCounts, SpaceSummary, Status, ToGo, Uplink, WaitingCard,
 };
 use crate::words::count;
 
@@ -132,6 +132,7 @@ impl App {
             queue: queue_summary,
             card: Some(card),
             cellular_bytes_today: live.cellular_bytes_today,
+            skipped: Some(live.skipped.clone()),
             space: Some(SpaceSummary {
                 free_space: live.settings.free_space.as_str().to_string(),
                 configured: self.config.media.frees_space(),
@@ -160,11 +161,21 @@ impl App {
         })
     }
 
-    /// `status.card`: the counts, the card in the slot, and the cards waited for.
+    /// `status.card`: the counts, the card in the slot, whether it is safe to format, and the
+    /// cards waited for.
     fn card_summary(&self, queue: &QueueCounts) -> Result<CardSummary, AppError> {
         let mut c = CardSummary::from(queue);
         let slot = self.card();
         (c.serial, c.label, c.read_only) = (slot.serial, slot.label, slot.read_only);
+        {
+            let live = self.live();
+            (c.safe_to_format, c.to_go) = safe_to_format(
+                queue,
+                live.settling,
+                live.unreadable_on_card,
+                live.media_available && live.card_scanned,
+            );
+        }
         for (serial, files, bytes) in self.store.waiting_for_card()? {
             c.files_total += files;
             c.bytes_total += bytes;
@@ -222,6 +233,23 @@ impl App {
                 .to_string(),
         }
     }
+}
+
+/// `status.card.safe_to_format` and `to_go`: safe only when the card in the slot has been
+/// scanned (`scanned`, which implies it is there) and nothing of it is still to go: no item
+/// pending, uploading or failed, no file still being written, no entry unreadable. Items of
+/// cards that are out (`waiting_for_card`) are on those cards, not this one.
+fn safe_to_format(
+    queue: &QueueCounts,
+    settling: u64,
+    unreadable: u64,
+    scanned: bool,
+) -> (bool, ToGo) {
+    let to_go = ToGo {
+        files: queue.pending + queue.uploading + queue.failed + settling + unreadable,
+        bytes: queue.bytes_remaining,
+    };
+    (scanned && to_go.files == 0, to_go)
 }
 
 /// Freeing space is on and the card is low, but files stay because their upload cannot be
@@ -395,6 +423,37 @@ mod tests {
     use crate::conditions::metered::{Metered as LinkMetered, MeteredBy};
     use crate::conditions::{Family, Link as LinkRead, Network};
     use crate::upload::bind::BindMode;
+
+    /// Safe to format only once scanned with nothing to go; each thing to go holds it.
+    #[test]
+    fn safe_to_format_only_when_nothing_is_to_go() {
+        let q = |pending, uploading, failed| QueueCounts {
+            pending,
+            uploading,
+            failed,
+            done: 5,
+            bytes_remaining: 10 * (pending + uploading + failed),
+            ..QueueCounts::default()
+        };
+        let rows = [
+            // (queue, settling, unreadable, scanned) -> (safe, files, bytes)
+            ((q(0, 0, 0), 0, 0, true), (true, 0, 0)),
+            ((q(0, 0, 0), 0, 0, false), (false, 0, 0)),
+            ((q(1, 0, 0), 0, 0, true), (false, 1, 10)),
+            ((q(0, 1, 0), 0, 0, true), (false, 1, 10)),
+            ((q(0, 0, 2), 0, 0, true), (false, 2, 20)),
+            ((q(0, 0, 0), 3, 0, true), (false, 3, 0)),
+            ((q(0, 0, 0), 0, 1, true), (false, 1, 0)),
+        ];
+        for ((queue, settling, unreadable, scanned), (safe, files, bytes)) in rows {
+            let (s, to_go) = safe_to_format(&queue, settling, unreadable, scanned);
+            assert_eq!(
+                (s, to_go.files, to_go.bytes),
+                (safe, files, bytes),
+                "{queue:?} settling {settling} unreadable {unreadable} scanned {scanned}"
+            );
+        }
+    }
 
     /// The API's parts say what the daemon's own types serialize to, field for field: the
     /// wire types changed where the JSON is defined, not what it says.

@@ -153,6 +153,24 @@ pub enum Command {
     },
     /// Follow the daemon's events (state, progress, items) until Ctrl-C
     Events,
+    /// Say why a file is or is not backed up: its state, the reason, attempts, bytes sent, the
+    /// card it came from
+    #[command(
+        long_about = "Say why a file is or is not backed up: its state (pending, uploading, \
+        done, failed...; `not_queued` for a file cambackup has no queue item for), the reason \
+        as a code and a sentence (waiting for Wi-Fi or for your consent, not settled yet, \
+        excluded type, a link, failed with an error, waiting to retry at a time, done, freed, \
+        deleted from the card...), attempts, bytes sent and the card it came from.\n\n\
+        PATH is a storage path, as `cambackup queue` shows it (relative to the media root), or \
+        an absolute path on the card."
+    )]
+    Why {
+        /// A storage path (`DCIM/100MEDIA/IMG_0001.JPG`) or an absolute path on the card
+        path: String,
+        /// Print the daemon's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the card's space, the freeing-space rules, and what freeing space would delete
     #[command(
         long_about = "Show the card's space, the freeing-space rules in force, the last \
@@ -167,6 +185,28 @@ pub enum Command {
         /// Print the daemon's JSON answer
         #[arg(long)]
         json: bool,
+    },
+    /// Write a support bundle (a .tar.gz for the maker's support): version, config, status,
+    /// queue and history summaries, the daemon's last log lines, the kernel, the card, the links
+    #[command(
+        long_about = "Write a support bundle: a .tar.gz for the camera maker's support with the \
+        version and build, the config, the status, queue and history summaries, the daemon's \
+        last log lines, the kernel, the card's file system and free space, and the network \
+        links.\n\nIt never holds the account's token or user ID. It holds no name of a file on \
+        the card unless you pass --with-names."
+    )]
+    Report {
+        /// Where to write it (`-`: standard output)
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "FILE",
+            default_value = "cambackup-report.tar.gz"
+        )]
+        output: PathBuf,
+        /// Include the names of the card's files (left out by default)
+        #[arg(long)]
+        with_names: bool,
     },
     /// Print a shell completion script (the .deb installs them; elsewhere, e.g.
     /// `cambackup completions bash > /etc/bash_completion.d/cambackup`)
@@ -423,11 +463,30 @@ async fn command(client: &Client, cmd: &Command) -> Result<(), Fail> {
             print_as(json, &v, |v| render::privacy(&view(v)))
         }
         Command::Events => events(client).await,
+        Command::Report { output, with_names } => support_bundle(client, output, *with_names).await,
+        Command::Why { path, json } => {
+            let v = get(client, &format!("/v1/files/{}", percent_encode(path))).await?;
+            print_as(json, &v, |v| render::why(&view(v)))
+        }
         Command::Space { dry_run, json } => {
             let v = get(client, "/v1/space").await?;
             print_as(json, &v, |v| render::space(v, *dry_run))
         }
     }
+}
+
+/// `s` as one URI path segment: every byte but the unreserved ones (RFC 3986) as `%XX`, `/`
+/// included, so an absolute path on the card is not read as the URI's own slashes.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A lenient view of an answer (see `render`): what does not fit is left at its default.
@@ -459,10 +518,21 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, Fail> {
+    let body = call_raw(client, method, path, body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")))
+}
+
+/// One call; the body of a 2xx answer as it is, any other a [`Fail`] (see [`call`]).
+async fn call_raw(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Vec<u8>, Fail> {
     let answer = client.call(method, path, body).await?;
     if answer.status.is_success() {
-        return serde_json::from_slice(&answer.body)
-            .map_err(|e| Fail::other(format!("the daemon's answer to {path} is not JSON: {e}")));
+        return Ok(answer.body.to_vec());
     }
     let message = match client::error_of(&answer.body) {
         Some((_, m)) => m,
@@ -477,6 +547,32 @@ async fn call(
         code,
         message: format!("the daemon refused: {message} ({})", answer.status),
     })
+}
+
+/// `report`: the support bundle to a file (or stdout), and where it went.
+async fn support_bundle(client: &Client, output: &Path, with_names: bool) -> Result<(), Fail> {
+    let path = format!("/v1/report?with_names={with_names}");
+    let bundle = call_raw(client, Method::GET, &path, None).await?;
+    if output == Path::new("-") {
+        use std::io::Write as _;
+        return std::io::stdout()
+            .lock()
+            .write_all(&bundle)
+            .map_err(|e| Fail::other(format!("cannot write the bundle to stdout: {e}")));
+    }
+    std::fs::write(output, &bundle)
+        .map_err(|e| Fail::other(format!("cannot write {}: {e}", output.display())))?;
+    outln!(
+        "wrote {} ({} bytes): send it to the maker's support; it holds no token{}",
+        output.display(),
+        bundle.len(),
+        if with_names {
+            ", and the names of the card's files (--with-names)"
+        } else {
+            " and no file names"
+        }
+    );
+    Ok(())
 }
 
 async fn upload(client: &Client, paths: &[String]) -> Result<(), Fail> {

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 pub use crate::wire::{
-    Conditions, Current, HistoryView, ItemView, Privacy as PrivacyView, Status as StatusView,
-    Uplink as UplinkView,
+    Conditions, Current, FileView, HistoryView, ItemView, Privacy as PrivacyView, Skipped,
+    Status as StatusView, Uplink as UplinkView,
 };
 
 /// A `blocked_by` value in words. The names are the gate's own, matched exhaustively: a new
@@ -97,6 +97,23 @@ pub fn status(s: &StatusView) -> String {
             bytes(c.bytes_backed_up),
             bytes(c.bytes_total)
         );
+        let format = if c.safe_to_format {
+            "safe: every photo and video on the card is backed up".to_string()
+        } else if c.to_go.files > 0 {
+            format!(
+                "not yet: {} ({}) to go",
+                crate::words::count(c.to_go.files, "file", "files"),
+                bytes(c.to_go.bytes)
+            )
+        } else if !s.media_available {
+            "not yet: the card is missing".to_string()
+        } else {
+            "not yet: the card is being checked".to_string()
+        };
+        let _ = writeln!(out, "format:      {format}");
+    }
+    if let Some(k) = s.skipped.as_ref().and_then(skipped) {
+        let _ = writeln!(out, "left out:    {k} (`cambackup why PATH` says why)");
     }
     if s.cellular_bytes_today > 0 {
         let _ = writeln!(
@@ -128,6 +145,79 @@ pub fn status(s: &StatusView) -> String {
     for a in &s.attention {
         let _ = writeln!(out, "needs you:   {} ({})", a.message, a.code);
     }
+    out
+}
+
+/// `status.skipped` in words; `None` when the scan left nothing out.
+pub fn skipped(k: &Skipped) -> Option<String> {
+    use crate::words::count;
+    let parts: Vec<String> = [
+        (
+            k.excluded_type,
+            "file not a photo or video",
+            "files not photos or videos",
+        ),
+        (k.excluded_path, "excluded path", "excluded paths"),
+        (k.link, "link", "links"),
+        (k.not_regular_file, "special file", "special files"),
+        (k.unreadable, "unreadable entry", "unreadable entries"),
+    ]
+    .into_iter()
+    .filter(|(n, _, _)| *n > 0)
+    .map(|(n, one, many)| count(n, one, many))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// `why`: one file's state and why.
+pub fn why(f: &FileView) -> String {
+    let mut out = String::new();
+    let given = match f.given_as.as_str() {
+        "card_path" => "an absolute path on the card",
+        _ => "a storage path",
+    };
+    let _ = writeln!(out, "{} (given as {given})", f.storage_path);
+    let state = match f.id {
+        Some(id) => format!("{} (queue item #{id})", f.state),
+        None => f.state.clone(),
+    };
+    let _ = writeln!(out, "state:      {state}");
+    let _ = writeln!(out, "why:        {} ({})", f.reason.message, f.reason.code);
+    if f.id.is_some() {
+        let size = f.size.unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "attempts:   {}; {} of {} sent",
+            f.attempts,
+            bytes(f.bytes_sent),
+            bytes(size)
+        );
+    } else if let Some(size) = f.size {
+        let _ = writeln!(out, "size:       {}", bytes(size));
+    }
+    if let Some(e) = &f.last_error {
+        let _ = writeln!(out, "last error: {e}");
+    }
+    if let Some(t) = f.next_attempt_at {
+        let _ = writeln!(out, "retry at:   {}", local_time(t));
+    }
+    if let Some(t) = f.completed_at {
+        let _ = writeln!(out, "done at:    {}", local_time(t));
+    }
+    if let Some(t) = f.freed_at {
+        let _ = writeln!(out, "freed at:   {}", local_time(t));
+    }
+    let on_card = if f.on_card {
+        "on the card"
+    } else {
+        "not on the card"
+    };
+    let card = match (&f.card_label, &f.card) {
+        (Some(l), Some(s)) => format!("{on_card}; found on card {l} ({s})"),
+        (None, Some(s)) => format!("{on_card}; found on card {s}"),
+        _ => on_card.to_string(),
+    };
+    let _ = writeln!(out, "card:       {card}");
     out
 }
 

@@ -45,6 +45,8 @@ pub const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/v1/history", || get(history)),
     ("GET", "/v1/privacy", || get(privacy)),
     ("GET", "/v1/space", || get(space)),
+    ("GET", "/v1/files/{*storage_path}", || get(file)),
+    ("GET", "/v1/report", || get(report)),
     ("GET", "/v1/events", || get(super::sse::events)),
     ("GET", "/v1/health", || get(health)),
 ];
@@ -145,12 +147,13 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-/// Whether a concrete path fits a route pattern (`{x}` matches one segment).
+/// Whether a concrete path fits a route pattern (`{x}` matches one segment, `{*x}` the rest).
 fn path_matches(pattern: &str, path: &str) -> bool {
     let (mut p, mut q) = (pattern.split('/'), path.split('/'));
     loop {
         match (p.next(), q.next()) {
             (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with("{*") => return !b.is_empty(),
             (Some(a), Some(b)) if a == b || (a.starts_with('{') && !b.is_empty()) => {}
             _ => return false,
         }
@@ -372,6 +375,73 @@ async fn space(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response
     }
 }
 
+/// `GET /v1/files/{storage_path}`: one file's state and why. The path comes as one
+/// percent-encoded segment (`DCIM%2FIMG_0001.JPG`, as the spec's parameter is sent) or with its
+/// slashes as they are; decoded here from the raw URI, so a bad escape is a JSON 400 naming it.
+async fn file(State(app): State<Arc<App>>, q: QueryPairs, req: Request) -> ApiResult<Response> {
+    no_query(&q)?;
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/files/")
+        .unwrap_or_default();
+    let path = percent_decode(raw).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_path",
+            format!("the path `{raw}` is not percent-encoded UTF-8"),
+        )
+    })?;
+    Ok(Json(app.file(&path)?).into_response())
+}
+
+/// `%XX` escapes to bytes, read as UTF-8; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /v1/report?with_names=`: the support bundle, a `.tar.gz` (`crate::report`), made on
+/// a blocking thread (it reads `/proc`, the card's file system and the store).
+async fn report(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
+    q.only(&["with_names"])?;
+    let with_names = match q.get("with_names") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "bad_parameter",
+                format!("query parameter `with_names` must be true or false, not `{v}`"),
+            ))
+        }
+    };
+    let bundle = tokio::task::spawn_blocking(move || crate::report::build(&app, with_names))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"cambackup-report.tar.gz\"",
+            ),
+        ],
+        bundle,
+    )
+        .into_response())
+}
+
 async fn health(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {
     no_query(&q)?;
     match app.health(HEALTH_MAX_AGE) {
@@ -395,6 +465,17 @@ mod tests {
         assert!(!path_matches("/v1/queue/{id}", "/v1/queue"));
         assert!(!path_matches("/v1/queue/{id}", "/v1/queue/7/retry"));
         assert!(path_matches("/v1/status", "/v1/status"));
+        assert!(path_matches("/v1/files/{*p}", "/v1/files/DCIM/A.JPG"));
+        assert!(path_matches("/v1/files/{*p}", "/v1/files/DCIM%2FA.JPG"));
+        assert!(!path_matches("/v1/files/{*p}", "/v1/files/"));
+        assert_eq!(
+            percent_decode("DCIM%2FA%20B.JPG").as_deref(),
+            Some("DCIM/A B.JPG")
+        );
+        assert_eq!(percent_decode("%2Fmnt/x").as_deref(), Some("/mnt/x"));
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("a%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
     }
 
     /// The edge refuses what the spec's `PairRequest` patterns refuse (the same cases pass
@@ -455,9 +536,10 @@ mod tests {
                 in_spec.insert((m.to_uppercase(), path.as_str().unwrap().to_string()));
             }
         }
+        // The spec names a rest-of-path parameter as any other (`{x}`); axum as `{*x}`.
         let in_server: std::collections::BTreeSet<_> = ROUTES
             .iter()
-            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .map(|(m, p, _)| (m.to_string(), p.replace("{*", "{")))
             .collect();
         assert_eq!(in_spec, in_server);
 

@@ -1196,6 +1196,33 @@ fn interface_doc_names_what_the_code_has() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(sorted(in_spec), codes);
+    // A file's reasons: the app's own, the walk's, and (in the spec) the blocks a pending
+    // file may wait on.
+    let file_codes: Vec<String> = crate::app::REASON_CODES
+        .iter()
+        .chain(crate::app::NOT_QUEUED_CODES.iter())
+        .map(|c| c.to_string())
+        .chain(
+            crate::scan::LeftOut::ALL
+                .iter()
+                .map(|l| l.as_str().to_string()),
+        )
+        .collect();
+    assert_eq!(names_after("File reasons ("), sorted(file_codes.clone()));
+    let in_spec: Vec<String> = spec["components"]["schemas"]["FileReason"]["properties"]["code"]
+        ["enum"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let blocks = crate::gate::Block::ALL
+        .iter()
+        .map(|b| b.as_str().to_string());
+    assert_eq!(
+        sorted(in_spec),
+        sorted(file_codes.into_iter().chain(blocks).collect())
+    );
     // Every command of the CLI has its row in the command table, and no row names another.
     let cli = crate::cli::Cli::command();
     for sub in cli.get_subcommands() {

@@ -323,6 +323,30 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The item that speaks for the file at `path` (`GET /v1/files`): the one of its version
+    /// `(size, mtime_ns)` where that is given and queued, else the newest; with when it was
+    /// freed (deleted from the card to free space). A few rows at most: the unique index
+    /// starts with the path.
+    pub fn item_for_path(
+        &self,
+        path: &StoragePath,
+        version: Option<(u64, i64)>,
+    ) -> Result<Option<(Item, Option<i64>)>> {
+        let (size, mtime_ns) = version.map_or((-1, 0), |(s, m)| (s as i64, m));
+        self.reader()
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}, freed_at FROM items WHERE storage_path = ?1
+                 ORDER BY (size = ?2 AND mtime_ns = ?3) DESC, id DESC LIMIT 1"
+            ))
+            .and_then(|mut st| {
+                st.query_row(params![path.as_str(), size, mtime_ns], |r| {
+                    Ok((read_item(r)?, r.get::<_, Option<i64>>(19)?))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
     /// Lists items, optionally of one state, in id order after `after`.
     pub fn list(&self, state: Option<ItemState>, limit: u32, after: i64) -> Result<Vec<Item>> {
         let conn = self.reader();

@@ -472,7 +472,7 @@ async fn answers_map_to_outcomes_as_the_contract_says() {
             |o| matches!(o, Outcome::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
         ),
         (
-            "POST",
+            "PATCH",
             st(503, &[], ""),
             |o| matches!(o, Outcome::ServerBusy(m) if m.contains("503")),
         ),

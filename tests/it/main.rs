@@ -26,6 +26,8 @@ mod pairing;
 mod reach;
 mod readme;
 mod receipts;
+mod report;
 mod schedule;
 mod space;
 mod uplink;
+mod why;

@@ -192,6 +192,22 @@ async fn readme_sample_outputs_are_what_the_cli_prints() {
         "README's `cambackup history` sample is stale; the CLI prints:\n{history}"
     );
 
+    // why: the same lines but the card's (the README's card has a serial, the test's none).
+    let why = cli(&rig, &["why", "DCIM/100MEDIA/IMG_0001.JPG"], "");
+    let but_card = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| !l.starts_with("card:"))
+            .map(|l| mask(l))
+            .collect()
+    };
+    assert_eq!(
+        but_card(sample("why").clone()),
+        but_card(why.lines().map(String::from).collect()),
+        "README's `cambackup why` sample is stale; the CLI prints:\n{why}"
+    );
+    assert!(why.contains("\ncard:       on the card"), "{why}");
+
     // privacy: the same lines and labels; every setting the daemon has, by name, in order.
     let privacy = cli(&rig, &["privacy"], "");
     let want: Vec<String> = sample("privacy").iter().map(|l| label(l)).collect();
@@ -240,7 +256,7 @@ async fn readme_sample_outputs_are_what_the_cli_prints() {
         .iter()
         .map(|l| (label(l), mask(l)))
         .collect();
-    for always in ["state", "queue", "card", "device", "uplink"] {
+    for always in ["state", "queue", "card", "format", "device", "uplink"] {
         assert!(
             readme.contains_key(always),
             "README's `cambackup status` has no `{always}:` line; the CLI prints:\n{status}"
