@@ -154,29 +154,40 @@ const datastore = new CheckedS3Store({
 const DIGEST_SUFFIX = ".sha256";
 const computing = new Map();
 
+// `ID.sha256` holds the digest with the object's ETag and length when it was read: a receipt
+// is answered only while the object still has both, so an object truncated or rewritten after
+// its upload finished (a store's fault, an operator) gives no receipt until it is hashed anew,
+// never the old digest of bytes no longer there.
 async function storedDigest(id) {
+  let stored;
   try {
     const { Body } = await datastore.client.getObject({ Bucket: bucket, Key: id + DIGEST_SUFFIX });
-    const text = (await Body.transformToString()).trim();
-    return /^[A-Za-z0-9+/]{43}=$/.test(text) ? text : undefined;
+    stored = JSON.parse(await Body.transformToString());
   } catch (e) {
-    if (e?.name === "NoSuchKey" || e?.name === "NotFound") return undefined;
+    if (e?.name === "NoSuchKey" || e?.name === "NotFound" || e instanceof SyntaxError) return undefined;
     throw e;
   }
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(stored?.sha256 ?? "")) return undefined;
+  const now = await datastore.client.headObject({ Bucket: bucket, Key: id });
+  if (now.ETag !== stored.etag || Number(now.ContentLength) !== stored.length) {
+    computeDigest(id);
+    return undefined;
+  }
+  return stored.sha256;
 }
 
 function computeDigest(id) {
   if (computing.has(id)) return computing.get(id);
   const job = (async () => {
-    const { Body } = await datastore.client.getObject({ Bucket: bucket, Key: id });
+    const { Body, ETag, ContentLength } = await datastore.client.getObject({ Bucket: bucket, Key: id });
     const h = createHash("sha256");
     for await (const chunk of Body) h.update(chunk);
     const b64 = h.digest("base64");
     await datastore.client.putObject({
       Bucket: bucket,
       Key: id + DIGEST_SUFFIX,
-      Body: b64,
-      ContentType: "text/plain",
+      Body: JSON.stringify({ sha256: b64, etag: ETag, length: Number(ContentLength) }),
+      ContentType: "application/json",
     });
     return b64;
   })()

@@ -448,10 +448,14 @@ async fn card_appeared(
                 took_ms = started.elapsed().as_millis() as u64,
                 "watching the card"
             );
+            app.set_watching(true);
             watcher = Some(w);
         }
-        Err(e) => tracing::error!(root = %root.display(), error = %e,
-            "cannot watch the media root; relying on the periodic rescan"),
+        Err(e) => {
+            app.set_watching(false);
+            tracing::error!(root = %root.display(), error = %e,
+                "cannot watch the media root; relying on the periodic rescan")
+        }
     }
     // Which card it is: its serial tells a card from another that reuses its
     // names (a blocking read of its boot sector, so off the runtime thread).
@@ -861,6 +865,7 @@ fn queue(app: &App, root: &Path, ready: &mut Vec<Settled>) -> bool {
 
 /// Runs a full scan; false when it failed (the caller tries again soon).
 async fn full_scan(app: &Arc<App>, settler: &mut Settler) -> bool {
+    app.scan_started();
     let a = app.clone();
     let started = Instant::now();
     let res = tokio::task::spawn_blocking(move || a.scan_card()).await;

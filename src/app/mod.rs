@@ -89,6 +89,8 @@ struct Live {
     /// A full scan of the card in the slot has ended since it appeared: until then nothing
     /// says the queue holds all of its files (`status.card.safe_to_format`).
     card_scanned: bool,
+    /// The watcher watches the card (see `set_watching`).
+    card_watched: bool,
     /// Files the watcher holds until they settle, or could not queue yet.
     settling: u64,
     /// Bytes sent over cellular today (local day), as last counted.
@@ -210,6 +212,7 @@ impl App {
                 unreadable_on_card: 0,
                 skipped: crate::wire::Skipped::default(),
                 card_scanned: false,
+                card_watched: false,
                 settling: 0,
                 server_not_before,
                 clock_set: crate::clock::is_set(),
@@ -697,6 +700,19 @@ impl App {
 
     /// The watcher read the card that appeared. Its label is kept by serial, so that while it
     /// is out the files waiting for it name it as the user knows it.
+    /// A full scan of the card starts: until it ends, what is on the card is not known (a file
+    /// written into a folder the walk already passed waits for the scan's end), so the card is
+    /// not safe to format.
+    pub fn scan_started(&self) {
+        self.live().card_scanned = false;
+    }
+
+    /// Whether the card is watched (inotify): without it a new photo is seen only at the next
+    /// rescan, and the card is never said to be safe to format.
+    pub fn set_watching(&self, watching: bool) {
+        self.live().card_watched = watching;
+    }
+
     pub fn set_card(&self, card: Card) {
         if let (Some(serial), Some(label)) = (&card.serial, &card.label) {
             let key = format!("{CARD_LABEL_KEY}{serial}");

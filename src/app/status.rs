@@ -173,7 +173,7 @@ impl App {
                 queue,
                 live.settling,
                 live.unreadable_on_card,
-                live.media_available && live.card_scanned,
+                live.media_available && live.card_scanned && live.card_watched,
             );
         }
         for (serial, files, bytes) in self.store.waiting_for_card()? {

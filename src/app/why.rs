@@ -396,13 +396,18 @@ impl App {
             }
             Some((item, freed_at)) => {
                 let now = now_unix();
-                let (held, in_flight) = {
+                let (held, in_flight, other_card) = {
                     let live = self.live();
                     let sent = live.in_flight.get(&item.id).map(|f| f.bytes_sent);
-                    (Held::of(&live), sent)
+                    // Another card is in the slot than the one the file came from.
+                    let other = item.card.is_some()
+                        && live.card.serial.is_some()
+                        && item.card != live.card.serial;
+                    (Held::of(&live), sent, other)
                 };
-                // With the card out, a file missing from the slot is not deleted: only out.
-                let there = view.on_card || !held.media_available;
+                // With the card out, or another card in, a file missing from the slot is not
+                // deleted: only out.
+                let there = view.on_card || !held.media_available || other_card;
                 view.reason = reason_of(&item, freed_at, there, in_flight, &held, now);
                 view.state = item.state.as_str().to_string();
                 view.id = Some(item.id);

@@ -391,7 +391,14 @@ async fn file(State(app): State<Arc<App>>, q: QueryPairs, req: Request) -> ApiRe
             format!("the path `{raw}` is not percent-encoded UTF-8"),
         )
     })?;
-    Ok(Json(app.file(&path)?).into_response())
+    // Off the runtime's one thread: it looks at the card (a directory listing for the card's
+    // spelling of the name), which a big folder on a FUSE card or a failing card makes slow.
+    let view = tokio::task::spawn_blocking(move || app.file(&path))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(Json(view).into_response())
 }
 
 /// `%XX` escapes to bytes, read as UTF-8; `None` for a bad escape or bytes that are not UTF-8.

@@ -246,12 +246,16 @@ fn forget_settled_mismatches(app: &App) {
     if flagged.is_empty() || !crate::scan::CardRoot::of(media).present() {
         return;
     }
+    // Only the file's own card can say it is gone: another card lacking the path says nothing.
+    let slot = app.card().serial;
     for (id, _) in flagged {
         let gone = match app.item_if_any(id) {
             // (A freed file's mismatch went with its record, `Store::mark_freed`.)
             Ok(Some(item)) => {
-                gather::on_card(&media.root, &item.storage_path.on_disk(&media.root))
-                    == OnCard::Missing
+                let its_card = item.card.is_none() || slot.is_none() || item.card == slot;
+                its_card
+                    && gather::on_card(&media.root, &item.storage_path.on_disk(&media.root))
+                        == OnCard::Missing
             }
             Ok(None) => true,
             Err(_) => false,

@@ -324,9 +324,6 @@ impl Redact {
     /// `s` with each word that is a path (a `/`, not in a URL) or a photo or video file name
     /// (by its extension) replaced; a quoted string is one word.
     fn text(&self, s: &str) -> String {
-        if !self.on {
-            return s.to_string();
-        }
         let mut out = String::with_capacity(s.len());
         let mut word = String::new();
         let mut quoted = false;
@@ -355,6 +352,14 @@ impl Redact {
         let lower = w.to_lowercase();
         let bare = lower.trim_end_matches([':', '.', '!', '?']);
         let url = lower.starts_with("http://") || lower.starts_with("https://");
+        if url {
+            // Always, names or not: an upload URL is the account's (on many tus servers it
+            // is the key to the upload), so only its origin stays.
+            return origin_of(w);
+        }
+        if !self.on {
+            return w.to_string();
+        }
         let named = (w.contains('/') && !url)
             || w.contains(&self.root)
             || self.exts.iter().any(|e| bare.ends_with(e.as_str()));
@@ -366,9 +371,32 @@ impl Redact {
     }
 }
 
+/// A URL's origin with its path hidden (`https://host:port/…`), or [`HIDDEN`].
+fn origin_of(w: &str) -> String {
+    let trimmed = w.trim_end_matches([':', '.', ',', '!', '?']);
+    match url::Url::parse(trimmed) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}/…", u.scheme()),
+            (Some(h), None) => format!("{}://{h}/…", u.scheme()),
+            _ => HIDDEN.to_string(),
+        },
+        Err(_) => HIDDEN.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_urls_keep_only_their_origin_with_names_or_without() {
+        for on in [true, false] {
+            let r = Redact { on, ..redact() };
+            let t = r.text("PATCH https://up.example:8443/files/3f2a9c: network error (see http://10.0.0.1/files/abc).");
+            assert!(!t.contains("3f2a9c") && !t.contains("abc"), "{t}");
+            assert!(t.contains("https://up.example:8443/…"), "{t}");
+        }
+    }
 
     fn redact() -> Redact {
         Redact {
@@ -387,7 +415,7 @@ mod tests {
         );
         assert_eq!(
             r.text("413 for IMG_0001.JPG of 12 bytes at http://127.0.0.1:9/files/"),
-            "413 for <name> of 12 bytes at http://127.0.0.1:9/files/"
+            "413 for <name> of 12 bytes at http://127.0.0.1:9/…"
         );
         assert_eq!(r.text("name=\"a b c.mp4\" n=3"), "name=\"<name>\" n=3");
         assert_eq!(r.field("path", "x"), HIDDEN);
