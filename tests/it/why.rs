@@ -286,7 +286,8 @@ async fn safe_to_format_turns_true_only_when_the_last_file_is_up() {
     // The card out: nothing says it is safe.
     rig.cam.set_card_present(false);
     eventually(T, "not safe without the card", || async {
-        rig.status().await["card"]["safe_to_format"] == false
+        let s = rig.status().await;
+        s["card"]["safe_to_format"] == false && s["media_available"] == false
     })
     .await;
     // A file backed up is not "deleted from the card" while the card is only out.
