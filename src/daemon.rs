@@ -23,8 +23,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
 /// Device reading while uploading or holding down: losing a condition must stop an upload
 /// within 2 s, and the temperature and load average tell nobody when they change.
 const POLL_ACTIVE: Duration = Duration::from_secs(1);
-/// Device reading while work waits on a condition only a timer sees (too hot, the load, the
-/// clock not set): waiting work starts within a few seconds of it clearing.
+/// Device reading while work waits on a condition only a timer sees (too hot, the load):
+/// waiting work starts within a few seconds of it clearing.
 const POLL_WAITING: Duration = Duration::from_secs(2);
 /// Device reading at rest, when the kernel, inotify or the daemon itself tells every change
 /// that matters ([`conditions::changes`]): the slow refresh of what nothing tells and nothing
@@ -277,7 +277,6 @@ async fn conditions_loop(app: Arc<App>) {
         let wait = next_read(&Moment {
             active: !app.in_flight().is_empty() || holding,
             waiting: app.has_waiting_work(),
-            clock_set,
             verdict: &verdict,
             snapshot: &snapshot,
             settings: &settings,
@@ -309,7 +308,6 @@ struct Moment<'a> {
     active: bool,
     /// Queued work waits (for conditions, a back-off or a slot).
     waiting: bool,
-    clock_set: bool,
     verdict: &'a gate::Verdict,
     snapshot: &'a conditions::Snapshot,
     settings: &'a crate::settings::Settings,
@@ -319,18 +317,16 @@ struct Moment<'a> {
 
 /// How long the conditions loop may sleep before it reads the device again, if nothing tells
 /// it sooner. Every condition the notifiers see (power, network, the flag files, the app's
-/// word) needs no timer; the others do, only while they can hold up work: the temperature and
-/// the load (no notice on a real kernel), the clock being set, and time itself (the end of
-/// `busy` after a media write, the schedule's next edge, the data plan's new day).
+/// word, the clock being set or its zone changed) needs no timer; the others do, only while
+/// they can hold up work: the temperature and the load (no notice on a real kernel), and time
+/// itself (the end of `busy` after a media write, the schedule's next edge, the data plan's
+/// new day).
 fn next_read(m: &Moment) -> Duration {
     if m.active {
         return POLL_ACTIVE;
     }
     if !m.waiting {
         return POLL_REST;
-    }
-    if !m.clock_set {
-        return POLL_WAITING;
     }
     let s = m.snapshot;
     // Seconds until the local minute `minutes` from now begins (local offsets are whole
@@ -431,18 +427,16 @@ mod tests {
             &'static str,
             bool,
             bool,
-            bool,
             Vec<Block>,
             fn(&mut Snapshot),
             Duration,
         );
         let rows: Vec<Row> = vec![
-            ("uploading", true, true, true, vec![], |_| {}, POLL_ACTIVE),
+            ("uploading", true, true, vec![], |_| {}, POLL_ACTIVE),
             (
                 "nothing waits, gate open",
                 false,
                 false,
-                true,
                 vec![],
                 |_| {},
                 POLL_REST,
@@ -451,7 +445,6 @@ mod tests {
                 "nothing waits, too hot",
                 false,
                 false,
-                true,
                 vec![Block::TooHot],
                 |_| {},
                 POLL_REST,
@@ -459,7 +452,6 @@ mod tests {
             (
                 "waits, not charging: the kernel tells",
                 false,
-                true,
                 true,
                 vec![Block::NotCharging, Block::Offline, Block::Recording],
                 |_| {},
@@ -469,24 +461,13 @@ mod tests {
                 "waits, too hot",
                 false,
                 true,
-                true,
                 vec![Block::TooHot],
-                |_| {},
-                POLL_WAITING,
-            ),
-            (
-                "waits, clock not set",
-                false,
-                true,
-                false,
-                vec![],
                 |_| {},
                 POLL_WAITING,
             ),
             (
                 "waits, media written 100 s ago",
                 false,
-                true,
                 true,
                 vec![Block::Busy],
                 |s| s.secs_since_media_write = Some(100),
@@ -496,7 +477,6 @@ mod tests {
                 "waits, loaded",
                 false,
                 true,
-                true,
                 vec![Block::Busy],
                 |s| s.load = Some(3.0),
                 POLL_WAITING,
@@ -504,7 +484,6 @@ mod tests {
             (
                 "waits for the night window (22:58:30)",
                 false,
-                true,
                 true,
                 vec![Block::OutsideSchedule],
                 |s| s.local_minute = Some(22 * 60 + 58),
@@ -514,13 +493,12 @@ mod tests {
                 "waits for a new day's budget (23:59:30)",
                 false,
                 true,
-                true,
                 vec![Block::DataBudgetUsed],
                 |s| s.local_minute = Some(1439),
                 S(60 - 30 + 1),
             ),
         ];
-        for (name, active, waiting, clock_set, blocks, edit, want) in rows {
+        for (name, active, waiting, blocks, edit, want) in rows {
             let mut s = snapshot();
             edit(&mut s);
             let verdict = Verdict {
@@ -534,7 +512,6 @@ mod tests {
             let m = Moment {
                 active,
                 waiting,
-                clock_set,
                 verdict: &verdict,
                 snapshot: &s,
                 settings: &settings,

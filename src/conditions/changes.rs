@@ -18,9 +18,15 @@
 //!   sysfs/procfs ([`kernel_fs`]) they are not watched: the kernel's changes to them come by
 //!   netlink only.
 //!
+//! - **the clock**: a `CLOCK_REALTIME` timerfd armed with `TFD_TIMER_CANCEL_ON_SET`, which the
+//!   kernel cancels when the wall clock is set (NTP's first step, `date -s`), and inotify on
+//!   `/etc/localtime` (the firmware changing the zone): the schedule's window and the data
+//!   plan's day are computed from the clock, so the loop's timer for them is computed anew.
+//!   (Tests move the daemon's clock with a file, `clock::TEST_CLOCK_FILE_ENV`: watched too.)
+//!
 //! What nothing tells, and the conditions loop times instead (daemon.rs): on a real kernel the
-//! temperature between trip points and the load average, whether the clock was set, and time
-//! itself (the schedule's windows, the idle time after media writes, the data plan's day).
+//! temperature between trip points and the load average, and time itself (the schedule's
+//! windows, the idle time after media writes, the data plan's day).
 //!
 //! Invariants: a notice only says "read again": the readers stay the one truth, so a notice
 //! too many costs a read, and one too few is caught by the loop's slow timer; a source that
@@ -79,10 +85,21 @@ const WATCH_MASK: u32 = libc::IN_CREATE
     | libc::IN_MOVE_SELF
     | libc::IN_ONLYDIR;
 
+/// What a watched file's changes mean (the zone file, the test clock): written, replaced.
+const FILE_MASK: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MODIFY
+    | libc::IN_ATTRIB
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
+
+/// The time zone file the C library reads (`clock::local`).
+const LOCALTIME: &str = "/etc/localtime";
+
 /// The notifiers of one daemon. Made inside the runtime (the descriptors join its epoll).
 pub struct Changes {
     route: Option<AsyncFd<OwnedFd>>,
     uevent: Option<AsyncFd<OwnedFd>>,
+    clock: Option<AsyncFd<OwnedFd>>,
     files: Option<Files>,
 }
 
@@ -95,6 +112,9 @@ struct Files {
     wanted: HashMap<i32, Vec<Option<OsString>>>,
 }
 
+/// One inotify watch to set: the path, the name that matters in it (`None`: any), the mask.
+type Watch = (PathBuf, Option<OsString>, u32);
+
 /// A path whose changes the readers care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
@@ -105,6 +125,9 @@ enum Target {
     File(PathBuf),
     /// A directory whose files all matter (the DHCP leases).
     Dir(PathBuf),
+    /// A file whose content matters (the zone file, the test clock): the file itself, and its
+    /// name in its directory (it may be replaced); a symlink's target too.
+    Content(PathBuf),
 }
 
 impl Changes {
@@ -132,6 +155,12 @@ impl Changes {
                     (uevents); power changes are read at the slow poll only")
         })
         .ok();
+        let clock = open_clock()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot be told when the wall clock is set \
+                    (timerfd); the schedule follows it at the next read")
+            })
+            .ok();
         let files = Files::open(targets(cfg))
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot watch the flag files (inotify); they are \
@@ -141,6 +170,7 @@ impl Changes {
         Changes {
             route,
             uevent,
+            clock,
             files,
         }
     }
@@ -161,6 +191,15 @@ impl Changes {
             let relevant = tokio::select! {
                 g = readable(self.route.as_ref()) => drain(g, route_relevant),
                 g = readable(self.uevent.as_ref()) => drain(g, uevent_relevant),
+                g = readable(self.clock.as_ref()) => {
+                    drain(g, |_| false);
+                    // Cancelled (the clock was set): armed again. A timer that ran out instead
+                    // (a 32-bit time_t in 2038) would only spin: given up.
+                    if self.clock.as_ref().is_some_and(|c| arm_clock(c.get_ref()).is_err()) {
+                        self.clock = None;
+                    }
+                    true
+                }
                 g = readable(self.files.as_ref().map(|f| &f.fd)) => match &self.files {
                     Some(f) => drain(g, |b| f.relevant(b)),
                     None => false,
@@ -289,6 +328,41 @@ pub(crate) fn register_for(
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
 }
 
+/// A `CLOCK_REALTIME` timerfd that becomes readable when the wall clock is set.
+fn open_clock() -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: timerfd_create has no memory preconditions; a valid descriptor is owned.
+    let raw = unsafe {
+        libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    arm_clock(&fd)?;
+    register(fd)
+}
+
+/// Arms the timerfd at the end of time, to be cancelled when the clock is set.
+fn arm_clock(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: an all-zero itimerspec is valid (no interval).
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    spec.it_value.tv_sec = libc::time_t::MAX;
+    // SAFETY: a valid timerfd and an itimerspec we own; the old value is not asked for.
+    let rc = unsafe {
+        libc::timerfd_settime(
+            fd.as_raw_fd(),
+            libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET,
+            &spec,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether an rtnetlink datagram says something about links, addresses or routes. Wireless
 /// events (`RTM_NEWLINK` carrying `IFLA_WIRELESS`: scan results, association steps) are not:
 /// the link's state changes come as their own messages, and a Wi-Fi's background scans would
@@ -393,6 +467,10 @@ fn targets(cfg: &config::Conditions) -> Vec<Target> {
     {
         t.push(Target::Dir(dir.clone()));
     }
+    t.push(Target::Content(PathBuf::from(LOCALTIME)));
+    if let Some(file) = crate::clock::test_clock_file() {
+        t.push(Target::Content(file.to_path_buf()));
+    }
     t
 }
 
@@ -428,9 +506,19 @@ impl Files {
         Ok(f)
     }
 
-    /// The directories to watch now, each with the name that matters there (`None`: any).
-    fn dirs(&self) -> Vec<(PathBuf, Option<OsString>)> {
+    /// The watches to set now.
+    fn watches(&self) -> Vec<Watch> {
         let mut out = Vec::new();
+        let in_dir = |out: &mut Vec<Watch>, file: &Path| {
+            let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
+                return;
+            };
+            match nearest_dir(parent) {
+                Some((d, None)) => out.push((d, Some(name.to_os_string()), WATCH_MASK)),
+                Some((d, below)) => out.push((d, below, WATCH_MASK)),
+                None => {}
+            }
+        };
         for t in &self.targets {
             match t {
                 Target::Tree { dir, depth } => match nearest_dir(dir) {
@@ -439,29 +527,29 @@ impl Files {
                             if let Ok(entries) = std::fs::read_dir(&d) {
                                 for e in entries.flatten() {
                                     if e.file_type().is_ok_and(|t| t.is_dir()) {
-                                        out.push((e.path(), None));
+                                        out.push((e.path(), None, WATCH_MASK));
                                     }
                                 }
                             }
                         }
-                        out.push((d, None));
+                        out.push((d, None, WATCH_MASK));
                     }
-                    Some((d, name)) => out.push((d, name)),
+                    Some((d, name)) => out.push((d, name, WATCH_MASK)),
                     None => {}
                 },
-                Target::File(path) => {
-                    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-                        continue;
-                    };
-                    match nearest_dir(parent) {
-                        Some((d, None)) => out.push((d, Some(name.to_os_string()))),
-                        Some((d, below)) => out.push((d, below)),
-                        None => {}
-                    }
-                }
+                Target::File(path) => in_dir(&mut out, path),
                 Target::Dir(dir) => {
                     if let Some((d, below)) = nearest_dir(dir) {
-                        out.push((d, below));
+                        out.push((d, below, WATCH_MASK));
+                    }
+                }
+                Target::Content(path) => {
+                    in_dir(&mut out, path);
+                    out.push((path.clone(), None, FILE_MASK));
+                    if let Ok(target) = std::fs::canonicalize(path) {
+                        if &target != path {
+                            in_dir(&mut out, &target);
+                        }
                     }
                 }
             }
@@ -471,14 +559,13 @@ impl Files {
 
     fn rewatch(&mut self) {
         let mut wanted: HashMap<i32, Vec<Option<OsString>>> = HashMap::new();
-        for (dir, name) in self.dirs() {
-            let Ok(c) = CString::new(dir.into_os_string().into_vec()) else {
+        for (path, name, mask) in self.watches() {
+            let Ok(c) = CString::new(path.into_os_string().into_vec()) else {
                 continue;
             };
-            // SAFETY: a valid inotify descriptor and a NUL-terminated path. Watching a
-            // directory already watched returns its watch descriptor again.
-            let wd =
-                unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), WATCH_MASK) };
+            // SAFETY: a valid inotify descriptor and a NUL-terminated path. Watching a path
+            // already watched returns its watch descriptor again.
+            let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
             if wd >= 0 {
                 wanted.entry(wd).or_default().push(name);
             }
