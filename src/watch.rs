@@ -40,22 +40,47 @@ struct CardSignals {
 }
 
 impl CardSignals {
-    /// Watches `root`'s mount and names; what cannot be watched is left to the slow look.
+    /// Watches `root`'s names; what cannot be watched is left to the slow look.
     fn new(root: &Path) -> CardSignals {
-        use crate::conditions::changes::{register, register_for};
+        use crate::conditions::changes::register;
         use std::os::fd::{FromRawFd as _, OwnedFd};
-        let mounts = std::fs::File::open("/proc/self/mountinfo")
-            .and_then(|f| register_for(OwnedFd::from(f), tokio::io::Interest::PRIORITY))
-            .ok();
         // SAFETY: inotify_init1 has no memory preconditions; a valid fd is owned from here.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         // SAFETY: `raw` is a new descriptor nothing else owns.
         let names = (raw >= 0)
             .then(|| register(unsafe { OwnedFd::from_raw_fd(raw) }).ok())
             .flatten();
-        let s = CardSignals { mounts, names };
+        let s = CardSignals {
+            mounts: None,
+            names,
+        };
         s.rewatch(root);
         s
+    }
+
+    /// Listens to the mount table only while the card is away (`on`): a card that is there
+    /// tells its unmount on the root's own watch, and every other mount on the device
+    /// (another program's `ip netns add`, a USB stick) would otherwise wake the daemon; a
+    /// registered descriptor wakes the runtime whether or not a task waits on it, so it is
+    /// closed, not just ignored. True when it was opened now: the caller looks at the card
+    /// once more, for a mount between its last look and the opening.
+    fn listen_to_mounts(&mut self, on: bool) -> bool {
+        use crate::conditions::changes::register_for;
+        match (on, self.mounts.is_some()) {
+            (true, false) => {
+                self.mounts = std::fs::File::open("/proc/self/mountinfo")
+                    .and_then(|f| {
+                        register_for(std::os::fd::OwnedFd::from(f), tokio::io::Interest::PRIORITY)
+                    })
+                    .ok();
+                self.mounts.is_some()
+            }
+            (false, true) => {
+                self.mounts = None;
+                false
+            }
+            _ => false,
+        }
     }
 
     /// (Re)sets the inotify watches: the root's parent, for the root's name, and the root
@@ -379,7 +404,7 @@ pub async fn run(app: Arc<App>) {
     let mut scan_retry = RETRY_SOON;
     // New directories to walk again (see REWALK_NEW_DIR), with when.
     let mut rewalk: Vec<(PathBuf, Instant)> = Vec::new();
-    let signals = CardSignals::new(&root);
+    let mut signals = CardSignals::new(&root);
 
     loop {
         let now = Instant::now();
@@ -398,6 +423,9 @@ pub async fn run(app: Arc<App>) {
             // has no change to report, and must not show the card as there.
             app.set_media_available(id.is_some());
             signals.rewatch(&root);
+            if signals.listen_to_mounts(id.is_none()) {
+                next_presence = now;
+            }
         }
         if std::mem::take(&mut rewatch) {
             watch_again(&root, &mut watcher, &mut identity).await;
