@@ -483,10 +483,10 @@ pub async fn run(app: Arc<App>) {
     drop(watcher);
 }
 
-/// The look at the card (when [`CardSignals`] tells, else every [`PRESENCE_EVERY`]): whether it is there and the same (its
-/// root's identity, and no unmount seen), and when that changed, its watches set up anew
-/// ([`card_appeared`]) or, gone, what waited to settle under it forgotten. Returns the root's
-/// identity and whether a card appeared (then a scan is due).
+/// The look at the card (when [`CardSignals`] tells, else every [`PRESENCE_EVERY`]): whether
+/// it is there and the same (its root's identity, and no unmount seen), and when that changed,
+/// its watches set up anew ([`card_appeared`]) or, gone, what waited to settle under it
+/// forgotten. Returns the root's identity and whether a card appeared (then a scan is due).
 async fn look_at_card(
     app: &App,
     root: &Path,
