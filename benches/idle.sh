@@ -150,6 +150,40 @@ def sample(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return threads, int(f[11]) + int(f[12])
 
+# What the machine itself did in the window, which wakes a daemon that listens to the kernel:
+# uevents (a loop device, a FUSE mount, a USB stick: each one wake-up, filtered out), route and
+# link changes in this network namespace, mounts. On a shared build machine other engineers'
+# tests make most of them; on a camera at rest there are next to none.
+import select, socket, threading
+machine = {"uevents": 0, "rtnetlink": 0, "mounts": 0}
+stop = threading.Event()
+def listen():
+    socks = {}
+    try:
+        u = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
+        u.bind((0, 1))
+        socks[u.fileno()] = (u, "uevents")
+        r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        r.bind((0, 0x1 | 0x10 | 0x40 | 0x100 | 0x400))
+        socks[r.fileno()] = (r, "rtnetlink")
+    except OSError:
+        pass
+    m = open("/proc/self/mountinfo")
+    p = select.poll()
+    for fd in socks:
+        p.register(fd, select.POLLIN)
+    p.register(m.fileno(), select.POLLPRI)
+    p.poll(0)
+    while not stop.is_set():
+        for fd, ev in p.poll(200):
+            if fd == m.fileno():
+                machine["mounts"] += 1
+            else:
+                s, name = socks[fd]
+                s.recv(65536)
+                machine[name] += 1
+threading.Thread(target=listen, daemon=True).start()
+
 first, last, t0_ticks, t1_ticks = {}, {}, {}, {}
 for name, pid in procs.items():
     th, t0_ticks[name] = sample(pid)
@@ -164,6 +198,8 @@ while True:
         th, t1_ticks[name] = sample(pid)
         last[name].update(th)
 elapsed = time.monotonic() - start
+stop.set()
+print(f"# machine run={run}: " + " ".join(f"{k}={v} ({v / elapsed:.3f}/s)" for k, v in machine.items()))
 hz = os.sysconf("SC_CLK_TCK")
 for name in procs:
     per = {}
