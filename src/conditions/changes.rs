@@ -150,6 +150,10 @@ impl Changes {
             libc::SOCK_DGRAM,
             UEVENT_KERNEL_GROUP,
         )
+        .and_then(|fd| {
+            attach_uevent_filter(fd.get_ref())?;
+            Ok(fd)
+        })
         .map_err(|e| {
             tracing::warn!(error = %e, "cannot listen to the kernel's device events \
                     (uevents); power changes are read at the slow poll only")
@@ -409,6 +413,67 @@ fn carries_attribute(payload: &[u8], header: usize, wanted: u16) -> bool {
 
 fn align4(n: usize) -> usize {
     (n + 3) & !3
+}
+
+/// How far into a uevent [`uevent_filter`] looks for its patterns: the first line,
+/// `ACTION@DEVPATH`, holds the device's path, which names its class directory
+/// (`.../power_supply/ac`, `/devices/virtual/thermal/thermal_zone0`); paths are far shorter.
+const UEVENT_SCAN: u32 = 320;
+
+/// A classic BPF socket filter that keeps only the uevents whose first [`UEVENT_SCAN`] bytes
+/// hold `_sup` (`power_supply`) or `herm` (`thermal`), in the kernel: the others (a loop
+/// device, a FUSE mount, a USB stick) then never wake the daemon. A false match costs only a
+/// read; [`uevent_relevant`] still decides. cBPF cannot loop, so the scan is unrolled, and its
+/// jumps reach at most 255 instructions ahead: an `accept` follows every 64 offsets. A load past
+/// the message's end ends the program with 0: dropped.
+fn uevent_filter() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JA: u16 = 0x05;
+    const RET_K: u16 = 0x06;
+    const PATTERNS: [u32; 2] = [u32::from_be_bytes(*b"_sup"), u32::from_be_bytes(*b"herm")];
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = Vec::new();
+    let mut offset = 0;
+    while offset < UEVENT_SCAN {
+        let block = (UEVENT_SCAN - offset).min(64);
+        let accept = prog.len() + block as usize * 3 + 1;
+        for k in offset..offset + block {
+            prog.push(op(LD_W_ABS, 0, 0, k));
+            for p in PATTERNS {
+                let jt = (accept - prog.len() - 1) as u8;
+                prog.push(op(JEQ_K, jt, 0, p));
+            }
+        }
+        prog.push(op(JA, 0, 0, 1));
+        prog.push(op(RET_K, 0, 0, u32::MAX));
+        offset += block;
+    }
+    prog.push(op(RET_K, 0, 0, 0));
+    prog
+}
+
+/// Attaches [`uevent_filter`] to `fd`.
+fn attach_uevent_filter(fd: &OwnedFd) -> io::Result<()> {
+    let mut filter = uevent_filter();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether a kernel uevent (`ACTION@DEVPATH` then `KEY=VALUE` fields, NUL-separated) is about
@@ -679,6 +744,52 @@ mod tests {
             "add@/devices/usb1|ACTION=add|SUBSYSTEM=usb"
         )));
         assert!(!uevent_relevant(&ev("change@/x|SUBSYSTEM=power_supply_x")));
+    }
+
+    /// The socket filter passes what the daemon wants from the kernel's uevents and drops
+    /// the rest before it wakes anyone (on a datagram socket pair: same filter, same checks).
+    #[test]
+    fn the_uevent_filter_keeps_power_supplies_and_thermal_zones_only() {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two new descriptors into `fds`.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: both are new descriptors owned here.
+        let (tx, rx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        attach_uevent_filter(&rx).unwrap();
+        let ev = |s: &str| s.replace('|', "\0").into_bytes();
+        let long = format!("add@/devices/{}|SUBSYSTEM=block", "x/".repeat(200));
+        let sent = [
+            ev("change@/devices/platform/axp20x/axp20x-ac/power_supply/ac|ACTION=change|SUBSYSTEM=power_supply|POWER_SUPPLY_ONLINE=0"),
+            ev("add@/devices/virtual/bdi/7:0-fuseblk|ACTION=add|SUBSYSTEM=bdi"),
+            ev("change@/devices/virtual/thermal/thermal_zone0|SUBSYSTEM=thermal"),
+            ev("change@/devices/virtual/block/loop0|SUBSYSTEM=block|DISK_MEDIA_CHANGE=1"),
+            ev(&long),
+            ev("x"),
+        ];
+        for m in &sent {
+            // SAFETY: sends `m`'s bytes on our own socket.
+            let n = unsafe { libc::send(tx.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
+            assert_eq!(n, m.len() as isize);
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reads at most `buf.len()` bytes into `buf`, non-blocking.
+            let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                break;
+            }
+            got.push(buf[..n as usize].to_vec());
+        }
+        assert_eq!(got, vec![sent[0].clone(), sent[2].clone()]);
     }
 
     #[test]
