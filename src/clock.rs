@@ -14,7 +14,7 @@
 //! here and nowhere else. (File ages, compared with the card's own mtimes, use the system
 //! clock as the card does.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// No release can run before it was built: a wall clock earlier than this is not set. A fixed
@@ -113,10 +113,16 @@ pub fn local_now() -> Option<Local> {
     local(now_unix())
 }
 
-fn test_offset() -> i64 {
+/// Test only: the file [`TEST_CLOCK_FILE_ENV`] names, if set: the conditions' notifiers watch
+/// it, as they watch the kernel's clock (`conditions::changes`).
+pub fn test_clock_file() -> Option<&'static Path> {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let Some(file) = FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_ENV).map(PathBuf::from))
-    else {
+    FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_ENV).map(PathBuf::from))
+        .as_deref()
+}
+
+fn test_offset() -> i64 {
+    let Some(file) = test_clock_file() else {
         return 0;
     };
     std::fs::read_to_string(file)

@@ -20,14 +20,16 @@ use crate::{conditions, gate, watch};
 /// How long shutdown may take before the remaining tasks are abandoned (systemd waits longer).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
 
-/// Device polling while nothing waits for the conditions: slow, so an idle camera sleeps.
-const POLL_IDLE: Duration = Duration::from_secs(10);
-/// Device polling while uploading or holding down: losing a condition must stop an upload
-/// within 2 s.
+/// Device reading while uploading or holding down: losing a condition must stop an upload
+/// within 2 s, and the temperature and load average tell nobody when they change.
 const POLL_ACTIVE: Duration = Duration::from_secs(1);
-/// Device polling while work waits for conditions: waiting work starts within a few seconds
-/// of the conditions coming to hold, at half a wake-up a second.
+/// Device reading while work waits on a condition only a timer sees (too hot, the load):
+/// waiting work starts within a few seconds of it clearing.
 const POLL_WAITING: Duration = Duration::from_secs(2);
+/// Device reading at rest, when the kernel, inotify or the daemon itself tells every change
+/// that matters ([`conditions::changes`]): the slow refresh of what nothing tells and nothing
+/// waits for (the temperature and load shown in the status), and a net under the notifiers.
+const POLL_REST: Duration = Duration::from_secs(300);
 /// Housekeeping (history retention) interval.
 const HOUSEKEEPING: Duration = Duration::from_secs(3600);
 
@@ -221,19 +223,26 @@ fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec) / 2)
 }
 
-/// Reads the device and asks the gate, slowly while idle and every second while uploading or
-/// while work waits. The auto gate opens only after it has held for `hold_down_secs`, so a
-/// bouncing charger contact does not start and abort uploads; it closes at once.
+/// Reads the device and asks the gate when something changed: the kernel or inotify said so
+/// ([`conditions::Changes`]), the app asked (settings, recording, new files, an upload
+/// starting), a media write came while the camera counted as idle, or a timer ran out
+/// ([`next_read`]: every second while uploading, at the next schedule edge, ...). The auto
+/// gate opens only after it has held for `hold_down_secs`, so a bouncing charger contact does
+/// not start and abort uploads; it closes at once.
 async fn conditions_loop(app: Arc<App>) {
     let cfg = app.config().conditions.clone();
     let hold_down = Duration::from_secs(cfg.hold_down_secs);
     let mut reader = conditions::Reader::new(&cfg);
+    let mut changes = conditions::Changes::open(&cfg);
     let mut hold = gate::HoldDown::new(hold_down);
     let mut last_verdict = None;
     // The approved interface and the families it carries, as the client is bound now.
     let mut bound: Option<(String, Vec<conditions::Family>)> = None;
     let mut last_binding = Binding::Refused;
     loop {
+        app.beat("conditions");
+        // Before the read: what changes between the two is told again.
+        changes.rewatch();
         let mut snapshot = reader.read(app.activity());
         let settings = app.settings();
         snapshot.cellular_bytes_today = app.count_cellular_use();
@@ -245,7 +254,7 @@ async fn conditions_loop(app: Arc<App>) {
         let want = link.map(|l| (l.interface.clone(), l.families.clone()));
         app.set_data_plan(gate::data_plan(&verdict, &snapshot, &settings));
         // An approved interface the client could not bind to (it vanished between the read and
-        // the bind, or has no address yet for the fallback) is tried again at the next poll.
+        // the bind, or has no address yet for the fallback) is tried again at the next read.
         let unbindable = want.is_some() && last_binding == Binding::Refused;
         if want != bound || unbindable {
             if want != bound {
@@ -266,7 +275,7 @@ async fn conditions_loop(app: Arc<App>) {
                     Binding::Refused if want.is_some() => tracing::warn!(
                         uplink = ?verdict.uplink,
                         "cannot bind upload connections to the approved interface; no uploads \
-                         until it can be (retried every poll)"
+                         until it can be (tried again at each change of the network)"
                     ),
                     b => {
                         tracing::info!(uplink = ?verdict.uplink, binding = ?b, "upload connections are bound anew")
@@ -283,22 +292,95 @@ async fn conditions_loop(app: Arc<App>) {
             last_verdict = Some(verdict.clone());
         }
         let holding = hold.opens_at().is_some() && !auto_open;
+        let clock_set = crate::clock::is_set();
+        let wait = next_read(&Moment {
+            active: !app.in_flight().is_empty() || holding,
+            waiting: app.has_waiting_work(),
+            verdict: &verdict,
+            snapshot: &snapshot,
+            settings: &settings,
+            cfg: &cfg,
+            unix_now: crate::clock::now_unix(),
+        });
+        // A media write makes an idle camera busy, and nothing else would say so before the
+        // next read: listened to while not busy already (the end of busy is timed instead).
+        let writes_matter = settings.require_idle
+            && snapshot
+                .secs_since_media_write
+                .is_none_or(|w| w >= cfg.idle_secs);
         app.set_conditions(snapshot, verdict, auto_open);
-        app.set_clock_set(crate::clock::is_set());
-        app.beat("conditions");
-        let wait = if !app.in_flight().is_empty() || holding {
-            POLL_ACTIVE
-        } else if app.has_waiting_work() {
-            POLL_WAITING
-        } else {
-            POLL_IDLE
-        };
+        app.set_clock_set(clock_set);
+        app.rest("conditions");
         tokio::select! {
             _ = app.shutdown().cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = app.recheck_requested() => {}
+            _ = changes.changed() => {}
+            _ = app.activity().written(), if writes_matter => {}
         }
     }
+}
+
+/// What [`next_read`] looks at.
+struct Moment<'a> {
+    /// Uploading, or holding down.
+    active: bool,
+    /// Queued work waits (for conditions, a back-off or a slot).
+    waiting: bool,
+    verdict: &'a gate::Verdict,
+    snapshot: &'a conditions::Snapshot,
+    settings: &'a crate::settings::Settings,
+    cfg: &'a crate::config::Conditions,
+    unix_now: i64,
+}
+
+/// How long the conditions loop may sleep before it reads the device again, if nothing tells
+/// it sooner. Every condition the notifiers see (power, network, the flag files, the app's
+/// word, the clock being set or its zone changed) needs no timer; the others do, only while
+/// they can hold up work: the temperature and the load (no notice on a real kernel), and time
+/// itself (the end of `busy` after a media write, the schedule's next edge, the data plan's
+/// new day).
+fn next_read(m: &Moment) -> Duration {
+    if m.active {
+        return POLL_ACTIVE;
+    }
+    if !m.waiting {
+        return POLL_REST;
+    }
+    let s = m.snapshot;
+    // Seconds until the local minute `minutes` from now begins (local offsets are whole
+    // minutes), and one more so the read lands inside it.
+    let minutes_away = |minutes: u16| {
+        Duration::from_secs(
+            (u64::from(minutes) * 60).saturating_sub(m.unix_now.rem_euclid(60) as u64) + 1,
+        )
+    };
+    let mut wait = POLL_REST;
+    for block in m.verdict.auto.iter().chain(&m.verdict.manual) {
+        let until = match block {
+            gate::Block::TooHot => POLL_WAITING,
+            gate::Block::Busy => {
+                let loaded = matches!((s.load, m.cfg.max_load), (Some(l), Some(max)) if l > max);
+                match s.secs_since_media_write {
+                    Some(w) if w < m.cfg.idle_secs && !loaded => {
+                        Duration::from_secs(m.cfg.idle_secs - w + 1)
+                    }
+                    _ => POLL_WAITING,
+                }
+            }
+            gate::Block::OutsideSchedule => {
+                gate::schedule_changes_in(&m.settings.schedule, s.local_minute)
+                    .map_or(POLL_REST, minutes_away)
+            }
+            gate::Block::DataBudgetUsed => s
+                .local_minute
+                .map_or(POLL_REST, |now| minutes_away(1440 - now)),
+            // Told by the kernel, inotify or the app.
+            _ => POLL_REST,
+        };
+        wait = wait.min(until);
+    }
+    wait.max(POLL_ACTIVE)
 }
 
 async fn housekeeping(app: Arc<App>) {
@@ -323,6 +405,139 @@ pub fn check_config(path: &Path) -> i32 {
         Err(e) => {
             eprintln!("error: {e}");
             2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::{Network, Snapshot};
+    use crate::gate::{Block, Verdict};
+    use crate::settings::{Settings, Window};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            charging: Some(true),
+            battery_percent: Some(80),
+            network: Network::Wifi,
+            interface: Some("wlan0".into()),
+            links: Vec::new(),
+            temp_c: Some(40.0),
+            load: Some(0.1),
+            recording: false,
+            secs_since_media_write: None,
+            local_minute: Some(12 * 60),
+            cellular_bytes_today: 0,
+        }
+    }
+
+    /// At rest nothing is timed but the slow refresh; a timer runs only for what nothing
+    /// tells, and only while work waits on it.
+    #[test]
+    fn the_next_read_is_timed_only_for_what_nothing_tells() {
+        const S: fn(u64) -> Duration = Duration::from_secs;
+        let cfg = crate::config::Conditions {
+            max_load: Some(2.0),
+            ..Default::default()
+        };
+        let night = vec![Window::parse("23:00-06:00").unwrap()];
+        type Row = (
+            &'static str,
+            bool,
+            bool,
+            Vec<Block>,
+            fn(&mut Snapshot),
+            Duration,
+        );
+        let rows: Vec<Row> = vec![
+            ("uploading", true, true, vec![], |_| {}, POLL_ACTIVE),
+            (
+                "nothing waits, gate open",
+                false,
+                false,
+                vec![],
+                |_| {},
+                POLL_REST,
+            ),
+            (
+                "nothing waits, too hot",
+                false,
+                false,
+                vec![Block::TooHot],
+                |_| {},
+                POLL_REST,
+            ),
+            (
+                "waits, not charging: the kernel tells",
+                false,
+                true,
+                vec![Block::NotCharging, Block::Offline, Block::Recording],
+                |_| {},
+                POLL_REST,
+            ),
+            (
+                "waits, too hot",
+                false,
+                true,
+                vec![Block::TooHot],
+                |_| {},
+                POLL_WAITING,
+            ),
+            (
+                "waits, media written 100 s ago",
+                false,
+                true,
+                vec![Block::Busy],
+                |s| s.secs_since_media_write = Some(100),
+                S(21),
+            ),
+            (
+                "waits, loaded",
+                false,
+                true,
+                vec![Block::Busy],
+                |s| s.load = Some(3.0),
+                POLL_WAITING,
+            ),
+            (
+                "waits for the night window (22:58:30)",
+                false,
+                true,
+                vec![Block::OutsideSchedule],
+                |s| s.local_minute = Some(22 * 60 + 58),
+                S(2 * 60 - 30 + 1),
+            ),
+            (
+                "waits for a new day's budget (23:59:30)",
+                false,
+                true,
+                vec![Block::DataBudgetUsed],
+                |s| s.local_minute = Some(1439),
+                S(60 - 30 + 1),
+            ),
+        ];
+        for (name, active, waiting, blocks, edit, want) in rows {
+            let mut s = snapshot();
+            edit(&mut s);
+            let verdict = Verdict {
+                auto: blocks,
+                ..Verdict::default()
+            };
+            let settings = Settings {
+                schedule: night.clone(),
+                ..Settings::default()
+            };
+            let m = Moment {
+                active,
+                waiting,
+                verdict: &verdict,
+                snapshot: &s,
+                settings: &settings,
+                cfg: &cfg,
+                unix_now: 29_666_666 * 60 + 30,
+            };
+            assert_eq!(next_read(&m), want, "{name}");
         }
     }
 }

@@ -239,6 +239,15 @@ pub fn in_schedule(windows: &[Window], local_minute: Option<u16>) -> bool {
     windows.is_empty() || local_minute.is_some_and(|m| windows.iter().any(|w| w.contains(m)))
 }
 
+/// In how many minutes from `local_minute` the schedule rule's answer changes (a window opens
+/// or closes); `None` when it never does (no schedule, or windows that cover the whole day) or
+/// the local time is unknown. The conditions loop sleeps until then instead of polling.
+pub fn schedule_changes_in(windows: &[Window], local_minute: Option<u16>) -> Option<u16> {
+    let now = local_minute?;
+    let inside = in_schedule(windows, Some(now));
+    (1..=1440u16).find(|d| in_schedule(windows, Some((now + d) % 1440)) != inside)
+}
+
 /// The data plan rule (manual uploads too: the plan is the user's money, like the network
 /// preference): over a cellular uplink, nothing more once today's use reached the budget.
 pub fn budget_used(uplink: &Link, settings: &Settings, used_today: u64) -> bool {
@@ -908,6 +917,41 @@ mod tests {
             let v = decide(&s, &st, &limits());
             let plan = data_plan(&v, &s, &st);
             assert_eq!(plan, DataPlan { metering, left }, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_schedule_changes_at_the_next_window_edge() {
+        let w = |s: &str| Window::parse(s).unwrap();
+        let night = [w("23:00-06:00")];
+        type Row<'a> = (&'a str, &'a [Window], Option<u16>, Option<u16>);
+        let rows: &[Row] = &[
+            ("no schedule", &[], Some(600), None),
+            ("unknown time", &night, None, None),
+            ("the whole day", &[w("00:00-00:00")], Some(600), None),
+            (
+                "before the window opens",
+                &night,
+                Some(22 * 60 + 30),
+                Some(30),
+            ),
+            (
+                "inside, until it closes",
+                &night,
+                Some(23 * 60),
+                Some(7 * 60),
+            ),
+            ("inside after midnight", &night, Some(5 * 60 + 59), Some(1)),
+            ("just closed", &night, Some(6 * 60), Some(17 * 60)),
+            (
+                "two windows",
+                &[w("01:00-02:00"), w("02:00-03:00")],
+                Some(90),
+                Some(90),
+            ),
+        ];
+        for (name, windows, now, want) in rows {
+            assert_eq!(schedule_changes_in(windows, *now), *want, "{name}");
         }
     }
 

@@ -22,8 +22,10 @@ use crate::store::{Item, Pick};
 use crate::upload::retry::{self, Backoff};
 use crate::upload::transfer::Outcome;
 
-/// The longest the scheduler sleeps without looking (it also beats the health check).
-const MAX_SLEEP: Duration = Duration::from_secs(20);
+/// The longest the scheduler sleeps without looking: a net under the kicks and the times it
+/// computes (a wall clock that jumped moves a back-off's end). It rests meanwhile
+/// ([`App::rest`]), so the health check needs no wake-up (issue 29).
+const MAX_SLEEP: Duration = Duration::from_secs(300);
 
 /// How soon an outcome that could not be recorded (state disk full) is dealt with again.
 const RETRY_RECORD: Duration = Duration::from_secs(5);
@@ -103,6 +105,7 @@ pub async fn run(app: Arc<App>) {
         if stray {
             sleep = sleep.min(RETRY_RECORD);
         }
+        app.rest("scheduler");
         tokio::select! {
             _ = app.shutdown().cancelled() => break,
             _ = app.kicked() => {}

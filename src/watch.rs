@@ -24,9 +24,120 @@ use crate::media::StoragePath;
 use crate::scan::{self, Recent};
 use crate::store::{Checked, FoundFile};
 
-/// How often the card's presence is checked besides inotify: a mount over the mount point is
-/// invisible to inotify, so this slow poll (one stat) is what notices a card that was put back.
-const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+/// How often the card's presence is checked when nothing says it changed ([`CardSignals`]
+/// tells mounts, unmounts and the root's comings and goings): a net under them, one stat.
+const PRESENCE_EVERY: Duration = Duration::from_secs(300);
+
+/// What tells the watcher to look at the card at once rather than at [`PRESENCE_EVERY`]:
+/// the mount table changed (`/proc/self/mountinfo` reports `POLLPRI` at every mount and
+/// unmount in the daemon's mount namespace: a card put back is a mount over the mount point,
+/// which inotify cannot see), or the root's name came or went in its parent directory, or
+/// the root itself was removed, moved or unmounted (inotify). Issue 29: the card was looked
+/// at every 5 s before, the daemon's most frequent wake-up at rest.
+struct CardSignals {
+    mounts: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    names: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl CardSignals {
+    /// Watches `root`'s names; what cannot be watched is left to the slow look.
+    fn new(root: &Path) -> CardSignals {
+        use crate::conditions::changes::register;
+        use std::os::fd::{FromRawFd as _, OwnedFd};
+        // SAFETY: inotify_init1 has no memory preconditions; a valid fd is owned from here.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let names = (raw >= 0)
+            .then(|| register(unsafe { OwnedFd::from_raw_fd(raw) }).ok())
+            .flatten();
+        let s = CardSignals {
+            mounts: None,
+            names,
+        };
+        s.rewatch(root);
+        s
+    }
+
+    /// Listens to the mount table only while the card is away (`on`): a card that is there
+    /// tells its unmount on the root's own watch, and every other mount on the device
+    /// (another program's `ip netns add`, a USB stick) would otherwise wake the daemon; a
+    /// registered descriptor wakes the runtime whether or not a task waits on it, so it is
+    /// closed, not just ignored. True when it was opened now: the caller looks at the card
+    /// once more, for a mount between its last look and the opening.
+    fn listen_to_mounts(&mut self, on: bool) -> bool {
+        use crate::conditions::changes::register_for;
+        match (on, self.mounts.is_some()) {
+            (true, false) => {
+                self.mounts = std::fs::File::open("/proc/self/mountinfo")
+                    .and_then(|f| {
+                        register_for(std::os::fd::OwnedFd::from(f), tokio::io::Interest::PRIORITY)
+                    })
+                    .ok();
+                self.mounts.is_some()
+            }
+            (false, true) => {
+                self.mounts = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// (Re)sets the inotify watches: the root's parent, for the root's name, and the root
+    /// itself (a card that came back is a new directory, whose watch is a new one).
+    fn rewatch(&self, root: &Path) {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let Some(fd) = &self.names else { return };
+        let add = |dir: &Path, mask: u32| {
+            if let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) {
+                // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+                unsafe {
+                    libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask | libc::IN_ONLYDIR)
+                };
+            }
+        };
+        if let Some(parent) = root.parent() {
+            add(
+                parent,
+                libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO,
+            );
+        }
+        add(root, libc::IN_DELETE_SELF | libc::IN_MOVE_SELF);
+    }
+
+    /// Resolves when the card may have come or gone. Cancel-safe.
+    async fn changed(&self, root: &Path) {
+        use crate::conditions::changes::{drain, inotify_events, readable};
+        let name = root.file_name().map(|n| n.as_encoded_bytes().to_vec());
+        loop {
+            let told = tokio::select! {
+                g = async {
+                    match &self.mounts {
+                        Some(m) => m.ready(tokio::io::Interest::PRIORITY).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok(mut g) = g {
+                        g.clear_ready();
+                    }
+                    true
+                }
+                g = readable(self.names.as_ref()) => drain(g, |buf| {
+                    // The root's own events, or its name in its parent.
+                    inotify_events(buf).any(|(_, mask, n)| {
+                        n.is_empty()
+                            || mask & libc::IN_Q_OVERFLOW != 0
+                            || name.as_deref() == Some(n)
+                    })
+                }),
+            };
+            if told {
+                return;
+            }
+        }
+    }
+}
 
 /// An inotify watch on the card's root alone, read without blocking at each look at the card.
 ///
@@ -292,6 +403,7 @@ pub async fn run(app: Arc<App>) {
     let mut scan_retry = RETRY_SOON;
     // New directories to walk again (see REWALK_NEW_DIR), with when.
     let mut rewalk: Vec<(PathBuf, Instant)> = Vec::new();
+    let mut signals = CardSignals::new(&root);
 
     loop {
         let now = Instant::now();
@@ -309,6 +421,10 @@ pub async fn run(app: Arc<App>) {
             // Said at every look, not only on a change: a camera that starts without its card
             // has no change to report, and must not show the card as there.
             app.set_media_available(id.is_some());
+            signals.rewatch(&root);
+            if signals.listen_to_mounts(id.is_none()) {
+                next_presence = now;
+            }
         }
         if std::mem::take(&mut rewatch) {
             watch_again(&root, &mut watcher, &mut identity).await;
@@ -338,9 +454,11 @@ pub async fn run(app: Arc<App>) {
             &rewalk,
             &settler,
         );
+        app.rest("watcher");
         tokio::select! {
             _ = app.shutdown().cancelled() => break,
             _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = signals.changed(&root) => next_presence = Instant::now(),
             sig = rx.recv() => {
                 if drain(&app, &mut rx, sig, &lost, &mut settler, &mut rewalk, watcher.as_mut()) {
                     need_scan = true;
@@ -366,10 +484,10 @@ pub async fn run(app: Arc<App>) {
     drop(watcher);
 }
 
-/// The look at the card every [`PRESENCE_EVERY`]: whether it is there and the same (its
-/// root's identity, and no unmount seen), and when that changed, its watches set up anew
-/// ([`card_appeared`]) or, gone, what waited to settle under it forgotten. Returns the root's
-/// identity and whether a card appeared (then a scan is due).
+/// The look at the card (when [`CardSignals`] tells, else every [`PRESENCE_EVERY`]): whether
+/// it is there and the same (its root's identity, and no unmount seen), and when that changed,
+/// its watches set up anew ([`card_appeared`]) or, gone, what waited to settle under it
+/// forgotten. Returns the root's identity and whether a card appeared (then a scan is due).
 async fn look_at_card(
     app: &App,
     root: &Path,

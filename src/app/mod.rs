@@ -128,7 +128,8 @@ pub struct App {
     /// started, new files, changed settings).
     recheck: Notify,
     live: Mutex<Live>,
-    heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Each loop's last beat, and whether it was resting (waiting for its events) since.
+    heartbeats: Mutex<BTreeMap<&'static str, (Instant, bool)>>,
     /// Wakes the freeing task: the card may have run low (uploads done, a scan, settings).
     free_kick: Notify,
     freeing: Mutex<space::Freeing>,
@@ -305,19 +306,31 @@ impl App {
         self.events.subscribe()
     }
 
-    /// Records that the loop `name` is alive (for `GET /v1/health` and the systemd watchdog).
+    /// Records that the loop `name` is alive and at work (for `GET /v1/health` and the systemd
+    /// watchdog): it must rest or beat again within the health's `max_age`.
     pub fn beat(&self, name: &'static str) {
         self.heartbeats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, Instant::now());
+            .insert(name, (Instant::now(), false));
     }
 
-    /// `GET /v1/health`: every loop has beaten within `max_age`. Names the one that has not.
+    /// Records that the loop `name` is alive and now waits for its events (a notifier, a
+    /// kick, its own timer), however long: a loop that sleeps until something happens is
+    /// not hung, and must not have to wake up only to say so (issue 29: a daemon that sleeps).
+    pub fn rest(&self, name: &'static str) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, (Instant::now(), true));
+    }
+
+    /// `GET /v1/health`: no loop has been at work without resting or beating for more than
+    /// `max_age` (a loop stuck in its work). Names the one that has.
     pub fn health(&self, max_age: std::time::Duration) -> Result<(), String> {
         let beats = self.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, at) in beats.iter() {
-            if at.elapsed() > max_age {
+        for (name, (at, resting)) in beats.iter() {
+            if !resting && at.elapsed() > max_age {
                 return Err(format!(
                     "the {name} loop has not run for {:?}",
                     at.elapsed()
@@ -413,6 +426,9 @@ impl App {
         self.reevaluate();
         // The gate's verdict depends on the settings: have the conditions loop decide anew.
         self.recheck.notify_one();
+        // What may start does too (the data types, the network): the scheduler sleeps until
+        // told (issue 29), so it is told.
+        self.kick.notify_one();
     }
 
     /// `POST /v1/pause` (a withdrawal: in force at once, saved as soon as there is room) /

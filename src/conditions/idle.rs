@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{Problem, Reading};
 
@@ -21,6 +21,10 @@ pub struct Activity {
     /// Wakes whoever waits on the gate when the firmware starts or stops recording, so an upload
     /// stops at once rather than at the next poll.
     recording_tx: watch::Sender<bool>,
+    /// Wakes the conditions loop at a media write, which it listens to only while the camera
+    /// counts as idle: the write makes it `busy` (nothing else would tell, the loop does not
+    /// poll at rest).
+    written: Notify,
 }
 
 impl Default for Activity {
@@ -37,6 +41,7 @@ impl Activity {
             metered_override: AtomicU8::new(0),
             last_write: Mutex::new(None),
             recording_tx: watch::Sender::new(false),
+            written: Notify::new(),
         }
     }
 
@@ -93,6 +98,13 @@ impl Activity {
         if last.is_none_or(|l| at > l) {
             *last = Some(at);
         }
+        drop(last);
+        self.written.notify_one();
+    }
+
+    /// Resolves at the next media write (or at once if one came since the last call).
+    pub async fn written(&self) {
+        self.written.notified().await
     }
 
     /// How long ago the last media write was; `None` if none was seen since start.

@@ -11,6 +11,7 @@
 //! the file's name, and logged again only after the source recovered and then failed again.
 //! Nothing here decides whether to upload: that is [`crate::gate`].
 
+pub mod changes;
 pub mod idle;
 pub mod load;
 pub mod metered;
@@ -27,6 +28,7 @@ use serde::Serialize;
 
 use crate::config;
 
+pub use changes::Changes;
 pub use idle::Activity;
 pub use network::{Family, Link};
 

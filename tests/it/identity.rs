@@ -330,6 +330,12 @@ async fn a_photo_of_the_card_that_is_out_waits_for_its_card_and_goes_up_when_it_
                 .any(|i| i["reason"] == "waiting_for_card")
         })
         .await;
+        // Card B's photo was written after its mount, which the daemon now sees at once
+        // (the mount table tells): the scan may come before the photo, which then settles.
+        eventually(T, "card B's photo counted", || async {
+            rig.status().await["card"]["files_total"] == 2
+        })
+        .await;
         let waiting = rig.items(Some("skipped")).await;
         assert_eq!(waiting.len(), 1, "{waiting:#?}");
         assert_eq!(waiting[0]["card"], first.volume_serial().as_str());

@@ -321,6 +321,75 @@ async fn a_silent_wifi_stops_the_upload_within_stall_secs_and_nothing_leaks() {
     assert!(rig.lab.rx_bytes(Link::Wwan) - wwan_before < CHATTER);
 }
 
+/// The kernel tells the daemon about routes and links (rtnetlink), it does not ask: at rest,
+/// with nothing to upload and the device read every 300 s only, a default route that moves
+/// to another link, goes away, comes back over IPv6 only, or whose link goes down, shows in
+/// the status within 1 s, each time. Four in a row, in well under a minute: the slow read
+/// cannot be what saw them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_rest_a_route_or_link_change_is_seen_within_1s() {
+    let Some(lab) = lab() else { return };
+    lab.default_route(Family::V4, Some(Link::Wlan));
+    lab.default_route(Family::V6, None);
+    // No consent and no files: nothing waits, nothing uploads, the conditions loop rests.
+    let rig = NetRig::start(lab, FakeCamera::new()).await;
+    let first = |s: &Value| s["conditions"]["links"][0]["interface"].clone();
+    eventually(T, "wlan0 seen at the start", || async {
+        first(&rig.status().await) == "wlan0"
+    })
+    .await;
+    // Past the start's reads (and their settling): the loop sleeps now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    type Step = (&'static str, fn(&Lab), fn(&Value) -> bool);
+    let steps: [Step; 4] = [
+        (
+            "the IPv4 default route moved to wwan0",
+            |lab| lab.default_route(Family::V4, Some(Link::Wwan)),
+            |s| s["conditions"]["links"][0]["interface"] == "wwan0",
+        ),
+        (
+            "the default route removed: offline",
+            |lab| lab.default_route(Family::V4, None),
+            |s| s["conditions"]["network"] == "offline",
+        ),
+        (
+            "an IPv6-only default route over wlan0",
+            |lab| lab.default_route(Family::V6, Some(Link::Wlan)),
+            |s| s["conditions"]["links"][0]["interface"] == "wlan0",
+        ),
+        (
+            "wlan0 down under its route",
+            |lab| lab.cam("link set wlan0 down"),
+            |s| s["conditions"]["network"] == "offline",
+        ),
+    ];
+    for (what, change, seen) in steps {
+        let changed = Instant::now();
+        change(&rig.lab);
+        // Measured to when the status request that showed it was sent: the test's own
+        // request and its answer are not the daemon's delay.
+        let seen_after = loop {
+            let asked = changed.elapsed();
+            let s = rig.status().await;
+            if seen(&s) {
+                break asked;
+            }
+            assert!(
+                changed.elapsed() < T,
+                "{what}: not seen in {T:?}: {:#}",
+                s["conditions"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!("{what}: seen after {seen_after:?}");
+        assert!(
+            seen_after < Duration::from_secs(1),
+            "{what}: seen after {seen_after:?}"
+        );
+    }
+}
+
 // ----- metered Wi-Fi: the signs that need no kernel, on the fake /proc -----
 
 /// How long "held back" is watched: longer than starting an upload takes once allowed.
