@@ -252,14 +252,7 @@ fn pending_reason(item: &Item, held: &Held, now: i64, tries: &str, error: &str) 
             ),
         );
     }
-    let blocks = if item.manual {
-        &held.manual
-    } else {
-        &held.auto
-    };
-    if let Some(b) = blocks.first() {
-        return reason(b.as_str(), block_sentence(*b));
-    }
+    // A kind the user left out never goes automatically, whatever the conditions: that first.
     if !item.manual && !held.kinds.contains(&item.kind) {
         return reason(
             "kind_not_selected",
@@ -269,6 +262,14 @@ fn pending_reason(item: &Item, held: &Held, now: i64, tries: &str, error: &str) 
                 item.kind.as_str()
             ),
         );
+    }
+    let blocks = if item.manual {
+        &held.manual
+    } else {
+        &held.auto
+    };
+    if let Some(b) = blocks.first() {
+        return reason(b.as_str(), block_sentence(*b));
     }
     if !item.manual && !held.auto_open {
         return reason(
@@ -671,11 +672,23 @@ mod tests {
             ),
             (
                 "kind_not_selected",
-                video,
+                video.clone(),
                 None,
                 true,
                 None,
                 with(|h| h.kinds = vec![Kind::Photo]),
+            ),
+            // A kind left out never goes automatically: that, not the charger it also waits on.
+            (
+                "kind_not_selected",
+                video,
+                None,
+                true,
+                None,
+                with(|h| {
+                    h.kinds = vec![Kind::Photo];
+                    h.auto = vec![Block::NotCharging];
+                }),
             ),
             (
                 "starting_soon",
