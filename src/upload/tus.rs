@@ -255,24 +255,37 @@ pub enum TokenVerdict {
     Refused { status: u16, message: String },
 }
 
-/// Whether an `io::Error` of one of `kinds` is somewhere in `e`'s chain (an `io::Error`'s own
-/// `source` skips the error it wraps: looked into by hand).
-fn io_kind_in(e: &(dyn std::error::Error + 'static), kinds: &[std::io::ErrorKind]) -> bool {
+/// The first answer `f` gives for an error of `e`'s chain. An `io::Error`'s own `source`
+/// skips the error it wraps (hyper and rustls errors reach us so): it is looked into by hand.
+fn find_in_chain<T>(
+    e: &(dyn std::error::Error + 'static),
+    f: &impl Fn(&(dyn std::error::Error + 'static)) -> Option<T>,
+) -> Option<T> {
     let mut cur = Some(e);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if kinds.contains(&io.kind()) {
-                return true;
-            }
-            if let Some(inner) = io.get_ref() {
-                if io_kind_in(inner, kinds) {
-                    return true;
-                }
-            }
+        if let Some(found) = f(e) {
+            return Some(found);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(found) = wrapped.and_then(|inner| find_in_chain(inner, f)) {
+            return Some(found);
         }
         cur = e.source();
     }
-    false
+    None
+}
+
+/// Whether an `io::Error` of one of `kinds` is somewhere in `e`'s chain.
+fn io_kind_in(e: &(dyn std::error::Error + 'static), kinds: &[std::io::ErrorKind]) -> bool {
+    find_in_chain(e, &|e| {
+        e.downcast_ref::<std::io::Error>()
+            .filter(|io| kinds.contains(&io.kind()))
+            .map(|_| ())
+    })
+    .is_some()
 }
 
 /// Formats an error with its sources: reqwest's top-level message alone ("error sending
@@ -321,19 +334,7 @@ impl TusError {
             )) => Some(format!("{a:?}")),
             _ => None,
         };
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(e) = cur {
-            // `io::Error::source` skips the error it wraps: look inside it by hand.
-            let wrapped = e
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .map(|inner| inner as &(dyn std::error::Error + 'static));
-            if let Some(a) = alert_of(e).or_else(|| wrapped.and_then(alert_of)) {
-                return Some(a);
-            }
-            cur = e.source();
-        }
-        None
+        find_in_chain(source, &alert_of)
     }
 
     /// No way to the server from here: the host or its network is unreachable (`EHOSTUNREACH`:
@@ -361,23 +362,12 @@ impl TusError {
                 // A certificate for another name: the network answers for the server (a
                 // portal intercepting the connection). Not an unknown issuer or an expired
                 // certificate: those are the server's (or the maker's CA's) to fix.
-                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
-                while let Some(e) = cur {
-                    let wrapped = e
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|io| io.get_ref())
-                        .map(|inner| inner as &(dyn std::error::Error + 'static));
-                    for e in [Some(e), wrapped].into_iter().flatten() {
-                        if let Some(rustls::Error::InvalidCertificate(
-                            C::NotValidForName | C::NotValidForNameContext { .. },
-                        )) = e.downcast_ref()
-                        {
-                            return Some(Reach::CaptivePortal);
-                        }
-                    }
-                    cur = e.source();
-                }
-                None
+                find_in_chain(source, &|e| match e.downcast_ref() {
+                    Some(rustls::Error::InvalidCertificate(
+                        C::NotValidForName | C::NotValidForNameContext { .. },
+                    )) => Some(Reach::CaptivePortal),
+                    _ => None,
+                })
             }
             _ => None,
         }

@@ -42,14 +42,7 @@ impl Rig {
 
     /// Pairs with the receiver's token.
     pub async fn pair(&self) {
-        let (code, body) = self
-            .daemon
-            .api(
-                "PUT",
-                "/v1/account",
-                Some(json!({"user_id": "user-42", "token": TOKEN})),
-            )
-            .await;
+        let (code, body) = pair_as(&self.daemon, "user-42", TOKEN).await;
         assert_eq!(code, 200, "{body}");
     }
 
@@ -300,4 +293,27 @@ impl Rig {
             Daemon::start_with_env(&bin(), &config, &[(k, v.as_str()), ("TZ", "UTC")]).await;
         Rig { cam, rx, daemon }
     }
+}
+
+/// `PUT /v1/account` as `user_id` with `token`: the status and the answer.
+pub async fn pair_as(daemon: &Daemon, user_id: &str, token: &str) -> (u16, Value) {
+    daemon
+        .api(
+            "PUT",
+            "/v1/account",
+            Some(json!({"user_id": user_id, "token": token})),
+        )
+        .await
+}
+
+/// Pairs a daemon started without a [`Rig`] with [`TOKEN`] and switches consent on; the
+/// pairing's answer.
+pub async fn pair_and_consent(daemon: &Daemon) -> Value {
+    let (code, paired) = pair_as(daemon, "user-42", TOKEN).await;
+    assert_eq!(code, 200, "{paired}");
+    let (code, body) = daemon
+        .api("PATCH", "/v1/settings", Some(json!({"auto_upload": true})))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    paired
 }

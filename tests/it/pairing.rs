@@ -3,11 +3,10 @@
 //! changes (an earlier account stays paired); a server that takes it says so; offline, the
 //! pairing is made and the answer says the token is unchecked.
 
-use serde_json::json;
 use testkit::camera::FakeCamera;
 use testkit::daemon::Daemon;
 
-use crate::common::{bin, Rig, TOKEN};
+use crate::common::{bin, pair_as, Rig, TOKEN};
 
 // Multi-threaded: the CLI below runs blocking on one worker while the receiver (on this
 // runtime) answers the token check on the other.
@@ -16,14 +15,7 @@ async fn a_token_the_server_refuses_is_refused_at_pairing_and_nothing_changes() 
     let cam = FakeCamera::new();
     let rig = Rig::start(cam).await;
 
-    let (code, body) = rig
-        .daemon
-        .api(
-            "PUT",
-            "/v1/account",
-            Some(json!({"user_id": "user-42", "token": "a-mistyped-token"})),
-        )
-        .await;
+    let (code, body) = pair_as(&rig.daemon, "user-42", "a-mistyped-token").await;
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["error"]["code"], "token_refused", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -44,27 +36,13 @@ async fn a_token_the_server_refuses_is_refused_at_pairing_and_nothing_changes() 
     assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
 
     // The right token: paired, and the answer says the server took it.
-    let (code, body) = rig
-        .daemon
-        .api(
-            "PUT",
-            "/v1/account",
-            Some(json!({"user_id": "user-42", "token": TOKEN})),
-        )
-        .await;
+    let (code, body) = pair_as(&rig.daemon, "user-42", TOKEN).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["token_check"]["checked"], true, "{body}");
     assert_eq!(body["paired"], true, "{body}");
 
     // A wrong token for another account afterwards: refused, the first account stays.
-    let (code, body) = rig
-        .daemon
-        .api(
-            "PUT",
-            "/v1/account",
-            Some(json!({"user_id": "someone-else", "token": "not-theirs"})),
-        )
-        .await;
+    let (code, body) = pair_as(&rig.daemon, "someone-else", "not-theirs").await;
     assert_eq!(code, 400, "{body}");
     let (_, account) = rig.daemon.api("GET", "/v1/account", None).await;
     assert_eq!(account["user_id"], "user-42", "{account}");
@@ -100,13 +78,7 @@ async fn offline_the_pairing_is_made_and_says_the_token_is_unchecked() {
     drop(closed);
     let config = cam.write_config(&format!("http://127.0.0.1:{port}/files/"));
     let daemon = Daemon::start(&bin(), &config).await;
-    let (code, body) = daemon
-        .api(
-            "PUT",
-            "/v1/account",
-            Some(json!({"user_id": "user-42", "token": TOKEN})),
-        )
-        .await;
+    let (code, body) = pair_as(&daemon, "user-42", TOKEN).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["paired"], true, "{body}");
     assert_eq!(body["token_check"]["checked"], false, "{body}");

@@ -15,7 +15,7 @@ use testkit::daemon::Daemon;
 use testkit::tus::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{bin, eventually, TOKEN};
+use crate::common::{bin, eventually, pair_and_consent, TOKEN};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -75,21 +75,9 @@ async fn a_captive_portal_holds_uploads_on_that_network_until_it_changes() {
     cam.with("cloud", "retry_max_secs", "2");
     let config = cam.write_config(&format!("http://127.0.0.1:{}/files/", portal.port));
     let daemon = Daemon::start(&bin(), &config).await;
-    for (method, path, body) in [
-        (
-            "PUT",
-            "/v1/account",
-            json!({"user_id": "user-42", "token": TOKEN}),
-        ),
-        ("PATCH", "/v1/settings", json!({"auto_upload": true})),
-    ] {
-        let (code, answer) = daemon.api(method, path, Some(body)).await;
-        assert_eq!(code, 200, "{method} {path}: {answer}");
-        if path == "/v1/account" {
-            // The portal's answer is no server's word on the token.
-            assert_eq!(answer["token_check"]["checked"], false, "{answer}");
-        }
-    }
+    // The portal's answer is no server's word on the token.
+    let paired = pair_and_consent(&daemon).await;
+    assert_eq!(paired["token_check"]["checked"], false, "{paired}");
     eventually(T, "captive_portal in blocked_by", || async {
         let (_, s) = daemon.api("GET", "/v1/status", None).await;
         let blocked = s["blocked_by"].as_array().cloned().unwrap_or_default();

@@ -23,7 +23,7 @@ use testkit::netns::{Family, Lab, Link, SERVER_NAME};
 use testkit::tls::TestCa;
 use testkit::tus::Receiver;
 
-use crate::common::{bin, eventually, Rig, TOKEN};
+use crate::common::{bin, eventually, pair_and_consent, Rig, TOKEN};
 
 const T: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
@@ -630,17 +630,7 @@ async fn wifi_without_internet_says_no_internet_and_tries_again_when_the_network
     .chain(lab.runner())
     .collect();
     let daemon = Daemon::start_under(&bin(), &config, &runner).await;
-    for (method, path, body) in [
-        (
-            "PUT",
-            "/v1/account",
-            json!({"user_id": "user-42", "token": TOKEN}),
-        ),
-        ("PATCH", "/v1/settings", json!({"auto_upload": true})),
-    ] {
-        let (code, answer) = daemon.api(method, path, Some(body)).await;
-        assert_eq!(code, 200, "{method} {path}: {answer}");
-    }
+    pair_and_consent(&daemon).await;
     let attempts = || {
         daemon
             .log()
