@@ -323,17 +323,16 @@ async fn main() {
                 .copied()
                 .unwrap_or(0.0)
         };
-        let met = v.iter().filter(|x| **x <= 3.0).count() as f64 / v.len().max(1) as f64;
-        format!(
-            "median {:.2}x (10-90 %: {:.2}-{:.2}x), <= 3x in {:.0} % of {IDEAL_DRAWS} draws",
+        let line = format!(
+            "median {:.2}x (10-90 %: {:.2}-{:.2}x) of {IDEAL_DRAWS} draws",
             q(0.5),
             q(0.1),
             q(0.9),
-            met * 100.0
-        )
+        );
+        (line, q(0.5))
     };
-    let ideal_line = spread(&mut ideal);
-    let ideal_first_line = spread(&mut ideal_first);
+    let (ideal_line, ideal_median) = spread(&mut ideal);
+    let (ideal_first_line, ideal_first_median) = spread(&mut ideal_first);
 
     // Per camera: the gaps after each 503.
     let mut per_cam: BTreeMap<usize, Vec<&RecordedRequest>> = BTreeMap::new();
@@ -428,13 +427,16 @@ async fn main() {
         all_done_after.as_secs_f64()
     );
     println!("| data requests in the minute after the recovery | {total} (mean {mean:.2}/s) |");
+    // Issue 29's bar: judged against what independent cameras would do by chance alone.
+    let busiest_x = f64::from(busiest) / mean.max(f64::MIN_POSITIVE);
+    let first_x = f64::from(first_busiest) / first_mean.max(f64::MIN_POSITIVE);
     println!(
-        "| busiest second after the recovery | {busiest} requests = {:.2}x the mean (goal <= 3x) |",
-        f64::from(busiest) / mean.max(f64::MIN_POSITIVE)
+        "| busiest second after the recovery | {busiest} requests = {busiest_x:.2}x the mean = **{:.2}x the ideal fleet's median** (goal <= 1.25x) |",
+        busiest_x / ideal_median.max(f64::MIN_POSITIVE)
     );
     println!(
-        "| first contacts per camera after the recovery: busiest second | {first_busiest} = {:.2}x the mean {first_mean:.2}/s |",
-        f64::from(first_busiest) / first_mean.max(f64::MIN_POSITIVE)
+        "| first contacts per camera after the recovery: busiest second | {first_busiest} = {first_x:.2}x the mean {first_mean:.2}/s = {:.2}x the ideal fleet's median |",
+        first_x / ideal_first_median.max(f64::MIN_POSITIVE)
     );
     println!("| ideal fleet (each camera's requests at a uniform instant of the minute): busiest second | {ideal_line} |");
     println!("| ideal fleet: first contacts, busiest second | {ideal_first_line} |");
