@@ -31,6 +31,15 @@ fi
 cargo build --quiet --bin fleet -p testkit
 # Each daemon holds a few descriptors; the harness holds a connection per daemon too.
 ulimit -n 8192 2>/dev/null || true
+# Each daemon holds inotify instances (the card, its mount, the conditions): the kernel's
+# default of 128 per user runs out at about 100 daemons, and then every other program of the
+# user (other engineers' tests too) falls back to polling or fails. Raised as root, never lowered.
+need=$((DAEMONS * 4 + 256))
+have=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+if [ "$have" -lt "$need" ]; then
+  sysctl -q -w fs.inotify.max_user_instances="$need" 2>/dev/null ||
+    echo "fleet: fs.inotify.max_user_instances is $have, under the $need this fleet needs: run as root" >&2
+fi
 LOG_ARGS=()
 if [ -n "${LOG:-}" ]; then LOG_ARGS=(--log "$LOG"); fi
 exec nice "$TARGET/debug/fleet" "${LOG_ARGS[@]}" --daemons "$DAEMONS" --outage "$OUTAGE" \
