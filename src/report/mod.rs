@@ -31,8 +31,20 @@ pub const ITEMS: u32 = 100;
 /// The directory the bundle's files are in.
 const DIR: &str = "cambackup-report";
 
-/// JSON keys and log fields whose values name files, replaced whole without `with_names`.
-const NAME_KEYS: [&str; 6] = ["storage_path", "path", "name", "dir", "file", "failures"];
+/// JSON keys and log fields whose values name files, or the Wi-Fi network (its SSID and
+/// BSSID, `status.uplink.network_name`: where the camera was), replaced whole without
+/// `with_names`.
+const NAME_KEYS: [&str; 9] = [
+    "storage_path",
+    "path",
+    "name",
+    "dir",
+    "file",
+    "failures",
+    "network_name",
+    "ssid",
+    "bssid",
+];
 
 /// The support bundle, as `.tar.gz` bytes. Blocking (statvfs, `/proc`, the store).
 pub fn build(app: &App, with_names: bool) -> Result<Vec<u8>, AppError> {
@@ -64,7 +76,7 @@ pub fn build(app: &App, with_names: bool) -> Result<Vec<u8>, AppError> {
     );
     add(
         "system.txt",
-        redact.text(&system(&config.media.root, &status)),
+        redact.text(&system(&config.media.root, &redact.json(status.clone()))),
     );
     let mut log = String::new();
     for r in crate::logring::ring().records() {

@@ -262,6 +262,11 @@ pub struct Choices {
         skip_serializing_if = "Option::is_none"
     )]
     pub metered: Option<Option<bool>>,
+    /// The app's answers per Wi-Fi network (issue 25), oldest first; a network's own answer
+    /// wins over `metered` on that network. Missing in a file an earlier release wrote, which
+    /// reads as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metered_networks: Vec<crate::conditions::metered::NetworkAnswer>,
 }
 
 /// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
