@@ -418,6 +418,30 @@ mod tests {
         }
     }
 
+    /// The Wi-Fi network's name says where the camera was: `<name>` unless asked for.
+    #[test]
+    fn the_wifi_networks_name_is_left_out_unless_asked() {
+        let status = serde_json::json!({"uplink": {"interface": "wlan0", "metered": true,
+            "network_name": {"ssid": "Home", "bssid": "02:00:00:00:01:00"}}});
+        let shown = redact().json(status.clone());
+        assert_eq!(shown["uplink"]["network_name"], HIDDEN);
+        assert_eq!(shown["uplink"]["interface"], "wlan0");
+        let text = system(Path::new("/nonexistent"), &shown);
+        assert!(
+            !text.contains("Home") && !text.contains("02:00:00"),
+            "{text}"
+        );
+        assert_eq!(redact().field("ssid", "Home"), HIDDEN);
+        let named = Redact {
+            on: false,
+            ..redact()
+        };
+        assert_eq!(named.json(status)["uplink"]["network_name"]["ssid"], "Home");
+        // No name: nothing to hide, and null stays null.
+        let none = redact().json(serde_json::json!({"uplink": {"network_name": null}}));
+        assert_eq!(none["uplink"]["network_name"], serde_json::Value::Null);
+    }
+
     #[test]
     fn names_are_left_out_and_the_rest_kept() {
         let r = redact();

@@ -491,4 +491,39 @@ mod tests {
         append(other.path(), &entry("C.JPG", None, true)).unwrap();
         assert_eq!(replay(other.path()).1, 1);
     }
+
+    /// A choices file from before the per-network answers (issue 25) loads with none, and is
+    /// written back as it was; one with them keeps them.
+    #[test]
+    fn choices_from_before_the_per_network_answers_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let old =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/choices/choices"))
+                .unwrap();
+        std::fs::write(dir.path().join(CHOICES_FILE), &old).unwrap();
+        let ChoicesFile::Found(c) = load_choices(dir.path()) else {
+            panic!("the old file does not load");
+        };
+        assert!(c.metered_networks.is_empty());
+        save_choices(dir.path(), &c).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CHOICES_FILE)).unwrap()).unwrap();
+        assert!(again.get("metered_networks").is_none(), "{again}");
+
+        let new = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/choices/networks"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(CHOICES_FILE), &new).unwrap();
+        let ChoicesFile::Found(c) = load_choices(dir.path()) else {
+            panic!("the new file does not load");
+        };
+        let ssids: Vec<_> = c
+            .metered_networks
+            .iter()
+            .map(|a| a.name.ssid.as_str())
+            .collect();
+        assert_eq!(ssids, ["Home", "iPhone"]);
+        assert!(c.metered_networks[1].metered);
+    }
 }
