@@ -543,8 +543,9 @@ impl App {
     /// from the firmware's flag and the network's signs). When a Wi-Fi network's name is known
     /// ([`uplink::answered_network`]) the answer is for that network only, as phones remember
     /// it, and wins over the answer for every network there; without a name (no
-    /// wpa_supplicant socket, Ethernet) it is the answer for every network, as before.
-    /// Returns the answer and the network it is for.
+    /// wpa_supplicant socket, Ethernet) it is the answer for every network, as before. `null`
+    /// forgets the answer in force ([`crate::conditions::metered::Answers::apply`]). Returns the answer and the network it
+    /// was for (`None`: every network).
     ///
     /// Kept with the user's choices, then enforced: a metered Wi-Fi under `wifi`/`unmetered`
     /// stops the upload in flight at the next conditions read, which this triggers at once.
@@ -559,10 +560,7 @@ impl App {
         let network =
             uplink::answered_network(self.live().snapshot.as_ref(), &self.client.binding());
         let mut answers = self.activity.metered_answers();
-        match &network {
-            Some(n) => answers.set_network(n, metered),
-            None => answers.global = metered,
-        }
+        let network = answers.apply(network.as_ref(), metered);
         if metered == Some(true) {
             self.activity.set_metered_answers(answers);
             self.save_withdrawal();

@@ -171,6 +171,32 @@ impl Answers {
             .or(self.global)
     }
 
+    /// The app's `PUT /v1/network` on a link whose Wi-Fi network is `name` (`None`: unknown).
+    /// A known network gets the answer as its own; `null` forgets the answer in force there
+    /// (what `status.uplink.metered_override` shows): the network's own, or, when it has none,
+    /// the one for every network, so that "you decide" always hands the decision back where it
+    /// is said. Returns the network the answer was for (`None`: every network).
+    pub fn apply(
+        &mut self,
+        name: Option<&NetworkName>,
+        metered: Option<bool>,
+    ) -> Option<NetworkName> {
+        match (name, metered) {
+            (Some(n), None) if !self.networks.iter().any(|a| a.name.ssid == n.ssid) => {
+                self.global = None;
+                None
+            }
+            (Some(n), m) => {
+                self.set_network(n, m);
+                Some(n.clone())
+            }
+            (None, m) => {
+                self.global = m;
+                None
+            }
+        }
+    }
+
     /// Remembers `metered` for the network `name` (`None` forgets its answer), as the newest.
     /// Past [`NETWORKS_KEPT`] the oldest "not metered" answer goes, else the oldest: dropping a
     /// "metered" would allow more than the user did, dropping a "not metered" only less.
@@ -485,6 +511,17 @@ mod tests {
         a.set_network(&net(1), None);
         assert_eq!(a.for_network(Some(&net(1))), Some(true), "forgotten");
         assert!(a.networks.is_empty());
+
+        // What the app's PUT does: an answer on a known network is its own; "you decide"
+        // forgets the answer in force there, its own first, then the one for every network.
+        assert_eq!(a.apply(Some(&net(1)), Some(false)), Some(net(1)));
+        assert_eq!(a.global, Some(true));
+        assert_eq!(a.apply(Some(&net(1)), None), Some(net(1)));
+        assert_eq!(a.for_network(Some(&net(1))), Some(true));
+        assert_eq!(a.apply(Some(&net(1)), None), None);
+        assert_eq!((a.global, a.for_network(Some(&net(1)))), (None, None));
+        assert_eq!(a.apply(None, Some(true)), None);
+        assert_eq!(a.global, Some(true));
 
         // A "metered" among many "not metered": the cap drops the oldest "not metered" first.
         a.set_network(&net(0), Some(true));
