@@ -45,6 +45,41 @@ use flight::InFlight;
 pub use outcome::Ending;
 pub use space::PassReport;
 use status::state_of;
+
+/// The app's "metered" answers as the choices file keeps them, made the daemon's.
+fn answers_of(
+    global: Option<bool>,
+    networks: Vec<store::ledger::MeteredNetwork>,
+) -> crate::conditions::metered::Answers {
+    crate::conditions::metered::Answers {
+        global,
+        networks: networks
+            .into_iter()
+            .map(|n| crate::conditions::metered::NetworkAnswer {
+                name: NetworkName {
+                    ssid: n.ssid,
+                    bssid: n.bssid,
+                },
+                metered: n.metered,
+            })
+            .collect(),
+    }
+}
+
+/// The per-network answers as the choices file keeps them.
+fn records_of(
+    networks: &[crate::conditions::metered::NetworkAnswer],
+) -> Vec<store::ledger::MeteredNetwork> {
+    networks
+        .iter()
+        .map(|n| store::ledger::MeteredNetwork {
+            ssid: n.name.ssid.clone(),
+            bssid: n.name.bssid.clone(),
+            metered: n.metered,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub use status::ATTENTION_CODES;
 #[cfg(test)]
@@ -184,7 +219,8 @@ impl App {
             forget_urls_elsewhere(&store, &config, a);
         }
         let activity = Activity::new();
-        activity.set_metered_answers(store.metered_answers()?);
+        let (global, networks) = store.metered_answers()?;
+        activity.set_metered_answers(answers_of(global, networks));
         // Looked at now, not assumed: a camera started without its card shows it from the
         // first answer (the watcher looks again every few seconds).
         let media_available = crate::scan::CardRoot::of(&config.media).present();
@@ -472,7 +508,7 @@ impl App {
             settings: live.settings.clone(),
             paused: live.paused,
             metered: Some(answers.global),
-            metered_networks: answers.networks,
+            metered_networks: records_of(&answers.networks),
         };
         change(&mut c);
         c
@@ -567,7 +603,7 @@ impl App {
         } else {
             let c = self.choices_with(|c| {
                 c.metered = Some(answers.global);
-                c.metered_networks = answers.networks.clone();
+                c.metered_networks = records_of(&answers.networks);
             });
             self.store
                 .save_choices(&c)

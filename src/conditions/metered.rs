@@ -29,7 +29,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::wpa::{Beacon, NetworkName};
 use super::{read_attr, Network, Problem, Reading};
@@ -140,12 +140,12 @@ pub fn decide(network: Network, gateway_v4: Option<Ipv4Addr>, signs: Signs) -> M
 /// (a trip, a crowded city) keeps the file small; the oldest answers go first.
 pub const NETWORKS_KEPT: usize = 64;
 
-/// The app's answer for one Wi-Fi network, kept in the user's choices (`choices.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The app's answer for one Wi-Fi network, kept in the user's choices (`choices.json`, as
+/// `store::ledger::MeteredNetwork`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkAnswer {
     /// The network, by its SSID (as phones remember a network); the BSSID is the access point
     /// last seen when the app answered, for display only.
-    #[serde(flatten)]
     pub name: NetworkName,
     /// The app's word: metered or not.
     pub metered: bool,

@@ -154,13 +154,10 @@ impl Store {
         Ok(self.choices(&Settings::default())?.metered.flatten())
     }
 
-    /// All of the app's "metered" answers: for every network and per Wi-Fi network.
-    pub fn metered_answers(&self) -> Result<crate::conditions::metered::Answers> {
+    /// All of the app's "metered" answers: for every network, and per Wi-Fi network.
+    pub fn metered_answers(&self) -> Result<(Option<bool>, Vec<ledger::MeteredNetwork>)> {
         let c = self.choices(&Settings::default())?;
-        Ok(crate::conditions::metered::Answers {
-            global: c.metered.flatten(),
-            networks: c.metered_networks,
-        })
+        Ok((c.metered.flatten(), c.metered_networks))
     }
 
     /// Whether the user paused uploads (kept across restarts).

@@ -266,7 +266,19 @@ pub struct Choices {
     /// wins over `metered` on that network. Missing in a file an earlier release wrote, which
     /// reads as none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub metered_networks: Vec<crate::conditions::metered::NetworkAnswer>,
+    pub metered_networks: Vec<MeteredNetwork>,
+}
+
+/// The app's answer for one Wi-Fi network, as the choices file keeps it (the daemon's own
+/// type is `conditions::metered::NetworkAnswer`; `app` converts, keeping this layer below).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeteredNetwork {
+    /// The network, by its SSID.
+    pub ssid: String,
+    /// The access point last seen when the app answered, for display.
+    pub bssid: String,
+    /// The app's word.
+    pub metered: bool,
 }
 
 /// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
@@ -518,11 +530,7 @@ mod tests {
         let ChoicesFile::Found(c) = load_choices(dir.path()) else {
             panic!("the new file does not load");
         };
-        let ssids: Vec<_> = c
-            .metered_networks
-            .iter()
-            .map(|a| a.name.ssid.as_str())
-            .collect();
+        let ssids: Vec<_> = c.metered_networks.iter().map(|a| a.ssid.as_str()).collect();
         assert_eq!(ssids, ["Home", "iPhone"]);
         assert!(c.metered_networks[1].metered);
     }
