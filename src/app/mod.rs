@@ -46,40 +46,6 @@ pub use outcome::Ending;
 pub use space::PassReport;
 use status::state_of;
 
-/// The app's "metered" answers as the choices file keeps them, made the daemon's.
-fn answers_of(
-    global: Option<bool>,
-    networks: Vec<store::ledger::MeteredNetwork>,
-) -> crate::conditions::metered::Answers {
-    crate::conditions::metered::Answers {
-        global,
-        networks: networks
-            .into_iter()
-            .map(|n| crate::conditions::metered::NetworkAnswer {
-                name: NetworkName {
-                    ssid: n.ssid,
-                    bssid: n.bssid,
-                },
-                metered: n.metered,
-            })
-            .collect(),
-    }
-}
-
-/// The per-network answers as the choices file keeps them.
-fn records_of(
-    networks: &[crate::conditions::metered::NetworkAnswer],
-) -> Vec<store::ledger::MeteredNetwork> {
-    networks
-        .iter()
-        .map(|n| store::ledger::MeteredNetwork {
-            ssid: n.name.ssid.clone(),
-            bssid: n.name.bssid.clone(),
-            metered: n.metered,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 pub use status::ATTENTION_CODES;
 #[cfg(test)]
@@ -580,8 +546,8 @@ impl App {
     /// ([`uplink::answered_network`]) the answer is for that network only, as phones remember
     /// it, and wins over the answer for every network there; without a name (no
     /// wpa_supplicant socket, Ethernet) it is the answer for every network, as before. `null`
-    /// forgets the answer in force ([`crate::conditions::metered::Answers::apply`]). Returns the answer and the network it
-    /// was for (`None`: every network).
+    /// forgets the answer in force ([`crate::conditions::metered::Answers::apply`]). Returns
+    /// the answer and the network it was for (`None`: every network).
     ///
     /// Kept with the user's choices, then enforced: a metered Wi-Fi under `wifi`/`unmetered`
     /// stops the upload in flight at the next conditions read, which this triggers at once.
@@ -1200,4 +1166,38 @@ fn permits_of(live: &Live) -> Option<(bool, bool, Vec<Kind>)> {
     let auto = live.auto_open && live.settings.auto_upload;
     let manual = live.verdict.manual_allowed() && live.snapshot.is_some();
     Some((auto, manual, live.settings.data_types.clone()))
+}
+
+/// The app's "metered" answers as the choices file keeps them, made the daemon's.
+fn answers_of(
+    global: Option<bool>,
+    networks: Vec<store::ledger::MeteredNetwork>,
+) -> crate::conditions::metered::Answers {
+    crate::conditions::metered::Answers {
+        global,
+        networks: networks
+            .into_iter()
+            .map(|n| crate::conditions::metered::NetworkAnswer {
+                name: NetworkName {
+                    ssid: n.ssid,
+                    bssid: n.bssid,
+                },
+                metered: n.metered,
+            })
+            .collect(),
+    }
+}
+
+/// The per-network answers as the choices file keeps them.
+fn records_of(
+    networks: &[crate::conditions::metered::NetworkAnswer],
+) -> Vec<store::ledger::MeteredNetwork> {
+    networks
+        .iter()
+        .map(|n| store::ledger::MeteredNetwork {
+            ssid: n.name.ssid.clone(),
+            bssid: n.name.bssid.clone(),
+            metered: n.metered,
+        })
+        .collect()
 }

@@ -219,9 +219,9 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Asks the wpa_supplicant of `interface` (its socket `dir/interface`) which network it is on
 /// and what the access point's beacon says. `Ok(None)`: no socket (wpa_supplicant does not
-/// run or manages no such interface), not associated, or no permission to ask (the socket's
-/// group, `ctrl_interface_group`). `Err`: a socket that did not answer within [`TIMEOUT`], for
-/// the log; the caller reads it as no name.
+/// run or manages no such interface), or not associated. `Err`, for the log, which the caller
+/// reads as no name all the same: no permission to ask (the socket's `ctrl_interface_group`),
+/// or a socket that did not answer within [`TIMEOUT`].
 pub async fn query(dir: &Path, interface: &str) -> Result<Option<Wifi>, Problem> {
     let path = dir.join(interface);
     match tokio::time::timeout(TIMEOUT, dialogue(&path)).await {
@@ -236,13 +236,13 @@ pub async fn query(dir: &Path, interface: &str) -> Result<Option<Wifi>, Problem>
 }
 
 /// Errors that mean "nobody to ask", not a fault: no socket file, a socket nobody listens on
-/// (wpa_supplicant stopped and left it), no permission, or something else than a socket there.
+/// (wpa_supplicant stopped and left it), or something else than a datagram socket there. No
+/// permission is not among them: the maker gave the daemon the wrong group, which the log
+/// should say (once).
 fn quiet(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::NotFound
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::PermissionDenied
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
     ) || e.raw_os_error() == Some(libc::ENOTSOCK)
         || e.raw_os_error() == Some(libc::EPROTOTYPE)
 }
