@@ -301,6 +301,10 @@ pub struct Conditions {
     /// Extension: where the firmware's udhcpc/dhcpcd hook writes DHCP option 43 per interface
     /// (`DIR/IFNAME`), read for `ANDROID_METERED` (unset: not read). docs/uplink.md.
     pub dhcp_vendor_dir: Option<PathBuf>,
+    /// Extension: wpa_supplicant's control socket directory (`ctrl_interface=DIR=...`), asked
+    /// which Wi-Fi network each interface is on (`DIR/IFNAME`) and what its beacon says. No
+    /// socket there: no network name, and the app's answer holds for every network.
+    pub wpa_ctrl_dir: PathBuf,
     pub idle_secs: u64,
     pub max_temp_c: f64,
     pub min_battery_percent: u8,
@@ -321,6 +325,7 @@ impl Default for Conditions {
             metered_flag: None,
             networkd_leases: None,
             dhcp_vendor_dir: None,
+            wpa_ctrl_dir: "/run/wpa_supplicant".into(),
             idle_secs: 120,
             max_temp_c: 60.0,
             min_battery_percent: 20,
@@ -895,6 +900,11 @@ impl fmt::Display for Config {
                 writeln!(f, "{key} = {:?}", p.display().to_string())?;
             }
         }
+        writeln!(
+            f,
+            "wpa_ctrl_dir = {:?}",
+            c.wpa_ctrl_dir.display().to_string()
+        )?;
         writeln!(f, "idle_secs = {}", c.idle_secs)?;
         writeln!(f, "max_temp_c = {}", c.max_temp_c)?;
         writeln!(f, "min_battery_percent = {}", c.min_battery_percent)?;

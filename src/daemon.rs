@@ -239,11 +239,13 @@ async fn conditions_loop(app: Arc<App>) {
     // The approved interface and the families it carries, as the client is bound now.
     let mut bound: Option<(String, Vec<conditions::Family>)> = None;
     let mut last_binding = Binding::Refused;
+    // Whether this read was only timed: nothing told the loop that the device changed.
+    let mut timed = false;
     loop {
         app.beat("conditions");
         // Before the read: what changes between the two is told again.
         changes.rewatch();
-        let mut snapshot = reader.read(app.activity());
+        let mut snapshot = reader.read(app.activity(), !timed).await;
         let settings = app.settings();
         snapshot.cellular_bytes_today = app.count_cellular_use();
         let verdict = gate::decide(&snapshot, &settings, &cfg);
@@ -311,9 +313,10 @@ async fn conditions_loop(app: Arc<App>) {
         app.set_conditions(snapshot, verdict, auto_open);
         app.set_clock_set(clock_set);
         app.rest("conditions");
+        timed = false;
         tokio::select! {
             _ = app.shutdown().cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait) => timed = true,
             _ = app.recheck_requested() => {}
             _ = changes.changed() => {}
             _ = app.activity().written(), if writes_matter => {}

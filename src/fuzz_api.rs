@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tus_headers", tus_headers),
     ("routes", route_tables),
     ("dhcp", dhcp),
+    ("wpa", wpa),
     ("ledger", ledger_file),
     ("choices", choices_file),
     ("storage_path", storage_path),
@@ -152,6 +153,18 @@ pub fn dhcp(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = networkd_lease_metered(&text);
     let _ = option43_metered(&text);
+}
+
+/// wpa_supplicant's replies (`STATUS`, `BSS`) and the information elements in them: whatever
+/// the socket sends, no panic; the elements as raw bytes too, since a `BSS` reply's hex is
+/// only as good as the access point's frame.
+pub fn wpa(data: &[u8]) {
+    use crate::conditions::wpa::{decode_ssid, parse_bss, parse_status, read_elements};
+    let text = String::from_utf8_lossy(data);
+    let _ = parse_status(&text);
+    let _ = parse_bss(&text);
+    let _ = decode_ssid(&text);
+    let _ = read_elements(data);
 }
 
 /// A scratch directory per process for the file readers (the fuzzer runs one input at a time).

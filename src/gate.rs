@@ -365,6 +365,7 @@ mod tests {
             families: families.to_vec(),
             gateway_v4: None,
             metered: Metered::default(),
+            wifi: None,
         };
         if network == Network::Cellular {
             l.metered = metered(MeteredBy::Cellular);

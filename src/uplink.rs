@@ -7,8 +7,9 @@
 
 use serde::Serialize;
 
-use crate::conditions::metered::MeteredBy;
-use crate::conditions::{Family, Network, Snapshot};
+use crate::conditions::metered::{Answers, MeteredBy};
+use crate::conditions::wpa::NetworkName;
+use crate::conditions::{Family, Link, Network, Snapshot};
 use crate::upload::bind::{BindMode, Binding};
 
 /// `status.uplink`.
@@ -28,30 +29,53 @@ pub struct UplinkStatus {
     pub metered: bool,
     /// ...and which sign says so (`app` also when the app said it is not).
     pub metered_because: Option<MeteredBy>,
-    /// The app's `PUT /v1/network` answer in force (`None`: the daemon decides).
+    /// The app's `PUT /v1/network` answer in force on that network: its own, or else the one
+    /// for every network (`None`: the daemon decides).
     pub metered_override: Option<bool>,
+    /// The Wi-Fi network of that interface, when wpa_supplicant tells (issue 25). Private: for
+    /// the app only (the support bundle leaves it out unless `--with-names`).
+    pub network_name: Option<NetworkName>,
+}
+
+/// The link the status describes: the one the client is bound to, else the first (the one a
+/// block is about).
+fn described<'a>(snapshot: Option<&'a Snapshot>, binding: &Binding) -> Option<&'a Link> {
+    let links = snapshot.map(|s| s.links.as_slice()).unwrap_or(&[]);
+    binding
+        .interface()
+        .and_then(|i| links.iter().find(|l| l.interface == i))
+        .or(links.first())
+}
+
+/// The Wi-Fi network an app's `PUT /v1/network` answer is about: the one the status names
+/// ([`UplinkStatus::network_name`]), else the first Wi-Fi link whose network is known (the
+/// camera's Wi-Fi behind a cellular link the kernel prefers). `None`: no Wi-Fi network is
+/// known, and the answer is for every network.
+pub fn answered_network(snapshot: Option<&Snapshot>, binding: &Binding) -> Option<NetworkName> {
+    let named = |l: &Link| l.wifi.as_ref().map(|w| w.name.clone());
+    described(snapshot, binding).and_then(named).or_else(|| {
+        snapshot
+            .map(|s| s.links.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .find_map(named)
+    })
 }
 
 /// Puts [`UplinkStatus`] together. `binding` is the client's, which follows the verdict within
 /// one conditions poll.
-pub fn describe(
-    snapshot: Option<&Snapshot>,
-    binding: &Binding,
-    metered_override: Option<bool>,
-) -> UplinkStatus {
+pub fn describe(snapshot: Option<&Snapshot>, binding: &Binding, answers: &Answers) -> UplinkStatus {
     let interface = binding.interface().map(str::to_string);
-    let links = snapshot.map(|s| s.links.as_slice()).unwrap_or(&[]);
-    let link = interface
-        .as_deref()
-        .and_then(|i| links.iter().find(|l| l.interface == i))
-        .or(links.first());
+    let link = described(snapshot, binding);
+    let network_name = link.and_then(|l| l.wifi.as_ref()).map(|w| w.name.clone());
     UplinkStatus {
         binding: binding.mode(),
         network: link.map(|l| l.network),
         families: link.map(|l| l.families.clone()).unwrap_or_default(),
         metered: link.is_some_and(|l| l.metered.metered),
         metered_because: link.and_then(|l| l.metered.because),
-        metered_override,
+        metered_override: answers.for_network(network_name.as_ref()),
+        network_name,
         interface,
     }
 }
@@ -108,6 +132,7 @@ mod tests {
                 metered: metered.is_some(),
                 because: metered,
             },
+            wifi: None,
         }
     }
 
@@ -117,22 +142,66 @@ mod tests {
             link("wwan0", Network::Cellular, Some(MeteredBy::Cellular)),
             link("wlan0", Network::Wifi, None),
         ]);
-        let u = describe(Some(&s), &Binding::Device("wlan0".into()), None);
+        let none = Answers::default();
+        let u = describe(Some(&s), &Binding::Device("wlan0".into()), &none);
         assert_eq!(u.interface.as_deref(), Some("wlan0"));
         assert_eq!(u.binding, Some(BindMode::Device));
         assert_eq!((u.network, u.metered), (Some(Network::Wifi), false));
         assert!(privacy_sentence(&u).starts_with("only through wlan0 (wifi)"));
 
-        let u = describe(Some(&s), &Binding::Refused, Some(true));
+        let global = Answers {
+            global: Some(true),
+            ..none.clone()
+        };
+        let u = describe(Some(&s), &Binding::Refused, &global);
         assert_eq!((u.interface, u.binding), (None, None));
         assert_eq!(u.metered_because, Some(MeteredBy::Cellular));
         assert_eq!(u.metered_override, Some(true));
-        let json = serde_json::to_value(describe(None, &Binding::Refused, None)).unwrap();
+        let json = serde_json::to_value(describe(None, &Binding::Refused, &none)).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"interface": null, "binding": null, "network": null,
                 "families": [], "metered": false, "metered_because": null,
-                "metered_override": null})
+                "metered_override": null, "network_name": null})
         );
+    }
+
+    #[test]
+    fn names_the_wifi_network_and_its_own_answer() {
+        use crate::conditions::wpa::Wifi;
+        let name = |ssid: &str| NetworkName {
+            ssid: ssid.into(),
+            bssid: "02:00:00:00:01:00".into(),
+        };
+        let mut wifi = link("wlan0", Network::Wifi, None);
+        wifi.wifi = Some(Wifi {
+            name: name("Home"),
+            beacon: Default::default(),
+        });
+        let cell = link("wwan0", Network::Cellular, Some(MeteredBy::Cellular));
+        let mut answers = Answers {
+            global: Some(true),
+            ..Default::default()
+        };
+        answers.set_network(&name("Home"), Some(false));
+        let s = snap(vec![wifi.clone(), cell.clone()]);
+        let u = describe(Some(&s), &Binding::Device("wlan0".into()), &answers);
+        assert_eq!(u.network_name, Some(name("Home")));
+        assert_eq!(u.metered_override, Some(false), "its own answer wins");
+        let json = serde_json::to_value(&u).unwrap();
+        assert_eq!(
+            json["network_name"],
+            serde_json::json!({"ssid": "Home", "bssid": "02:00:00:00:01:00"})
+        );
+        // Cellular first and nothing bound: the status is about wwan0 and names no Wi-Fi, but
+        // the app's answer is about the Wi-Fi it can see.
+        let s = snap(vec![cell, wifi]);
+        let u = describe(Some(&s), &Binding::Refused, &answers);
+        assert_eq!((u.network_name, u.metered_override), (None, Some(true)));
+        assert_eq!(
+            answered_network(Some(&s), &Binding::Refused),
+            Some(name("Home"))
+        );
+        assert_eq!(answered_network(None, &Binding::Refused), None);
     }
 }

@@ -248,8 +248,20 @@ pub struct Uplink {
     pub families: Vec<String>,
     pub metered: bool,
     pub metered_because: Option<String>,
-    /// The app's `PUT /v1/network` answer in force (`None`: the daemon decides).
+    /// The app's `PUT /v1/network` answer in force on that network (`None`: the daemon
+    /// decides).
     pub metered_override: Option<bool>,
+    /// The Wi-Fi network of that interface, when wpa_supplicant tells; `None` otherwise.
+    pub network_name: Option<NetworkName>,
+}
+
+/// A Wi-Fi network's name (`status.uplink.network_name`, the `PUT /v1/network` answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkName {
+    pub ssid: String,
+    /// The access point's address, `aa:bb:cc:dd:ee:ff`.
+    pub bssid: String,
 }
 
 /// An upload in flight, as `status.current` and `status.uploads` show it.

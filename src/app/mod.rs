@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::card::Card;
+use crate::conditions::wpa::NetworkName;
 use crate::conditions::{Activity, Snapshot};
 use crate::config::Config;
 use crate::credentials::{self, Account};
@@ -24,6 +25,7 @@ use crate::gate::{Block, Verdict};
 use crate::media::{Kind, MediaFilter, StoragePath};
 use crate::settings::{Settings, SettingsPatch};
 use crate::store::{self, Checked, FoundFile, HistoryEntry, Item, ItemState, ManualOutcome, Store};
+use crate::uplink;
 use crate::upload::bind::Binding;
 use crate::upload::tus;
 
@@ -43,6 +45,7 @@ use flight::InFlight;
 pub use outcome::Ending;
 pub use space::PassReport;
 use status::state_of;
+
 #[cfg(test)]
 pub use status::ATTENTION_CODES;
 #[cfg(test)]
@@ -182,7 +185,8 @@ impl App {
             forget_urls_elsewhere(&store, &config, a);
         }
         let activity = Activity::new();
-        activity.set_metered_override(store.metered()?);
+        let (global, networks) = store.metered_answers()?;
+        activity.set_metered_answers(answers_of(global, networks));
         // Looked at now, not assumed: a camera started without its card shows it from the
         // first answer (the watcher looks again every few seconds).
         let media_available = crate::scan::CardRoot::of(&config.media).present();
@@ -465,10 +469,12 @@ impl App {
         change: impl FnOnce(&mut store::ledger::Choices),
     ) -> store::ledger::Choices {
         let live = self.live();
+        let answers = self.activity.metered_answers();
         let mut c = store::ledger::Choices {
             settings: live.settings.clone(),
             paused: live.paused,
-            metered: Some(self.activity.metered_override()),
+            metered: Some(answers.global),
+            metered_networks: records_of(&answers.networks),
         };
         change(&mut c);
         c
@@ -536,28 +542,49 @@ impl App {
     }
 
     /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides
-    /// from the firmware's flag and the network's signs). Kept with the user's choices, then
-    /// enforced: a metered Wi-Fi under `wifi`/`unmetered` stops the upload in flight at the
-    /// next conditions read, which this triggers at once. "Metered" narrows what may be sent,
-    /// so it is a withdrawal: in force at once and saved like one (`Store::save_withdrawal`:
-    /// it holds across a restart on a full disk); "not metered" or "you decide" is a grant,
-    /// refused when it cannot be saved.
-    pub fn set_metered(&self, metered: Option<bool>) -> Result<Option<bool>, AppError> {
+    /// from the firmware's flag and the network's signs). When a Wi-Fi network's name is known
+    /// ([`uplink::answered_network`]) the answer is for that network only, as phones remember
+    /// it, and wins over the answer for every network there; without a name (no
+    /// wpa_supplicant socket, Ethernet) it is the answer for every network, as before. `null`
+    /// forgets the answer in force ([`crate::conditions::metered::Answers::apply`]). Returns
+    /// the answer and the network it was for (`None`: every network).
+    ///
+    /// Kept with the user's choices, then enforced: a metered Wi-Fi under `wifi`/`unmetered`
+    /// stops the upload in flight at the next conditions read, which this triggers at once.
+    /// "Metered" narrows what may be sent, so it is a withdrawal: in force at once and saved
+    /// like one (`Store::save_withdrawal`: it holds across a restart on a full disk); "not
+    /// metered" or "you decide" is a grant, refused when it cannot be saved.
+    pub fn set_metered(
+        &self,
+        metered: Option<bool>,
+    ) -> Result<(Option<bool>, Option<NetworkName>), AppError> {
         let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        let network =
+            uplink::answered_network(self.live().snapshot.as_ref(), &self.client.binding());
+        let mut answers = self.activity.metered_answers();
+        let network = answers.apply(network.as_ref(), metered);
         if metered == Some(true) {
-            self.activity.set_metered_override(metered);
+            self.activity.set_metered_answers(answers);
             self.save_withdrawal();
         } else {
-            let c = self.choices_with(|c| c.metered = Some(metered));
+            let c = self.choices_with(|c| {
+                c.metered = Some(answers.global);
+                c.metered_networks = records_of(&answers.networks);
+            });
             self.store
                 .save_choices(&c)
                 .map_err(|e| AppError::no_room("the Wi-Fi's metering", &e))?;
-            self.activity.set_metered_override(metered);
+            self.activity.set_metered_answers(answers);
             self.choices_saved();
         }
-        tracing::info!(?metered, "the app set whether the Wi-Fi is metered");
+        // The network's name stays out of the log, which the support bundle carries.
+        tracing::info!(
+            ?metered,
+            per_network = network.is_some(),
+            "the app set whether the Wi-Fi is metered"
+        );
         self.recheck.notify_one();
-        Ok(metered)
+        Ok((metered, network))
     }
 
     /// `PUT /v1/recording` from the camera firmware.
@@ -1139,4 +1166,38 @@ fn permits_of(live: &Live) -> Option<(bool, bool, Vec<Kind>)> {
     let auto = live.auto_open && live.settings.auto_upload;
     let manual = live.verdict.manual_allowed() && live.snapshot.is_some();
     Some((auto, manual, live.settings.data_types.clone()))
+}
+
+/// The app's "metered" answers as the choices file keeps them, made the daemon's.
+fn answers_of(
+    global: Option<bool>,
+    networks: Vec<store::ledger::MeteredNetwork>,
+) -> crate::conditions::metered::Answers {
+    crate::conditions::metered::Answers {
+        global,
+        networks: networks
+            .into_iter()
+            .map(|n| crate::conditions::metered::NetworkAnswer {
+                name: NetworkName {
+                    ssid: n.ssid,
+                    bssid: n.bssid,
+                },
+                metered: n.metered,
+            })
+            .collect(),
+    }
+}
+
+/// The per-network answers as the choices file keeps them.
+fn records_of(
+    networks: &[crate::conditions::metered::NetworkAnswer],
+) -> Vec<store::ledger::MeteredNetwork> {
+    networks
+        .iter()
+        .map(|n| store::ledger::MeteredNetwork {
+            ssid: n.name.ssid.clone(),
+            bssid: n.name.bssid.clone(),
+            metered: n.metered,
+        })
+        .collect()
 }

@@ -15,8 +15,8 @@ use crate::events::{DaemonState, Event};
 use crate::uplink::{self, UplinkStatus};
 use crate::upload::metadata::UploadMetadata;
 use crate::wire::{
-    code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, Ordered, Pass,
-    Privacy, QueueCounts, SpaceSummary, Status, ToGo, Uplink, WaitingCard,
+    code, Attention, CardSpace, CardSummary, Conditions, Current, Link, Metered, NetworkName,
+    Ordered, Pass, Privacy, QueueCounts, SpaceSummary, Status, ToGo, Uplink, WaitingCard,
 };
 use crate::words::count;
 
@@ -72,6 +72,10 @@ fn uplink_of(u: &UplinkStatus) -> Uplink {
         metered: u.metered,
         metered_because: u.metered_because.as_ref().map(code),
         metered_override: u.metered_override,
+        network_name: u.network_name.as_ref().map(|n| NetworkName {
+            ssid: n.ssid.clone(),
+            bssid: n.bssid.clone(),
+        }),
     }
 }
 
@@ -145,7 +149,7 @@ impl App {
             uplink: Some(uplink_of(&uplink::describe(
                 live.snapshot.as_ref(),
                 &self.client.binding(),
-                self.activity.metered_override(),
+                &self.activity.metered_answers(),
             ))),
             unreachable: App::unreachable_view(&live),
         })
@@ -226,7 +230,7 @@ impl App {
             leaves_through: Some(uplink::privacy_sentence(&uplink::describe(
                 live.snapshot.as_ref(),
                 &self.client.binding(),
-                self.activity.metered_override(),
+                &self.activity.metered_answers(),
             ))),
             sent_only_when: "a file is uploaded: with auto_upload on and the conditions met, \
                              or when the app asks for a manual upload"
@@ -473,6 +477,7 @@ mod tests {
                     metered: true,
                     because: Some(MeteredBy::IphoneGateway),
                 },
+                wifi: None,
             }],
             temp_c: Some(41.5),
             load: Some(0.25),
@@ -496,6 +501,10 @@ mod tests {
             metered: true,
             metered_because: Some(MeteredBy::App),
             metered_override: Some(true),
+            network_name: Some(crate::conditions::wpa::NetworkName {
+                ssid: "Home".into(),
+                bssid: "02:00:00:00:01:00".into(),
+            }),
         };
         same(
             serde_json::to_value(&up).unwrap(),

@@ -241,12 +241,22 @@ pub fn uplink(u: &UplinkView) -> String {
         (true, Some("firmware_flag")) => "metered (the camera's firmware says so)".to_string(),
         (true, Some("android_dhcp")) => "metered (an Android hotspot)".to_string(),
         (true, Some("iphone_gateway")) => "metered (looks like an iPhone hotspot)".to_string(),
+        (true, Some("apple_hotspot_beacon")) => {
+            "metered (an iPhone hotspot, by its beacon)".to_string()
+        }
+        (true, Some("network_cost_beacon")) => {
+            "metered (the hotspot's beacon says its data costs)".to_string()
+        }
         (true, _) => "metered".to_string(),
         (false, Some("app")) => "not metered (the app says so)".to_string(),
         (false, _) => "not metered".to_string(),
     };
     if let Some(n) = &u.network {
-        let _ = write!(line, "; {n}, {metered}");
+        let _ = write!(line, "; {n}");
+        if let Some(name) = &u.network_name {
+            let _ = write!(line, " {:?}", name.ssid);
+        }
+        let _ = write!(line, ", {metered}");
     }
     line
 }
@@ -754,6 +764,20 @@ mod tests {
         assert_eq!(
             uplink(&u),
             "uploads leave through wlan0 only (bound to the interface); wifi, not metered"
+        );
+        let u = UplinkView {
+            network_name: Some(crate::wire::NetworkName {
+                ssid: "iPhone".into(),
+                bssid: "02:00:00:00:0c:01".into(),
+            }),
+            metered: true,
+            metered_because: Some("apple_hotspot_beacon".into()),
+            ..u
+        };
+        assert_eq!(
+            uplink(&u),
+            "uploads leave through wlan0 only (bound to the interface); wifi \"iPhone\", \
+             metered (an iPhone hotspot, by its beacon)"
         );
     }
 

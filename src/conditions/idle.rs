@@ -2,12 +2,14 @@
 //! `PUT /v1/recording`) and recent writes under the media root (from the watcher).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
+use super::metered::Answers;
+use super::wpa::NetworkName;
 use super::{Problem, Reading};
 
 /// Signals that come from inside the daemon rather than from files: the firmware's
@@ -15,8 +17,8 @@ use super::{Problem, Reading};
 #[derive(Debug)]
 pub struct Activity {
     recording: AtomicBool,
-    /// The app's `PUT /v1/network`: 0 = let the daemon decide, 1 = not metered, 2 = metered.
-    metered_override: AtomicU8,
+    /// The app's `PUT /v1/network` answers, global and per Wi-Fi network.
+    metered: Mutex<Answers>,
     last_write: Mutex<Option<Instant>>,
     /// Wakes whoever waits on the gate when the firmware starts or stops recording, so an upload
     /// stops at once rather than at the next poll.
@@ -38,7 +40,7 @@ impl Activity {
     pub fn new() -> Activity {
         Activity {
             recording: AtomicBool::new(false),
-            metered_override: AtomicU8::new(0),
+            metered: Mutex::new(Answers::default()),
             last_write: Mutex::new(None),
             recording_tx: watch::Sender::new(false),
             written: Notify::new(),
@@ -66,24 +68,35 @@ impl Activity {
         self.recording_tx.subscribe()
     }
 
-    /// The app's `PUT /v1/network {"metered": ...}` (persisted by the app layer, which sets it
-    /// here again at start): `None` lets the daemon decide from the signs.
+    /// The app's `PUT /v1/network {"metered": ...}` for every network without an answer of its
+    /// own (persisted by the app layer, which sets it here again at start): `None` lets the
+    /// daemon decide from the signs.
     pub fn set_metered_override(&self, metered: Option<bool>) {
-        let v = match metered {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
-        };
-        self.metered_override.store(v, Ordering::SeqCst);
+        self.answers().global = metered;
     }
 
-    /// The app's answer on whether the Wi-Fi is metered, if it gave one.
+    /// The app's answer for every network without one of its own, if it gave one.
     pub fn metered_override(&self) -> Option<bool> {
-        match self.metered_override.load(Ordering::SeqCst) {
-            1 => Some(false),
-            2 => Some(true),
-            _ => None,
-        }
+        self.answers().global
+    }
+
+    /// The app's answer for the Wi-Fi network `name` (`None` forgets it).
+    pub fn set_network_metered(&self, name: &NetworkName, metered: Option<bool>) {
+        self.answers().set_network(name, metered);
+    }
+
+    /// All of the app's answers, as in force now.
+    pub fn metered_answers(&self) -> Answers {
+        self.answers().clone()
+    }
+
+    /// Replaces all of the app's answers (at start, from the user's choices).
+    pub fn set_metered_answers(&self, answers: Answers) {
+        *self.answers() = answers;
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.metered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The watcher saw a write under the media root just now.

@@ -7,6 +7,10 @@
 //! - the app's answer (`PUT /v1/network {"metered": true|false}`): the user's word, it wins over
 //!   everything else, both ways; `null` hands the decision back to the daemon;
 //! - the firmware's flag file (`conditions.metered_flag`): the firmware knows its own Wi-Fi;
+//! - the access point's beacon (read from wpa_supplicant, [`super::wpa`]): Apple's Personal
+//!   Hotspot element, or Microsoft's Network Cost element saying the network costs money. The
+//!   hotspot says it of itself, so it ranks above DHCP's sign (which an Android phone sends
+//!   too, so either names a phone) and well above the gateway hint;
 //! - Android's hotspot (and its USB tethering) puts `ANDROID_METERED` in DHCP option 43
 //!   (vendor-specific information). Read from systemd-networkd's lease file
 //!   (`conditions.networkd_leases`, files named by ifindex, `VENDOR_SPECIFIC=` in hex) or from a
@@ -27,6 +31,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::wpa::{Beacon, NetworkName};
 use super::{read_attr, Network, Problem, Reading};
 
 /// The gateway an iPhone's Personal Hotspot gives its clients.
@@ -41,10 +46,17 @@ const ANDROID_METERED: &[u8] = b"ANDROID_METERED";
 pub enum MeteredBy {
     /// A cellular interface: always metered.
     Cellular,
-    /// The app said so (`PUT /v1/network`), either way.
+    /// The app said so (`PUT /v1/network`), either way: for this Wi-Fi network (by its SSID),
+    /// or for every network it gave no answer of its own.
     App,
     /// `conditions.metered_flag` exists.
     FirmwareFlag,
+    /// The access point beacons Apple's Personal Hotspot element (an iPhone or iPad sharing its
+    /// mobile data).
+    AppleHotspotBeacon,
+    /// The access point beacons Microsoft's Network Cost element with a metered cost (Windows'
+    /// Mobile Hotspot, or a router configured so).
+    NetworkCostBeacon,
     /// The DHCP lease carries `ANDROID_METERED` (an Android hotspot or USB tethering).
     AndroidDhcp,
     /// The IPv4 default gateway is 172.20.10.1, an iPhone hotspot's (a hint; see module docs).
@@ -58,6 +70,8 @@ impl MeteredBy {
             MeteredBy::Cellular => "cellular",
             MeteredBy::App => "app",
             MeteredBy::FirmwareFlag => "firmware_flag",
+            MeteredBy::AppleHotspotBeacon => "apple_hotspot_beacon",
+            MeteredBy::NetworkCostBeacon => "network_cost_beacon",
             MeteredBy::AndroidDhcp => "android_dhcp",
             MeteredBy::IphoneGateway => "iphone_gateway",
         }
@@ -82,6 +96,8 @@ pub struct Signs {
     pub flag: bool,
     /// The link's DHCP lease says `ANDROID_METERED`.
     pub android_dhcp: bool,
+    /// What the Wi-Fi's access point beacons ([`super::wpa`]); default when unknown.
+    pub beacon: Beacon,
 }
 
 /// Decides whether a link of kind `network`, whose IPv4 default gateway is `gateway_v4`, is
@@ -107,12 +123,94 @@ pub fn decide(network: Network, gateway_v4: Option<Ipv4Addr>, signs: Signs) -> M
     }
     if wifi && signs.flag {
         yes(MeteredBy::FirmwareFlag)
+    } else if wifi && signs.beacon.apple_hotspot {
+        yes(MeteredBy::AppleHotspotBeacon)
+    } else if wifi && signs.beacon.network_cost_metered {
+        yes(MeteredBy::NetworkCostBeacon)
     } else if signs.android_dhcp {
         yes(MeteredBy::AndroidDhcp)
     } else if gateway_v4 == Some(IPHONE_GATEWAY) {
         yes(MeteredBy::IphoneGateway)
     } else {
         Metered::default()
+    }
+}
+
+/// How many Wi-Fi networks' answers are remembered: a camera that meets hundreds of networks
+/// (a trip, a crowded city) keeps the file small; the oldest answers go first.
+pub const NETWORKS_KEPT: usize = 64;
+
+/// The app's answer for one Wi-Fi network, kept in the user's choices (`choices.json`, as
+/// `store::ledger::MeteredNetwork`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAnswer {
+    /// The network, by its SSID (as phones remember a network); the BSSID is the access point
+    /// last seen when the app answered, for display only.
+    pub name: NetworkName,
+    /// The app's word: metered or not.
+    pub metered: bool,
+}
+
+/// The app's answers (`PUT /v1/network`): one per Wi-Fi network whose SSID was known when it
+/// answered, and one for the rest (`global`: Ethernet, or a Wi-Fi whose name cannot be read,
+/// or a network without an answer of its own). A network's own answer wins on that network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answers {
+    /// The answer for every network without its own (`None`: the daemon decides).
+    pub global: Option<bool>,
+    /// Per network, oldest answer first, at most [`NETWORKS_KEPT`], one per SSID.
+    pub networks: Vec<NetworkAnswer>,
+}
+
+impl Answers {
+    /// The answer in force on a link whose Wi-Fi network is `name` (`None`: not a Wi-Fi, or
+    /// its name is unknown).
+    pub fn for_network(&self, name: Option<&NetworkName>) -> Option<bool> {
+        name.and_then(|n| self.networks.iter().find(|a| a.name.ssid == n.ssid))
+            .map(|a| a.metered)
+            .or(self.global)
+    }
+
+    /// The app's `PUT /v1/network` on a link whose Wi-Fi network is `name` (`None`: unknown).
+    /// A known network gets the answer as its own; `null` forgets the answer in force there
+    /// (what `status.uplink.metered_override` shows): the network's own, or, when it has none,
+    /// the one for every network, so that "you decide" always hands the decision back where it
+    /// is said. Returns the network the answer was for (`None`: every network).
+    pub fn apply(
+        &mut self,
+        name: Option<&NetworkName>,
+        metered: Option<bool>,
+    ) -> Option<NetworkName> {
+        match (name, metered) {
+            (Some(n), None) if !self.networks.iter().any(|a| a.name.ssid == n.ssid) => {
+                self.global = None;
+                None
+            }
+            (Some(n), m) => {
+                self.set_network(n, m);
+                Some(n.clone())
+            }
+            (None, m) => {
+                self.global = m;
+                None
+            }
+        }
+    }
+
+    /// Remembers `metered` for the network `name` (`None` forgets its answer), as the newest.
+    /// Past [`NETWORKS_KEPT`] the oldest "not metered" answer goes, else the oldest: dropping a
+    /// "metered" would allow more than the user did, dropping a "not metered" only less.
+    pub fn set_network(&mut self, name: &NetworkName, metered: Option<bool>) {
+        self.networks.retain(|a| a.name.ssid != name.ssid);
+        let Some(metered) = metered else { return };
+        self.networks.push(NetworkAnswer {
+            name: name.clone(),
+            metered,
+        });
+        while self.networks.len() > NETWORKS_KEPT {
+            let drop = self.networks.iter().position(|a| !a.metered).unwrap_or(0);
+            self.networks.remove(drop);
+        }
     }
 }
 
@@ -228,9 +326,19 @@ mod tests {
 
     #[test]
     fn decide_table() {
-        use MeteredBy::{AndroidDhcp, App, FirmwareFlag, IphoneGateway};
+        use MeteredBy::{
+            AndroidDhcp, App, AppleHotspotBeacon, FirmwareFlag, IphoneGateway, NetworkCostBeacon,
+        };
         use Network::{Cellular, Ethernet, Wifi};
         let none = Signs::default();
+        let apple = Beacon {
+            apple_hotspot: true,
+            ..Beacon::default()
+        };
+        let cost = Beacon {
+            network_cost_metered: true,
+            ..Beacon::default()
+        };
         let rows: &[(&str, Network, Option<Ipv4Addr>, Signs, Metered)] = &[
             ("home wifi, no sign", Wifi, HOME, none, m(false, None)),
             (
@@ -292,6 +400,53 @@ mod tests {
                     app: Some(false),
                     flag: true,
                     android_dhcp: true,
+                    beacon: Beacon {
+                        apple_hotspot: true,
+                        network_cost_metered: true,
+                    },
+                },
+                m(false, Some(App)),
+            ),
+            (
+                "an iphone's beacon",
+                Wifi,
+                HOME,
+                Signs {
+                    beacon: apple,
+                    android_dhcp: true,
+                    ..none
+                },
+                m(true, Some(AppleHotspotBeacon)),
+            ),
+            (
+                "a network cost beacon over the iphone gateway hint",
+                Wifi,
+                IPHONE,
+                Signs {
+                    beacon: cost,
+                    ..none
+                },
+                m(true, Some(NetworkCostBeacon)),
+            ),
+            (
+                "the flag before the beacon",
+                Wifi,
+                HOME,
+                Signs {
+                    beacon: apple,
+                    flag: true,
+                    ..none
+                },
+                m(true, Some(FirmwareFlag)),
+            ),
+            (
+                "the app's no over a beacon",
+                Wifi,
+                HOME,
+                Signs {
+                    beacon: apple,
+                    app: Some(false),
+                    ..none
                 },
                 m(false, Some(App)),
             ),
@@ -327,6 +482,56 @@ mod tests {
         for (name, net, gw, signs, want) in rows {
             assert_eq!(decide(*net, *gw, *signs), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn answers_per_network_win_there_and_are_capped() {
+        let net = |i: usize| NetworkName {
+            ssid: format!("net{i}"),
+            bssid: format!("02:00:00:00:00:{:02x}", i % 256),
+        };
+        let mut a = Answers {
+            global: Some(true),
+            ..Answers::default()
+        };
+        a.set_network(&net(1), Some(false));
+        assert_eq!(a.for_network(Some(&net(1))), Some(false));
+        assert_eq!(
+            a.for_network(Some(&net(2))),
+            Some(true),
+            "the global answer"
+        );
+        assert_eq!(a.for_network(None), Some(true));
+        // The same SSID through another access point is the same network.
+        let other_ap = NetworkName {
+            bssid: "02:00:00:00:09:09".into(),
+            ..net(1)
+        };
+        assert_eq!(a.for_network(Some(&other_ap)), Some(false));
+        a.set_network(&net(1), None);
+        assert_eq!(a.for_network(Some(&net(1))), Some(true), "forgotten");
+        assert!(a.networks.is_empty());
+
+        // What the app's PUT does: an answer on a known network is its own; "you decide"
+        // forgets the answer in force there, its own first, then the one for every network.
+        assert_eq!(a.apply(Some(&net(1)), Some(false)), Some(net(1)));
+        assert_eq!(a.global, Some(true));
+        assert_eq!(a.apply(Some(&net(1)), None), Some(net(1)));
+        assert_eq!(a.for_network(Some(&net(1))), Some(true));
+        assert_eq!(a.apply(Some(&net(1)), None), None);
+        assert_eq!((a.global, a.for_network(Some(&net(1)))), (None, None));
+        assert_eq!(a.apply(None, Some(true)), None);
+        assert_eq!(a.global, Some(true));
+
+        // A "metered" among many "not metered": the cap drops the oldest "not metered" first.
+        a.set_network(&net(0), Some(true));
+        for i in 1..=NETWORKS_KEPT + 10 {
+            a.set_network(&net(i), Some(false));
+        }
+        assert_eq!(a.networks.len(), NETWORKS_KEPT);
+        assert_eq!(a.for_network(Some(&net(0))), Some(true));
+        assert!(a.networks.iter().all(|n| n.name != net(1)));
+        assert_eq!(a.networks.last().unwrap().name, net(NETWORKS_KEPT + 10));
     }
 
     #[test]

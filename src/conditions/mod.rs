@@ -18,7 +18,9 @@ pub mod metered;
 pub mod network;
 pub mod power;
 pub mod thermal;
+pub mod wpa;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -173,10 +175,11 @@ enum Source {
     RecordingFlag,
     MeteredFlag,
     Dhcp,
+    Wpa,
 }
 
 impl Source {
-    const ALL: [Source; 7] = [
+    const ALL: [Source; 8] = [
         Source::Power,
         Source::Network,
         Source::Thermal,
@@ -184,6 +187,7 @@ impl Source {
         Source::RecordingFlag,
         Source::MeteredFlag,
         Source::Dhcp,
+        Source::Wpa,
     ];
 
     /// What the daemon assumes while this source cannot be read, for the warning.
@@ -201,6 +205,10 @@ impl Source {
             }
             Source::MeteredFlag => "assuming the Wi-Fi is metered meanwhile",
             Source::Dhcp => "the DHCP lease's metered sign is unknown meanwhile (not metered)",
+            Source::Wpa => {
+                "the Wi-Fi network's name and beacon are unknown meanwhile (the app's answer \
+                 for every network applies)"
+            }
         }
     }
 
@@ -213,6 +221,7 @@ impl Source {
             Source::RecordingFlag => "recording flag",
             Source::MeteredFlag => "metered flag",
             Source::Dhcp => "DHCP lease",
+            Source::Wpa => "wpa_supplicant",
         }
     }
 }
@@ -259,9 +268,16 @@ pub struct Reader {
     metered_flag: Option<PathBuf>,
     networkd_leases: Option<PathBuf>,
     dhcp_vendor_dir: Option<PathBuf>,
+    wpa_ctrl_dir: PathBuf,
+    /// What wpa_supplicant said per Wi-Fi interface, and about which link (see [`Reader::read`]).
+    wifi: HashMap<String, (LinkKey, Option<wpa::Wifi>)>,
     cellular: GlobSet,
     warned: Warned,
 }
+
+/// What identifies a link's network as the route table shows it: a new gateway or a new set of
+/// families is a new network, whose name is asked again even on a timed read.
+type LinkKey = (Option<std::net::Ipv4Addr>, Vec<Family>);
 
 impl Reader {
     /// A reader over the paths in `cfg`.
@@ -273,6 +289,8 @@ impl Reader {
             metered_flag: cfg.metered_flag.clone(),
             networkd_leases: cfg.networkd_leases.clone(),
             dhcp_vendor_dir: cfg.dhcp_vendor_dir.clone(),
+            wpa_ctrl_dir: cfg.wpa_ctrl_dir.clone(),
+            wifi: HashMap::new(),
             cellular: cellular_globs(&cfg.cellular_interfaces),
             warned: Warned::default(),
         }
@@ -280,7 +298,13 @@ impl Reader {
 
     /// Reads every source now. Cheap (a few dozen small files), so it can run every second while
     /// uploading.
-    pub fn read(&mut self, activity: &Activity) -> Snapshot {
+    ///
+    /// wpa_supplicant is asked which network each Wi-Fi link is on when the read is `fresh`
+    /// (something told the loop that the device changed, or the app asked), when the link is
+    /// new, or when its gateway or families changed; a timed read (every second while
+    /// uploading) reuses the last answer. Roaming to another network takes the link down and up
+    /// (rtnetlink tells), or changes its gateway: either way it is asked again.
+    pub async fn read(&mut self, activity: &Activity, fresh: bool) -> Snapshot {
         let power = power::read_power(&self.sysfs);
         self.report(Source::Power, power.problem.as_ref());
         let route = network::read_network(&self.sysfs, &self.proc, &self.cellular);
@@ -295,6 +319,9 @@ impl Reader {
         self.report(Source::MeteredFlag, metered_flag.problem.as_ref());
 
         let mut links = route.value.links;
+        let wpa_problem = self.name_networks(&mut links, fresh).await;
+        self.report(Source::Wpa, wpa_problem.as_ref());
+        let answers = activity.metered_answers();
         let mut dhcp_problem = None;
         for link in &mut links {
             let dhcp = metered::read_android_dhcp(
@@ -304,10 +331,12 @@ impl Reader {
                 self.dhcp_vendor_dir.as_deref(),
             );
             dhcp_problem = dhcp_problem.or(dhcp.problem);
+            let wifi = link.wifi.as_ref();
             let signs = metered::Signs {
-                app: activity.metered_override(),
+                app: answers.for_network(wifi.map(|w| &w.name)),
                 flag: metered_flag.value,
                 android_dhcp: dhcp.value,
+                beacon: wifi.map(|w| w.beacon).unwrap_or_default(),
             };
             link.metered = metered::decide(link.network, link.gateway_v4, signs);
         }
@@ -327,6 +356,31 @@ impl Reader {
             local_minute: crate::clock::local_now().map(|l| l.minute),
             cellular_bytes_today: 0,
         }
+    }
+
+    /// Fills in [`Link::wifi`] of the Wi-Fi links, asking wpa_supplicant where the last answer
+    /// may be stale (see [`Reader::read`]); forgets the links that are gone. The first problem
+    /// is returned for the log.
+    async fn name_networks(&mut self, links: &mut [Link], fresh: bool) -> Option<Problem> {
+        let mut problem = None;
+        let mut seen = HashMap::with_capacity(links.len());
+        for link in links.iter_mut().filter(|l| l.network == Network::Wifi) {
+            let key: LinkKey = (link.gateway_v4, link.families.clone());
+            let wifi = match self.wifi.remove(&link.interface) {
+                Some((k, wifi)) if k == key && !fresh => wifi,
+                _ => match wpa::query(&self.wpa_ctrl_dir, &link.interface).await {
+                    Ok(wifi) => wifi,
+                    Err(p) => {
+                        problem.get_or_insert(p);
+                        None
+                    }
+                },
+            };
+            link.wifi = wifi.clone();
+            seen.insert(link.interface.clone(), (key, wifi));
+        }
+        self.wifi = seen;
+        problem
     }
 
     fn report(&mut self, source: Source, problem: Option<&Problem>) {
@@ -418,8 +472,8 @@ mod tests {
         assert_eq!(w.note(Source::Power, Some(&p)), Transition::Failed);
     }
 
-    #[test]
-    fn reader_puts_the_sources_together() {
+    #[tokio::test]
+    async fn reader_puts_the_sources_together() {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
         let proc = dir.path().join("proc");
@@ -447,7 +501,7 @@ mod tests {
         };
         let activity = Activity::new();
         activity.set_recording(true);
-        let snap = Reader::new(&cfg).read(&activity);
+        let snap = Reader::new(&cfg).read(&activity, true).await;
         assert_eq!(
             snap,
             Snapshot {
@@ -473,8 +527,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_empty_tree_reads_as_mains_powered_and_offline() {
+    #[tokio::test]
+    async fn an_empty_tree_reads_as_mains_powered_and_offline() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config::Conditions {
             sysfs: dir.path().join("sys"),
@@ -482,7 +536,7 @@ mod tests {
             recording_flag: dir.path().join("recording"),
             ..Default::default()
         };
-        let snap = Reader::new(&cfg).read(&Activity::new());
+        let snap = Reader::new(&cfg).read(&Activity::new(), true).await;
         assert_eq!(snap.charging, Some(true));
         assert_eq!(snap.battery_percent, None);
         assert_eq!(snap.network, Network::Offline);

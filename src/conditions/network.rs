@@ -23,6 +23,7 @@ use globset::GlobSet;
 use serde::Serialize;
 
 use super::metered::Metered;
+use super::wpa::Wifi;
 use super::{read_attr, Network, Problem, Reading};
 
 /// `RTF_UP` from `<linux/route.h>`: the route is usable.
@@ -54,6 +55,11 @@ pub struct Link {
     /// Whether it is metered, and why; filled in by the [`super::Reader`] from the signs
     /// ([`super::metered`]), not metered as read here.
     pub metered: Metered,
+    /// The Wi-Fi network it is on, when wpa_supplicant tells ([`super::wpa`]); filled in by the
+    /// [`super::Reader`]. Not in `conditions.links`: the name is shown once, in
+    /// `status.uplink.network_name`, and kept out of the support bundle.
+    #[serde(skip)]
+    pub wifi: Option<Wifi>,
 }
 
 /// Where traffic could go: every [`Link`], in the kernel's order of preference.
@@ -217,6 +223,7 @@ pub fn read_network(sysfs: &Path, proc: &Path, cellular: &GlobSet) -> Reading<Up
             families: vec![family],
             gateway_v4,
             metered: Metered::default(),
+            wifi: None,
         });
     }
     Reading {
@@ -333,6 +340,7 @@ mod tests {
             families: families.to_vec(),
             gateway_v4: None,
             metered: Metered::default(),
+            wifi: None,
         }
     }
 

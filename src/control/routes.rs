@@ -342,8 +342,14 @@ async fn network(
             "`metered` is required: true, false, or null to let the daemon decide",
         ));
     };
-    let metered = app.set_metered(metered)?;
-    Ok(Json(json!({"metered": metered})).into_response())
+    let (metered, network) = app.set_metered(metered)?;
+    // `network_name` only when the answer is for one network: without a name the answer is
+    // the one it always was, and so is the reply.
+    let mut reply = json!({"metered": metered});
+    if let Some(n) = network {
+        reply["network_name"] = json!(n);
+    }
+    Ok(Json(reply).into_response())
 }
 
 async fn history(State(app): State<Arc<App>>, q: QueryPairs) -> ApiResult<Response> {

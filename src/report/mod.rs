@@ -31,8 +31,20 @@ pub const ITEMS: u32 = 100;
 /// The directory the bundle's files are in.
 const DIR: &str = "cambackup-report";
 
-/// JSON keys and log fields whose values name files, replaced whole without `with_names`.
-const NAME_KEYS: [&str; 6] = ["storage_path", "path", "name", "dir", "file", "failures"];
+/// JSON keys and log fields whose values name files, or the Wi-Fi network (its SSID and
+/// BSSID, `status.uplink.network_name`: where the camera was), replaced whole without
+/// `with_names`.
+const NAME_KEYS: [&str; 9] = [
+    "storage_path",
+    "path",
+    "name",
+    "dir",
+    "file",
+    "failures",
+    "network_name",
+    "ssid",
+    "bssid",
+];
 
 /// The support bundle, as `.tar.gz` bytes. Blocking (statvfs, `/proc`, the store).
 pub fn build(app: &App, with_names: bool) -> Result<Vec<u8>, AppError> {
@@ -64,7 +76,7 @@ pub fn build(app: &App, with_names: bool) -> Result<Vec<u8>, AppError> {
     );
     add(
         "system.txt",
-        redact.text(&system(&config.media.root, &status)),
+        redact.text(&system(&config.media.root, &redact.json(status.clone()))),
     );
     let mut log = String::new();
     for r in crate::logring::ring().records() {
@@ -404,6 +416,30 @@ mod tests {
             root: "/mnt/sdcard".into(),
             exts: vec![".jpg".into(), ".mp4".into()],
         }
+    }
+
+    /// The Wi-Fi network's name says where the camera was: `<name>` unless asked for.
+    #[test]
+    fn the_wifi_networks_name_is_left_out_unless_asked() {
+        let status = serde_json::json!({"uplink": {"interface": "wlan0", "metered": true,
+            "network_name": {"ssid": "Home", "bssid": "02:00:00:00:01:00"}}});
+        let shown = redact().json(status.clone());
+        assert_eq!(shown["uplink"]["network_name"], HIDDEN);
+        assert_eq!(shown["uplink"]["interface"], "wlan0");
+        let text = system(Path::new("/nonexistent"), &shown);
+        assert!(
+            !text.contains("Home") && !text.contains("02:00:00"),
+            "{text}"
+        );
+        assert_eq!(redact().field("ssid", "Home"), HIDDEN);
+        let named = Redact {
+            on: false,
+            ..redact()
+        };
+        assert_eq!(named.json(status)["uplink"]["network_name"]["ssid"], "Home");
+        // No name: nothing to hide, and null stays null.
+        let none = redact().json(serde_json::json!({"uplink": {"network_name": null}}));
+        assert_eq!(none["uplink"]["network_name"], serde_json::Value::Null);
     }
 
     #[test]

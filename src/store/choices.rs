@@ -44,11 +44,13 @@ impl Store {
                 settings: settings.unwrap_or_else(|| defaults.clone()),
                 paused,
                 metered: None,
+                metered_networks: Vec::new(),
             }),
             Some(settings) => ledger::Choices {
                 settings,
                 paused,
                 metered: None,
+                metered_networks: Vec::new(),
             },
             None if self.rebuilt => ledger::Choices {
                 settings: Settings {
@@ -57,11 +59,13 @@ impl Store {
                 },
                 paused,
                 metered: None,
+                metered_networks: Vec::new(),
             },
             None => ledger::Choices {
                 settings: defaults.clone(),
                 paused,
                 metered: None,
+                metered_networks: Vec::new(),
             },
         })
     }
@@ -150,6 +154,12 @@ impl Store {
         Ok(self.choices(&Settings::default())?.metered.flatten())
     }
 
+    /// All of the app's "metered" answers: for every network, and per Wi-Fi network.
+    pub fn metered_answers(&self) -> Result<(Option<bool>, Vec<ledger::MeteredNetwork>)> {
+        let c = self.choices(&Settings::default())?;
+        Ok((c.metered.flatten(), c.metered_networks))
+    }
+
     /// Whether the user paused uploads (kept across restarts).
     pub fn paused(&self) -> Result<bool> {
         Ok(self.choices(&Settings::default())?.paused)
@@ -178,5 +188,6 @@ fn no_record_of(base: ledger::Choices) -> ledger::Choices {
         settings: base.settings.unrecorded(),
         paused: true,
         metered: Some(Some(true)),
+        metered_networks: Vec::new(),
     }
 }

@@ -262,6 +262,23 @@ pub struct Choices {
         skip_serializing_if = "Option::is_none"
     )]
     pub metered: Option<Option<bool>>,
+    /// The app's answers per Wi-Fi network (issue 25), oldest first; a network's own answer
+    /// wins over `metered` on that network. Missing in a file an earlier release wrote, which
+    /// reads as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metered_networks: Vec<MeteredNetwork>,
+}
+
+/// The app's answer for one Wi-Fi network, as the choices file keeps it (the daemon's own
+/// type is `conditions::metered::NetworkAnswer`; `app` converts, keeping this layer below).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeteredNetwork {
+    /// The network, by its SSID.
+    pub ssid: String,
+    /// The access point last seen when the app answered, for display.
+    pub bssid: String,
+    /// The app's word.
+    pub metered: bool,
 }
 
 /// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
@@ -485,5 +502,36 @@ mod tests {
         std::fs::write(other.path().join(LEDGER_FILE), b"{\"p\":").unwrap();
         append(other.path(), &entry("C.JPG", None, true)).unwrap();
         assert_eq!(replay(other.path()).1, 1);
+    }
+
+    /// A choices file from before the per-network answers (issue 25) loads with none, and is
+    /// written back as it was; one with them keeps them.
+    #[test]
+    fn choices_from_before_the_per_network_answers_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let old =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/choices/choices"))
+                .unwrap();
+        std::fs::write(dir.path().join(CHOICES_FILE), &old).unwrap();
+        let ChoicesFile::Found(c) = load_choices(dir.path()) else {
+            panic!("the old file does not load");
+        };
+        assert!(c.metered_networks.is_empty());
+        save_choices(dir.path(), &c).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CHOICES_FILE)).unwrap()).unwrap();
+        assert!(again.get("metered_networks").is_none(), "{again}");
+
+        let new = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/choices/networks"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(CHOICES_FILE), &new).unwrap();
+        let ChoicesFile::Found(c) = load_choices(dir.path()) else {
+            panic!("the new file does not load");
+        };
+        let ssids: Vec<_> = c.metered_networks.iter().map(|a| a.ssid.as_str()).collect();
+        assert_eq!(ssids, ["Home", "iPhone"]);
+        assert!(c.metered_networks[1].metered);
     }
 }

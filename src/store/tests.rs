@@ -811,6 +811,7 @@ fn a_withdrawal_the_disk_had_no_room_for_is_never_undone_by_the_databases_older_
         },
         paused: false,
         metered: Some(None),
+        metered_networks: Vec::new(),
     };
     {
         let s = Store::open(dir.path()).unwrap();
@@ -861,12 +862,14 @@ fn a_withdrawal_is_written_over_the_choices_file_in_place_when_a_new_file_cannot
         },
         paused: false,
         metered: Some(None),
+        metered_networks: Vec::new(),
     })
     .unwrap();
     let off = ledger::Choices {
         settings: Settings::default(),
         paused: true,
         metered: Some(Some(true)),
+        metered_networks: Vec::new(),
     };
     ledger::overwrite_choices(dir.path(), &off).unwrap();
     assert_eq!(

@@ -103,6 +103,12 @@ impl FakeCamera {
         self.root().join("sysfs")
     }
 
+    /// `conditions.wpa_ctrl_dir`: where wpa_supplicant's control sockets would be (none
+    /// unless a test makes one).
+    pub fn wpa_ctrl_dir(&self) -> PathBuf {
+        self.root().join("run/wpa_supplicant")
+    }
+
     /// `conditions.proc`.
     pub fn proc_dir(&self) -> PathBuf {
         self.root().join("proc")
@@ -432,6 +438,9 @@ impl FakeCamera {
                     ("sysfs", q(self.sysfs_dir())),
                     ("proc", q(self.proc_dir())),
                     ("recording_flag", q(self.recording_flag())),
+                    // Never the host's wpa_supplicant: a test that wants one puts a fake
+                    // control socket here.
+                    ("wpa_ctrl_dir", q(self.wpa_ctrl_dir())),
                     ("idle_secs", "2".into()),
                     ("max_temp_c", "60".into()),
                     ("min_battery_percent", "20".into()),

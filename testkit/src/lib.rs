@@ -10,6 +10,7 @@
 //! - [`netns::Lab`]: a camera and a server in network namespaces, linked by `wlan0` and `wwan0`.
 //! - [`powercut::PowerCutFs`]: a FUSE layer that drops what was not synced at a power cut.
 //! - [`tls::TestCa`]: a CA made at test time, for TLS receivers off loopback.
+//! - [`wpa::FakeWpa`]: a fake wpa_supplicant control socket, whose network the test changes.
 
 pub mod camera;
 pub mod card;
@@ -24,5 +25,6 @@ pub mod sample;
 pub mod tls;
 pub mod tus;
 mod wait;
+pub mod wpa;
 
 pub use wait::{wait_until, wait_until_sync, POLL_INTERVAL};

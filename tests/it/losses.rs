@@ -664,6 +664,63 @@ async fn the_wifi_the_app_calls_metered_stays_metered_across_a_restart_on_a_full
     );
 }
 
+/// The same per Wi-Fi network (issue 25): "metered" said on a named network holds on a full
+/// disk and across a restart there; "not metered" cannot be saved and is refused with 507,
+/// changing nothing.
+#[tokio::test]
+async fn the_wifi_network_the_app_calls_metered_stays_metered_on_a_full_state_disk() {
+    use testkit::wpa::{FakeWpa, Network};
+    let cam = FakeCamera::new();
+    let Some(fs) = SmallFs::mount(&cam.state_dir(), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); this test needs one");
+        return;
+    };
+    let wpa = FakeWpa::start(
+        &cam.wpa_ctrl_dir(),
+        "wlan0",
+        Some(Network::named("Hotspot", "02:00:00:00:0c:01")),
+    );
+    let mut rig = Rig::start(cam).await;
+    rig.pair().await;
+    eventually(T, "the status names the network", || async {
+        rig.status().await["uplink"]["network_name"]["ssid"] == "Hotspot"
+    })
+    .await;
+    let mut fillers = full_for_good(&rig, &fs).await;
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": true})))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["network_name"]["ssid"], "Hotspot", "{answer}");
+    let (code, answer) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": false})))
+        .await;
+    assert_eq!(code, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_override"], true, "{s:#}");
+    assert_eq!(s["uplink"]["metered_because"], "app", "{s:#}");
+    fillers.push(fs.fill_as("filler-3"));
+    rig.daemon.restart().await;
+    eventually(
+        T,
+        "still metered after the restart on the full disk",
+        || async {
+            let s = rig.status().await;
+            s["uplink"]["network_name"]["ssid"] == "Hotspot"
+                && s["uplink"]["metered_override"] == true
+                && s["blocked_by"]
+                    .as_array()
+                    .is_some_and(|b| b.contains(&json!("metered_network")))
+        },
+    )
+    .await;
+    drop(fillers);
+    drop(wpa);
+}
+
 /// A change that both withdraws and widens, on a full disk: the widening part cannot be saved
 /// and is refused (507), but the withdrawal in it must take effect: consent went on before.
 #[tokio::test]

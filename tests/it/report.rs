@@ -194,3 +194,44 @@ async fn the_support_bundle_holds_no_secret_and_no_file_name_unless_asked() {
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["error"]["code"], "bad_parameter");
 }
+
+/// The Wi-Fi network's name (issue 25) says where the camera was: the bundle leaves it out,
+/// its SSID and BSSID, unless asked for with the file names.
+#[tokio::test]
+async fn the_support_bundle_leaves_out_the_wifi_networks_name_unless_asked() {
+    use testkit::wpa::{FakeWpa, Network};
+    let cam = FakeCamera::new();
+    let wpa = FakeWpa::start(
+        &cam.wpa_ctrl_dir(),
+        "wlan0",
+        Some(Network::named("HomeNetSecret", "02:00:00:5e:c2:e7")),
+    );
+    let rig = Rig::start(cam).await;
+    rig.pair().await;
+    eventually(T, "the status names the network", || async {
+        rig.status().await["uplink"]["network_name"]["ssid"] == "HomeNetSecret"
+    })
+    .await;
+    let (code, body) = rig
+        .daemon
+        .api(
+            "PUT",
+            "/v1/network",
+            Some(serde_json::json!({"metered": true})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let files = bundle(&rig, dir.path(), "plain.tar.gz", &[]);
+    for (name, text) in &files {
+        for secret in ["HomeNetSecret", "02:00:00:5e:c2:e7", "5e:c2:e7"] {
+            assert!(!text.contains(secret), "{name} holds `{secret}`:\n{text}");
+        }
+    }
+    let status: serde_json::Value = serde_json::from_str(&files["status.json"]).unwrap();
+    assert_eq!(status["uplink"]["network_name"], "<name>", "{status:#}");
+    assert_eq!(status["uplink"]["metered_because"], "app", "{status:#}");
+    let files = bundle(&rig, dir.path(), "named.tar.gz", &["--with-names"]);
+    assert!(files["status.json"].contains("HomeNetSecret"));
+    drop(wpa);
+}

@@ -10,8 +10,9 @@
 //! address, and the server side's link counters say how many bytes each link carried. Without
 //! root or `ip` these tests print why and pass (in CI, with `CI` set, they fail instead).
 //!
-//! The metered signs that need no kernel (flag file, app, lease files, iPhone gateway) run on
-//! the fake `/proc` like `conditions.rs`.
+//! The metered signs that need no kernel (flag file, app, lease files, iPhone gateway, and the
+//! Wi-Fi network's name and beacon from a fake wpa_supplicant socket) run on the fake `/proc`
+//! like `conditions.rs`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use testkit::daemon::Daemon;
 use testkit::netns::{Family, Lab, Link, SERVER_NAME};
 use testkit::tls::TestCa;
 use testkit::tus::Receiver;
+use testkit::wpa::{FakeWpa, Network, APPLE_HOTSPOT_ELEMENT};
 
 use crate::common::{bin, eventually, pair_and_consent, Rig, TOKEN};
 
@@ -589,6 +591,143 @@ async fn an_iphone_hotspots_gateway_holds_wifi_uploads() {
         rig
     })
     .await;
+}
+
+// ----- the Wi-Fi network's name and beacon, from a fake wpa_supplicant (issue 25) -----
+
+/// Home-A and Home-B, two networks the camera moves between.
+fn home_a() -> Network {
+    Network::named("Home-A", "02:00:00:00:0a:01")
+}
+fn home_b() -> Network {
+    Network::named("Home-B", "02:00:00:00:0b:01")
+}
+
+/// The camera moves to `network`: wpa_supplicant associates, and the kernel says the link
+/// changed (here the fake tree's `operstate` written again, which the daemon is told of).
+fn roam(cam: &FakeCamera, wpa: &FakeWpa, network: Network) {
+    wpa.set(Some(network));
+    cam.set_interface("wlan0", true, true);
+}
+
+async fn uplink_names(rig: &Rig, ssid: &str) {
+    eventually(T, &format!("status.uplink names {ssid}"), || async {
+        rig.status().await["uplink"]["network_name"]["ssid"] == ssid
+    })
+    .await;
+}
+
+/// Held on Home-A by the app's answer for it, the status naming it.
+async fn held_on_a(rig: &Rig, what: &str) {
+    eventually(T, what, || async {
+        let s = rig.status().await;
+        s["blocked_by"] == json!(["metered_network"])
+            && s["uplink"]["metered_because"] == "app"
+            && s["uplink"]["metered_override"] == true
+            && s["uplink"]["network_name"]["ssid"] == "Home-A"
+    })
+    .await;
+}
+
+/// What a user would check: "metered" said on network A holds on A only. The camera moves to B
+/// and uploads go on; back on A they wait (`metered_network`, the status naming A), also after
+/// a restart; `null` on A forgets A's answer. The answers are kept in `choices.json`.
+#[tokio::test]
+async fn the_apps_metered_answer_is_remembered_per_wifi_network() {
+    let cam = FakeCamera::new();
+    let wpa = FakeWpa::start(&cam.wpa_ctrl_dir(), "wlan0", Some(home_a()));
+    let mut rig = Rig::start(cam).await;
+    rig.go().await;
+    uplink_names(&rig, "Home-A").await;
+    let s = rig.status().await;
+    assert_eq!(
+        s["uplink"]["network_name"],
+        json!({"ssid": "Home-A", "bssid": "02:00:00:00:0a:01"}),
+        "{s:#}"
+    );
+    let (code, body) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": true})))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["network_name"]["ssid"], "Home-A", "{body}");
+    held_on_a(&rig, "metered_network on Home-A").await;
+    let first = rig.cam.photo("IMG_0001.JPG", 100_000);
+    eventually(T, "the photo waits on Home-A", || async {
+        rig.status().await["queue"]["pending"] == 1
+    })
+    .await;
+    tokio::time::sleep(HELD).await;
+    assert!(rig.rx.requests().is_empty(), "{}", rig.rx.request_summary());
+
+    // On Home-B the app said nothing: the photo goes up.
+    roam(&rig.cam, &wpa, home_b());
+    rig.expect_uploaded(&[&first], T).await;
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["network_name"]["ssid"], "Home-B", "{s:#}");
+    assert_eq!(s["uplink"]["metered"], false, "{s:#}");
+    assert_eq!(s["uplink"]["metered_override"], Value::Null, "{s:#}");
+
+    // Back on Home-A: held again.
+    roam(&rig.cam, &wpa, home_a());
+    held_on_a(&rig, "metered_network back on Home-A").await;
+    let second = rig.cam.photo("IMG_0002.JPG", 100_000);
+    eventually(T, "the second photo waits on Home-A", || async {
+        rig.status().await["queue"]["pending"] == 1
+    })
+    .await;
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved["metered_networks"],
+        json!([{"ssid": "Home-A", "bssid": "02:00:00:00:0a:01", "metered": true}]),
+        "{saved}"
+    );
+    assert_eq!(
+        saved["metered"],
+        Value::Null,
+        "the answer for every network is untouched"
+    );
+
+    rig.daemon.restart().await;
+    held_on_a(&rig, "metered_network on Home-A after a restart").await;
+    assert_eq!(rig.rx.completed_uploads().len(), 1);
+
+    let (code, body) = rig
+        .daemon
+        .api("PUT", "/v1/network", Some(json!({"metered": null})))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    rig.rx.wait_for_completed(2, T).await;
+    assert!(rig.rx.file_matches(&second, &rig.cam.media_path(&second)));
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_override"], Value::Null, "{s:#}");
+    drop(wpa);
+}
+
+/// An iPhone's Personal Hotspot beacons Apple's element: held under `wifi`/`unmetered`, with
+/// the reason `apple_hotspot_beacon`, until the camera joins a network without it.
+#[tokio::test]
+async fn an_iphone_hotspots_beacon_holds_wifi_uploads() {
+    let cam = FakeCamera::new();
+    let wpa = std::sync::Arc::new(FakeWpa::start(
+        &cam.wpa_ctrl_dir(),
+        "wlan0",
+        Some(Network::named("iPhone", "02:00:00:00:0c:01").with_element(APPLE_HOTSPOT_ELEMENT)),
+    ));
+    let moves = wpa.clone();
+    metered_blocks_then_clears(
+        cam,
+        "apple_hotspot_beacon",
+        Duration::ZERO,
+        |rig| async move {
+            roam(&rig.cam, &moves, home_a());
+            rig
+        },
+    )
+    .await;
+    assert!(wpa.asked() >= 2, "the daemon asked the fake");
 }
 
 /// Wi-Fi without internet (issue 25): the server's name does not resolve over wlan0 (the
