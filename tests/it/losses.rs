@@ -717,6 +717,35 @@ async fn the_wifi_network_the_app_calls_metered_stays_metered_on_a_full_state_di
         },
     )
     .await;
+    // What proves the network's own answer held, not the fallback of a lost file (which
+    // takes every network for metered, and pauses): the file keeps it and no answer for
+    // every network, and another network is not held.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved["metered_networks"],
+        json!([{"ssid": "Hotspot", "metered": true}]),
+        "{saved}"
+    );
+    assert_eq!(
+        saved.get("metered"),
+        Some(&serde_json::Value::Null),
+        "{saved}"
+    );
+    assert_eq!(saved["paused"], false, "{saved}");
+    wpa.set(Some(Network::named("Elsewhere", "02:00:00:00:0d:01")));
+    rig.cam.set_interface("wlan0", true, true);
+    eventually(T, "another network is not held", || async {
+        let s = rig.status().await;
+        s["uplink"]["network_name"]["ssid"] == "Elsewhere"
+            && s["uplink"]["metered_override"] == serde_json::Value::Null
+            && s["uplink"]["metered"] == false
+            && s["blocked_by"]
+                .as_array()
+                .is_some_and(|b| !b.contains(&json!("metered_network")))
+    })
+    .await;
     drop(fillers);
     drop(wpa);
 }
