@@ -316,8 +316,8 @@ impl Reader {
     /// (something told the loop that the device changed, or the app asked), when the link is
     /// new, or when its gateway or families changed; a timed read (every second while
     /// uploading) reuses the last answer, if wpa_supplicant gave one (a failure is asked again
-    /// at every read, see [`Reader::name_networks`]). Roaming to another network takes the link down and up
-    /// (rtnetlink tells), or changes its gateway: either way it is asked again.
+    /// at every read, see [`Reader::name_networks`]). Roaming to another network takes the link
+    /// down and up (rtnetlink tells), or changes its gateway: either way it is asked again.
     pub async fn read(&mut self, activity: &Activity, fresh: bool) -> Snapshot {
         let power = power::read_power(&self.sysfs);
         self.report(Source::Power, power.problem.as_ref());

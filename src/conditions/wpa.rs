@@ -1,16 +1,20 @@
 //! Which Wi-Fi network an interface is on, and what its access point says about itself, from
-//! wpa_supplicant's control interface (issue 25): the network's name (SSID, BSSID) keys the
-//! app's per-network "metered" answer, and the beacon's vendor elements tell a phone's hotspot.
+//! wpa_supplicant's control interface (issue 25): the network's name (its SSID's bytes) keys
+//! the app's per-network "metered" answer, and the beacon's vendor elements tell a phone's
+//! hotspot.
 //!
 //! The dialogue is wpa_supplicant's own (`wpa_ctrl.c`, `ctrl_iface_unix.c`): a datagram socket
-//! of ours, bound to a random name the server can answer to, connected to `conditions.wpa_ctrl_dir/IF`
-//! (the directory of `ctrl_interface=DIR=...` in wpa_supplicant.conf), one command per datagram,
-//! one reply per command. Ours is bound in Linux's abstract namespace, so there is no file to
-//! create or clean up and nothing left behind by a crash; wpa_supplicant replies with `sendto` to
-//! the address `recvfrom` gave it, abstract or not. The commands:
+//! of ours, bound to a name the server can answer to, connected to
+//! `conditions.wpa_ctrl_dir/IF` (the directory of `ctrl_interface=DIR=...` in
+//! wpa_supplicant.conf), one command per datagram, one reply per command. Ours is bound in
+//! Linux's abstract namespace, so there is no file to create or clean up and nothing left behind
+//! by a crash; wpa_supplicant replies with `sendto` to the address `recvfrom` gave it, abstract
+//! or not. The name is random ([`random_name`]): any local process can bind an abstract name,
+//! and one that bound ours first would silence the reader. The commands:
 //! - `STATUS`: `wpa_state=COMPLETED` when associated, `bssid=` and `ssid=`, the SSID escaped
 //!   by wpa_supplicant's `printf_encode` (`\\`, `\"`, `\e`, `\n`, `\r`, `\t`, else `\xNN` for a
-//!   byte outside 32..=126), decoded by [`decode_ssid`];
+//!   byte outside 32..=126), decoded by [`decode_ssid`] and encoded again by [`encode_ssid`]
+//!   into the canonical key [`Ssid`] (an empty one is no name);
 //! - `BSS <bssid>`: the scan entry of that access point, whose `ie=` (the last probe response's
 //!   or beacon's information elements) and `beacon_ie=` (the last beacon's, when both were
 //!   seen) are hex. [`read_elements`] parses them.

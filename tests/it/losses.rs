@@ -699,9 +699,13 @@ async fn the_wifi_network_the_app_calls_metered_stays_metered_on_a_full_state_di
         .await;
     assert_eq!(code, 507, "{answer}");
     assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
-    let s = rig.status().await;
-    assert_eq!(s["uplink"]["metered_override"], true, "{s:#}");
-    assert_eq!(s["uplink"]["metered_because"], "app", "{s:#}");
+    // The link's verdict comes from the next conditions read, which the PUT asks for: under
+    // load it may not have run yet.
+    eventually(T, "metered by the app's answer", || async {
+        let s = rig.status().await;
+        s["uplink"]["metered_override"] == true && s["uplink"]["metered_because"] == "app"
+    })
+    .await;
     fillers.push(fs.fill_as("filler-3"));
     rig.daemon.restart().await;
     eventually(
