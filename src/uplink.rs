@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::conditions::metered::{Answers, MeteredBy};
-use crate::conditions::wpa::NetworkName;
+use crate::conditions::wpa::{Ssid, Wifi};
 use crate::conditions::{Family, Link, Network, Snapshot};
 use crate::upload::bind::{BindMode, Binding};
 
@@ -37,6 +37,28 @@ pub struct UplinkStatus {
     pub network_name: Option<NetworkName>,
 }
 
+/// A Wi-Fi network as the status shows it, from the live read (nothing of it is stored but
+/// the SSID's key, with the app's answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkName {
+    /// The SSID for people: UTF-8 as it is, other bytes as U+FFFD ([`Ssid::shown`]).
+    pub ssid: String,
+    /// The access point's address, `aa:bb:cc:dd:ee:ff`.
+    pub bssid: String,
+}
+
+impl NetworkName {
+    /// The name of `wifi`, when wpa_supplicant named its network.
+    pub fn of(wifi: &Wifi) -> Option<(Ssid, NetworkName)> {
+        let ssid = wifi.ssid.clone()?;
+        let shown = NetworkName {
+            ssid: ssid.shown(),
+            bssid: wifi.bssid.clone(),
+        };
+        Some((ssid, shown))
+    }
+}
+
 /// The link the status describes: the one the client is bound to, else the first (the one a
 /// block is about).
 fn described<'a>(snapshot: Option<&'a Snapshot>, binding: &Binding) -> Option<&'a Link> {
@@ -51,8 +73,11 @@ fn described<'a>(snapshot: Option<&'a Snapshot>, binding: &Binding) -> Option<&'
 /// ([`UplinkStatus::network_name`]), else the first Wi-Fi link whose network is known (the
 /// camera's Wi-Fi behind a cellular link the kernel prefers). `None`: no Wi-Fi network is
 /// known, and the answer is for every network.
-pub fn answered_network(snapshot: Option<&Snapshot>, binding: &Binding) -> Option<NetworkName> {
-    let named = |l: &Link| l.wifi.as_ref().map(|w| w.name.clone());
+pub fn answered_network(
+    snapshot: Option<&Snapshot>,
+    binding: &Binding,
+) -> Option<(Ssid, NetworkName)> {
+    let named = |l: &Link| l.wifi.as_ref().and_then(NetworkName::of);
     described(snapshot, binding).and_then(named).or_else(|| {
         snapshot
             .map(|s| s.links.as_slice())
@@ -67,14 +92,15 @@ pub fn answered_network(snapshot: Option<&Snapshot>, binding: &Binding) -> Optio
 pub fn describe(snapshot: Option<&Snapshot>, binding: &Binding, answers: &Answers) -> UplinkStatus {
     let interface = binding.interface().map(str::to_string);
     let link = described(snapshot, binding);
-    let network_name = link.and_then(|l| l.wifi.as_ref()).map(|w| w.name.clone());
+    let named = link.and_then(|l| l.wifi.as_ref()).and_then(NetworkName::of);
+    let (ssid, network_name) = named.unzip();
     UplinkStatus {
         binding: binding.mode(),
         network: link.map(|l| l.network),
         families: link.map(|l| l.families.clone()).unwrap_or_default(),
         metered: link.is_some_and(|l| l.metered.metered),
         metered_because: link.and_then(|l| l.metered.because),
-        metered_override: answers.for_network(network_name.as_ref()),
+        metered_override: answers.for_network(ssid.as_ref()),
         network_name,
         interface,
     }
@@ -168,14 +194,15 @@ mod tests {
 
     #[test]
     fn names_the_wifi_network_and_its_own_answer() {
-        use crate::conditions::wpa::Wifi;
-        let name = |ssid: &str| NetworkName {
-            ssid: ssid.into(),
+        let home = Ssid::from_bytes(b"Home");
+        let shown = NetworkName {
+            ssid: "Home".into(),
             bssid: "02:00:00:00:01:00".into(),
         };
         let mut wifi = link("wlan0", Network::Wifi, None);
         wifi.wifi = Some(Wifi {
-            name: name("Home"),
+            bssid: "02:00:00:00:01:00".into(),
+            ssid: Some(home.clone()),
             beacon: Default::default(),
         });
         let cell = link("wwan0", Network::Cellular, Some(MeteredBy::Cellular));
@@ -183,10 +210,10 @@ mod tests {
             global: Some(true),
             ..Default::default()
         };
-        answers.set_network(&name("Home"), Some(false));
+        answers.set_network(&home, Some(false));
         let s = snap(vec![wifi.clone(), cell.clone()]);
         let u = describe(Some(&s), &Binding::Device("wlan0".into()), &answers);
-        assert_eq!(u.network_name, Some(name("Home")));
+        assert_eq!(u.network_name, Some(shown.clone()));
         assert_eq!(u.metered_override, Some(false), "its own answer wins");
         let json = serde_json::to_value(&u).unwrap();
         assert_eq!(
@@ -195,13 +222,19 @@ mod tests {
         );
         // Cellular first and nothing bound: the status is about wwan0 and names no Wi-Fi, but
         // the app's answer is about the Wi-Fi it can see.
-        let s = snap(vec![cell, wifi]);
+        let s = snap(vec![cell.clone(), wifi.clone()]);
         let u = describe(Some(&s), &Binding::Refused, &answers);
         assert_eq!((u.network_name, u.metered_override), (None, Some(true)));
         assert_eq!(
             answered_network(Some(&s), &Binding::Refused),
-            Some(name("Home"))
+            Some((home, shown))
         );
         assert_eq!(answered_network(None, &Binding::Refused), None);
+        // An empty SSID is no name: the answer for every network.
+        wifi.wifi.as_mut().unwrap().ssid = None;
+        let s = snap(vec![wifi, cell]);
+        let u = describe(Some(&s), &Binding::Device("wlan0".into()), &answers);
+        assert_eq!((u.network_name, u.metered_override), (None, Some(true)));
+        assert_eq!(answered_network(Some(&s), &Binding::Refused), None);
     }
 }

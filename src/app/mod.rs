@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::card::Card;
-use crate::conditions::wpa::NetworkName;
+use crate::conditions::wpa::Ssid;
 use crate::conditions::{Activity, Snapshot};
 use crate::config::Config;
 use crate::credentials::{self, Account};
@@ -544,10 +544,16 @@ impl App {
     /// `PUT /v1/network` from the app: whether the Wi-Fi is metered (`None`: the daemon decides
     /// from the firmware's flag and the network's signs). When a Wi-Fi network's name is known
     /// ([`uplink::answered_network`]) the answer is for that network only, as phones remember
-    /// it, and wins over the answer for every network there; without a name (no
-    /// wpa_supplicant socket, Ethernet) it is the answer for every network, as before. `null`
-    /// forgets the answer in force ([`crate::conditions::metered::Answers::apply`]). Returns
-    /// the answer and the network it was for (`None`: every network).
+    /// it, and wins over the answer for every network there, `None` included ("the daemon
+    /// decides here"); without a name (no wpa_supplicant socket, Ethernet) it is the answer for
+    /// every network, as before ([`crate::conditions::metered::Answers::apply`]).
+    ///
+    /// `shown_ssid`: the network's name the app showed the user (`status.uplink.network_name
+    /// .ssid`); when given and the camera is not on that network now (it moved since the app
+    /// read the status, or no name is known), nothing changes: 409 `network_changed`.
+    ///
+    /// Returns the answer now in force on that network (`status.uplink.metered_override`) and
+    /// the network it was for (`None`: every network).
     ///
     /// Kept with the user's choices, then enforced: a metered Wi-Fi under `wifi`/`unmetered`
     /// stops the upload in flight at the next conditions read, which this triggers at once.
@@ -557,12 +563,26 @@ impl App {
     pub fn set_metered(
         &self,
         metered: Option<bool>,
-    ) -> Result<(Option<bool>, Option<NetworkName>), AppError> {
+        shown_ssid: Option<&str>,
+    ) -> Result<(Option<bool>, Option<uplink::NetworkName>), AppError> {
         let _one = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         let network =
             uplink::answered_network(self.live().snapshot.as_ref(), &self.client.binding());
+        if let Some(shown) = shown_ssid {
+            if network.as_ref().map(|(_, n)| n.ssid.as_str()) != Some(shown) {
+                // The names stay out of the message, which the log and the bundle may carry.
+                return Err(AppError::conflict(
+                    "network_changed",
+                    "`ssid` does not name the Wi-Fi network the camera is on now (it moved, or \
+                     its name cannot be read): nothing was changed; read the status again and \
+                     ask about the network it names",
+                ));
+            }
+        }
+        let (ssid, shown) = network.unzip();
         let mut answers = self.activity.metered_answers();
-        let network = answers.apply(network.as_ref(), metered);
+        answers.apply(ssid.as_ref(), metered);
+        let in_force = answers.for_network(ssid.as_ref());
         if metered == Some(true) {
             self.activity.set_metered_answers(answers);
             self.save_withdrawal();
@@ -580,11 +600,11 @@ impl App {
         // The network's name stays out of the log, which the support bundle carries.
         tracing::info!(
             ?metered,
-            per_network = network.is_some(),
+            per_network = shown.is_some(),
             "the app set whether the Wi-Fi is metered"
         );
         self.recheck.notify_one();
-        Ok((metered, network))
+        Ok((in_force, shown))
     }
 
     /// `PUT /v1/recording` from the camera firmware.
@@ -1178,10 +1198,7 @@ fn answers_of(
         networks: networks
             .into_iter()
             .map(|n| crate::conditions::metered::NetworkAnswer {
-                name: NetworkName {
-                    ssid: n.ssid,
-                    bssid: n.bssid,
-                },
+                ssid: Ssid::from_key(&n.ssid),
                 metered: n.metered,
             })
             .collect(),
@@ -1195,8 +1212,7 @@ fn records_of(
     networks
         .iter()
         .map(|n| store::ledger::MeteredNetwork {
-            ssid: n.name.ssid.clone(),
-            bssid: n.name.bssid.clone(),
+            ssid: n.ssid.key().to_string(),
             metered: n.metered,
         })
         .collect()

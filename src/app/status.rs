@@ -501,7 +501,7 @@ mod tests {
             metered: true,
             metered_because: Some(MeteredBy::App),
             metered_override: Some(true),
-            network_name: Some(crate::conditions::wpa::NetworkName {
+            network_name: Some(crate::uplink::NetworkName {
                 ssid: "Home".into(),
                 bssid: "02:00:00:00:01:00".into(),
             }),

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::metered::Answers;
-use super::wpa::NetworkName;
 use super::{Problem, Reading};
 
 /// Signals that come from inside the daemon rather than from files: the firmware's
@@ -78,11 +77,6 @@ impl Activity {
     /// The app's answer for every network without one of its own, if it gave one.
     pub fn metered_override(&self) -> Option<bool> {
         self.answers().global
-    }
-
-    /// The app's answer for the Wi-Fi network `name` (`None` forgets it).
-    pub fn set_network_metered(&self, name: &NetworkName, metered: Option<bool>) {
-        self.answers().set_network(name, metered);
     }
 
     /// All of the app's answers, as in force now.

@@ -5,7 +5,8 @@
 //!
 //! What each source can tell, cheapest and most certain first:
 //! - the app's answer (`PUT /v1/network {"metered": true|false}`): the user's word, it wins over
-//!   everything else, both ways; `null` hands the decision back to the daemon;
+//!   everything else, both ways; `null` hands the decision back to the daemon ([`Answers`]:
+//!   per Wi-Fi network when its name is known, else for every network);
 //! - the firmware's flag file (`conditions.metered_flag`): the firmware knows its own Wi-Fi;
 //! - the access point's beacon (read from wpa_supplicant, [`super::wpa`]): Apple's Personal
 //!   Hotspot element, or Microsoft's Network Cost element saying the network costs money. The
@@ -31,7 +32,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::wpa::{Beacon, NetworkName};
+use super::wpa::{Beacon, Ssid};
 use super::{read_attr, Network, Problem, Reading};
 
 /// The gateway an iPhone's Personal Hotspot gives its clients.
@@ -136,79 +137,73 @@ pub fn decide(network: Network, gateway_v4: Option<Ipv4Addr>, signs: Signs) -> M
     }
 }
 
-/// How many Wi-Fi networks' answers are remembered: a camera that meets hundreds of networks
-/// (a trip, a crowded city) keeps the file small; the oldest answers go first.
+/// How many Wi-Fi networks' "not metered" answers are kept at most: past this the oldest
+/// "not metered" answer goes (see [`Answers::set_network`]).
 pub const NETWORKS_KEPT: usize = 64;
 
 /// The app's answer for one Wi-Fi network, kept in the user's choices (`choices.json`, as
 /// `store::ledger::MeteredNetwork`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkAnswer {
-    /// The network, by its SSID (as phones remember a network); the BSSID is the access point
-    /// last seen when the app answered, for display only.
-    pub name: NetworkName,
-    /// The app's word: metered or not.
-    pub metered: bool,
+    /// The network, by its SSID's bytes (as phones remember a network; a network of several
+    /// access points is one network). No BSSID is kept: it would say where the camera was.
+    pub ssid: Ssid,
+    /// The app's word: metered or not; `None`: the daemon decides on this network (the answer
+    /// for every network does not apply here).
+    pub metered: Option<bool>,
 }
 
 /// The app's answers (`PUT /v1/network`): one per Wi-Fi network whose SSID was known when it
 /// answered, and one for the rest (`global`: Ethernet, or a Wi-Fi whose name cannot be read,
-/// or a network without an answer of its own). A network's own answer wins on that network.
+/// or a network without an answer of its own). A network's own answer, "the daemon decides"
+/// included, wins on that network.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Answers {
     /// The answer for every network without its own (`None`: the daemon decides).
     pub global: Option<bool>,
-    /// Per network, oldest answer first, at most [`NETWORKS_KEPT`], one per SSID.
+    /// Per network, oldest answer first, one per SSID.
     pub networks: Vec<NetworkAnswer>,
 }
 
 impl Answers {
-    /// The answer in force on a link whose Wi-Fi network is `name` (`None`: not a Wi-Fi, or
-    /// its name is unknown).
-    pub fn for_network(&self, name: Option<&NetworkName>) -> Option<bool> {
-        name.and_then(|n| self.networks.iter().find(|a| a.name.ssid == n.ssid))
-            .map(|a| a.metered)
-            .or(self.global)
-    }
-
-    /// The app's `PUT /v1/network` on a link whose Wi-Fi network is `name` (`None`: unknown).
-    /// A known network gets the answer as its own; `null` forgets the answer in force there
-    /// (what `status.uplink.metered_override` shows): the network's own, or, when it has none,
-    /// the one for every network, so that "you decide" always hands the decision back where it
-    /// is said. Returns the network the answer was for (`None`: every network).
-    pub fn apply(
-        &mut self,
-        name: Option<&NetworkName>,
-        metered: Option<bool>,
-    ) -> Option<NetworkName> {
-        match (name, metered) {
-            (Some(n), None) if !self.networks.iter().any(|a| a.name.ssid == n.ssid) => {
-                self.global = None;
-                None
-            }
-            (Some(n), m) => {
-                self.set_network(n, m);
-                Some(n.clone())
-            }
-            (None, m) => {
-                self.global = m;
-                None
-            }
+    /// The answer in force on a link whose Wi-Fi network is `ssid` (`None`: not a Wi-Fi, or
+    /// its name is unknown): its own, else the one for every network.
+    pub fn for_network(&self, ssid: Option<&Ssid>) -> Option<bool> {
+        match ssid.and_then(|s| self.networks.iter().find(|a| a.ssid == *s)) {
+            Some(own) => own.metered,
+            None => self.global,
         }
     }
 
-    /// Remembers `metered` for the network `name` (`None` forgets its answer), as the newest.
-    /// Past [`NETWORKS_KEPT`] the oldest "not metered" answer goes, else the oldest: dropping a
-    /// "metered" would allow more than the user did, dropping a "not metered" only less.
-    pub fn set_network(&mut self, name: &NetworkName, metered: Option<bool>) {
-        self.networks.retain(|a| a.name.ssid != name.ssid);
-        let Some(metered) = metered else { return };
+    /// The app's `PUT /v1/network` on a link whose Wi-Fi network is `ssid` (`None`: unknown).
+    /// A known network gets the answer as its own, `null` ("the daemon decides") included, so
+    /// that "you decide" hands the decision back there and nowhere else: the answer for every
+    /// network stays for the others. Without a name the answer is the one for every network.
+    pub fn apply(&mut self, ssid: Option<&Ssid>, metered: Option<bool>) {
+        match ssid {
+            Some(s) => self.set_network(s, metered),
+            None => self.global = metered,
+        }
+    }
+
+    /// Remembers `metered` for the network `ssid` (`None`: the daemon decides there), as the
+    /// newest. Past [`NETWORKS_KEPT`] entries the oldest "not metered" answer other than this
+    /// one goes: dropping it can only narrow what may be sent (the network falls back to the
+    /// answer for every network, at most as wide). A "metered" or "daemon decides" answer is
+    /// never dropped: either would let the answer for every network (`false`, now or later)
+    /// widen what is sent on a network the user spoke about. With none to drop the list grows:
+    /// each entry is one of the user's answers, so it grows only as fast as the user answers.
+    pub fn set_network(&mut self, ssid: &Ssid, metered: Option<bool>) {
+        self.networks.retain(|a| a.ssid != *ssid);
         self.networks.push(NetworkAnswer {
-            name: name.clone(),
+            ssid: ssid.clone(),
             metered,
         });
         while self.networks.len() > NETWORKS_KEPT {
-            let drop = self.networks.iter().position(|a| !a.metered).unwrap_or(0);
+            let older = &self.networks[..self.networks.len() - 1];
+            let Some(drop) = older.iter().position(|a| a.metered == Some(false)) else {
+                break;
+            };
             self.networks.remove(drop);
         }
     }
@@ -484,12 +479,12 @@ mod tests {
         }
     }
 
+    fn net(i: usize) -> Ssid {
+        Ssid::from_bytes(format!("net{i}").as_bytes())
+    }
+
     #[test]
-    fn answers_per_network_win_there_and_are_capped() {
-        let net = |i: usize| NetworkName {
-            ssid: format!("net{i}"),
-            bssid: format!("02:00:00:00:00:{:02x}", i % 256),
-        };
+    fn answers_per_network_win_there() {
         let mut a = Answers {
             global: Some(true),
             ..Answers::default()
@@ -502,36 +497,96 @@ mod tests {
             "the global answer"
         );
         assert_eq!(a.for_network(None), Some(true));
-        // The same SSID through another access point is the same network.
-        let other_ap = NetworkName {
-            bssid: "02:00:00:00:09:09".into(),
-            ..net(1)
+        // Two SSIDs that read the same (GBK "家", "办": both "��") are two networks.
+        a.set_network(&Ssid::from_bytes(b"\xbc\xd2"), Some(false));
+        assert_eq!(
+            a.for_network(Some(&Ssid::from_bytes(b"\xb0\xec"))),
+            Some(true)
+        );
+        // Without a name the app's answer is the one for every network.
+        a.apply(None, Some(false));
+        assert_eq!(
+            (a.global, a.for_network(Some(&net(2)))),
+            (Some(false), Some(false))
+        );
+        a.apply(None, None);
+        assert_eq!(a.global, None);
+    }
+
+    /// "You decide" on a network hands the decision back there, and only there: with a
+    /// global "not metered" left from before, "metered" then `null` on a hotspot lets the
+    /// daemon decide on the hotspot (its beacon counts), keeps the global "not metered"
+    /// elsewhere, and clears nothing on a network with no answer of its own.
+    #[test]
+    fn null_on_a_network_is_the_daemons_decision_there_only() {
+        let hotspot = Ssid::from_bytes(b"iPhone");
+        let mut a = Answers {
+            global: Some(false),
+            ..Answers::default()
         };
-        assert_eq!(a.for_network(Some(&other_ap)), Some(false));
-        a.set_network(&net(1), None);
-        assert_eq!(a.for_network(Some(&net(1))), Some(true), "forgotten");
-        assert!(a.networks.is_empty());
+        a.apply(Some(&hotspot), Some(true));
+        assert_eq!(a.for_network(Some(&hotspot)), Some(true));
+        a.apply(Some(&hotspot), None);
+        assert_eq!(
+            a.for_network(Some(&hotspot)),
+            None,
+            "the daemon decides there"
+        );
+        assert_eq!(a.global, Some(false), "the answer elsewhere stays");
+        assert_eq!(a.for_network(Some(&net(9))), Some(false));
+        // On a network with no answer of its own: the same, the global answer stays.
+        a.apply(Some(&net(3)), None);
+        assert_eq!(a.global, Some(false));
+        assert_eq!(a.for_network(Some(&net(3))), None);
+        assert_eq!(a.for_network(None), Some(false));
+        // Answering again replaces the entry, newest last.
+        a.apply(Some(&hotspot), Some(false));
+        assert_eq!(
+            a.networks
+                .iter()
+                .map(|n| (n.ssid.key(), n.metered))
+                .collect::<Vec<_>>(),
+            [("net3", None), ("iPhone", Some(false))]
+        );
+    }
 
-        // What the app's PUT does: an answer on a known network is its own; "you decide"
-        // forgets the answer in force there, its own first, then the one for every network.
-        assert_eq!(a.apply(Some(&net(1)), Some(false)), Some(net(1)));
-        assert_eq!(a.global, Some(true));
-        assert_eq!(a.apply(Some(&net(1)), None), Some(net(1)));
-        assert_eq!(a.for_network(Some(&net(1))), Some(true));
-        assert_eq!(a.apply(Some(&net(1)), None), None);
-        assert_eq!((a.global, a.for_network(Some(&net(1)))), (None, None));
-        assert_eq!(a.apply(None, Some(true)), None);
-        assert_eq!(a.global, Some(true));
-
-        // A "metered" among many "not metered": the cap drops the oldest "not metered" first.
+    /// The cap drops only "not metered" answers, and never the one just given: a "metered" or
+    /// "daemon decides" answer is the user's protection and stays, the list growing instead.
+    #[test]
+    fn the_cap_drops_only_not_metered_answers() {
+        let mut a = Answers::default();
+        // A "metered" among many "not metered": the oldest "not metered" go.
         a.set_network(&net(0), Some(true));
         for i in 1..=NETWORKS_KEPT + 10 {
             a.set_network(&net(i), Some(false));
         }
         assert_eq!(a.networks.len(), NETWORKS_KEPT);
         assert_eq!(a.for_network(Some(&net(0))), Some(true));
-        assert!(a.networks.iter().all(|n| n.name != net(1)));
-        assert_eq!(a.networks.last().unwrap().name, net(NETWORKS_KEPT + 10));
+        assert!(a.networks.iter().all(|n| n.ssid != net(1)));
+        assert_eq!(a.networks.last().unwrap().ssid, net(NETWORKS_KEPT + 10));
+
+        // Every entry "metered" or "daemon decides": a new "not metered" is kept, and so is
+        // every "metered" when another one comes: the list grows.
+        let mut a = Answers::default();
+        for i in 0..NETWORKS_KEPT {
+            a.set_network(&net(i), if i % 2 == 0 { Some(true) } else { None });
+        }
+        a.set_network(&net(100), Some(false));
+        assert_eq!(a.for_network(Some(&net(100))), Some(false));
+        a.set_network(&net(101), Some(true));
+        assert_eq!(
+            a.networks.len(),
+            NETWORKS_KEPT + 1,
+            "the older not metered went"
+        );
+        assert!(a.networks.iter().all(|n| n.ssid != net(100)));
+        for i in 0..NETWORKS_KEPT {
+            let want = if i % 2 == 0 { Some(true) } else { None };
+            assert_eq!(a.for_network(Some(&net(i))), want, "net{i}");
+            assert!(a.networks.iter().any(|n| n.ssid == net(i)), "net{i}");
+        }
+        a.set_network(&net(102), Some(true));
+        assert_eq!(a.networks.len(), NETWORKS_KEPT + 2);
     }
 
     #[test]

@@ -269,8 +269,9 @@ pub struct Reader {
     networkd_leases: Option<PathBuf>,
     dhcp_vendor_dir: Option<PathBuf>,
     wpa_ctrl_dir: PathBuf,
-    /// What wpa_supplicant said per Wi-Fi interface, and about which link (see [`Reader::read`]).
-    wifi: HashMap<String, (LinkKey, Option<wpa::Wifi>)>,
+    /// What wpa_supplicant last said per Wi-Fi interface, about which link, and whether that
+    /// is its answer now (see [`Reader::read`]).
+    wifi: HashMap<String, Named>,
     cellular: GlobSet,
     warned: Warned,
 }
@@ -278,6 +279,18 @@ pub struct Reader {
 /// What identifies a link's network as the route table shows it: a new gateway or a new set of
 /// families is a new network, whose name is asked again even on a timed read.
 type LinkKey = (Option<std::net::Ipv4Addr>, Vec<Family>);
+
+/// What the reader knows of one Wi-Fi link's network.
+#[derive(Debug, Clone)]
+struct Named {
+    /// The link it is about.
+    key: LinkKey,
+    /// The last answer wpa_supplicant gave about it (`None`: none yet).
+    wifi: Option<wpa::Wifi>,
+    /// Whether the last time it was asked it answered: if not, the last answer is kept but
+    /// it is asked again at every read until it answers.
+    answered: bool,
+}
 
 impl Reader {
     /// A reader over the paths in `cfg`.
@@ -302,8 +315,9 @@ impl Reader {
     /// wpa_supplicant is asked which network each Wi-Fi link is on when the read is `fresh`
     /// (something told the loop that the device changed, or the app asked), when the link is
     /// new, or when its gateway or families changed; a timed read (every second while
-    /// uploading) reuses the last answer. Roaming to another network takes the link down and up
-    /// (rtnetlink tells), or changes its gateway: either way it is asked again.
+    /// uploading) reuses the last answer, if wpa_supplicant gave one (a failure is asked again
+    /// at every read, see [`Reader::name_networks`]). Roaming to another network takes the link
+    /// down and up (rtnetlink tells), or changes its gateway: either way it is asked again.
     pub async fn read(&mut self, activity: &Activity, fresh: bool) -> Snapshot {
         let power = power::read_power(&self.sysfs);
         self.report(Source::Power, power.problem.as_ref());
@@ -319,8 +333,10 @@ impl Reader {
         self.report(Source::MeteredFlag, metered_flag.problem.as_ref());
 
         let mut links = route.value.links;
-        let wpa_problem = self.name_networks(&mut links, fresh).await;
-        self.report(Source::Wpa, wpa_problem.as_ref());
+        // Only a read that asked says whether wpa_supplicant can be asked again.
+        if let Some(wpa_problem) = self.name_networks(&mut links, fresh).await {
+            self.report(Source::Wpa, wpa_problem.as_ref());
+        }
         let answers = activity.metered_answers();
         let mut dhcp_problem = None;
         for link in &mut links {
@@ -333,7 +349,7 @@ impl Reader {
             dhcp_problem = dhcp_problem.or(dhcp.problem);
             let wifi = link.wifi.as_ref();
             let signs = metered::Signs {
-                app: answers.for_network(wifi.map(|w| &w.name)),
+                app: answers.for_network(wifi.and_then(|w| w.ssid.as_ref())),
                 flag: metered_flag.value,
                 android_dhcp: dhcp.value,
                 beacon: wifi.map(|w| w.beacon).unwrap_or_default(),
@@ -359,28 +375,49 @@ impl Reader {
     }
 
     /// Fills in [`Link::wifi`] of the Wi-Fi links, asking wpa_supplicant where the last answer
-    /// may be stale (see [`Reader::read`]); forgets the links that are gone. The first problem
-    /// is returned for the log.
-    async fn name_networks(&mut self, links: &mut [Link], fresh: bool) -> Option<Problem> {
+    /// may be stale (see [`Reader::read`]); forgets the links that are gone. A failure is never
+    /// kept as an answer: a link that did not change keeps the network it was last named (a
+    /// timeout, a refused connection or a wpa_supplicant still associating says nothing of a
+    /// new network, and "no name" would let the answer for every network apply where the user
+    /// called this one metered), and it is asked again at every read, timed ones too, until it
+    /// answers. `None`: nothing was asked; else the first problem, for the log.
+    async fn name_networks(&mut self, links: &mut [Link], fresh: bool) -> Option<Option<Problem>> {
+        let mut asked = false;
         let mut problem = None;
         let mut seen = HashMap::with_capacity(links.len());
         for link in links.iter_mut().filter(|l| l.network == Network::Wifi) {
             let key: LinkKey = (link.gateway_v4, link.families.clone());
-            let wifi = match self.wifi.remove(&link.interface) {
-                Some((k, wifi)) if k == key && !fresh => wifi,
-                _ => match wpa::query(&self.wpa_ctrl_dir, &link.interface).await {
-                    Ok(wifi) => wifi,
-                    Err(p) => {
-                        problem.get_or_insert(p);
-                        None
+            let last = self.wifi.remove(&link.interface).filter(|n| n.key == key);
+            let named = match last {
+                Some(n) if n.answered && !fresh => n,
+                last => {
+                    asked = true;
+                    let answer = match wpa::query(&self.wpa_ctrl_dir, &link.interface).await {
+                        Ok(answer) => answer,
+                        Err(p) => {
+                            problem.get_or_insert(p);
+                            None
+                        }
+                    };
+                    match answer {
+                        Some(wifi) => Named {
+                            key,
+                            wifi: Some(wifi),
+                            answered: true,
+                        },
+                        None => Named {
+                            key,
+                            wifi: last.and_then(|n| n.wifi),
+                            answered: false,
+                        },
                     }
-                },
+                }
             };
-            link.wifi = wifi.clone();
-            seen.insert(link.interface.clone(), (key, wifi));
+            link.wifi = named.wifi.clone();
+            seen.insert(link.interface.clone(), named);
         }
         self.wifi = seen;
-        problem
+        asked.then_some(problem)
     }
 
     fn report(&mut self, source: Source, problem: Option<&Problem>) {
@@ -543,5 +580,86 @@ mod tests {
         assert_eq!(snap.temp_c, None);
         assert_eq!(snap.load, None);
         assert!(!snap.recording);
+    }
+
+    /// A Wi-Fi link behind a fake wpa_supplicant (`testkit::wpa`), its gateway 192.168.1.1.
+    fn wifi_tree(dir: &Path) -> config::Conditions {
+        let sys = dir.join("sys");
+        let proc = dir.join("proc");
+        fake::write(
+            &proc,
+            "net/route",
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0",
+        );
+        fake::write(&sys, "class/net/wlan0/operstate", "up");
+        fake::write(&sys, "class/net/wlan0/phy80211/name", "phy0");
+        config::Conditions {
+            sysfs: sys,
+            proc,
+            recording_flag: dir.join("recording"),
+            wpa_ctrl_dir: dir.join("wpa"),
+            ..Default::default()
+        }
+    }
+
+    fn ssid_of(snap: &Snapshot) -> Option<String> {
+        snap.links[0]
+            .wifi
+            .as_ref()
+            .and_then(|w| w.ssid.as_ref())
+            .map(|s| s.shown())
+    }
+
+    /// A wpa_supplicant that does not answer (busy, restarting) is no answer, not "no name":
+    /// the network the link was on stays named, so the user's "metered" for it still holds,
+    /// and it is asked again at the next read, a timed one too, until it answers. The warning
+    /// is logged once for the outage, not taken back by a read that could not ask.
+    #[tokio::test]
+    async fn a_failed_wpa_query_keeps_the_last_name_and_is_asked_again() {
+        use testkit::wpa::{FakeWpa, Network as Net};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = wifi_tree(dir.path());
+        let wpa = FakeWpa::start(
+            &cfg.wpa_ctrl_dir,
+            "wlan0",
+            Some(Net::named("Hotspot", "02:00:00:00:0c:01")),
+        );
+        let activity = Activity::new();
+        let mut hotspot = crate::conditions::metered::Answers::default();
+        hotspot.set_network(&wpa::Ssid::from_bytes(b"Hotspot"), Some(true));
+        activity.set_metered_answers(hotspot);
+        let mut reader = Reader::new(&cfg);
+        let snap = reader.read(&activity, true).await;
+        assert_eq!(ssid_of(&snap).as_deref(), Some("Hotspot"));
+        assert!(snap.links[0].metered.metered);
+
+        wpa.set_silent(true);
+        let snap = reader.read(&activity, true).await;
+        assert_eq!(
+            ssid_of(&snap).as_deref(),
+            Some("Hotspot"),
+            "the last name kept"
+        );
+        assert!(snap.links[0].metered.metered, "still the user's answer");
+        let warned = |r: &Reader| r.warned.0[Source::Wpa as usize];
+        assert!(warned(&reader));
+        let before = wpa.asked();
+        let snap = reader.read(&activity, false).await;
+        assert_eq!(ssid_of(&snap).as_deref(), Some("Hotspot"));
+        assert!(warned(&reader), "no 'can be read again' in the outage");
+
+        // It answers again, on another network: a timed read asks and sees it.
+        wpa.set(Some(Net::named("Other", "02:00:00:00:0d:01")));
+        wpa.set_silent(false);
+        let snap = reader.read(&activity, false).await;
+        assert!(wpa.asked() > before, "the timed read asked");
+        assert_eq!(ssid_of(&snap).as_deref(), Some("Other"));
+        assert!(!snap.links[0].metered.metered);
+        assert!(!warned(&reader), "recovered");
+        // Answered: timed reads reuse it and ask nothing.
+        let asked = wpa.asked();
+        reader.read(&activity, false).await;
+        assert_eq!(wpa.asked(), asked);
     }
 }

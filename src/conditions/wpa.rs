@@ -1,33 +1,36 @@
 //! Which Wi-Fi network an interface is on, and what its access point says about itself, from
-//! wpa_supplicant's control interface (issue 25): the network's name (SSID, BSSID) keys the
-//! app's per-network "metered" answer, and the beacon's vendor elements tell a phone's hotspot.
+//! wpa_supplicant's control interface (issue 25): the network's name (its SSID's bytes) keys
+//! the app's per-network "metered" answer, and the beacon's vendor elements tell a phone's
+//! hotspot.
 //!
 //! The dialogue is wpa_supplicant's own (`wpa_ctrl.c`, `ctrl_iface_unix.c`): a datagram socket
-//! of ours, bound to a name the server can answer to, connected to `conditions.wpa_ctrl_dir/IF`
-//! (the directory of `ctrl_interface=DIR=...` in wpa_supplicant.conf), one command per datagram,
-//! one reply per command. Ours is bound in Linux's abstract namespace, so there is no file to
-//! create or clean up and nothing left behind by a crash; wpa_supplicant replies with `sendto` to
-//! the address `recvfrom` gave it, abstract or not. The commands:
+//! of ours, bound to a name the server can answer to, connected to
+//! `conditions.wpa_ctrl_dir/IF` (the directory of `ctrl_interface=DIR=...` in
+//! wpa_supplicant.conf), one command per datagram, one reply per command. Ours is bound in
+//! Linux's abstract namespace, so there is no file to create or clean up and nothing left behind
+//! by a crash; wpa_supplicant replies with `sendto` to the address `recvfrom` gave it, abstract
+//! or not. The name is random ([`random_name`]): any local process can bind an abstract name,
+//! and one that bound ours first would silence the reader. The commands:
 //! - `STATUS`: `wpa_state=COMPLETED` when associated, `bssid=` and `ssid=`, the SSID escaped
 //!   by wpa_supplicant's `printf_encode` (`\\`, `\"`, `\e`, `\n`, `\r`, `\t`, else `\xNN` for a
-//!   byte outside 32..=126), decoded by [`decode_ssid`];
+//!   byte outside 32..=126), decoded by [`decode_ssid`] and encoded again by [`encode_ssid`]
+//!   into the canonical key [`Ssid`] (an empty one is no name);
 //! - `BSS <bssid>`: the scan entry of that access point, whose `ie=` (the last probe response's
 //!   or beacon's information elements) and `beacon_ie=` (the last beacon's, when both were
 //!   seen) are hex. [`read_elements`] parses them.
 //!
 //! Invariants: never fails the conditions read and never blocks the runtime (a nonblocking
-//! socket, [`TIMEOUT`] for the whole dialogue); no socket, no permission, or no answer is
-//! "no name", which is exactly the daemon without this reader. Only the absence of an answer
-//! where a socket exists is a [`Problem`] (logged once): a wpa_supplicant that does not run
-//! leaves no socket behind and is not worth a warning.
+//! socket, [`TIMEOUT`] for the whole dialogue); no socket, no permission, or no answer is no
+//! answer, never a name: the reader ([`super::Reader`]) keeps the last name of a link that did
+//! not change and asks again at the next read, and a Wi-Fi never named is "no name", exactly
+//! the daemon without this reader. Only the absence of an answer where a socket exists is a
+//! [`Problem`] (logged once): a wpa_supplicant that does not run leaves no socket behind and is
+//! not worth a warning.
 
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use super::Problem;
 
@@ -74,22 +77,47 @@ const COST_FLAGS_METERED: u8 = 0x01 | 0x04;
 /// The Wi-Fi network an interface is associated with.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Wifi {
-    /// The network's name and the access point's address.
-    pub name: NetworkName,
+    /// The access point's address, `aa:bb:cc:dd:ee:ff`, as wpa_supplicant writes it. Shown in
+    /// the status from this live read, never stored.
+    pub bssid: String,
+    /// The network's name; `None` when wpa_supplicant names none (an empty `ssid=`), which is
+    /// "no name" like a daemon without this reader: no per-network answer applies.
+    pub ssid: Option<Ssid>,
     /// What its access point's beacon says.
     pub beacon: Beacon,
 }
 
-/// A Wi-Fi network's name as `status.uplink.network_name` shows it. Private: it never leaves
-/// the camera except to the app over the control socket (not in upload metadata, not in the
-/// support bundle without `--with-names`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NetworkName {
-    /// The SSID, decoded. An SSID is up to 32 arbitrary octets; one that is not UTF-8 is shown
-    /// (and remembered) with U+FFFD in place of the bytes that are not.
-    pub ssid: String,
-    /// The access point's address, `aa:bb:cc:dd:ee:ff`, as wpa_supplicant writes it.
-    pub bssid: String,
+/// A Wi-Fi network's name (SSID): up to 32 arbitrary octets, kept as their canonical text
+/// ([`encode_ssid`], wpa_supplicant's own `printf_encode`), so two names that differ in any
+/// byte never share an answer: GBK's "家" (`bc d2`) and "办" (`b0 ec`) both read as "��" when
+/// decoded, but are `\xbc\xd2` and `\xb0\xec` here. The text is the key the app's answers are
+/// stored under (`choices.json` `metered_networks[].ssid`); [`Ssid::shown`] is for display.
+/// Private: it never leaves the camera except to the app over the control socket (not in
+/// upload metadata, not in the log, not in the support bundle without `--with-names`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ssid(String);
+
+impl Ssid {
+    /// The name of these bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Ssid {
+        Ssid(encode_ssid(bytes))
+    }
+
+    /// The name stored as `key` (what [`Ssid::key`] gave), made canonical again: a key written
+    /// by hand, or escaped another way, names the same bytes.
+    pub fn from_key(key: &str) -> Ssid {
+        Ssid::from_bytes(&decode_ssid(key))
+    }
+
+    /// The canonical text, for storing.
+    pub fn key(&self) -> &str {
+        &self.0
+    }
+
+    /// The name for people: UTF-8 as it is, other bytes as U+FFFD (`status.uplink.network_name`).
+    pub fn shown(&self) -> String {
+        String::from_utf8_lossy(&decode_ssid(&self.0)).into_owned()
+    }
 }
 
 /// The metered signs in an access point's information elements.
@@ -153,9 +181,10 @@ pub fn parse_bss(reply: &str) -> Beacon {
         .fold(Beacon::default(), |b, ies| b.or(read_elements(&ies)))
 }
 
-/// The network in a `STATUS` reply, when wpa_supplicant is associated (`wpa_state=COMPLETED`)
-/// and names both the SSID and the BSSID.
-pub fn parse_status(reply: &str) -> Option<NetworkName> {
+/// What a `STATUS` reply says when wpa_supplicant is associated (`wpa_state=COMPLETED`) and
+/// names the BSSID: the BSSID, and the SSID unless it is empty. `None` otherwise (scanning,
+/// associating, a reply without a BSSID).
+pub fn parse_status(reply: &str) -> Option<(String, Option<Ssid>)> {
     let field = |key: &str| {
         reply
             .lines()
@@ -165,11 +194,28 @@ pub fn parse_status(reply: &str) -> Option<NetworkName> {
         return None;
     }
     let bssid = field("bssid")?.trim().to_ascii_lowercase();
-    let ssid = decode_ssid(field("ssid")?);
-    Some(NetworkName {
-        ssid: String::from_utf8_lossy(&ssid).into_owned(),
-        bssid,
-    })
+    let ssid = decode_ssid(field("ssid").unwrap_or(""));
+    Some((bssid, (!ssid.is_empty()).then(|| Ssid::from_bytes(&ssid))))
+}
+
+/// wpa_supplicant's `printf_encode` (src/utils/common.c): `\\`, `\"`, `\e`, `\n`, `\r`, `\t`,
+/// other bytes outside 32..=126 as `\xNN` (lower-case hex), the rest as they are. One text per
+/// byte string, and [`decode_ssid`] gives the bytes back.
+pub fn encode_ssid(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            0x1b => out.push_str("\\e"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            32..=126 => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
 }
 
 /// Undoes wpa_supplicant's `printf_encode` (src/utils/common.c): `\\`, `\"`, `\e`, `\n`,
@@ -219,9 +265,9 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Asks the wpa_supplicant of `interface` (its socket `dir/interface`) which network it is on
 /// and what the access point's beacon says. `Ok(None)`: no socket (wpa_supplicant does not
-/// run or manages no such interface), or not associated. `Err`, for the log, which the caller
-/// reads as no name all the same: no permission to ask (the socket's `ctrl_interface_group`),
-/// or a socket that did not answer within [`TIMEOUT`].
+/// run or manages no such interface), or not associated (yet). `Err`, for the log: no
+/// permission to ask (the socket's `ctrl_interface_group`), or a socket that did not answer
+/// within [`TIMEOUT`]. Only `Ok(Some)` is an answer the caller may keep.
 pub async fn query(dir: &Path, interface: &str) -> Result<Option<Wifi>, Problem> {
     let path = dir.join(interface);
     match tokio::time::timeout(TIMEOUT, dialogue(&path)).await {
@@ -248,25 +294,40 @@ fn quiet(e: &io::Error) -> bool {
 }
 
 async fn dialogue(path: &Path) -> io::Result<Option<Wifi>> {
-    let socket = client_socket()?;
+    let socket = client_socket(random_name)?;
     socket.connect(path)?;
-    let Some(name) = parse_status(&ask(&socket, "STATUS").await?) else {
+    let Some((bssid, ssid)) = parse_status(&ask(&socket, "STATUS").await?) else {
         return Ok(None);
     };
-    let beacon = parse_bss(&ask(&socket, &format!("BSS {}", name.bssid)).await?);
-    Ok(Some(Wifi { name, beacon }))
+    let beacon = parse_bss(&ask(&socket, &format!("BSS {bssid}")).await?);
+    Ok(Some(Wifi {
+        bssid,
+        ssid,
+        beacon,
+    }))
 }
 
-/// A datagram socket bound to a fresh abstract name, so that the server can answer.
-fn client_socket() -> io::Result<tokio::net::UnixDatagram> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "cambackup-wpa-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+/// How many names [`client_socket`] tries before it gives up.
+const BIND_TRIES: usize = 4;
+
+/// A fresh, unpredictable abstract name: a local process that bound the name first would get
+/// wpa_supplicant's replies (or keep the daemon from asking); 64 random bits cannot be
+/// guessed in advance, and a name taken anyway is only tried again under another one.
+fn random_name() -> String {
+    format!("cambackup-wpa-{:016x}", fastrand::u64(..))
+}
+
+/// A datagram socket bound to an abstract name from `name` (tried again under a new one while
+/// the name is taken), so that the server can answer.
+fn client_socket(mut name: impl FnMut() -> String) -> io::Result<tokio::net::UnixDatagram> {
+    let mut tries = 0;
+    let socket = loop {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name().as_bytes())?;
+        match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries + 1 < BIND_TRIES => tries += 1,
+            bound => break bound?,
+        }
+    };
     socket.set_nonblocking(true)?;
     tokio::net::UnixDatagram::from_std(socket)
 }
@@ -381,19 +442,28 @@ mod tests {
         let reply = "bssid=02:00:00:00:01:00\nfreq=2412\nssid=Caf\\xc3\\xa9 \\\"Wi-Fi\\\" \\\\o/\n\
                      id=0\nmode=station\nkey_mgmt=WPA2-PSK\nwpa_state=COMPLETED\n\
                      ip_address=192.168.1.20\naddress=02:00:00:00:00:00\n";
-        assert_eq!(
-            parse_status(reply),
-            Some(NetworkName {
-                ssid: "Café \"Wi-Fi\" \\o/".into(),
-                bssid: "02:00:00:00:01:00".into()
-            })
-        );
+        let (bssid, ssid) = parse_status(reply).unwrap();
+        assert_eq!(bssid, "02:00:00:00:01:00");
+        let ssid = ssid.unwrap();
+        assert_eq!(ssid.shown(), "Café \"Wi-Fi\" \\o/");
+        assert_eq!(ssid.key(), r#"Caf\xc3\xa9 \"Wi-Fi\" \\o/"#);
         assert_eq!(
             parse_status("wpa_state=SCANNING\naddress=02:00:00:00:00:00\n"),
             None
         );
         assert_eq!(parse_status("wpa_state=COMPLETED\nssid=x\n"), None);
         assert_eq!(parse_status("FAIL\n"), None);
+        // An empty SSID (or none) is no name: the access point is still asked for its beacon.
+        for reply in [
+            "bssid=02:00:00:00:01:00\nssid=\nwpa_state=COMPLETED\n",
+            "bssid=02:00:00:00:01:00\nwpa_state=COMPLETED\n",
+        ] {
+            assert_eq!(
+                parse_status(reply),
+                Some(("02:00:00:00:01:00".into(), None)),
+                "{reply}"
+            );
+        }
     }
 
     #[test]
@@ -401,6 +471,41 @@ mod tests {
         assert_eq!(decode_ssid(r"a\tb\nc\rd\ee"), b"a\tb\nc\rd\x1be");
         assert_eq!(decode_ssid(r"\x00\xff\xZZ\q\"), b"\x00\xff\\xZZ\\q\\");
         assert_eq!(decode_ssid(""), b"");
+    }
+
+    /// Two SSIDs that differ in any byte are two names, though both show as U+FFFD: GBK's
+    /// "家" and "办", which `from_utf8_lossy` made one stored answer.
+    #[test]
+    fn ssids_are_told_apart_by_their_bytes() {
+        let home = Ssid::from_bytes(b"\xbc\xd2");
+        let office = Ssid::from_bytes(b"\xb0\xec");
+        assert_eq!(home.shown(), office.shown());
+        assert_ne!(home, office);
+        assert_eq!(home.key(), r"\xbc\xd2");
+        // wpa_supplicant's own escaping is the key, and one spelled otherwise names the same bytes.
+        let (_, from_status) =
+            parse_status("bssid=02:00:00:00:01:00\nssid=\\xbc\\xd2\nwpa_state=COMPLETED\n")
+                .unwrap();
+        assert_eq!(from_status, Some(home.clone()));
+        assert_eq!(Ssid::from_key(r"\xBC\xD2"), home);
+        assert_eq!(Ssid::from_key("Home").key(), "Home");
+        // Every byte string, through its key and back.
+        let mut x: u32 = 0x9e37_79b9;
+        for len in 0..=32usize {
+            for _ in 0..50 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        x as u8
+                    })
+                    .collect();
+                let s = Ssid::from_bytes(&bytes);
+                assert_eq!(decode_ssid(s.key()), bytes);
+                assert_eq!(Ssid::from_key(s.key()), s);
+            }
+        }
     }
 
     #[test]
@@ -454,8 +559,52 @@ mod tests {
             asked
         });
         let wifi = query(dir.path(), "wlan0").await.unwrap().unwrap();
-        assert_eq!(wifi.name.ssid, "Phone");
+        assert_eq!(wifi.ssid, Some(Ssid::from_bytes(b"Phone")));
+        assert_eq!(wifi.bssid, "02:00:00:00:01:00");
         assert!(wifi.beacon.apple_hotspot);
         assert_eq!(answers.join().unwrap(), ["STATUS", "BSS 02:00:00:00:01:00"]);
+    }
+
+    /// A local process that binds the names the client socket would use cannot get in the
+    /// way: the name is random (not the daemon's pid and a counter, which anyone could bind
+    /// first and so have every per-network answer ignored), and a name taken is tried again.
+    #[tokio::test]
+    async fn a_squatted_client_name_does_not_silence_wpa_supplicant() {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let squat = |name: &str| {
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap()
+        };
+        // The names a pid-and-counter scheme would use next.
+        let _squatted: Vec<_> = (0..200)
+            .map(|n| squat(&format!("cambackup-wpa-{}-{n}", std::process::id())))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let server = UnixDatagram::bind(dir.path().join("wlan0")).unwrap();
+        let answers = std::thread::spawn(move || {
+            let mut buf = [0; 256];
+            for reply in [
+                "bssid=02:00:00:00:01:00\nssid=Home\nwpa_state=COMPLETED\n",
+                "bssid=02:00:00:00:01:00\n",
+            ] {
+                let (_, from) = server.recv_from(&mut buf).unwrap();
+                server.send_to_addr(reply.as_bytes(), &from).unwrap();
+            }
+        });
+        let wifi = query(dir.path(), "wlan0").await.unwrap().unwrap();
+        assert_eq!(wifi.ssid, Some(Ssid::from_bytes(b"Home")));
+        answers.join().unwrap();
+
+        // A taken name is tried again under the next one, a few times, then given up.
+        let taken = format!(
+            "cambackup-test-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let _taken = squat(&taken);
+        let mut names = [taken.clone(), format!("{taken}-free")].into_iter();
+        assert!(client_socket(|| names.next().unwrap()).is_ok());
+        let e = client_socket(|| taken.clone()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
     }
 }

@@ -320,6 +320,10 @@ async fn recording(
 pub(crate) struct NetworkRequest {
     #[serde(default, deserialize_with = "present")]
     metered: Option<Option<bool>>,
+    /// The network's name the app showed the user (`status.uplink.network_name.ssid`): the
+    /// answer is only taken if the camera is still on that network (409 `network_changed`).
+    #[serde(default)]
+    ssid: Option<String>,
 }
 
 /// A field that is present, `null` or not: `Some(value)`.
@@ -342,9 +346,9 @@ async fn network(
             "`metered` is required: true, false, or null to let the daemon decide",
         ));
     };
-    let (metered, network) = app.set_metered(metered)?;
-    // `network_name` only when the answer is for one network: without a name the answer is
-    // the one it always was, and so is the reply.
+    let (metered, network) = app.set_metered(metered, req.ssid.as_deref())?;
+    // `metered`: the answer now in force there. `network_name` only when the answer is for
+    // one network: without a name the answer is the one it always was, and so is the reply.
     let mut reply = json!({"metered": metered});
     if let Some(n) = network {
         reply["network_name"] = json!(n);

@@ -271,14 +271,17 @@ pub struct Choices {
 
 /// The app's answer for one Wi-Fi network, as the choices file keeps it (the daemon's own
 /// type is `conditions::metered::NetworkAnswer`; `app` converts, keeping this layer below).
+/// No BSSID: an access point's address can be looked up on a map, and nothing needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeteredNetwork {
-    /// The network, by its SSID.
+    /// The network, by its SSID's bytes as wpa_supplicant escapes them (`printf_encode`:
+    /// `\xNN` for a byte outside printable ASCII, `\\`, `\"`, ...): one text per SSID, so
+    /// two names that are not UTF-8 are never taken for one.
     pub ssid: String,
-    /// The access point last seen when the app answered, for display.
-    pub bssid: String,
-    /// The app's word.
-    pub metered: bool,
+    /// The app's word: metered or not; `null`: the daemon decides on this network (the
+    /// answer for every network, `metered`, does not apply there).
+    #[serde(default)]
+    pub metered: Option<bool>,
 }
 
 /// A field that is there, even as `null`, is `Some`: only a missing one is `None`.
@@ -531,7 +534,14 @@ mod tests {
             panic!("the new file does not load");
         };
         let ssids: Vec<_> = c.metered_networks.iter().map(|a| a.ssid.as_str()).collect();
-        assert_eq!(ssids, ["Home", "iPhone"]);
-        assert!(c.metered_networks[1].metered);
+        assert_eq!(ssids, ["Home", "iPhone", "\\xbc\\xd2"]);
+        let answers: Vec<_> = c.metered_networks.iter().map(|a| a.metered).collect();
+        assert_eq!(answers, [Some(false), Some(true), None]);
+        // Written back as read: "the daemon decides" stays `null`, not a missing answer.
+        save_choices(dir.path(), &c).unwrap();
+        let ChoicesFile::Found(again) = load_choices(dir.path()) else {
+            panic!("the file written back does not load");
+        };
+        assert_eq!(again, c);
     }
 }

@@ -48,6 +48,7 @@ pub struct FakeWpa {
     path: PathBuf,
     network: Arc<Mutex<Option<Network>>>,
     asked: Arc<AtomicUsize>,
+    silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -64,15 +65,20 @@ impl FakeWpa {
             .unwrap();
         let network = Arc::new(Mutex::new(network));
         let asked = Arc::new(AtomicUsize::new(0));
+        let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (network, asked, stop) = (network.clone(), asked.clone(), stop.clone());
+            let (network, asked, silent, stop) =
+                (network.clone(), asked.clone(), silent.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while !stop.load(Ordering::SeqCst) {
                     let Ok((n, from)) = socket.recv_from(&mut buf) else {
                         continue;
                     };
+                    if silent.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     let command = String::from_utf8_lossy(&buf[..n]).into_owned();
                     let reply = answer(&command, network.lock().unwrap().as_ref());
                     asked.fetch_add(1, Ordering::SeqCst);
@@ -84,6 +90,7 @@ impl FakeWpa {
             path,
             network,
             asked,
+            silent,
             stop,
             thread: Some(thread),
         }
@@ -92,6 +99,12 @@ impl FakeWpa {
     /// Associates with another network (`None`: disconnected, scanning).
     pub fn set(&self, network: Option<Network>) {
         *self.network.lock().unwrap() = network;
+    }
+
+    /// Stops answering (`true`), as a busy or stuck wpa_supplicant: the asker times out. Or
+    /// answers again (`false`).
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
     }
 
     /// How many commands were answered so far.

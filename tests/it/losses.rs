@@ -699,9 +699,13 @@ async fn the_wifi_network_the_app_calls_metered_stays_metered_on_a_full_state_di
         .await;
     assert_eq!(code, 507, "{answer}");
     assert_eq!(answer["error"]["code"], "state_dir_full", "{answer}");
-    let s = rig.status().await;
-    assert_eq!(s["uplink"]["metered_override"], true, "{s:#}");
-    assert_eq!(s["uplink"]["metered_because"], "app", "{s:#}");
+    // The link's verdict comes from the next conditions read, which the PUT asks for: under
+    // load it may not have run yet.
+    eventually(T, "metered by the app's answer", || async {
+        let s = rig.status().await;
+        s["uplink"]["metered_override"] == true && s["uplink"]["metered_because"] == "app"
+    })
+    .await;
     fillers.push(fs.fill_as("filler-3"));
     rig.daemon.restart().await;
     eventually(
@@ -716,6 +720,35 @@ async fn the_wifi_network_the_app_calls_metered_stays_metered_on_a_full_state_di
                     .is_some_and(|b| b.contains(&json!("metered_network")))
         },
     )
+    .await;
+    // What proves the network's own answer held, not the fallback of a lost file (which
+    // takes every network for metered, and pauses): the file keeps it and no answer for
+    // every network, and another network is not held.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved["metered_networks"],
+        json!([{"ssid": "Hotspot", "metered": true}]),
+        "{saved}"
+    );
+    assert_eq!(
+        saved.get("metered"),
+        Some(&serde_json::Value::Null),
+        "{saved}"
+    );
+    assert_eq!(saved["paused"], false, "{saved}");
+    wpa.set(Some(Network::named("Elsewhere", "02:00:00:00:0d:01")));
+    rig.cam.set_interface("wlan0", true, true);
+    eventually(T, "another network is not held", || async {
+        let s = rig.status().await;
+        s["uplink"]["network_name"]["ssid"] == "Elsewhere"
+            && s["uplink"]["metered_override"] == serde_json::Value::Null
+            && s["uplink"]["metered"] == false
+            && s["blocked_by"]
+                .as_array()
+                .is_some_and(|b| !b.contains(&json!("metered_network")))
+    })
     .await;
     drop(fillers);
     drop(wpa);

@@ -681,8 +681,8 @@ async fn the_apps_metered_answer_is_remembered_per_wifi_network() {
             .unwrap();
     assert_eq!(
         saved["metered_networks"],
-        json!([{"ssid": "Home-A", "bssid": "02:00:00:00:0a:01", "metered": true}]),
-        "{saved}"
+        json!([{"ssid": "Home-A", "metered": true}]),
+        "{saved}: no BSSID kept"
     );
     assert_eq!(
         saved["metered"],
@@ -703,6 +703,92 @@ async fn the_apps_metered_answer_is_remembered_per_wifi_network() {
     assert!(rig.rx.file_matches(&second, &rig.cam.media_path(&second)));
     let s = rig.status().await;
     assert_eq!(s["uplink"]["metered_override"], Value::Null, "{s:#}");
+    drop(wpa);
+}
+
+async fn put_network(rig: &Rig, body: Value) -> (u16, Value) {
+    rig.daemon.api("PUT", "/v1/network", Some(body)).await
+}
+
+/// "You decide" on a network hands the decision back there, and only there: with a "not
+/// metered" for every network left from before names were known, "metered" then `null` on an
+/// iPhone's hotspot lets its beacon hold uploads again, while the answer for every network
+/// stays for the others. An answer about a network the camera is no longer on is refused (409
+/// `network_changed`) and changes nothing.
+#[tokio::test]
+async fn null_on_a_hotspot_lets_its_beacon_count_and_a_stale_ssid_changes_nothing() {
+    let cam = FakeCamera::new();
+    let rig = Rig::start(cam).await;
+    rig.go().await;
+    // No wpa_supplicant yet: the answer is for every network.
+    let (code, body) = put_network(&rig, json!({"metered": false})).await;
+    assert_eq!((code, &body), (200, &json!({"metered": false})), "{body}");
+    let iphone = Network::named("iPhone", "02:00:00:00:0c:01").with_element(APPLE_HOTSPOT_ELEMENT);
+    let wpa = FakeWpa::start(&rig.cam.wpa_ctrl_dir(), "wlan0", Some(iphone.clone()));
+    roam(&rig.cam, &wpa, iphone);
+    uplink_names(&rig, "iPhone").await;
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_because"], "app", "{s:#}");
+    assert_eq!(s["uplink"]["metered_override"], false, "{s:#}");
+
+    // The app showed another network: refused, nothing changed, no name in the message.
+    let (code, body) = put_network(&rig, json!({"metered": true, "ssid": "Home-A"})).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "network_changed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`ssid`"), "{message}");
+    assert!(
+        !message.contains("iPhone") && !message.contains("Home-A"),
+        "{message}"
+    );
+    let s = rig.status().await;
+    assert_eq!(s["uplink"]["metered_override"], false, "{s:#}");
+
+    let (code, body) = put_network(&rig, json!({"metered": true, "ssid": "iPhone"})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"metered": true,
+            "network_name": {"ssid": "iPhone", "bssid": "02:00:00:00:0c:01"}})
+    );
+    eventually(T, "held by the app's answer", || async {
+        let s = rig.status().await;
+        s["blocked_by"] == json!(["metered_network"]) && s["uplink"]["metered_because"] == "app"
+    })
+    .await;
+
+    // "You decide" here: the beacon decides, not the "not metered" for every network.
+    let (code, body) = put_network(&rig, json!({"metered": null, "ssid": "iPhone"})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["metered"], Value::Null, "{body}");
+    assert_eq!(body["network_name"]["ssid"], "iPhone", "{body}");
+    eventually(T, "held by the hotspot's beacon", || async {
+        let s = rig.status().await;
+        s["blocked_by"] == json!(["metered_network"])
+            && s["uplink"]["metered_because"] == "apple_hotspot_beacon"
+            && s["uplink"]["metered_override"] == Value::Null
+    })
+    .await;
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(rig.cam.state_dir().join("choices.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["metered"], false, "{saved}");
+    assert_eq!(
+        saved["metered_networks"],
+        json!([{"ssid": "iPhone", "metered": null}]),
+        "{saved}"
+    );
+
+    // Elsewhere the answer for every network still holds.
+    roam(&rig.cam, &wpa, home_a());
+    eventually(T, "Home-A: the answer for every network", || async {
+        let s = rig.status().await;
+        s["uplink"]["network_name"]["ssid"] == "Home-A"
+            && s["uplink"]["metered_because"] == "app"
+            && s["uplink"]["metered_override"] == false
+            && s["blocked_by"] == json!([])
+    })
+    .await;
     drop(wpa);
 }
 
