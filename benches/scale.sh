@@ -49,7 +49,7 @@ RPID=
 cleanup() {
   if [ -n "$PID" ]; then kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true; fi
   if [ -n "$RPID" ]; then kill "$RPID" 2>/dev/null && wait "$RPID" 2>/dev/null || true; fi
-  if mountpoint -q "$T/card" 2>/dev/null; then umount "$T/card"; fi
+  if mountpoint -q "$T/c/card" 2>/dev/null; then umount "$T/c/card"; fi
   [ -n "${KEEP:-}" ] || rm -rf "$T"
 }
 trap cleanup EXIT
@@ -119,7 +119,7 @@ fp = lambda size: hashlib.sha256(size.to_bytes(8, "little") + b"x" * size).diges
 con = sqlite3.connect(os.path.join(state, "cambackup.db"))
 con.create_function("fp", 1, fp, deterministic=True)
 with con:
-    con.execute("""UPDATE items SET state = 'done', attempts = attempts + 1, creations = 1,
+    con.execute("""UPDATE items SET state = 'done', creations = 1,
         upload_endpoint = ?1, done_url = ?1 || id, upload_url = NULL, upload_expires_at = NULL,
         bytes_sent = size, completed_at = ?2, last_error = NULL, fingerprint = fp(size)
         WHERE state = 'pending'""", (ep, now))
