@@ -146,20 +146,16 @@ impl Store {
         }
     }
 
-    /// Every item's identity, for the scan to tell known files from new ones without a
-    /// database write, and to know which open items to look for on the card.
-    pub fn for_each_identity(&self, f: impl FnMut(Identity<'_>)) -> Result<()> {
-        self.identities("", [], f)
-    }
-
-    /// The identities of the open items (pending, uploading, failed): the ones a scan judges.
+    /// The identities of the open items (pending, uploading, failed): the ones a scan looks
+    /// for on the card.
     /// A seek in the state index: a card whose files are all sent costs nothing here.
     pub fn for_each_open_identity(&self, f: impl FnMut(Identity<'_>)) -> Result<()> {
         self.identities("WHERE state IN ('pending', 'uploading', 'failed')", [], f)
     }
 
     /// The identities of the items in the directory `dir` (`None`: the media root), not in its
-    /// subdirectories: a range of the path index, so a scan holds one directory's rows at a
+    /// subdirectories, for the scan to tell known files from new ones without a database
+    /// write: a range of the path index, so a scan holds one directory's rows at a
     /// time, never the whole queue's (issue 29). A directory's range holds its subdirectories'
     /// rows too, which are read and passed over: cheap for a camera's folders, which have none.
     pub fn for_each_identity_in(
@@ -197,7 +193,9 @@ impl Store {
         range: [&str; N],
         mut f: impl FnMut(Identity<'_>),
     ) -> Result<()> {
-        let conn = self.reader();
+        // The writer's connection, as the scan's writes: the reader's serves the API, which
+        // must not wait for a scan reading a folder's rows.
+        let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT id, storage_path, size, mtime_ns,
