@@ -17,6 +17,7 @@
 #   NS="10000 100000" ROUNDS=3 benches/scale.sh
 #   A=/tmp/cambackup-main benches/scale.sh         # that build's rounds too, side by side
 #   DONE=upload NS=10000 benches/scale.sh          # the card done by real uploads (below)
+#   PENDING=1 benches/scale.sh                     # and a restart before any upload (all open)
 #
 # "The whole card done": with DONE=sql (the default) the first daemon is stopped after its scan
 # and every pending row is made done by one SQL transaction on its database mirroring what
@@ -166,6 +167,15 @@ round() {
   fi
   hwm1=$(hwm)
   stop
+  local pend=- hwm0=-
+  if [ -n "${PENDING:-}" ]; then
+    # A restart before any upload: every item still open, which the scan judges.
+    start_and_scan "$bin"
+    pend=$SCANNED
+    sleep 1
+    hwm0=$(hwm)
+    stop
+  fi
   [ "$DONE" = upload ] || sql_done
   start_and_scan "$bin"
   restart=$SCANNED
@@ -208,9 +218,9 @@ PY
   stop
   # label n round first_took first_from_start hwm1_kB upload_s restart_took restart_from_start
   # hwm2_kB db_bytes ledger_bytes status q_first q_last q_failed idle_ticks_ms idle_sched_ms
-  # done wal_bytes load1 health
+  # done wal_bytes load1 health pending_restart_took/from_start pending_restart_hwm_kB
   echo "$label $n $r $first $hwm1 $up $restart $hwm2 $db $ledger $st $q1 $q2 $q3 $cpu $done_now $wal \
-$(cut -d' ' -f1 /proc/loadavg) $he" | tee -a "$T/results"
+$(cut -d' ' -f1 /proc/loadavg) $he ${pend// /\/} $hwm0" | tee -a "$T/results"
 }
 
 for n in $NS; do
@@ -257,7 +267,8 @@ def fig(rs, i, scale=1, fmt="{:.0f}", half=0):
 print(f"A = {sys.argv[2] or '-'}; B = {sys.argv[3]}")
 print("build | files | rounds | first scan ms (from start) | restart ms (from start) | peak RSS MiB first/restart "
       "| db MiB | ledger MiB | status ms median (max) | queue first page | last page | state=failed page "
-      "| idle CPU ms (schedstat ms) | upload s | WAL MiB | load | health ms median (max)")
+      "| idle CPU ms (schedstat ms) | upload s | WAL MiB | load | health ms median (max) "
+      "| restart all pending ms (from start) | its peak RSS MiB")
 for (label, n), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     mib = 1024
     print(f"{label} | {n} | {len(rs)} | {fig(rs, 3)} ({fig(rs, 4)}) | {fig(rs, 7)} ({fig(rs, 8)}) | "
@@ -268,5 +279,6 @@ for (label, n), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
           f"{fig(rs, 15, fmt='{:.2f}')} ({fig(rs, 15, fmt='{:.2f}', half=1)}) | "
           f"{fig(rs, 16)} ({fig(rs, 17, fmt='{:.1f}')}) | {fig(rs, 6, fmt='{:.1f}')} | "
           f"{fig(rs, 19, 1 << 20, '{:.1f}')} | {fig(rs, 20, fmt='{:.2f}')} | "
-          f"{fig(rs, 21, fmt='{:.2f}')} ({fig(rs, 21, fmt='{:.2f}', half=1)})")
+          f"{fig(rs, 21, fmt='{:.2f}')} ({fig(rs, 21, fmt='{:.2f}', half=1)}) | "
+          f"{fig(rs, 22)} ({fig(rs, 22, half=1)}) | {fig(rs, 23, mib, '{:.1f}')}")
 PY
