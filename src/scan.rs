@@ -503,6 +503,8 @@ struct Walked {
     paths: Hashes,
     /// Files whose identity needs their content (store/identity.rs), fingerprinted.
     checks: Vec<Checked>,
+    /// What the queue holds in a directory could not be read: the walker stopped there.
+    error: Option<StoreError>,
 }
 
 fn hash_of(parts: impl Hash) -> u64 {
@@ -581,12 +583,11 @@ pub fn scan(
     let now = SystemTime::now();
     let mut report = Report::default();
     let before = card.identity();
-    let known = Known::of(store, serial)?;
-    let known = &known;
+    let open = open_items(store, serial)?;
     // What the walk saw matters only to judge the open items afterwards: with none (a first
-    // scan, or a card whose files are all sent) the walkers keep no sets, and with an empty
-    // queue they hash nothing.
-    let judging = !known.open.is_empty();
+    // scan, or a card whose files are all sent) the walkers keep no sets, and where the queue
+    // holds nothing in a directory they hash nothing there.
+    let judging = !open.is_empty();
     let Some(top) = start(root, root) else {
         unreachable!("the root is in itself")
     };
@@ -594,18 +595,18 @@ pub fn scan(
     let judge = &Judge::new(filter, settle, now);
 
     let wide = store.wide_checkpoints();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FoundFile>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
     let walk_started = std::time::Instant::now();
     let (mut walked, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut queued = 0;
             let mut busy = Duration::ZERO;
-            for mut batch in rx {
+            for (mut batch, known_paths) in rx {
                 let t = std::time::Instant::now();
                 // In key order, inserts touch the index b-tree's pages in sequence.
                 batch.sort_unstable_by(|a, b| a.path.cmp(&b.path));
                 queued += store.upsert_with_hint(&batch, serial, |f| {
-                    !known.paths.is_empty() && known.paths.contains(&hash_of(f.path.as_str()))
+                    !known_paths.is_empty() && known_paths.contains(&hash_of(f.path.as_str()))
                 })?;
                 busy += t.elapsed();
             }
@@ -616,12 +617,16 @@ pub fn scan(
                 let tx = tx.clone();
                 s.spawn(move || {
                     Walker {
-                        known,
+                        store,
+                        serial,
                         judging,
                         root,
                         tx,
                         w: Walked::default(),
-                        batch: Vec::with_capacity(BATCH),
+                        batch: (Vec::with_capacity(BATCH), Hashes::default()),
+                        dir: None,
+                        loaded: false,
+                        known: Known::default(),
                     }
                     .walk(dirs, judge)
                 })
@@ -636,6 +641,9 @@ pub fn scan(
         let written = writer.join().expect("scan writer thread panicked");
         (walked, written)
     });
+    if let Some(e) = walked.iter_mut().find_map(|w| w.error.take()) {
+        return Err(e);
+    }
     let (queued, write) = written?;
     report.queued = queued;
     report.write = write;
@@ -649,7 +657,7 @@ pub fn scan(
     // A card pulled (or swapped) during the walk makes what the walk missed neither deleted
     // nor unreadable: the walk is judged only when one card was there before and after it.
     if before.is_some() && card.identity() == before {
-        report.dropped = reconcile(store, &known.open, &seen.versions, &seen.paths)?;
+        report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
     } else {
         report.card_gone = true;
         report.unreadable = 0;
@@ -684,8 +692,10 @@ fn merge(mut walked: Vec<Walked>, report: &mut Report) -> Walked {
     seen
 }
 
-/// What the queue holds when the scan starts, as hashes: a known file costs no database write,
-/// and a new path needs no look for an older version to replace.
+/// What the queue holds in one directory, as hashes: a known file costs no database write,
+/// and a new path needs no look for an older version to replace. Loaded per directory as a
+/// walker reaches it ([`Store::for_each_identity_in`]), so a scan holds one directory's worth,
+/// never the whole queue's (at 1,000,000 files the whole queue's sets were 36 MiB; issue 29).
 #[derive(Default)]
 struct Known {
     /// Versions the queue has (a revivable one excepted).
@@ -695,51 +705,75 @@ struct Known {
     verify: Hashes,
     /// (path, size) of sent versions with a fingerprint.
     sent_sizes: Hashes,
-    /// The open items: the ones the walk judges. Items queued while it runs (a manual upload,
-    /// the settler) were not seen by this snapshot and are left alone.
-    open: Vec<OpenItem>,
 }
 
 impl Known {
-    /// Reads the queue's identities; `serial`: the card in the slot.
-    fn of(store: &Store, serial: Option<&str>) -> Result<Known, StoreError> {
-        let mut k = Known::default();
-        store.for_each_identity(|it| {
+    /// Reads the identities of the items in `dir` (`None`: the root); `serial`: the card in
+    /// the slot. Keeps the sets' room for the next directory.
+    fn load(
+        &mut self,
+        store: &Store,
+        dir: Option<&StoragePath>,
+        serial: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.versions.clear();
+        self.paths.clear();
+        self.verify.clear();
+        self.sent_sizes.clear();
+        store.for_each_identity_in(dir, |it| {
             let path = hash_of(it.path);
             let version = version_of(path, it.size, it.mtime_ns);
             if !it.revivable {
-                k.versions.insert(version);
+                self.versions.insert(version);
             }
             if it.fingerprinted && needs_content(it.card, serial, it.mtime_ns) {
-                k.verify.insert(version);
+                self.verify.insert(version);
             }
             if it.done && it.fingerprinted {
-                k.sent_sizes.insert(hash_of((path, it.size)));
+                self.sent_sizes.insert(hash_of((path, it.size)));
             }
-            k.paths.insert(path);
-            if it.open {
-                k.open.push(OpenItem {
-                    id: it.id,
-                    version,
-                    path,
-                    away: store::other_card(it.card, serial),
-                });
-            }
-        })?;
-        Ok(k)
+            self.paths.insert(path);
+        })
     }
 }
+
+/// The open items when the scan starts: the ones the walk judges. Items queued while it runs
+/// (a manual upload, the settler) were not seen by this snapshot and are left alone.
+fn open_items(store: &Store, serial: Option<&str>) -> Result<Vec<OpenItem>, StoreError> {
+    let mut open = Vec::new();
+    store.for_each_open_identity(|it| {
+        let path = hash_of(it.path);
+        open.push(OpenItem {
+            id: it.id,
+            version: version_of(path, it.size, it.mtime_ns),
+            path,
+            away: store::other_card(it.card, serial),
+        });
+    })?;
+    Ok(open)
+}
+
+/// Files for the writer, and the hashes of those of their paths the queue holds (the others
+/// need no look for an older version to replace).
+type Batch = (Vec<FoundFile>, Hashes);
 
 /// One walker thread: takes directories from the shared stack, judges their entries against
 /// what the queue holds, and hands the files to queue to the writer in batches.
 struct Walker<'a> {
-    known: &'a Known,
+    store: &'a Store,
+    /// The card in the slot.
+    serial: Option<&'a str>,
     /// Open items wait to be judged: the walk keeps what it saw.
     judging: bool,
     root: &'a Path,
-    tx: std::sync::mpsc::SyncSender<Vec<FoundFile>>,
+    tx: std::sync::mpsc::SyncSender<Batch>,
     w: Walked,
-    batch: Vec<FoundFile>,
+    batch: Batch,
+    /// The directory being read (`None`: the root), and whether `known` holds its items yet:
+    /// loaded at its first media file, so a directory of directories (`DCIM`) costs no read.
+    dir: Option<StoragePath>,
+    loaded: bool,
+    known: Known,
 }
 
 impl Walker<'_> {
@@ -747,10 +781,14 @@ impl Walker<'_> {
     fn walk(mut self, dirs: &Shared, judge: &Judge<'_>) -> Walked {
         let mut skipped = Skipped::default();
         while let Some((d, reading)) = dirs.take() {
+            (self.dir, self.loaded) = (d.1.clone(), false);
             dirs.give_back(judge.read(d, &mut |found| self.seen(found), &mut skipped));
             drop(reading);
+            if self.w.error.is_some() {
+                break;
+            }
         }
-        if !self.batch.is_empty() {
+        if !self.batch.0.is_empty() {
             let _ = self.tx.send(self.batch);
         }
         self.w.skipped = skipped;
@@ -762,7 +800,18 @@ impl Walker<'_> {
         self.w.files += 1;
         match found {
             Seen::Settled(f) => {
-                if self.judging || !self.known.versions.is_empty() {
+                if !self.loaded {
+                    self.loaded = true;
+                    let dir = self.dir.as_ref();
+                    if let Err(e) = self.known.load(self.store, dir, self.serial) {
+                        self.w.error = Some(e);
+                    }
+                }
+                if self.w.error.is_some() {
+                    return;
+                }
+                let mut path_known = None;
+                if self.judging || !self.known.paths.is_empty() {
                     let path = hash_of(f.path.as_str());
                     let version = version_of(path, f.size, f.mtime_ns);
                     if self.judging {
@@ -792,10 +841,14 @@ impl Walker<'_> {
                     if known {
                         return;
                     }
+                    path_known = self.known.paths.contains(&path).then_some(path);
                 }
-                self.batch.push(f);
-                if self.batch.len() >= BATCH {
-                    let full = Vec::with_capacity(BATCH);
+                if let Some(path) = path_known {
+                    self.batch.1.insert(path);
+                }
+                self.batch.0.push(f);
+                if self.batch.0.len() >= BATCH {
+                    let full = (Vec::with_capacity(BATCH), Hashes::default());
                     // The writer only stops early on a database error, which its join reports.
                     let _ = self.tx.send(std::mem::replace(&mut self.batch, full));
                 }

@@ -658,3 +658,51 @@ fn a_scan_of_many_files_in_many_directories_queues_each_once() {
         5000
     );
 }
+
+#[test]
+fn a_rescan_reads_each_directorys_items_and_finds_new_versions_at_every_depth() {
+    // What the queue holds is read per directory (issue 29): files in the root, in a folder
+    // of folders, in a camera folder and below it are each known where they are, and a new
+    // version of each is queued and its open older one replaced, not both kept.
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    let names = [
+        "A.JPG",
+        "DCIM/100ABCDE/C.JPG",
+        "DCIM/100ABCDE/SUB/D.JPG",
+        "DCIM/B.JPG",
+        "DCIM/100ABCDE-/E.JPG",
+    ];
+    for n in names {
+        old(&r.join(n), n.as_bytes());
+    }
+    let store = Store::open(state.path()).unwrap();
+    let scan_now = || {
+        scan(
+            CardRoot::at(r),
+            &filter(),
+            &store,
+            Duration::from_secs(10),
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(scan_now().queued, 5);
+    assert_eq!(scan_now().queued, 0, "all known while pending");
+    assert_eq!(send_all(&store, r), 5);
+    assert_eq!(scan_now().queued, 0, "all known once sent");
+    // A new version of a sent file at each depth but one; and one of an open one.
+    for n in &names[..4] {
+        old(&r.join(n), b"version two");
+    }
+    let rep = scan_now();
+    assert_eq!(rep.queued, 4);
+    assert_eq!(paths(&store, ItemState::Pending), names[..4]);
+    old(&r.join("DCIM/100ABCDE/SUB/D.JPG"), b"version three");
+    let rep = scan_now();
+    assert_eq!((rep.queued, rep.dropped), (1, 0), "replaced on insert");
+    assert_eq!(paths(&store, ItemState::Pending), names[..4]);
+    assert_eq!(paths(&store, ItemState::Done).len(), 5);
+    assert_eq!(scan_now().queued, 0);
+}

@@ -135,7 +135,7 @@ impl Drop for WideCheckpoints<'_> {
     }
 }
 
-/// One item's identity and whether the scan may touch it ([`Store::for_each_identity`]).
+/// One item's identity and whether the scan may touch it ([`Store::for_each_identity_in`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
     pub id: i64,

@@ -146,21 +146,70 @@ impl Store {
         }
     }
 
-    /// Every item's identity, for the scan to tell known files from new ones without a
-    /// database write, and to know which open items to look for on the card.
-    pub fn for_each_identity(&self, mut f: impl FnMut(Identity<'_>)) -> Result<()> {
+    /// The identities of the open items (pending, uploading, failed): the ones a scan looks
+    /// for on the card.
+    /// A seek in the state index: a card whose files are all sent costs nothing here.
+    pub fn for_each_open_identity(&self, f: impl FnMut(Identity<'_>)) -> Result<()> {
+        self.identities("WHERE state IN ('pending', 'uploading', 'failed')", [], f)
+    }
+
+    /// The identities of the items in the directory `dir` (`None`: the media root), not in its
+    /// subdirectories, for the scan to tell known files from new ones without a database
+    /// write: a range of the path index, so a scan holds one directory's rows at a
+    /// time, never the whole queue's (issue 29). A directory's range holds its subdirectories'
+    /// rows too, which are read and passed over: cheap for a camera's folders, which have none.
+    pub fn for_each_identity_in(
+        &self,
+        dir: Option<&StoragePath>,
+        mut f: impl FnMut(Identity<'_>),
+    ) -> Result<()> {
+        let Some(dir) = dir else {
+            return self.identities("", [], |it| {
+                if !it.path.contains('/') {
+                    f(it)
+                }
+            });
+        };
+        // Paths under `dir/` sort between `dir/` and `dir0` ('0' follows '/'), bytewise.
+        let (from, to) = (format!("{}/", dir.as_str()), format!("{}0", dir.as_str()));
+        self.identities(
+            "WHERE storage_path >= ?4 AND storage_path < ?5",
+            [from.as_str(), to.as_str()],
+            |it| {
+                if it
+                    .path
+                    .get(from.len()..)
+                    .is_some_and(|name| !name.contains('/'))
+                {
+                    f(it)
+                }
+            },
+        )
+    }
+
+    fn identities<const N: usize>(
+        &self,
+        filter: &str,
+        range: [&str; N],
+        mut f: impl FnMut(Identity<'_>),
+    ) -> Result<()> {
+        // The writer's connection, as the scan's writes: the reader's serves the API, which
+        // must not wait for a scan reading a folder's rows.
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(&format!(
                 "SELECT id, storage_path, size, mtime_ns,
                    state IN ('pending', 'uploading', 'failed'),
                    COALESCE(state = 'skipped' AND last_error IN (?1, ?2, ?3), 0),
                    state = 'done', fingerprint IS NOT NULL, card
-                 FROM items",
-            )
+                 FROM items {filter}"
+            ))
             .map_err(|e| self.err(e))?;
+        let reasons = [REASON_DELETED, REASON_REPLACED, REASON_WAITING_FOR_CARD];
         let mut rows = stmt
-            .query([REASON_DELETED, REASON_REPLACED, REASON_WAITING_FOR_CARD])
+            .query(rusqlite::params_from_iter(
+                reasons.iter().chain(range.iter()),
+            ))
             .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let text = |i| {
@@ -351,10 +400,7 @@ impl Store {
     pub fn list(&self, state: Option<ItemState>, limit: u32, after: i64) -> Result<Vec<Item>> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items
-                 WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
-            ))
+            .prepare_cached(&list_sql(state.is_some()))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![state.map(|s| s.as_str()), after, limit], read_item)
@@ -731,6 +777,14 @@ pub(super) const ITEM_COLUMNS: &str =
     "id, storage_path, kind, size, mtime_ns, state, manual, bytes_sent, \
     attempts, next_attempt_at, last_error, upload_url, upload_expires_at, creations, queued_at, \
     completed_at, upload_endpoint, fingerprint, card";
+
+/// A page of the queue (`?1`: the state, `?2`: after this id, `?3`: how many). Two statements,
+/// not `?1 IS NULL OR state = ?1`, which no index can serve: a page of one state is a seek in
+/// `items_by_state_id`, whatever the rest of the queue holds.
+pub(super) fn list_sql(one_state: bool) -> String {
+    let filter = if one_state { "state = ?1 AND" } else { "" };
+    format!("SELECT {ITEM_COLUMNS} FROM items WHERE {filter} id > ?2 ORDER BY id LIMIT ?3")
+}
 
 pub(super) fn read_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let kind: String = r.get(2)?;

@@ -151,4 +151,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE history ADD COLUMN sha256 BLOB;
     ALTER TABLE history ADD COLUMN freed_on TEXT;
     "#,
+    // 10: a page of one state's items (`GET /v1/queue?state=failed`) in id order: a seek and
+    // the page's rows, where the `(state, next_attempt_at)` index gives no id order and the
+    // table's was read until a page was found (185 ms at 1,000,000 done items and no failed
+    // one; benches/scale.sh, issue 29).
+    "CREATE INDEX items_by_state_id ON items (state, id);",
 ];

@@ -1012,11 +1012,12 @@ fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_week
 fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     {
-        // A database as release 6 left it: migrations 7 (this count), 8 and 9 undone.
+        // A database as release 6 left it: migrations 7 (this count) to 10 undone.
         let s = Store::open(dir.path()).unwrap();
         s.conn()
             .execute_batch(
-                "DROP TABLE cellular_use;
+                "DROP INDEX items_by_state_id;
+                 DROP TABLE cellular_use;
                  DROP TABLE sent_digest;
                  ALTER TABLE history DROP COLUMN sha256;
                  ALTER TABLE history DROP COLUMN freed_on;
@@ -1033,4 +1034,93 @@ fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(s.add_cellular_use(20_000, 0).unwrap(), 1234);
     assert_eq!(s.add_cellular_use(19_999, 0).unwrap(), 1234);
+}
+
+#[test]
+fn a_directorys_identities_are_its_own_files_not_its_subdirectories_nor_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    // Names that sort just before and after `DCIM/100ABCDE/` ('-' and '.' before '/', '0'
+    // after it), a subdirectory, and the root.
+    let paths = [
+        "A.JPG",
+        "DCIM/100ABCDE/ABCD0001.JPG",
+        "DCIM/100ABCDE/ABCD0002.MOV",
+        "DCIM/100ABCDE/SUB/ABCD0003.JPG",
+        "DCIM/100ABCDE-/B.JPG",
+        "DCIM/100ABCDE.JPG",
+        "DCIM/100ABCDE0/C.JPG",
+        "DCIM/100ABCDEF/D.JPG",
+    ];
+    let files: Vec<FoundFile> = paths.iter().map(|p| found(p, 1, 1)).collect();
+    s.upsert_files(&files).unwrap();
+    let in_dir = |d: Option<&str>| {
+        let d = d.map(|d| StoragePath::from_stored(d.to_string()));
+        let mut out = Vec::new();
+        s.for_each_identity_in(d.as_ref(), |it| out.push(it.path.to_string()))
+            .unwrap();
+        out.sort();
+        out
+    };
+    assert_eq!(
+        in_dir(Some("DCIM/100ABCDE")),
+        ["DCIM/100ABCDE/ABCD0001.JPG", "DCIM/100ABCDE/ABCD0002.MOV"]
+    );
+    assert_eq!(in_dir(Some("DCIM")), ["DCIM/100ABCDE.JPG"]);
+    assert_eq!(
+        in_dir(Some("DCIM/100ABCDE/SUB")),
+        ["DCIM/100ABCDE/SUB/ABCD0003.JPG"]
+    );
+    assert_eq!(in_dir(None), ["A.JPG"]);
+    assert!(in_dir(Some("DCIM/999")).is_empty());
+    // The open ones are every pending one; done ones are not.
+    let first = s.list(None, 1, 0).unwrap().remove(0);
+    started(&s, first.id, "http://h/files/1");
+    s.mark_done(first.id).unwrap();
+    let mut open = 0;
+    s.for_each_open_identity(|it| {
+        assert_ne!(it.id, first.id);
+        open += 1;
+    })
+    .unwrap();
+    assert_eq!(open, paths.len() - 1);
+}
+
+#[test]
+fn a_page_of_one_state_is_that_states_items_in_id_order_after_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let files: Vec<FoundFile> = (0..20)
+        .map(|i| found(&format!("DCIM/{i:04}.JPG"), 1, 1))
+        .collect();
+    s.upsert_files(&files).unwrap();
+    let all = s.list(None, 100, 0).unwrap();
+    assert_eq!(all.len(), 20);
+    // Every third one failed: a page of failed ones skips the rest, in id order.
+    let failed: Vec<i64> = all.iter().step_by(3).map(|i| i.id).collect();
+    for id in &failed {
+        s.mark_failed(*id, "bad").unwrap();
+    }
+    let page = |after| -> Vec<i64> {
+        s.list(Some(ItemState::Failed), 3, after)
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect()
+    };
+    assert_eq!(page(0), failed[..3]);
+    assert_eq!(page(failed[2]), failed[3..6]);
+    assert_eq!(page(failed[5]), failed[6..]);
+    assert!(s.list(Some(ItemState::Done), 3, 0).unwrap().is_empty());
+    assert_eq!(s.list(None, 5, all[4].id).unwrap()[0].id, all[5].id);
+    // The page is a seek in the state index, not a walk of the table.
+    let plan: String = s
+        .reader()
+        .query_row(
+            &format!("EXPLAIN QUERY PLAN {}", list_sql(true)),
+            params!["failed", 0, 3],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("items_by_state_id"), "{plan}");
 }
