@@ -1,0 +1,259 @@
+//! The client's TLS configuration, built here and handed to reqwest whole
+//! (`ClientBuilder::use_preconfigured_tls`), for one reason: the order of the cipher suites.
+//!
+//! On a core without AES instructions (many armv7 camera SoCs: Cortex-A7/A9 without the
+//! crypto extension) ring's AES-GCM runs in constant-time software (bit-sliced AES with NEON,
+//! GHASH without carry-less multiply), several times slower than ChaCha20-Poly1305, which
+//! needs only adds, rotates and xors. There the client lists ChaCha20-Poly1305 first; on a
+//! core with AES instructions (x86 AES-NI + PCLMULQDQ, ARMv8 AES + PMULL) AES-GCM stays first,
+//! as it is faster there. `benches/cipher.sh` has the figures.
+//!
+//! What the client's order can and cannot force: the server picks the suite. A rustls server
+//! follows the client's order unless it sets `ignore_client_order`; node (OpenSSL) follows it
+//! unless `honorCipherOrder` is set (then OpenSSL's `SSL_OP_PRIORITIZE_CHACHA` would be needed
+//! for ChaCha to win); Go's crypto/tls (tusd) chooses AES-GCM first only when both ends have
+//! AES hardware and otherwise prefers ChaCha20 if the client put it first. A server that
+//! imposes its own order is not overridden: the suite it picks is still verified and used.
+//!
+//! Everything else is what reqwest's own rustls set-up did before (reqwest 0.12,
+//! `rustls-tls-native-roots`): ring as the provider, TLS 1.2 and 1.3, the system's roots
+//! (unparsable ones skipped) plus `cloud.ca_file`, the device's certificate if provisioned,
+//! SNI on, ALPN `http/1.1` only (no HTTP/2 is built in), the usual webpki verification.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{CipherSuite, RootCertStore, SupportedCipherSuite};
+
+use crate::config;
+use crate::upload::tus::TusError;
+
+/// Whether this core has the instructions AES-GCM needs to be fast: AES rounds and carry-less
+/// multiplication (for GHASH). Read once per client build; cheap (a cached cpuid or auxv read).
+pub fn cpu_has_aes() -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(all(target_arch = "arm", target_os = "linux"))]
+    {
+        arm_hwcap2_has_aes(unsafe_getauxval_hwcap2())
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        all(target_arch = "arm", target_os = "linux")
+    )))]
+    {
+        false
+    }
+}
+
+/// 32-bit ARM's AES and PMULL bits in `AT_HWCAP2` (Linux `arch/arm/include/uapi/asm/hwcap.h`):
+/// set by the kernel for a core with the ARMv8 crypto extension running 32-bit code.
+#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
+const HWCAP2_AES: u64 = 1 << 0;
+#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
+const HWCAP2_PMULL: u64 = 1 << 1;
+
+/// Whether a 32-bit ARM `AT_HWCAP2` word has both bits.
+#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
+fn arm_hwcap2_has_aes(hwcap2: u64) -> bool {
+    hwcap2 & (HWCAP2_AES | HWCAP2_PMULL) == (HWCAP2_AES | HWCAP2_PMULL)
+}
+
+#[cfg(all(target_arch = "arm", target_os = "linux"))]
+fn unsafe_getauxval_hwcap2() -> u64 {
+    // SAFETY: getauxval reads the process's auxiliary vector; 0 for an unknown type.
+    u64::from(unsafe { libc::getauxval(libc::AT_HWCAP2) })
+}
+
+fn is_chacha(s: &SupportedCipherSuite) -> bool {
+    matches!(
+        s.suite(),
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    )
+}
+
+/// ring's provider with its suites in the order for this core: ring's own (AES-GCM first)
+/// with AES, ChaCha20-Poly1305 first (per TLS version, the rest in ring's order) without.
+pub fn provider(has_aes: bool) -> CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    if !has_aes {
+        // Stable: TLS 1.3 suites stay ahead of TLS 1.2 ones, each group keeps ring's order.
+        p.cipher_suites.sort_by_key(|s| {
+            (
+                s.version().version != rustls::ProtocolVersion::TLSv1_3,
+                !is_chacha(s),
+            )
+        });
+    }
+    p
+}
+
+/// The system's roots (as reqwest loaded them: unparsable ones skipped, an error only if the
+/// store had certificates and none was usable) plus `cloud.ca_file`.
+fn roots(cloud: &config::Cloud) -> Result<RootCertStore, TusError> {
+    let mut store = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (ok, bad) = store.add_parsable_certificates(native.certs);
+    if ok == 0 && bad > 0 {
+        let why: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+        return Err(TusError::Setup(format!(
+            "no usable certificate in the system's root store{}{}",
+            if why.is_empty() { "" } else { ": " },
+            why.join("; ")
+        )));
+    }
+    if let Some(ca) = &cloud.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(TusError::Setup(format!(
+                "{} holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            store.add(c).map_err(|e| {
+                TusError::Setup(format!(
+                    "{} is not a usable CA certificate: {e}",
+                    ca.display()
+                ))
+            })?;
+        }
+    }
+    Ok(store)
+}
+
+/// The device's certificate chain and key from `client_cert` + `client_key` (PEM, read by
+/// `config`): every certificate, and the last key found (as reqwest's `Identity::from_pem`).
+fn identity(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let mut certs = Vec::new();
+    let mut key = None;
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+        let (kind, der) = section.map_err(|e| format!("invalid PEM: {e}"))?;
+        match kind {
+            SectionKind::Certificate => certs.push(CertificateDer::from(der)),
+            SectionKind::PrivateKey => key = Some(PrivateKeyDer::Pkcs8(der.into())),
+            SectionKind::RsaPrivateKey => key = Some(PrivateKeyDer::Pkcs1(der.into())),
+            SectionKind::EcPrivateKey => key = Some(PrivateKeyDer::Sec1(der.into())),
+            _ => return Err("a PEM section that is neither a certificate nor a key".into()),
+        }
+    }
+    match key {
+        Some(key) if !certs.is_empty() => Ok((certs, key)),
+        _ => Err("private key or certificate not found".into()),
+    }
+}
+
+/// The rustls client configuration for `[cloud]`, its suites ordered for `has_aes`
+/// ([`cpu_has_aes`] in the daemon; a test passes both).
+pub fn client_config(
+    cloud: &config::Cloud,
+    has_aes: bool,
+) -> Result<rustls::ClientConfig, TusError> {
+    let roots = roots(cloud)?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider(has_aes)))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TusError::Setup(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots);
+    // Mutual TLS: the device's own certificate, beside the bearer token (never instead).
+    let pem = cloud
+        .client_identity_pem()
+        .map_err(|(key, why)| TusError::Setup(format!("`{key}`: {why}")))?;
+    let mut tls = match pem {
+        Some(pem) => {
+            let (certs, key) = identity(&pem)
+                .map_err(|why| TusError::Setup(format!("`cloud.client_key`: {why}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TusError::Setup(format!("`cloud.client_key`: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.enable_sni = true;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_aes_chacha_comes_first_in_each_version_and_nothing_is_lost() {
+        let with = provider(true).cipher_suites;
+        let without = provider(false).cipher_suites;
+        assert_eq!(with.len(), without.len());
+        assert!(!is_chacha(&with[0]), "AES-GCM first with AES: {with:?}");
+        assert_eq!(
+            without[0].suite(),
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+        let first12 = without
+            .iter()
+            .find(|s| s.version().version == rustls::ProtocolVersion::TLSv1_2)
+            .unwrap();
+        assert!(is_chacha(first12), "{without:?}");
+        for s in &with {
+            assert!(without.iter().any(|t| t.suite() == s.suite()));
+        }
+    }
+
+    #[test]
+    fn arm_hwcap2_needs_both_aes_and_pmull() {
+        assert!(!arm_hwcap2_has_aes(0));
+        assert!(!arm_hwcap2_has_aes(HWCAP2_AES));
+        assert!(!arm_hwcap2_has_aes(HWCAP2_PMULL));
+        assert!(arm_hwcap2_has_aes(HWCAP2_AES | HWCAP2_PMULL | 1 << 4));
+    }
+
+    /// What this build detects where it runs, against what the kernel tells in
+    /// /proc/cpuinfo (`aes` on x86 and ARM, plus `pclmulqdq`/`pmull`): under
+    /// `qemu-arm -cpu cortex-a7` both say no.
+    #[test]
+    fn detection_agrees_with_proc_cpuinfo() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let flags: Vec<&str> = info
+            .lines()
+            .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|f| f.split_whitespace().collect())
+            .unwrap_or_default();
+        if flags.is_empty() {
+            return;
+        }
+        let has = |f: &str| flags.contains(&f);
+        let expected = has("aes") && (has("pclmulqdq") || has("pmull"));
+        eprintln!(
+            "cpu_has_aes: {} (cpuinfo flags agree: {expected})",
+            cpu_has_aes()
+        );
+        // qemu-user shows the host's /proc/cpuinfo: only compare on native runs.
+        let native_arch = (cfg!(target_arch = "x86_64") && has("sse2"))
+            || (cfg!(target_arch = "aarch64") && has("asimd"))
+            || (cfg!(target_arch = "arm") && has("neon"));
+        if native_arch {
+            assert_eq!(cpu_has_aes(), expected, "flags: {flags:?}");
+        }
+    }
+}
