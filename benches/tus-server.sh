@@ -8,6 +8,9 @@
 #   EXTRA='chunk_sizing = "fixed"
 #   chunk_size_mib = 8' benches/tus-server.sh     # other [cloud] chunk keys
 #   CAMBACKUP_BIN=/tmp/old benches/tus-server.sh # another daemon binary
+#   BINS="def=target/release/cambackup big=target/release/cambackup" \
+#   EXTRA_big='chunk_size_mib = 1024' benches/tus-server.sh
+#       # EXTRA_<label>: [cloud] keys for one of the BINS only (instead of EXTRA)
 #   BINS="new=target/release/cambackup old=/tmp/old" benches/tus-server.sh
 #       # several daemon binaries in the same rounds (before/after), each against curl
 #   PERF_OUT=/tmp/p RUNS=1 benches/tus-server.sh # `perf record -g` of the daemon per round
@@ -166,7 +169,8 @@ print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+f
 
 # One daemon run: label $1, binary $2.
 run_daemon() {
-  local label=$1 bin=$2
+  local label=$1 bin=$2 extra
+  extra=$(eval "printf '%s' \"\${EXTRA_$label-\$EXTRA}\"")
   rm -rf "$T/state"
   mkdir -m 700 "$T/state"
   cat >"$T/c.toml" <<TOML
@@ -179,7 +183,7 @@ settle_secs = 1
 [cloud]
 endpoint = "$URL"
 $CA_LINE
-$EXTRA
+$extra
 [conditions]
 sysfs = "$T/sys"
 proc = "$T/proc"

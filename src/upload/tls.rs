@@ -1,19 +1,25 @@
 //! The client's TLS configuration, built here and handed to reqwest whole
 //! (`ClientBuilder::use_preconfigured_tls`), for one reason: the order of the cipher suites.
 //!
-//! On a core without AES instructions (many armv7 camera SoCs: Cortex-A7/A9 without the
-//! crypto extension) ring's AES-GCM runs in constant-time software (bit-sliced AES with NEON,
-//! GHASH without carry-less multiply), several times slower than ChaCha20-Poly1305, which
-//! needs only adds, rotates and xors. There the client lists ChaCha20-Poly1305 first; on a
-//! core with AES instructions (x86 AES-NI + PCLMULQDQ, ARMv8 AES + PMULL) AES-GCM stays first,
-//! as it is faster there. `benches/cipher.sh` has the figures.
+//! Without AES instructions (many armv7 camera SoCs: Cortex-A7/A9), and in every 32-bit ARM
+//! build (ring has no hardware AES code there), ring's AES-GCM runs in constant-time software
+//! (bit-sliced AES with NEON, GHASH without carry-less multiply), many times slower than
+//! ChaCha20-Poly1305, which needs only adds, rotates and xors. There the client lists
+//! ChaCha20-Poly1305 first; where AES-GCM runs on AES instructions (x86 AES-NI + PCLMULQDQ,
+//! aarch64 AES + PMULL) AES-GCM stays first, as it is faster there (on this x86: 0.14 s per GiB
+//! against 0.68). `benches/cipher.sh` has the figures, docs/PERFORMANCE.md a run.
 //!
-//! What the client's order can and cannot force: the server picks the suite. A rustls server
-//! follows the client's order unless it sets `ignore_client_order`; node (OpenSSL) follows it
-//! unless `honorCipherOrder` is set (then OpenSSL's `SSL_OP_PRIORITIZE_CHACHA` would be needed
-//! for ChaCha to win); Go's crypto/tls (tusd) chooses AES-GCM first only when both ends have
-//! AES hardware and otherwise prefers ChaCha20 if the client put it first. A server that
-//! imposes its own order is not overridden: the suite it picks is still verified and used.
+//! What the client's order can and cannot force: the server picks the suite, and a server
+//! that imposes its own order is not overridden (the suite it picks is verified and used as
+//! any other). A rustls server follows the client's order unless it sets
+//! `ignore_client_order`. Node (OpenSSL) does NOT by default: `https.createServer` prefers its
+//! own order (AES-256-GCM first), and @tus/server behind node 20 / OpenSSL 3.0 answered
+//! TLS_AES_256_GCM_SHA384 to a client listing ChaCha20 first (checked with `openssl s_client
+//! -ciphersuites`); with `secureOptions: crypto.constants.SSL_OP_PRIORITIZE_CHACHA` it takes
+//! ChaCha20 when the client lists it first (checked the same way). nginx
+//! (`ssl_prefer_server_ciphers off`, its default) follows the client. Go's crypto/tls (tusd)
+//! takes ChaCha20 when the client does not list AES-GCM first or the server itself lacks AES
+//! hardware (Go 1.16+, golang/go#41181), whatever its own order.
 //!
 //! Everything else is what reqwest's own rustls set-up did before (reqwest 0.12,
 //! `rustls-tls-native-roots`): ring as the provider, TLS 1.2 and 1.3, the system's roots
@@ -30,9 +36,17 @@ use rustls::{CipherSuite, RootCertStore, SupportedCipherSuite};
 use crate::config;
 use crate::upload::tus::TusError;
 
-/// Whether this core has the instructions AES-GCM needs to be fast: AES rounds and carry-less
-/// multiplication (for GHASH). Read once per client build; cheap (a cached cpuid or auxv read).
-pub fn cpu_has_aes() -> bool {
+/// Whether ring's AES-GCM runs on AES instructions here: AES rounds and carry-less
+/// multiplication (for GHASH) on x86 (AES-NI + PCLMULQDQ) and aarch64 (ARMv8 AES + PMULL).
+/// Read once per client build; cheap (a cached cpuid or auxv read).
+///
+/// Never on 32-bit ARM, whatever the core: ring 0.17 has no hardware AES code for it (its
+/// armv7 AES-GCM is bit-sliced AES and GHASH on NEON only; no `aesv8-armx` for 32-bit), so a
+/// Cortex-A53 running an armv7 userland is as slow at AES-GCM as a Cortex-A7. Measured under
+/// qemu-arm: with the AES instructions present (`-cpu max`) AES-GCM took 79-86 s per GiB
+/// against ChaCha20-Poly1305's 6.7, as without them (`-cpu cortex-a7`: 87-108 against 7.5;
+/// emulated, only the ratio means something: `benches/cipher.sh`).
+pub fn aes_gcm_is_fast() -> bool {
     #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
     {
         std::arch::is_x86_feature_detected!("aes")
@@ -43,38 +57,10 @@ pub fn cpu_has_aes() -> bool {
         std::arch::is_aarch64_feature_detected!("aes")
             && std::arch::is_aarch64_feature_detected!("pmull")
     }
-    #[cfg(all(target_arch = "arm", target_os = "linux"))]
-    {
-        arm_hwcap2_has_aes(unsafe_getauxval_hwcap2())
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        all(target_arch = "arm", target_os = "linux")
-    )))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64")))]
     {
         false
     }
-}
-
-/// 32-bit ARM's AES and PMULL bits in `AT_HWCAP2` (Linux `arch/arm/include/uapi/asm/hwcap.h`):
-/// set by the kernel for a core with the ARMv8 crypto extension running 32-bit code.
-#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
-const HWCAP2_AES: u64 = 1 << 0;
-#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
-const HWCAP2_PMULL: u64 = 1 << 1;
-
-/// Whether a 32-bit ARM `AT_HWCAP2` word has both bits.
-#[cfg_attr(not(all(target_arch = "arm", target_os = "linux")), allow(dead_code))]
-fn arm_hwcap2_has_aes(hwcap2: u64) -> bool {
-    hwcap2 & (HWCAP2_AES | HWCAP2_PMULL) == (HWCAP2_AES | HWCAP2_PMULL)
-}
-
-#[cfg(all(target_arch = "arm", target_os = "linux"))]
-fn unsafe_getauxval_hwcap2() -> u64 {
-    // SAFETY: getauxval reads the process's auxiliary vector; 0 for an unknown type.
-    u64::from(unsafe { libc::getauxval(libc::AT_HWCAP2) })
 }
 
 fn is_chacha(s: &SupportedCipherSuite) -> bool {
@@ -164,7 +150,7 @@ fn identity(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'
 }
 
 /// The rustls client configuration for `[cloud]`, its suites ordered for `has_aes`
-/// ([`cpu_has_aes`] in the daemon; a test passes both).
+/// ([`aes_gcm_is_fast`] in the daemon; a test passes both).
 pub fn client_config(
     cloud: &config::Cloud,
     has_aes: bool,
@@ -217,17 +203,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn arm_hwcap2_needs_both_aes_and_pmull() {
-        assert!(!arm_hwcap2_has_aes(0));
-        assert!(!arm_hwcap2_has_aes(HWCAP2_AES));
-        assert!(!arm_hwcap2_has_aes(HWCAP2_PMULL));
-        assert!(arm_hwcap2_has_aes(HWCAP2_AES | HWCAP2_PMULL | 1 << 4));
-    }
-
-    /// What this build detects where it runs, against what the kernel tells in
-    /// /proc/cpuinfo (`aes` on x86 and ARM, plus `pclmulqdq`/`pmull`): under
-    /// `qemu-arm -cpu cortex-a7` both say no.
+    /// What this build detects where it runs, against what the kernel tells in /proc/cpuinfo
+    /// (`aes` plus `pclmulqdq` on x86, `aes` plus `pmull` on aarch64; 32-bit ARM: never).
     #[test]
     fn detection_agrees_with_proc_cpuinfo() {
         let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
@@ -239,21 +216,19 @@ mod tests {
             .and_then(|l| l.split(':').nth(1))
             .map(|f| f.split_whitespace().collect())
             .unwrap_or_default();
-        if flags.is_empty() {
-            return;
-        }
         let has = |f: &str| flags.contains(&f);
-        let expected = has("aes") && (has("pclmulqdq") || has("pmull"));
-        eprintln!(
-            "cpu_has_aes: {} (cpuinfo flags agree: {expected})",
-            cpu_has_aes()
-        );
-        // qemu-user shows the host's /proc/cpuinfo: only compare on native runs.
-        let native_arch = (cfg!(target_arch = "x86_64") && has("sse2"))
-            || (cfg!(target_arch = "aarch64") && has("asimd"))
-            || (cfg!(target_arch = "arm") && has("neon"));
-        if native_arch {
-            assert_eq!(cpu_has_aes(), expected, "flags: {flags:?}");
+        eprintln!("aes_gcm_is_fast: {}", aes_gcm_is_fast());
+        if cfg!(target_arch = "arm") {
+            assert!(!aes_gcm_is_fast());
+        } else if cfg!(target_arch = "x86_64") && has("sse2") {
+            assert_eq!(
+                aes_gcm_is_fast(),
+                has("aes") && has("pclmulqdq"),
+                "{flags:?}"
+            );
+        } else if cfg!(target_arch = "aarch64") && has("asimd") {
+            assert_eq!(aes_gcm_is_fast(), has("aes") && has("pmull"), "{flags:?}");
         }
+        // Anything else (qemu-user shows the host's /proc/cpuinfo): no comparison.
     }
 }

@@ -521,9 +521,9 @@ impl Client {
     /// daemon calls [`Client::rebind`] before any upload, and at once with `None`.
     pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
         let http = build(cloud, &Binding::Unbound)?;
-        let aes = tls::cpu_has_aes();
+        let aes = tls::aes_gcm_is_fast();
         tracing::info!(
-            aes_instructions = aes,
+            aes_gcm_on_aes_instructions = aes,
             first = if aes { "AES-GCM" } else { "ChaCha20-Poly1305" },
             "TLS cipher suites ordered for this core"
         );
@@ -1048,7 +1048,7 @@ fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, Tu
     let stall = Duration::from_secs(cloud.stall_secs.max(1));
     // Built by hand for the suites' order on cores without AES (module `upload::tls`); the
     // same roots, versions, identity and ALPN reqwest's own set-up had.
-    let tls = tls::client_config(cloud, tls::cpu_has_aes())?;
+    let tls = tls::client_config(cloud, tls::aes_gcm_is_fast())?;
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .user_agent(USER_AGENT)
