@@ -31,8 +31,9 @@
 # each request's start `t` and duration `ms`). CPU: utime+stime of the client process
 # (/proc/PID/stat around the upload for the daemon, /usr/bin/time for curl), 10 ms ticks.
 # RSS: VmHWM of the client process, its whole life. "srv_cpu": the server's (node's) CPU over
-# the same window, "srv_busy" that over the wall time: 1.0 is a whole core, the most one node
-# process can use; below it, node waited for the client's bytes. "gaps": the time between the end of one
+# the same window, "srv_busy" that over the wall time, in cores: node's JavaScript runs on one
+# thread, its file writes on libuv's, so it can pass 1.0; lower with one client than with the
+# other at the same CPU per GiB means node waited more for that client. "gaps": the time between the end of one
 # PATCH and the start of the next at the server (per round: median and max); "lead": from
 # launching curl / giving consent to the first PATCH reaching the server. The summary gives
 # each figure's median and range over the rounds, and the per-round ratios to curl.
