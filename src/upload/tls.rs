@@ -34,7 +34,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{CipherSuite, RootCertStore, SupportedCipherSuite};
 
 use crate::config;
-use crate::upload::tus::TusError;
 
 /// Whether ring's AES-GCM runs on AES instructions here: AES rounds and carry-less
 /// multiplication (for GHASH) on x86 (AES-NI + PCLMULQDQ) and aarch64 (ARMv8 AES + PMULL).
@@ -90,39 +89,30 @@ pub fn provider(has_aes: bool) -> CryptoProvider {
 
 /// The system's roots (as reqwest loaded them: unparsable ones skipped, an error only if the
 /// store had certificates and none was usable) plus `cloud.ca_file`.
-fn roots(cloud: &config::Cloud) -> Result<RootCertStore, TusError> {
+fn roots(cloud: &config::Cloud) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (ok, bad) = store.add_parsable_certificates(native.certs);
     if ok == 0 && bad > 0 {
         let why: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
-        return Err(TusError::Setup(format!(
+        return Err(format!(
             "no usable certificate in the system's root store{}{}",
             if why.is_empty() { "" } else { ": " },
             why.join("; ")
-        )));
+        ));
     }
     if let Some(ca) = &cloud.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
-            })?;
+            .map_err(|e| format!("{} is not a PEM certificate: {e}", ca.display()))?;
         if certs.is_empty() {
-            return Err(TusError::Setup(format!(
-                "{} holds no PEM certificate",
-                ca.display()
-            )));
+            return Err(format!("{} holds no PEM certificate", ca.display()));
         }
         for c in certs {
-            store.add(c).map_err(|e| {
-                TusError::Setup(format!(
-                    "{} is not a usable CA certificate: {e}",
-                    ca.display()
-                ))
-            })?;
+            store
+                .add(c)
+                .map_err(|e| format!("{} is not a usable CA certificate: {e}", ca.display()))?;
         }
     }
     Ok(store)
@@ -150,27 +140,25 @@ fn identity(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'
 }
 
 /// The rustls client configuration for `[cloud]`, its suites ordered for `has_aes`
-/// ([`aes_gcm_is_fast`] in the daemon; a test passes both).
-pub fn client_config(
-    cloud: &config::Cloud,
-    has_aes: bool,
-) -> Result<rustls::ClientConfig, TusError> {
+/// ([`aes_gcm_is_fast`] in the daemon; a test passes both). An error names the file or key at
+/// fault; `tus` makes it a `TusError::Setup` (this module does not use `tus`: no circle).
+pub fn client_config(cloud: &config::Cloud, has_aes: bool) -> Result<rustls::ClientConfig, String> {
     let roots = roots(cloud)?;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider(has_aes)))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TusError::Setup(format!("TLS versions: {e}")))?
+        .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots);
     // Mutual TLS: the device's own certificate, beside the bearer token (never instead).
     let pem = cloud
         .client_identity_pem()
-        .map_err(|(key, why)| TusError::Setup(format!("`{key}`: {why}")))?;
+        .map_err(|(key, why)| format!("`{key}`: {why}"))?;
     let mut tls = match pem {
         Some(pem) => {
-            let (certs, key) = identity(&pem)
-                .map_err(|why| TusError::Setup(format!("`cloud.client_key`: {why}")))?;
+            let (certs, key) =
+                identity(&pem).map_err(|why| format!("`cloud.client_key`: {why}"))?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| TusError::Setup(format!("`cloud.client_key`: {e}")))?
+                .map_err(|e| format!("`cloud.client_key`: {e}"))?
         }
         None => builder.with_no_client_auth(),
     };

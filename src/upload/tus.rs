@@ -1048,7 +1048,7 @@ fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, Tu
     let stall = Duration::from_secs(cloud.stall_secs.max(1));
     // Built by hand for the suites' order on cores without AES (module `upload::tls`); the
     // same roots, versions, identity and ALPN reqwest's own set-up had.
-    let tls = tls::client_config(cloud, tls::aes_gcm_is_fast())?;
+    let tls = tls::client_config(cloud, tls::aes_gcm_is_fast()).map_err(TusError::Setup)?;
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .user_agent(USER_AGENT)
