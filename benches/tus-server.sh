@@ -8,9 +8,21 @@
 #   EXTRA='chunk_sizing = "fixed"
 #   chunk_size_mib = 8' benches/tus-server.sh     # other [cloud] chunk keys
 #   CAMBACKUP_BIN=/tmp/old benches/tus-server.sh # another daemon binary
+#   BINS="def=target/release/cambackup big=target/release/cambackup" \
+#   EXTRA_big='chunk_size_mib = 1024' benches/tus-server.sh
+#       # EXTRA_<label>: [cloud] keys for one of the BINS only (instead of EXTRA)
 #   BINS="new=target/release/cambackup old=/tmp/old" benches/tus-server.sh
 #       # several daemon binaries in the same rounds (before/after), each against curl
 #   PERF_OUT=/tmp/p RUNS=1 benches/tus-server.sh # `perf record -g` of the daemon per round
+#   STRACE_OUT=/tmp/s RUNS=1 benches/tus-server.sh # `strace -f` of both clients (slows both):
+#       $STRACE_OUT.LABEL.ROUND, every write/read syscall with its size, for the write sizes
+#   TLS=1 benches/tus-server.sh                  # over HTTPS (issue 29): see below
+#
+# TLS=1: openssl makes a CA and a certificate for 127.0.0.1 in the temp dir; node serves HTTPS
+# (https.createServer, OpenSSL, same tus handler: interop/server.mjs with TUS_TLS_CERT/KEY);
+# the daemon trusts the CA with `ca_file`, curl with `--cacert`. "hs" counts the TLS
+# handshakes the server saw during each client's upload (1: one connection for every PATCH),
+# "cipher" the suite it negotiated.
 #
 # Per round: curl sends the file as ONE PATCH (`curl -T`, streaming) to an upload made with
 # `curl -X POST`; the daemon uploads the same file from its card after consent
@@ -18,7 +30,10 @@
 # launching curl / giving consent to the server finishing the last PATCH (its request log has
 # each request's start `t` and duration `ms`). CPU: utime+stime of the client process
 # (/proc/PID/stat around the upload for the daemon, /usr/bin/time for curl), 10 ms ticks.
-# RSS: VmHWM of the client process, its whole life. "gaps": the time between the end of one
+# RSS: VmHWM of the client process, its whole life. "srv_cpu": the server's (node's) CPU over
+# the same window, "srv_busy" that over the wall time, in cores: node's JavaScript runs on one
+# thread, its file writes on libuv's, so it can pass 1.0; lower with one client than with the
+# other at the same CPU per GiB means node waited more for that client. "gaps": the time between the end of one
 # PATCH and the start of the next at the server (per round: median and max); "lead": from
 # launching curl / giving consent to the first PATCH reaching the server. The summary gives
 # each figure's median and range over the rounds, and the per-round ratios to curl.
@@ -27,7 +42,9 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-5}
 EXTRA=${EXTRA:-}
+TLS=${TLS:-}
 PERF_OUT=${PERF_OUT:-}
+STRACE_OUT=${STRACE_OUT:-}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --bin cambackup
 BINS=${BINS:-cambackup=${CAMBACKUP_BIN:-$TARGET/release/cambackup}}
@@ -65,6 +82,19 @@ BYTES=$(stat -c %s "$FILE")
 cat "$FILE" >/dev/null # in the page cache for every run alike
 
 : >"$T/server.log"
+CURL_TLS=() CA_LINE=
+if [ -n "$TLS" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$T/ca.key" -out "$T/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$T/srv.key" -out "$T/srv.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+  openssl x509 -req -in "$T/srv.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial \
+    -days 2 -extfile "$T/ext" -out "$T/srv.pem" 2>/dev/null
+  export TUS_TLS_CERT=$T/srv.pem TUS_TLS_KEY=$T/srv.key
+  CURL_TLS=(--cacert "$T/ca.pem")
+  CA_LINE="ca_file = \"$T/ca.pem\""
+fi
 TUS_TOKEN=$TOKEN node interop/server.mjs "$STORE" "$T/server.log" >"$T/server.out" 2>"$T/server.err" &
 SPID=$!
 for _ in $(seq 1 100); do grep -q '"url"' "$T/server.out" && break; sleep 0.1; done
@@ -75,7 +105,8 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
 # Waits until the server finished the PATCH that completed the upload (log lines from line $1
-# on); prints that round's PATCH timings: "END_MS PATCHES GAP_MEDIAN_MS GAP_MAX_MS FIRST_MS".
+# on); prints that round's PATCH timings: "END_MS PATCHES GAP_MEDIAN_MS GAP_MAX_MS FIRST_MS
+# HANDSHAKES CIPHER" (handshakes during the round; the suite of the latest one, ever).
 wait_done() {
   # A cheap look first: a Python start per look would take a good part of a core away from the
   # server while the daemon uploads (and only then: curl's run waits for curl), which is what
@@ -91,15 +122,20 @@ wait_done() {
     out=$(python3 - "$T/server.log" "$1" "$BYTES" <<'PY'
 import json, statistics, sys
 log, start, size = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-lines = [json.loads(l) for l in open(log).read().splitlines()[start:]]
-p = [l for l in lines if l["method"] == "PATCH"]
+every = [json.loads(l) for l in open(log).read().splitlines()]
+lines = every[start:]
+hs = [l for l in lines if "tls_handshake" in l]
+# The client's connection may be older than the round (the daemon's from its start): the
+# suite of the latest handshake.
+cipher = ([l["cipher"] for l in every if "tls_handshake" in l] or ["-"])[-1]
+p = [l for l in lines if l.get("method") == "PATCH"]
 if not any(l["res"].get("upload-offset") == size for l in p):
     sys.exit(0)
 bad = [l for l in p if l["status"] != 204]
 if bad:
     print("ERROR", bad[0]); sys.exit(0)
 gaps = [b["t"] - (a["t"] + a["ms"]) for a, b in zip(p, p[1:])] or [0]
-print(p[-1]["t"] + p[-1]["ms"], len(p), statistics.median(gaps), max(gaps), p[0]["t"])
+print(p[-1]["t"] + p[-1]["ms"], len(p), statistics.median(gaps), max(gaps), p[0]["t"], len(hs), cipher)
 PY
     )
     case $out in ERROR*) echo "$out" >&2; exit 1 ;; "") sleep 0.05 ;; *) echo "$out"; return ;; esac
@@ -109,27 +145,33 @@ PY
 }
 
 run_curl() {
-  local from loc t0 code
+  local from loc t0 code s0 s1
   from=$(wc -l <"$T/server.log")
-  loc=$(curl -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
+  loc=$(curl "${CURL_TLS[@]}" -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
     -H "Authorization: Bearer $TOKEN" "$URL" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  s0=$(ticks "$SPID")
   t0=$(now_ms)
-  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" curl -sS -X PATCH -T "$FILE" -H 'Expect:' \
+  local trace=()
+  [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.curl.$round" \
+    -e trace=%network,write,writev,sendmsg,sendto,read,readv,preadv2,poll,ppoll)
+  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" "${trace[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
     -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
     -H 'Content-Type: application/offset+octet-stream' -H "Authorization: Bearer $TOKEN" \
     -o /dev/null -w '%{http_code}' "$loc")
   [ "$code" = 204 ] || { echo "curl PATCH answered $code" >&2; exit 1; }
-  read -r end n gmed gmax first <<<"$(wait_done "$from")"
+  read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
+  s1=$(ticks "$SPID")
   read -r u s m <"$T/time"
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,u,s,m,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)}')" \
-    "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first"
+  python3 -c "import sys; b,t0,e,u,s,m,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
+    "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1"
 }
 
 # One daemon run: label $1, binary $2.
 run_daemon() {
-  local label=$1 bin=$2
+  local label=$1 bin=$2 extra
+  extra=$(eval "printf '%s' \"\${EXTRA_$label-\$EXTRA}\"")
   rm -rf "$T/state"
   mkdir -m 700 "$T/state"
   cat >"$T/c.toml" <<TOML
@@ -141,7 +183,8 @@ root = "$T/card"
 settle_secs = 1
 [cloud]
 endpoint = "$URL"
-$EXTRA
+$CA_LINE
+$extra
 [conditions]
 sysfs = "$T/sys"
 proc = "$T/proc"
@@ -159,30 +202,37 @@ TOML
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
   sleep 2 # past idle_secs since the daemon's own start, so consent is the only thing missing
-  local from c0 c1 t0 hwm perf=
+  local from c0 c1 t0 hwm perf= s0 s1
   from=$(wc -l <"$T/server.log")
   if [ -n "$PERF_OUT" ]; then
     perf record -q -F 999 -g -o "$PERF_OUT.$label.$round.data" -p "$DPID" 2>/dev/null &
     perf=$!
     sleep 1
+  elif [ -n "$STRACE_OUT" ]; then
+    strace -f -qq -e trace=%network,write,writev,sendmsg,sendto,read,readv,preadv2,epoll_wait \
+      -o "$STRACE_OUT.$label.$round" -p "$DPID" 2>/dev/null &
+    perf=$!
+    sleep 1
   fi
   c0=$(ticks "$DPID")
+  s0=$(ticks "$SPID")
   t0=$(now_ms)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
-  read -r end n gmed gmax first <<<"$(wait_done "$from")"
+  read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
   c1=$(ticks "$DPID")
+  s1=$(ticks "$SPID")
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
   kill -TERM "$DPID"
   wait "$DPID" || true
   DPID=
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)}')" \
-    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first"
+  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
+    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first" "$hs" "$cipher" "$s0" "$s1"
 }
 
-echo "file: $BYTES bytes; $(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "file: $BYTES bytes; ${TLS:+over TLS; }$(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 : >"$T/results"
 for round in $(seq 1 "$RUNS"); do
   # Alternate who goes first: a round's second client finds the machine as the first left it.
@@ -209,7 +259,8 @@ print(f"--- medians (range) over {len(c)} rounds")
 for name, rs in rows.items():
     print(f"{name:10} tput MiB/s {fig(rs, 'tput')}  cpu s {fig(rs, 'cpu')}  rss MiB {fig(rs, 'hwm')}"
           f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}  gap max ms {fig(rs, 'gap_max')}"
-          f"  lead ms {fig(rs, 'lead_ms')}")
+          f"  lead ms {fig(rs, 'lead_ms')}  handshakes {fig(rs, 'hs')}"
+          f"  server cpu s {fig(rs, 'srv_cpu')}  server busy {fig(rs, 'srv_busy')}")
 for name, d in rows.items():
     if name == "curl":
         continue

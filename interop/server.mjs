@@ -20,9 +20,13 @@
 //                 method (the contract has the client send it on every request, OPTIONS too).
 //   TUS_LOCATION  "absolute" (default: http://127.0.0.1:PORT/files/ID) or "relative"
 //                 (/files/ID, which the client resolves against the creation URL).
+//   TUS_TLS_CERT, TUS_TLS_KEY  PEM files: serve HTTPS (node's https.createServer, OpenSSL)
+//                 with the same handler, and print an https:// url (benches/tus-server.sh
+//                 TLS=1). The log also counts TLS handshakes: {"tls_handshake": N} lines.
 
-import { appendFileSync, mkdirSync } from "node:fs";
-import { createServer } from "node:http";
+import { appendFileSync, mkdirSync, readFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { FileStore } from "@tus/file-store";
 import { Server } from "@tus/server";
 
@@ -39,10 +43,18 @@ if (location !== "absolute" && location !== "relative") {
 }
 mkdirSync(storeDir, { recursive: true });
 
+const tlsCert = process.env.TUS_TLS_CERT;
+const tlsKey = process.env.TUS_TLS_KEY;
+const tls = tlsCert !== undefined && tlsKey !== undefined;
+
 const tus = new Server({
   path: "/files",
   datastore: new FileStore({ directory: storeDir }),
   relativeLocation: location === "relative",
+  // Behind no proxy, @tus/server cannot tell it serves HTTPS: absolute locations say so here.
+  ...(tls && location === "absolute"
+    ? { generateUrl: (_req, { host, path, id }) => `https://${host}${path}/${id}` }
+    : {}),
 });
 
 // Request headers worth seeing in a failure report; anything else a client sends is logged by
@@ -75,7 +87,7 @@ function headerPairs(headers) {
   return pairs;
 }
 
-const http = createServer((req, res) => {
+const handler = (req, res) => {
   const entry = {
     t: Date.now(),
     method: req.method,
@@ -122,12 +134,26 @@ const http = createServer((req, res) => {
     }
     res.end();
   });
-});
+};
+const http = tls
+  ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, handler)
+  : createHttpServer(handler);
+if (tls) {
+  // Full handshakes and resumptions alike: one per connection the client opens.
+  let handshakes = 0;
+  http.on("secureConnection", (socket) => {
+    handshakes += 1;
+    appendFileSync(
+      logFile,
+      `${JSON.stringify({ t: Date.now(), tls_handshake: handshakes, cipher: socket.getCipher().standardName, protocol: socket.getProtocol() })}\n`,
+    );
+  });
+}
 
 http.listen({ host: "127.0.0.1", port: 0 }, () => {
   const { port } = http.address();
   process.stdout.write(
-    `${JSON.stringify({ url: `http://127.0.0.1:${port}/files/`, port, pid: process.pid })}\n`,
+    `${JSON.stringify({ url: `${tls ? "https" : "http"}://127.0.0.1:${port}/files/`, port, pid: process.pid })}\n`,
   );
 });
 

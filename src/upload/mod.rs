@@ -9,6 +9,7 @@ pub mod retry;
 pub mod sent;
 pub mod source;
 pub mod throttle;
+pub mod tls;
 pub mod transfer;
 pub mod tus;
 

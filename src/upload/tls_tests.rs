@@ -3,7 +3,9 @@
 //! certificates made at test time by rcgen (no key is committed):
 //! - a certificate from a CA nobody trusts is refused before any request reaches the server;
 //! - the same server is accepted once `cloud.ca_file` holds that CA;
-//! - a certificate for another host name, or an expired one, is refused even with the CA trusted.
+//! - a certificate for another host name, or an expired one, is refused even with the CA trusted;
+//! - the client's suite order (issue 29): without AES instructions a server that follows the
+//!   client's order settles on ChaCha20-Poly1305, with them on AES-GCM.
 //!
 //! Each refusal is checked on both ends: the client's error names the certificate problem, the
 //! server saw a failed handshake, and its handler was never called.
@@ -26,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::secret::Secret;
+use crate::upload::tls;
 use crate::upload::tus::{self, TusError};
 
 /// A certificate authority made for one test.
@@ -83,6 +86,8 @@ struct Counts {
     handshakes_failed: AtomicUsize,
     /// Requests that reached the HTTP handler.
     requests: AtomicUsize,
+    /// The suite of each completed handshake, in order.
+    suites: std::sync::Mutex<Vec<rustls::CipherSuite>>,
 }
 
 /// A TLS server on 127.0.0.1 that answers every request like a tus endpoint's `OPTIONS`.
@@ -107,12 +112,15 @@ impl Server {
             CertificateDer::from(ca.cert.der().to_vec()),
         ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key.serialize_der()));
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
+        // rustls's default, named: the server takes the first suite of the client's list that
+        // it supports (it supports all of ring's), so the client's order decides.
+        tls.ignore_client_order = false;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -128,6 +136,9 @@ impl Server {
                 tokio::spawn(async move {
                     let tls = match acceptor.accept(tcp).await {
                         Ok(tls) => {
+                            if let Some(suite) = tls.get_ref().1.negotiated_cipher_suite() {
+                                c.suites.lock().unwrap().push(suite.suite());
+                            }
                             c.handshakes_ok.fetch_add(1, Ordering::SeqCst);
                             tls
                         }
@@ -295,4 +306,64 @@ async fn expired_certificate_is_refused_even_with_the_ca_trusted() {
     assert_certificate_error(options(&cloud).await, "certificate expired");
     server.wait_failed_handshakes(1).await;
     server.assert_refused();
+}
+
+/// The suite the server settled on for a client built with `has_aes`.
+async fn negotiated(server: &Server, cloud: &config::Cloud, has_aes: bool) -> rustls::CipherSuite {
+    let tls = tls::client_config(cloud, has_aes).expect("the TLS configuration builds");
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let resp = http
+        .request(reqwest::Method::OPTIONS, &cloud.endpoint)
+        .send()
+        .await
+        .expect("the trusted server answers");
+    assert_eq!(resp.status(), 204);
+    *server.counts.suites.lock().unwrap().last().unwrap()
+}
+
+#[tokio::test]
+async fn without_aes_instructions_chacha20_is_negotiated_with_them_aes_gcm() {
+    use rustls::CipherSuite as S;
+    let ca = Ca::new("cambackup test CA");
+    let server = Server::start(&ca.leaf(&["127.0.0.1"], false), &ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = cloud(
+        &server.endpoint("127.0.0.1"),
+        Some(ca.write_pem(dir.path())),
+    );
+
+    assert_eq!(
+        negotiated(&server, &cloud, false).await,
+        S::TLS13_CHACHA20_POLY1305_SHA256,
+        "a core without AES: ChaCha20-Poly1305"
+    );
+    let with = negotiated(&server, &cloud, true).await;
+    assert!(
+        matches!(
+            with,
+            S::TLS13_AES_256_GCM_SHA384 | S::TLS13_AES_128_GCM_SHA256
+        ),
+        "a core with AES: AES-GCM, not {with:?}"
+    );
+
+    // The daemon's own client (tus::Client) makes the choice for the core it runs on.
+    options(&cloud)
+        .await
+        .expect("the trusted server must be accepted");
+    let daemon = *server.counts.suites.lock().unwrap().last().unwrap();
+    let want = if tls::aes_gcm_is_fast() {
+        with
+    } else {
+        S::TLS13_CHACHA20_POLY1305_SHA256
+    };
+    assert_eq!(
+        daemon,
+        want,
+        "aes_gcm_is_fast() = {}",
+        tls::aes_gcm_is_fast()
+    );
+    assert_eq!(server.counts.handshakes_ok.load(Ordering::SeqCst), 3);
 }

@@ -40,6 +40,7 @@ use crate::upload::bind::{self, Binding};
 use crate::upload::metadata::UploadMetadata;
 use crate::upload::retry;
 use crate::upload::throttle::{self, Throttle};
+use crate::upload::tls;
 
 /// The protocol version we speak.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -520,6 +521,12 @@ impl Client {
     /// daemon calls [`Client::rebind`] before any upload, and at once with `None`.
     pub fn new(cloud: &config::Cloud) -> Result<Client, TusError> {
         let http = build(cloud, &Binding::Unbound)?;
+        let aes = tls::aes_gcm_is_fast();
+        tracing::info!(
+            aes_gcm_on_aes_instructions = aes,
+            first = if aes { "AES-GCM" } else { "ChaCha20-Poly1305" },
+            "TLS cipher suites ordered for this core"
+        );
         let endpoints: Vec<Url> = std::iter::once(&cloud.endpoint)
             .chain(cloud.regions.values())
             .filter_map(|e| Url::parse(e).ok())
@@ -1039,10 +1046,11 @@ impl Meter {
 /// The HTTP client for `cloud`, its connections held by `binding`.
 fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, TusError> {
     let stall = Duration::from_secs(cloud.stall_secs.max(1));
+    // Built by hand for the suites' order on cores without AES (module `upload::tls`); the
+    // same roots, versions, identity and ALPN reqwest's own set-up had.
+    let tls = tls::client_config(cloud, tls::aes_gcm_is_fast()).map_err(TusError::Setup)?;
     let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(true)
-        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        .use_preconfigured_tls(tls)
         .user_agent(USER_AGENT)
         // A redirect would send the token and the file to a host nobody configured.
         .redirect(reqwest::redirect::Policy::none())
@@ -1063,31 +1071,6 @@ fn build(cloud: &config::Cloud, binding: &Binding) -> Result<reqwest::Client, Tu
                 .local_address(*addr)
                 .dns_resolver(bind::resolver_for(*addr))
         }
-    }
-    if let Some(ca) = &cloud.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| TusError::Setup(format!("cannot read {}: {e}", ca.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            TusError::Setup(format!("{} is not a PEM certificate: {e}", ca.display()))
-        })?;
-        if certs.is_empty() {
-            return Err(TusError::Setup(format!(
-                "{} holds no PEM certificate",
-                ca.display()
-            )));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    // Mutual TLS: the device's own certificate, beside the bearer token (never instead).
-    let pem = cloud
-        .client_identity_pem()
-        .map_err(|(key, why)| TusError::Setup(format!("`{key}`: {why}")))?;
-    if let Some(pem) = pem {
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| TusError::Setup(format!("`cloud.client_key`: {}", chain(&e))))?;
-        b = b.identity(identity);
     }
     b.build().map_err(|e| TusError::Setup(chain(&e)))
 }
