@@ -173,7 +173,8 @@ fn unreadable(app: &App, item: &Item, reason: &str) -> Ending {
 }
 
 /// When the item's next attempt may start (unix seconds): the back-off for its attempts so
-/// far, or the server's `Retry-After` if that is later.
+/// far, or the server's `Retry-After` (its first of an outage with a phase drawn, the next
+/// ones keeping it: [`Backoff::delay`]).
 fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
     // Whole seconds, rounded up: a server's Retry-After is never undercut by the part of the
     // current second already gone.
@@ -182,6 +183,7 @@ fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
         now,
         item.attempts,
         retry_after,
+        retry_after.is_some() && app.server_busy_again(),
         retry::jitter(),
     )
 }

@@ -77,6 +77,11 @@ struct Live {
     last_state: Option<(DaemonState, Vec<Block>)>,
     /// The server asked (Retry-After) that no upload start before this unix second.
     server_not_before: i64,
+    /// The camera's last answer from the server said it was busy (429/503), and no upload
+    /// went through since: an outage goes on, and its next `Retry-After` keeps the phase the
+    /// first one drew ([`crate::upload::retry::Backoff::delay`]). Memory only: after a restart
+    /// the next one draws a phase anew, which spreads as well.
+    server_busy_again: bool,
     /// The last write to the state directory failed because it is full.
     state_dir_full: Option<String>,
     /// The user's choices in force are not saved the normal way yet (a withdrawal on a full
@@ -220,6 +225,7 @@ impl App {
                 card_watched: false,
                 settling: 0,
                 server_not_before,
+                server_busy_again: false,
                 clock_set: crate::clock::is_set(),
                 certificate_refused: None,
                 no_path: None,
@@ -847,6 +853,12 @@ impl App {
     /// (`None`). Memory only: a restart tries again and finds out anew.
     pub fn set_certificate_refused(&self, why: Option<String>) {
         self.live().certificate_refused = why;
+    }
+
+    /// Whether the camera's last answer from the server said it was busy, with no upload
+    /// through since (see `Live::server_busy_again`).
+    pub fn server_busy_again(&self) -> bool {
+        self.live().server_busy_again
     }
 
     /// Before this unix second no upload starts (the server's Retry-After; 0: none).

@@ -27,10 +27,6 @@ pub struct Backoff {
 /// The first retry waits up to this long.
 pub const DEFAULT_BASE: Duration = Duration::from_secs(2);
 
-/// The jitter added to a `Retry-After` is at most this many times half of it (so at most twice
-/// it): the rare long draw of an exponential must not leave a camera idle for many periods.
-pub const RETRY_AFTER_JITTER_CAP: f64 = 4.0;
-
 /// The longest `Retry-After` we obey. A server may ask for more than our own cap (we honour it:
 /// it knows its load), but a typo'd date years ahead must not park an item forever.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -45,26 +41,40 @@ impl Backoff {
     }
 
     /// The wait before attempt number `attempts + 1`; `retry_after` from the server wins when
-    /// given; `rand01` in [0, 1) is the jitter draw.
+    /// given; `again`: the camera's previous answer from the server was such a `Retry-After`
+    /// too (the outage goes on); `rand01` in [0, 1) is the jitter draw.
     ///
     /// Without `Retry-After`: a uniform draw in `[0, min(max, base * 2^attempts))` ("full
-    /// jitter"). With it: what the server asked, never less, plus an exponential draw with a
-    /// mean of half of it, capped at twice it ([`RETRY_AFTER_JITTER_CAP`]), the whole bounded by
-    /// [`MAX_RETRY_AFTER`]. On average a camera waits 1.5 times what the server asked.
+    /// jitter"). With it, never sooner than the server asked (`R`), bounded by
+    /// [`MAX_RETRY_AFTER`]:
+    /// - the first `Retry-After` of an outage: `R` plus a uniform draw in `[0, 2R)`. This
+    ///   draw gives the camera a phase of its own, whatever instant it met the outage at;
+    /// - each one after it: exactly `2R`, which keeps that phase.
     ///
-    /// Why exponential: a fleet that hit the same outage should come back as spread as
-    /// independent cameras can be (issue 29, part 4). A uniform `R + U(0, R/2)` kept each
-    /// camera's phase close to its arrival, so a fleet that arrived within 20 s came back in a
-    /// bunch (busiest second 4.3x-6.4x the mean; docs/SOAK.md); a uniform `R + U(0, R)` with the
-    /// same mean wait still came back 1.27x as bunched as the ideal fleet for 300 cameras in
-    /// the model. A memoryless draw forgets the arrival fastest: 1.10x-1.19x of the ideal for 100
-    /// and 300 cameras in the model, and measured in docs/SOAK.md ("Fleet, round 3").
-    pub fn delay(&self, attempts: u32, retry_after: Option<Duration>, rand01: f64) -> Duration {
+    /// Why (issue 29, part 4): a fleet that hit one outage comes back as spread as
+    /// independent cameras can be. After the recovery each camera's first request falls at a
+    /// uniform instant of the `2R` that follows, whenever its cameras met the outage; a
+    /// renewal draw at each 503 cannot do that (its next request is likeliest soonest, so a
+    /// fleet that met the outage together comes back in a bunch): `R + U(0, R/2)` came back
+    /// 1.5x-1.7x as bunched as the ideal fleet (docs/SOAK.md), `R + Exp(R/2)` 1.1x-1.6x; this
+    /// rule 1.0x-1.1x in the model and in docs/SOAK.md's "Fleet, round 3". What it costs: a
+    /// camera's first request after the recovery is on average `R` later (a renewal at `R +
+    /// Exp(R/2)`: 0.83R, `R + U(0, R/2)`: 0.63R), and never more than `2R` (the renewals: `3R`
+    /// and 1.5R), so the whole fleet is done sooner.
+    pub fn delay(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        again: bool,
+        rand01: f64,
+    ) -> Duration {
         if let Some(r) = retry_after {
             let r = r.min(MAX_RETRY_AFTER);
-            // Inverse of the exponential CDF: -ln(1 - u) has mean 1; 1 - u is in (0, 1].
-            let e = -(1.0 - rand01.clamp(0.0, 1.0 - f64::EPSILON)).ln();
-            let extra = (r / 2).mul_f64(e.min(RETRY_AFTER_JITTER_CAP));
+            let extra = if again {
+                r
+            } else {
+                (r * 2).mul_f64(rand01.clamp(0.0, 1.0))
+            };
             return (r + extra).min(MAX_RETRY_AFTER);
         }
         // 2^31 * base overflows nothing with saturating_mul, but the shift itself must stay in
@@ -83,9 +93,10 @@ impl Backoff {
         now_unix: i64,
         attempts: u32,
         retry_after: Option<Duration>,
+        again: bool,
         rand01: f64,
     ) -> i64 {
-        let d = self.delay(attempts, retry_after, rand01);
+        let d = self.delay(attempts, retry_after, again, rand01);
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
         now_unix.saturating_add(secs as i64)
     }
@@ -142,7 +153,7 @@ mod tests {
         ];
         for &(attempts, ra, draw, want) in cases {
             assert_eq!(
-                b.delay(attempts, ra, draw),
+                b.delay(attempts, ra, false, draw),
                 want,
                 "attempts {attempts} retry_after {ra:?} draw {draw}"
             );
@@ -150,33 +161,36 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_jitter_is_exponential_and_capped() {
+    fn the_first_retry_after_draws_a_phase_and_the_next_ones_keep_it() {
         let b = Backoff {
             base: S(2),
             max: S(60),
         };
         let r = S(600);
-        let ms = |d: Duration| d.as_millis() as i64;
-        // The inverse CDF: draw 0.5 is the median, R/2 * ln 2 over R.
-        assert_eq!(ms(b.delay(0, Some(r), 0.0)), 600_000);
-        assert!((ms(b.delay(0, Some(r), 0.5)) - 807_944).abs() <= 1);
-        // A long draw is capped at twice the server's wait; 1.0 itself (out of range) too.
-        assert_eq!(b.delay(0, Some(r), 0.999), S(1800));
-        assert_eq!(b.delay(0, Some(r), 1.0), S(1800));
-        // Over an even spread of draws: never sooner than asked, never over 3R, and on
-        // average about 1.5R (the cap takes 2 % of the mean's extra half).
+        // The first of an outage: R plus U(0, 2R); the attempts count does not enter.
+        assert_eq!(b.delay(0, Some(r), false, 0.0), S(600));
+        assert_eq!(b.delay(7, Some(r), false, 0.25), S(900));
+        assert_eq!(b.delay(0, Some(r), false, 0.5), S(1200));
+        assert_eq!(b.delay(0, Some(r), false, 1.0), S(1800));
+        // Over an even spread of draws: never sooner than asked, never over 3R, every
+        // instant of the 2R after R as likely as any other (a tenth of the draws per tenth).
         let n = 10_000;
         let waits: Vec<f64> = (0..n)
-            .map(|i| b.delay(3, Some(r), (f64::from(i) + 0.5) / f64::from(n)))
+            .map(|i| b.delay(3, Some(r), false, (f64::from(i) + 0.5) / f64::from(n)))
             .map(|d| d.as_secs_f64())
             .collect();
         assert!(waits.iter().all(|&w| (600.0..=1800.0).contains(&w)));
-        let mean = waits.iter().sum::<f64>() / f64::from(n);
-        assert!((890.0..=900.0).contains(&mean), "mean {mean}");
-        // Half the cameras come back within R + R/2 * ln 2, a tenth after R + R/2 * ln 10.
-        let within = |t: f64| waits.iter().filter(|&&w| w <= t).count() as f64 / f64::from(n);
-        assert!((within(807.9) - 0.5).abs() < 0.01);
-        assert!((within(600.0 + 300.0 * 10f64.ln()) - 0.9).abs() < 0.01);
+        for tenth in 0..10 {
+            let lo = 600.0 + 120.0 * f64::from(tenth);
+            let share = waits.iter().filter(|&&w| lo <= w && w < lo + 120.0).count();
+            assert_eq!(share, 1000, "tenth {tenth}");
+        }
+        // Each one after it: exactly 2R, whatever the draw, so the phase stays.
+        for draw in [0.0, 0.3, 0.999] {
+            assert_eq!(b.delay(4, Some(r), true, draw), S(1200));
+        }
+        // A new Retry-After is taken as it comes.
+        assert_eq!(b.delay(4, Some(S(7)), true, 0.5), S(14));
     }
 
     #[test]
@@ -185,12 +199,16 @@ mod tests {
             base: S(2),
             max: S(3600),
         };
-        assert_eq!(b.next_attempt_at(1000, 0, None, 0.0), 1000);
-        assert_eq!(b.next_attempt_at(1000, 0, None, 0.25), 1001);
-        assert_eq!(b.next_attempt_at(1000, 3, None, 0.5), 1008);
-        assert_eq!(b.next_attempt_at(1000, 0, Some(S(120)), 0.0), 1120);
-        // 120 + 60 * ln 2 = 161.6: rounded up.
-        assert_eq!(b.next_attempt_at(1000, 0, Some(S(120)), 0.5), 1162);
+        assert_eq!(b.next_attempt_at(1000, 0, None, false, 0.0), 1000);
+        assert_eq!(b.next_attempt_at(1000, 0, None, false, 0.25), 1001);
+        assert_eq!(b.next_attempt_at(1000, 3, None, false, 0.5), 1008);
+        assert_eq!(b.next_attempt_at(1000, 0, Some(S(120)), false, 0.0), 1120);
+        // 120 + 240 * 0.3001 = 192.02: rounded up.
+        assert_eq!(
+            b.next_attempt_at(1000, 0, Some(S(120)), false, 0.3001),
+            1193
+        );
+        assert_eq!(b.next_attempt_at(1000, 0, Some(S(120)), true, 0.3001), 1240);
     }
 
     #[test]
@@ -224,6 +242,6 @@ mod tests {
             ..Default::default()
         };
         let b = Backoff::from_config(&cloud);
-        assert_eq!(b.delay(30, None, 0.5), S(5));
+        assert_eq!(b.delay(30, None, false, 0.5), S(5));
     }
 }

@@ -553,6 +553,55 @@ async fn a_503_without_retry_after_holds_every_file_for_the_back_off() {
     rig.expect_uploaded(&want, T).await;
 }
 
+/// Issue 29, part 4: an outage's first `Retry-After` draws the camera a phase (a wait of R
+/// plus up to 2R), each one after it keeps it: exactly 2R, so a fleet stays as spread as its
+/// draws made it for as long as the outage lasts (src/upload/retry.rs).
+#[tokio::test]
+async fn an_outages_later_retry_afters_keep_the_phase_the_first_one_drew() {
+    let cam = camera();
+    let rel = cam.photo("IMG_0001.JPG", 3000);
+    let rx = Receiver::builder().token(TOKEN).start().await;
+    rx.inject(Fault::retry_after(503, 2).on("POST").times(4));
+    let rig = running(cam, rx).await;
+    rig.expect_uploaded(&[rel.as_str()], Duration::from_secs(60))
+        .await;
+    let reqs = rig.rx.requests();
+    let busy: Vec<std::time::SystemTime> = reqs
+        .iter()
+        .filter(|r| r.status == Some(503))
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(busy.len(), 4, "{}", rig.rx.request_summary());
+    let last = reqs
+        .iter()
+        .rposition(|r| r.status == Some(503))
+        .expect("a 503");
+    let after_last = reqs[last + 1..]
+        .iter()
+        .find(|r| r.method == "POST")
+        .expect("the POST after the outage")
+        .at;
+    let gaps: Vec<Duration> = busy
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default())
+        .chain(std::iter::once(
+            after_last.duration_since(busy[3]).unwrap_or_default(),
+        ))
+        .collect();
+    // The first: R + U(0, 2R), scheduled in whole seconds (up to 1 s more, and the daemon's
+    // own wake-up). Every later one: 2R and the same second of rounding, so the three are one
+    // and the same wait (a draw each time would be 2 to 7 whole seconds, alike in all three
+    // about one time in seventy); slack for a slow wake-up under emulation.
+    let s = |x: f64| Duration::from_secs_f64(x);
+    assert!(gaps[0] >= s(2.0) && gaps[0] <= s(8.0), "{gaps:?}");
+    let later = &gaps[1..];
+    let (lo, hi) = (later.iter().min().unwrap(), later.iter().max().unwrap());
+    assert!(
+        *lo >= s(4.0) && *hi <= s(6.9) && *hi - *lo <= s(0.9),
+        "the later waits are not all 2R: {gaps:?}"
+    );
+}
+
 #[tokio::test]
 async fn retry_after_holds_every_file_not_just_the_one_that_was_told() {
     // Found by the fleet run (docs/SOAK.md): a 503 with Retry-After on one file used to leave

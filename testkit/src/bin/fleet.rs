@@ -11,7 +11,8 @@
 //! - `Retry-After` is honoured: no camera asks again sooner than the server said (the daemon
 //!   schedules in whole seconds, so 1 s of rounding is allowed);
 //! - without `Retry-After` (`--retry-after 0`), no camera retries faster than its back-off:
-//!   the gaps against the full-jitter ceilings `min(cap, 2 s * 2^k)`;
+//!   a camera's next request after a 503 against that file's full-jitter ceiling
+//!   `min(cap, 2 s * 2^k)` (a 503 holds the whole camera for it);
 //! - every file arrives once, byte-identical.
 //!
 //! ```text
@@ -382,29 +383,42 @@ async fn main() {
     let mut over_ceiling = 0;
     let mut longest_over: f64 = 0.0;
     for rs in per_item.values() {
-        // The item's failed attempts so far: the daemon's `attempts`, which sets the ceiling.
-        let mut attempts = 0u32;
         for w in rs.windows(2) {
             if w[0].status != Some(503) {
                 continue;
             }
             let gap = secs(w[1].at) - secs(w[0].at);
             item_min_gap = item_min_gap.min(gap);
-            if args.retry_after > 0 {
-                if gap < args.retry_after as f64 - 1.0 {
-                    item_too_soon += 1;
+            if args.retry_after > 0 && gap < args.retry_after as f64 - 1.0 {
+                item_too_soon += 1;
+            }
+        }
+    }
+    if args.retry_after == 0 {
+        // Without Retry-After a 503 holds the whole camera for that file's back-off (issue
+        // 29), so a camera's next request, whichever file it is for, comes within the full
+        // jitter ceiling of the file that got the 503: a wait in [0, ceiling), scheduled in
+        // whole seconds from the next second on (so up to 2 s more). A file of its own may
+        // wait longer: another file's hold came first.
+        for rs in per_cam.values() {
+            let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+            for w in rs.windows(2) {
+                if w[0].status != Some(503) {
+                    continue;
                 }
-            } else {
-                // Full jitter: a wait in [0, ceiling), scheduled in whole seconds from the
-                // next second on (so up to 2 s more).
+                let Some(p) = path_of(w[0], &by_id) else {
+                    continue;
+                };
+                let k = attempts.entry(p).or_default();
                 let ceiling =
-                    (BASE_SECS * 2f64.powi(attempts.min(20) as i32)).min(RETRY_MAX_SECS as f64);
+                    (BASE_SECS * 2f64.powi((*k).min(20) as i32)).min(RETRY_MAX_SECS as f64);
+                let gap = secs(w[1].at) - secs(w[0].at);
                 if gap > ceiling + 2.5 {
                     over_ceiling += 1;
                     longest_over = longest_over.max(gap - ceiling);
                 }
+                *k += 1;
             }
-            attempts += 1;
         }
     }
 
@@ -457,7 +471,7 @@ async fn main() {
         );
     } else {
         println!(
-            "| a file's retry later than its back-off ceiling min(60, 2*2^k) s + 2.5 s | {over_ceiling} (worst by {longest_over:.1} s) |"
+            "| a camera's next request after a 503 later than that file's back-off ceiling min(60, 2*2^k) s + 2.5 s | {over_ceiling} (worst by {longest_over:.1} s) |"
         );
         println!(
             "| a file's shortest gap after a 503 | {:.2} s (full jitter may draw ~0) |",
