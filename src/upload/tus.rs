@@ -93,31 +93,36 @@ pub enum Receipt {
 }
 
 /// Reads the `sha-256` member of `Repr-Digest` field values (an RFC 8941 dictionary, split
-/// over any number of header lines): `sha-256=:BASE64:`, other algorithms ignored.
+/// over any number of header lines): `sha-256=:BASE64:`, other algorithms ignored. A key given
+/// twice counts by its last value, as RFC 8941 section 3.2 says ("all but the last instance
+/// are ignored"), across header lines too (they are one field, joined in order).
 pub fn parse_repr_digest<'a>(values: impl IntoIterator<Item = &'a str>) -> Receipt {
+    let mut last = None;
     for value in values {
         for member in value.split(',') {
             let Some((key, v)) = member.split_once('=') else {
                 continue;
             };
-            if key.trim() != "sha-256" {
-                continue;
+            if key.trim() == "sha-256" {
+                last = Some(v);
             }
-            // A byte sequence: `:base64:`, parameters (`;x`) after it ignored.
-            let v = v.trim().split(';').next().unwrap_or("");
-            let Some(b64) = v.strip_prefix(':').and_then(|v| v.strip_suffix(':')) else {
-                return Receipt::Malformed(format!("sha-256 is not a byte sequence: {v:?}"));
-            };
-            return match base64::engine::general_purpose::STANDARD.decode(b64) {
-                Ok(d) => match <[u8; 32]>::try_from(d.as_slice()) {
-                    Ok(d) => Receipt::Sha256(d),
-                    Err(_) => Receipt::Malformed(format!("sha-256 has {} bytes, not 32", d.len())),
-                },
-                Err(e) => Receipt::Malformed(format!("sha-256 is not base64: {e}")),
-            };
         }
     }
-    Receipt::None
+    let Some(v) = last else {
+        return Receipt::None;
+    };
+    // A byte sequence: `:base64:`, parameters (`;x`) after it ignored.
+    let v = v.trim().split(';').next().unwrap_or("");
+    let Some(b64) = v.strip_prefix(':').and_then(|v| v.strip_suffix(':')) else {
+        return Receipt::Malformed(format!("sha-256 is not a byte sequence: {v:?}"));
+    };
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(d) => match <[u8; 32]>::try_from(d.as_slice()) {
+            Ok(d) => Receipt::Sha256(d),
+            Err(_) => Receipt::Malformed(format!("sha-256 has {} bytes, not 32", d.len())),
+        },
+        Err(e) => Receipt::Malformed(format!("sha-256 is not base64: {e}")),
+    }
 }
 
 /// What the tus client can fail with. Each variant names the request and what was wrong.

@@ -488,4 +488,19 @@ fn a_receipt_is_the_sha256_member_of_repr_digest_and_anything_else_is_none() {
         parse_repr_digest([format!("sha-256={b64}").as_str()]),
         Receipt::Malformed(_)
     ));
+    // A key given twice counts by its last value (RFC 8941 section 3.2), on one line or
+    // across lines: a stale or malformed first one neither hides nor replaces the last.
+    let e = [7u8; 32];
+    let e64 = base64::engine::general_purpose::STANDARD.encode(e);
+    let twice = format!("sha-256=:{b64}:, sha-256=:{e64}:");
+    assert_eq!(parse_repr_digest([twice.as_str()]), Receipt::Sha256(e));
+    let later = format!("sha-256=:{e64}:");
+    assert_eq!(
+        parse_repr_digest(["sha-256=:AAAA:", later.as_str()]),
+        Receipt::Sha256(e)
+    );
+    assert!(matches!(
+        parse_repr_digest([one.as_str(), "sha-256=:AAAA:"]),
+        Receipt::Malformed(_)
+    ));
 }
