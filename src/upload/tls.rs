@@ -102,17 +102,29 @@ fn roots(cloud: &config::Cloud) -> Result<RootCertStore, String> {
         ));
     }
     if let Some(ca) = &cloud.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("`cloud.ca_file`: cannot read {}: {e}", ca.display()))?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{} is not a PEM certificate: {e}", ca.display()))?;
+            .map_err(|e| {
+                format!(
+                    "`cloud.ca_file`: {} is not a PEM certificate: {e}",
+                    ca.display()
+                )
+            })?;
         if certs.is_empty() {
-            return Err(format!("{} holds no PEM certificate", ca.display()));
+            return Err(format!(
+                "`cloud.ca_file`: {} holds no PEM certificate",
+                ca.display()
+            ));
         }
         for c in certs {
-            store
-                .add(c)
-                .map_err(|e| format!("{} is not a usable CA certificate: {e}", ca.display()))?;
+            store.add(c).map_err(|e| {
+                format!(
+                    "`cloud.ca_file`: {} is not a usable CA certificate: {e}",
+                    ca.display()
+                )
+            })?;
         }
     }
     Ok(store)
