@@ -183,7 +183,7 @@ fn retry_at(app: &App, item: &Item, retry_after: Option<Duration>) -> i64 {
         now,
         item.attempts,
         retry_after,
-        retry_after.is_some() && app.server_busy_again(),
+        retry_after.is_some() && app.server_busy_again(now_unix()),
         retry::jitter(),
     )
 }

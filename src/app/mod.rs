@@ -60,6 +60,11 @@ pub struct Accepted {
     pub outcome: &'static str,
 }
 
+/// A `Retry-After` answered within this many seconds after the last one's hold ended continues
+/// that outage ([`App::server_busy_again`]): the camera's request at the hold's end, with the
+/// conditions' and the scheduler's wake-up and a slow first answer.
+pub const OUTAGE_GOES_ON_WITHIN: i64 = 60;
+
 #[derive(Debug)]
 struct Live {
     snapshot: Option<Snapshot>,
@@ -77,11 +82,6 @@ struct Live {
     last_state: Option<(DaemonState, Vec<Block>)>,
     /// The server asked (Retry-After) that no upload start before this unix second.
     server_not_before: i64,
-    /// The camera's last answer from the server said it was busy (429/503), and no upload
-    /// went through since: an outage goes on, and its next `Retry-After` keeps the phase the
-    /// first one drew ([`crate::upload::retry::Backoff::delay`]). Memory only: after a restart
-    /// the next one draws a phase anew, which spreads as well.
-    server_busy_again: bool,
     /// The last write to the state directory failed because it is full.
     state_dir_full: Option<String>,
     /// The user's choices in force are not saved the normal way yet (a withdrawal on a full
@@ -225,7 +225,6 @@ impl App {
                 card_watched: false,
                 settling: 0,
                 server_not_before,
-                server_busy_again: false,
                 clock_set: crate::clock::is_set(),
                 certificate_refused: None,
                 no_path: None,
@@ -855,10 +854,15 @@ impl App {
         self.live().certificate_refused = why;
     }
 
-    /// Whether the camera's last answer from the server said it was busy, with no upload
-    /// through since (see `Live::server_busy_again`).
-    pub fn server_busy_again(&self) -> bool {
-        self.live().server_busy_again
+    /// Whether a `Retry-After` answered now continues the outage of the last one: the hold
+    /// that one set ended at most [`OUTAGE_GOES_ON_WITHIN`] seconds ago, so this request was
+    /// the camera's first after it. Then its next wait keeps the phase the first one drew
+    /// ([`crate::upload::retry::Backoff::delay`]); a camera that has been uploading since (a
+    /// new outage met mid-upload, by a whole fleet at once) draws a phase anew. Read from the
+    /// hold's end, which is kept across restarts.
+    pub fn server_busy_again(&self, now_unix: i64) -> bool {
+        let until = self.live().server_not_before;
+        until > 0 && now_unix >= until && now_unix - until <= OUTAGE_GOES_ON_WITHIN
     }
 
     /// Before this unix second no upload starts (the server's Retry-After; 0: none).

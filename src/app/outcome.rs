@@ -121,7 +121,6 @@ impl App {
         let id = item.id;
         let res = match ending {
             Ending::Done => {
-                self.live().server_busy_again = false;
                 self.set_certificate_refused(None);
                 self.set_no_path(None);
                 self.store.mark_done(id)
@@ -141,7 +140,6 @@ impl App {
             } => {
                 if server_busy {
                     self.server_busy_until(at);
-                    self.live().server_busy_again = true;
                 }
                 self.store.mark_retry(id, &error, at)
             }

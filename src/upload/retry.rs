@@ -49,7 +49,8 @@ impl Backoff {
     /// [`MAX_RETRY_AFTER`]:
     /// - the first `Retry-After` of an outage: `R` plus a uniform draw in `[0, 2R)`. This
     ///   draw gives the camera a phase of its own, whatever instant it met the outage at;
-    /// - each one after it: exactly `2R`, which keeps that phase.
+    /// - each one after it (the answer to the request at the end of the last hold, within a
+    ///   minute of it: `App::server_busy_again`): exactly `2R`, which keeps that phase.
     ///
     /// Why (issue 29, part 4): a fleet that hit one outage comes back as spread as
     /// independent cameras can be. After the recovery each camera's first request falls at a
