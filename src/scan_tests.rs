@@ -16,6 +16,18 @@ impl CardRoot<'_> {
     }
 }
 
+/// One full scan of the card at `r` with the default filter and a 10 s settle time.
+fn scan_with(r: &Path, store: &Store, card: Option<&str>) -> Report {
+    scan(
+        CardRoot::at(r),
+        &filter(),
+        store,
+        Duration::from_secs(10),
+        card,
+    )
+    .unwrap()
+}
+
 fn old(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
@@ -349,16 +361,7 @@ fn a_card_swapped_for_one_that_reuses_names_and_back_loses_neither() {
     let state = tempfile::tempdir().unwrap();
     let r = card.path();
     let store = Store::open(state.path()).unwrap();
-    let scan_now = || {
-        scan(
-            CardRoot::at(r),
-            &filter(),
-            &store,
-            Duration::from_secs(10),
-            None,
-        )
-        .unwrap()
-    };
+    let scan_now = || scan_with(r, &store, None);
     old(&r.join("DCIM/100GOPRO/GOPR0001.JPG"), b"card A");
     let a_mtime = std::fs::metadata(r.join("DCIM/100GOPRO/GOPR0001.JPG"))
         .unwrap()
@@ -481,16 +484,7 @@ fn the_same_bytes_under_another_stamp_are_not_queued_again() {
         old(&r.join("DCIM/A.JPG"), b"small photo");
         old(&r.join("DCIM/B.MP4"), &big);
         let store = Store::open(state.path()).unwrap();
-        let scan_now = || {
-            scan(
-                CardRoot::at(r),
-                &filter(),
-                &store,
-                Duration::from_secs(10),
-                card,
-            )
-            .unwrap()
-        };
+        let scan_now = || scan_with(r, &store, card);
         assert_eq!(scan_now().queued, 2);
         assert_eq!(send_all(&store, r), 2);
         for f in ["DCIM/A.JPG", "DCIM/B.MP4"] {
@@ -678,16 +672,7 @@ fn a_rescan_reads_each_directorys_items_and_finds_new_versions_at_every_depth() 
         old(&r.join(n), n.as_bytes());
     }
     let store = Store::open(state.path()).unwrap();
-    let scan_now = || {
-        scan(
-            CardRoot::at(r),
-            &filter(),
-            &store,
-            Duration::from_secs(10),
-            None,
-        )
-        .unwrap()
-    };
+    let scan_now = || scan_with(r, &store, None);
     assert_eq!(scan_now().queued, 5);
     assert_eq!(scan_now().queued, 0, "all known while pending");
     assert_eq!(send_all(&store, r), 5);
