@@ -23,10 +23,15 @@ url="$(tail -n 1 "$work/up.out")"
 b64() { printf %s "$1" | base64 -w0; }
 tus=(-H "Authorization: Bearer ci-token" -H "Tus-Resumable: 1.0.0")
 head -c 6000000 /dev/urandom >"$work/photo.jpg"
-location="$(curl -sS -D - -o /dev/null -X POST "$url" "${tus[@]}" -H "Upload-Length: 6000000" \
-  -H "Upload-Metadata: user_id $(b64 u1),device_type $(b64 cam),serial_number $(b64 S1),storage_path $(b64 DCIM/1.jpg)" |
-  tr -d '\r' | sed -n 's/^[Ll]ocation: //p')"
-[ -n "$location" ] || { echo "cloud smoke: the creation through haproxy gave no Location"; exit 1; }
+curl -sS -D "$work/created.head" -o "$work/created.body" -X POST "$url" "${tus[@]}" -H "Upload-Length: 6000000" \
+  -H "Upload-Metadata: user_id $(b64 u1),device_type $(b64 cam),serial_number $(b64 S1),storage_path $(b64 DCIM/1.jpg)"
+location="$(tr -d '\r' <"$work/created.head" | sed -n 's/^[Ll]ocation: //p')"
+[ -n "$location" ] || {
+  echo "cloud smoke: the creation through haproxy gave no Location; the answer was:"
+  cat "$work/created.head" "$work/created.body"
+  tail -n 20 "$CLOUD_DIR"/log/{haproxy,tus1,tus2}.log 2>/dev/null || true
+  exit 1
+}
 status="$(curl -sS -o /dev/null -w '%{http_code}' -X PATCH "$location" "${tus[@]}" -H "Upload-Offset: 0" \
   -H "Content-Type: application/offset+octet-stream" --data-binary @"$work/photo.jpg")"
 [ "$status" = 204 ] || { echo "cloud smoke: PATCH answered $status, not 204"; exit 1; }
