@@ -39,6 +39,8 @@ use crate::upload::tus::{Client, TusError, UploadState};
 use crate::upload::{chunk, retry, sent, source, tus};
 use crate::words::count;
 
+const MIB: f64 = (1 << 20) as f64;
+
 /// Progress reaches the database at most this often while chunks are acknowledged.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
 
@@ -139,6 +141,7 @@ pub async fn upload(
         } else {
             0
         },
+        broke: None,
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -221,6 +224,9 @@ struct Transfer<'a, 'c> {
     /// HEAD): it holds those bytes. A later, lower offset is a server that lost or misreads
     /// what it acknowledged ([`Transfer::head`]).
     acked: u64,
+    /// The last PATCH broke while its body was written: its offset and length, judged by the
+    /// next `HEAD` (`chunk::BodyLimit`: did the server keep any of it?).
+    broke: Option<(u64, u64)>,
 }
 
 impl Transfer<'_, '_> {
@@ -364,9 +370,14 @@ impl Transfer<'_, '_> {
                 Ok(Some(created.offset.is_some()))
             }
             Some(url) => {
+                let broke = self.broke.take();
                 let Some(st) = self.head(&url).await? else {
                     return Ok(None);
                 };
+                if let Some((_, len)) = broke.filter(|(base, _)| st.offset == *base) {
+                    let cap = ctx.client.body_limit().cut_with_nothing_kept(len);
+                    self.body_limit_lowered(len, cap, "broke twice with nothing kept");
+                }
                 if let Some(len) = st.length.filter(|l| *l != size) {
                     self.forget_url(&format!(
                         "the server's upload is {} long, the file {size}",
@@ -395,9 +406,11 @@ impl Transfer<'_, '_> {
         let mut acknowledged = false;
         // The chunk planned one ahead: its SHA-1 is computed while the current one is sent.
         let mut ahead: Option<Planned> = None;
+        let limit = client.body_limit();
         while self.offset < size {
             let url = self.url.clone().expect("a session has an upload URL");
             self.still_this_upload(&url)?;
+            let rule = &limit.apply(rule);
             let mut this = match ahead.take() {
                 Some(p) if p.offset == self.offset => p,
                 _ => self.plan(self.offset, pacer.next_len(rule), hashing)?,
@@ -442,6 +455,7 @@ impl Transfer<'_, '_> {
             match self.until_stop(patch).await? {
                 Ok(ack) => {
                     pacer.acknowledged(len, started.elapsed());
+                    limit.accepted(len);
                     self.expires_at = ack.expires_at.or(self.expires_at);
                     acknowledged = true;
                     self.accepted(
@@ -467,7 +481,26 @@ impl Transfer<'_, '_> {
                     self.forget_url(&e.to_string())?;
                     return Ok(Sent::Restart);
                 }
+                Err(e) if e.status() == Some(413) && len > chunk::MIN => {
+                    // A limit on bodies: shorter ones (already, if another upload lowered
+                    // the cap meanwhile).
+                    let cap = limit.refused(len);
+                    self.body_limit_lowered(len, cap, "was answered 413");
+                    return Ok(Sent::Restart);
+                }
+                Err(e) if e.status() == Some(413) => {
+                    self.persist();
+                    return Err(Outcome::Failed(format!(
+                        "the server or a proxy before it refuses a PATCH body of {} (413); \
+                         cambackup sends at least 1 MiB a PATCH where the file has it: the \
+                         limit on request bodies must be raised ({e})",
+                        count(len, "byte", "bytes")
+                    )));
+                }
                 Err(e) => {
+                    if e.connection_broke() && len > chunk::MIN {
+                        self.broke = Some((base, len));
+                    }
                     // The next session asks HEAD where the upload stands.
                     self.pause_or_end(&e).await?;
                     return Ok(Sent::Restart);
@@ -911,6 +944,21 @@ impl Transfer<'_, '_> {
             return out;
         }
         self.outcome_for(e)
+    }
+
+    /// Says so when a refused body lowered the daemon's cap on PATCH bodies to `cap`.
+    fn body_limit_lowered(&self, len: u64, cap: Option<u64>, how: &str) {
+        let Some(cap) = cap else { return };
+        tracing::warn!(
+            item = self.item.id,
+            body = len,
+            cap,
+            "a PATCH body of {:.1} MiB {how}: the server or a proxy before it limits request \
+             bodies; PATCHes now carry at most {} MiB (set cloud.chunk_size_mib below the \
+             limit to spare the refused bodies)",
+            len as f64 / MIB,
+            cap / chunk::MIN,
+        );
     }
 
     /// INTERFACE.md section 6: what each answer means for the item.

@@ -379,6 +379,17 @@ impl TusError {
         }
     }
 
+    /// The connection broke under the request (a broken pipe or a reset): how a proxy's 413
+    /// to a body over its limit usually reaches a client still writing that body
+    /// (`chunk::BodyLimit`). Not a refused connection: then no body went out.
+    pub fn connection_broke(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let TusError::Network { source, .. } = self else {
+            return false;
+        };
+        io_kind_in(source, &[K::BrokenPipe, K::ConnectionReset])
+    }
+
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.
     pub fn is_gone(&self) -> bool {
         matches!(self, TusError::Expired { .. }) || matches!(self.status(), Some(404 | 410))
@@ -508,6 +519,8 @@ pub struct Client {
     caps: Arc<Mutex<CapsCache>>,
     /// The user's bandwidth cap, shared by every PATCH body.
     throttle: Arc<Throttle>,
+    /// The longest PATCH body the path to the server was seen to accept (`chunk::BodyLimit`).
+    body_limit: Arc<super::chunk::BodyLimit>,
 }
 
 /// The HTTP client and the binding it was built with. `http` is `None` when the binding is
@@ -550,7 +563,14 @@ impl Client {
             stall: Duration::from_secs(cloud.stall_secs.max(1)),
             caps: Arc::default(),
             throttle: Arc::default(),
+            body_limit: Arc::default(),
         })
+    }
+
+    /// What the path to the server was seen to refuse as a PATCH body: every transfer's chunks
+    /// stay under it.
+    pub fn body_limit(&self) -> &super::chunk::BodyLimit {
+        &self.body_limit
     }
 
     /// The user's cap on the upload rate in bytes per second (0: none); the bodies in flight

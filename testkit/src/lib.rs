@@ -4,6 +4,7 @@
 //! - [`camera::FakeCamera`]: a temp card, fake sysfs/proc tree and a matching config file.
 //! - [`card::Card`]: a real FAT32 or exFAT card image, mounted through FUSE, pulled and put back.
 //! - [`proxy::Proxy`]: a TCP fault proxy (latency, bandwidth cap, resets, half-open, truncation).
+//! - [`haproxy::Haproxy`]: a real haproxy before a test server, with the test's rules.
 //! - [`daemon::Daemon`]: runs the real `cambackup daemon` and talks to its control socket.
 //! - [`wait_until`] / [`wait_until_sync`]: poll a condition instead of sleeping.
 //! - [`sample`]: deterministic file content.
@@ -17,6 +18,7 @@ pub mod card;
 pub mod cardfs;
 pub mod cloud;
 pub mod daemon;
+pub mod haproxy;
 pub mod http;
 pub mod netns;
 pub mod powercut;

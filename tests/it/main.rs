@@ -6,6 +6,7 @@
 mod common;
 
 mod bandwidth;
+mod body_limit;
 mod card;
 mod card_fs;
 mod clock;
