@@ -23,8 +23,10 @@ url="$(tail -n 1 "$work/up.out")"
 b64() { printf %s "$1" | base64 -w0; }
 tus=(-H "Authorization: Bearer ci-token" -H "Tus-Resumable: 1.0.0")
 head -c 6000000 /dev/urandom >"$work/photo.jpg"
+: >"$work/created.head"; : >"$work/created.body"
 curl -sS -D "$work/created.head" -o "$work/created.body" -X POST "$url" "${tus[@]}" -H "Upload-Length: 6000000" \
-  -H "Upload-Metadata: user_id $(b64 u1),device_type $(b64 cam),serial_number $(b64 S1),storage_path $(b64 DCIM/1.jpg)"
+  -H "Upload-Metadata: user_id $(b64 u1),device_type $(b64 cam),serial_number $(b64 S1),storage_path $(b64 DCIM/1.jpg)" ||
+  echo "cloud smoke: the creation through haproxy failed (curl exit $?)"
 location="$(tr -d '\r' <"$work/created.head" | sed -n 's/^[Ll]ocation: //p')"
 [ -n "$location" ] || {
   echo "cloud smoke: the creation through haproxy gave no Location; the answer was:"

@@ -25,18 +25,23 @@
 //! it) fails the write, and the client reports a broken pipe (every client alike: hyper,
 //! Python's http.client, node's, curl without `Expect`). Told nothing, a client retries the
 //! same body forever. So the limit is learnt from what is seen:
-//! - a 413 answer to a PATCH: the limit is below that body, at once;
-//! - a PATCH whose body write failed (broken pipe, reset) and whose upload the server then
-//!   reports without any of its bytes, twice in a row at that length or more (once is a
-//!   link that dropped, or an instance that died before it kept anything).
+//! - a 413 answer to a PATCH: the limit is below that body, at once, for the daemon's run;
+//! - two PATCHes of one upload in a row, at the same offset, that broke (broken pipe, reset)
+//!   and after each of which the server reported none of their bytes: the limit is below the
+//!   shorter one, for an hour ([`CUT_CAP_LASTS`]). Once is a link that dropped, or an instance
+//!   that died before it kept anything; two at the same offset of the same upload is the same
+//!   body refused twice. (Where the cut came, within the body or after it, is not told: the
+//!   kernel's and hyper's buffers hold megabytes, so a refused 2 MiB body may be "sent".) The
+//!   hour bounds what a false reading costs (shorter PATCHes; a fast, distant link loses a few
+//!   percent); a true one is learnt again then, with two refused bodies a halving.
 //!
-//! Either halves the cap on bodies (whole MiB, not below [`MIN`]) for every upload of this
-//! daemon run; a body at least that long accepted clears a first strike. It is not kept
-//! across restarts: learning it again costs one or two refused bodies, each cut after the
-//! first megabytes, and a maker who knows the limit sets `cloud.chunk_size_mib` below it.
+//! Either halves the cap on bodies (whole MiB, not below [`MIN`]) for every upload of the
+//! daemon. It is not kept across restarts: learning it again costs a few refused bodies, each
+//! cut after its first megabytes, and a maker who knows the limit sets `cloud.chunk_size_mib`
+//! below it.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{self, ChunkSizing};
 
@@ -113,6 +118,9 @@ impl Pacer {
     }
 }
 
+/// How long a cap learnt from broken PATCHes holds (module docs).
+pub const CUT_CAP_LASTS: Duration = Duration::from_secs(3600);
+
 /// The longest PATCH body the path to the server accepts, learnt from its refusals (module
 /// docs, "A proxy's limit on request bodies"). One per daemon, shared by every upload.
 #[derive(Debug, Default)]
@@ -122,62 +130,53 @@ pub struct BodyLimit {
 
 #[derive(Debug, Default)]
 struct LimitState {
-    /// Bodies are at most this long; `None`: nothing was refused.
-    cap: Option<u64>,
-    /// A first body write cut at this length with nothing kept.
-    strike: Option<u64>,
+    /// From a 413: for the daemon's run.
+    seen: Option<u64>,
+    /// From two broken PATCHes, and when: for [`CUT_CAP_LASTS`].
+    cut: Option<(u64, Instant)>,
+}
+
+/// How a cap was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A 413 answer to the PATCH.
+    Answered413,
+    /// Two PATCHes in a row at one offset of one upload broke with nothing kept.
+    BrokeTwice,
 }
 
 impl BodyLimit {
-    /// The cap on bodies, if one was learnt.
-    pub fn cap(&self) -> Option<u64> {
-        self.lock().cap
+    /// The cap on bodies at `now`, if one was learnt.
+    pub fn cap(&self, now: Instant) -> Option<u64> {
+        self.lock().cap(now)
     }
 
-    /// `rule` with its bound under the learnt cap.
-    pub fn apply(&self, rule: &Rule) -> Rule {
+    /// `rule` with its bound under the cap at `now`.
+    pub fn apply(&self, rule: &Rule, now: Instant) -> Rule {
         let mut r = *rule;
-        if let Some(cap) = self.cap() {
+        if let Some(cap) = self.cap(now) {
             r.bound = r.bound.min(cap);
         }
         r
     }
 
-    /// A PATCH of `len` bytes was answered 413. Returns the new cap when it was lowered
-    /// (`None`: the body was already at [`MIN`], and nothing smaller is sent).
-    pub fn refused(&self, len: u64) -> Option<u64> {
+    /// A body of `len` bytes was refused (`how`) at `now`. Returns the new cap when that
+    /// lowered it: half of `len` in whole MiB, at least [`MIN`] (`None`: at [`MIN`] already,
+    /// and nothing shorter is sent, or the cap is that low already).
+    pub fn refused(&self, len: u64, how: Refusal, now: Instant) -> Option<u64> {
         let mut st = self.lock();
-        st.strike = None;
-        st.lower_below(len)
-    }
-
-    /// A PATCH of `len` bytes failed while its body was written, and the server then held none
-    /// of it. The second such cut at this length or more lowers the cap (returned).
-    pub fn cut_with_nothing_kept(&self, len: u64) -> Option<u64> {
-        let mut st = self.lock();
-        match st.strike {
-            Some(first) if len >= first => {
-                st.strike = None;
-                st.lower_below(first)
-            }
-            Some(first) => {
-                st.strike = Some(first.min(len));
-                None
-            }
-            None => {
-                st.strike = Some(len);
-                None
-            }
+        if len <= MIN {
+            return None;
         }
-    }
-
-    /// A PATCH of `len` bytes was accepted: a first strike at this length or less was a cut
-    /// of another kind.
-    pub fn accepted(&self, len: u64) {
-        let mut st = self.lock();
-        if st.strike.is_some_and(|s| len >= s) {
-            st.strike = None;
+        let new = (len / 2 / MIB * MIB).max(MIN);
+        if st.cap(now).is_some_and(|c| c <= new) {
+            return None;
         }
+        match how {
+            Refusal::Answered413 => st.seen = Some(new),
+            Refusal::BrokeTwice => st.cut = Some((new, now)),
+        }
+        Some(new)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LimitState> {
@@ -187,17 +186,41 @@ impl BodyLimit {
 }
 
 impl LimitState {
-    /// Half of `len` in whole MiB, at least [`MIN`], if that is below the cap so far.
-    fn lower_below(&mut self, len: u64) -> Option<u64> {
-        if len <= MIN {
-            return None;
+    fn cap(&self, now: Instant) -> Option<u64> {
+        let cut = self
+            .cut
+            .filter(|(_, at)| now.saturating_duration_since(*at) < CUT_CAP_LASTS)
+            .map(|(c, _)| c);
+        match (self.seen, cut) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let new = (len / 2 / MIB * MIB).max(MIN);
-        if self.cap.is_some_and(|c| c <= new) {
-            return None;
+    }
+}
+
+/// One upload's broken PATCHes, judged by the `HEAD` after each (module docs): a cut at an
+/// offset is a strike; a second one at the same offset is a refusal of the shorter body.
+#[derive(Debug, Default)]
+pub struct Strikes {
+    last: Option<(u64, u64)>,
+}
+
+impl Strikes {
+    /// A PATCH of `len` bytes at `offset` broke and the server then held none of it. Returns
+    /// the body length to treat as refused, on the second such cut at the same offset.
+    pub fn broke_with_nothing_kept(&mut self, offset: u64, len: u64) -> Option<u64> {
+        match self.last.take() {
+            Some((o, l)) if o == offset => Some(l.min(len)),
+            _ => {
+                self.last = Some((offset, len));
+                None
+            }
         }
-        self.cap = Some(new);
-        Some(new)
+    }
+
+    /// A PATCH was accepted or the server kept some of a broken one: the run of cuts ended.
+    pub fn reset(&mut self) {
+        self.last = None;
     }
 }
 
@@ -341,83 +364,104 @@ mod tests {
     #[test]
     fn a_refused_body_halves_the_cap_down_to_one_mib_and_never_raises_it() {
         let limit = BodyLimit::default();
+        let now = Instant::now();
         let r = rule(ChunkSizing::Auto, 64, 30);
         assert_eq!(
-            limit.apply(&r).bound,
+            limit.apply(&r, now).bound,
             64 * MIB,
             "nothing refused: the maker's bound"
         );
-        assert_eq!(limit.refused(64 * MIB), Some(32 * MIB));
-        assert_eq!(limit.apply(&r).bound, 32 * MIB);
+        let seen = Refusal::Answered413;
+        assert_eq!(limit.refused(64 * MIB, seen, now), Some(32 * MIB));
+        assert_eq!(limit.apply(&r, now).bound, 32 * MIB);
         assert_eq!(
-            limit.refused(40 * MIB),
+            limit.refused(40 * MIB, seen, now),
             Some(20 * MIB),
             "a refusal under the cap"
         );
         assert_eq!(
-            limit.refused(50 * MIB),
+            limit.refused(50 * MIB, seen, now),
             None,
             "half of it is above the cap already"
         );
-        assert_eq!(limit.cap(), Some(20 * MIB));
+        assert_eq!(limit.cap(now), Some(20 * MIB));
         assert_eq!(
-            limit.refused(3 * MIB + 5),
+            limit.refused(3 * MIB + 5, seen, now),
             Some(MIB),
             "whole MiB, at least one"
         );
-        assert_eq!(limit.refused(MIB), None, "nothing below 1 MiB");
-        assert_eq!(limit.cap(), Some(MIB));
-        limit.accepted(MIB);
-        assert_eq!(
-            limit.cap(),
-            Some(MIB),
-            "an accepted body never raises the cap"
-        );
+        assert_eq!(limit.refused(MIB, seen, now), None, "nothing below 1 MiB");
+        let later = now + CUT_CAP_LASTS * 10;
+        assert_eq!(limit.cap(later), Some(MIB), "a 413 seen holds for the run");
         let fixed = rule(ChunkSizing::Fixed, 8, 30);
         assert_eq!(
-            chunk_len(&limit.apply(&fixed), None),
+            chunk_len(&limit.apply(&fixed, now), None),
             MIB,
             "fixed sizes obey it too"
         );
     }
 
     #[test]
-    fn a_cut_with_nothing_kept_lowers_the_cap_only_the_second_time() {
+    fn a_cap_learnt_from_broken_bodies_lasts_an_hour() {
         let limit = BodyLimit::default();
+        let now = Instant::now();
         assert_eq!(
-            limit.cut_with_nothing_kept(64 * MIB),
+            limit.refused(64 * MIB, Refusal::BrokeTwice, now),
+            Some(32 * MIB)
+        );
+        assert_eq!(limit.cap(now + CUT_CAP_LASTS / 2), Some(32 * MIB));
+        assert_eq!(
+            limit.cap(now + CUT_CAP_LASTS),
+            None,
+            "then the maker's bound again"
+        );
+        let then = now + CUT_CAP_LASTS;
+        assert_eq!(
+            limit.refused(64 * MIB, Refusal::Answered413, then),
+            Some(32 * MIB)
+        );
+        assert_eq!(
+            limit.refused(16 * MIB, Refusal::BrokeTwice, then),
+            Some(8 * MIB)
+        );
+        assert_eq!(limit.cap(then), Some(8 * MIB), "the lower of the two");
+        assert_eq!(
+            limit.cap(then + CUT_CAP_LASTS),
+            Some(32 * MIB),
+            "the 413's stays"
+        );
+    }
+
+    #[test]
+    fn only_a_second_cut_at_the_same_offset_is_a_refusal() {
+        let mut s = Strikes::default();
+        assert_eq!(
+            s.broke_with_nothing_kept(0, 64 * MIB),
             None,
             "once: a link that dropped"
         );
-        assert_eq!(limit.cut_with_nothing_kept(64 * MIB), Some(32 * MIB));
+        assert_eq!(s.broke_with_nothing_kept(0, 64 * MIB), Some(64 * MIB));
         assert_eq!(
-            limit.cut_with_nothing_kept(32 * MIB),
+            s.broke_with_nothing_kept(0, 32 * MIB),
             None,
-            "a new strike at the new cap"
+            "a new run of cuts"
         );
-        limit.accepted(32 * MIB);
         assert_eq!(
-            limit.cut_with_nothing_kept(32 * MIB),
+            s.broke_with_nothing_kept(4 * MIB, 32 * MIB),
             None,
-            "a body that long went through meanwhile: the first strike was something else"
+            "another offset: another body, not the same one refused"
         );
         assert_eq!(
-            limit.cut_with_nothing_kept(8 * MIB),
+            s.broke_with_nothing_kept(4 * MIB, 16 * MIB),
+            Some(16 * MIB),
+            "the shorter"
+        );
+        assert_eq!(s.broke_with_nothing_kept(8 * MIB, 8 * MIB), None);
+        s.reset();
+        assert_eq!(
+            s.broke_with_nothing_kept(8 * MIB, 8 * MIB),
             None,
-            "shorter: a new first strike"
-        );
-        assert_eq!(
-            limit.cut_with_nothing_kept(32 * MIB),
-            Some(4 * MIB),
-            "below the shorter one"
-        );
-        limit.accepted(2 * MIB);
-        assert_eq!(limit.cut_with_nothing_kept(4 * MIB), None);
-        limit.accepted(2 * MIB);
-        assert_eq!(
-            limit.cut_with_nothing_kept(4 * MIB),
-            Some(2 * MIB),
-            "shorter bodies accepted do not clear a strike at 4 MiB"
+            "progress between them"
         );
     }
 }

@@ -142,6 +142,7 @@ pub async fn upload(
             0
         },
         broke: None,
+        strikes: chunk::Strikes::default(),
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -224,9 +225,11 @@ struct Transfer<'a, 'c> {
     /// HEAD): it holds those bytes. A later, lower offset is a server that lost or misreads
     /// what it acknowledged ([`Transfer::head`]).
     acked: u64,
-    /// The last PATCH broke while its body was written: its offset and length, judged by the
-    /// next `HEAD` (`chunk::BodyLimit`: did the server keep any of it?).
+    /// The last PATCH broke (a broken pipe, a reset): its offset and length, judged by the
+    /// next `HEAD` (did the server keep any of it? `chunk::BodyLimit`).
     broke: Option<(u64, u64)>,
+    /// This attempt's run of broken PATCHes with nothing kept.
+    strikes: chunk::Strikes,
 }
 
 impl Transfer<'_, '_> {
@@ -374,9 +377,8 @@ impl Transfer<'_, '_> {
                 let Some(st) = self.head(&url).await? else {
                     return Ok(None);
                 };
-                if let Some((_, len)) = broke.filter(|(base, _)| st.offset == *base) {
-                    let cap = ctx.client.body_limit().cut_with_nothing_kept(len);
-                    self.body_limit_lowered(len, cap, "broke twice with nothing kept");
+                if let Some((base, len)) = broke {
+                    self.judge_broken_patch(base, len, st.offset)?;
                 }
                 if let Some(len) = st.length.filter(|l| *l != size) {
                     self.forget_url(&format!(
@@ -410,9 +412,10 @@ impl Transfer<'_, '_> {
         while self.offset < size {
             let url = self.url.clone().expect("a session has an upload URL");
             self.still_this_upload(&url)?;
-            let rule = &limit.apply(rule);
+            let rule = &limit.apply(rule, Instant::now());
             let mut this = match ahead.take() {
-                Some(p) if p.offset == self.offset => p,
+                // Not one planned longer than a cap another upload learnt meanwhile.
+                Some(p) if p.offset == self.offset && (p.open || p.len <= rule.bound) => p,
                 _ => self.plan(self.offset, pacer.next_len(rule), hashing)?,
             };
             if this.open {
@@ -455,7 +458,7 @@ impl Transfer<'_, '_> {
             match self.until_stop(patch).await? {
                 Ok(ack) => {
                     pacer.acknowledged(len, started.elapsed());
-                    limit.accepted(len);
+                    self.strikes.reset();
                     self.expires_at = ack.expires_at.or(self.expires_at);
                     acknowledged = true;
                     self.accepted(
@@ -484,12 +487,14 @@ impl Transfer<'_, '_> {
                 Err(e) if e.status() == Some(413) && len > chunk::MIN => {
                     // A limit on bodies: shorter ones (already, if another upload lowered
                     // the cap meanwhile).
-                    let cap = limit.refused(len);
+                    let cap = limit.refused(len, chunk::Refusal::Answered413, Instant::now());
                     self.body_limit_lowered(len, cap, "was answered 413");
                     return Ok(Sent::Restart);
                 }
                 Err(e) if e.status() == Some(413) => {
                     self.persist();
+                    // A file changed meanwhile says so, as after any failure (`end_with`).
+                    self.check_file(&std::fs::symlink_metadata(&self.path))?;
                     return Err(Outcome::Failed(format!(
                         "the server or a proxy before it refuses a PATCH body of {} (413); \
                          cambackup sends at least 1 MiB a PATCH where the file has it: the \
@@ -498,7 +503,7 @@ impl Transfer<'_, '_> {
                     )));
                 }
                 Err(e) => {
-                    if e.connection_broke() && len > chunk::MIN {
+                    if e.connection_broke() {
                         self.broke = Some((base, len));
                     }
                     // The next session asks HEAD where the upload stands.
@@ -944,6 +949,42 @@ impl Transfer<'_, '_> {
             return out;
         }
         self.outcome_for(e)
+    }
+
+    /// The PATCH of `len` bytes at `base` broke; the server's upload now stands at `offset`.
+    /// None of it kept, a second time at this offset: a body refused (`chunk::BodyLimit`).
+    /// At 1 MiB or less nothing shorter is sent: the attempt ends under the back-off (a link
+    /// that drops may still be the cause), its error naming the limit to raise.
+    fn judge_broken_patch(&mut self, base: u64, len: u64, offset: u64) -> Result<(), Outcome> {
+        if offset != base {
+            self.strikes.reset();
+            return Ok(());
+        }
+        let Some(refused) = self.strikes.broke_with_nothing_kept(base, len) else {
+            return Ok(());
+        };
+        if refused <= chunk::MIN {
+            self.persist();
+            return Err(Outcome::Retry {
+                error: format!(
+                    "PATCHes of {} of {} broke twice at offset {base} with nothing kept: the \
+                     server or a proxy before it may refuse request bodies this long (cambackup \
+                     sends at least 1 MiB a PATCH where the file has it): the limit on request \
+                     bodies must be raised",
+                    count(refused, "byte", "bytes"),
+                    self.item.storage_path,
+                ),
+                retry_after: None,
+            });
+        }
+        let limit = self.ctx.client.body_limit();
+        let cap = limit.refused(refused, chunk::Refusal::BrokeTwice, Instant::now());
+        self.body_limit_lowered(
+            refused,
+            cap,
+            "broke twice at the same offset with nothing kept",
+        );
+        Ok(())
     }
 
     /// Says so when a refused body lowered the daemon's cap on PATCH bodies to `cap`.

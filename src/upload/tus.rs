@@ -379,15 +379,24 @@ impl TusError {
         }
     }
 
-    /// The connection broke under the request (a broken pipe or a reset): how a proxy's 413
-    /// to a body over its limit usually reaches a client still writing that body
+    /// The connection broke under the request (a broken pipe, a reset, or closed before the
+    /// answer): how a proxy's 413 to a body over its limit usually reaches a client still
+    /// writing that body, and how a proxy that refuses without a word always does
     /// (`chunk::BodyLimit`). Not a refused connection: then no body went out.
     pub fn connection_broke(&self) -> bool {
         use std::io::ErrorKind as K;
         let TusError::Network { source, .. } = self else {
             return false;
         };
-        io_kind_in(source, &[K::BrokenPipe, K::ConnectionReset])
+        io_kind_in(
+            source,
+            &[K::BrokenPipe, K::ConnectionReset, K::UnexpectedEof],
+        ) || find_in_chain(source, &|e| {
+            e.downcast_ref::<hyper::Error>()
+                .filter(|h| h.is_incomplete_message())
+                .map(|_| ())
+        })
+        .is_some()
     }
 
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.

@@ -44,7 +44,15 @@ impl Haproxy {
         std::fs::write(&cfg_path, cfg).expect("write haproxy.cfg");
         let log = dir.path().join("haproxy.log");
         let err = std::fs::File::create(&log).expect("haproxy.log");
-        let fd = listener.as_raw_fd();
+        // At 10 or above: the child's stdio is set up on 0-2 before `pre_exec` runs, and a
+        // descriptor dup2-ed onto itself keeps FD_CLOEXEC. The copy is closed on exec.
+        // SAFETY: fcntl on a descriptor this function owns.
+        let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        assert!(
+            fd >= 10,
+            "dup the listener: {}",
+            std::io::Error::last_os_error()
+        );
         let mut cmd = Command::new("haproxy");
         cmd.arg("-db")
             .arg("-f")
@@ -52,44 +60,34 @@ impl Haproxy {
             .stdin(Stdio::null())
             .stdout(err.try_clone().expect("dup"))
             .stderr(err);
-        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
+        // SAFETY: between fork and exec only dup2, async-signal-safe. Its copy on 3 has
+        // FD_CLOEXEC cleared; `fd` itself closes on exec.
         unsafe {
             cmd.pre_exec(move || {
-                if fd == 3 {
-                    // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) < 0 {
+                if libc::dup2(fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        // SAFETY: the copy made above, owned here (the child has its own on 3).
+        unsafe { libc::close(fd) };
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => panic!("cannot start haproxy (apt install haproxy; .ci/run does): {e}"),
         };
-        drop(listener);
-        // Ready when it answers: its own 503 (backend down) or the backend's answer.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "haproxy exited ({st}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if std::net::TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "haproxy did not start"
+        // The socket listens already (the kernel queues connections before haproxy runs):
+        // ready when haproxy answers a request over it, whatever it answers.
+        if let Err(e) = answers(addr) {
+            let _ = child.kill();
+            let st = child.wait().ok();
+            panic!(
+                "haproxy did not answer ({e}; exit: {st:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        drop(listener);
         Haproxy {
             child,
             addr,
@@ -108,17 +106,31 @@ impl Haproxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Requests haproxy answered `status` itself or passed on with that answer, from its log.
-    pub fn answered(&self, status: u16) -> usize {
-        // httplog: `... frontend backend/server Tq/Tw/Tc/Tr/Ta STATUS BYTES ...`.
+    /// Requests haproxy refused itself by a rule (`deny`: its answer; `reject`: the connection
+    /// closed without one), from its log: termination state `PR--`.
+    pub fn refused(&self) -> usize {
         self.log()
             .lines()
             .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.windows(2)
-                    .any(|w| w[0].split('/').count() == 5 && w[1].parse::<u16>() == Ok(status))
+                l.split_whitespace()
+                    .any(|f| f.len() == 4 && f.starts_with("PR"))
             })
             .count()
+    }
+}
+
+/// One `GET /` over a new connection, answered (any status line) within 10 s.
+fn answers(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head)?;
+    if &head == b"HTTP/1." {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("not HTTP: {head:?}")))
     }
 }
 
