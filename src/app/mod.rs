@@ -305,6 +305,11 @@ impl App {
         Ok(self.store.history(limit.clamp(1, 10_000))?)
     }
 
+    /// The whole history in figures (the support bundle).
+    pub fn history_summary(&self) -> Result<crate::store::HistorySummary, AppError> {
+        Ok(self.store.history_summary()?)
+    }
+
     /// `GET /v1/settings`.
     pub fn settings(&self) -> Settings {
         self.live().settings.clone()

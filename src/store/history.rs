@@ -28,6 +28,28 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The whole history in figures, however long it is (one aggregate query: nothing is
+    /// loaded row by row).
+    pub fn history_summary(&self) -> Result<HistorySummary> {
+        self.reader()
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0), count(freed_at), min(completed_at),
+                        max(completed_at)
+                 FROM history",
+                [],
+                |r| {
+                    Ok(HistorySummary {
+                        uploads: r.get::<_, i64>(0)? as u64,
+                        bytes: r.get::<_, i64>(1)? as u64,
+                        freed: r.get::<_, i64>(2)? as u64,
+                        first_completed_at: r.get(3)?,
+                        last_completed_at: r.get(4)?,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Deletes history older than `days` (the retention the privacy policy promises).
     pub fn purge_history(&self, days: u32) -> Result<usize> {
         let cutoff = now_unix() - i64::from(days) * 86_400;

@@ -201,6 +201,17 @@ pub struct HistoryEntry {
     pub freed_on: Option<String>,
 }
 
+/// The history in figures (the support bundle's `history.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistorySummary {
+    pub uploads: u64,
+    pub bytes: u64,
+    /// Of them, deleted from the card to free space.
+    pub freed: u64,
+    pub first_completed_at: Option<i64>,
+    pub last_completed_at: Option<i64>,
+}
+
 /// Which pending items the scheduler may take now.
 #[derive(Debug, Clone)]
 pub struct Pick<'a> {

@@ -1124,3 +1124,39 @@ fn a_page_of_one_state_is_that_states_items_in_id_order_after_the_cursor() {
         .unwrap();
     assert!(plan.contains("items_by_state_id"), "{plan}");
 }
+
+#[test]
+fn the_history_summary_counts_every_row_not_the_first_ten_thousand() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.history_summary().unwrap(), HistorySummary::default());
+    {
+        let mut c = s.conn();
+        let tx = c.transaction().unwrap();
+        for i in 0..10_005i64 {
+            tx.execute(
+                "INSERT INTO history (storage_path, size, completed_at, freed_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    format!("DCIM/100MEDIA/IMG_{i:05}.JPG"),
+                    1000 + i,
+                    1_700_000_000 + i,
+                    (i % 1000 == 0).then_some(1_800_000_000i64),
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let sum = s.history_summary().unwrap();
+    assert_eq!(
+        sum,
+        HistorySummary {
+            uploads: 10_005,
+            bytes: (0..10_005u64).map(|i| 1000 + i).sum(),
+            freed: 11,
+            first_completed_at: Some(1_700_000_000),
+            last_completed_at: Some(1_700_010_004),
+        }
+    );
+}
