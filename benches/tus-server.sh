@@ -17,6 +17,8 @@
 #   STRACE_OUT=/tmp/s RUNS=1 benches/tus-server.sh # `strace -f` of both clients (slows both):
 #       $STRACE_OUT.LABEL.ROUND, every write/read syscall with its size, for the write sizes
 #   TLS=1 benches/tus-server.sh                  # over HTTPS (issue 29): see below
+#   PIN=client benches/tus-server.sh             # each client on CPU 1 (taskset), node free;
+#   PIN=all: node on CPU 0 too. Whether a client's threads taking node's core explain a gap
 #
 # TLS=1: openssl makes a CA and a certificate for 127.0.0.1 in the temp dir; node serves HTTPS
 # (https.createServer, OpenSSL, same tus handler: interop/server.mjs with TUS_TLS_CERT/KEY);
@@ -95,7 +97,14 @@ if [ -n "$TLS" ]; then
   CURL_TLS=(--cacert "$T/ca.pem")
   CA_LINE="ca_file = \"$T/ca.pem\""
 fi
-TUS_TOKEN=$TOKEN node interop/server.mjs "$STORE" "$T/server.log" >"$T/server.out" 2>"$T/server.err" &
+SRV_PIN=() CLI_PIN=()
+case "${PIN:-}" in
+  client) CLI_PIN=(taskset -c 1) ;;
+  all) SRV_PIN=(taskset -c 0) CLI_PIN=(taskset -c 1) ;;
+  "") ;;
+  *) echo "PIN must be client or all" >&2; exit 2 ;;
+esac
+TUS_TOKEN=$TOKEN "${SRV_PIN[@]}" node interop/server.mjs "$STORE" "$T/server.log" >"$T/server.out" 2>"$T/server.err" &
 SPID=$!
 for _ in $(seq 1 100); do grep -q '"url"' "$T/server.out" && break; sleep 0.1; done
 URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$T/server.out")
@@ -154,7 +163,7 @@ run_curl() {
   local trace=()
   [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.curl.$round" \
     -e trace=%network,write,writev,sendmsg,sendto,read,readv,preadv2,poll,ppoll)
-  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" "${trace[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
+  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" "${trace[@]}" "${CLI_PIN[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
     -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
     -H 'Content-Type: application/offset+octet-stream' -H "Authorization: Bearer $TOKEN" \
     -o /dev/null -w '%{http_code}' "$loc")
@@ -196,7 +205,7 @@ socket = "$T/run/ctl.sock"
 [state]
 dir = "$T/state"
 TOML
-  "$bin" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
+  "${CLI_PIN[@]}" "$bin" daemon --config "$T/c.toml" 2>"$T/daemon.log" &
   DPID=$!
   for _ in $(seq 1 200); do api http://localhost/v1/health >/dev/null 2>&1 && break; sleep 0.05; done
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
