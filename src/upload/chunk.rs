@@ -134,6 +134,8 @@ struct LimitState {
     seen: Option<u64>,
     /// From two broken PATCHes, and when: for [`CUT_CAP_LASTS`].
     cut: Option<(u64, Instant)>,
+    /// Per upload URL, the newest last.
+    uploads: std::collections::VecDeque<(String, Track)>,
 }
 
 /// How a cap was learnt.
@@ -141,7 +143,7 @@ struct LimitState {
 pub enum Refusal {
     /// A 413 answer to the PATCH.
     Answered413,
-    /// Two PATCHes in a row at one offset of one upload broke with nothing kept.
+    /// Two PATCHes of one upload in a row at one offset broke with nothing kept.
     BrokeTwice,
 }
 
@@ -169,14 +171,41 @@ impl BodyLimit {
             return None;
         }
         let new = (len / 2 / MIB * MIB).max(MIN);
-        if st.cap(now).is_some_and(|c| c <= new) {
+        let before = st.cap(now);
+        // A 413 is kept for the run even under a lower cap from cuts, which expires.
+        match how {
+            Refusal::Answered413 => st.seen = Some(st.seen.map_or(new, |s| s.min(new))),
+            Refusal::BrokeTwice if before.is_none_or(|c| new < c) => st.cut = Some((new, now)),
+            Refusal::BrokeTwice => {}
+        }
+        st.cap(now).filter(|c| before.is_none_or(|b| *c < b))
+    }
+
+    /// A PATCH of `len` bytes at `offset` of the upload at `url` broke (a broken pipe, a
+    /// reset, closed before the answer): judged at that upload's next `HEAD` ([`Self::judge`]),
+    /// in this attempt or a later one.
+    pub fn broke(&self, url: &str, offset: u64, len: u64) {
+        self.lock().track(url).broke = Some((offset, len));
+    }
+
+    /// A `HEAD` of the upload at `url` says the server holds `offset`. Returns the length of
+    /// a body to treat as refused: the second PATCH in a row at one offset that broke with
+    /// none of it kept.
+    pub fn judge(&self, url: &str, offset: u64) -> Option<u64> {
+        let mut st = self.lock();
+        let t = st.track(url);
+        let (base, len) = t.broke.take()?;
+        if offset != base {
+            t.strikes = Strikes::default();
             return None;
         }
-        match how {
-            Refusal::Answered413 => st.seen = Some(new),
-            Refusal::BrokeTwice => st.cut = Some((new, now)),
-        }
-        Some(new)
+        t.strikes.broke_with_nothing_kept(base, len)
+    }
+
+    /// A PATCH of the upload at `url` was accepted: its run of cuts ended.
+    pub fn accepted(&self, url: &str) {
+        let mut st = self.lock();
+        st.uploads.retain(|(u, _)| u != url);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LimitState> {
@@ -186,6 +215,18 @@ impl BodyLimit {
 }
 
 impl LimitState {
+    /// The upload's record, made (the oldest dropped past [`TRACKED`]) if there is none.
+    fn track(&mut self, url: &str) -> &mut Track {
+        if let Some(i) = self.uploads.iter().position(|(u, _)| u == url) {
+            return &mut self.uploads[i].1;
+        }
+        if self.uploads.len() >= TRACKED {
+            self.uploads.pop_front();
+        }
+        self.uploads.push_back((url.to_string(), Track::default()));
+        &mut self.uploads.back_mut().expect("just pushed").1
+    }
+
     fn cap(&self, now: Instant) -> Option<u64> {
         let cut = self
             .cut
@@ -201,14 +242,14 @@ impl LimitState {
 /// One upload's broken PATCHes, judged by the `HEAD` after each (module docs): a cut at an
 /// offset is a strike; a second one at the same offset is a refusal of the shorter body.
 #[derive(Debug, Default)]
-pub struct Strikes {
+struct Strikes {
     last: Option<(u64, u64)>,
 }
 
 impl Strikes {
     /// A PATCH of `len` bytes at `offset` broke and the server then held none of it. Returns
     /// the body length to treat as refused, on the second such cut at the same offset.
-    pub fn broke_with_nothing_kept(&mut self, offset: u64, len: u64) -> Option<u64> {
+    fn broke_with_nothing_kept(&mut self, offset: u64, len: u64) -> Option<u64> {
         match self.last.take() {
             Some((o, l)) if o == offset => Some(l.min(len)),
             _ => {
@@ -217,12 +258,19 @@ impl Strikes {
             }
         }
     }
-
-    /// A PATCH was accepted or the server kept some of a broken one: the run of cuts ended.
-    pub fn reset(&mut self) {
-        self.last = None;
-    }
 }
+
+/// What is known of one upload's cuts: the last PATCH that broke, not judged yet, and the
+/// run of cuts judged so far. Kept across attempts (a cut that ends an attempt is judged by
+/// the next attempt's `HEAD`).
+#[derive(Debug, Default)]
+struct Track {
+    broke: Option<(u64, u64)>,
+    strikes: Strikes,
+}
+
+/// Uploads whose cuts are tracked at once: more than the uploads in flight (at most 4).
+const TRACKED: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -433,35 +481,43 @@ mod tests {
     }
 
     #[test]
-    fn only_a_second_cut_at_the_same_offset_is_a_refusal() {
-        let mut s = Strikes::default();
+    fn only_a_second_cut_at_the_same_offset_of_one_upload_is_a_refusal() {
+        let l = BodyLimit::default();
+        let (a, b) = ("http://h/files/a", "http://h/files/b");
+        assert_eq!(l.judge(a, 0), None, "nothing broke");
+        l.broke(a, 0, 64 * MIB);
+        assert_eq!(l.judge(a, 0), None, "once: a link that dropped");
+        l.broke(a, 0, 64 * MIB);
+        l.broke(b, 0, 64 * MIB);
+        assert_eq!(l.judge(b, 0), None, "another upload's cut is its own first");
         assert_eq!(
-            s.broke_with_nothing_kept(0, 64 * MIB),
-            None,
-            "once: a link that dropped"
+            l.judge(a, 0),
+            Some(64 * MIB),
+            "judged later (another attempt) still"
         );
-        assert_eq!(s.broke_with_nothing_kept(0, 64 * MIB), Some(64 * MIB));
+        l.broke(a, 0, 32 * MIB);
+        assert_eq!(l.judge(a, 0), None, "a new run of cuts");
+        l.broke(a, 0, 16 * MIB);
+        assert_eq!(l.judge(a, 0), Some(16 * MIB), "the shorter of the two");
+        l.broke(a, 0, 8 * MIB);
+        assert_eq!(l.judge(a, MIB), None, "some of it kept: not refused");
+        l.broke(a, MIB, 8 * MIB);
+        assert_eq!(l.judge(a, MIB), None, "and the run starts again");
+        l.accepted(a);
+        l.broke(a, MIB, 8 * MIB);
         assert_eq!(
-            s.broke_with_nothing_kept(0, 32 * MIB),
+            l.judge(a, MIB),
             None,
-            "a new run of cuts"
+            "an accepted PATCH between them ends the run"
         );
+        l.broke(a, MIB, 8 * MIB);
+        for i in 0..TRACKED {
+            l.broke(&format!("http://h/files/{i}"), 0, 8 * MIB);
+        }
         assert_eq!(
-            s.broke_with_nothing_kept(4 * MIB, 32 * MIB),
+            l.judge(a, MIB),
             None,
-            "another offset: another body, not the same one refused"
-        );
-        assert_eq!(
-            s.broke_with_nothing_kept(4 * MIB, 16 * MIB),
-            Some(16 * MIB),
-            "the shorter"
-        );
-        assert_eq!(s.broke_with_nothing_kept(8 * MIB, 8 * MIB), None);
-        s.reset();
-        assert_eq!(
-            s.broke_with_nothing_kept(8 * MIB, 8 * MIB),
-            None,
-            "progress between them"
+            "the oldest forgotten past {TRACKED} uploads"
         );
     }
 }

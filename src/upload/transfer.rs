@@ -141,8 +141,6 @@ pub async fn upload(
         } else {
             0
         },
-        broke: None,
-        strikes: chunk::Strikes::default(),
     };
     let result = t.run().await;
     if t.changed && t.sending {
@@ -225,11 +223,6 @@ struct Transfer<'a, 'c> {
     /// HEAD): it holds those bytes. A later, lower offset is a server that lost or misreads
     /// what it acknowledged ([`Transfer::head`]).
     acked: u64,
-    /// The last PATCH broke (a broken pipe, a reset): its offset and length, judged by the
-    /// next `HEAD` (did the server keep any of it? `chunk::BodyLimit`).
-    broke: Option<(u64, u64)>,
-    /// This attempt's run of broken PATCHes with nothing kept.
-    strikes: chunk::Strikes,
 }
 
 impl Transfer<'_, '_> {
@@ -373,12 +366,12 @@ impl Transfer<'_, '_> {
                 Ok(Some(created.offset.is_some()))
             }
             Some(url) => {
-                let broke = self.broke.take();
                 let Some(st) = self.head(&url).await? else {
                     return Ok(None);
                 };
-                if let Some((base, len)) = broke {
-                    self.judge_broken_patch(base, len, st.offset)?;
+                // Did the server keep any of a PATCH that broke? (`chunk::BodyLimit`)
+                if let Some(refused) = ctx.client.body_limit().judge(&url, st.offset) {
+                    self.refused_by_cuts(refused, st.offset)?;
                 }
                 if let Some(len) = st.length.filter(|l| *l != size) {
                     self.forget_url(&format!(
@@ -458,7 +451,7 @@ impl Transfer<'_, '_> {
             match self.until_stop(patch).await? {
                 Ok(ack) => {
                     pacer.acknowledged(len, started.elapsed());
-                    self.strikes.reset();
+                    limit.accepted(&url);
                     self.expires_at = ack.expires_at.or(self.expires_at);
                     acknowledged = true;
                     self.accepted(
@@ -504,7 +497,7 @@ impl Transfer<'_, '_> {
                 }
                 Err(e) => {
                     if e.connection_broke() {
-                        self.broke = Some((base, len));
+                        limit.broke(&url, base, len);
                     }
                     // The next session asks HEAD where the upload stands.
                     self.pause_or_end(&e).await?;
@@ -951,20 +944,15 @@ impl Transfer<'_, '_> {
         self.outcome_for(e)
     }
 
-    /// The PATCH of `len` bytes at `base` broke; the server's upload now stands at `offset`.
-    /// None of it kept, a second time at this offset: a body refused (`chunk::BodyLimit`).
-    /// At 1 MiB or less nothing shorter is sent: the attempt ends under the back-off (a link
-    /// that drops may still be the cause), its error naming the limit to raise.
-    fn judge_broken_patch(&mut self, base: u64, len: u64, offset: u64) -> Result<(), Outcome> {
-        if offset != base {
-            self.strikes.reset();
-            return Ok(());
-        }
-        let Some(refused) = self.strikes.broke_with_nothing_kept(base, len) else {
-            return Ok(());
-        };
+    /// Two PATCHes in a row at `base` broke with none of them kept: a body of `refused` bytes
+    /// is taken as refused (`chunk::BodyLimit`). At 1 MiB or less nothing shorter is sent:
+    /// the attempt ends under the back-off (a link that drops may still be the cause), its
+    /// error naming the limit to raise.
+    fn refused_by_cuts(&mut self, refused: u64, base: u64) -> Result<(), Outcome> {
         if refused <= chunk::MIN {
             self.persist();
+            // A file changed meanwhile says so, as after any failure (`end_with`).
+            self.check_file(&std::fs::symlink_metadata(&self.path))?;
             return Err(Outcome::Retry {
                 error: format!(
                     "PATCHes of {} of {} broke twice at offset {base} with nothing kept: the \

@@ -388,15 +388,14 @@ impl TusError {
         let TusError::Network { source, .. } = self else {
             return false;
         };
-        io_kind_in(
-            source,
-            &[K::BrokenPipe, K::ConnectionReset, K::UnexpectedEof],
-        ) || find_in_chain(source, &|e| {
-            e.downcast_ref::<hyper::Error>()
-                .filter(|h| h.is_incomplete_message())
-                .map(|_| ())
-        })
-        .is_some()
+        // Not `UnexpectedEof`: the body's own source says that of a file cut short.
+        io_kind_in(source, &[K::BrokenPipe, K::ConnectionReset])
+            || find_in_chain(source, &|e| {
+                e.downcast_ref::<hyper::Error>()
+                    .filter(|h| h.is_incomplete_message())
+                    .map(|_| ())
+            })
+            .is_some()
     }
 
     /// The upload URL is gone (404/410) or expired: the next step is a new creation.
