@@ -193,7 +193,8 @@ impl BodyLimit {
     /// none of it kept.
     pub fn judge(&self, url: &str, offset: u64) -> Option<u64> {
         let mut st = self.lock();
-        let t = st.track(url);
+        // Only an upload that broke has a record (every HEAD making one would push out those).
+        let (_, t) = st.uploads.iter_mut().find(|(u, _)| u == url)?;
         let (base, len) = t.broke.take()?;
         if offset != base {
             t.strikes = Strikes::default();
@@ -485,6 +486,10 @@ mod tests {
         let l = BodyLimit::default();
         let (a, b) = ("http://h/files/a", "http://h/files/b");
         assert_eq!(l.judge(a, 0), None, "nothing broke");
+        for i in 0..2 * TRACKED {
+            l.judge(&format!("http://h/files/head{i}"), 0);
+        }
+        assert!(l.lock().uploads.is_empty(), "a HEAD alone is not tracked");
         l.broke(a, 0, 64 * MIB);
         assert_eq!(l.judge(a, 0), None, "once: a link that dropped");
         l.broke(a, 0, 64 * MIB);
