@@ -499,8 +499,12 @@ struct Walked {
     files: u64,
     skipped: Skipped,
     recent: Vec<Recent>,
-    versions: Hashes,
-    paths: Hashes,
+    /// The open items of the snapshot judged in the directories this walker read, and the
+    /// ones of them to drop.
+    judged: usize,
+    drops: Drops,
+    /// The directories whose open items this walker judged ([`dir_key`]).
+    judged_dirs: Hashes,
     /// Files whose identity needs their content (store/identity.rs), fingerprinted.
     checks: Vec<Checked>,
     /// What the queue holds in a directory could not be read: the walker stopped there.
@@ -538,13 +542,148 @@ impl Hasher for Prehashed {
 /// A set of [`hash_of`] values.
 type Hashes = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
-/// An open item as the scan found it in the queue before walking: judged after the walk.
+/// An open item of the snapshot, as a walker found it in the queue on reaching its directory:
+/// judged once the directory is read.
 struct OpenItem {
     id: i64,
     version: u64,
     path: u64,
     /// From another card than the one in the slot (both known): if not seen, it waits for it.
     away: bool,
+}
+
+/// The open items to drop, by reason: applied only once the walk is over and the card was
+/// there throughout it.
+#[derive(Default)]
+struct Drops {
+    deleted: Vec<i64>,
+    replaced: Vec<i64>,
+    waiting: Vec<i64>,
+}
+
+impl Drops {
+    /// An open item whose version the walk did not see, where `path_seen` says whether a file
+    /// was seen at its path.
+    fn add(&mut self, id: i64, away: bool, path_seen: bool) {
+        if away {
+            self.waiting.push(id);
+        } else if path_seen {
+            self.replaced.push(id);
+        } else {
+            self.deleted.push(id);
+        }
+    }
+
+    fn extend(&mut self, other: Drops) {
+        self.deleted.extend(other.deleted);
+        self.replaced.extend(other.replaced);
+        self.waiting.extend(other.waiting);
+    }
+
+    /// Only items still pending or failed by now are touched ([`Store::mark_skipped_many`]).
+    fn apply(&self, store: &Store) -> Result<usize, StoreError> {
+        Ok(store.mark_skipped_many(&self.deleted, store::REASON_DELETED)?
+            + store.mark_skipped_many(&self.replaced, store::REASON_REPLACED)?
+            + store.mark_skipped_many(&self.waiting, store::REASON_WAITING_FOR_CARD)?)
+    }
+}
+
+/// The key of a directory in the judged sets: its storage path's hash (`""`: the root).
+fn dir_key(dir: Option<&StoragePath>) -> u64 {
+    hash_of(dir.map_or("", StoragePath::as_str))
+}
+
+/// The key of the directory a queued item's storage path is in (see [`dir_key`]).
+fn parent_key(path: &str) -> u64 {
+    hash_of(path.rsplit_once('/').map_or("", |(dir, _)| dir))
+}
+
+/// The ids of the items open when the scan started: the ones it may drop. One bit an id over
+/// their span (1,000,000 items in a row: 122 KiB, where their identities took 32 MiB), or a
+/// sorted list where the ids are sparser than one in 64.
+#[derive(Debug, Default)]
+pub(crate) struct IdSet {
+    /// The first id of `bits` (a multiple of 64).
+    base: i64,
+    bits: Vec<u64>,
+    /// In use instead of `bits` once the span would cost more than a list.
+    list: Option<Vec<i64>>,
+    len: usize,
+}
+
+impl IdSet {
+    /// Room the bits may take beyond one word an id before a list is cheaper.
+    const SLACK_WORDS: usize = 1024;
+
+    fn insert(&mut self, id: i64) {
+        if let Some(list) = &mut self.list {
+            list.push(id);
+            self.len += 1;
+            return;
+        }
+        let word = id.div_euclid(64);
+        if self.bits.is_empty() {
+            self.base = word * 64;
+        }
+        let (first, end) = (self.base / 64, self.base / 64 + self.bits.len() as i64);
+        let (from, to) = (first.min(word), end.max(word + 1));
+        if (to - from) as u128 > (self.len + Self::SLACK_WORDS) as u128 {
+            let mut list: Vec<i64> = self.iter().collect();
+            list.push(id);
+            (self.bits, self.list) = (Vec::new(), Some(list));
+            self.len += 1;
+            return;
+        }
+        if word < first {
+            let grow = (first - word) as usize;
+            self.bits.splice(0..0, std::iter::repeat_n(0, grow));
+            self.base = word * 64;
+        }
+        let at = (id - self.base) as usize;
+        if at / 64 >= self.bits.len() {
+            self.bits.resize(at / 64 + 1, 0);
+        }
+        let (w, bit) = (&mut self.bits[at / 64], 1u64 << (at % 64));
+        if *w & bit == 0 {
+            *w |= bit;
+            self.len += 1;
+        }
+    }
+
+    /// Sorts the list, if a list it is; to call once every id is in.
+    fn finish(&mut self) {
+        if let Some(list) = &mut self.list {
+            list.sort_unstable();
+            list.dedup();
+            self.len = list.len();
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        if let Some(list) = &self.list {
+            return list.binary_search(&id).is_ok();
+        }
+        if id < self.base {
+            return false;
+        }
+        let at = (id - self.base) as u64;
+        usize::try_from(at / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|w| w & (1 << (at % 64)) != 0)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.bits.iter().enumerate().flat_map(move |(w, &bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| self.base + (w as i64) * 64 + b)
+        })
+    }
 }
 
 /// A file's identity as the sets hold it: its path's hash and its size and mtime, hashed.
@@ -583,11 +722,10 @@ pub fn scan(
     let now = SystemTime::now();
     let mut report = Report::default();
     let before = card.identity();
-    let open = open_items(store, serial)?;
-    // What the walk saw matters only to judge the open items afterwards: with none (a first
-    // scan, or a card whose files are all sent) the walkers keep no sets, and where the queue
-    // holds nothing in a directory they hash nothing there.
-    let judging = !open.is_empty();
+    let open = &open_ids(store)?;
+    // With no open item (a first scan, or a card whose files are all sent) nothing is judged,
+    // and where the queue holds nothing in a directory the walkers hash nothing there.
+    let judging = open.len() > 0;
     let Some(top) = start(root, root) else {
         unreachable!("the root is in itself")
     };
@@ -620,6 +758,7 @@ pub fn scan(
                         store,
                         serial,
                         judging,
+                        open,
                         root,
                         tx,
                         w: Walked::default(),
@@ -627,6 +766,7 @@ pub fn scan(
                         dir: None,
                         loaded: false,
                         known: Known::default(),
+                        here: (Hashes::default(), Hashes::default()),
                     }
                     .walk(dirs, judge)
                 })
@@ -657,7 +797,11 @@ pub fn scan(
     // A card pulled (or swapped) during the walk makes what the walk missed neither deleted
     // nor unreadable: the walk is judged only when one card was there before and after it.
     if before.is_some() && card.identity() == before {
-        report.dropped = reconcile(store, &open, &seen.versions, &seen.paths)?;
+        let mut drops = seen.drops;
+        if seen.judged < open.len() {
+            unwalked(store, open, &seen.judged_dirs, serial, &mut drops)?;
+        }
+        report.dropped = drops.apply(store)?;
     } else {
         report.card_gone = true;
         report.unreadable = 0;
@@ -667,12 +811,10 @@ pub fn scan(
     Ok(report)
 }
 
-/// Adds the walkers' counts to the report, and merges what they saw for the reconcile step (in
-/// 8 bytes a file rather than the paths): their sets merged into the largest.
-fn merge(mut walked: Vec<Walked>, report: &mut Report) -> Walked {
-    walked.sort_unstable_by_key(|w| std::cmp::Reverse(w.versions.len()));
+/// Adds the walkers' counts to the report, and merges what they judged.
+fn merge(walked: Vec<Walked>, report: &mut Report) -> Walked {
     let mut seen = Walked::default();
-    for (i, w) in walked.into_iter().enumerate() {
+    for w in walked {
         report.files += w.files;
         let (all, one) = (&mut report.skipped, &w.skipped);
         all.excluded_type += one.excluded_type;
@@ -682,14 +824,28 @@ fn merge(mut walked: Vec<Walked>, report: &mut Report) -> Walked {
         all.unreadable += one.unreadable;
         report.unreadable = all.unreadable;
         report.recent.extend(w.recent);
-        if i == 0 {
-            (seen.versions, seen.paths) = (w.versions, w.paths);
-        } else {
-            seen.versions.extend(w.versions);
-            seen.paths.extend(w.paths);
-        }
+        seen.judged += w.judged;
+        seen.drops.extend(w.drops);
+        seen.judged_dirs.extend(w.judged_dirs);
     }
     seen
+}
+
+/// The open items of the snapshot in directories no walker judged (gone, unreadable, or
+/// without a media file left): none of their files was seen, so each is deleted, or waits for
+/// its card. One pass over the open items, only when some were not judged during the walk.
+fn unwalked(
+    store: &Store,
+    open: &IdSet,
+    judged_dirs: &Hashes,
+    serial: Option<&str>,
+    drops: &mut Drops,
+) -> Result<(), StoreError> {
+    store.for_each_open_identity(|it| {
+        if open.contains(it.id) && !judged_dirs.contains(&parent_key(it.path)) {
+            drops.add(it.id, store::other_card(it.card, serial), false);
+        }
+    })
 }
 
 /// What the queue holds in one directory, as hashes: a known file costs no database write,
@@ -705,6 +861,8 @@ struct Known {
     verify: Hashes,
     /// (path, size) of sent versions with a fingerprint.
     sent_sizes: Hashes,
+    /// The directory's items of the snapshot of open items, to judge once it is read.
+    open: Vec<OpenItem>,
 }
 
 impl Known {
@@ -715,14 +873,24 @@ impl Known {
         store: &Store,
         dir: Option<&StoragePath>,
         serial: Option<&str>,
+        open: &IdSet,
     ) -> Result<(), StoreError> {
         self.versions.clear();
         self.paths.clear();
         self.verify.clear();
         self.sent_sizes.clear();
+        self.open.clear();
         store.for_each_identity_in(dir, |it| {
             let path = hash_of(it.path);
             let version = version_of(path, it.size, it.mtime_ns);
+            if open.contains(it.id) {
+                self.open.push(OpenItem {
+                    id: it.id,
+                    version,
+                    path,
+                    away: store::other_card(it.card, serial),
+                });
+            }
             if !it.revivable {
                 self.versions.insert(version);
             }
@@ -737,19 +905,15 @@ impl Known {
     }
 }
 
-/// The open items when the scan starts: the ones the walk judges. Items queued while it runs
-/// (a manual upload, the settler) were not seen by this snapshot and are left alone.
-fn open_items(store: &Store, serial: Option<&str>) -> Result<Vec<OpenItem>, StoreError> {
-    let mut open = Vec::new();
-    store.for_each_open_identity(|it| {
-        let path = hash_of(it.path);
-        open.push(OpenItem {
-            id: it.id,
-            version: version_of(path, it.size, it.mtime_ns),
-            path,
-            away: store::other_card(it.card, serial),
-        });
-    })?;
+/// The open items when the scan starts: the ones the walk judges. Items queued or revived
+/// while it runs (a manual upload, the settler) were not in this snapshot and are left alone.
+/// Only their ids are kept: each walker reads a directory's items as it reaches it
+/// ([`Known::load`]) and judges the snapshot's among them once it has read the directory, so
+/// a scan holds one directory's open items, not the whole queue's (issue 29).
+fn open_ids(store: &Store) -> Result<IdSet, StoreError> {
+    let mut open = IdSet::default();
+    store.for_each_open_identity(|it| open.insert(it.id))?;
+    open.finish();
     Ok(open)
 }
 
@@ -763,8 +927,10 @@ struct Walker<'a> {
     store: &'a Store,
     /// The card in the slot.
     serial: Option<&'a str>,
-    /// Open items wait to be judged: the walk keeps what it saw.
+    /// The queue held open items when the scan started ([`open_ids`]): a walker judges the
+    /// ones of each directory it reads.
     judging: bool,
+    open: &'a IdSet,
     root: &'a Path,
     tx: std::sync::mpsc::SyncSender<Batch>,
     w: Walked,
@@ -774,6 +940,8 @@ struct Walker<'a> {
     dir: Option<StoragePath>,
     loaded: bool,
     known: Known,
+    /// The versions and paths of the files seen in the directory, while it has open items.
+    here: (Hashes, Hashes),
 }
 
 impl Walker<'_> {
@@ -782,10 +950,15 @@ impl Walker<'_> {
         let mut skipped = Skipped::default();
         while let Some((d, reading)) = dirs.take() {
             (self.dir, self.loaded) = (d.1.clone(), false);
+            self.here.0.clear();
+            self.here.1.clear();
             dirs.give_back(judge.read(d, &mut |found| self.seen(found), &mut skipped));
             drop(reading);
             if self.w.error.is_some() {
                 break;
+            }
+            if self.loaded {
+                self.judge_dir();
             }
         }
         if !self.batch.0.is_empty() {
@@ -795,28 +968,44 @@ impl Walker<'_> {
         self.w
     }
 
+    /// The directory just read: its open items of the snapshot whose version was not seen in
+    /// it are to drop (once the walk is over), and it counts as judged.
+    fn judge_dir(&mut self) {
+        let (versions, paths) = &self.here;
+        for it in self.known.open.drain(..) {
+            self.w.judged += 1;
+            if !versions.contains(&it.version) {
+                self.w.drops.add(it.id, it.away, paths.contains(&it.path));
+            }
+        }
+        self.w.judged_dirs.insert(dir_key(self.dir.as_ref()));
+    }
+
     /// One media file the walk found.
     fn seen(&mut self, found: Seen) {
         self.w.files += 1;
+        // The directory's items are read at its first media file: a settled one to tell known
+        // files from new ones, a recent one only to judge the open items.
+        if !self.loaded && (self.judging || matches!(found, Seen::Settled(_))) {
+            self.loaded = true;
+            let dir = self.dir.as_ref();
+            if let Err(e) = self.known.load(self.store, dir, self.serial, self.open) {
+                self.w.error = Some(e);
+            }
+        }
+        if self.w.error.is_some() {
+            return;
+        }
+        let judging = !self.known.open.is_empty();
         match found {
             Seen::Settled(f) => {
-                if !self.loaded {
-                    self.loaded = true;
-                    let dir = self.dir.as_ref();
-                    if let Err(e) = self.known.load(self.store, dir, self.serial) {
-                        self.w.error = Some(e);
-                    }
-                }
-                if self.w.error.is_some() {
-                    return;
-                }
                 let mut path_known = None;
-                if self.judging || !self.known.paths.is_empty() {
+                if judging || !self.known.paths.is_empty() {
                     let path = hash_of(f.path.as_str());
                     let version = version_of(path, f.size, f.mtime_ns);
-                    if self.judging {
-                        self.w.paths.insert(path);
-                        self.w.versions.insert(version);
+                    if judging {
+                        self.here.0.insert(version);
+                        self.here.1.insert(path);
                     }
                     let known = self.known.versions.contains(&version);
                     let check = self.known.verify.contains(&version)
@@ -857,45 +1046,16 @@ impl Walker<'_> {
                 // Written too recently to queue, but there: a queued item of this very version (a
                 // manual request, one the settler queued, or a file whose mtime is ahead of a
                 // clock that started at 1970) is neither deleted nor replaced.
-                let sp = self.judging.then(|| StoragePath::under(self.root, &r.path));
+                let sp = judging.then(|| StoragePath::under(self.root, &r.path));
                 if let Some(Ok(sp)) = sp {
                     let path = hash_of(sp.as_str());
-                    self.w.paths.insert(path);
-                    self.w.versions.insert(version_of(path, r.size, r.mtime_ns));
+                    self.here.0.insert(version_of(path, r.size, r.mtime_ns));
+                    self.here.1.insert(path);
                 }
                 self.w.recent.push(r);
             }
         }
     }
-}
-
-/// Drops the open items (of the snapshot taken before the walk) whose file version was not
-/// seen: deleted, or replaced by a newer version (which the scan queued or the settler will).
-/// Only items still pending or failed by now are touched ([`Store::mark_skipped_many`]).
-fn reconcile(
-    store: &Store,
-    open: &[OpenItem],
-    versions: &Hashes,
-    paths: &Hashes,
-) -> Result<usize, StoreError> {
-    let mut deleted = Vec::new();
-    let mut replaced = Vec::new();
-    let mut waiting = Vec::new();
-    for it in open {
-        if versions.contains(&it.version) {
-            continue;
-        }
-        if it.away {
-            waiting.push(it.id);
-        } else if paths.contains(&it.path) {
-            replaced.push(it.id);
-        } else {
-            deleted.push(it.id);
-        }
-    }
-    Ok(store.mark_skipped_many(&deleted, store::REASON_DELETED)?
-        + store.mark_skipped_many(&replaced, store::REASON_REPLACED)?
-        + store.mark_skipped_many(&waiting, store::REASON_WAITING_FOR_CARD)?)
 }
 
 #[cfg(test)]

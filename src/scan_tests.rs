@@ -691,3 +691,123 @@ fn a_rescan_reads_each_directorys_items_and_finds_new_versions_at_every_depth() 
     assert_eq!(paths(&store, ItemState::Done).len(), 5);
     assert_eq!(scan_now().queued, 0);
 }
+
+/// The skipped items' paths with their reasons, in path order.
+fn dropped(store: &Store) -> Vec<(String, String)> {
+    let mut v: Vec<_> = store
+        .list(Some(ItemState::Skipped), 1000, 0)
+        .unwrap()
+        .into_iter()
+        .map(|i| {
+            let why = i.last_error.unwrap_or_default();
+            (i.storage_path.as_str().to_string(), why)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn open_items_are_judged_in_their_directory_and_where_the_walk_found_no_media_file() {
+    // A scan judges a directory's open items once it has read it (issue 29), and the ones in
+    // directories it found no media file in after the walk: a folder removed whole, a folder
+    // left with only a note, a root whose loose file went, a folder whose only file is being
+    // rewritten. Each open item is judged exactly once, with the reason a user would read.
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    for n in [
+        "ROOT.JPG",
+        "DCIM/100AAAAA/A.JPG",
+        "DCIM/100AAAAA/B.JPG",
+        "DCIM/101BBBBB/C.JPG",
+        "DCIM/102CCCCC/D.JPG",
+        "DCIM/103DDDDD/F.JPG",
+    ] {
+        old(&r.join(n), n.as_bytes());
+    }
+    let store = Store::open(state.path()).unwrap();
+    assert_eq!(scan_with(r, &store, None).queued, 6);
+
+    std::fs::remove_file(r.join("DCIM/100AAAAA/A.JPG")).unwrap();
+    std::fs::remove_dir_all(r.join("DCIM/101BBBBB")).unwrap();
+    std::fs::remove_file(r.join("DCIM/102CCCCC/D.JPG")).unwrap();
+    std::fs::write(r.join("DCIM/102CCCCC/NOTES.TXT"), b"not media").unwrap();
+    std::fs::remove_file(r.join("ROOT.JPG")).unwrap();
+    std::fs::write(r.join("DCIM/103DDDDD/F.JPG"), b"being rewritten").unwrap();
+    let rep = scan_with(r, &store, None);
+    assert_eq!((rep.queued, rep.dropped, rep.recent.len()), (0, 5, 1));
+    let (deleted, replaced) = (store::REASON_DELETED, store::REASON_REPLACED);
+    let want: Vec<(String, String)> = [
+        ("DCIM/100AAAAA/A.JPG", deleted),
+        ("DCIM/101BBBBB/C.JPG", deleted),
+        ("DCIM/102CCCCC/D.JPG", deleted),
+        ("DCIM/103DDDDD/F.JPG", replaced),
+        ("ROOT.JPG", deleted),
+    ]
+    .map(|(p, why)| (p.to_string(), why.to_string()))
+    .into();
+    assert_eq!(dropped(&store), want);
+    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/100AAAAA/B.JPG"]);
+    // Judged once: a second scan drops nothing more, and the kept one stays.
+    assert_eq!(scan_with(r, &store, None).dropped, 0);
+    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/100AAAAA/B.JPG"]);
+}
+
+#[test]
+fn an_open_item_in_a_folder_gone_with_its_card_waits_for_the_card() {
+    // Card B in the slot lacks card A's folder altogether: card A's open item there is
+    // judged after the walk, and waits for its card rather than counting as deleted.
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    old(&r.join("DCIM/100AAAAA/A.JPG"), b"card A's");
+    let store = Store::open(state.path()).unwrap();
+    scan_with(r, &store, Some("AAAA-AAAA"));
+    std::fs::remove_dir_all(r.join("DCIM")).unwrap();
+    old(&r.join("DCIM/100BBBBB/B.JPG"), b"card B's");
+    let rep = scan_with(r, &store, Some("BBBB-BBBB"));
+    assert_eq!((rep.queued, rep.dropped), (1, 1));
+    assert_eq!(
+        dropped(&store),
+        [(
+            "DCIM/100AAAAA/A.JPG".to_string(),
+            store::REASON_WAITING_FOR_CARD.to_string()
+        )]
+    );
+}
+
+#[test]
+fn the_snapshots_ids_are_kept_as_bits_and_as_a_list_where_sparse() {
+    let dense = [130_i64, 64, 65, 5, 1000, 64, 7];
+    let mut set = IdSet::default();
+    for id in dense {
+        set.insert(id);
+    }
+    set.finish();
+    assert!(set.list.is_none(), "dense ids are bits");
+    assert_eq!(set.len(), 6, "64 is in once");
+    for id in dense {
+        assert!(set.contains(id), "{id}");
+    }
+    for id in [0, 4, 6, 63, 66, 129, 131, 999, 1001, 1_000_000, -1] {
+        assert!(!set.contains(id), "{id}");
+    }
+    assert_eq!(set.iter().collect::<Vec<_>>(), [5, 7, 64, 65, 130, 1000]);
+
+    // Ids far apart (a span over a thousand words more than the ids): a sorted list.
+    let sparse = [10_i64, 3, 10, i64::MAX - 1, 1 << 40];
+    let mut set = IdSet::default();
+    for id in sparse {
+        set.insert(id);
+    }
+    set.finish();
+    assert!(set.list.is_some(), "sparse ids are a list");
+    assert_eq!(set.len(), 4);
+    for id in sparse {
+        assert!(set.contains(id), "{id}");
+    }
+    for id in [0, 4, 11, i64::MAX, (1 << 40) + 1] {
+        assert!(!set.contains(id), "{id}");
+    }
+}

@@ -685,7 +685,7 @@ impl Store {
         )
     }
 
-    /// Marks many items skipped with one reason, in one transaction (the scan's reconcile).
+    /// Marks many items skipped with one reason, in one transaction (the scan's drops).
     pub fn mark_skipped_many(&self, ids: &[i64], reason: &str) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
