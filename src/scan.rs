@@ -582,9 +582,11 @@ impl Drops {
 
     /// Only items still pending or failed by now are touched ([`Store::mark_skipped_many`]).
     fn apply(&self, store: &Store) -> Result<usize, StoreError> {
-        Ok(store.mark_skipped_many(&self.deleted, store::REASON_DELETED)?
-            + store.mark_skipped_many(&self.replaced, store::REASON_REPLACED)?
-            + store.mark_skipped_many(&self.waiting, store::REASON_WAITING_FOR_CARD)?)
+        Ok(
+            store.mark_skipped_many(&self.deleted, store::REASON_DELETED)?
+                + store.mark_skipped_many(&self.replaced, store::REASON_REPLACED)?
+                + store.mark_skipped_many(&self.waiting, store::REASON_WAITING_FOR_CARD)?,
+        )
     }
 }
 
