@@ -601,90 +601,76 @@ fn parent_key(path: &str) -> u64 {
 }
 
 /// The ids of the items open when the scan started: the ones it may drop. One bit an id over
-/// their span (1,000,000 items in a row: 122 KiB, where their identities took 32 MiB), or a
-/// sorted list where the ids are sparser than one in 64.
+/// the span of the open ids (1,000,000 items in a row: 122 KiB, where their identities took
+/// 32 MiB), or a sorted list where they are sparser than one in 64; an id outside the span
+/// (opened between the span's reading and the ids') goes to the list too.
 #[derive(Debug, Default)]
 pub(crate) struct IdSet {
-    /// The first id of `bits` (a multiple of 64).
+    /// The id of `bits`' first bit (a multiple of 64).
     base: i64,
     bits: Vec<u64>,
-    /// In use instead of `bits` once the span would cost more than a list.
-    list: Option<Vec<i64>>,
+    list: Vec<i64>,
     len: usize,
 }
 
 impl IdSet {
-    /// Room the bits may take beyond one word an id before a list is cheaper.
-    const SLACK_WORDS: usize = 1024;
+    /// Words the bits may take beyond one an id before a list is the cheaper.
+    const SLACK_WORDS: i128 = 1024;
+
+    /// An empty set for `count` ids from `span.0` to `span.1`.
+    fn for_span(span: Option<(i64, i64)>, count: usize) -> IdSet {
+        let mut set = IdSet::default();
+        match span {
+            Some((lo, hi)) if lo <= hi => {
+                let words = i128::from(hi.div_euclid(64)) - i128::from(lo.div_euclid(64)) + 1;
+                if words <= count as i128 + Self::SLACK_WORDS {
+                    set.base = lo.div_euclid(64) * 64;
+                    set.bits = vec![0; words as usize];
+                } else {
+                    set.list.reserve(count);
+                }
+            }
+            _ => {}
+        }
+        set
+    }
+
+    /// Where `id`'s bit is, if in the bits' span.
+    fn bit(&self, id: i64) -> Option<(usize, u64)> {
+        let at = i128::from(id) - i128::from(self.base);
+        (0..self.bits.len() as i128 * 64)
+            .contains(&at)
+            .then(|| ((at / 64) as usize, 1u64 << (at % 64)))
+    }
 
     fn insert(&mut self, id: i64) {
-        if let Some(list) = &mut self.list {
-            list.push(id);
-            self.len += 1;
-            return;
-        }
-        let word = id.div_euclid(64);
-        if self.bits.is_empty() {
-            self.base = word * 64;
-        }
-        let (first, end) = (self.base / 64, self.base / 64 + self.bits.len() as i64);
-        let (from, to) = (first.min(word), end.max(word + 1));
-        if (to - from) as u128 > (self.len + Self::SLACK_WORDS) as u128 {
-            let mut list: Vec<i64> = self.iter().collect();
-            list.push(id);
-            (self.bits, self.list) = (Vec::new(), Some(list));
-            self.len += 1;
-            return;
-        }
-        if word < first {
-            let grow = (first - word) as usize;
-            self.bits.splice(0..0, std::iter::repeat_n(0, grow));
-            self.base = word * 64;
-        }
-        let at = (id - self.base) as usize;
-        if at / 64 >= self.bits.len() {
-            self.bits.resize(at / 64 + 1, 0);
-        }
-        let (w, bit) = (&mut self.bits[at / 64], 1u64 << (at % 64));
-        if *w & bit == 0 {
-            *w |= bit;
-            self.len += 1;
+        match self.bit(id) {
+            Some((w, bit)) => {
+                if self.bits[w] & bit == 0 {
+                    self.bits[w] |= bit;
+                    self.len += 1;
+                }
+            }
+            None => self.list.push(id),
         }
     }
 
-    /// Sorts the list, if a list it is; to call once every id is in.
+    /// Sorts the list; to call once every id is in.
     fn finish(&mut self) {
-        if let Some(list) = &mut self.list {
-            list.sort_unstable();
-            list.dedup();
-            self.len = list.len();
-        }
+        self.list.sort_unstable();
+        self.list.dedup();
+        self.len += self.list.len();
     }
 
     fn contains(&self, id: i64) -> bool {
-        if let Some(list) = &self.list {
-            return list.binary_search(&id).is_ok();
+        match self.bit(id) {
+            Some((w, bit)) => self.bits[w] & bit != 0,
+            None => self.list.binary_search(&id).is_ok(),
         }
-        if id < self.base {
-            return false;
-        }
-        let at = (id - self.base) as u64;
-        usize::try_from(at / 64)
-            .ok()
-            .and_then(|w| self.bits.get(w))
-            .is_some_and(|w| w & (1 << (at % 64)) != 0)
     }
 
     fn len(&self) -> usize {
         self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = i64> + '_ {
-        self.bits.iter().enumerate().flat_map(move |(w, &bits)| {
-            (0..64)
-                .filter(move |b| bits & (1 << b) != 0)
-                .map(move |b| self.base + (w as i64) * 64 + b)
-        })
     }
 }
 
@@ -913,7 +899,8 @@ impl Known {
 /// ([`Known::load`]) and judges the snapshot's among them once it has read the directory, so
 /// a scan holds one directory's open items, not the whole queue's (issue 29).
 fn open_ids(store: &Store) -> Result<IdSet, StoreError> {
-    let mut open = IdSet::default();
+    let (span, count) = store.open_id_span()?;
+    let mut open = IdSet::for_span(span, count);
     store.for_each_open_identity(|it| open.insert(it.id))?;
     open.finish();
     Ok(open)

@@ -712,11 +712,19 @@ fn open_items_are_judged_in_their_directory_and_where_the_walk_found_no_media_fi
     // A scan judges a directory's open items once it has read it (issue 29), and the ones in
     // directories it found no media file in after the walk: a folder removed whole, a folder
     // left with only a note, a root whose loose file went, a folder whose only file is being
-    // rewritten. Each open item is judged exactly once, with the reason a user would read.
+    // rewritten. Each open item is judged once, with the reason a user would read; the files
+    // still there (in the root, in a folder whose name is not UTF-8) stay queued while the
+    // items of the folders judged after the walk are dropped.
+    use std::os::unix::ffi::OsStrExt;
     let card = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let r = card.path();
+    old(
+        &r.join(std::ffi::OsStr::from_bytes(b"DCIM/Caf\xe9/K.JPG")),
+        b"kept",
+    );
     for n in [
+        "KEEP.JPG",
         "ROOT.JPG",
         "DCIM/100AAAAA/A.JPG",
         "DCIM/100AAAAA/B.JPG",
@@ -727,7 +735,7 @@ fn open_items_are_judged_in_their_directory_and_where_the_walk_found_no_media_fi
         old(&r.join(n), n.as_bytes());
     }
     let store = Store::open(state.path()).unwrap();
-    assert_eq!(scan_with(r, &store, None).queued, 6);
+    assert_eq!(scan_with(r, &store, None).queued, 8);
 
     std::fs::remove_file(r.join("DCIM/100AAAAA/A.JPG")).unwrap();
     std::fs::remove_dir_all(r.join("DCIM/101BBBBB")).unwrap();
@@ -748,10 +756,11 @@ fn open_items_are_judged_in_their_directory_and_where_the_walk_found_no_media_fi
     .map(|(p, why)| (p.to_string(), why.to_string()))
     .into();
     assert_eq!(dropped(&store), want);
-    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/100AAAAA/B.JPG"]);
-    // Judged once: a second scan drops nothing more, and the kept one stays.
+    let kept = ["DCIM/100AAAAA/B.JPG", "DCIM/Caf\\xE9/K.JPG", "KEEP.JPG"];
+    assert_eq!(paths(&store, ItemState::Pending), kept);
+    // A second scan drops nothing more, and the kept ones stay.
     assert_eq!(scan_with(r, &store, None).dropped, 0);
-    assert_eq!(paths(&store, ItemState::Pending), ["DCIM/100AAAAA/B.JPG"]);
+    assert_eq!(paths(&store, ItemState::Pending), kept);
 }
 
 #[test]
@@ -779,35 +788,87 @@ fn an_open_item_in_a_folder_gone_with_its_card_waits_for_the_card() {
 
 #[test]
 fn the_snapshots_ids_are_kept_as_bits_and_as_a_list_where_sparse() {
-    let dense = [130_i64, 64, 65, 5, 1000, 64, 7];
-    let mut set = IdSet::default();
-    for id in dense {
-        set.insert(id);
-    }
-    set.finish();
-    assert!(set.list.is_none(), "dense ids are bits");
-    assert_eq!(set.len(), 6, "64 is in once");
+    let ids = |span, count, ids: &[i64]| {
+        let mut set = IdSet::for_span(span, count);
+        for &id in ids {
+            set.insert(id);
+        }
+        set.finish();
+        set
+    };
+    // Dense, in any order (the state index's), with a repeat, and one id opened after the
+    // span was read (1100, past the last word): bits, and that one in the list.
+    let dense = [130_i64, 64, 65, 5, 1000, 64, 7, 1100, -3];
+    let set = ids(Some((-3, 1000)), 8, &dense);
+    assert_eq!((set.bits.len(), set.list.as_slice()), (17, &[1100][..]));
+    assert_eq!(set.len(), 8, "64 is in once");
     for id in dense {
         assert!(set.contains(id), "{id}");
     }
-    for id in [0, 4, 6, 63, 66, 129, 131, 999, 1001, 1_000_000, -1] {
+    for id in [
+        -4,
+        -2,
+        0,
+        4,
+        6,
+        63,
+        66,
+        129,
+        131,
+        999,
+        1002,
+        1_000_000,
+        i64::MIN,
+    ] {
         assert!(!set.contains(id), "{id}");
     }
-    assert_eq!(set.iter().collect::<Vec<_>>(), [5, 7, 64, 65, 130, 1000]);
+    // Far apart (a span over a thousand words more than the ids): a sorted list.
+    let sparse = [10_i64, 3, 10, i64::MAX - 1, 1 << 40, i64::MIN];
+    let set = ids(Some((i64::MIN, i64::MAX - 1)), 6, &sparse);
+    assert!(set.bits.is_empty(), "sparse ids are a list");
+    assert_eq!(set.len(), 5);
+    for id in sparse {
+        assert!(set.contains(id), "{id}");
+    }
+    for id in [0, 4, 11, i64::MAX, (1 << 40) + 1, i64::MIN + 1] {
+        assert!(!set.contains(id), "{id}");
+    }
+    // Bits with a base far below zero: no overflow at the top of the range.
+    let set = ids(
+        Some((i64::MIN, i64::MIN + 100)),
+        2,
+        &[i64::MIN, i64::MIN + 100],
+    );
+    assert_eq!(set.bits.len(), 2);
+    assert!(set.contains(i64::MIN + 100) && !set.contains(i64::MAX));
+    // Nothing open: nothing in.
+    assert_eq!(ids(None, 0, &[]).len(), 0);
+}
 
-    // Ids far apart (a span over a thousand words more than the ids): a sorted list.
-    let sparse = [10_i64, 3, 10, i64::MAX - 1, 1 << 40];
-    let mut set = IdSet::default();
-    for id in sparse {
-        set.insert(id);
+#[test]
+fn the_span_of_the_open_ids_is_read_from_every_open_state() {
+    let card = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = card.path();
+    let store = Store::open(state.path()).unwrap();
+    assert_eq!(store.open_id_span().unwrap(), (None, 0));
+    for n in ["A.JPG", "B.JPG", "C.JPG", "D.JPG"] {
+        old(&r.join(n), n.as_bytes());
     }
-    set.finish();
-    assert!(set.list.is_some(), "sparse ids are a list");
-    assert_eq!(set.len(), 4);
-    for id in sparse {
-        assert!(set.contains(id), "{id}");
-    }
-    for id in [0, 4, 11, i64::MAX, (1 << 40) + 1] {
-        assert!(!set.contains(id), "{id}");
-    }
+    scan_with(r, &store, None);
+    let mut ids: Vec<i64> = store
+        .list(Some(ItemState::Pending), 10, 0)
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    let (lo, hi) = (ids[0], ids[3]);
+    assert_eq!(store.open_id_span().unwrap(), (Some((lo, hi)), 4));
+    // The lowest failed, the highest dropped: the span is the open ones', failed included.
+    store.mark_failed(lo, "no").unwrap();
+    store
+        .mark_skipped_many(&[hi], store::REASON_DELETED)
+        .unwrap();
+    assert_eq!(store.open_id_span().unwrap(), (Some((lo, ids[2])), 3));
 }

@@ -153,6 +153,29 @@ impl Store {
         self.identities("WHERE state IN ('pending', 'uploading', 'failed')", [], f)
     }
 
+    /// The lowest and highest ids of the open items (`None`: none is open), and how many are
+    /// open: seeks in `items_by_state_id` and the kept counts, for the scan to size the set of
+    /// their ids before reading them in the state index's order.
+    pub fn open_id_span(&self) -> Result<(Option<(i64, i64)>, usize)> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT min(lo), max(hi), (SELECT COALESCE(sum(n), 0) FROM queue_counts
+                                            WHERE state IN ('pending', 'uploading', 'failed'))
+                 FROM (SELECT (SELECT id FROM items WHERE state = s ORDER BY id LIMIT 1) AS lo,
+                              (SELECT id FROM items WHERE state = s ORDER BY id DESC LIMIT 1) AS hi
+                       FROM (SELECT 'pending' AS s UNION ALL SELECT 'uploading' UNION ALL SELECT 'failed'))",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([], |r| {
+            let lo: Option<i64> = r.get(0)?;
+            let hi: Option<i64> = r.get(1)?;
+            let n: i64 = r.get(2)?;
+            Ok((lo.zip(hi), usize::try_from(n).unwrap_or(0)))
+        })
+        .map_err(|e| self.err(e))
+    }
+
     /// The identities of the items in the directory `dir` (`None`: the media root), not in its
     /// subdirectories, for the scan to tell known files from new ones without a database
     /// write: a range of the path index, so a scan holds one directory's rows at a
