@@ -18,6 +18,9 @@
 #   A=/tmp/cambackup-main benches/scale.sh         # that build's rounds too, side by side
 #   DONE=upload NS=10000 benches/scale.sh          # the card done by real uploads (below)
 #   PENDING=1 benches/scale.sh                     # and a restart before any upload (all open)
+#   SPACE=1 benches/scale.sh                       # and one GET /v1/space (freeing's preview)
+#                                                  # with the card done: its ms and the peak
+#                                                  # RSS after it (last, so nothing else pays)
 #
 # "The whole card done": with DONE=sql (the default) the first daemon is stopped after its scan
 # and every pending row is made done by one SQL transaction on its database mirroring what
@@ -212,15 +215,22 @@ print(f"{(t1 - t0) * 1000 // os.sysconf('SC_CLK_TCK')} {run / 1e6:.1f}")
 PY
 )
   hwm2=$(hwm)
+  local sp=- hwm3=-
+  if [ -n "${SPACE:-}" ]; then
+    sp=$(curl -s -o /dev/null -w '%{time_total}' --unix-socket "$T/c/run/ctl.sock" http://localhost/v1/space |
+      awk '{printf "%.0f", $1 * 1000}')
+    hwm3=$(hwm)
+  fi
   wal=$(stat -c %s "$T/c/state/cambackup.db-wal" 2>/dev/null || echo 0)
   db=$(($(stat -c %s "$T/c/state/cambackup.db") + wal))
   ledger=$(stat -c %s "$T/c/state/ledger.jsonl" 2>/dev/null || echo 0)
   stop
   # label n round first_took first_from_start hwm1_kB upload_s restart_took restart_from_start
   # hwm2_kB db_bytes ledger_bytes status q_first q_last q_failed idle_ticks_ms idle_sched_ms
-  # done wal_bytes load1 health pending_restart_took/from_start pending_restart_hwm_kB
+  # done wal_bytes load1 health pending_restart_took/from_start pending_restart_hwm_kB space_ms
+  # space_hwm_kB
   echo "$label $n $r $first $hwm1 $up $restart $hwm2 $db $ledger $st $q1 $q2 $q3 $cpu $done_now $wal \
-$(cut -d' ' -f1 /proc/loadavg) $he ${pend// /\/} $hwm0" | tee -a "$T/results"
+$(cut -d' ' -f1 /proc/loadavg) $he ${pend// /\/} $hwm0 $sp $hwm3" | tee -a "$T/results"
 }
 
 for n in $NS; do
@@ -268,7 +278,7 @@ print(f"A = {sys.argv[2] or '-'}; B = {sys.argv[3]}")
 print("build | files | rounds | first scan ms (from start) | restart ms (from start) | peak RSS MiB first/restart "
       "| db MiB | ledger MiB | status ms median (max) | queue first page | last page | state=failed page "
       "| idle CPU ms (schedstat ms) | upload s | WAL MiB | load | health ms median (max) "
-      "| restart all pending ms (from start) | its peak RSS MiB")
+      "| restart all pending ms (from start) | its peak RSS MiB | GET /v1/space ms | peak RSS after it MiB")
 for (label, n), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     mib = 1024
     print(f"{label} | {n} | {len(rs)} | {fig(rs, 3)} ({fig(rs, 4)}) | {fig(rs, 7)} ({fig(rs, 8)}) | "
@@ -280,5 +290,6 @@ for (label, n), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
           f"{fig(rs, 16)} ({fig(rs, 17, fmt='{:.1f}')}) | {fig(rs, 6, fmt='{:.1f}')} | "
           f"{fig(rs, 19, 1 << 20, '{:.1f}')} | {fig(rs, 20, fmt='{:.2f}')} | "
           f"{fig(rs, 21, fmt='{:.2f}')} ({fig(rs, 21, fmt='{:.2f}', half=1)}) | "
-          f"{fig(rs, 22)} ({fig(rs, 22, half=1)}) | {fig(rs, 23, mib, '{:.1f}')}")
+          f"{fig(rs, 22)} ({fig(rs, 22, half=1)}) | {fig(rs, 23, mib, '{:.1f}')} | "
+          f"{fig(rs, 24)} | {fig(rs, 25, mib, '{:.1f}')}")
 PY

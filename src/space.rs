@@ -341,20 +341,10 @@ pub fn decide(w: &World, files: &[FileFacts]) -> Decision {
 
     let mut order: Vec<&FileFacts> = files.iter().collect();
     order.sort_by_key(|f| (f.mtime_ns, f.id));
-    let mut counted = 0u64;
+    let mut selection = Selection::new(w, need);
     let out = order
         .into_iter()
-        .map(|f| {
-            let v = match judge(w, f) {
-                v @ (Verdict::Free | Verdict::Confirm) if counted < need => {
-                    counted = counted.saturating_add(f.size);
-                    v
-                }
-                Verdict::Free | Verdict::Confirm => Verdict::NotNeeded,
-                v => v,
-            };
-            (f.id, v)
-        })
+        .map(|f| (f.id, selection.offer(f)))
         .collect();
     Decision {
         holds,
@@ -364,8 +354,40 @@ pub fn decide(w: &World, files: &[FileFacts]) -> Decision {
     }
 }
 
-/// The rules for one file, in the order their reasons are reported.
-fn judge(w: &World, f: &FileFacts) -> Verdict {
+/// [`decide`]'s verdicts one file at a time, for files offered oldest first (modification
+/// time, then id): each file that could be freed counts towards the bytes needed until they
+/// are covered, and the rest are [`Verdict::NotNeeded`]. A look over the whole card this way
+/// holds one file's facts at a time.
+pub struct Selection<'a> {
+    w: &'a World,
+    need: u64,
+    counted: u64,
+}
+
+impl<'a> Selection<'a> {
+    pub fn new(w: &'a World, need: u64) -> Selection<'a> {
+        Selection {
+            w,
+            need,
+            counted: 0,
+        }
+    }
+
+    pub fn offer(&mut self, f: &FileFacts) -> Verdict {
+        match judge(self.w, f) {
+            v @ (Verdict::Free | Verdict::Confirm) if self.counted < self.need => {
+                self.counted = self.counted.saturating_add(f.size);
+                v
+            }
+            Verdict::Free | Verdict::Confirm => Verdict::NotNeeded,
+            v => v,
+        }
+    }
+}
+
+/// The rules for one file, in the order their reasons are reported; whether the space is
+/// needed is [`decide`]'s (or [`Selection`]'s) to say.
+pub fn judge(w: &World, f: &FileFacts) -> Verdict {
     let (size, mtime_ns, ino) = match f.on_card {
         OnCard::Missing => return Verdict::Gone,
         OnCard::NotRegular => return Verdict::Keep(Keep::NotRegular),

@@ -134,9 +134,14 @@ impl App {
         self.freeing().last.clone()
     }
 
-    /// The backed-up files freeing may consider, with what was sent of them.
-    pub fn free_candidates(&self) -> Result<Vec<FreeCandidate>, StoreError> {
-        self.store.free_candidates()
+    /// A page of the backed-up files freeing may consider, oldest first, with what was sent
+    /// of them ([`crate::store::Store::free_candidates_after`]).
+    pub fn free_candidates_after(
+        &self,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<FreeCandidate>, StoreError> {
+        self.store.free_candidates_after(after, limit)
     }
 
     /// The digests of the chunks sent of item `id`, for the read-back.

@@ -1,7 +1,6 @@
 //! The facts of one moment, for the rules (`space::decide`): the world (consent, pairing, the
 //! card, recording, the card's space by statvfs) and the backed-up files with their metadata.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,15 +29,17 @@ pub fn card_space(root: &Path) -> std::io::Result<Card> {
     })
 }
 
-/// The facts of one moment: the world, and the candidates with their files' metadata.
+/// The facts of one moment: the world, and the account the pass asks the server with.
 pub(super) struct Gathered {
     pub(super) world: World,
     /// The account the candidates were gathered under: the pass asks the server with its
     /// token only (an account change stops the pass).
     pub(super) account: Option<Account>,
-    pub(super) files: Vec<FileFacts>,
-    pub(super) candidates: HashMap<i64, FreeCandidate>,
 }
+
+/// Candidates read from the store at a time: the store's lock is held for a page's rows, and
+/// the files are looked at between pages. Small in tests, so that they cross pages.
+const PAGE: usize = if cfg!(test) { 2 } else { 256 };
 
 fn policy(m: &Media) -> space::Policy {
     space::Policy {
@@ -90,24 +91,43 @@ pub(super) fn on_card(root: &Path, disk: &Path) -> OnCard {
     }
 }
 
-/// Gathers the facts; the files only when `with_files` (a pass that is held needs none).
-pub(super) fn gather(app: &App, with_files: bool) -> Result<Gathered, FreeingError> {
-    let world = world(app);
-    let mut files = Vec::new();
-    let mut candidates = HashMap::new();
+/// Gathers the facts of now.
+pub(super) fn gather(app: &App) -> Gathered {
+    Gathered {
+        world: world(app),
+        account: app.account_for_upload(),
+    }
+}
+
+/// The backed-up files freeing may consider, oldest capture first (modification time, then
+/// id), each with what the card shows of it now; empty ones left out. A page at a time
+/// ([`PAGE`]), so a look over the card holds a page, not every backed-up file (`GET /v1/space`
+/// held 146 MiB at 100,000 files; issue 29). `f` answers whether to go on. A blocking call:
+/// a `stat` per file.
+pub(super) fn for_each_file(
+    app: &App,
+    mut f: impl FnMut(FreeCandidate, FileFacts) -> bool,
+) -> Result<(), FreeingError> {
+    let root = &app.config().media.root;
     let account = app.account_for_upload();
-    if with_files {
-        let root = &app.config().media.root;
-        let region = account.as_ref().and_then(|a| a.region.clone());
-        let endpoint = app
-            .config()
-            .cloud
-            .endpoint_for(region.as_deref())
-            .to_string();
-        let all = app.free_candidates().map_err(FreeingError::Candidates)?;
-        for c in all.into_iter().filter(|c| c.item.size > 0) {
+    let region = account.as_ref().and_then(|a| a.region.clone());
+    let endpoint = app
+        .config()
+        .cloud
+        .endpoint_for(region.as_deref())
+        .to_string();
+    let mut after = None;
+    loop {
+        let page = app
+            .free_candidates_after(after, PAGE)
+            .map_err(FreeingError::Candidates)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some((last.item.mtime_ns, last.item.id));
+        for c in page.into_iter().filter(|c| c.item.size > 0) {
             let it = &c.item;
-            files.push(FileFacts {
+            let facts = FileFacts {
                 id: it.id,
                 size: it.size,
                 mtime_ns: it.mtime_ns,
@@ -118,25 +138,77 @@ pub(super) fn gather(app: &App, with_files: bool) -> Result<Gathered, FreeingErr
                 server: Server::NotAsked,
                 receipt: space::Receipt::NotAsked,
                 read_back: ReadBack::NotDone,
-            });
-            candidates.insert(it.id, c);
+            };
+            if !f(c, facts) {
+                return Ok(());
+            }
         }
     }
-    Ok(Gathered {
-        world,
-        account,
-        files,
-        candidates,
-    })
+}
+
+/// What a pass looks at next: the files the rules would free now (`Free` or `Confirm`),
+/// oldest first, at most [`Look::WINDOW`], none of `tried`; and, at its first look, what the
+/// rules keep of the rest.
+pub(super) struct Look {
+    pub(super) files: Vec<(FreeCandidate, FileFacts)>,
+    /// More such files follow the window: look again once it is done.
+    pub(super) more: bool,
+    /// Every file's verdict but the freeable ones', counted by the caller.
+    pub(super) verdicts: Vec<space::Verdict>,
+}
+
+impl Look {
+    /// Files a pass confirms before it looks again: what it holds, whatever the card's size.
+    pub(super) const WINDOW: usize = if cfg!(test) { 3 } else { 64 };
+}
+
+/// One look over the card's backed-up files for a pass (a blocking call: see
+/// [`for_each_file`]); `verdicts`: keep the kept files' verdicts, to count them.
+pub(super) fn look(
+    app: &App,
+    world: &World,
+    tried: &std::collections::HashSet<i64>,
+    verdicts: bool,
+) -> Result<Look, FreeingError> {
+    let mut look = Look {
+        files: Vec::new(),
+        more: false,
+        verdicts: Vec::new(),
+    };
+    for_each_file(app, |c, f| {
+        match space::judge(world, &f) {
+            space::Verdict::Free | space::Verdict::Confirm if !tried.contains(&f.id) => {
+                if look.files.len() == Look::WINDOW {
+                    look.more = true;
+                    return verdicts;
+                }
+                look.files.push((c, f));
+            }
+            v @ space::Verdict::Keep(_) if verdicts => look.verdicts.push(v),
+            _ => {}
+        }
+        true
+    })?;
+    Ok(look)
 }
 
 /// Runs [`gather`] on the blocking pool: a card of many files is many `stat`s.
-pub(super) async fn gather_off_thread(
-    app: &Arc<App>,
-    with_files: bool,
-) -> Result<Gathered, FreeingError> {
+pub(super) async fn gather_off_thread(app: &Arc<App>) -> Result<Gathered, FreeingError> {
     let a = app.clone();
-    tokio::task::spawn_blocking(move || gather(&a, with_files))
+    tokio::task::spawn_blocking(move || gather(&a))
+        .await
+        .map_err(FreeingError::GatherTask)
+}
+
+/// Runs [`look`] on the blocking pool.
+pub(super) async fn look_off_thread(
+    app: &Arc<App>,
+    world: &World,
+    tried: &std::collections::HashSet<i64>,
+    verdicts: bool,
+) -> Result<Look, FreeingError> {
+    let (a, w, t) = (app.clone(), world.clone(), tried.clone());
+    tokio::task::spawn_blocking(move || look(&a, &w, &t, verdicts))
         .await
         .map_err(FreeingError::GatherTask)?
 }

@@ -18,6 +18,7 @@
 //! a file the server lost is queued again. Runs only where the maker configured it, never
 //! while the camera records, and stops at once on shutdown, unpairing or consent off.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ use confirm::confirm;
 use delete::delete;
 pub use error::FreeingError;
 pub use gather::card_space;
-use gather::{gather_off_thread, world, Gathered};
+use gather::{gather_off_thread, look_off_thread, world, Gathered};
 use settle::settle_notes;
 pub use view::preview;
 
@@ -97,7 +98,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     if !first.may_free() {
         return report;
     }
-    let g = match gather_off_thread(app, true).await {
+    let Gathered { mut world, account } = match gather_off_thread(app).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "freeing space: cannot gather the facts");
@@ -105,45 +106,64 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             return report;
         }
     };
-    let Gathered {
-        mut world,
-        account,
-        mut files,
-        candidates,
-    } = g;
-    let d = space::decide(&world, &files);
+    // Files tried in this pass (freed, kept on confirmation, or no longer freeable): a look
+    // after a window passes over them.
+    let mut tried = HashSet::new();
+    let mut look = match look_off_thread(app, &world, &tried, true).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "freeing space: cannot gather the facts");
+            report.failures.push(e.to_string());
+            return report;
+        }
+    };
+    let d = space::decide(&world, &[]);
     report.need_bytes = d.need_bytes;
-    count_kept(&mut report, &d);
+    count_kept(&mut report, &look.verdicts);
     if !d.may_free() {
         report.held_by = d.holds;
         return report;
     }
     tracing::info!(need_bytes = d.need_bytes, card = ?world.card, "the card is low: freeing space");
-    loop {
-        if stop.is_cancelled() {
+    // Oldest first, each judged again with the world of its turn, while the card is low; a
+    // window at a time ([`Look::WINDOW`]), looking again while more files could be freed.
+    'pass: loop {
+        for (c, mut f) in std::mem::take(&mut look.files) {
+            if stop.is_cancelled() {
+                break 'pass;
+            }
+            let d = space::decide(&world, &[]);
+            if !d.may_free() {
+                report.held_by = d.holds;
+                break 'pass;
+            }
+            tried.insert(f.id);
+            if !matches!(space::judge(&world, &f), Verdict::Free | Verdict::Confirm) {
+                continue;
+            }
+            let Some(verdict) = confirm(app, &stop, account.as_ref(), &mut world, &mut f, &c).await
+            else {
+                break 'pass;
+            };
+            act(app, &stop, &mut report, &c, verdict, f.on_card).await;
+            world.card = card_space(&app.config().media.root).ok();
+        }
+        if !look.more || stop.is_cancelled() {
             break;
         }
-        let d = space::decide(&world, &files);
+        let d = space::decide(&world, &[]);
         if !d.may_free() {
             report.held_by = d.holds;
             break;
         }
-        let Some(&(id, _)) = d
-            .files
-            .iter()
-            .find(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm))
-        else {
-            break;
+        look = match look_off_thread(app, &world, &tried, false).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "freeing space: cannot gather the facts");
+                report.failures.push(e.to_string());
+                break;
+            }
         };
-        let at = files.iter().position(|f| f.id == id).expect("decided on");
-        let mut f = files.swap_remove(at);
-        let c = &candidates[&id];
-        let Some(verdict) = confirm(app, &stop, account.as_ref(), &mut world, &mut f, c).await
-        else {
-            break;
-        };
-        act(app, &stop, &mut report, c, verdict, f.on_card).await;
-        world.card = card_space(&app.config().media.root).ok();
     }
     report.card = world.card;
     if report.freed_files > 0 {
@@ -279,8 +299,8 @@ fn first_card(d: &space::Decision, app: &App) -> Option<Card> {
 }
 
 /// Counts the files the rules keep before any confirmation (too young, changed, unverified).
-fn count_kept(report: &mut PassReport, d: &space::Decision) {
-    for (_, v) in &d.files {
+fn count_kept(report: &mut PassReport, verdicts: &[Verdict]) {
+    for v in verdicts {
         if let Verdict::Keep(k) = v {
             *report.kept.entry(k.code()).or_default() += 1;
             if k.is_unverified() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::gather::gather_off_thread;
+use super::gather::{for_each_file, gather};
 use super::FreeingError;
 use crate::app::{App, PassReport};
 use crate::space::{self, Card, Hold, Keep, Verdict};
@@ -72,21 +72,28 @@ pub struct FreedView {
     pub freed_at: i64,
 }
 
-/// Builds [`SpaceView`] from the facts of now.
+/// Builds [`SpaceView`] from the facts of now, on the blocking pool (a `stat` per file).
 pub async fn preview(app: &Arc<App>) -> Result<SpaceView, FreeingError> {
-    let g = gather_off_thread(app, true).await?;
-    let d = space::decide(&g.world, &g.files);
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || preview_now(&a))
+        .await
+        .map_err(FreeingError::GatherTask)?
+}
+
+/// One look over the backed-up files, oldest first, a page at a time ([`for_each_file`]):
+/// the view holds its lists' files (at most [`MAX_LISTED`] each) and counts the rest, so it
+/// costs the same memory for 100 files or 1,000,000.
+fn preview_now(app: &Arc<App>) -> Result<SpaceView, FreeingError> {
+    let g = gather(app);
+    let d = space::decide(&g.world, &[]);
     let media = &app.config().media;
-    let file_view = |id: i64| {
-        let it = &g.candidates[&id].item;
-        FileView {
-            id,
-            storage_path: it.storage_path.clone(),
-            size: it.size,
-            modified_at: it.mtime_ns.div_euclid(1_000_000_000),
-            confirm: Vec::new(),
-            kept: None,
-        }
+    let file_view = |it: &crate::store::Item| FileView {
+        id: it.id,
+        storage_path: it.storage_path.clone(),
+        size: it.size,
+        modified_at: it.mtime_ns.div_euclid(1_000_000_000),
+        confirm: Vec::new(),
+        kept: None,
     };
     let mut view = SpaceView {
         card: g.world.card,
@@ -120,10 +127,11 @@ pub async fn preview(app: &Arc<App>) -> Result<SpaceView, FreeingError> {
             .collect(),
         last_pass: app.last_pass(),
     };
-    for (id, v) in d.files {
-        match v {
+    let mut selection = space::Selection::new(&g.world, d.need_bytes);
+    for_each_file(app, |c, f| {
+        match selection.offer(&f) {
             Verdict::Free | Verdict::Confirm if view.would_free.len() < MAX_LISTED => {
-                let mut f = file_view(id);
+                let mut f = file_view(&c.item);
                 // Asked of every file just before its deletion.
                 f.confirm = vec!["head", "read_back"];
                 view.would_free.push(f);
@@ -132,13 +140,14 @@ pub async fn preview(app: &Arc<App>) -> Result<SpaceView, FreeingError> {
             Verdict::Keep(k) => {
                 *view.kept_by_reason.entry(k.code()).or_default() += 1;
                 if view.kept.len() < MAX_LISTED {
-                    let mut f = file_view(id);
+                    let mut f = file_view(&c.item);
                     f.kept = Some(k);
                     view.kept.push(f);
                 }
             }
             _ => {}
         }
-    }
+        true
+    })?;
     Ok(view)
 }
