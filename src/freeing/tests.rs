@@ -364,3 +364,182 @@ fn the_chunks_read_back_against_add_up_as_the_store_summed_them_and_none_never_d
     // passes for the record the pass judged.
     assert_ne!(summary_of(&[]), gathered);
 }
+
+/// An app on a card in `dir` whose maker frees space below 95 % (low on most disks), files kept a
+/// day, with `files` (name, size, age in days, what was sent of it) backed up and on the card.
+fn app_with_backed_up(dir: &Path, files: &[(&str, usize, u64, bool)]) -> (Arc<App>, Vec<i64>) {
+    let root = dir.join("card");
+    std::fs::create_dir_all(root.join("DCIM")).unwrap();
+    let text = format!(
+        r#"
+[device]
+type = "Test Cam"
+serial = "SN-TEST-1"
+[media]
+root = "{root}"
+free_space_below_percent = 95
+keep_days = 1
+[cloud]
+endpoint = "http://127.0.0.1:9/files/"
+[control]
+socket = "{socket}"
+[state]
+dir = "{state}"
+"#,
+        root = root.display(),
+        socket = dir.join("run/control.sock").display(),
+        state = dir.join("state").display(),
+    );
+    let config = crate::config::parse(&text, Path::new("test.toml")).unwrap();
+    let store = Store::open(&config.state.dir).unwrap();
+    let mut ids = Vec::new();
+    for &(name, size, days, sent) in files {
+        let path = root.join("DCIM").join(name);
+        std::fs::write(&path, vec![b'x'; size]).unwrap();
+        let t = std::time::SystemTime::now() - Duration::from_secs(days * 86_400 + 3_600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let f = crate::store::FoundFile {
+            path: crate::media::StoragePath::from_stored(format!("DCIM/{name}")),
+            kind: crate::media::Kind::Photo,
+            size: size as u64,
+            mtime_ns: crate::media::mtime_ns(&meta),
+        };
+        store.upsert_files(&[f]).unwrap();
+        let id = store.max_item_id().unwrap();
+        assert!(store.mark_uploading(id).unwrap());
+        let url = format!("http://127.0.0.1:9/files/{name}");
+        store
+            .set_upload_url(id, &url, None, "http://127.0.0.1:9/files/")
+            .unwrap();
+        if sent && size > 0 {
+            let chunk = SentChunk {
+                start: 0,
+                len: size as u64,
+                sha1: [0; 20],
+                checksum: true,
+                ino: meta.ino(),
+            };
+            store.record_sent_chunk(id, &chunk).unwrap();
+        }
+        store.mark_done(id).unwrap();
+        ids.push(id);
+    }
+    let tus = crate::upload::tus::Client::new(&config.cloud).unwrap();
+    (Arc::new(App::new(config, store, tus).unwrap()), ids)
+}
+
+#[test]
+fn a_look_over_the_card_pages_and_windows_as_one_decision_over_every_file_would() {
+    // Freeing looks at the card's backed-up files a page at a time and a pass confirms a
+    // window at a time (issue 29: neither holds every file). Here pages of 2 and windows of 3
+    // (the test build's), over files that are freeable, kept for each of several reasons,
+    // gone, empty or freed: the preview and the pass's windows name the same files, in the
+    // same order, as the rules judging every file at once.
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("A.JPG", 10, 30, true),  // freeable, the oldest
+        ("B.JPG", 10, 20, false), // no record of what was sent
+        ("C.JPG", 10, 25, true),
+        ("D.JPG", 0, 24, true), // empty: never looked at
+        ("E.JPG", 10, 23, true),
+        ("F.JPG", 10, 0, true), // too young
+        ("G.JPG", 10, 22, true),
+        ("H.JPG", 10, 21, true), // freed below
+        ("I.JPG", 10, 19, true), // gone from the card below
+        ("J.JPG", 10, 18, true),
+        ("K.JPG", 10, 17, true), // changed on the card below
+    ];
+    let (app, ids) = app_with_backed_up(dir.path(), &files);
+    let id = |n: &str| ids[files.iter().position(|f| f.0 == n).unwrap()];
+    app.record_freed(&app.item_if_any(id("H.JPG")).unwrap().unwrap())
+        .unwrap();
+    let root = &app.config().media.root;
+    std::fs::remove_file(root.join("DCIM/H.JPG")).unwrap();
+    std::fs::remove_file(root.join("DCIM/I.JPG")).unwrap();
+    std::fs::write(root.join("DCIM/K.JPG"), b"another one").unwrap();
+
+    let world = world(&app);
+    let mut all = Vec::new();
+    gather::for_each_file(&app, |_, f| {
+        all.push(f);
+        true
+    })
+    .unwrap();
+    let d = space::decide(&world, &all);
+    let order: Vec<i64> = d.files.iter().map(|(id, _)| *id).collect();
+    let want: Vec<i64> = [
+        "A.JPG", "C.JPG", "E.JPG", "G.JPG", "B.JPG", "I.JPG", "J.JPG", "K.JPG", "F.JPG",
+    ]
+    .iter()
+    .map(|n| id(n))
+    .collect();
+    assert_eq!(
+        order, want,
+        "oldest first; the empty and the freed ones left out"
+    );
+    let freeable: Vec<i64> = d
+        .files
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm | Verdict::NotNeeded))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(
+        freeable,
+        ["A.JPG", "C.JPG", "E.JPG", "G.JPG", "J.JPG"].map(id)
+    );
+
+    // The preview: the same lists and counts as the decision over every file.
+    let view = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(preview(&app))
+        .unwrap();
+    let would: Vec<i64> = view.would_free.iter().map(|f| f.id).collect();
+    let decided: Vec<i64> = d
+        .files
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Free | Verdict::Confirm))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(would, decided);
+    let mut kept = std::collections::BTreeMap::new();
+    for (_, v) in &d.files {
+        if let Verdict::Keep(k) = v {
+            *kept.entry(k.code()).or_insert(0u64) += 1;
+        }
+    }
+    assert_eq!(view.kept_by_reason, kept);
+    assert_eq!(
+        kept.keys().copied().collect::<Vec<_>>(),
+        ["changed", "no_sent_record", "too_young"]
+    );
+    assert_eq!(
+        view.not_needed,
+        d.files
+            .iter()
+            .filter(|(_, v)| *v == Verdict::NotNeeded)
+            .count() as u64
+    );
+
+    // The pass's windows: three, then the rest, none twice; the first look counts the kept.
+    let mut tried = HashSet::new();
+    let first = gather::look(&app, &world, &tried, true).unwrap();
+    let window: Vec<i64> = first.files.iter().map(|(c, _)| c.item.id).collect();
+    assert_eq!((window.as_slice(), first.more), (&freeable[..3], true));
+    assert_eq!(first.verdicts.len(), kept.values().sum::<u64>() as usize);
+    tried.extend(window);
+    let second = gather::look(&app, &world, &tried, false).unwrap();
+    let window: Vec<i64> = second.files.iter().map(|(c, _)| c.item.id).collect();
+    assert_eq!((window.as_slice(), second.more), (&freeable[3..], false));
+    assert!(second.verdicts.is_empty());
+    tried.extend(window);
+    assert!(gather::look(&app, &world, &tried, false)
+        .unwrap()
+        .files
+        .is_empty());
+}
