@@ -100,12 +100,14 @@ pub(super) fn gather(app: &App) -> Gathered {
 }
 
 /// The backed-up files freeing may consider, oldest capture first (modification time, then
-/// id), each with what the card shows of it now; empty ones left out. A page at a time
+/// id), from after `from` (a file's capture time and id; `None`: the oldest), each with what
+/// the card shows of it now; empty ones left out. A page at a time
 /// ([`PAGE`]), so a look over the card holds a page, not every backed-up file (`GET /v1/space`
 /// held 146 MiB at 100,000 files; issue 29). `f` answers whether to go on. A blocking call:
 /// a `stat` per file.
 pub(super) fn for_each_file(
     app: &App,
+    from: Option<(i64, i64)>,
     mut f: impl FnMut(FreeCandidate, FileFacts) -> bool,
 ) -> Result<(), FreeingError> {
     let root = &app.config().media.root;
@@ -116,7 +118,7 @@ pub(super) fn for_each_file(
         .cloud
         .endpoint_for(region.as_deref())
         .to_string();
-    let mut after = None;
+    let mut after = from;
     loop {
         let page = app
             .free_candidates_after(after, PAGE)
@@ -147,44 +149,58 @@ pub(super) fn for_each_file(
 }
 
 /// What a pass looks at next: the files the rules would free now (`Free` or `Confirm`),
-/// oldest first, at most [`Look::WINDOW`], none of `tried`; and, at its first look, what the
-/// rules keep of the rest.
+/// oldest first, at most [`Look::WINDOW`]; and, at its first look, how many of the files the
+/// rules keep, by reason.
 pub(super) struct Look {
     pub(super) files: Vec<(FreeCandidate, FileFacts)>,
-    /// More such files follow the window: look again once it is done.
+    /// More such files follow the window: look again, after it, once it is done.
     pub(super) more: bool,
-    /// Every file's verdict but the freeable ones', counted by the caller.
-    pub(super) verdicts: Vec<space::Verdict>,
+    /// The kept files, by reason ([`space::Keep::code`]), and how many of them are kept as
+    /// unverified.
+    pub(super) kept: std::collections::BTreeMap<&'static str, u64>,
+    pub(super) unverified: u64,
 }
 
 impl Look {
     /// Files a pass confirms before it looks again: what it holds, whatever the card's size.
     pub(super) const WINDOW: usize = if cfg!(test) { 3 } else { 64 };
+
+    /// Where the next look starts: after the window's last file. The files before it were
+    /// looked at in this pass (old enough for their verdicts not to wait on the clock); a
+    /// file backed up meanwhile with an older capture time waits for the next pass.
+    pub(super) fn next_from(&self) -> Option<(i64, i64)> {
+        self.files.last().map(|(c, _)| (c.item.mtime_ns, c.item.id))
+    }
 }
 
-/// One look over the card's backed-up files for a pass (a blocking call: see
-/// [`for_each_file`]); `verdicts`: keep the kept files' verdicts, to count them.
+/// One look over the card's backed-up files for a pass, from after `from` (a blocking call:
+/// see [`for_each_file`]); `count`: count the kept files (the pass's first look), which
+/// reads on past the window to the last file.
 pub(super) fn look(
     app: &App,
     world: &World,
-    tried: &std::collections::HashSet<i64>,
-    verdicts: bool,
+    from: Option<(i64, i64)>,
+    count: bool,
 ) -> Result<Look, FreeingError> {
     let mut look = Look {
         files: Vec::new(),
         more: false,
-        verdicts: Vec::new(),
+        kept: Default::default(),
+        unverified: 0,
     };
-    for_each_file(app, |c, f| {
+    for_each_file(app, from, |c, f| {
         match space::judge(world, &f) {
-            space::Verdict::Free | space::Verdict::Confirm if !tried.contains(&f.id) => {
+            space::Verdict::Free | space::Verdict::Confirm => {
                 if look.files.len() == Look::WINDOW {
                     look.more = true;
-                    return verdicts;
+                    return count;
                 }
                 look.files.push((c, f));
             }
-            v @ space::Verdict::Keep(_) if verdicts => look.verdicts.push(v),
+            space::Verdict::Keep(k) if count => {
+                *look.kept.entry(k.code()).or_default() += 1;
+                look.unverified += u64::from(k.is_unverified());
+            }
             _ => {}
         }
         true
@@ -204,11 +220,11 @@ pub(super) async fn gather_off_thread(app: &Arc<App>) -> Result<Gathered, Freein
 pub(super) async fn look_off_thread(
     app: &Arc<App>,
     world: &World,
-    tried: &std::collections::HashSet<i64>,
-    verdicts: bool,
+    from: Option<(i64, i64)>,
+    count: bool,
 ) -> Result<Look, FreeingError> {
-    let (a, w, t) = (app.clone(), world.clone(), tried.clone());
-    tokio::task::spawn_blocking(move || look(&a, &w, &t, verdicts))
+    let (a, w) = (app.clone(), world.clone());
+    tokio::task::spawn_blocking(move || look(&a, &w, from, count))
         .await
         .map_err(FreeingError::GatherTask)?
 }

@@ -18,7 +18,6 @@
 //! a file the server lost is queued again. Runs only where the maker configured it, never
 //! while the camera records, and stops at once on shutdown, unpairing or consent off.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,10 +105,7 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             return report;
         }
     };
-    // Files tried in this pass (freed, kept on confirmation, or no longer freeable): a look
-    // after a window passes over them.
-    let mut tried = HashSet::new();
-    let mut look = match look_off_thread(app, &world, &tried, true).await {
+    let mut look = match look_off_thread(app, &world, None, true).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "freeing space: cannot gather the facts");
@@ -119,15 +115,20 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
     };
     let d = space::decide(&world, &[]);
     report.need_bytes = d.need_bytes;
-    count_kept(&mut report, &look.verdicts);
+    for (code, n) in std::mem::take(&mut look.kept) {
+        *report.kept.entry(code).or_default() += n;
+    }
+    report.kept_unverified += look.unverified;
     if !d.may_free() {
         report.held_by = d.holds;
         return report;
     }
     tracing::info!(need_bytes = d.need_bytes, card = ?world.card, "the card is low: freeing space");
     // Oldest first, each judged again with the world of its turn, while the card is low; a
-    // window at a time ([`Look::WINDOW`]), looking again while more files could be freed.
+    // window at a time ([`gather::Look::WINDOW`]), looking again after it while more files
+    // could be freed.
     'pass: loop {
+        let from = look.next_from();
         for (c, mut f) in std::mem::take(&mut look.files) {
             if stop.is_cancelled() {
                 break 'pass;
@@ -137,7 +138,6 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
                 report.held_by = d.holds;
                 break 'pass;
             }
-            tried.insert(f.id);
             if !matches!(space::judge(&world, &f), Verdict::Free | Verdict::Confirm) {
                 continue;
             }
@@ -148,15 +148,17 @@ pub async fn pass(app: &Arc<App>) -> PassReport {
             act(app, &stop, &mut report, &c, verdict, f.on_card).await;
             world.card = card_space(&app.config().media.root).ok();
         }
-        if !look.more || stop.is_cancelled() {
-            break;
-        }
+        // What holds once the window is done (the card back above its target, most often),
+        // whether or not more files could be freed.
         let d = space::decide(&world, &[]);
         if !d.may_free() {
             report.held_by = d.holds;
             break;
         }
-        look = match look_off_thread(app, &world, &tried, false).await {
+        if !look.more || stop.is_cancelled() {
+            break;
+        }
+        look = match look_off_thread(app, &world, from, false).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "freeing space: cannot gather the facts");
@@ -295,17 +297,5 @@ fn first_card(d: &space::Decision, app: &App) -> Option<Card> {
         None
     } else {
         card_space(&app.config().media.root).ok()
-    }
-}
-
-/// Counts the files the rules keep before any confirmation (too young, changed, unverified).
-fn count_kept(report: &mut PassReport, verdicts: &[Verdict]) {
-    for v in verdicts {
-        if let Verdict::Keep(k) = v {
-            *report.kept.entry(k.code()).or_default() += 1;
-            if k.is_unverified() {
-                report.kept_unverified += 1;
-            }
-        }
     }
 }

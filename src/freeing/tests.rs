@@ -466,7 +466,7 @@ fn a_look_over_the_card_pages_and_windows_as_one_decision_over_every_file_would(
 
     let world = world(&app);
     let mut all = Vec::new();
-    gather::for_each_file(&app, |_, f| {
+    gather::for_each_file(&app, None, |_, f| {
         all.push(f);
         true
     })
@@ -526,20 +526,24 @@ fn a_look_over_the_card_pages_and_windows_as_one_decision_over_every_file_would(
             .count() as u64
     );
 
-    // The pass's windows: three, then the rest, none twice; the first look counts the kept.
-    let mut tried = HashSet::new();
-    let first = gather::look(&app, &world, &tried, true).unwrap();
+    // The preview compares with the rules whether or not this disk is low: what it would
+    // free and what is not needed are the freeable files.
+    assert_eq!(would.len() as u64 + view.not_needed, freeable.len() as u64);
+
+    // The pass's windows: three, then after them the rest, none twice; the first look counts
+    // the kept files as the decision does.
+    let first = gather::look(&app, &world, None, true).unwrap();
     let window: Vec<i64> = first.files.iter().map(|(c, _)| c.item.id).collect();
     assert_eq!((window.as_slice(), first.more), (&freeable[..3], true));
-    assert_eq!(first.verdicts.len(), kept.values().sum::<u64>() as usize);
-    tried.extend(window);
-    let second = gather::look(&app, &world, &tried, false).unwrap();
+    assert_eq!(first.kept, kept);
+    assert_eq!(
+        first.unverified, 1,
+        "no record of what was sent: unverified"
+    );
+    let second = gather::look(&app, &world, first.next_from(), false).unwrap();
     let window: Vec<i64> = second.files.iter().map(|(c, _)| c.item.id).collect();
     assert_eq!((window.as_slice(), second.more), (&freeable[3..], false));
-    assert!(second.verdicts.is_empty());
-    tried.extend(window);
-    assert!(gather::look(&app, &world, &tried, false)
-        .unwrap()
-        .files
-        .is_empty());
+    assert!(second.kept.is_empty(), "only the first look counts");
+    let third = gather::look(&app, &world, second.next_from(), false).unwrap();
+    assert!(third.files.is_empty() && !third.more);
 }

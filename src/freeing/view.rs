@@ -128,7 +128,7 @@ fn preview_now(app: &Arc<App>) -> Result<SpaceView, FreeingError> {
         last_pass: app.last_pass(),
     };
     let mut selection = space::Selection::new(&g.world, d.need_bytes);
-    for_each_file(app, |c, f| {
+    for_each_file(app, None, |c, f| {
         match selection.offer(&f) {
             Verdict::Free | Verdict::Confirm if view.would_free.len() < MAX_LISTED => {
                 let mut f = file_view(&c.item);

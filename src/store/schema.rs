@@ -156,10 +156,4 @@ pub const MIGRATIONS: &[&str] = &[
     // table's was read until a page was found (185 ms at 1,000,000 done items and no failed
     // one; benches/scale.sh, issue 29).
     "CREATE INDEX items_by_state_id ON items (state, id);",
-    // 11: freeing's candidates, oldest capture first, a page at a time (the done items not
-    // freed yet): a seek, where the pass and `GET /v1/space` read and sorted every backed-up
-    // file at once (146 MiB at 100,000 files; benches/scale.sh SPACE=1, issue 29). Partial:
-    // the open, skipped and freed items are not in it.
-    "CREATE INDEX items_to_free ON items (mtime_ns, id)
-       WHERE state = 'done' AND freed_at IS NULL AND done_url IS NOT NULL;",
 ];

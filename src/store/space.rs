@@ -207,7 +207,7 @@ impl Store {
 
     /// A page of the done items not freed yet whose upload URL is known, oldest capture first
     /// (modification time, then id), from after `after` (the last one of the page before):
-    /// a seek in `items_to_free` and `limit` rows, so freeing holds a page, never the whole
+    /// seeks in `items_freeable` (migration 5: capture time, then id as the rowid) and `limit` rows, so freeing holds a page, never the whole
     /// card's backed-up files (1.3 KiB each as the pass held them; issue 29).
     pub fn free_candidates_after(
         &self,
@@ -424,7 +424,7 @@ const MISMATCH_PREFIX: &str = "space.mismatch.";
 /// The ids of a page of freeing's candidates ([`Store::free_candidates_after`]): `?1`, `?2`
 /// the last one's time and id (`past`; NULL and 0 for the first page), `?3` the page's size.
 fn free_page_sql(past: bool) -> String {
-    const FREEABLE: &str = "FROM items INDEXED BY items_to_free
+    const FREEABLE: &str = "FROM items INDEXED BY items_freeable
         WHERE state = 'done' AND freed_at IS NULL AND done_url IS NOT NULL";
     if past {
         format!(
@@ -555,10 +555,10 @@ mod tests {
             .collect();
         let seeks: Vec<&String> = plan
             .iter()
-            .filter(|p| p.contains("items_to_free"))
+            .filter(|p| p.contains("items_freeable"))
             .collect();
         assert_eq!(seeks.len(), 2, "{plan:?}");
-        assert!(seeks[0].contains("mtime_ns=? AND id>?"), "{plan:?}");
+        assert!(seeks[0].contains("mtime_ns=? AND rowid>?"), "{plan:?}");
         assert!(seeks[1].contains("mtime_ns>?"), "{plan:?}");
     }
 

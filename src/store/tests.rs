@@ -1012,12 +1012,11 @@ fn a_clock_set_right_after_a_week_ahead_carries_over_one_days_count_not_the_week
 fn the_cellular_count_of_a_release_before_the_per_day_count_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     {
-        // A database as release 6 left it: migrations 7 (this count) to 11 undone.
+        // A database as release 6 left it: migrations 7 (this count) to 10 undone.
         let s = Store::open(dir.path()).unwrap();
         s.conn()
             .execute_batch(
-                "DROP INDEX items_to_free;
-                 DROP INDEX items_by_state_id;
+                "DROP INDEX items_by_state_id;
                  DROP TABLE cellular_use;
                  DROP TABLE sent_digest;
                  ALTER TABLE history DROP COLUMN sha256;
