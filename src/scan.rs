@@ -610,7 +610,6 @@ pub(crate) struct IdSet {
     base: i64,
     bits: Vec<u64>,
     list: Vec<i64>,
-    len: usize,
 }
 
 impl IdSet {
@@ -620,17 +619,14 @@ impl IdSet {
     /// An empty set for `count` ids from `span.0` to `span.1`.
     fn for_span(span: Option<(i64, i64)>, count: usize) -> IdSet {
         let mut set = IdSet::default();
-        match span {
-            Some((lo, hi)) if lo <= hi => {
-                let words = i128::from(hi.div_euclid(64)) - i128::from(lo.div_euclid(64)) + 1;
-                if words <= count as i128 + Self::SLACK_WORDS {
-                    set.base = lo.div_euclid(64) * 64;
-                    set.bits = vec![0; words as usize];
-                } else {
-                    set.list.reserve(count);
-                }
+        if let Some((lo, hi)) = span.filter(|(lo, hi)| lo <= hi) {
+            let words = i128::from(hi.div_euclid(64)) - i128::from(lo.div_euclid(64)) + 1;
+            if words <= count as i128 + Self::SLACK_WORDS {
+                set.base = lo.div_euclid(64) * 64;
+                set.bits = vec![0; words as usize];
+            } else {
+                set.list.reserve(count);
             }
-            _ => {}
         }
         set
     }
@@ -645,12 +641,7 @@ impl IdSet {
 
     fn insert(&mut self, id: i64) {
         match self.bit(id) {
-            Some((w, bit)) => {
-                if self.bits[w] & bit == 0 {
-                    self.bits[w] |= bit;
-                    self.len += 1;
-                }
-            }
+            Some((w, bit)) => self.bits[w] |= bit,
             None => self.list.push(id),
         }
     }
@@ -659,7 +650,6 @@ impl IdSet {
     fn finish(&mut self) {
         self.list.sort_unstable();
         self.list.dedup();
-        self.len += self.list.len();
     }
 
     fn contains(&self, id: i64) -> bool {
@@ -669,8 +659,13 @@ impl IdSet {
         }
     }
 
+    /// How many ids are in (counted: asked twice a scan).
     fn len(&self) -> usize {
-        self.len
+        self.bits
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum::<usize>()
+            + self.list.len()
     }
 }
 
