@@ -19,6 +19,8 @@
 #   TLS=1 benches/tus-server.sh                  # over HTTPS (issue 29): see below
 #   PIN=client benches/tus-server.sh             # each client on CPU 1 (taskset), node free;
 #   PIN=all: node on CPU 0 too. Whether a client's threads taking node's core explain a gap
+#   CURL_AA=1 benches/tus-server.sh              # a second curl ("curl_b") in the same rounds:
+#       curl_b/curl is the bench's own floor, what two identical clients differ by
 #
 # TLS=1: openssl makes a CA and a certificate for 127.0.0.1 in the temp dir; node serves HTTPS
 # (https.createServer, OpenSSL, same tus handler: interop/server.mjs with TUS_TLS_CERT/KEY);
@@ -154,14 +156,14 @@ PY
 }
 
 run_curl() {
-  local from loc t0 code s0 s1
+  local label=${1:-curl} from loc t0 code s0 s1
   from=$(wc -l <"$T/server.log")
   loc=$(curl "${CURL_TLS[@]}" -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
     -H "Authorization: Bearer $TOKEN" "$URL" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
   s0=$(ticks "$SPID")
   t0=$(now_ms)
   local trace=()
-  [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.curl.$round" \
+  [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.$label.$round" \
     -e trace=%network,write,writev,sendmsg,sendto,read,readv,preadv2,poll,ppoll)
   code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" "${trace[@]}" "${CLI_PIN[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
     -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
@@ -172,9 +174,9 @@ run_curl() {
   s1=$(ticks "$SPID")
   read -r u s m <"$T/time"
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,u,s,m,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'curl      wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
-    "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1"
+  python3 -c "import sys; label,b,t0,e,u,s,m,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
+    "$label" "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1"
 }
 
 # One daemon run: label $1, binary $2.
@@ -245,10 +247,11 @@ echo "file: $BYTES bytes; ${TLS:+over TLS; }$(nproc) cores; @tus/server $(node -
 : >"$T/results"
 for round in $(seq 1 "$RUNS"); do
   # Alternate who goes first: a round's second client finds the machine as the first left it.
-  if [ $((round % 2)) = 1 ]; then order="curl $BINS"; else order="$BINS curl"; fi
+  clients="$BINS${CURL_AA:+ curl_b}"
+  if [ $((round % 2)) = 1 ]; then order="curl $clients"; else order="$clients curl"; fi
   for who in $order; do
     case $who in
-      curl) run_curl ;;
+      curl | curl_b) run_curl "$who" ;;
       *) run_daemon "${who%%=*}" "${who#*=}" ;;
     esac | sed "s/^/round=$round /" | tee -a "$T/results"
   done
