@@ -112,6 +112,8 @@ for _ in $(seq 1 100); do grep -q '"url"' "$T/server.out" && break; sleep 0.1; d
 URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$T/server.out")
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Nanoseconds the threads of process $1 have waited on a run queue, ready but not running.
+rdelay() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%d", s}'; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
@@ -156,11 +158,12 @@ PY
 }
 
 run_curl() {
-  local label=${1:-curl} from loc t0 code s0 s1
+  local label=${1:-curl} from loc t0 code s0 s1 q0 q1
   from=$(wc -l <"$T/server.log")
   loc=$(curl "${CURL_TLS[@]}" -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
     -H "Authorization: Bearer $TOKEN" "$URL" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
   s0=$(ticks "$SPID")
+  q0=$(rdelay "$SPID")
   t0=$(now_ms)
   local trace=()
   [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.$label.$round" \
@@ -172,11 +175,12 @@ run_curl() {
   [ "$code" = 204 ] || { echo "curl PATCH answered $code" >&2; exit 1; }
   read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
   s1=$(ticks "$SPID")
+  q1=$(rdelay "$SPID")
   read -r u s m <"$T/time"
   rm -f "$STORE"/*
-  python3 -c "import sys; label,b,t0,e,u,s,m,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
-    "$label" "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1"
+  python3 -c "import sys; label,b,t0,e,u,s,m,f,hs,ci,s0,s1,q0,q1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} cipher {ci}')" \
+    "$label" "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1"
 }
 
 # One daemon run: label $1, binary $2.
@@ -213,7 +217,7 @@ TOML
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
   sleep 2 # past idle_secs since the daemon's own start, so consent is the only thing missing
-  local from c0 c1 t0 hwm perf= s0 s1
+  local from c0 c1 t0 hwm perf= s0 s1 q0 q1 d0 d1
   from=$(wc -l <"$T/server.log")
   if [ -n "$PERF_OUT" ]; then
     perf record -q -F 999 -g -o "$PERF_OUT.$label.$round.data" -p "$DPID" 2>/dev/null &
@@ -227,20 +231,24 @@ TOML
   fi
   c0=$(ticks "$DPID")
   s0=$(ticks "$SPID")
+  q0=$(rdelay "$SPID")
+  d0=$(rdelay "$DPID")
   t0=$(now_ms)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
   read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
   c1=$(ticks "$DPID")
   s1=$(ticks "$SPID")
+  q1=$(rdelay "$SPID")
+  d1=$(rdelay "$DPID")
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
   kill -TERM "$DPID"
   wait "$DPID" || true
   DPID=
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f,hs,ci,s0,s1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} cipher {ci}')" \
-    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first" "$hs" "$cipher" "$s0" "$s1"
+  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f,hs,ci,s0,s1,q0,q1,d0,d1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} cli_wait_ms={(int(d1)-int(d0))/1e6:.0f} cipher {ci}')" \
+    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1" "$d0" "$d1"
 }
 
 echo "file: $BYTES bytes; ${TLS:+over TLS; }$(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -272,7 +280,8 @@ for name, rs in rows.items():
     print(f"{name:10} tput MiB/s {fig(rs, 'tput')}  cpu s {fig(rs, 'cpu')}  rss MiB {fig(rs, 'hwm')}"
           f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}  gap max ms {fig(rs, 'gap_max')}"
           f"  lead ms {fig(rs, 'lead_ms')}  handshakes {fig(rs, 'hs')}"
-          f"  server cpu s {fig(rs, 'srv_cpu')}  server busy {fig(rs, 'srv_busy')}")
+          f"  server cpu s {fig(rs, 'srv_cpu')}  server busy {fig(rs, 'srv_busy')}"
+          f"  server waited for a core ms {fig(rs, 'srv_wait_ms')}")
 for name, d in rows.items():
     if name == "curl":
         continue

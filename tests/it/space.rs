@@ -111,14 +111,14 @@ pub(crate) fn receiver(b: ReceiverBuilder) -> impl std::future::Future<Output = 
     b.token(TOKEN).start()
 }
 
-/// Starts the daemon, pairs, consents, and waits for the six uploads.
+/// Starts the daemon, pairs, consents, and waits for the uploads of `rels`.
 pub(crate) async fn uploaded(cam: FakeCamera, rx: Receiver, rels: &[String]) -> Rig {
     let rig = Rig::start_with(cam, rx).await;
     rig.go().await;
     let refs: Vec<&str> = rels.iter().map(String::as_str).collect();
     rig.expect_uploaded(&refs, T).await;
-    eventually(T, "six items done", || async {
-        rig.items(Some("done")).await.len() == 6
+    eventually(T, "every item done", || async {
+        rig.items(Some("done")).await.len() == rels.len()
     })
     .await;
     rig
@@ -286,6 +286,67 @@ async fn frees_exactly_what_is_needed_oldest_first_records_it_and_never_queues_i
     assert_eq!(s["queue"]["pending"], 0, "{s:#}");
     assert_eq!(s["queue"]["skipped"], 0, "{s:#}");
     assert_eq!(freed_in_history(&rig).await, rels[..2].to_vec());
+}
+
+#[tokio::test]
+async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
+    // A pass confirms and deletes the card's files a window of 64 at a time, oldest first,
+    // and looks again after the window (issue 29: it never holds every backed-up file). 80
+    // photos of 16 KiB beside a filler that leaves the card 10 % free: it is no longer low
+    // once about 77 of them are gone, in the pass's second window. The 71st oldest, in that
+    // window, was replaced by other bytes dated back: kept, and judged once.
+    let cam = FakeCamera::new();
+    let Some(card) = TmpCard::mount(&cam) else {
+        return;
+    };
+    let rels: Vec<String> = (1..=80)
+        .map(|i| format!("DCIM/100MEDIA/IMG_{i:04}.JPG"))
+        .collect();
+    for (i, rel) in rels.iter().enumerate() {
+        cam.write_sample(rel, 16 * KIB);
+        cam.age_media(rel, DAY * (100 - i as u32));
+    }
+    let filler = cam.media_path("FILLER.BIN");
+    std::fs::write(&filler, vec![0u8; (card.free() - 410 * KIB) as usize]).unwrap();
+    cam.with("media", "free_space_below_percent", "40")
+        .with("media", "keep_days", "7")
+        .with("media", "free_space_verify", "\"checksum\"");
+    let rx = receiver(Receiver::builder()).await;
+    let rig = uploaded(cam, rx, &rels).await;
+    assert!(card.free() < 420 * KIB, "the card starts about 10 % free");
+    let changed = rig.cam.media_path(&rels[70]);
+    let mtime = std::fs::metadata(&changed).unwrap().modified().unwrap();
+    let tmp = changed.with_extension("new");
+    std::fs::write(&tmp, vec![7u8; 16 * KIB as usize]).unwrap();
+    std::fs::rename(&tmp, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&changed)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let pass = free_and_wait_for_a_pass(&rig).await;
+    let freed = pass["freed_files"].as_u64().unwrap() as usize;
+    assert!(
+        (65..79).contains(&freed),
+        "past the first window, and stopped before the last file: {pass:#}"
+    );
+    assert_eq!(pass["held_by"], json!(["not_low"]), "{pass:#}");
+    assert_eq!(
+        pass["kept"],
+        json!({"changed": 1}),
+        "the changed file judged once, not again at a later window: {pass:#}"
+    );
+    // The oldest `freed + 1` but the changed one, and no other.
+    let want: Vec<bool> = (0..80).map(|i| i == 70 || i > freed).collect();
+    assert_eq!(on_card(&rig.cam, &rels), want, "{pass:#}");
+    assert!(filler.exists(), "a file that is not media is never freed");
+    let mut gone: Vec<String> = rels[..=freed].to_vec();
+    gone.remove(70);
+    assert_eq!(freed_in_history(&rig).await, gone);
+    let s = rig.status().await;
+    assert_eq!(s["queue"]["skipped"], 0, "no freed file queued again: {s:#}");
 }
 
 #[tokio::test]
