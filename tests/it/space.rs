@@ -346,7 +346,10 @@ async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
     gone.remove(70);
     assert_eq!(freed_in_history(&rig).await, gone);
     let s = rig.status().await;
-    assert_eq!(s["queue"]["skipped"], 0, "no freed file queued again: {s:#}");
+    assert_eq!(
+        s["queue"]["skipped"], 0,
+        "no freed file queued again: {s:#}"
+    );
 }
 
 #[tokio::test]
