@@ -294,7 +294,10 @@ async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
     // and looks again after the window (issue 29: it never holds every backed-up file). 80
     // photos of 16 KiB beside a filler that leaves the card 10 % free: it is no longer low
     // once about 77 of them are gone, in the pass's second window. The 71st oldest, in that
-    // window, was replaced by other bytes dated back: kept, and judged once.
+    // window, was replaced by other bytes dated back: never deleted. Either the pass reads it
+    // back first (kept as `changed`, once: a later window does not judge it again) or the
+    // watcher queued it again before the pass came to it (no longer a backed-up file; on a
+    // slow core, as under qemu, the first window takes longer than the settle time).
     let cam = FakeCamera::new();
     let Some(card) = TmpCard::mount(&cam) else {
         return;
@@ -333,10 +336,9 @@ async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
         "past the first window, and stopped before the last file: {pass:#}"
     );
     assert_eq!(pass["held_by"], json!(["not_low"]), "{pass:#}");
-    assert_eq!(
-        pass["kept"],
-        json!({"changed": 1}),
-        "the changed file judged once, not again at a later window: {pass:#}"
+    assert!(
+        pass["kept"] == json!({"changed": 1}) || pass["kept"] == json!({}),
+        "the changed file kept once, or not a candidate once queued again: {pass:#}"
     );
     // The oldest `freed + 1` but the changed one, and no other.
     let want: Vec<bool> = (0..80).map(|i| i == 70 || i > freed).collect();
