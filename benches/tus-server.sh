@@ -21,6 +21,10 @@
 #   PIN=all: node on CPU 0 too. Whether a client's threads taking node's core explain a gap
 #   CURL_AA=1 benches/tus-server.sh              # a second curl ("curl_b") in the same rounds:
 #       curl_b/curl is the bench's own floor, what two identical clients differ by
+# Each round also prints node's threads' wait for a core (srv_wait_ms) and how often they were
+# preempted (srv_preempted), and how often the client slept (cli_slept: voluntary context
+# switches, each a wake-up) and was preempted (cli_preempted): /proc, and /usr/bin/time's %w %c
+# for curl.
 #
 # TLS=1: openssl makes a CA and a certificate for 127.0.0.1 in the temp dir; node serves HTTPS
 # (https.createServer, OpenSSL, same tus handler: interop/server.mjs with TUS_TLS_CERT/KEY);
@@ -114,6 +118,8 @@ URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Nanoseconds the threads of process $1 have waited on a run queue, ready but not running.
 rdelay() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%d", s}'; }
+# Context switches of the threads of process $1: "voluntary involuntary" (slept; preempted).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {i += $2} END {printf "%d %d", v, i}'; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
@@ -158,17 +164,18 @@ PY
 }
 
 run_curl() {
-  local label=${1:-curl} from loc t0 code s0 s1 q0 q1
+  local label=${1:-curl} from loc t0 code s0 s1 q0 q1 x0 x1 cv ci
   from=$(wc -l <"$T/server.log")
   loc=$(curl "${CURL_TLS[@]}" -sS -i -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $BYTES" \
     -H "Authorization: Bearer $TOKEN" "$URL" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
   s0=$(ticks "$SPID")
   q0=$(rdelay "$SPID")
+  x0=$(switches "$SPID")
   t0=$(now_ms)
   local trace=()
   [ -n "$STRACE_OUT" ] && trace=(strace -f -qq -o "$STRACE_OUT.$label.$round" \
     -e trace=%network,write,writev,sendmsg,sendto,read,readv,preadv2,poll,ppoll)
-  code=$(/usr/bin/time -f '%U %S %M' -o "$T/time" "${trace[@]}" "${CLI_PIN[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
+  code=$(/usr/bin/time -f '%U %S %M %w %c' -o "$T/time" "${trace[@]}" "${CLI_PIN[@]}" curl "${CURL_TLS[@]}" -sS -X PATCH -T "$FILE" -H 'Expect:' \
     -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
     -H 'Content-Type: application/offset+octet-stream' -H "Authorization: Bearer $TOKEN" \
     -o /dev/null -w '%{http_code}' "$loc")
@@ -176,11 +183,13 @@ run_curl() {
   read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
   s1=$(ticks "$SPID")
   q1=$(rdelay "$SPID")
-  read -r u s m <"$T/time"
+  x1=$(switches "$SPID")
+  read -r u s m cv ci <"$T/time"
   rm -f "$STORE"/*
-  python3 -c "import sys; label,b,t0,e,u,s,m,f,hs,ci,s0,s1,q0,q1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} cipher {ci}')" \
-    "$label" "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1"
+  python3 -c "import sys; label,b,t0,e,u,s,m,f,hs,ci,s0,s1,q0,q1,x0,x1,cv,cp=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+sv0,sp0=x0.split(); sv1,sp1=x1.split()
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={float(u)+float(s):5.2f}s hwm={int(m)/1024:5.1f}MiB patches=1 gap_med=0 gap_max=0 lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} srv_preempted={int(sp1)-int(sp0)} cli_slept={cv} cli_preempted={cp} cipher {ci}')" \
+    "$label" "$BYTES" "$t0" "$end" "$u" "$s" "$m" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1" "$x0" "$x1" "$cv" "$ci"
 }
 
 # One daemon run: label $1, binary $2.
@@ -217,7 +226,7 @@ TOML
   api -X PUT http://localhost/v1/account -d '{"user_id":"u","token":"'"$TOKEN"'"}' >/dev/null
   for _ in $(seq 1 200); do api 'http://localhost/v1/queue' | grep -q '"pending"' && break; sleep 0.05; done
   sleep 2 # past idle_secs since the daemon's own start, so consent is the only thing missing
-  local from c0 c1 t0 hwm perf= s0 s1 q0 q1 d0 d1
+  local from c0 c1 t0 hwm perf= s0 s1 q0 q1 d0 d1 x0 x1 y0 y1
   from=$(wc -l <"$T/server.log")
   if [ -n "$PERF_OUT" ]; then
     perf record -q -F 999 -g -o "$PERF_OUT.$label.$round.data" -p "$DPID" 2>/dev/null &
@@ -233,6 +242,8 @@ TOML
   s0=$(ticks "$SPID")
   q0=$(rdelay "$SPID")
   d0=$(rdelay "$DPID")
+  x0=$(switches "$SPID")
+  y0=$(switches "$DPID")
   t0=$(now_ms)
   api -X PATCH http://localhost/v1/settings -d '{"auto_upload":true}' >/dev/null
   read -r end n gmed gmax first hs cipher <<<"$(wait_done "$from")"
@@ -241,14 +252,17 @@ TOML
   s1=$(ticks "$SPID")
   q1=$(rdelay "$SPID")
   d1=$(rdelay "$DPID")
+  x1=$(switches "$SPID")
+  y1=$(switches "$DPID")
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
   kill -TERM "$DPID"
   wait "$DPID" || true
   DPID=
   rm -f "$STORE"/*
-  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f,hs,ci,s0,s1,q0,q1,d0,d1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
-print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} cli_wait_ms={(int(d1)-int(d0))/1e6:.0f} cipher {ci}')" \
-    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1" "$d0" "$d1"
+  python3 -c "import sys; b,t0,e,c0,c1,h,n,gm,gx,label,f,hs,ci,s0,s1,q0,q1,d0,d1,x0,x1,y0,y1=sys.argv[1:]; w=(int(e)-int(t0))/1e3
+sv0,sp0=x0.split(); sv1,sp1=x1.split(); cv0,cp0=y0.split(); cv1,cp1=y1.split()
+print(f'{label:9} wall={w:6.2f}s tput={int(b)/w/2**20:7.1f}MiB/s cpu={(int(c1)-int(c0))/100:5.2f}s hwm={int(h)/1024:5.1f}MiB patches={n} gap_med={float(gm):.0f} gap_max={gx} lead_ms={int(f)-int(t0)} hs={hs} srv_cpu={(int(s1)-int(s0))/100:5.2f}s srv_busy={(int(s1)-int(s0))/100/w:4.2f} srv_wait_ms={(int(q1)-int(q0))/1e6:.0f} cli_wait_ms={(int(d1)-int(d0))/1e6:.0f} srv_preempted={int(sp1)-int(sp0)} cli_slept={int(cv1)-int(cv0)} cli_preempted={int(cp1)-int(cp0)} cipher {ci}')" \
+    "$BYTES" "$t0" "$end" "$c0" "$c1" "$hwm" "$n" "$gmed" "$gmax" "$label" "$first" "$hs" "$cipher" "$s0" "$s1" "$q0" "$q1" "$d0" "$d1" "$x0" "$x1" "$y0" "$y1"
 }
 
 echo "file: $BYTES bytes; ${TLS:+over TLS; }$(nproc) cores; @tus/server $(node -p 'require("./interop/node_modules/@tus/server/package.json").version'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -281,7 +295,8 @@ for name, rs in rows.items():
           f"  patches {fig(rs, 'patches')}  gap median ms {fig(rs, 'gap_med')}  gap max ms {fig(rs, 'gap_max')}"
           f"  lead ms {fig(rs, 'lead_ms')}  handshakes {fig(rs, 'hs')}"
           f"  server cpu s {fig(rs, 'srv_cpu')}  server busy {fig(rs, 'srv_busy')}"
-          f"  server waited for a core ms {fig(rs, 'srv_wait_ms')}")
+          f"  server waited for a core ms {fig(rs, 'srv_wait_ms')}  server preempted {fig(rs, 'srv_preempted')}"
+          f"  client slept {fig(rs, 'cli_slept')}  client preempted {fig(rs, 'cli_preempted')}")
 for name, d in rows.items():
     if name == "curl":
         continue
