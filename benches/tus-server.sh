@@ -117,9 +117,10 @@ URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Nanoseconds the threads of process $1 have waited on a run queue, ready but not running.
-rdelay() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%d", s}'; }
+# (%.0f: mawk's %d stops at 2^31; `|| true`: a thread that exits between the glob and the read.)
+rdelay() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{s += $2} END {printf "%.0f", s}'; }
 # Context switches of the threads of process $1: "voluntary involuntary" (slept; preempted).
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {i += $2} END {printf "%d %d", v, i}'; }
+switches() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {i += $2} END {printf "%.0f %.0f", v, i}'; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 api() { curl -sS --unix-socket "$T/run/ctl.sock" -H 'content-type: application/json' "$@"; }
 
@@ -270,7 +271,8 @@ echo "file: $BYTES bytes; ${TLS:+over TLS; }$(nproc) cores; @tus/server $(node -
 for round in $(seq 1 "$RUNS"); do
   # Alternate who goes first: a round's second client finds the machine as the first left it.
   clients="$BINS${CURL_AA:+ curl_b}"
-  if [ $((round % 2)) = 1 ]; then order="curl $clients"; else order="$clients curl"; fi
+  # Even rounds are the odd ones reversed, so each client follows each other as often.
+  if [ $((round % 2)) = 1 ]; then order="curl $clients"; else order="$(printf '%s\n' curl $clients | tac | tr '\n' ' ')"; fi
   for who in $order; do
     case $who in
       curl | curl_b) run_curl "$who" ;;

@@ -289,13 +289,13 @@ async fn frees_exactly_what_is_needed_oldest_first_records_it_and_never_queues_i
 }
 
 #[tokio::test]
-async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
+async fn one_pass_frees_more_files_than_a_window_oldest_first_and_stops_when_not_low() {
     // A pass confirms and deletes the card's files a window of 64 at a time, oldest first,
     // and looks again after the window (issue 29: it never holds every backed-up file). 80
     // photos of 16 KiB beside a filler that leaves the card 10 % free: it is no longer low
-    // once about 77 of them are gone, in the pass's second window. The server lost the 71st
-    // oldest, in that window: kept (and queued again), and judged once, not again at a later
-    // window.
+    // once 77 of them are gone, in the pass's second window. The server lost the 71st oldest,
+    // in that window: kept (and queued again). (A look that started again from the oldest file
+    // would not show here: the first window's files are gone by then.)
     let cam = FakeCamera::new();
     let Some(card) = TmpCard::mount(&cam) else {
         return;
@@ -324,7 +324,7 @@ async fn one_pass_frees_more_files_than_a_window_oldest_first_each_once() {
     let pass = free_and_wait_for_a_pass(&rig).await;
     let freed = pass["freed_files"].as_u64().unwrap() as usize;
     assert!(
-        (65..79).contains(&freed),
+        (70..79).contains(&freed),
         "past the first window, and stopped before the last file: {pass:#}"
     );
     assert_eq!(pass["held_by"], json!(["not_low"]), "{pass:#}");
